@@ -1,0 +1,145 @@
+//! Command-line front end: clap definitions, one function per command, output as human tables
+//! or one JSON document (`--json`). No logic of its own beyond turning arguments into library
+//! calls and results into text.
+
+mod chunk;
+mod output;
+mod target;
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+
+use gitvault::Vault;
+use gitvault::vault::{self, InitOptions};
+use output::Output;
+
+/// Exit codes (DESIGN.md): 0 all done, 1 failed, 3 partly done.
+pub const EXIT_OK: i32 = 0;
+pub const EXIT_FAILED: i32 = 1;
+#[allow(dead_code)] // used once commands that can partly succeed (backup) land
+pub const EXIT_PARTIAL: i32 = 3;
+
+#[derive(Parser)]
+#[command(name = "gitvault", version, about = "Encrypted, deduplicating, replicated backups of git repositories")]
+pub struct Args {
+    /// The vault directory.
+    #[arg(long, global = true, env = "GITVAULT_VAULT", default_value = "gitvault-vault")]
+    vault: PathBuf,
+    /// An age identity file that opens the vault (else GITVAULT_PASSPHRASE, else a prompt).
+    #[arg(long, global = true, env = "GITVAULT_IDENTITY_FILE")]
+    identity: Option<PathBuf>,
+    /// Print one JSON document on stdout instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
+    /// Only errors on stderr.
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    quiet: bool,
+    /// More diagnostics on stderr (-v info, -vv debug).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create a new vault: index, keys, and a local target DIR/data.
+    Init {
+        /// An age recipient (age1…) that can open the vault keys; repeat for several people.
+        #[arg(long = "recipient")]
+        recipients: Vec<String>,
+        /// Protect the vault keys with a passphrase (from GITVAULT_PASSPHRASE or a prompt).
+        #[arg(long)]
+        passphrase: bool,
+    },
+    /// Manage the places packs are replicated to.
+    #[command(subcommand)]
+    Target(target::TargetCommand),
+    /// Logical versus stored bytes, dedup ratio, and per target what it holds.
+    Stats,
+    /// Plumbing: store and read raw data in the chunk store (scripts and tests).
+    #[command(subcommand)]
+    Chunk(chunk::ChunkCommand),
+}
+
+pub struct Ctx {
+    pub args_vault: PathBuf,
+    pub identity: Option<PathBuf>,
+    pub out: Output,
+}
+
+impl Ctx {
+    pub fn open(&self) -> Result<Vault> {
+        Ok(Vault::open(&self.args_vault)?)
+    }
+
+    pub fn unlock(&self, vault: &Vault) -> Result<gitvault::crypto::VaultKeys> {
+        let how = vault::unlock_from_environment(self.identity.as_deref())?;
+        Ok(vault.unlock(&how)?)
+    }
+}
+
+pub fn main() -> i32 {
+    let args = Args::parse();
+    let level = match (args.quiet, args.verbose) {
+        (true, _) => "error",
+        (_, 0) => "warn",
+        (_, 1) => "info",
+        _ => "debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("GITVAULT_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("gitvault={level}")));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+    let ctx = Ctx {
+        args_vault: args.vault.clone(),
+        identity: args.identity.clone(),
+        out: Output::new(args.json, args.quiet),
+    };
+    match run(&ctx, args.command) {
+        Ok(code) => code,
+        Err(e) => {
+            ctx.out.error(&e);
+            EXIT_FAILED
+        }
+    }
+}
+
+fn run(ctx: &Ctx, command: Command) -> Result<i32> {
+    match command {
+        Command::Init { recipients, passphrase } => {
+            let passphrase = if passphrase {
+                Some(vault::new_passphrase_from_environment()?)
+            } else {
+                None
+            };
+            let report = Vault::init(&ctx.args_vault, InitOptions { recipients, passphrase })
+                .with_context(|| format!("creating a vault at {}", ctx.args_vault.display()))?;
+            ctx.out.print(&report, || {
+                format!(
+                    "created vault {} at {}\n  public key: {}\n  key files:  {}\n  target:     local {}\n\
+                     Keep the identity or passphrase that opens the key files safe: without it the backups cannot be read (docs/KEYS.md).\n",
+                    report.vault_id,
+                    report.vault,
+                    report.public_key,
+                    report.key_files.join(", "),
+                    report.target
+                )
+            });
+            Ok(EXIT_OK)
+        }
+        Command::Target(cmd) => target::run(ctx, cmd),
+        Command::Stats => {
+            let vault = ctx.open()?;
+            let stats = gitvault::stats::collect(&vault)?;
+            ctx.out.print(&stats, || output::stats_table(&stats));
+            Ok(EXIT_OK)
+        }
+        Command::Chunk(cmd) => chunk::run(ctx, cmd),
+    }
+}

@@ -1,0 +1,111 @@
+//! Printing: human text on stdout (diagnostics on stderr), or one JSON document with `--json`.
+
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+pub struct Output {
+    pub json: bool,
+    pub quiet: bool,
+}
+
+impl Output {
+    pub fn new(json: bool, quiet: bool) -> Output {
+        Output { json, quiet }
+    }
+
+    /// Prints `value` as JSON, or the text `human` builds.
+    pub fn print<T: Serialize>(&self, value: &T, human: impl FnOnce() -> String) {
+        if self.json {
+            match serde_json::to_string_pretty(value) {
+                Ok(text) => println!("{text}"),
+                Err(e) => eprintln!("error: cannot encode the result as JSON: {e}"),
+            }
+        } else {
+            print!("{}", human());
+        }
+    }
+
+    pub fn error(&self, e: &anyhow::Error) {
+        let mut text = e.to_string();
+        for cause in e.chain().skip(1) {
+            let cause = cause.to_string();
+            if !text.contains(&cause) {
+                let _ = write!(text, ": {cause}");
+            }
+        }
+        eprintln!("error: {text}");
+        if self.json {
+            println!("{}", serde_json::json!({ "ok": false, "error": text }));
+        }
+    }
+
+    /// A progress bar for `len` bytes, shown only on a terminal and never with --json/-q.
+    pub fn bytes_bar(&self, len: u64) -> indicatif::ProgressBar {
+        use std::io::IsTerminal;
+        if self.json || self.quiet || !std::io::stderr().is_terminal() {
+            return indicatif::ProgressBar::hidden();
+        }
+        let bar = indicatif::ProgressBar::new(len);
+        if let Ok(style) = indicatif::ProgressStyle::with_template(
+            "{spinner} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+        ) {
+            bar.set_style(style);
+        }
+        bar
+    }
+}
+
+pub fn bytes(n: u64) -> String {
+    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    let mut v = n as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit < UNITS.len() - 1 {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 { format!("{n} B") } else { format!("{v:.1} {}", UNITS[unit]) }
+}
+
+pub fn stats_table(s: &gitvault::stats::Stats) -> String {
+    let mut t = String::new();
+    let _ = writeln!(t, "logical bytes:     {}", bytes(s.logical_bytes));
+    let _ = writeln!(t, "unique bytes:      {}  (dedup ratio {:.2})", bytes(s.unique_bytes), s.dedup_ratio);
+    let _ = writeln!(
+        t,
+        "stored bytes:      {}  (compression ratio {:.2})",
+        bytes(s.stored_bytes),
+        s.compression_ratio
+    );
+    let _ = writeln!(t, "chunks:            {}", s.chunks);
+    let _ = writeln!(t, "packs:             {}", s.packs);
+    if s.local_garbage_files > 0 {
+        let _ = writeln!(
+            t,
+            "local garbage:     {} files, {} in tmp/ (left by interrupted writes)",
+            s.local_garbage_files,
+            bytes(s.local_garbage_bytes)
+        );
+    }
+    let _ = writeln!(t, "\n{:<12} {:>7} {:>11} {:>8} {:>9} {:>11}  url", "target", "packs", "bytes", "missing", "garbage", "garbage B");
+    for ts in &s.targets {
+        let _ = writeln!(
+            t,
+            "{:<12} {:>7} {:>11} {:>8} {:>9} {:>11}  {}",
+            ts.name,
+            ts.packs,
+            bytes(ts.pack_bytes),
+            ts.missing_packs,
+            ts.garbage_files,
+            bytes(ts.garbage_bytes),
+            ts.url
+        );
+        if let Some(e) = &ts.error {
+            let _ = writeln!(t, "  error: {e}");
+        }
+    }
+    if s.writer_active {
+        let _ = writeln!(t, "\na writer is active: unreferenced packs may still be in flight");
+    }
+    t
+}

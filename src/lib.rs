@@ -1,0 +1,18 @@
+//! gitvault: encrypted, deduplicating, replicated backups of git hosting accounts.
+//!
+//! The library is the product; `src/main.rs` is one client of it. Parts (see docs/ARCHITECTURE.md):
+//! `vault` opens a vault and is the one place that knows its layout; `crypto` holds keys and
+//! age encryption; `store` chunks, packs and reads data; `index` is the SQLite cache;
+//! `target` is where packs are kept.
+
+pub mod crypto;
+pub mod hooks;
+pub mod index;
+pub mod stats;
+pub mod store;
+pub mod target;
+pub mod vault;
+
+pub use crypto::{ChunkId, Unlock};
+pub use store::{ChunkKind, ChunkStore};
+pub use vault::{Vault, VaultError};

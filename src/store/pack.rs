@@ -1,0 +1,427 @@
+//! The pack format: an age stream whose plaintext is a header, zstd frames holding the chunks
+//! back to back, and a footer listing every chunk (id, kind, frame, offset, length). See
+//! docs/FORMAT.md for the byte layout.
+//!
+//! A pack is written once to a temporary file while its name (BLAKE3 of the ciphertext) is
+//! computed on the fly, and never changed afterwards.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use crate::crypto::{self, ChunkId, CryptoError};
+
+pub const PACK_MAGIC: &[u8; 8] = b"GVPACK\x00\x01";
+pub const TRAILER_MAGIC: &[u8; 8] = b"GVPKEND1";
+const TRAILER_LEN: u64 = 16;
+const ENTRY_LEN: usize = 32 + 1 + 4 + 4 + 4;
+const FRAME_LEN: usize = 8 + 4 + 4;
+/// Footers larger than this are refused before allocating: a corrupt length must not make us
+/// allocate gigabytes.
+const MAX_FOOTER: u64 = 1 << 30;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PackError {
+    #[error("I/O error on pack file: {0}")]
+    Io(#[from] io::Error),
+    #[error(transparent)]
+    Crypto(#[from] CryptoError),
+    #[error("corrupt: {0}")]
+    Corrupt(String),
+}
+
+/// Where a frame lies in the pack's plaintext.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrameInfo {
+    pub offset: u64,
+    pub compressed_len: u32,
+    pub raw_len: u32,
+}
+
+/// One chunk as the footer lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PackEntry {
+    pub id: ChunkId,
+    pub kind: u8,
+    pub frame: u32,
+    pub offset: u32,
+    pub len: u32,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Footer {
+    pub frames: Vec<FrameInfo>,
+    pub entries: Vec<PackEntry>,
+}
+
+impl Footer {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(8 + self.frames.len() * FRAME_LEN + self.entries.len() * ENTRY_LEN);
+        out.extend_from_slice(&(self.frames.len() as u32).to_le_bytes());
+        for f in &self.frames {
+            out.extend_from_slice(&f.offset.to_le_bytes());
+            out.extend_from_slice(&f.compressed_len.to_le_bytes());
+            out.extend_from_slice(&f.raw_len.to_le_bytes());
+        }
+        out.extend_from_slice(&(self.entries.len() as u32).to_le_bytes());
+        for e in &self.entries {
+            out.extend_from_slice(&e.id.0);
+            out.push(e.kind);
+            out.extend_from_slice(&e.frame.to_le_bytes());
+            out.extend_from_slice(&e.offset.to_le_bytes());
+            out.extend_from_slice(&e.len.to_le_bytes());
+        }
+        out
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Footer, PackError> {
+        let mut r = ByteReader { bytes, pos: 0 };
+        let frame_count = r.u32()? as usize;
+        if frame_count.saturating_mul(FRAME_LEN) > bytes.len() {
+            return Err(PackError::Corrupt("footer frame count exceeds footer size".into()));
+        }
+        let mut frames = Vec::with_capacity(frame_count);
+        for _ in 0..frame_count {
+            frames.push(FrameInfo {
+                offset: r.u64()?,
+                compressed_len: r.u32()?,
+                raw_len: r.u32()?,
+            });
+        }
+        let entry_count = r.u32()? as usize;
+        if entry_count.saturating_mul(ENTRY_LEN) > bytes.len() {
+            return Err(PackError::Corrupt("footer entry count exceeds footer size".into()));
+        }
+        let mut entries = Vec::with_capacity(entry_count);
+        for _ in 0..entry_count {
+            let id = ChunkId(r.array::<32>()?);
+            let kind = r.array::<1>()?[0];
+            let entry = PackEntry {
+                id,
+                kind,
+                frame: r.u32()?,
+                offset: r.u32()?,
+                len: r.u32()?,
+            };
+            let frame = frames
+                .get(entry.frame as usize)
+                .ok_or_else(|| PackError::Corrupt(format!("chunk {id} names frame {} of {frame_count}", entry.frame)))?;
+            if u64::from(entry.offset) + u64::from(entry.len) > u64::from(frame.raw_len) {
+                return Err(PackError::Corrupt(format!("chunk {id} lies outside its frame")));
+            }
+            entries.push(entry);
+        }
+        if r.pos != bytes.len() {
+            return Err(PackError::Corrupt("trailing bytes after the footer".into()));
+        }
+        Ok(Footer { frames, entries })
+    }
+}
+
+struct ByteReader<'a> {
+    bytes: &'a [u8],
+    pos: usize,
+}
+
+impl ByteReader<'_> {
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], PackError> {
+        let end = self.pos.checked_add(N).filter(|&e| e <= self.bytes.len());
+        let end = end.ok_or_else(|| PackError::Corrupt("footer is truncated".into()))?;
+        let mut out = [0u8; N];
+        out.copy_from_slice(&self.bytes[self.pos..end]);
+        self.pos = end;
+        Ok(out)
+    }
+    fn u32(&mut self) -> Result<u32, PackError> {
+        Ok(u32::from_le_bytes(self.array()?))
+    }
+    fn u64(&mut self) -> Result<u64, PackError> {
+        Ok(u64::from_le_bytes(self.array()?))
+    }
+}
+
+/// Counts and hashes the ciphertext on its way to the temporary file.
+struct HashingWriter<W: Write> {
+    inner: W,
+    hasher: blake3::Hasher,
+    written: u64,
+}
+
+impl<W: Write> Write for HashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.written += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Compression settings of a pack writer.
+#[derive(Debug, Clone, Copy)]
+pub struct Compression {
+    pub level: i32,
+    /// Chunks are gathered into frames of about this many plaintext bytes.
+    pub frame_size: usize,
+}
+
+/// A pack being written.
+pub struct PackWriter {
+    path: PathBuf,
+    out: age::stream::StreamWriter<HashingWriter<BufWriter<File>>>,
+    plain_pos: u64,
+    frame_buf: Vec<u8>,
+    frame_entries: Vec<(ChunkId, u8, u32, u32)>,
+    footer: Footer,
+    compressor: zstd::bulk::Compressor<'static>,
+    compression: Compression,
+    raw_bytes: u64,
+}
+
+/// A pack that is complete on local disk, ready to be uploaded.
+#[derive(Debug)]
+pub struct FinishedPack {
+    /// Lowercase hex BLAKE3 of the ciphertext.
+    pub name: String,
+    pub path: PathBuf,
+    pub size: u64,
+    pub raw_bytes: u64,
+    pub footer: Footer,
+}
+
+impl PackWriter {
+    pub fn create(
+        tmp_dir: &Path,
+        recipient: &age::x25519::Recipient,
+        compression: Compression,
+    ) -> Result<PackWriter, PackError> {
+        std::fs::create_dir_all(tmp_dir)?;
+        let path = tmp_dir.join(format!("pack-{}.tmp", crypto::random_hex(12)?));
+        let file = OpenOptions::new().write(true).create_new(true).open(&path)?;
+        let hashing = HashingWriter {
+            inner: BufWriter::with_capacity(1 << 20, file),
+            hasher: blake3::Hasher::new(),
+            written: 0,
+        };
+        let mut out = crypto::encrypting_writer(recipient, hashing)?;
+        out.write_all(PACK_MAGIC)?;
+        let mut compressor = zstd::bulk::Compressor::new(compression.level)?;
+        // Long-distance matching over a window that spans the whole frame is what lets zstd
+        // find the similarities between neighbouring versions of the same file.
+        let window_log = (usize::BITS - compression.frame_size.max(1 << 20).leading_zeros()).min(27);
+        compressor.set_parameter(zstd::zstd_safe::CParameter::EnableLongDistanceMatching(true))?;
+        compressor.set_parameter(zstd::zstd_safe::CParameter::WindowLog(window_log))?;
+        compressor.set_parameter(zstd::zstd_safe::CParameter::ChecksumFlag(false))?;
+        Ok(PackWriter {
+            path,
+            out,
+            plain_pos: PACK_MAGIC.len() as u64,
+            frame_buf: Vec::new(),
+            frame_entries: Vec::new(),
+            footer: Footer::default(),
+            compressor,
+            compression,
+            raw_bytes: 0,
+        })
+    }
+
+    pub fn add(&mut self, id: ChunkId, kind: u8, data: &[u8]) -> Result<(), PackError> {
+        if !self.frame_buf.is_empty() && self.frame_buf.len() + data.len() > self.compression.frame_size {
+            self.flush_frame()?;
+        }
+        let len = u32::try_from(data.len()).map_err(|_| PackError::Corrupt("chunk larger than 4 GiB".into()))?;
+        let offset = self.frame_buf.len() as u32;
+        self.frame_buf.extend_from_slice(data);
+        self.frame_entries.push((id, kind, offset, len));
+        self.raw_bytes += data.len() as u64;
+        if self.frame_buf.len() >= self.compression.frame_size {
+            self.flush_frame()?;
+        }
+        Ok(())
+    }
+
+    fn flush_frame(&mut self) -> Result<(), PackError> {
+        if self.frame_buf.is_empty() {
+            return Ok(());
+        }
+        let compressed = self.compressor.compress(&self.frame_buf)?;
+        let frame_index = self.footer.frames.len() as u32;
+        self.footer.frames.push(FrameInfo {
+            offset: self.plain_pos,
+            compressed_len: compressed.len() as u32,
+            raw_len: self.frame_buf.len() as u32,
+        });
+        self.out.write_all(&compressed)?;
+        self.plain_pos += compressed.len() as u64;
+        for (id, kind, offset, len) in self.frame_entries.drain(..) {
+            self.footer.entries.push(PackEntry {
+                id,
+                kind,
+                frame: frame_index,
+                offset,
+                len,
+            });
+        }
+        self.frame_buf.clear();
+        Ok(())
+    }
+
+    /// Plaintext bytes so far, counting the open frame uncompressed.
+    pub fn approx_size(&self) -> u64 {
+        self.plain_pos + self.frame_buf.len() as u64
+    }
+
+    /// Bytes already compressed and written.
+    pub fn written_size(&self) -> u64 {
+        self.plain_pos
+    }
+
+    pub fn chunk_count(&self) -> usize {
+        self.footer.entries.len() + self.frame_entries.len()
+    }
+
+    pub fn finish(mut self) -> Result<FinishedPack, PackError> {
+        self.flush_frame()?;
+        let footer_plain = self.footer.encode();
+        let footer = zstd::bulk::compress(&footer_plain, 3)?;
+        self.out.write_all(&footer)?;
+        self.out.write_all(&(footer.len() as u32).to_le_bytes())?;
+        self.out.write_all(&(footer_plain.len() as u32).to_le_bytes())?;
+        self.out.write_all(TRAILER_MAGIC)?;
+        let mut hashing = self.out.finish()?;
+        hashing.flush()?;
+        let file = hashing.inner.into_inner().map_err(|e| e.into_error())?;
+        file.sync_all()?;
+        Ok(FinishedPack {
+            name: hashing.hasher.finalize().to_hex().to_string(),
+            path: self.path,
+            size: hashing.written,
+            raw_bytes: self.raw_bytes,
+            footer: self.footer,
+        })
+    }
+
+    /// Abandons the pack and removes its temporary file.
+    pub fn discard(self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Reads a pack through a seekable source.
+pub struct PackReader<R: Read + Seek> {
+    stream: age::stream::StreamReader<R>,
+}
+
+impl<R: Read + Seek> PackReader<R> {
+    pub fn open(identity: &age::x25519::Identity, input: R) -> Result<PackReader<R>, PackError> {
+        let mut stream = crypto::decrypting_reader(identity, input)?;
+        let mut magic = [0u8; 8];
+        stream.read_exact(&mut magic).map_err(decrypt_err)?;
+        if &magic != PACK_MAGIC {
+            return Err(PackError::Corrupt("not a gitvault pack (bad magic)".into()));
+        }
+        Ok(PackReader { stream })
+    }
+
+    pub fn footer(&mut self) -> Result<Footer, PackError> {
+        let end = self.stream.seek(SeekFrom::End(0)).map_err(decrypt_err)?;
+        if end < PACK_MAGIC.len() as u64 + TRAILER_LEN {
+            return Err(PackError::Corrupt("pack is too short".into()));
+        }
+        self.stream.seek(SeekFrom::Start(end - TRAILER_LEN)).map_err(decrypt_err)?;
+        let mut trailer = [0u8; TRAILER_LEN as usize];
+        self.stream.read_exact(&mut trailer).map_err(decrypt_err)?;
+        if &trailer[8..] != TRAILER_MAGIC {
+            return Err(PackError::Corrupt("bad trailer magic".into()));
+        }
+        let clen = u64::from(u32::from_le_bytes([trailer[0], trailer[1], trailer[2], trailer[3]]));
+        let raw_len = u64::from(u32::from_le_bytes([trailer[4], trailer[5], trailer[6], trailer[7]]));
+        if clen > end - TRAILER_LEN - PACK_MAGIC.len() as u64 || raw_len > MAX_FOOTER {
+            return Err(PackError::Corrupt("footer length out of range".into()));
+        }
+        self.stream.seek(SeekFrom::Start(end - TRAILER_LEN - clen)).map_err(decrypt_err)?;
+        let mut compressed = vec![0u8; clen as usize];
+        self.stream.read_exact(&mut compressed).map_err(decrypt_err)?;
+        let plain = zstd::bulk::decompress(&compressed, raw_len as usize)
+            .map_err(|e| PackError::Corrupt(format!("footer does not decompress: {e}")))?;
+        Footer::decode(&plain)
+    }
+
+    /// Decrypts and decompresses one frame.
+    pub fn frame(&mut self, frame: &FrameInfo) -> Result<Vec<u8>, PackError> {
+        self.stream.seek(SeekFrom::Start(frame.offset)).map_err(decrypt_err)?;
+        let mut compressed = vec![0u8; frame.compressed_len as usize];
+        self.stream.read_exact(&mut compressed).map_err(decrypt_err)?;
+        decompress_frame(&compressed, frame.raw_len)
+    }
+}
+
+pub fn decompress_frame(compressed: &[u8], raw_len: u32) -> Result<Vec<u8>, PackError> {
+    let plain = zstd::bulk::decompress(compressed, raw_len as usize)
+        .map_err(|e| PackError::Corrupt(format!("frame does not decompress: {e}")))?;
+    if plain.len() != raw_len as usize {
+        return Err(PackError::Corrupt(format!(
+            "frame decompressed to {} bytes, footer says {raw_len}",
+            plain.len()
+        )));
+    }
+    Ok(plain)
+}
+
+/// age reports authentication failures as I/O errors; they mean the ciphertext was altered.
+fn decrypt_err(e: io::Error) -> PackError {
+    match e.kind() {
+        io::ErrorKind::InvalidData | io::ErrorKind::UnexpectedEof => {
+            PackError::Corrupt(format!("ciphertext does not authenticate ({e})"))
+        }
+        _ => PackError::Io(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::IdKey;
+
+    #[test]
+    fn write_then_read_frames_and_footer() {
+        let dir = tempfile::tempdir().unwrap();
+        let identity = age::x25519::Identity::generate();
+        let key = IdKey::generate().unwrap();
+        let mut w = PackWriter::create(
+            dir.path(),
+            &identity.to_public(),
+            Compression { level: 3, frame_size: 100_000 },
+        )
+        .unwrap();
+        let chunks: Vec<Vec<u8>> = (0..50u32).map(|i| vec![(i % 7) as u8; 7_000 + i as usize]).collect();
+        for c in &chunks {
+            w.add(key.chunk_id(c), 4, c).unwrap();
+        }
+        let done = w.finish().unwrap();
+        assert!(done.footer.frames.len() > 1);
+        let bytes = std::fs::read(&done.path).unwrap();
+        assert_eq!(blake3::hash(&bytes).to_hex().as_str(), done.name);
+        let mut r = PackReader::open(&identity, std::io::Cursor::new(bytes)).unwrap();
+        let footer = r.footer().unwrap();
+        assert_eq!(footer, done.footer);
+        for (e, c) in footer.entries.iter().zip(&chunks) {
+            let frame = r.frame(&footer.frames[e.frame as usize]).unwrap();
+            assert_eq!(&frame[e.offset as usize..(e.offset + e.len) as usize], c.as_slice());
+            assert_eq!(e.id, key.chunk_id(c));
+        }
+    }
+
+    #[test]
+    fn footer_decode_rejects_garbage() {
+        assert!(Footer::decode(&[1, 0, 0]).is_err());
+        assert!(Footer::decode(&[255, 255, 255, 255, 0, 0, 0, 0]).is_err());
+        let f = Footer {
+            frames: vec![FrameInfo { offset: 8, compressed_len: 10, raw_len: 5 }],
+            entries: vec![PackEntry { id: ChunkId([1; 32]), kind: 0, frame: 0, offset: 3, len: 3 }],
+        };
+        assert!(Footer::decode(&f.encode()).is_err(), "chunk outside frame must be refused");
+    }
+}

@@ -1,0 +1,569 @@
+//! A vault on the local machine: its directory layout, config, keys, index, targets and the
+//! writer lock. This is the one module that knows where things live.
+//!
+//! ```text
+//! DIR/config.toml      settings and targets (no secrets)
+//! DIR/index.sqlite     the index (a cache of what the packs hold)
+//! DIR/keys/<id>.age    the vault keys, encrypted to the users' recipients or a passphrase
+//! DIR/lock             held (flock) by the one process writing to the vault
+//! DIR/tmp/             packs being written; anything here after a crash is garbage
+//! DIR/data/            the default file:// target
+//! ```
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, IsTerminal, Read, Seek, Write};
+use std::path::{Path, PathBuf};
+
+use age::secrecy::SecretString;
+use serde::{Deserialize, Serialize};
+
+use crate::crypto::{self, CryptoError, KeyProtection, Unlock, VaultKeys};
+use crate::index::{Index, IndexError};
+use crate::store::pack::Compression;
+use crate::store::{CdcParams, ChunkStore, StoreSettings};
+use crate::target::{self, Body, Target, TargetError};
+
+pub const FORMAT_VERSION: u32 = 1;
+const CONFIG_FILE: &str = "config.toml";
+const INDEX_FILE: &str = "index.sqlite";
+const LOCK_FILE: &str = "lock";
+const KEYS_DIR: &str = "keys";
+const TMP_DIR: &str = "tmp";
+/// The vault's public parameters, on every target.
+pub const PUBLIC_FILE: &str = "gitvault.json";
+
+#[derive(Debug, thiserror::Error)]
+pub enum VaultError {
+    #[error("no vault at {0}: create one with `gitvault init` or point --vault / GITVAULT_VAULT at it")]
+    NotAVault(String),
+    #[error("{0} already exists and is not empty; gitvault init needs a new or empty directory")]
+    AlreadyExists(String),
+    #[error("vault is locked by pid {pid} since {since}: another gitvault is writing to it; wait for it to finish")]
+    Locked { pid: String, since: String },
+    #[error("the vault config {path} is unreadable: {reason}")]
+    BadConfig { path: String, reason: String },
+    #[error("the vault at {path} has format {found}; this gitvault understands format {known}")]
+    UnsupportedFormat { path: String, found: u32, known: u32 },
+    #[error("a target named `{0}` already exists")]
+    TargetExists(String),
+    #[error("no target named `{0}`")]
+    NoSuchTarget(String),
+    #[error("target names may hold letters, digits, `-` and `_` only: `{0}`")]
+    BadTargetName(String),
+    #[error("cannot remove `{0}`: it is the vault's last target")]
+    LastTarget(String),
+    #[error("target {target} already holds a different vault ({found}); use an empty location")]
+    ForeignTarget { target: String, found: String },
+    #[error("no key to open the vault: set GITVAULT_IDENTITY_FILE (or --identity) to an age identity file, or GITVAULT_PASSPHRASE, or run on a terminal to be asked")]
+    NoUnlockMethod,
+    #[error("no key file found in {0}/keys nor on any target")]
+    NoKeyFiles(String),
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error(transparent)]
+    Crypto(#[from] CryptoError),
+    #[error(transparent)]
+    Index(#[from] IndexError),
+    #[error(transparent)]
+    Target(#[from] TargetError),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+}
+
+fn io_err(context: impl Into<String>) -> impl FnOnce(io::Error) -> VaultError {
+    let context = context.into();
+    move |source| VaultError::Io { context, source }
+}
+
+/// `DIR/config.toml`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Config {
+    pub format: u32,
+    pub vault_id: String,
+    /// The vault's age X25519 recipient: every pack is encrypted to it.
+    pub public_key: String,
+    pub cdc: CdcParams,
+    #[serde(default)]
+    pub store: StoreConfig,
+    #[serde(default, rename = "target")]
+    pub targets: Vec<TargetConfig>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct StoreConfig {
+    /// zstd level for packs (1-19; 3 is fast, 9 is about 15% smaller and 3x slower).
+    pub compression_level: i32,
+    /// Bytes of plaintext gathered into one zstd frame; large frames compress similar objects
+    /// far better (docs/PERFORMANCE.md).
+    pub frame_size: u64,
+    /// A pack is closed when it holds this many compressed bytes.
+    pub pack_size: u64,
+    /// Targets that must hold a pack before a write counts (0: all).
+    pub min_replicas: usize,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        let d = StoreSettings::default();
+        StoreConfig {
+            compression_level: d.compression.level,
+            frame_size: d.compression.frame_size as u64,
+            pack_size: d.pack_size,
+            min_replicas: d.min_replicas,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TargetConfig {
+    pub name: String,
+    pub url: String,
+}
+
+/// `gitvault.json` on every target: what a reader needs before it has the key.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PublicParams {
+    pub format: u32,
+    pub vault_id: String,
+    pub public_key: String,
+    pub cdc: CdcParams,
+    pub created: String,
+}
+
+/// How a new vault's keys are protected.
+#[derive(Default)]
+pub struct InitOptions {
+    pub recipients: Vec<String>,
+    pub passphrase: Option<SecretString>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct InitReport {
+    pub vault: String,
+    pub vault_id: String,
+    pub public_key: String,
+    pub key_files: Vec<String>,
+    pub target: String,
+}
+
+/// Held while a process writes to the vault; released on drop or when the process dies.
+pub struct WriteLock {
+    _file: File,
+}
+
+/// An open vault (no secrets loaded).
+pub struct Vault {
+    dir: PathBuf,
+    config: Config,
+    index: Index,
+    targets: Vec<Box<dyn Target>>,
+}
+
+impl Vault {
+    pub fn init(dir: &Path, options: InitOptions) -> Result<InitReport, VaultError> {
+        if options.recipients.is_empty() && options.passphrase.is_none() {
+            return Err(CryptoError::NoRecipients.into());
+        }
+        for r in &options.recipients {
+            crypto::parse_recipient(r)?;
+        }
+        if dir.exists() {
+            let mut entries = fs::read_dir(dir).map_err(io_err(format!("reading {}", dir.display())))?;
+            if entries.next().is_some() {
+                return Err(VaultError::AlreadyExists(dir.display().to_string()));
+            }
+        }
+        fs::create_dir_all(dir.join(KEYS_DIR)).map_err(io_err(format!("creating {}", dir.display())))?;
+        let dir = dir
+            .canonicalize()
+            .map_err(io_err(format!("resolving {}", dir.display())))?;
+        let keys = VaultKeys::generate()?;
+        let vault_id = crypto::random_hex(16)?;
+        let mut sealed = Vec::new();
+        if !options.recipients.is_empty() {
+            sealed.push(keys.seal(&vault_id, KeyProtection::Recipients(&options.recipients))?);
+        }
+        if let Some(pass) = &options.passphrase {
+            sealed.push(keys.seal(&vault_id, KeyProtection::Passphrase(pass))?);
+        }
+        let mut key_files = Vec::new();
+        for bytes in &sealed {
+            let name = key_file_name(bytes);
+            write_atomic(&dir.join(KEYS_DIR).join(&name), bytes)?;
+            key_files.push(format!("{KEYS_DIR}/{name}"));
+        }
+        let data = dir.join("data");
+        let data_url = url::Url::from_directory_path(&data)
+            .map(|u| u.to_string().trim_end_matches('/').to_string())
+            .map_err(|_| VaultError::BadConfig {
+                path: data.display().to_string(),
+                reason: "not an absolute path".into(),
+            })?;
+        let config = Config {
+            format: FORMAT_VERSION,
+            vault_id: vault_id.clone(),
+            public_key: keys.public_key(),
+            cdc: CdcParams::default(),
+            store: StoreConfig::default(),
+            targets: vec![TargetConfig {
+                name: "local".into(),
+                url: data_url.clone(),
+            }],
+        };
+        let local = target::open_target("local", &data_url)?;
+        let vault = Vault {
+            dir: dir.clone(),
+            index: Index::open(&dir.join(INDEX_FILE))?,
+            targets: Vec::new(),
+            config,
+        };
+        vault.prepare_target(local.as_ref())?;
+        vault.save_config()?;
+        Ok(InitReport {
+            vault: dir.display().to_string(),
+            vault_id,
+            public_key: vault.config.public_key.clone(),
+            key_files,
+            target: data_url,
+        })
+    }
+
+    pub fn open(dir: &Path) -> Result<Vault, VaultError> {
+        let config_path = dir.join(CONFIG_FILE);
+        let text = match fs::read_to_string(&config_path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(VaultError::NotAVault(dir.display().to_string()));
+            }
+            Err(e) => return Err(io_err(format!("reading {}", config_path.display()))(e)),
+        };
+        let config: Config = toml::from_str(&text).map_err(|e| VaultError::BadConfig {
+            path: config_path.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        if config.format != FORMAT_VERSION {
+            return Err(VaultError::UnsupportedFormat {
+                path: dir.display().to_string(),
+                found: config.format,
+                known: FORMAT_VERSION,
+            });
+        }
+        let targets = config
+            .targets
+            .iter()
+            .map(|t| target::open_target(&t.name, &t.url))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Vault {
+            dir: dir.to_path_buf(),
+            index: Index::open(&dir.join(INDEX_FILE))?,
+            targets,
+            config,
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    pub fn index(&self) -> &Index {
+        &self.index
+    }
+
+    pub fn targets(&self) -> &[Box<dyn Target>] {
+        &self.targets
+    }
+
+    pub fn tmp_dir(&self) -> PathBuf {
+        self.dir.join(TMP_DIR)
+    }
+
+    /// Opens the vault keys with what the user supplied, trying every key file.
+    pub fn unlock(&self, how: &Unlock) -> Result<VaultKeys, VaultError> {
+        let mut files = self.local_key_files()?;
+        if files.is_empty() {
+            for t in &self.targets {
+                if let Ok(listed) = t.list("keys/") {
+                    for l in listed {
+                        if let Ok(bytes) = t.get(&l.key) {
+                            files.push((l.key, bytes));
+                        }
+                    }
+                }
+            }
+        }
+        if files.is_empty() {
+            return Err(VaultError::NoKeyFiles(self.dir.display().to_string()));
+        }
+        let mut last = None;
+        for (name, bytes) in &files {
+            match VaultKeys::open(name, bytes, how) {
+                Ok((keys, _)) if keys.public_key() == self.config.public_key => return Ok(keys),
+                Ok(_) => {
+                    last = Some(CryptoError::BadKeyFile {
+                        name: name.clone(),
+                        reason: "it holds the key of a different vault".into(),
+                    })
+                }
+                Err(CryptoError::WrongKey) => {}
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or(CryptoError::WrongKey).into())
+    }
+
+    fn local_key_files(&self) -> Result<Vec<(String, Vec<u8>)>, VaultError> {
+        let dir = self.dir.join(KEYS_DIR);
+        let entries = match fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(io_err(format!("reading {}", dir.display()))(e)),
+        };
+        let mut files = Vec::new();
+        for entry in entries {
+            let path = entry.map_err(io_err(format!("reading {}", dir.display())))?.path();
+            if path.extension().is_some_and(|e| e == "age") {
+                let bytes = fs::read(&path).map_err(io_err(format!("reading {}", path.display())))?;
+                files.push((format!("{KEYS_DIR}/{}", file_name(&path)), bytes));
+            }
+        }
+        files.sort();
+        Ok(files)
+    }
+
+    /// Takes the writer lock or says who holds it.
+    pub fn lock(&self) -> Result<WriteLock, VaultError> {
+        let path = self.dir.join(LOCK_FILE);
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(io_err(format!("opening {}", path.display())))?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => {
+                let mut text = String::new();
+                let _ = file.read_to_string(&mut text);
+                let mut pid = "?".to_string();
+                let mut since = "?".to_string();
+                for line in text.lines() {
+                    if let Some(v) = line.strip_prefix("pid ") {
+                        pid = v.to_string();
+                    } else if let Some(v) = line.strip_prefix("since ") {
+                        since = v.to_string();
+                    }
+                }
+                return Err(VaultError::Locked { pid, since });
+            }
+            Err(fs::TryLockError::Error(e)) => return Err(io_err(format!("locking {}", path.display()))(e)),
+        }
+        let info = format!(
+            "pid {}\nsince {}\n",
+            std::process::id(),
+            chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        );
+        file.set_len(0)
+            .and_then(|_| file.rewind())
+            .and_then(|_| file.write_all(info.as_bytes()))
+            .and_then(|_| file.flush())
+            .map_err(io_err(format!("writing {}", path.display())))?;
+        Ok(WriteLock { _file: file })
+    }
+
+    /// True when some process holds the writer lock right now.
+    pub fn writer_active(&self) -> bool {
+        let path = self.dir.join(LOCK_FILE);
+        match File::open(&path) {
+            Ok(f) => match f.try_lock_shared() {
+                Ok(()) => false,
+                Err(fs::TryLockError::WouldBlock) => true,
+                Err(_) => false,
+            },
+            Err(_) => false,
+        }
+    }
+
+    pub fn store_settings(&self) -> StoreSettings {
+        let s = &self.config.store;
+        StoreSettings {
+            compression: Compression {
+                level: s.compression_level.clamp(1, 22),
+                frame_size: s.frame_size.clamp(64 << 10, 512 << 20) as usize,
+            },
+            pack_size: s.pack_size.max(1 << 10),
+            cdc: self.config.cdc,
+            min_replicas: s.min_replicas,
+        }
+    }
+
+    /// A chunk store over this vault. Writing through it requires holding `lock()`.
+    pub fn store<'a>(&'a self, keys: &'a VaultKeys, _lock: &'a WriteLock) -> ChunkStore<'a> {
+        ChunkStore::new(&self.index, &self.targets, keys, self.tmp_dir(), self.store_settings())
+    }
+
+    /// A chunk store for reading only.
+    pub fn reader<'a>(&'a self, keys: &'a VaultKeys) -> ChunkStore<'a> {
+        ChunkStore::new(&self.index, &self.targets, keys, self.tmp_dir(), self.store_settings())
+    }
+
+    /// Adds a target and copies the vault's public parameters and key files to it. Packs
+    /// already written are not copied here (`gitvault sync` does that).
+    pub fn add_target(&mut self, name: &str, url: &str, _lock: &WriteLock) -> Result<(), VaultError> {
+        if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+            return Err(VaultError::BadTargetName(name.to_string()));
+        }
+        if self.config.targets.iter().any(|t| t.name == name) {
+            return Err(VaultError::TargetExists(name.to_string()));
+        }
+        let target = target::open_target(name, url)?;
+        self.prepare_target(target.as_ref())?;
+        self.config.targets.push(TargetConfig {
+            name: name.to_string(),
+            url: target.url().to_string(),
+        });
+        self.save_config()?;
+        self.targets.push(target);
+        Ok(())
+    }
+
+    pub fn remove_target(&mut self, name: &str, _lock: &WriteLock) -> Result<(), VaultError> {
+        let pos = self
+            .config
+            .targets
+            .iter()
+            .position(|t| t.name == name)
+            .ok_or_else(|| VaultError::NoSuchTarget(name.to_string()))?;
+        if self.config.targets.len() == 1 {
+            return Err(VaultError::LastTarget(name.to_string()));
+        }
+        self.config.targets.remove(pos);
+        self.save_config()?;
+        self.index.forget_target(name)?;
+        self.targets.retain(|t| t.name() != name);
+        Ok(())
+    }
+
+    fn prepare_target(&self, target: &dyn Target) -> Result<(), VaultError> {
+        if let Ok(existing) = target.get(PUBLIC_FILE) {
+            let found: Result<PublicParams, _> = serde_json::from_slice(&existing);
+            match found {
+                Ok(p) if p.vault_id == self.config.vault_id => {}
+                Ok(p) => {
+                    return Err(VaultError::ForeignTarget {
+                        target: target.name().to_string(),
+                        found: p.vault_id,
+                    });
+                }
+                Err(_) => {
+                    return Err(VaultError::ForeignTarget {
+                        target: target.name().to_string(),
+                        found: "an unreadable gitvault.json".into(),
+                    });
+                }
+            }
+        }
+        let params = PublicParams {
+            format: FORMAT_VERSION,
+            vault_id: self.config.vault_id.clone(),
+            public_key: self.config.public_key.clone(),
+            cdc: self.config.cdc,
+            created: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        };
+        let json = serde_json::to_vec_pretty(&params).map_err(|e| VaultError::BadConfig {
+            path: PUBLIC_FILE.into(),
+            reason: e.to_string(),
+        })?;
+        target.put_if_absent(PUBLIC_FILE, Body::Bytes(&json))?;
+        for (name, bytes) in self.local_key_files()? {
+            target.put_if_absent(&name, Body::Bytes(&bytes))?;
+        }
+        Ok(())
+    }
+
+    fn save_config(&self) -> Result<(), VaultError> {
+        let path = self.dir.join(CONFIG_FILE);
+        let text = toml::to_string_pretty(&self.config).map_err(|e| VaultError::BadConfig {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        let header = "# gitvault vault configuration. No secrets belong here: keys are in keys/,\n\
+                      # credentials come from the environment.\n";
+        write_atomic(&path, format!("{header}{text}").as_bytes())
+    }
+}
+
+/// Key file names are derived from their content, so copies on targets never collide.
+fn key_file_name(sealed: &[u8]) -> String {
+    format!("{}.age", &blake3::hash(sealed).to_hex()[..16])
+}
+
+fn file_name(path: &Path) -> String {
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// Temporary file, fsync, rename, fsync of the directory.
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), VaultError> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let tmp = dir.join(format!(".{}.tmp", file_name(path)));
+    let result = (|| -> io::Result<()> {
+        let mut f = File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        fs::rename(&tmp, path)?;
+        File::open(dir)?.sync_all()
+    })();
+    result.map_err(io_err(format!("writing {}", path.display())))
+}
+
+/// Where the key to open a vault comes from, in order: an identity file (`--identity` or
+/// `GITVAULT_IDENTITY_FILE`), `GITVAULT_PASSPHRASE`, a prompt on the terminal.
+pub fn unlock_from_environment(identity_file: Option<&Path>) -> Result<Unlock, VaultError> {
+    if let Some(path) = identity_file {
+        return Ok(Unlock::from_identity_file(path)?);
+    }
+    if let Ok(pass) = std::env::var("GITVAULT_PASSPHRASE") {
+        return Ok(Unlock::Passphrase(SecretString::from(pass)));
+    }
+    if io::stdin().is_terminal() {
+        let pass = rpassword::prompt_password("vault passphrase: ").map_err(io_err("reading the passphrase"))?;
+        return Ok(Unlock::Passphrase(SecretString::from(pass)));
+    }
+    Err(VaultError::NoUnlockMethod)
+}
+
+/// The passphrase for a new vault: `GITVAULT_PASSPHRASE`, or asked twice on the terminal.
+pub fn new_passphrase_from_environment() -> Result<SecretString, VaultError> {
+    if let Ok(pass) = std::env::var("GITVAULT_PASSPHRASE") {
+        if pass.is_empty() {
+            return Err(VaultError::BadConfig {
+                path: "GITVAULT_PASSPHRASE".into(),
+                reason: "the passphrase is empty".into(),
+            });
+        }
+        return Ok(SecretString::from(pass));
+    }
+    if !io::stdin().is_terminal() {
+        return Err(VaultError::NoUnlockMethod);
+    }
+    let first = rpassword::prompt_password("new vault passphrase: ").map_err(io_err("reading the passphrase"))?;
+    let second = rpassword::prompt_password("repeat the passphrase: ").map_err(io_err("reading the passphrase"))?;
+    if first != second || first.is_empty() {
+        return Err(VaultError::BadConfig {
+            path: "passphrase".into(),
+            reason: "the two entries differ or are empty".into(),
+        });
+    }
+    Ok(SecretString::from(first))
+}
