@@ -21,7 +21,9 @@ pub enum CryptoError {
     BadRecipient(String),
     #[error("the identity file {path} holds no usable age identity: {reason}")]
     BadIdentityFile { path: String, reason: String },
-    #[error("no key file could be decrypted with the given passphrase or identity (wrong passphrase or wrong identity file)")]
+    #[error(
+        "no key file could be decrypted with the given passphrase or identity (wrong passphrase or wrong identity file)"
+    )]
     WrongKey,
     #[error("key file {name} is damaged: {reason}")]
     BadKeyFile { name: String, reason: String },
@@ -77,7 +79,8 @@ pub struct IdKey([u8; 32]);
 impl IdKey {
     pub fn generate() -> Result<IdKey, CryptoError> {
         let mut key = [0u8; 32];
-        getrandom::fill(&mut key).map_err(|e| CryptoError::Encrypt(format!("no randomness: {e}")))?;
+        getrandom::fill(&mut key)
+            .map_err(|e| CryptoError::Encrypt(format!("no randomness: {e}")))?;
         Ok(IdKey(key))
     }
 
@@ -200,14 +203,19 @@ impl VaultKeys {
 
     /// Encrypts the keys into a key file. Recipients and a passphrase cannot share one age file,
     /// so each protection gets its own file.
-    pub fn seal(&self, vault_id: &str, protection: KeyProtection<'_>) -> Result<Vec<u8>, CryptoError> {
+    pub fn seal(
+        &self,
+        vault_id: &str,
+        protection: KeyProtection<'_>,
+    ) -> Result<Vec<u8>, CryptoError> {
         let plain = KeyFilePlain {
             format: 1,
             vault_id: vault_id.to_string(),
             identity: self.identity.to_string().expose_secret().to_string(),
             id_key: hex::encode(self.id_key.0),
         };
-        let mut json = serde_json::to_vec(&plain).map_err(|e| CryptoError::Encrypt(e.to_string()))?;
+        let mut json =
+            serde_json::to_vec(&plain).map_err(|e| CryptoError::Encrypt(e.to_string()))?;
         let encryptor = match protection {
             KeyProtection::Recipients(list) => {
                 if list.is_empty() {
@@ -228,11 +236,16 @@ impl VaultKeys {
     }
 
     /// Tries to open a key file with what the user supplied.
-    pub fn open(name: &str, sealed: &[u8], unlock: &Unlock) -> Result<(VaultKeys, String), CryptoError> {
-        let decryptor = age::Decryptor::new_buffered(sealed).map_err(|e| CryptoError::BadKeyFile {
-            name: name.to_string(),
-            reason: e.to_string(),
-        })?;
+    pub fn open(
+        name: &str,
+        sealed: &[u8],
+        unlock: &Unlock,
+    ) -> Result<(VaultKeys, String), CryptoError> {
+        let decryptor =
+            age::Decryptor::new_buffered(sealed).map_err(|e| CryptoError::BadKeyFile {
+                name: name.to_string(),
+                reason: e.to_string(),
+            })?;
         let reader = match unlock {
             Unlock::Passphrase(pass) => {
                 if !decryptor.is_scrypt() {
@@ -260,10 +273,12 @@ impl VaultKeys {
             },
         })?;
         let mut json = Vec::new();
-        reader.read_to_end(&mut json).map_err(|e| CryptoError::BadKeyFile {
-            name: name.to_string(),
-            reason: e.to_string(),
-        })?;
+        reader
+            .read_to_end(&mut json)
+            .map_err(|e| CryptoError::BadKeyFile {
+                name: name.to_string(),
+                reason: e.to_string(),
+            })?;
         let parsed: Result<KeyFilePlain, _> = serde_json::from_slice(&json);
         json.zeroize();
         let plain = parsed.map_err(|e| CryptoError::BadKeyFile {
@@ -274,7 +289,8 @@ impl VaultKeys {
             name: name.to_string(),
             reason: reason.to_string(),
         };
-        let identity = age::x25519::Identity::from_str(&plain.identity).map_err(|_| bad("bad identity"))?;
+        let identity =
+            age::x25519::Identity::from_str(&plain.identity).map_err(|_| bad("bad identity"))?;
         let mut raw = hex::decode(&plain.id_key).map_err(|_| bad("bad id key"))?;
         let key: Result<[u8; 32], _> = raw.as_slice().try_into();
         raw.zeroize();
@@ -290,7 +306,8 @@ impl VaultKeys {
 }
 
 pub fn parse_recipient(text: &str) -> Result<age::x25519::Recipient, CryptoError> {
-    age::x25519::Recipient::from_str(text.trim()).map_err(|_| CryptoError::BadRecipient(text.to_string()))
+    age::x25519::Recipient::from_str(text.trim())
+        .map_err(|_| CryptoError::BadRecipient(text.to_string()))
 }
 
 fn encrypt_bytes(encryptor: age::Encryptor, plain: &[u8]) -> Result<Vec<u8>, CryptoError> {
@@ -302,7 +319,10 @@ fn encrypt_bytes(encryptor: age::Encryptor, plain: &[u8]) -> Result<Vec<u8>, Cry
 }
 
 /// Encrypts small documents (index backups, manifests kept outside packs) to the vault key.
-pub fn encrypt_to(recipient: &age::x25519::Recipient, plain: &[u8]) -> Result<Vec<u8>, CryptoError> {
+pub fn encrypt_to(
+    recipient: &age::x25519::Recipient,
+    plain: &[u8],
+) -> Result<Vec<u8>, CryptoError> {
     let encryptor = age::Encryptor::with_recipients(iter::once(recipient as &dyn age::Recipient))
         .map_err(|e| CryptoError::Encrypt(e.to_string()))?;
     encrypt_bytes(encryptor, plain)
@@ -331,7 +351,10 @@ pub fn decrypting_reader<R: Read>(
 }
 
 /// Decrypts a whole small age file with the vault identity.
-pub fn decrypt_bytes(identity: &age::x25519::Identity, sealed: &[u8]) -> Result<Vec<u8>, CryptoError> {
+pub fn decrypt_bytes(
+    identity: &age::x25519::Identity,
+    sealed: &[u8],
+) -> Result<Vec<u8>, CryptoError> {
     let mut reader = decrypting_reader(identity, sealed)?;
     let mut out = Vec::new();
     reader
@@ -360,14 +383,17 @@ mod tests {
         let keys = VaultKeys::generate().unwrap();
         let user = age::x25519::Identity::generate();
         let recipients = vec![user.to_public().to_string()];
-        let sealed = keys.seal("v1", KeyProtection::Recipients(&recipients)).unwrap();
+        let sealed = keys
+            .seal("v1", KeyProtection::Recipients(&recipients))
+            .unwrap();
         let (opened, vault_id) =
             VaultKeys::open("k", &sealed, &Unlock::Identities(vec![Box::new(user)])).unwrap();
         assert_eq!(vault_id, "v1");
         assert_eq!(opened.public_key(), keys.public_key());
         assert_eq!(opened.id_key().chunk_id(b"x"), keys.id_key().chunk_id(b"x"));
         let other = age::x25519::Identity::generate();
-        let err = VaultKeys::open("k", &sealed, &Unlock::Identities(vec![Box::new(other)])).unwrap_err();
+        let err =
+            VaultKeys::open("k", &sealed, &Unlock::Identities(vec![Box::new(other)])).unwrap_err();
         assert!(matches!(err, CryptoError::WrongKey), "{err}");
     }
 
@@ -376,7 +402,10 @@ mod tests {
         let a = IdKey::generate().unwrap();
         let b = IdKey::generate().unwrap();
         assert_ne!(a.chunk_id(b"same"), b.chunk_id(b"same"));
-        assert_ne!(a.chunk_id(b"same"), ChunkId(*blake3::hash(b"same").as_bytes()));
+        assert_ne!(
+            a.chunk_id(b"same"),
+            ChunkId(*blake3::hash(b"same").as_bytes())
+        );
         let mut h = a.hasher();
         h.update(b"sa");
         h.update(b"me");

@@ -17,8 +17,14 @@ use crate::store::pack::{FinishedPack, FrameInfo};
 pub enum IndexError {
     #[error("index database error: {0}")]
     Sqlite(#[from] rusqlite::Error),
-    #[error("the index at {path} has schema version {found}, newer than this gitvault understands ({known}); upgrade gitvault")]
-    TooNew { path: String, found: i64, known: i64 },
+    #[error(
+        "the index at {path} has schema version {found}, newer than this gitvault understands ({known}); upgrade gitvault"
+    )]
+    TooNew {
+        path: String,
+        found: i64,
+        known: i64,
+    },
     #[error("the index is inconsistent: {0}; rebuild it with `gitvault recover`")]
     Inconsistent(String),
 }
@@ -126,7 +132,9 @@ impl Index {
     }
 
     fn migrate(&mut self, path: &Path) -> Result<(), IndexError> {
-        let found: i64 = self.conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        let found: i64 = self
+            .conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))?;
         if found > SCHEMA_VERSION {
             return Err(IndexError::TooNew {
                 path: path.display().to_string(),
@@ -144,11 +152,15 @@ impl Index {
     }
 
     pub fn schema_version(&self) -> Result<i64, IndexError> {
-        Ok(self.conn.pragma_query_value(None, "user_version", |r| r.get(0))?)
+        Ok(self
+            .conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))?)
     }
 
     pub fn has_chunk(&self, id: &ChunkId) -> Result<bool, IndexError> {
-        let mut stmt = self.conn.prepare_cached("SELECT 1 FROM chunks WHERE id = ?1")?;
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT 1 FROM chunks WHERE id = ?1")?;
         Ok(stmt.exists(params![&id.0[..]])?)
     }
 
@@ -200,10 +212,15 @@ impl Index {
              ON CONFLICT(name) DO NOTHING",
             params![pack.name, pack.size, pack.raw_bytes, pack.footer.entries.len() as i64, created],
         )?;
-        let pack_id: i64 = tx.query_row("SELECT id FROM packs WHERE name = ?1", params![pack.name], |r| r.get(0))?;
+        let pack_id: i64 = tx.query_row(
+            "SELECT id FROM packs WHERE name = ?1",
+            params![pack.name],
+            |r| r.get(0),
+        )?;
         {
-            let mut presence =
-                tx.prepare_cached("INSERT OR IGNORE INTO pack_targets (pack_id, target) VALUES (?1, ?2)")?;
+            let mut presence = tx.prepare_cached(
+                "INSERT OR IGNORE INTO pack_targets (pack_id, target) VALUES (?1, ?2)",
+            )?;
             for t in targets {
                 presence.execute(params![pack_id, t])?;
             }
@@ -212,11 +229,9 @@ impl Index {
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
             )?;
             for e in &pack.footer.entries {
-                let frame = pack
-                    .footer
-                    .frames
-                    .get(e.frame as usize)
-                    .ok_or_else(|| IndexError::Inconsistent(format!("pack {} names a missing frame", pack.name)))?;
+                let frame = pack.footer.frames.get(e.frame as usize).ok_or_else(|| {
+                    IndexError::Inconsistent(format!("pack {} names a missing frame", pack.name))
+                })?;
                 insert.execute(params![
                     &e.id.0[..],
                     e.kind,
@@ -264,9 +279,11 @@ impl Index {
     }
 
     pub fn totals(&self) -> Result<Totals, IndexError> {
-        let (packs, stored_bytes): (u64, u64) =
-            self.conn
-                .query_row("SELECT count(*), coalesce(sum(size), 0) FROM packs", [], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        let (packs, stored_bytes): (u64, u64) = self.conn.query_row(
+            "SELECT count(*), coalesce(sum(size), 0) FROM packs",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
         let (chunks, unique_bytes): (u64, u64) = self.conn.query_row(
             "SELECT count(*), coalesce(sum(length), 0) FROM chunks",
             [],
@@ -274,7 +291,11 @@ impl Index {
         )?;
         let logical_bytes: u64 = self
             .conn
-            .query_row("SELECT value FROM counters WHERE name = 'logical_bytes'", [], |r| r.get(0))
+            .query_row(
+                "SELECT value FROM counters WHERE name = 'logical_bytes'",
+                [],
+                |r| r.get(0),
+            )
             .optional()?
             .unwrap_or(0);
         Ok(Totals {
@@ -288,9 +309,10 @@ impl Index {
 
     /// Forgets that packs are on a target (when the target is removed from the vault).
     pub fn forget_target(&self, target: &str) -> Result<usize, IndexError> {
-        Ok(self
-            .conn
-            .execute("DELETE FROM pack_targets WHERE target = ?1", params![target])?)
+        Ok(self.conn.execute(
+            "DELETE FROM pack_targets WHERE target = ?1",
+            params![target],
+        )?)
     }
 }
 
@@ -316,7 +338,10 @@ mod tests {
         drop(index);
         let index = Index::open(&path).unwrap();
         assert_eq!(index.totals().unwrap().packs, 0);
-        index.conn.pragma_update(None, "user_version", SCHEMA_VERSION + 1).unwrap();
+        index
+            .conn
+            .pragma_update(None, "user_version", SCHEMA_VERSION + 1)
+            .unwrap();
         drop(index);
         assert!(matches!(Index::open(&path), Err(IndexError::TooNew { .. })));
     }

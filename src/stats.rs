@@ -52,7 +52,11 @@ pub fn collect(vault: &Vault) -> Result<Stats, VaultError> {
     let totals = vault.index().totals()?;
     let mut targets = Vec::new();
     for target in vault.targets() {
-        let expected: HashMap<String, u64> = vault.index().packs_on_target(target.name())?.into_iter().collect();
+        let expected: HashMap<String, u64> = vault
+            .index()
+            .packs_on_target(target.name())?
+            .into_iter()
+            .collect();
         let mut ts = TargetStats {
             name: target.name().to_string(),
             url: target.url().to_string(),

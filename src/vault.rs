@@ -34,16 +34,24 @@ pub const PUBLIC_FILE: &str = "gitvault.json";
 
 #[derive(Debug, thiserror::Error)]
 pub enum VaultError {
-    #[error("no vault at {0}: create one with `gitvault init` or point --vault / GITVAULT_VAULT at it")]
+    #[error(
+        "no vault at {0}: create one with `gitvault init` or point --vault / GITVAULT_VAULT at it"
+    )]
     NotAVault(String),
     #[error("{0} already exists and is not empty; gitvault init needs a new or empty directory")]
     AlreadyExists(String),
-    #[error("vault is locked by pid {pid} since {since}: another gitvault is writing to it; wait for it to finish")]
+    #[error(
+        "vault is locked by pid {pid} since {since}: another gitvault is writing to it; wait for it to finish"
+    )]
     Locked { pid: String, since: String },
     #[error("the vault config {path} is unreadable: {reason}")]
     BadConfig { path: String, reason: String },
     #[error("the vault at {path} has format {found}; this gitvault understands format {known}")]
-    UnsupportedFormat { path: String, found: u32, known: u32 },
+    UnsupportedFormat {
+        path: String,
+        found: u32,
+        known: u32,
+    },
     #[error("a target named `{0}` already exists")]
     TargetExists(String),
     #[error("no target named `{0}`")]
@@ -54,7 +62,9 @@ pub enum VaultError {
     LastTarget(String),
     #[error("target {target} already holds a different vault ({found}); use an empty location")]
     ForeignTarget { target: String, found: String },
-    #[error("no key to open the vault: set GITVAULT_IDENTITY_FILE (or --identity) to an age identity file, or GITVAULT_PASSPHRASE, or run on a terminal to be asked")]
+    #[error(
+        "no key to open the vault: set GITVAULT_IDENTITY_FILE (or --identity) to an age identity file, or GITVAULT_PASSPHRASE, or run on a terminal to be asked"
+    )]
     NoUnlockMethod,
     #[error("no key file found in {0}/keys nor on any target")]
     NoKeyFiles(String),
@@ -173,12 +183,14 @@ impl Vault {
             crypto::parse_recipient(r)?;
         }
         if dir.exists() {
-            let mut entries = fs::read_dir(dir).map_err(io_err(format!("reading {}", dir.display())))?;
+            let mut entries =
+                fs::read_dir(dir).map_err(io_err(format!("reading {}", dir.display())))?;
             if entries.next().is_some() {
                 return Err(VaultError::AlreadyExists(dir.display().to_string()));
             }
         }
-        fs::create_dir_all(dir.join(KEYS_DIR)).map_err(io_err(format!("creating {}", dir.display())))?;
+        fs::create_dir_all(dir.join(KEYS_DIR))
+            .map_err(io_err(format!("creating {}", dir.display())))?;
         let dir = dir
             .canonicalize()
             .map_err(io_err(format!("resolving {}", dir.display())))?;
@@ -329,9 +341,12 @@ impl Vault {
         };
         let mut files = Vec::new();
         for entry in entries {
-            let path = entry.map_err(io_err(format!("reading {}", dir.display())))?.path();
+            let path = entry
+                .map_err(io_err(format!("reading {}", dir.display())))?
+                .path();
             if path.extension().is_some_and(|e| e == "age") {
-                let bytes = fs::read(&path).map_err(io_err(format!("reading {}", path.display())))?;
+                let bytes =
+                    fs::read(&path).map_err(io_err(format!("reading {}", path.display())))?;
                 files.push((format!("{KEYS_DIR}/{}", file_name(&path)), bytes));
             }
         }
@@ -365,7 +380,9 @@ impl Vault {
                 }
                 return Err(VaultError::Locked { pid, since });
             }
-            Err(fs::TryLockError::Error(e)) => return Err(io_err(format!("locking {}", path.display()))(e)),
+            Err(fs::TryLockError::Error(e)) => {
+                return Err(io_err(format!("locking {}", path.display()))(e));
+            }
         }
         let info = format!(
             "pid {}\nsince {}\n",
@@ -408,18 +425,39 @@ impl Vault {
 
     /// A chunk store over this vault. Writing through it requires holding `lock()`.
     pub fn store<'a>(&'a self, keys: &'a VaultKeys, _lock: &'a WriteLock) -> ChunkStore<'a> {
-        ChunkStore::new(&self.index, &self.targets, keys, self.tmp_dir(), self.store_settings())
+        ChunkStore::new(
+            &self.index,
+            &self.targets,
+            keys,
+            self.tmp_dir(),
+            self.store_settings(),
+        )
     }
 
     /// A chunk store for reading only.
     pub fn reader<'a>(&'a self, keys: &'a VaultKeys) -> ChunkStore<'a> {
-        ChunkStore::new(&self.index, &self.targets, keys, self.tmp_dir(), self.store_settings())
+        ChunkStore::new(
+            &self.index,
+            &self.targets,
+            keys,
+            self.tmp_dir(),
+            self.store_settings(),
+        )
     }
 
     /// Adds a target and copies the vault's public parameters and key files to it. Packs
     /// already written are not copied here (`gitvault sync` does that).
-    pub fn add_target(&mut self, name: &str, url: &str, _lock: &WriteLock) -> Result<(), VaultError> {
-        if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+    pub fn add_target(
+        &mut self,
+        name: &str,
+        url: &str,
+        _lock: &WriteLock,
+    ) -> Result<(), VaultError> {
+        if name.is_empty()
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
             return Err(VaultError::BadTargetName(name.to_string()));
         }
         if self.config.targets.iter().any(|t| t.name == name) {
@@ -537,7 +575,8 @@ pub fn unlock_from_environment(identity_file: Option<&Path>) -> Result<Unlock, V
         return Ok(Unlock::Passphrase(SecretString::from(pass)));
     }
     if io::stdin().is_terminal() {
-        let pass = rpassword::prompt_password("vault passphrase: ").map_err(io_err("reading the passphrase"))?;
+        let pass = rpassword::prompt_password("vault passphrase: ")
+            .map_err(io_err("reading the passphrase"))?;
         return Ok(Unlock::Passphrase(SecretString::from(pass)));
     }
     Err(VaultError::NoUnlockMethod)
@@ -557,8 +596,10 @@ pub fn new_passphrase_from_environment() -> Result<SecretString, VaultError> {
     if !io::stdin().is_terminal() {
         return Err(VaultError::NoUnlockMethod);
     }
-    let first = rpassword::prompt_password("new vault passphrase: ").map_err(io_err("reading the passphrase"))?;
-    let second = rpassword::prompt_password("repeat the passphrase: ").map_err(io_err("reading the passphrase"))?;
+    let first = rpassword::prompt_password("new vault passphrase: ")
+        .map_err(io_err("reading the passphrase"))?;
+    let second = rpassword::prompt_password("repeat the passphrase: ")
+        .map_err(io_err("reading the passphrase"))?;
     if first != second || first.is_empty() {
         return Err(VaultError::BadConfig {
             path: "passphrase".into(),

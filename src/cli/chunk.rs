@@ -67,7 +67,11 @@ pub fn run(ctx: &Ctx, cmd: ChunkCommand) -> Result<i32> {
                 report: store.report().clone(),
             };
             ctx.out.print(&report, || {
-                report.stored.iter().map(|s| format!("{}  {}\n", s.id, s.path)).collect()
+                report
+                    .stored
+                    .iter()
+                    .map(|s| format!("{}  {}\n", s.id, s.path))
+                    .collect()
             });
         }
         ChunkCommand::Cat { id, output } => {
@@ -75,7 +79,8 @@ pub fn run(ctx: &Ctx, cmd: ChunkCommand) -> Result<i32> {
             match output {
                 Some(path) => {
                     let mut out = BufWriter::new(
-                        File::create(&path).with_context(|| format!("creating {}", path.display()))?,
+                        File::create(&path)
+                            .with_context(|| format!("creating {}", path.display()))?,
                     );
                     store.get_to(&id, &mut out)?;
                     out.flush()?;

@@ -22,10 +22,19 @@ pub const EXIT_FAILED: i32 = 1;
 pub const EXIT_PARTIAL: i32 = 3;
 
 #[derive(Parser)]
-#[command(name = "gitvault", version, about = "Encrypted, deduplicating, replicated backups of git repositories")]
+#[command(
+    name = "gitvault",
+    version,
+    about = "Encrypted, deduplicating, replicated backups of git repositories"
+)]
 pub struct Args {
     /// The vault directory.
-    #[arg(long, global = true, env = "GITVAULT_VAULT", default_value = "gitvault-vault")]
+    #[arg(
+        long,
+        global = true,
+        env = "GITVAULT_VAULT",
+        default_value = "gitvault-vault"
+    )]
     vault: PathBuf,
     /// An age identity file that opens the vault (else GITVAULT_PASSPHRASE, else a prompt).
     #[arg(long, global = true, env = "GITVAULT_IDENTITY_FILE")]
@@ -112,14 +121,23 @@ pub fn main() -> i32 {
 
 fn run(ctx: &Ctx, command: Command) -> Result<i32> {
     match command {
-        Command::Init { recipients, passphrase } => {
+        Command::Init {
+            recipients,
+            passphrase,
+        } => {
             let passphrase = if passphrase {
                 Some(vault::new_passphrase_from_environment()?)
             } else {
                 None
             };
-            let report = Vault::init(&ctx.args_vault, InitOptions { recipients, passphrase })
-                .with_context(|| format!("creating a vault at {}", ctx.args_vault.display()))?;
+            let report = Vault::init(
+                &ctx.args_vault,
+                InitOptions {
+                    recipients,
+                    passphrase,
+                },
+            )
+            .with_context(|| format!("creating a vault at {}", ctx.args_vault.display()))?;
             ctx.out.print(&report, || {
                 format!(
                     "created vault {} at {}\n  public key: {}\n  key files:  {}\n  target:     local {}\n\

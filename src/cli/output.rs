@@ -64,13 +64,22 @@ pub fn bytes(n: u64) -> String {
         v /= 1024.0;
         unit += 1;
     }
-    if unit == 0 { format!("{n} B") } else { format!("{v:.1} {}", UNITS[unit]) }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[unit])
+    }
 }
 
 pub fn stats_table(s: &gitvault::stats::Stats) -> String {
     let mut t = String::new();
     let _ = writeln!(t, "logical bytes:     {}", bytes(s.logical_bytes));
-    let _ = writeln!(t, "unique bytes:      {}  (dedup ratio {:.2})", bytes(s.unique_bytes), s.dedup_ratio);
+    let _ = writeln!(
+        t,
+        "unique bytes:      {}  (dedup ratio {:.2})",
+        bytes(s.unique_bytes),
+        s.dedup_ratio
+    );
     let _ = writeln!(
         t,
         "stored bytes:      {}  (compression ratio {:.2})",
@@ -87,7 +96,11 @@ pub fn stats_table(s: &gitvault::stats::Stats) -> String {
             bytes(s.local_garbage_bytes)
         );
     }
-    let _ = writeln!(t, "\n{:<12} {:>7} {:>11} {:>8} {:>9} {:>11}  url", "target", "packs", "bytes", "missing", "garbage", "garbage B");
+    let _ = writeln!(
+        t,
+        "\n{:<12} {:>7} {:>11} {:>8} {:>9} {:>11}  url",
+        "target", "packs", "bytes", "missing", "garbage", "garbage B"
+    );
     for ts in &s.targets {
         let _ = writeln!(
             t,
@@ -105,7 +118,10 @@ pub fn stats_table(s: &gitvault::stats::Stats) -> String {
         }
     }
     if s.writer_active {
-        let _ = writeln!(t, "\na writer is active: unreferenced packs may still be in flight");
+        let _ = writeln!(
+            t,
+            "\na writer is active: unreferenced packs may still be in flight"
+        );
     }
     t
 }

@@ -33,7 +33,9 @@ pub fn run(ctx: &Ctx, cmd: TargetCommand) -> Result<i32> {
         TargetCommand::Remove { name } => {
             let lock = vault.lock()?;
             vault.remove_target(&name, &lock)?;
-            ctx.out.print(&serde_json::json!({ "removed": name }), || format!("removed target {name}\n"));
+            ctx.out.print(&serde_json::json!({ "removed": name }), || {
+                format!("removed target {name}\n")
+            });
         }
         TargetCommand::List => {
             let rows: Vec<TargetRow> = vault
@@ -46,7 +48,9 @@ pub fn run(ctx: &Ctx, cmd: TargetCommand) -> Result<i32> {
                 })
                 .collect();
             ctx.out.print(&rows, || {
-                rows.iter().map(|r| format!("{:<12} {}\n", r.name, r.url)).collect()
+                rows.iter()
+                    .map(|r| format!("{:<12} {}\n", r.name, r.url))
+                    .collect()
             });
         }
     }

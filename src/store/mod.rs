@@ -41,9 +41,12 @@ pub enum ChunkKind {
 impl ChunkKind {
     pub fn from_u8(v: u8) -> Option<ChunkKind> {
         use ChunkKind::*;
-        [Data, ChunkList, GitCommit, GitTree, GitBlob, GitTag, LfsObject, Manifest, ObjectMap, Metadata]
-            .into_iter()
-            .find(|k| *k as u8 == v)
+        [
+            Data, ChunkList, GitCommit, GitTree, GitBlob, GitTag, LfsObject, Manifest, ObjectMap,
+            Metadata,
+        ]
+        .into_iter()
+        .find(|k| *k as u8 == v)
     }
 }
 
@@ -53,13 +56,23 @@ pub enum StoreError {
     UnknownChunk(ChunkId),
     #[error("chunk {0} is not durable yet (its pack is still being written)")]
     NotDurable(ChunkId),
-    #[error("pack {pack} is missing on every target that should hold it ({targets}); run `gitvault verify` and `gitvault sync`")]
+    #[error(
+        "pack {pack} is missing on every target that should hold it ({targets}); run `gitvault verify` and `gitvault sync`"
+    )]
     MissingPack { pack: String, targets: String },
-    #[error("pack {pack} is unreadable ({reasons}); run `gitvault verify --full` and `gitvault sync` to repair it from another target")]
+    #[error(
+        "pack {pack} is unreadable ({reasons}); run `gitvault verify --full` and `gitvault sync` to repair it from another target"
+    )]
     CorruptPack { pack: String, reasons: String },
     #[error("chunk {chunk} in pack {pack} is corrupt: {reason}")]
-    CorruptChunk { chunk: ChunkId, pack: String, reason: String },
-    #[error("pack {pack} reached {got} of the {wanted} targets the replication policy requires: {errors}")]
+    CorruptChunk {
+        chunk: ChunkId,
+        pack: String,
+        reason: String,
+    },
+    #[error(
+        "pack {pack} reached {got} of the {wanted} targets the replication policy requires: {errors}"
+    )]
     NotEnoughReplicas {
         pack: String,
         wanted: usize,
@@ -144,7 +157,9 @@ pub fn pack_name_from_key(key: &str) -> Option<&str> {
     let rest = key.strip_prefix("packs/")?;
     let (dir, name) = rest.split_once('/')?;
     let valid = name.len() == 64
-        && name.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
         && name.starts_with(dir);
     valid.then_some(name)
 }
@@ -256,7 +271,11 @@ impl<'v> ChunkStore<'v> {
     }
 
     /// Like `put`, for inputs too large to hold in memory. Returns the id and the byte count.
-    pub fn put_reader(&mut self, kind: ChunkKind, input: impl Read) -> Result<(ChunkId, u64), StoreError> {
+    pub fn put_reader(
+        &mut self,
+        kind: ChunkKind,
+        input: impl Read,
+    ) -> Result<(ChunkId, u64), StoreError> {
         let cdc = self.settings.cdc;
         let chunker = StreamCDC::with_level_and_seed(
             input,
@@ -284,7 +303,11 @@ impl<'v> ChunkStore<'v> {
         Ok((self.finish_parts(kind, parts)?, total))
     }
 
-    fn finish_parts(&mut self, kind: ChunkKind, parts: Vec<(ChunkId, u64)>) -> Result<ChunkId, StoreError> {
+    fn finish_parts(
+        &mut self,
+        kind: ChunkKind,
+        parts: Vec<(ChunkId, u64)>,
+    ) -> Result<ChunkId, StoreError> {
         match parts.as_slice() {
             [] => self.put_chunk(kind, &[]),
             [(single, _)] => Ok(*single),
@@ -338,7 +361,9 @@ impl<'v> ChunkStore<'v> {
     }
 
     fn finish_pack(&mut self) -> Result<(), StoreError> {
-        let Some(writer) = self.writer.take() else { return Ok(()) };
+        let Some(writer) = self.writer.take() else {
+            return Ok(());
+        };
         let finished = writer.finish()?;
         hooks::point("pack-written");
         let result = self.replicate_and_index(&finished);
@@ -397,7 +422,8 @@ impl<'v> ChunkStore<'v> {
             self.report.lagging.push((pack.name.clone(), target, error));
         }
         hooks::point("pack-uploaded");
-        self.index.commit_pack(pack, &stored, self.pending_logical)?;
+        self.index
+            .commit_pack(pack, &stored, self.pending_logical)?;
         self.pending_logical = 0;
         self.pending.clear();
         self.report.packs_written += 1;
@@ -453,11 +479,13 @@ impl<'v> ChunkStore<'v> {
         let frame = self.frame(&loc)?;
         let start = loc.offset as usize;
         let end = start + loc.len as usize;
-        let bytes = frame.get(start..end).ok_or_else(|| StoreError::CorruptChunk {
-            chunk: *id,
-            pack: loc.pack_name.clone(),
-            reason: "lies outside its frame".into(),
-        })?;
+        let bytes = frame
+            .get(start..end)
+            .ok_or_else(|| StoreError::CorruptChunk {
+                chunk: *id,
+                pack: loc.pack_name.clone(),
+                reason: "lies outside its frame".into(),
+            })?;
         if self.keys.id_key().chunk_id(bytes) != *id {
             return Err(StoreError::CorruptChunk {
                 chunk: *id,
@@ -477,7 +505,11 @@ impl<'v> ChunkStore<'v> {
         let object = pack_key(&loc.pack_name);
         let mut missing = Vec::new();
         let mut broken = Vec::new();
-        for target in self.targets.iter().filter(|t| holders.iter().any(|h| h == t.name())) {
+        for target in self
+            .targets
+            .iter()
+            .filter(|t| holders.iter().any(|h| h == t.name()))
+        {
             let attempt = target
                 .open(&object)
                 .map_err(|e| match e {

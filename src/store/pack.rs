@@ -56,7 +56,8 @@ pub struct Footer {
 
 impl Footer {
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(8 + self.frames.len() * FRAME_LEN + self.entries.len() * ENTRY_LEN);
+        let mut out =
+            Vec::with_capacity(8 + self.frames.len() * FRAME_LEN + self.entries.len() * ENTRY_LEN);
         out.extend_from_slice(&(self.frames.len() as u32).to_le_bytes());
         for f in &self.frames {
             out.extend_from_slice(&f.offset.to_le_bytes());
@@ -78,7 +79,9 @@ impl Footer {
         let mut r = ByteReader { bytes, pos: 0 };
         let frame_count = r.u32()? as usize;
         if frame_count.saturating_mul(FRAME_LEN) > bytes.len() {
-            return Err(PackError::Corrupt("footer frame count exceeds footer size".into()));
+            return Err(PackError::Corrupt(
+                "footer frame count exceeds footer size".into(),
+            ));
         }
         let mut frames = Vec::with_capacity(frame_count);
         for _ in 0..frame_count {
@@ -90,7 +93,9 @@ impl Footer {
         }
         let entry_count = r.u32()? as usize;
         if entry_count.saturating_mul(ENTRY_LEN) > bytes.len() {
-            return Err(PackError::Corrupt("footer entry count exceeds footer size".into()));
+            return Err(PackError::Corrupt(
+                "footer entry count exceeds footer size".into(),
+            ));
         }
         let mut entries = Vec::with_capacity(entry_count);
         for _ in 0..entry_count {
@@ -103,11 +108,16 @@ impl Footer {
                 offset: r.u32()?,
                 len: r.u32()?,
             };
-            let frame = frames
-                .get(entry.frame as usize)
-                .ok_or_else(|| PackError::Corrupt(format!("chunk {id} names frame {} of {frame_count}", entry.frame)))?;
+            let frame = frames.get(entry.frame as usize).ok_or_else(|| {
+                PackError::Corrupt(format!(
+                    "chunk {id} names frame {} of {frame_count}",
+                    entry.frame
+                ))
+            })?;
             if u64::from(entry.offset) + u64::from(entry.len) > u64::from(frame.raw_len) {
-                return Err(PackError::Corrupt(format!("chunk {id} lies outside its frame")));
+                return Err(PackError::Corrupt(format!(
+                    "chunk {id} lies outside its frame"
+                )));
             }
             entries.push(entry);
         }
@@ -199,7 +209,10 @@ impl PackWriter {
     ) -> Result<PackWriter, PackError> {
         std::fs::create_dir_all(tmp_dir)?;
         let path = tmp_dir.join(format!("pack-{}.tmp", crypto::random_hex(12)?));
-        let file = OpenOptions::new().write(true).create_new(true).open(&path)?;
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)?;
         let hashing = HashingWriter {
             inner: BufWriter::with_capacity(1 << 20, file),
             hasher: blake3::Hasher::new(),
@@ -210,8 +223,11 @@ impl PackWriter {
         let mut compressor = zstd::bulk::Compressor::new(compression.level)?;
         // Long-distance matching over a window that spans the whole frame is what lets zstd
         // find the similarities between neighbouring versions of the same file.
-        let window_log = (usize::BITS - compression.frame_size.max(1 << 20).leading_zeros()).min(27);
-        compressor.set_parameter(zstd::zstd_safe::CParameter::EnableLongDistanceMatching(true))?;
+        let window_log =
+            (usize::BITS - compression.frame_size.max(1 << 20).leading_zeros()).min(27);
+        compressor.set_parameter(zstd::zstd_safe::CParameter::EnableLongDistanceMatching(
+            true,
+        ))?;
         compressor.set_parameter(zstd::zstd_safe::CParameter::WindowLog(window_log))?;
         compressor.set_parameter(zstd::zstd_safe::CParameter::ChecksumFlag(false))?;
         Ok(PackWriter {
@@ -228,10 +244,13 @@ impl PackWriter {
     }
 
     pub fn add(&mut self, id: ChunkId, kind: u8, data: &[u8]) -> Result<(), PackError> {
-        if !self.frame_buf.is_empty() && self.frame_buf.len() + data.len() > self.compression.frame_size {
+        if !self.frame_buf.is_empty()
+            && self.frame_buf.len() + data.len() > self.compression.frame_size
+        {
             self.flush_frame()?;
         }
-        let len = u32::try_from(data.len()).map_err(|_| PackError::Corrupt("chunk larger than 4 GiB".into()))?;
+        let len = u32::try_from(data.len())
+            .map_err(|_| PackError::Corrupt("chunk larger than 4 GiB".into()))?;
         let offset = self.frame_buf.len() as u32;
         self.frame_buf.extend_from_slice(data);
         self.frame_entries.push((id, kind, offset, len));
@@ -243,7 +262,7 @@ impl PackWriter {
     }
 
     fn flush_frame(&mut self) -> Result<(), PackError> {
-        if self.frame_buf.is_empty() {
+        if self.frame_entries.is_empty() {
             return Ok(());
         }
         let compressed = self.compressor.compress(&self.frame_buf)?;
@@ -288,7 +307,8 @@ impl PackWriter {
         let footer = zstd::bulk::compress(&footer_plain, 3)?;
         self.out.write_all(&footer)?;
         self.out.write_all(&(footer.len() as u32).to_le_bytes())?;
-        self.out.write_all(&(footer_plain.len() as u32).to_le_bytes())?;
+        self.out
+            .write_all(&(footer_plain.len() as u32).to_le_bytes())?;
         self.out.write_all(TRAILER_MAGIC)?;
         let mut hashing = self.out.finish()?;
         hashing.flush()?;
@@ -330,20 +350,30 @@ impl<R: Read + Seek> PackReader<R> {
         if end < PACK_MAGIC.len() as u64 + TRAILER_LEN {
             return Err(PackError::Corrupt("pack is too short".into()));
         }
-        self.stream.seek(SeekFrom::Start(end - TRAILER_LEN)).map_err(decrypt_err)?;
+        self.stream
+            .seek(SeekFrom::Start(end - TRAILER_LEN))
+            .map_err(decrypt_err)?;
         let mut trailer = [0u8; TRAILER_LEN as usize];
         self.stream.read_exact(&mut trailer).map_err(decrypt_err)?;
         if &trailer[8..] != TRAILER_MAGIC {
             return Err(PackError::Corrupt("bad trailer magic".into()));
         }
-        let clen = u64::from(u32::from_le_bytes([trailer[0], trailer[1], trailer[2], trailer[3]]));
-        let raw_len = u64::from(u32::from_le_bytes([trailer[4], trailer[5], trailer[6], trailer[7]]));
+        let clen = u64::from(u32::from_le_bytes([
+            trailer[0], trailer[1], trailer[2], trailer[3],
+        ]));
+        let raw_len = u64::from(u32::from_le_bytes([
+            trailer[4], trailer[5], trailer[6], trailer[7],
+        ]));
         if clen > end - TRAILER_LEN - PACK_MAGIC.len() as u64 || raw_len > MAX_FOOTER {
             return Err(PackError::Corrupt("footer length out of range".into()));
         }
-        self.stream.seek(SeekFrom::Start(end - TRAILER_LEN - clen)).map_err(decrypt_err)?;
+        self.stream
+            .seek(SeekFrom::Start(end - TRAILER_LEN - clen))
+            .map_err(decrypt_err)?;
         let mut compressed = vec![0u8; clen as usize];
-        self.stream.read_exact(&mut compressed).map_err(decrypt_err)?;
+        self.stream
+            .read_exact(&mut compressed)
+            .map_err(decrypt_err)?;
         let plain = zstd::bulk::decompress(&compressed, raw_len as usize)
             .map_err(|e| PackError::Corrupt(format!("footer does not decompress: {e}")))?;
         Footer::decode(&plain)
@@ -351,9 +381,13 @@ impl<R: Read + Seek> PackReader<R> {
 
     /// Decrypts and decompresses one frame.
     pub fn frame(&mut self, frame: &FrameInfo) -> Result<Vec<u8>, PackError> {
-        self.stream.seek(SeekFrom::Start(frame.offset)).map_err(decrypt_err)?;
+        self.stream
+            .seek(SeekFrom::Start(frame.offset))
+            .map_err(decrypt_err)?;
         let mut compressed = vec![0u8; frame.compressed_len as usize];
-        self.stream.read_exact(&mut compressed).map_err(decrypt_err)?;
+        self.stream
+            .read_exact(&mut compressed)
+            .map_err(decrypt_err)?;
         decompress_frame(&compressed, frame.raw_len)
     }
 }
@@ -393,10 +427,15 @@ mod tests {
         let mut w = PackWriter::create(
             dir.path(),
             &identity.to_public(),
-            Compression { level: 3, frame_size: 100_000 },
+            Compression {
+                level: 3,
+                frame_size: 100_000,
+            },
         )
         .unwrap();
-        let chunks: Vec<Vec<u8>> = (0..50u32).map(|i| vec![(i % 7) as u8; 7_000 + i as usize]).collect();
+        let chunks: Vec<Vec<u8>> = (0..50u32)
+            .map(|i| vec![(i % 7) as u8; 7_000 + i as usize])
+            .collect();
         for c in &chunks {
             w.add(key.chunk_id(c), 4, c).unwrap();
         }
@@ -409,7 +448,10 @@ mod tests {
         assert_eq!(footer, done.footer);
         for (e, c) in footer.entries.iter().zip(&chunks) {
             let frame = r.frame(&footer.frames[e.frame as usize]).unwrap();
-            assert_eq!(&frame[e.offset as usize..(e.offset + e.len) as usize], c.as_slice());
+            assert_eq!(
+                &frame[e.offset as usize..(e.offset + e.len) as usize],
+                c.as_slice()
+            );
             assert_eq!(e.id, key.chunk_id(c));
         }
     }
@@ -419,9 +461,22 @@ mod tests {
         assert!(Footer::decode(&[1, 0, 0]).is_err());
         assert!(Footer::decode(&[255, 255, 255, 255, 0, 0, 0, 0]).is_err());
         let f = Footer {
-            frames: vec![FrameInfo { offset: 8, compressed_len: 10, raw_len: 5 }],
-            entries: vec![PackEntry { id: ChunkId([1; 32]), kind: 0, frame: 0, offset: 3, len: 3 }],
+            frames: vec![FrameInfo {
+                offset: 8,
+                compressed_len: 10,
+                raw_len: 5,
+            }],
+            entries: vec![PackEntry {
+                id: ChunkId([1; 32]),
+                kind: 0,
+                frame: 0,
+                offset: 3,
+                len: 3,
+            }],
         };
-        assert!(Footer::decode(&f.encode()).is_err(), "chunk outside frame must be refused");
+        assert!(
+            Footer::decode(&f.encode()).is_err(),
+            "chunk outside frame must be refused"
+        );
     }
 }

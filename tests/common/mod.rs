@@ -1,0 +1,183 @@
+//! Helpers shared by the integration tests: vaults in temporary directories, opened through
+//! the library or driven through the real `gitvault` binary.
+#![allow(dead_code)]
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use age::secrecy::ExposeSecret;
+use gitvault::Vault;
+use gitvault::crypto::{Unlock, VaultKeys};
+use gitvault::vault::InitOptions;
+
+pub struct TestVault {
+    pub tmp: tempfile::TempDir,
+    pub dir: PathBuf,
+    pub identity_file: PathBuf,
+    pub identity: age::x25519::Identity,
+}
+
+impl TestVault {
+    /// A vault whose keys are encrypted to a fresh X25519 identity (fast to open, unlike scrypt).
+    pub fn new() -> TestVault {
+        let tmp = tempfile::tempdir().unwrap();
+        let identity = age::x25519::Identity::generate();
+        let identity_file = tmp.path().join("identity.txt");
+        std::fs::write(
+            &identity_file,
+            format!(
+                "# test identity\n{}\n",
+                identity.to_string().expose_secret()
+            ),
+        )
+        .unwrap();
+        let dir = tmp.path().join("vault");
+        Vault::init(
+            &dir,
+            InitOptions {
+                recipients: vec![identity.to_public().to_string()],
+                passphrase: None,
+            },
+        )
+        .unwrap();
+        TestVault {
+            tmp,
+            dir,
+            identity_file,
+            identity,
+        }
+    }
+
+    pub fn open(&self) -> Vault {
+        Vault::open(&self.dir).unwrap()
+    }
+
+    pub fn keys(&self, vault: &Vault) -> VaultKeys {
+        vault
+            .unlock(&Unlock::Identities(vec![Box::new(self.identity.clone())]))
+            .unwrap()
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.join("data")
+    }
+
+    /// Runs the gitvault binary on this vault with the test identity.
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.command(args).output().unwrap()
+    }
+
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_gitvault"));
+        cmd.arg("--vault")
+            .arg(&self.dir)
+            .args(args)
+            .env("GITVAULT_IDENTITY_FILE", &self.identity_file)
+            .env_remove("GITVAULT_PASSPHRASE")
+            .env_remove("GITVAULT_TEST_HOOK_STALL");
+        cmd
+    }
+
+    /// Changes a `[store]` setting in config.toml.
+    pub fn set_store_option(&self, key: &str, value: u64) {
+        let path = self.dir.join("config.toml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let prefix = format!("{key} = ");
+        let text: String = text
+            .lines()
+            .map(|l| {
+                if l.starts_with(&prefix) {
+                    format!("{key} = {value}\n")
+                } else {
+                    format!("{l}\n")
+                }
+            })
+            .collect();
+        std::fs::write(&path, text).unwrap();
+    }
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Total size of every file under `dir`.
+pub fn tree_size(dir: &Path) -> u64 {
+    files_under(dir)
+        .iter()
+        .map(|p| std::fs::metadata(p).unwrap().len())
+        .sum()
+}
+
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+pub fn pack_files(target_dir: &Path) -> Vec<PathBuf> {
+    files_under(&target_dir.join("packs"))
+        .into_iter()
+        .filter(|p| !p.file_name().unwrap().to_string_lossy().starts_with('.'))
+        .collect()
+}
+
+/// Deterministic pseudo-random bytes, as a reader, so that 100+ MiB inputs need not sit in
+/// memory. Byte i depends only on (seed, i), whatever the read sizes.
+pub struct NoiseReader {
+    seed: u64,
+    pos: u64,
+    len: u64,
+}
+
+impl NoiseReader {
+    pub fn new(seed: u64, len: u64) -> NoiseReader {
+        NoiseReader { seed, pos: 0, len }
+    }
+}
+
+fn splitmix(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+impl Read for NoiseReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = (buf.len() as u64).min(self.len - self.pos) as usize;
+        for b in &mut buf[..n] {
+            let word = splitmix(self.seed ^ (self.pos / 8).wrapping_mul(0xD6E8_FEB8_6659_FD93));
+            *b = word.to_le_bytes()[(self.pos % 8) as usize];
+            self.pos += 1;
+        }
+        Ok(n)
+    }
+}
+
+pub fn noise(seed: u64, len: usize) -> Vec<u8> {
+    let mut v = Vec::with_capacity(len);
+    NoiseReader::new(seed, len as u64)
+        .read_to_end(&mut v)
+        .unwrap();
+    v
+}
