@@ -5,9 +5,13 @@
 //! age encryption; `store` chunks, packs and reads data; `index` is the SQLite cache;
 //! `target` is where packs are kept.
 
+pub mod backup;
 pub mod crypto;
+pub mod git;
 pub mod hooks;
 pub mod index;
+pub mod restore;
+pub mod snapshot;
 pub mod stats;
 pub mod store;
 pub mod target;

@@ -7,6 +7,7 @@
 //! DIR/keys/<id>.age    the vault keys, encrypted to the users' recipients or a passphrase
 //! DIR/lock             held (flock) by the one process writing to the vault
 //! DIR/tmp/             packs being written; anything here after a crash is garbage
+//! DIR/cache/           mirror caches of fetched repositories (deletable at any time)
 //! DIR/data/            the default file:// target
 //! ```
 
@@ -29,6 +30,7 @@ const INDEX_FILE: &str = "index.sqlite";
 const LOCK_FILE: &str = "lock";
 const KEYS_DIR: &str = "keys";
 const TMP_DIR: &str = "tmp";
+const CACHE_DIR: &str = "cache";
 /// The vault's public parameters, on every target.
 pub const PUBLIC_FILE: &str = "gitvault.json";
 
@@ -296,6 +298,12 @@ impl Vault {
 
     pub fn tmp_dir(&self) -> PathBuf {
         self.dir.join(TMP_DIR)
+    }
+
+    /// Mirror caches of backed-up repositories: only a speed-up (negotiation), never the truth;
+    /// deleting it costs one full fetch per repository.
+    pub fn cache_dir(&self) -> PathBuf {
+        self.dir.join(CACHE_DIR)
     }
 
     /// Opens the vault keys with what the user supplied, trying every key file.

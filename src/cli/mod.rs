@@ -4,6 +4,7 @@
 
 mod chunk;
 mod output;
+mod repo;
 mod target;
 
 use std::path::PathBuf;
@@ -18,7 +19,6 @@ use output::Output;
 /// Exit codes (DESIGN.md): 0 all done, 1 failed, 3 partly done.
 pub const EXIT_OK: i32 = 0;
 pub const EXIT_FAILED: i32 = 1;
-#[allow(dead_code)] // used once commands that can partly succeed (backup) land
 pub const EXIT_PARTIAL: i32 = 3;
 
 #[derive(Parser)]
@@ -66,6 +66,16 @@ enum Command {
     /// Manage the places packs are replicated to.
     #[command(subcommand)]
     Target(target::TargetCommand),
+    /// Back up repositories by URL or path: every ref, exactly as advertised, as a new snapshot.
+    Backup(repo::BackupArgs),
+    /// List snapshots, oldest first.
+    Snapshots(repo::SnapshotsArgs),
+    /// The refs and HEAD of a snapshot (the newest unless --at or --snapshot).
+    Ls(repo::LsArgs),
+    /// Write a snapshot as a bare repository (exact refs, HEAD, one pack), optionally push it.
+    Restore(repo::RestoreArgs),
+    /// Check the vault; --restore-sample N restores N random snapshots and runs git fsck.
+    Verify(repo::VerifyArgs),
     /// Logical versus stored bytes, dedup ratio, and per target what it holds.
     Stats,
     /// Plumbing: store and read raw data in the chunk store (scripts and tests).
@@ -159,5 +169,10 @@ fn run(ctx: &Ctx, command: Command) -> Result<i32> {
             Ok(EXIT_OK)
         }
         Command::Chunk(cmd) => chunk::run(ctx, cmd),
+        Command::Backup(args) => repo::backup(ctx, args),
+        Command::Snapshots(args) => repo::snapshots(ctx, args),
+        Command::Ls(args) => repo::ls(ctx, args),
+        Command::Restore(args) => repo::restore(ctx, args),
+        Command::Verify(args) => repo::verify(ctx, args),
     }
 }

@@ -36,6 +36,7 @@ pub enum ChunkKind {
     Manifest = 7,
     ObjectMap = 8,
     Metadata = 9,
+    RefSet = 10,
 }
 
 impl ChunkKind {

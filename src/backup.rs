@@ -1,0 +1,264 @@
+//! Backing up one repository: one ref advertisement, a negotiated fetch into the mirror cache
+//! (skipped when the ref set is the one already in the vault), a walk from the advertised tips to
+//! every object the vault lacks, ingest of those objects grouped for compression, and the
+//! snapshot: object map, ref set and manifest in the packs, then one index transaction.
+//!
+//! Invariant kept here: an object is in the index's `git_objects` only if everything it reaches
+//! is in the vault. Objects are recorded together with the snapshot row, after every pack is
+//! durable, so a crash or a failure never leaves a half-ingested closure behind.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use serde::Serialize;
+
+use crate::crypto::VaultKeys;
+use crate::git::objects::{ObjectSource, Reached, walk};
+use crate::git::{self, CacheReader, Credentials, GitError};
+use crate::index::NewSnapshot;
+use crate::snapshot::{self, Manifest, ObjectEntry, ObjectKind, Oid, RefSet};
+use crate::store::{ChunkKind, ChunkStore, StoreError};
+use crate::vault::Vault;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BackupError {
+    #[error(transparent)]
+    Git(#[from] GitError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Index(#[from] crate::index::IndexError),
+    #[error(transparent)]
+    Snapshot(#[from] snapshot::SnapshotError),
+}
+
+impl From<git::objects::ObjectError> for BackupError {
+    fn from(e: git::objects::ObjectError) -> Self {
+        BackupError::Git(GitError::Object(e))
+    }
+}
+
+/// What the user asked for one repository.
+pub struct BackupRequest {
+    pub url: String,
+    pub name: Option<String>,
+    pub credentials: Option<Credentials>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RepoStatus {
+    /// New objects were stored.
+    Changed,
+    /// The advertised refs equal the last snapshot's: nothing fetched.
+    Unchanged,
+    Failed,
+}
+
+/// One line of the run report.
+#[derive(Debug, Clone, Serialize)]
+pub struct RepoReport {
+    pub repo: String,
+    pub url: String,
+    pub status: RepoStatus,
+    pub snapshot: Option<String>,
+    pub refs: usize,
+    pub objects_received: u64,
+    pub objects_added: u64,
+    /// Bytes uploaded to targets for this repository (all replicas).
+    pub bytes_uploaded: u64,
+    pub seconds: f64,
+    pub error: Option<String>,
+}
+
+/// Objects the walk may skip: those the vault already has (with their whole closure).
+struct CacheSource<'a> {
+    cache: &'a CacheReader,
+    vault: &'a Vault,
+}
+
+impl ObjectSource for CacheSource<'_> {
+    type Error = BackupError;
+    fn read(&mut self, oid: &Oid) -> Result<(ObjectKind, Vec<u8>), BackupError> {
+        Ok(self.cache.read(oid)?)
+    }
+    fn known(&mut self, oid: &Oid) -> Result<bool, BackupError> {
+        Ok(self.vault.index().has_git_object(oid)?)
+    }
+}
+
+/// The order objects go into the store, which decides what zstd sees side by side: blobs
+/// grouped by path (newest first), trees and commits by time (a restore walks them that way),
+/// tags last.
+fn ingest_order(objects: &mut [Reached]) {
+    objects.sort_by(|a, b| {
+        let rank = |k: ObjectKind| match k {
+            ObjectKind::Blob => 0,
+            ObjectKind::Tree => 1,
+            ObjectKind::Commit => 2,
+            ObjectKind::Tag => 3,
+        };
+        rank(a.kind).cmp(&rank(b.kind)).then_with(|| match a.kind {
+            ObjectKind::Blob => a.path_hash.cmp(&b.path_hash).then(b.time.cmp(&a.time)),
+            _ => b.time.cmp(&a.time).then(a.path_hash.cmp(&b.path_hash)),
+        })
+    });
+}
+
+/// Backs up one repository. Failures are returned in the report, never as a panic or an early
+/// exit, so that one repository cannot stop the others.
+pub fn backup_repository(
+    vault: &Vault,
+    keys: &VaultKeys,
+    store: &mut ChunkStore<'_>,
+    request: &BackupRequest,
+) -> RepoReport {
+    let started = Instant::now();
+    let uploaded_before = store.report().bytes_uploaded;
+    let mut report = RepoReport {
+        repo: request.name.clone().unwrap_or_else(|| request.url.clone()),
+        url: request.url.clone(),
+        status: RepoStatus::Failed,
+        snapshot: None,
+        refs: 0,
+        objects_received: 0,
+        objects_added: 0,
+        bytes_uploaded: 0,
+        seconds: 0.0,
+        error: None,
+    };
+    let result = run(vault, keys, store, request, &mut report);
+    report.seconds = started.elapsed().as_secs_f64();
+    report.bytes_uploaded = store.report().bytes_uploaded - uploaded_before;
+    if let Err(e) = result {
+        let mut message = e.to_string();
+        if let Some(c) = &request.credentials {
+            message = c.scrub(&message);
+        }
+        tracing::warn!(repo = %report.repo, error = %message, "backup failed");
+        report.status = RepoStatus::Failed;
+        report.error = Some(message);
+    }
+    report
+}
+
+fn cache_path(vault: &Vault, repo: &str) -> PathBuf {
+    let digest = blake3::hash(repo.as_bytes()).to_hex();
+    vault.cache_dir().join(format!("{}.git", &digest[..24]))
+}
+
+fn run(
+    vault: &Vault,
+    keys: &VaultKeys,
+    store: &mut ChunkStore<'_>,
+    request: &BackupRequest,
+    report: &mut RepoReport,
+) -> Result<(), BackupError> {
+    let spec = git::parse_remote(&request.url)?;
+    let name = request
+        .name
+        .clone()
+        .unwrap_or_else(|| spec.default_name.clone());
+    report.repo = name.clone();
+    report.url = spec.display_url.clone();
+    snapshot::check_repo_name(&name)?;
+    let credentials = request
+        .credentials
+        .clone()
+        .or_else(|| spec.url_credentials.clone());
+    let previous = vault.index().snapshot_as_of(&name, None)?;
+    let cache = cache_path(vault, &name);
+    let id_key = keys.id_key();
+
+    let fetched = git::fetch(&spec, &cache, credentials.as_ref(), |refs| {
+        previous
+            .as_ref()
+            .is_some_and(|p| p.refset == id_key.chunk_id(&refs.encode()))
+    })?;
+    report.refs = fetched.refs.refs.len();
+    report.objects_received = fetched.objects_received;
+    let refset_bytes = fetched.refs.encode();
+    let refset_id = id_key.chunk_id(&refset_bytes);
+    let unchanged = previous.as_ref().is_some_and(|p| p.refset == refset_id);
+
+    let mut new_objects = Vec::new();
+    if !unchanged {
+        new_objects = ingest(vault, store, &cache, &fetched.refs)?;
+    }
+    let mut object_maps = Vec::new();
+    if !new_objects.is_empty() {
+        let map = snapshot::encode_object_map(&new_objects);
+        object_maps.push(store.put(ChunkKind::ObjectMap, &map)?.to_hex());
+    }
+    store.put_chunk(ChunkKind::RefSet, &refset_bytes)?;
+    let manifest = Manifest {
+        format: 1,
+        repo: name.clone(),
+        time: chrono::Utc::now(),
+        source: spec.display_url.clone(),
+        refset: refset_id.to_hex(),
+        ref_count: fetched.refs.refs.len(),
+        head: fetched.refs.head.clone(),
+        object_maps,
+        objects_added: new_objects.len() as u64,
+    };
+    let manifest_id = store.put_chunk(ChunkKind::Manifest, &manifest.encode())?;
+    // Invariant 2: every pack this snapshot needs is durable before the row exists.
+    store.flush()?;
+    crate::hooks::point("before-snapshot-commit");
+    let row = vault.index().insert_snapshot(&NewSnapshot {
+        repo: &name,
+        time: manifest.time,
+        manifest: manifest_id,
+        refset: refset_id,
+        head: head_text(&fetched.refs),
+        ref_count: fetched.refs.refs.len() as u64,
+        source: &spec.display_url,
+        new_objects: &new_objects,
+    })?;
+    report.snapshot = Some(row.id);
+    report.objects_added = new_objects.len() as u64;
+    report.status = if unchanged {
+        RepoStatus::Unchanged
+    } else {
+        RepoStatus::Changed
+    };
+    Ok(())
+}
+
+pub fn head_text(refs: &RefSet) -> Option<String> {
+    refs.head.as_ref().map(|h| match h {
+        snapshot::Head::Symbolic(t) => t.clone(),
+        snapshot::Head::Detached(oid) => oid.clone(),
+    })
+}
+
+/// Stores every object reachable from the refs that the vault lacks; returns their entries.
+fn ingest(
+    vault: &Vault,
+    store: &mut ChunkStore<'_>,
+    cache: &std::path::Path,
+    refs: &RefSet,
+) -> Result<Vec<ObjectEntry>, BackupError> {
+    let reader = CacheReader::open(cache)?;
+    let mut tips: Vec<Oid> = refs.refs.values().copied().collect();
+    tips.sort();
+    tips.dedup();
+    let mut source = CacheSource {
+        cache: &reader,
+        vault,
+    };
+    let mut reached = walk(&mut source, &tips)?;
+    ingest_order(&mut reached);
+    let mut entries = Vec::with_capacity(reached.len());
+    for r in &reached {
+        let (kind, data) = reader.read(&r.oid)?;
+        let chunk = store.put(kind.chunk_kind(), &data)?;
+        entries.push(ObjectEntry {
+            oid: r.oid,
+            kind,
+            chunk,
+        });
+    }
+    Ok(entries)
+}

@@ -1,0 +1,371 @@
+//! backup, snapshots, ls, restore, verify: the commands about repositories and snapshots.
+
+use std::path::PathBuf;
+
+use anyhow::{Result, bail};
+use serde::Serialize;
+
+use gitvault::backup::{self, BackupRequest, RepoStatus};
+use gitvault::git::Credentials;
+use gitvault::restore::{self, Selector};
+use gitvault::snapshot;
+
+use super::output::bytes;
+use super::{Ctx, EXIT_FAILED, EXIT_OK, EXIT_PARTIAL};
+
+#[derive(clap::Args)]
+pub struct BackupArgs {
+    /// Git URLs or local paths to back up: https://, http://, ssh://, git@host:path, git://, file://.
+    #[arg(required = true)]
+    pub urls: Vec<String>,
+    /// The repository's name in the vault (default: host/owner/repo). Only with one URL.
+    #[arg(long)]
+    pub name: Option<String>,
+}
+
+#[derive(clap::Args)]
+pub struct SnapshotsArgs {
+    /// Only this repository.
+    pub repo: Option<String>,
+    /// Only snapshots taken at or after this date (RFC 3339 or YYYY-MM-DD).
+    #[arg(long)]
+    pub since: Option<String>,
+    /// Only snapshots taken at or before this date (YYYY-MM-DD means the end of that day, UTC).
+    #[arg(long)]
+    pub until: Option<String>,
+}
+
+#[derive(clap::Args)]
+pub struct SelectArgs {
+    /// The snapshot as of this date: the newest taken at or before it.
+    #[arg(long, conflicts_with = "snapshot")]
+    pub at: Option<String>,
+    /// A snapshot id (a unique prefix is enough).
+    #[arg(long)]
+    pub snapshot: Option<String>,
+}
+
+#[derive(clap::Args)]
+pub struct LsArgs {
+    pub repo: String,
+    #[command(flatten)]
+    pub select: SelectArgs,
+}
+
+#[derive(clap::Args)]
+pub struct RestoreArgs {
+    pub repo: String,
+    #[command(flatten)]
+    pub select: SelectArgs,
+    /// Where to write the bare repository (must not exist or be empty).
+    #[arg(long)]
+    pub to: PathBuf,
+    /// After restoring, mirror-push to this (empty) remote; credentials as for backup.
+    #[arg(long)]
+    pub push: Option<String>,
+}
+
+#[derive(clap::Args)]
+pub struct VerifyArgs {
+    /// Restore N random snapshots into a temporary place, run `git fsck --full` on each and
+    /// compare their refs with the manifest.
+    #[arg(long, default_value_t = 0)]
+    pub restore_sample: usize,
+}
+
+fn selector(args: &SelectArgs) -> Result<Selector> {
+    Ok(Selector {
+        snapshot: args.snapshot.clone(),
+        at: args.at.as_deref().map(snapshot::parse_date).transpose()?,
+    })
+}
+
+#[derive(Serialize)]
+struct BackupRun {
+    ok: bool,
+    repositories: Vec<backup::RepoReport>,
+    lagging_replicas: Vec<(String, String, String)>,
+}
+
+pub fn backup(ctx: &Ctx, args: BackupArgs) -> Result<i32> {
+    if args.name.is_some() && args.urls.len() > 1 {
+        bail!("--name applies to one URL; back up several URLs without it");
+    }
+    let vault = ctx.open()?;
+    let keys = ctx.unlock(&vault)?;
+    let lock = vault.lock()?;
+    let credentials = Credentials::from_environment();
+    let mut store = vault.store(&keys, &lock);
+    let mut reports = Vec::new();
+    for url in &args.urls {
+        let request = BackupRequest {
+            url: url.clone(),
+            name: args.name.clone(),
+            credentials: credentials.clone(),
+        };
+        let report = backup::backup_repository(&vault, &keys, &mut store, &request);
+        if !ctx.out.json && !ctx.out.quiet {
+            match report.status {
+                RepoStatus::Failed => eprintln!(
+                    "{}: failed: {}",
+                    report.repo,
+                    report.error.as_deref().unwrap_or("unknown error")
+                ),
+                status => eprintln!(
+                    "{}: {} ({} refs, {} new objects, {} uploaded, {:.1}s)",
+                    report.repo,
+                    if status == RepoStatus::Unchanged {
+                        "unchanged"
+                    } else {
+                        "backed up"
+                    },
+                    report.refs,
+                    report.objects_added,
+                    bytes(report.bytes_uploaded),
+                    report.seconds
+                ),
+            }
+        }
+        reports.push(report);
+    }
+    let failed = reports
+        .iter()
+        .filter(|r| r.status == RepoStatus::Failed)
+        .count();
+    let run = BackupRun {
+        ok: failed == 0,
+        lagging_replicas: store.report().lagging.clone(),
+        repositories: reports,
+    };
+    ctx.out.print(&run, || {
+        run.repositories
+            .iter()
+            .map(|r| {
+                format!(
+                    "{:<10} {:<40} {}\n",
+                    format!("{:?}", r.status).to_lowercase(),
+                    r.repo,
+                    r.snapshot.as_deref().unwrap_or("-")
+                )
+            })
+            .collect()
+    });
+    Ok(match failed {
+        0 => EXIT_OK,
+        n if n == run.repositories.len() => EXIT_FAILED,
+        _ => EXIT_PARTIAL,
+    })
+}
+
+pub fn snapshots(ctx: &Ctx, args: SnapshotsArgs) -> Result<i32> {
+    let vault = ctx.open()?;
+    let since = args
+        .since
+        .as_deref()
+        .map(snapshot::parse_date)
+        .transpose()?;
+    let until = args
+        .until
+        .as_deref()
+        .map(snapshot::parse_date)
+        .transpose()?;
+    let rows = vault
+        .index()
+        .snapshots(args.repo.as_deref(), since, until)?;
+    ctx.out.print(&rows, || {
+        let mut t = format!(
+            "{:<16}  {:<20}  {:>6}  {:>8}  repo\n",
+            "id", "time (UTC)", "refs", "objects"
+        );
+        for r in &rows {
+            t.push_str(&format!(
+                "{:<16}  {:<20}  {:>6}  {:>8}  {}\n",
+                r.id,
+                r.time.format("%Y-%m-%d %H:%M:%S"),
+                r.ref_count,
+                r.objects_added,
+                r.repo
+            ));
+        }
+        t
+    });
+    Ok(EXIT_OK)
+}
+
+#[derive(Serialize)]
+struct LsOutput {
+    repo: String,
+    snapshot: String,
+    time: chrono::DateTime<chrono::Utc>,
+    source: String,
+    head: Option<snapshot::Head>,
+    refs: Vec<LsRef>,
+}
+
+#[derive(Serialize)]
+struct LsRef {
+    name: String,
+    oid: String,
+}
+
+pub fn ls(ctx: &Ctx, args: LsArgs) -> Result<i32> {
+    let vault = ctx.open()?;
+    let row = restore::select_snapshot(&vault, &args.repo, &selector(&args.select)?)?;
+    let keys = ctx.unlock(&vault)?;
+    let store = vault.reader(&keys);
+    let (manifest, refs) = restore::load_snapshot(&store, &row)?;
+    let out = LsOutput {
+        repo: row.repo.clone(),
+        snapshot: row.id.clone(),
+        time: row.time,
+        source: manifest.source.clone(),
+        head: refs.head.clone(),
+        refs: refs
+            .refs
+            .iter()
+            .map(|(n, o)| LsRef {
+                name: n.clone(),
+                oid: o.to_hex(),
+            })
+            .collect(),
+    };
+    ctx.out.print(&out, || {
+        let mut t = String::new();
+        match &out.head {
+            Some(snapshot::Head::Symbolic(target)) => t.push_str(&format!("HEAD -> {target}\n")),
+            Some(snapshot::Head::Detached(oid)) => t.push_str(&format!("HEAD {oid} (detached)\n")),
+            None => {}
+        }
+        for r in &out.refs {
+            t.push_str(&format!("{} {}\n", r.oid, r.name));
+        }
+        t
+    });
+    Ok(EXIT_OK)
+}
+
+pub fn restore(ctx: &Ctx, args: RestoreArgs) -> Result<i32> {
+    let vault = ctx.open()?;
+    let row = restore::select_snapshot(&vault, &args.repo, &selector(&args.select)?)?;
+    let keys = ctx.unlock(&vault)?;
+    let mut report = restore::restore_snapshot(&vault, &keys, &row, &args.to)?;
+    if let Some(url) = &args.push {
+        report.pushed_to = Some(restore::push_mirror(
+            &args.to,
+            url,
+            Credentials::from_environment().as_ref(),
+        )?);
+    }
+    ctx.out.print(&report, || {
+        format!(
+            "restored {} as of snapshot {} ({}) to {}: {} refs, {} objects{}\n",
+            report.repo,
+            report.snapshot,
+            report.time.format("%Y-%m-%d %H:%M:%S UTC"),
+            report.path,
+            report.refs,
+            report.objects,
+            report
+                .pushed_to
+                .as_ref()
+                .map(|u| format!(", pushed to {u}"))
+                .unwrap_or_default()
+        )
+    });
+    Ok(EXIT_OK)
+}
+
+#[derive(Serialize)]
+struct SampleResult {
+    repo: String,
+    snapshot: String,
+    ok: bool,
+    problems: Vec<String>,
+}
+
+#[derive(Serialize)]
+struct VerifyOutput {
+    ok: bool,
+    restored: Vec<SampleResult>,
+}
+
+pub fn verify(ctx: &Ctx, args: VerifyArgs) -> Result<i32> {
+    let vault = ctx.open()?;
+    let keys = ctx.unlock(&vault)?;
+    let all = vault.index().snapshots(None, None, None)?;
+    let mut picks = Vec::new();
+    let mut pool: Vec<usize> = (0..all.len()).collect();
+    while picks.len() < args.restore_sample && !pool.is_empty() {
+        let mut r = [0u8; 8];
+        getrandom_fill(&mut r);
+        let i = (u64::from_le_bytes(r) % pool.len() as u64) as usize;
+        picks.push(pool.swap_remove(i));
+    }
+    let scratch = tempfile_dir(&vault)?;
+    let mut results = Vec::new();
+    for (n, i) in picks.into_iter().enumerate() {
+        let row = &all[i];
+        let path = scratch.join(format!("sample-{n}"));
+        let problems = match restore::restore_snapshot(&vault, &keys, row, &path) {
+            Ok(_) => {
+                let store = vault.reader(&keys);
+                match restore::load_snapshot(&store, row) {
+                    Ok((_, refs)) => restore::check_restored(&path, &refs),
+                    Err(e) => vec![e.to_string()],
+                }
+            }
+            Err(e) => vec![e.to_string()],
+        };
+        let _ = std::fs::remove_dir_all(&path);
+        results.push(SampleResult {
+            repo: row.repo.clone(),
+            snapshot: row.id.clone(),
+            ok: problems.is_empty(),
+            problems,
+        });
+    }
+    let _ = std::fs::remove_dir_all(&scratch);
+    let ok = results.iter().all(|r| r.ok);
+    let out = VerifyOutput {
+        ok,
+        restored: results,
+    };
+    ctx.out.print(&out, || {
+        let mut t = String::new();
+        for r in &out.restored {
+            t.push_str(&format!(
+                "{} {} {}: {}\n",
+                if r.ok { "ok  " } else { "FAIL" },
+                r.repo,
+                r.snapshot,
+                if r.ok {
+                    "git fsck --full passed, refs match".to_string()
+                } else {
+                    r.problems.join("; ")
+                }
+            ));
+        }
+        t.push_str(&format!(
+            "{} snapshot(s) restored and checked\n",
+            out.restored.len()
+        ));
+        t
+    });
+    Ok(if ok { EXIT_OK } else { EXIT_FAILED })
+}
+
+fn getrandom_fill(buf: &mut [u8]) {
+    if let Ok(hex) = gitvault::crypto::random_hex(buf.len())
+        && let Ok(bytes) = hex::decode(hex)
+    {
+        buf.copy_from_slice(&bytes);
+    }
+}
+
+fn tempfile_dir(vault: &gitvault::Vault) -> Result<PathBuf> {
+    let dir = vault
+        .tmp_dir()
+        .join(format!("verify-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}

@@ -1,0 +1,251 @@
+//! Git: where a repository is (URLs, credentials), one ref advertisement plus a negotiated
+//! mirror fetch into a local cache (gix), reading objects from that cache, and writing a
+//! restored repository (a real pack and index, refs, HEAD).
+//!
+//! This module knows nothing of packs of the vault or targets: the backup and restore modules
+//! connect it to the chunk store.
+
+pub mod objects;
+mod remote;
+mod write;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::atomic::AtomicBool;
+
+use gix::protocol::handshake::Ref;
+use gix::remote::Direction;
+
+use crate::snapshot::{Head, ObjectKind, Oid, RefSet};
+pub use remote::{Credentials, RemoteSpec, parse_remote};
+pub use write::{write_bare_repository, write_pack};
+
+#[derive(Debug, thiserror::Error)]
+pub enum GitError {
+    #[error("`{input}` is not a git URL or path gitvault can back up: {reason}")]
+    BadUrl { input: String, reason: String },
+    #[error("cannot reach or read the repository: {0}")]
+    Fetch(String),
+    #[error("the mirror cache at {path} is unusable ({reason}); delete it and run again")]
+    Cache { path: String, reason: String },
+    #[error(transparent)]
+    Object(#[from] objects::ObjectError),
+    #[error("writing the restored repository failed: {0}")]
+    Write(String),
+}
+
+fn fetch_err(e: impl std::fmt::Display) -> GitError {
+    GitError::Fetch(e.to_string())
+}
+
+/// What one contact with the server found.
+pub struct FetchResult {
+    pub refs: RefSet,
+    /// False when the caller judged the ref set unchanged and no pack was requested.
+    pub fetched: bool,
+    pub objects_received: u64,
+}
+
+fn open_or_init_cache(cache: &Path) -> Result<gix::Repository, GitError> {
+    let cache_err = |e: &dyn std::fmt::Display| GitError::Cache {
+        path: cache.display().to_string(),
+        reason: e.to_string(),
+    };
+    let mut repo = if cache.join("HEAD").exists() {
+        gix::open(cache).map_err(|e| cache_err(&e))?
+    } else {
+        if let Some(parent) = cache.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| cache_err(&e))?;
+        }
+        gix::init_bare(cache).map_err(|e| cache_err(&e))?
+    };
+    repo.object_cache_size_if_unset(64 << 20);
+    Ok(repo)
+}
+
+fn to_refset(remote_refs: &[Ref]) -> RefSet {
+    let mut set = RefSet::default();
+    let oid = |id: &gix::ObjectId| Oid::from_slice(id.as_slice()).unwrap_or(Oid([0; 20]));
+    for r in remote_refs {
+        match r {
+            Ref::Direct {
+                full_ref_name,
+                object,
+            } => {
+                if full_ref_name == "HEAD" {
+                    set.head = Some(Head::Detached(object.to_string()));
+                } else {
+                    set.refs.insert(full_ref_name.to_string(), oid(object));
+                }
+            }
+            Ref::Peeled {
+                full_ref_name, tag, ..
+            } => {
+                set.refs.insert(full_ref_name.to_string(), oid(tag));
+            }
+            Ref::Symbolic {
+                full_ref_name,
+                target,
+                tag,
+                object,
+            } => {
+                if full_ref_name == "HEAD" {
+                    set.head = Some(Head::Symbolic(target.to_string()));
+                } else {
+                    // A mirror keeps symbolic refs other than HEAD as the object they point at.
+                    set.refs.insert(
+                        full_ref_name.to_string(),
+                        oid(tag.as_ref().unwrap_or(object)),
+                    );
+                }
+            }
+            Ref::Unborn {
+                full_ref_name,
+                target,
+            } => {
+                if full_ref_name == "HEAD" {
+                    set.head = Some(Head::Symbolic(target.to_string()));
+                }
+            }
+        }
+    }
+    set
+}
+
+/// Lists the server's refs in one advertisement and, unless `unchanged` says the ref set is the
+/// one already in the vault, fetches (negotiating against the cache) every object they reach
+/// into the cache repository.
+pub fn fetch(
+    spec: &RemoteSpec,
+    cache: &Path,
+    credentials: Option<&Credentials>,
+    unchanged: impl FnOnce(&RefSet) -> bool,
+) -> Result<FetchResult, GitError> {
+    let repo = open_or_init_cache(cache)?;
+    let remote = repo
+        .remote_at(spec.fetch_url.as_str())
+        .map_err(fetch_err)?
+        .with_refspecs(Some("+refs/*:refs/*"), Direction::Fetch)
+        .map_err(fetch_err)?
+        .with_fetch_tags(gix::remote::fetch::Tags::None);
+    let mut connection = remote
+        .connect(Direction::Fetch)
+        .map_err(fetch_err)?
+        // Never fall back to git's credential helpers or a terminal prompt.
+        .with_credentials(|_| Ok(None));
+    if let Some(creds) = credentials
+        && spec.is_http
+    {
+        let options = repo
+            .transport_options(spec.fetch_url.as_str(), None)
+            .map_err(fetch_err)?
+            .and_then(|o| {
+                o.downcast::<gix::protocol::transport::client::blocking_io::http::Options>()
+                    .ok()
+            });
+        let mut options = options.map(|o| *o).unwrap_or_default();
+        options.extra_headers.push(creds.authorization_header());
+        connection = connection.with_transport_options(Box::new(options));
+    }
+    let options = gix::remote::ref_map::Options {
+        // With the default, gix sends the literal prefix `refs/*` and servers return nothing.
+        prefix_from_spec_as_filter_on_remote: false,
+        ..Default::default()
+    };
+    let prepare = connection
+        .prepare_fetch(gix::progress::Discard, options)
+        .map_err(fetch_err)?;
+    let refs = to_refset(&prepare.ref_map().remote_refs);
+    if unchanged(&refs) || refs.refs.is_empty() {
+        drop(prepare);
+        return Ok(FetchResult {
+            refs,
+            fetched: false,
+            objects_received: 0,
+        });
+    }
+    let outcome = prepare
+        .with_write_packed_refs_only(true)
+        .receive(gix::progress::Discard, &AtomicBool::new(false))
+        .map_err(fetch_err)?;
+    let objects_received = match outcome.status {
+        gix::remote::fetch::Status::NoPackReceived { .. } => 0,
+        gix::remote::fetch::Status::Change {
+            write_pack_bundle, ..
+        } => {
+            if let Some(keep) = &write_pack_bundle.keep_path {
+                let _ = std::fs::remove_file(keep);
+            }
+            u64::from(write_pack_bundle.index.num_objects)
+        }
+    };
+    prune_cache_refs(&repo, &refs);
+    Ok(FetchResult {
+        refs,
+        fetched: true,
+        objects_received,
+    })
+}
+
+/// Keeps the cache's refs equal to the advertisement, so that its negotiation stays small. A
+/// failure here only costs a larger next fetch.
+fn prune_cache_refs(repo: &gix::Repository, refs: &RefSet) {
+    let Ok(platform) = repo.references() else {
+        return;
+    };
+    let Ok(all) = platform.all() else { return };
+    let stale: Vec<gix::refs::FullName> = all
+        .filter_map(Result::ok)
+        .filter(|r| !refs.refs.contains_key(&r.name().as_bstr().to_string()))
+        .map(|r| r.name().to_owned())
+        .collect();
+    if stale.is_empty() {
+        return;
+    }
+    let edits = stale
+        .into_iter()
+        .map(|name| gix::refs::transaction::RefEdit {
+            change: gix::refs::transaction::Change::Delete {
+                expected: gix::refs::transaction::PreviousValue::Any,
+                log: gix::refs::transaction::RefLog::AndReference,
+            },
+            name,
+            deref: false,
+        });
+    if let Err(e) = repo.edit_references(edits) {
+        tracing::debug!(error = %e, "could not prune stale refs in the mirror cache");
+    }
+}
+
+/// Reads objects from the mirror cache.
+pub struct CacheReader {
+    repo: gix::Repository,
+}
+
+impl CacheReader {
+    pub fn open(cache: &Path) -> Result<CacheReader, GitError> {
+        Ok(CacheReader {
+            repo: open_or_init_cache(cache)?,
+        })
+    }
+
+    pub fn read(&self, oid: &Oid) -> Result<(ObjectKind, Vec<u8>), GitError> {
+        let id = gix::ObjectId::from_bytes_or_panic(&oid.0);
+        let object = self
+            .repo
+            .find_object(id)
+            .map_err(|_| GitError::Object(objects::ObjectError::Missing { oid: *oid }))?;
+        let kind = match object.kind {
+            gix::objs::Kind::Commit => ObjectKind::Commit,
+            gix::objs::Kind::Tree => ObjectKind::Tree,
+            gix::objs::Kind::Blob => ObjectKind::Blob,
+            gix::objs::Kind::Tag => ObjectKind::Tag,
+        };
+        Ok((kind, object.detach().data))
+    }
+}
+
+/// Sorts refs for writing: `git for-each-ref` order.
+pub fn sorted_refs(refs: &RefSet) -> BTreeMap<&str, Oid> {
+    refs.refs.iter().map(|(k, v)| (k.as_str(), *v)).collect()
+}

@@ -1,0 +1,303 @@
+//! Just enough parsing of git objects to walk from refs to everything they reach: a commit's
+//! tree, parents and committer time; a tree's entries; a tag's target. The same walk serves the
+//! backup (over the mirror cache) and the restore (over the vault), so both agree on what a
+//! snapshot holds.
+
+use std::collections::HashSet;
+
+use crate::snapshot::{ObjectKind, Oid};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ObjectError {
+    #[error("object {oid} is missing")]
+    Missing { oid: Oid },
+    #[error("object {oid} ({kind}) is malformed: {reason}")]
+    Malformed {
+        oid: Oid,
+        kind: &'static str,
+        reason: String,
+    },
+    #[error("object {oid} is a {found}, but a {expected} was expected")]
+    WrongKind {
+        oid: Oid,
+        found: &'static str,
+        expected: &'static str,
+    },
+}
+
+pub struct CommitInfo {
+    pub tree: Oid,
+    pub parents: Vec<Oid>,
+    pub time: i64,
+}
+
+fn malformed(oid: Oid, kind: &'static str, reason: &str) -> ObjectError {
+    ObjectError::Malformed {
+        oid,
+        kind,
+        reason: reason.to_string(),
+    }
+}
+
+fn header_oid(line: &[u8], oid: Oid, kind: &'static str) -> Result<Oid, ObjectError> {
+    std::str::from_utf8(line)
+        .ok()
+        .and_then(Oid::from_hex)
+        .ok_or_else(|| malformed(oid, kind, "bad object id in header"))
+}
+
+pub fn parse_commit(oid: Oid, data: &[u8]) -> Result<CommitInfo, ObjectError> {
+    let mut tree = None;
+    let mut parents = Vec::new();
+    let mut time = 0;
+    for line in data.split(|&b| b == b'\n') {
+        if line.is_empty() {
+            break; // end of headers
+        }
+        if let Some(rest) = line.strip_prefix(b"tree ") {
+            tree = Some(header_oid(rest, oid, "commit")?);
+        } else if let Some(rest) = line.strip_prefix(b"parent ") {
+            parents.push(header_oid(rest, oid, "commit")?);
+        } else if let Some(rest) = line.strip_prefix(b"committer ") {
+            // "Name <email> 1700000000 +0100": the time is the second field from the end.
+            let mut fields = rest.rsplit(|&b| b == b' ');
+            let _tz = fields.next();
+            time = fields
+                .next()
+                .and_then(|t| std::str::from_utf8(t).ok())
+                .and_then(|t| t.parse().ok())
+                .unwrap_or(0);
+        }
+    }
+    let tree = tree.ok_or_else(|| malformed(oid, "commit", "no tree header"))?;
+    Ok(CommitInfo {
+        tree,
+        parents,
+        time,
+    })
+}
+
+/// A tree entry: its mode says whether it is a subtree, a blob, or a submodule commit.
+pub struct TreeEntry<'a> {
+    pub mode: &'a [u8],
+    pub name: &'a [u8],
+    pub oid: Oid,
+}
+
+impl TreeEntry<'_> {
+    pub fn is_tree(&self) -> bool {
+        self.mode == b"40000" || self.mode == b"040000"
+    }
+    /// Submodule commits live in another repository: not part of this one's closure.
+    pub fn is_gitlink(&self) -> bool {
+        self.mode == b"160000"
+    }
+}
+
+pub fn parse_tree(oid: Oid, data: &[u8]) -> Result<Vec<TreeEntry<'_>>, ObjectError> {
+    let mut entries = Vec::new();
+    let mut rest = data;
+    while !rest.is_empty() {
+        let space = rest
+            .iter()
+            .position(|&b| b == b' ')
+            .ok_or_else(|| malformed(oid, "tree", "entry without mode"))?;
+        let mode = &rest[..space];
+        rest = &rest[space + 1..];
+        let nul = rest
+            .iter()
+            .position(|&b| b == 0)
+            .ok_or_else(|| malformed(oid, "tree", "entry without name"))?;
+        let name = &rest[..nul];
+        rest = &rest[nul + 1..];
+        if rest.len() < 20 {
+            return Err(malformed(oid, "tree", "truncated entry"));
+        }
+        let entry_oid =
+            Oid::from_slice(&rest[..20]).ok_or_else(|| malformed(oid, "tree", "bad oid"))?;
+        rest = &rest[20..];
+        entries.push(TreeEntry {
+            mode,
+            name,
+            oid: entry_oid,
+        });
+    }
+    Ok(entries)
+}
+
+pub fn parse_tag_target(oid: Oid, data: &[u8]) -> Result<(Oid, ObjectKind), ObjectError> {
+    let mut target = None;
+    let mut kind = None;
+    for line in data.split(|&b| b == b'\n') {
+        if line.is_empty() {
+            break;
+        }
+        if let Some(rest) = line.strip_prefix(b"object ") {
+            target = Some(header_oid(rest, oid, "tag")?);
+        } else if let Some(rest) = line.strip_prefix(b"type ") {
+            kind = match rest {
+                b"commit" => Some(ObjectKind::Commit),
+                b"tree" => Some(ObjectKind::Tree),
+                b"blob" => Some(ObjectKind::Blob),
+                b"tag" => Some(ObjectKind::Tag),
+                _ => return Err(malformed(oid, "tag", "unknown target type")),
+            };
+        }
+    }
+    match (target, kind) {
+        (Some(t), Some(k)) => Ok((t, k)),
+        _ => Err(malformed(oid, "tag", "no object/type header")),
+    }
+}
+
+/// One object the walk reached, with the hints the backup uses to group similar objects.
+#[derive(Debug, Clone, Copy)]
+pub struct Reached {
+    pub oid: Oid,
+    pub kind: ObjectKind,
+    /// Hash of the path the object was first seen at (blobs, trees); 0 for commits and tags.
+    pub path_hash: u64,
+    /// Committer time of the commit through which the object was first reached.
+    pub time: i64,
+}
+
+/// Where the walk reads objects from.
+pub trait ObjectSource {
+    type Error: From<ObjectError>;
+    /// The object's kind and content (without the `type len\0` header).
+    fn read(&mut self, oid: &Oid) -> Result<(ObjectKind, Vec<u8>), Self::Error>;
+    /// True when the object and everything it reaches need not be walked (already in the vault).
+    fn known(&mut self, oid: &Oid) -> Result<bool, Self::Error>;
+}
+
+fn path_hash(parent: u64, name: &[u8]) -> u64 {
+    let mut h = blake3::Hasher::new();
+    h.update(&parent.to_le_bytes());
+    h.update(name);
+    let bytes = h.finalize();
+    let mut out = [0u8; 8];
+    out.copy_from_slice(&bytes.as_bytes()[..8]);
+    u64::from_le_bytes(out)
+}
+
+/// Walks from `tips` to every object they reach that `source.known` does not cut off. Blobs are
+/// not read (their content does not lead anywhere). Returns the objects in walk order.
+pub fn walk<S: ObjectSource>(source: &mut S, tips: &[Oid]) -> Result<Vec<Reached>, S::Error> {
+    let mut seen: HashSet<Oid> = HashSet::new();
+    let mut out = Vec::new();
+    // (oid, expected kind if known from the parent, path hash, time)
+    let mut stack: Vec<(Oid, Option<ObjectKind>, u64, i64)> =
+        tips.iter().rev().map(|t| (*t, None, 0, i64::MAX)).collect();
+    while let Some((oid, expected, path, time)) = stack.pop() {
+        if !seen.insert(oid) || source.known(&oid)? {
+            continue;
+        }
+        if expected == Some(ObjectKind::Blob) {
+            out.push(Reached {
+                oid,
+                kind: ObjectKind::Blob,
+                path_hash: path,
+                time,
+            });
+            continue;
+        }
+        let (kind, data) = source.read(&oid)?;
+        if let Some(expected) = expected
+            && expected != kind
+        {
+            return Err(ObjectError::WrongKind {
+                oid,
+                found: kind.name(),
+                expected: expected.name(),
+            }
+            .into());
+        }
+        match kind {
+            ObjectKind::Commit => {
+                let info = parse_commit(oid, &data)?;
+                out.push(Reached {
+                    oid,
+                    kind,
+                    path_hash: 0,
+                    time: info.time,
+                });
+                for p in info.parents.iter().rev() {
+                    stack.push((*p, Some(ObjectKind::Commit), 0, info.time));
+                }
+                stack.push((
+                    info.tree,
+                    Some(ObjectKind::Tree),
+                    path_hash(0, b""),
+                    info.time,
+                ));
+            }
+            ObjectKind::Tree => {
+                out.push(Reached {
+                    oid,
+                    kind,
+                    path_hash: path,
+                    time,
+                });
+                for entry in parse_tree(oid, &data)? {
+                    if entry.is_gitlink() {
+                        continue;
+                    }
+                    let kind = if entry.is_tree() {
+                        ObjectKind::Tree
+                    } else {
+                        ObjectKind::Blob
+                    };
+                    stack.push((entry.oid, Some(kind), path_hash(path, entry.name), time));
+                }
+            }
+            ObjectKind::Blob => out.push(Reached {
+                oid,
+                kind,
+                path_hash: path,
+                time,
+            }),
+            ObjectKind::Tag => {
+                let (target, target_kind) = parse_tag_target(oid, &data)?;
+                out.push(Reached {
+                    oid,
+                    kind,
+                    path_hash: 0,
+                    time,
+                });
+                stack.push((target, Some(target_kind), 0, time));
+            }
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_commit_headers() {
+        let tree = "4b825dc642cb6eb9a060e54bf8d69288fbee4904";
+        let parent = "1111111111111111111111111111111111111111";
+        let text = format!(
+            "tree {tree}\nparent {parent}\nauthor A <a@x> 1000 +0000\ncommitter C <c@x> 1700000000 +0100\n\nmsg\ntree fake\n"
+        );
+        let c = parse_commit(Oid([0; 20]), text.as_bytes()).unwrap();
+        assert_eq!(c.tree.to_hex(), tree);
+        assert_eq!(c.parents.len(), 1);
+        assert_eq!(c.time, 1_700_000_000);
+        assert!(parse_commit(Oid([0; 20]), b"parent x\n").is_err());
+    }
+
+    #[test]
+    fn parses_tree_entries_and_rejects_truncation() {
+        let mut data = b"100644 a.txt\0".to_vec();
+        data.extend_from_slice(&[1; 20]);
+        data.extend_from_slice(b"40000 dir\0");
+        data.extend_from_slice(&[2; 20]);
+        let entries = parse_tree(Oid([0; 20]), &data).unwrap();
+        assert_eq!(entries.len(), 2);
+        assert!(!entries[0].is_tree() && entries[1].is_tree());
+        assert!(parse_tree(Oid([0; 20]), &data[..data.len() - 1]).is_err());
+    }
+}

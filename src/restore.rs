@@ -1,0 +1,358 @@
+//! Restoring one repository as of a snapshot: the snapshot's ref set, a walk through the vault
+//! from its refs to every object they reach, and a bare repository written with exactly those
+//! refs and objects. The repository is built in a temporary sibling directory and renamed into
+//! place only when complete, so a failure leaves nothing half-written at the destination.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use crate::crypto::VaultKeys;
+use crate::git::objects::{ObjectSource, walk};
+use crate::git::{self, Credentials, GitError};
+use crate::index::{IndexError, SnapshotRow};
+use crate::snapshot::{self, Manifest, ObjectKind, Oid, RefSet};
+use crate::store::{ChunkStore, StoreError};
+use crate::vault::Vault;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    #[error("no snapshot of `{repo}`{when}; `gitvault snapshots` lists what the vault has")]
+    NoSnapshot { repo: String, when: String },
+    #[error("snapshot id `{prefix}` matches {count} snapshots of `{repo}`; give more digits")]
+    Ambiguous {
+        repo: String,
+        prefix: String,
+        count: usize,
+    },
+    #[error("{0} exists and is not empty; restore into a new or empty directory")]
+    NotEmpty(String),
+    #[error(
+        "object {oid} is needed by the snapshot but missing from the vault index; run `gitvault verify`"
+    )]
+    MissingObject { oid: Oid },
+    #[error("object {oid} read from the vault does not hash to its id; the vault is damaged")]
+    BadObject { oid: Oid },
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("pushing to the remote failed: {0}")]
+    Push(String),
+    #[error(transparent)]
+    Git(#[from] GitError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Index(#[from] IndexError),
+    #[error(transparent)]
+    Snapshot(#[from] snapshot::SnapshotError),
+}
+
+impl From<git::objects::ObjectError> for RestoreError {
+    fn from(e: git::objects::ObjectError) -> Self {
+        RestoreError::Git(GitError::Object(e))
+    }
+}
+
+/// Which snapshot: by id prefix, as of a date, or the newest.
+#[derive(Debug, Clone, Default)]
+pub struct Selector {
+    pub snapshot: Option<String>,
+    pub at: Option<DateTime<Utc>>,
+}
+
+pub fn select_snapshot(
+    vault: &Vault,
+    repo: &str,
+    sel: &Selector,
+) -> Result<SnapshotRow, RestoreError> {
+    if let Some(prefix) = &sel.snapshot {
+        let mut found = vault.index().snapshots_by_prefix(repo, prefix)?;
+        return match found.len() {
+            1 => Ok(found.remove(0)),
+            0 => Err(RestoreError::NoSnapshot {
+                repo: repo.to_string(),
+                when: format!(" with id {prefix}"),
+            }),
+            count => Err(RestoreError::Ambiguous {
+                repo: repo.to_string(),
+                prefix: prefix.clone(),
+                count,
+            }),
+        };
+    }
+    vault
+        .index()
+        .snapshot_as_of(repo, sel.at)?
+        .ok_or_else(|| RestoreError::NoSnapshot {
+            repo: repo.to_string(),
+            when: sel
+                .at
+                .map(|t| format!(" at or before {}", t.to_rfc3339()))
+                .unwrap_or_default(),
+        })
+}
+
+/// The manifest and ref set of a snapshot, read from the packs.
+pub fn load_snapshot(
+    store: &ChunkStore<'_>,
+    row: &SnapshotRow,
+) -> Result<(Manifest, RefSet), RestoreError> {
+    let manifest = Manifest::decode(&store.get(&row.manifest)?)?;
+    let refs = RefSet::decode(&store.get(&manifest.refset_id()?)?)?;
+    Ok((manifest, refs))
+}
+
+struct VaultSource<'a, 'v> {
+    vault: &'a Vault,
+    store: &'a ChunkStore<'v>,
+}
+
+impl VaultSource<'_, '_> {
+    fn read_checked(&self, oid: &Oid) -> Result<(ObjectKind, Vec<u8>), RestoreError> {
+        let (kind, chunk) = self
+            .vault
+            .index()
+            .git_object(oid)?
+            .ok_or(RestoreError::MissingObject { oid: *oid })?;
+        let data = self.store.get(&chunk)?;
+        let id = gix::objs::compute_hash(gix::hash::Kind::Sha1, gix_kind(kind), &data)
+            .map_err(|_| RestoreError::BadObject { oid: *oid })?;
+        if id.as_slice() != oid.0 {
+            return Err(RestoreError::BadObject { oid: *oid });
+        }
+        Ok((kind, data))
+    }
+}
+
+fn gix_kind(kind: ObjectKind) -> gix::objs::Kind {
+    match kind {
+        ObjectKind::Commit => gix::objs::Kind::Commit,
+        ObjectKind::Tree => gix::objs::Kind::Tree,
+        ObjectKind::Blob => gix::objs::Kind::Blob,
+        ObjectKind::Tag => gix::objs::Kind::Tag,
+    }
+}
+
+impl ObjectSource for VaultSource<'_, '_> {
+    type Error = RestoreError;
+    fn read(&mut self, oid: &Oid) -> Result<(ObjectKind, Vec<u8>), RestoreError> {
+        self.read_checked(oid)
+    }
+    fn known(&mut self, _oid: &Oid) -> Result<bool, RestoreError> {
+        Ok(false)
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RestoreReport {
+    pub repo: String,
+    pub snapshot: String,
+    pub time: DateTime<Utc>,
+    pub path: String,
+    pub refs: usize,
+    pub objects: u64,
+    pub pushed_to: Option<String>,
+}
+
+fn io_err(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> RestoreError {
+    let context = context.into();
+    move |source| RestoreError::Io { context, source }
+}
+
+fn check_destination(to: &Path) -> Result<(), RestoreError> {
+    match std::fs::read_dir(to) {
+        Ok(mut entries) => {
+            if entries.next().is_some() {
+                return Err(RestoreError::NotEmpty(to.display().to_string()));
+            }
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(_) => Err(RestoreError::NotEmpty(to.display().to_string())),
+    }
+}
+
+/// Writes the snapshot `row` as a bare repository at `to`.
+pub fn restore_snapshot(
+    vault: &Vault,
+    keys: &VaultKeys,
+    row: &SnapshotRow,
+    to: &Path,
+) -> Result<RestoreReport, RestoreError> {
+    check_destination(to)?;
+    let store = vault.reader(keys);
+    let (_, refs) = load_snapshot(&store, row)?;
+    let mut source = VaultSource {
+        vault,
+        store: &store,
+    };
+    let mut tips: Vec<Oid> = refs.refs.values().copied().collect();
+    tips.sort();
+    tips.dedup();
+    let reached = walk(&mut source, &tips)?;
+    // Read in the order the objects lie in the packs, so each frame is decompressed once.
+    let mut located = Vec::with_capacity(reached.len());
+    for r in &reached {
+        let (_, chunk) = vault
+            .index()
+            .git_object(&r.oid)?
+            .ok_or(RestoreError::MissingObject { oid: r.oid })?;
+        let place = vault
+            .index()
+            .chunk(&chunk)?
+            .map(|l| (l.pack_id, l.frame.offset, l.offset))
+            .unwrap_or((i64::MAX, 0, 0));
+        located.push((place, r.oid));
+    }
+    located.sort();
+
+    let parent = to
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent).map_err(io_err(format!("creating {}", parent.display())))?;
+    let staging: PathBuf = parent.join(format!(
+        ".{}.gitvault-restore-{}",
+        to.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        std::process::id()
+    ));
+    let _ = std::fs::remove_dir_all(&staging);
+    let result = (|| -> Result<u64, RestoreError> {
+        git::write_bare_repository(&staging, &refs)?;
+        let mut iter = located.iter();
+        let count = located.len() as u32;
+        let written = if count == 0 {
+            0
+        } else {
+            git::write_pack(&staging, count, || {
+                let (_, oid) = iter.next()?;
+                Some(
+                    source
+                        .read_checked(oid)
+                        .map(|(kind, data)| (*oid, kind, data)),
+                )
+            })??
+        };
+        Ok(u64::from(written))
+    })();
+    let objects = match result {
+        Ok(n) => n,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&staging);
+            return Err(e);
+        }
+    };
+    if to.exists() {
+        std::fs::remove_dir(to).map_err(io_err(format!("replacing the empty {}", to.display())))?;
+    }
+    std::fs::rename(&staging, to).map_err(io_err(format!(
+        "moving the restored repository to {}",
+        to.display()
+    )))?;
+    Ok(RestoreReport {
+        repo: row.repo.clone(),
+        snapshot: row.id.clone(),
+        time: row.time,
+        path: to.display().to_string(),
+        refs: refs.refs.len(),
+        objects,
+        pushed_to: None,
+    })
+}
+
+/// Mirrors a restored repository to an (empty) remote with the git CLI (gix cannot push).
+/// Credentials go through git's environment-supplied config, never the command line or URL.
+pub fn push_mirror(
+    repo: &Path,
+    url: &str,
+    credentials: Option<&Credentials>,
+) -> Result<String, RestoreError> {
+    let spec = git::parse_remote(url)?;
+    let mut cmd = Command::new("git");
+    cmd.arg("-C")
+        .arg(repo)
+        .args(["push", "--mirror", "--quiet"])
+        .arg(&spec.fetch_url);
+    cmd.env("GIT_TERMINAL_PROMPT", "0");
+    let creds = credentials.cloned().or(spec.url_credentials);
+    if let Some(c) = &creds
+        && spec.is_http
+    {
+        let header = c.authorization_header();
+        cmd.env("GIT_CONFIG_COUNT", "1")
+            .env("GIT_CONFIG_KEY_0", "http.extraHeader")
+            .env("GIT_CONFIG_VALUE_0", header);
+    }
+    let out = cmd.output().map_err(io_err("running git push"))?;
+    if !out.status.success() {
+        let mut msg = String::from_utf8_lossy(&out.stderr).trim().to_string();
+        if let Some(c) = &creds {
+            msg = c.scrub(&msg);
+        }
+        return Err(RestoreError::Push(msg));
+    }
+    Ok(spec.display_url)
+}
+
+/// Runs `git fsck --full` on a restored repository and compares its refs and HEAD with the
+/// snapshot's; returns the problems found (empty when all is well).
+pub fn check_restored(repo: &Path, refs: &RefSet) -> Vec<String> {
+    let mut problems = Vec::new();
+    match Command::new("git")
+        .arg("-C")
+        .arg(repo)
+        .args(["fsck", "--full", "--no-dangling"])
+        .output()
+    {
+        Ok(out) if out.status.success() => {}
+        Ok(out) => problems.push(format!(
+            "git fsck --full failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )),
+        Err(e) => problems.push(format!("cannot run git fsck: {e}")),
+    }
+    match Command::new("git")
+        .arg("-C")
+        .arg(repo)
+        .args(["for-each-ref", "--format=%(objectname) %(refname)"])
+        .output()
+    {
+        Ok(out) if out.status.success() => {
+            let actual: Vec<String> = String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .map(str::to_string)
+                .collect();
+            let expected: Vec<String> = refs.refs.iter().map(|(n, o)| format!("{o} {n}")).collect();
+            if actual != expected {
+                problems.push(format!(
+                    "refs differ from the snapshot: {} restored, {} expected",
+                    actual.len(),
+                    expected.len()
+                ));
+            }
+        }
+        Ok(out) => problems.push(format!(
+            "git for-each-ref failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )),
+        Err(e) => problems.push(format!("cannot run git for-each-ref: {e}")),
+    }
+    if let Some(snapshot::Head::Symbolic(target)) = &refs.head {
+        let head = std::fs::read_to_string(repo.join("HEAD")).unwrap_or_default();
+        if head.trim() != format!("ref: {target}") {
+            problems.push(format!(
+                "HEAD is `{}`, the snapshot says `ref: {target}`",
+                head.trim()
+            ));
+        }
+    }
+    problems
+}

@@ -1,0 +1,362 @@
+//! Snapshots: the manifest of one repository at one moment, the ref set it captured, the
+//! object maps that make the index rebuildable, and the rule for "as of date D".
+//!
+//! A snapshot is exact (invariant 6): its ref set is one advertisement of the server, and the
+//! vault holds every object those refs reach. The ref set is its own chunk, so an unchanged
+//! repository's new snapshot points at the ref set already stored and costs one small manifest.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use chrono::{DateTime, NaiveDate, TimeZone, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::crypto::ChunkId;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    #[error("`{0}` is not a date: use RFC 3339 (2026-11-22T10:00:00Z) or YYYY-MM-DD")]
+    BadDate(String),
+    #[error(
+        "repository name `{0}` is not allowed: use segments of letters, digits, `.`, `_`, `-` (and `:` in the first) separated by `/`, without `.` or `..` segments"
+    )]
+    BadRepoName(String),
+    #[error("snapshot document is damaged: {0}")]
+    Damaged(String),
+}
+
+/// A git object id (SHA-1; SHA-256 repositories are not supported yet).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Oid(pub [u8; 20]);
+
+impl Oid {
+    pub fn to_hex(&self) -> String {
+        hex::encode(self.0)
+    }
+
+    pub fn from_hex(s: &str) -> Option<Oid> {
+        let bytes = hex::decode(s).ok()?;
+        <[u8; 20]>::try_from(bytes.as_slice()).ok().map(Oid)
+    }
+
+    pub fn from_slice(b: &[u8]) -> Option<Oid> {
+        <[u8; 20]>::try_from(b).ok().map(Oid)
+    }
+}
+
+impl fmt::Display for Oid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_hex())
+    }
+}
+
+impl fmt::Debug for Oid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Oid({})", self.to_hex())
+    }
+}
+
+/// What HEAD was in the advertisement.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Head {
+    /// A symbolic ref, e.g. `refs/heads/main` (possibly unborn: not among the refs).
+    Symbolic(String),
+    /// A detached HEAD.
+    Detached(String),
+}
+
+/// Every ref of one advertisement, and HEAD.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RefSet {
+    pub head: Option<Head>,
+    pub refs: BTreeMap<String, Oid>,
+}
+
+const REFSET_HEADER: &str = "# gitvault refset v1\n";
+
+impl RefSet {
+    /// Canonical text form: equal ref sets give equal bytes, hence equal chunk ids.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = String::with_capacity(REFSET_HEADER.len() + self.refs.len() * 64);
+        out.push_str(REFSET_HEADER);
+        match &self.head {
+            Some(Head::Symbolic(target)) => {
+                out.push_str("HEAD ref: ");
+                out.push_str(target);
+                out.push('\n');
+            }
+            Some(Head::Detached(oid)) => {
+                out.push_str("HEAD ");
+                out.push_str(oid);
+                out.push('\n');
+            }
+            None => {}
+        }
+        for (name, oid) in &self.refs {
+            out.push_str(&oid.to_hex());
+            out.push(' ');
+            out.push_str(name);
+            out.push('\n');
+        }
+        out.into_bytes()
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<RefSet, SnapshotError> {
+        let text = std::str::from_utf8(bytes)
+            .map_err(|_| SnapshotError::Damaged("ref set is not UTF-8".into()))?;
+        let body = text
+            .strip_prefix(REFSET_HEADER)
+            .ok_or_else(|| SnapshotError::Damaged("unknown ref set version".into()))?;
+        let mut set = RefSet::default();
+        for line in body.lines() {
+            if let Some(target) = line.strip_prefix("HEAD ref: ") {
+                set.head = Some(Head::Symbolic(target.to_string()));
+            } else if let Some(oid) = line.strip_prefix("HEAD ") {
+                set.head = Some(Head::Detached(oid.to_string()));
+            } else {
+                let (oid, name) = line
+                    .split_once(' ')
+                    .ok_or_else(|| SnapshotError::Damaged(format!("bad ref line `{line}`")))?;
+                let oid = Oid::from_hex(oid)
+                    .ok_or_else(|| SnapshotError::Damaged(format!("bad oid in `{line}`")))?;
+                set.refs.insert(name.to_string(), oid);
+            }
+        }
+        Ok(set)
+    }
+}
+
+/// The manifest of one snapshot, stored as a chunk (kind `Manifest`) in the packs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub format: u32,
+    pub repo: String,
+    pub time: DateTime<Utc>,
+    /// Where the repository was fetched from, without credentials.
+    pub source: String,
+    /// Chunk id of the ref set.
+    pub refset: String,
+    pub ref_count: usize,
+    pub head: Option<Head>,
+    /// Chunk ids of the object maps for the objects this snapshot added to the vault.
+    pub object_maps: Vec<String>,
+    pub objects_added: u64,
+}
+
+impl Manifest {
+    pub fn encode(&self) -> Vec<u8> {
+        // Serialising plain data to JSON cannot fail.
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Manifest, SnapshotError> {
+        let m: Manifest = serde_json::from_slice(bytes)
+            .map_err(|e| SnapshotError::Damaged(format!("manifest: {e}")))?;
+        if m.format != 1 {
+            return Err(SnapshotError::Damaged(format!(
+                "unknown manifest format {}",
+                m.format
+            )));
+        }
+        Ok(m)
+    }
+
+    pub fn refset_id(&self) -> Result<ChunkId, SnapshotError> {
+        self.refset
+            .parse()
+            .map_err(|e: String| SnapshotError::Damaged(e))
+    }
+}
+
+/// Git object types as stored in the index and object maps (git's own numbering).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[repr(u8)]
+pub enum ObjectKind {
+    Commit = 1,
+    Tree = 2,
+    Blob = 3,
+    Tag = 4,
+}
+
+impl ObjectKind {
+    pub fn from_u8(v: u8) -> Option<ObjectKind> {
+        match v {
+            1 => Some(ObjectKind::Commit),
+            2 => Some(ObjectKind::Tree),
+            3 => Some(ObjectKind::Blob),
+            4 => Some(ObjectKind::Tag),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            ObjectKind::Commit => "commit",
+            ObjectKind::Tree => "tree",
+            ObjectKind::Blob => "blob",
+            ObjectKind::Tag => "tag",
+        }
+    }
+
+    pub fn chunk_kind(self) -> crate::store::ChunkKind {
+        use crate::store::ChunkKind;
+        match self {
+            ObjectKind::Commit => ChunkKind::GitCommit,
+            ObjectKind::Tree => ChunkKind::GitTree,
+            ObjectKind::Blob => ChunkKind::GitBlob,
+            ObjectKind::Tag => ChunkKind::GitTag,
+        }
+    }
+}
+
+/// One git object's place in the vault.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ObjectEntry {
+    pub oid: Oid,
+    pub kind: ObjectKind,
+    pub chunk: ChunkId,
+}
+
+const OBJECT_MAP_VERSION: u8 = 1;
+const OBJECT_ENTRY_LEN: usize = 20 + 1 + 32;
+
+/// Object maps: `u8 version` then entries of `[20]u8 oid, u8 kind, [32]u8 chunk id`.
+pub fn encode_object_map(entries: &[ObjectEntry]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(1 + entries.len() * OBJECT_ENTRY_LEN);
+    out.push(OBJECT_MAP_VERSION);
+    for e in entries {
+        out.extend_from_slice(&e.oid.0);
+        out.push(e.kind as u8);
+        out.extend_from_slice(&e.chunk.0);
+    }
+    out
+}
+
+pub fn decode_object_map(bytes: &[u8]) -> Result<Vec<ObjectEntry>, SnapshotError> {
+    let (version, body) = bytes
+        .split_first()
+        .ok_or_else(|| SnapshotError::Damaged("empty object map".into()))?;
+    if *version != OBJECT_MAP_VERSION || body.len() % OBJECT_ENTRY_LEN != 0 {
+        return Err(SnapshotError::Damaged("bad object map".into()));
+    }
+    body.chunks_exact(OBJECT_ENTRY_LEN)
+        .map(|e| {
+            let kind = ObjectKind::from_u8(e[20])
+                .ok_or_else(|| SnapshotError::Damaged("bad object kind".into()))?;
+            let mut oid = [0u8; 20];
+            oid.copy_from_slice(&e[..20]);
+            let mut chunk = [0u8; 32];
+            chunk.copy_from_slice(&e[21..]);
+            Ok(ObjectEntry {
+                oid: Oid(oid),
+                kind,
+                chunk: ChunkId(chunk),
+            })
+        })
+        .collect()
+}
+
+/// Parses a DATE argument: RFC 3339, or `YYYY-MM-DD` meaning the end of that day (UTC).
+pub fn parse_date(text: &str) -> Result<DateTime<Utc>, SnapshotError> {
+    if let Ok(t) = DateTime::parse_from_rfc3339(text) {
+        return Ok(t.with_timezone(&Utc));
+    }
+    let day = NaiveDate::parse_from_str(text, "%Y-%m-%d")
+        .map_err(|_| SnapshotError::BadDate(text.to_string()))?;
+    let end = day
+        .and_hms_milli_opt(23, 59, 59, 999)
+        .ok_or_else(|| SnapshotError::BadDate(text.to_string()))?;
+    Ok(Utc.from_utc_datetime(&end))
+}
+
+/// Checks a repository name given by a user or derived from a URL.
+pub fn check_repo_name(name: &str) -> Result<(), SnapshotError> {
+    let bad = || SnapshotError::BadRepoName(name.to_string());
+    if name.is_empty() || name.len() > 512 {
+        return Err(bad());
+    }
+    for (i, seg) in name.split('/').enumerate() {
+        let ok = !seg.is_empty()
+            && seg != "."
+            && seg != ".."
+            && seg.bytes().all(|b| {
+                b.is_ascii_alphanumeric()
+                    || b == b'.'
+                    || b == b'_'
+                    || b == b'-'
+                    || (i == 0 && b == b':')
+            });
+        if !ok {
+            return Err(bad());
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refset_round_trips_canonically() {
+        let mut set = RefSet {
+            head: Some(Head::Symbolic("refs/heads/main".into())),
+            ..RefSet::default()
+        };
+        set.refs.insert("refs/tags/v1".into(), Oid([2; 20]));
+        set.refs.insert("refs/heads/main".into(), Oid([1; 20]));
+        let bytes = set.encode();
+        assert_eq!(RefSet::decode(&bytes).unwrap(), set);
+        let text = String::from_utf8(bytes).unwrap();
+        assert!(text.find("refs/heads/main").unwrap() < text.find("refs/tags/v1").unwrap());
+        assert!(RefSet::decode(b"garbage").is_err());
+    }
+
+    #[test]
+    fn dates_parse_as_documented() {
+        let d = parse_date("2026-01-02").unwrap();
+        assert_eq!(d.to_rfc3339(), "2026-01-02T23:59:59.999+00:00");
+        let t = parse_date("2026-01-02T10:00:00+02:00").unwrap();
+        assert_eq!(t.to_rfc3339(), "2026-01-02T08:00:00+00:00");
+        assert!(parse_date("yesterday").is_err());
+    }
+
+    #[test]
+    fn hostile_repo_names_are_refused() {
+        for bad in [
+            "../../etc",
+            "a/../b",
+            "/abs",
+            "a//b",
+            "",
+            "a/b c",
+            "x/.",
+            "a\0b",
+            "a/b:c",
+        ] {
+            assert!(check_repo_name(bad).is_err(), "{bad:?}");
+        }
+        for good in [
+            "github.com/owner/repo",
+            "127.0.0.1:8080/o/r.wiki",
+            "local/srv/git/x",
+        ] {
+            check_repo_name(good).unwrap();
+        }
+    }
+
+    #[test]
+    fn object_map_round_trips() {
+        let entries = vec![ObjectEntry {
+            oid: Oid([3; 20]),
+            kind: ObjectKind::Tree,
+            chunk: ChunkId([4; 32]),
+        }];
+        assert_eq!(
+            decode_object_map(&encode_object_map(&entries)).unwrap(),
+            entries
+        );
+        assert!(decode_object_map(&[1, 2, 3]).is_err());
+    }
+}
