@@ -34,8 +34,40 @@ pub enum GitError {
     Write(String),
 }
 
-fn fetch_err(e: impl std::fmt::Display) -> GitError {
-    GitError::Fetch(e.to_string())
+/// The whole cause chain, since gix's top-level messages ("Transport handshake failed") do not
+/// say what went wrong; plus a hint for the failures users can fix themselves.
+fn fetch_err(e: impl std::error::Error) -> GitError {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    let lower = text.to_ascii_lowercase();
+    if lower.contains("no credentials were returned")
+        || lower.contains("status 401")
+        || lower.contains("not accepted")
+    {
+        text = format!(
+            "authentication failed (HTTP 401): set GITVAULT_TOKEN (and GITVAULT_USERNAME) to credentials the server accepts ({text})"
+        );
+    } else if lower.contains("status 403") {
+        text = format!(
+            "access denied (HTTP 403): the credentials lack access to this repository ({text})"
+        );
+    } else if lower.contains("status 404")
+        || lower.contains("not found")
+        || lower.contains("does not appear to be a git repository")
+    {
+        text = format!(
+            "the repository does not exist or is not visible with these credentials ({text})"
+        );
+    }
+    GitError::Fetch(text)
 }
 
 /// What one contact with the server found.
@@ -51,8 +83,21 @@ fn open_or_init_cache(cache: &Path) -> Result<gix::Repository, GitError> {
         path: cache.display().to_string(),
         reason: e.to_string(),
     };
-    let mut repo = if cache.join("HEAD").exists() {
-        gix::open(cache).map_err(|e| cache_err(&e))?
+    let existing = if cache.join("HEAD").exists() {
+        match gix::open(cache) {
+            Ok(repo) => Some(repo),
+            Err(e) => {
+                // The cache is only a speed-up: a damaged one is dropped and fetched anew.
+                tracing::warn!(cache = %cache.display(), error = %e, "mirror cache unreadable, starting afresh");
+                std::fs::remove_dir_all(cache).map_err(|e| cache_err(&e))?;
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let mut repo = if let Some(repo) = existing {
+        repo
     } else {
         if let Some(parent) = cache.parent() {
             std::fs::create_dir_all(parent).map_err(|e| cache_err(&e))?;

@@ -2,6 +2,8 @@
 //! the library or driven through the real `gitvault` binary.
 #![allow(dead_code)]
 
+pub mod git_server;
+
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

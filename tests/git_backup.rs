@@ -1,0 +1,407 @@
+//! Backing up and restoring real repositories served by real git servers on loopback: smart
+//! HTTP (nginx + git http-backend, Basic auth), git daemon, and file://.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::git_server::{
+    Fault, FaultyHttpServer, GitDaemon, HttpGitServer, file_url, run_fixture,
+};
+use common::{TestVault, stderr, stdout, tree_size};
+
+const USER: &str = "backup-bot";
+const TOKEN: &str = "tok-3f9a1c7e5b2d4680";
+
+fn git(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// What a restore must reproduce exactly: every ref with its object, and HEAD.
+fn refs_and_head(repo: &Path) -> String {
+    let refs = git(repo, &["for-each-ref", "--format=%(objectname) %(refname)"]);
+    let head = std::fs::read_to_string(repo.join("HEAD")).unwrap();
+    format!("HEAD {}\n{refs}", head.trim())
+}
+
+fn fsck(repo: &Path) {
+    let out = Command::new("git")
+        .arg("-C")
+        .arg(repo)
+        .args(["fsck", "--full", "--strict"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "git fsck --full failed on {}: {}",
+        repo.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn make_repo(root: &Path, name: &str, args: &[&str]) -> PathBuf {
+    let path = root.join(format!("{name}.git"));
+    let mut all = vec![path.to_str().unwrap()];
+    all.extend_from_slice(args);
+    run_fixture("rich.sh", &all);
+    path
+}
+
+fn evolve(repo: &Path, step: &str) {
+    run_fixture("evolve.sh", &[repo.to_str().unwrap(), step]);
+}
+
+fn backup(tv: &TestVault, url: &str, name: &str, now: Option<&str>) -> serde_json::Value {
+    let mut cmd = tv.command(&["--json", "backup", url, "--name", name]);
+    if let Some(now) = now {
+        cmd.env("GITVAULT_NOW", now);
+    }
+    cmd.env("GITVAULT_USERNAME", USER)
+        .env("GITVAULT_TOKEN", TOKEN);
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "backup of {url} failed: {}",
+        stderr(&out)
+    );
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["ok"], true, "{doc}");
+    doc
+}
+
+fn restore(tv: &TestVault, name: &str, extra: &[&str], to: &Path) {
+    let mut args = vec!["restore", name, "--to", to.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    let out = tv.run(&args);
+    assert!(
+        out.status.success(),
+        "restore {extra:?} failed: {}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn round_trip_over_http_with_auth_git_daemon_and_file() {
+    let tv = TestVault::new();
+    let root = tv.tmp.path().join("served");
+    std::fs::create_dir_all(&root).unwrap();
+    let rich = make_repo(&root, "rich", &["--many-refs", "10000"]);
+    let http = HttpGitServer::start(&root, Some((USER, TOKEN)));
+    let daemon = GitDaemon::start(&root);
+    let expected = refs_and_head(&rich);
+    assert!(expected.lines().count() > 10_000);
+
+    for (name, url) in [
+        ("http/rich", http.url("rich")),
+        ("daemon/rich", daemon.url("rich")),
+        ("file/rich", file_url(&rich)),
+    ] {
+        let doc = backup(&tv, &url, name, None);
+        assert_eq!(doc["repositories"][0]["status"], "changed", "{doc}");
+        let to = tv
+            .tmp
+            .path()
+            .join(format!("restored-{}", name.replace('/', "-")));
+        restore(&tv, name, &[], &to);
+        fsck(&to);
+        assert_eq!(
+            refs_and_head(&to),
+            expected,
+            "refs of {name} differ after restore"
+        );
+    }
+    // The three copies share every object: the second and third backups stored no new chunks
+    // beyond their manifests.
+    let listing = stdout(&tv.run(&["--json", "snapshots"]));
+    let snaps: serde_json::Value = serde_json::from_str(&listing).unwrap();
+    assert_eq!(snaps.as_array().unwrap().len(), 3);
+    // The credentials reached no file of the vault.
+    for path in common::files_under(&tv.dir) {
+        let bytes = std::fs::read(&path).unwrap();
+        assert!(
+            !bytes.windows(TOKEN.len()).any(|w| w == TOKEN.as_bytes()),
+            "{}",
+            path.display()
+        );
+    }
+    let out = tv.run(&["verify", "--restore-sample", "3"]);
+    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+}
+
+#[test]
+fn point_in_time_restore_brings_back_force_pushed_and_deleted_history() {
+    let tv = TestVault::new();
+    let root = tv.tmp.path().join("served");
+    std::fs::create_dir_all(&root).unwrap();
+    let rich = make_repo(&root, "rich", &[]);
+    let url = file_url(&rich);
+    let day1 = refs_and_head(&rich);
+    backup(&tv, &url, "rich", Some("2026-01-01T12:00:00Z"));
+    evolve(&rich, "force-push");
+    evolve(&rich, "delete-branch");
+    let day2 = refs_and_head(&rich);
+    assert_ne!(day1, day2);
+    assert!(day1.contains("refs/heads/dev") && !day2.contains("refs/heads/dev"));
+    backup(&tv, &url, "rich", Some("2026-01-02T12:00:00Z"));
+    // Upstream history is gone for good.
+    git(&rich, &["gc", "--prune=now", "--quiet"]);
+
+    let at1 = tv.tmp.path().join("at-day1");
+    restore(&tv, "rich", &["--at", "2026-01-01"], &at1);
+    fsck(&at1);
+    assert_eq!(refs_and_head(&at1), day1);
+
+    let at2 = tv.tmp.path().join("at-day2");
+    restore(&tv, "rich", &["--at", "2026-01-02"], &at2);
+    fsck(&at2);
+    assert_eq!(refs_and_head(&at2), day2);
+
+    // Before the first snapshot there is nothing, and the error says so.
+    let out = tv.run(&[
+        "restore",
+        "rich",
+        "--at",
+        "2025-12-31",
+        "--to",
+        tv.tmp.path().join("none").to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("no snapshot of `rich` at or before"),
+        "{}",
+        stderr(&out)
+    );
+
+    let ls = stdout(&tv.run(&["ls", "rich", "--at", "2026-01-01"]));
+    assert!(
+        ls.contains("refs/heads/dev") && ls.contains("HEAD -> refs/heads/main"),
+        "{ls}"
+    );
+    let ls = stdout(&tv.run(&["ls", "rich"]));
+    assert!(!ls.contains("refs/heads/dev"), "{ls}");
+}
+
+#[test]
+fn unchanged_repository_transfers_no_pack_and_costs_a_few_kib() {
+    let tv = TestVault::new();
+    let root = tv.tmp.path().join("served");
+    std::fs::create_dir_all(&root).unwrap();
+    make_repo(&root, "rich", &[]);
+    let http = HttpGitServer::start(&root, Some((USER, TOKEN)));
+    let url = http.url("rich");
+    backup(&tv, &url, "rich", None);
+    assert!(
+        http.pack_fetches() >= 1,
+        "the first backup must fetch a pack:\n{}",
+        http.access_log()
+    );
+    let before = tree_size(&tv.data_dir());
+    http.clear_access_log();
+
+    let doc = backup(&tv, &url, "rich", None);
+    assert_eq!(doc["repositories"][0]["status"], "unchanged", "{doc}");
+    assert_eq!(
+        http.pack_fetches(),
+        0,
+        "no pack may be transferred:\n{}",
+        http.access_log()
+    );
+    let growth = tree_size(&tv.data_dir()) - before;
+    assert!(
+        growth < 4096,
+        "an unchanged backup grew the vault by {growth} bytes"
+    );
+    // Deleting the mirror cache loses nothing: the next run fetches again and is still exact.
+    std::fs::remove_dir_all(tv.dir.join("cache")).unwrap();
+    backup(&tv, &url, "rich", None);
+    let to = tv.tmp.path().join("restored");
+    restore(&tv, "rich", &[], &to);
+    fsck(&to);
+}
+
+#[test]
+fn incremental_backup_adds_about_the_new_commit() {
+    let tv = TestVault::new();
+    let root = tv.tmp.path().join("served");
+    std::fs::create_dir_all(&root).unwrap();
+    let rich = make_repo(&root, "rich", &[]);
+    for _ in 0..10 {
+        evolve(&rich, "add-commit");
+    }
+    let daemon = GitDaemon::start(&root);
+    let url = daemon.url("rich");
+    backup(&tv, &url, "rich", None);
+    let before = tree_size(&tv.data_dir());
+    assert!(
+        before > 1_000_000,
+        "the repository should weigh over 1 MB in the vault ({before})"
+    );
+    evolve(&rich, "add-commit"); // 100 KiB of incompressible data
+    let doc = backup(&tv, &url, "rich", None);
+    let growth = tree_size(&tv.data_dir()) - before;
+    assert!(
+        (100_000..200_000).contains(&growth),
+        "one 100 KiB commit grew the vault by {growth} bytes: {doc}"
+    );
+    let added = doc["repositories"][0]["objects_added"].as_u64().unwrap();
+    assert!((3..=6).contains(&added), "{doc}");
+}
+
+#[test]
+fn empty_repository_snapshots_and_restores() {
+    let tv = TestVault::new();
+    let empty = tv.tmp.path().join("empty.git");
+    run_fixture("empty.sh", &[empty.to_str().unwrap()]);
+    backup(&tv, &file_url(&empty), "empty", None);
+    let to = tv.tmp.path().join("restored");
+    restore(&tv, "empty", &[], &to);
+    fsck(&to);
+    assert_eq!(git(&to, &["for-each-ref"]), "");
+}
+
+#[test]
+fn restore_refuses_a_non_empty_destination_and_pushes_a_mirror() {
+    let tv = TestVault::new();
+    let root = tv.tmp.path().join("served");
+    std::fs::create_dir_all(&root).unwrap();
+    let rich = make_repo(&root, "rich", &[]);
+    backup(&tv, &file_url(&rich), "rich", None);
+    let busy = tv.tmp.path().join("busy");
+    std::fs::create_dir_all(&busy).unwrap();
+    std::fs::write(busy.join("keep.txt"), b"precious").unwrap();
+    let out = tv.run(&["restore", "rich", "--to", busy.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("not empty"), "{}", stderr(&out));
+    assert_eq!(std::fs::read(busy.join("keep.txt")).unwrap(), b"precious");
+
+    let remote = tv.tmp.path().join("remote.git");
+    git(
+        tv.tmp.path(),
+        &["init", "-q", "--bare", remote.to_str().unwrap()],
+    );
+    let to = tv.tmp.path().join("restored");
+    restore(&tv, "rich", &["--push", &file_url(&remote)], &to);
+    fsck(&remote);
+    let pushed = git(
+        &remote,
+        &["for-each-ref", "--format=%(objectname) %(refname)"],
+    );
+    let source = git(
+        &rich,
+        &["for-each-ref", "--format=%(objectname) %(refname)"],
+    );
+    assert_eq!(pushed, source);
+}
+
+fn failed_backup(tv: &TestVault, url: &str, name: &str, token: Option<&str>) -> String {
+    let mut cmd = tv.command(&["backup", url, "--name", name]);
+    cmd.env("GITVAULT_USERNAME", USER);
+    if let Some(t) = token {
+        cmd.env("GITVAULT_TOKEN", t);
+    }
+    let out = cmd.output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "backup of {url} should fail: {}",
+        stderr(&out)
+    );
+    let err = stderr(&out);
+    eprintln!("[{name}] {err}");
+    assert!(
+        err.contains(name),
+        "the error must name the repository: {err}"
+    );
+    if let Some(t) = token {
+        assert!(
+            !err.contains(t) && !stdout(&out).contains(t),
+            "the token leaked: {err}"
+        );
+    }
+    let snaps = stdout(&tv.run(&["snapshots", name]));
+    assert_eq!(
+        snaps.lines().count(),
+        1,
+        "a failed backup must not record a snapshot: {snaps}"
+    );
+    err
+}
+
+#[test]
+fn bad_inputs_fail_cleanly_name_the_repository_and_hide_the_token() {
+    let tv = TestVault::new();
+    let root = tv.tmp.path().join("served");
+    std::fs::create_dir_all(&root).unwrap();
+    let rich = make_repo(&root, "rich", &[]);
+    let http = HttpGitServer::start(&root, Some((USER, TOKEN)));
+
+    failed_backup(
+        &tv,
+        "http://127.0.0.1:1/nothing.git",
+        "unreachable",
+        Some(TOKEN),
+    );
+    failed_backup(
+        &tv,
+        &http.url("rich"),
+        "wrong-token",
+        Some("tok-wrong-but-secret-77"),
+    );
+    failed_backup(&tv, &http.url("rich"), "no-token", None);
+    failed_backup(
+        &tv,
+        &http.url("does-not-exist"),
+        "missing-repo",
+        Some(TOKEN),
+    );
+    failed_backup(&tv, &file_url(&root.join("nope.git")), "missing-path", None);
+    for (fault, name) in [
+        (Fault::Status(403), "forbidden"),
+        (Fault::Status(500), "server-error"),
+        (Fault::TruncatePack, "truncated-pack"),
+        (Fault::FlipByteInPack, "corrupt-pack"),
+        (Fault::ClosePackEarly, "closed-early"),
+    ] {
+        let proxy = FaultyHttpServer::start(&http, fault);
+        failed_backup(&tv, &proxy.url("rich"), name, Some(TOKEN));
+    }
+
+    // Hostile names never escape: refused before anything is written.
+    let out = tv.run(&["backup", &file_url(&rich), "--name", "../../etc"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("not allowed"), "{}", stderr(&out));
+
+    // One failure among several repositories: exit 3, the good one is backed up.
+    let out = tv
+        .command(&[
+            "--json",
+            "backup",
+            &file_url(&rich),
+            "http://127.0.0.1:1/x.git",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["repositories"][0]["status"], "changed");
+    assert_eq!(doc["repositories"][1]["status"], "failed");
+
+    // After all these failures the vault is consistent and the good snapshot restores.
+    let name = doc["repositories"][0]["repo"].as_str().unwrap().to_string();
+    let to = tv.tmp.path().join("restored");
+    restore(&tv, &name, &[], &to);
+    fsck(&to);
+    assert_eq!(refs_and_head(&to), refs_and_head(&rich));
+}
