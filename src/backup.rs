@@ -170,11 +170,13 @@ fn run(
     let cache = cache_path(vault, &name);
     let id_key = keys.id_key();
 
+    let phase = Instant::now();
     let fetched = git::fetch(&spec, &cache, credentials.as_ref(), |refs| {
         previous
             .as_ref()
             .is_some_and(|p| p.refset == id_key.chunk_id(&refs.encode()))
     })?;
+    tracing::info!(repo = %name, seconds = phase.elapsed().as_secs_f64(), objects = fetched.objects_received, "fetched");
     report.refs = fetched.refs.refs.len();
     report.objects_received = fetched.objects_received;
     let refset_bytes = fetched.refs.encode();
@@ -257,8 +259,11 @@ fn ingest(
         cache: &reader,
         vault,
     };
+    let phase = Instant::now();
     let mut reached = walk(&mut source, &tips)?;
     ingest_order(&mut reached);
+    tracing::info!(seconds = phase.elapsed().as_secs_f64(), objects = reached.len(), "walked new objects");
+    let phase = Instant::now();
     let mut entries = Vec::with_capacity(reached.len());
     for r in &reached {
         let (kind, data) = reader.read(&r.oid)?;
@@ -269,5 +274,6 @@ fn ingest(
             chunk,
         });
     }
+    tracing::info!(seconds = phase.elapsed().as_secs_f64(), "stored objects");
     Ok(entries)
 }

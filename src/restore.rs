@@ -195,7 +195,10 @@ pub fn restore_snapshot(
     let mut tips: Vec<Oid> = refs.refs.values().copied().collect();
     tips.sort();
     tips.dedup();
+    let phase = std::time::Instant::now();
     let reached = walk(&mut source, &tips)?;
+    tracing::info!(seconds = phase.elapsed().as_secs_f64(), objects = reached.len(), "walked the snapshot");
+    let phase = std::time::Instant::now();
     // Read in the order the objects lie in the packs, so each frame is decompressed once.
     let mut located = Vec::with_capacity(reached.len());
     for r in &reached {
@@ -243,6 +246,7 @@ pub fn restore_snapshot(
         };
         Ok(u64::from(written))
     })();
+    tracing::info!(seconds = phase.elapsed().as_secs_f64(), "wrote the pack");
     let objects = match result {
         Ok(n) => n,
         Err(e) => {

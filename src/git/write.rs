@@ -61,7 +61,8 @@ pub fn write_pack<E>(
                 let entry = gix_pack::data::output::Entry::from_data(
                     &count,
                     &gix::objs::Data::new(&data, gix_kind(kind), gix::hash::Kind::Sha1),
-                    gix::zlib::Compression::DEFAULT,
+                    // Level 1: restores are bound by zlib; the pack is a transport copy, `git gc` can shrink it later.
+                    gix::zlib::Compression::BEST_SPEED,
                 );
                 Some(entry.map(|e| vec![e]))
             });
