@@ -262,7 +262,11 @@ fn ingest(
     let phase = Instant::now();
     let mut reached = walk(&mut source, &tips)?;
     ingest_order(&mut reached);
-    tracing::info!(seconds = phase.elapsed().as_secs_f64(), objects = reached.len(), "walked new objects");
+    tracing::info!(
+        seconds = phase.elapsed().as_secs_f64(),
+        objects = reached.len(),
+        "walked new objects"
+    );
     let phase = Instant::now();
     let mut entries = Vec::with_capacity(reached.len());
     for r in &reached {

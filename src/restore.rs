@@ -197,7 +197,11 @@ pub fn restore_snapshot(
     tips.dedup();
     let phase = std::time::Instant::now();
     let reached = walk(&mut source, &tips)?;
-    tracing::info!(seconds = phase.elapsed().as_secs_f64(), objects = reached.len(), "walked the snapshot");
+    tracing::info!(
+        seconds = phase.elapsed().as_secs_f64(),
+        objects = reached.len(),
+        "walked the snapshot"
+    );
     let phase = std::time::Instant::now();
     // Read in the order the objects lie in the packs, so each frame is decompressed once.
     let mut located = Vec::with_capacity(reached.len());
