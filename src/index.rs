@@ -511,6 +511,59 @@ impl Index {
         }
     }
 
+    pub fn pack_targets_by_name(&self, name: &str) -> Result<Vec<String>, IndexError> {
+        match self.pack_id(name)? {
+            Some(id) => self.pack_targets(id),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    pub fn pack_id(&self, name: &str) -> Result<Option<i64>, IndexError> {
+        Ok(self
+            .conn
+            .query_row("SELECT id FROM packs WHERE name = ?1", params![name], |r| {
+                r.get(0)
+            })
+            .optional()?)
+    }
+
+    /// Records that `target` holds (or no longer holds) a pack.
+    pub fn set_presence(&self, pack: &str, target: &str, present: bool) -> Result<(), IndexError> {
+        let Some(id) = self.pack_id(pack)? else {
+            return Ok(());
+        };
+        if present {
+            self.conn.execute(
+                "INSERT OR IGNORE INTO pack_targets (pack_id, target) VALUES (?1, ?2)",
+                params![id, target],
+            )?;
+        } else {
+            self.conn.execute(
+                "DELETE FROM pack_targets WHERE pack_id = ?1 AND target = ?2",
+                params![id, target],
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Forgets every presence record (recover sets them anew from listings).
+    pub fn clear_presence(&self) -> Result<(), IndexError> {
+        self.conn.execute("DELETE FROM pack_targets", [])?;
+        Ok(())
+    }
+
+    pub fn has_snapshot(&self, manifest: &ChunkId) -> Result<bool, IndexError> {
+        Ok(self.snapshot_by_manifest(manifest)?.is_some())
+    }
+
+    /// Copies the whole database to `path` in a consistent state (for index backups).
+    pub fn backup_to(&self, path: &Path) -> Result<(), IndexError> {
+        let _ = std::fs::remove_file(path);
+        self.conn
+            .execute("VACUUM INTO ?1", params![path.to_string_lossy()])?;
+        Ok(())
+    }
+
     pub fn has_git_object(&self, oid: &Oid) -> Result<bool, IndexError> {
         let mut stmt = self
             .conn

@@ -10,6 +10,8 @@ pub mod crypto;
 pub mod git;
 pub mod hooks;
 pub mod index;
+pub mod recover;
+pub mod replicas;
 pub mod restore;
 pub mod snapshot;
 pub mod stats;

@@ -247,6 +247,70 @@ impl Vault {
         })
     }
 
+    /// Lays out a vault directory for `recover`: config from a target's public parameters, that
+    /// target as the only one, and the key files found there. Returns the directory's path.
+    pub fn create_recovered(
+        dir: &Path,
+        params: &PublicParams,
+        target_name: &str,
+        target_url: &str,
+        key_files: &[(String, Vec<u8>)],
+    ) -> Result<PathBuf, VaultError> {
+        if params.format != FORMAT_VERSION {
+            return Err(VaultError::UnsupportedFormat {
+                path: target_url.to_string(),
+                found: params.format,
+                known: FORMAT_VERSION,
+            });
+        }
+        if dir.exists() {
+            let mut entries =
+                fs::read_dir(dir).map_err(io_err(format!("reading {}", dir.display())))?;
+            if entries.next().is_some() {
+                return Err(VaultError::AlreadyExists(dir.display().to_string()));
+            }
+        }
+        fs::create_dir_all(dir.join(KEYS_DIR))
+            .map_err(io_err(format!("creating {}", dir.display())))?;
+        let dir = dir
+            .canonicalize()
+            .map_err(io_err(format!("resolving {}", dir.display())))?;
+        for (name, bytes) in key_files {
+            let file = Path::new(name)
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .filter(|n| n.ends_with(".age") && !n.starts_with('.'))
+                .ok_or_else(|| VaultError::BadConfig {
+                    path: name.clone(),
+                    reason: "not a key file name".into(),
+                })?;
+            write_atomic(&dir.join(KEYS_DIR).join(file), bytes)?;
+        }
+        let vault = Vault {
+            dir: dir.clone(),
+            index: Index::open(&dir.join(INDEX_FILE))?,
+            targets: Vec::new(),
+            config: Config {
+                format: FORMAT_VERSION,
+                vault_id: params.vault_id.clone(),
+                public_key: params.public_key.clone(),
+                cdc: params.cdc,
+                store: StoreConfig::default(),
+                targets: vec![TargetConfig {
+                    name: target_name.to_string(),
+                    url: target_url.to_string(),
+                }],
+            },
+        };
+        vault.save_config()?;
+        // The index is created empty here and replaced by an index backup when one is usable.
+        drop(vault);
+        let _ = fs::remove_file(dir.join(INDEX_FILE));
+        let _ = fs::remove_file(dir.join("index.sqlite-wal"));
+        let _ = fs::remove_file(dir.join("index.sqlite-shm"));
+        Ok(dir)
+    }
+
     pub fn open(dir: &Path) -> Result<Vault, VaultError> {
         let config_path = dir.join(CONFIG_FILE);
         let text = match fs::read_to_string(&config_path) {
@@ -418,6 +482,11 @@ impl Vault {
         }
     }
 
+    /// Overrides the replication policy for this process (`backup --min-replicas`).
+    pub fn set_min_replicas(&mut self, n: usize) {
+        self.config.store.min_replicas = n;
+    }
+
     pub fn store_settings(&self) -> StoreSettings {
         let s = &self.config.store;
         StoreSettings {
@@ -496,6 +565,15 @@ impl Vault {
         self.save_config()?;
         self.index.forget_target(name)?;
         self.targets.retain(|t| t.name() != name);
+        Ok(())
+    }
+
+    /// Makes sure every target holds `gitvault.json` and every key file (a new target, or one
+    /// whose files were lost).
+    pub fn publish_public_files(&self) -> Result<(), VaultError> {
+        for t in &self.targets {
+            self.prepare_target(t.as_ref())?;
+        }
         Ok(())
     }
 

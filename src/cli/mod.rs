@@ -4,6 +4,7 @@
 
 mod chunk;
 mod output;
+mod replicas;
 mod repo;
 mod target;
 
@@ -76,6 +77,11 @@ enum Command {
     Restore(repo::RestoreArgs),
     /// Check the vault; --restore-sample N restores N random snapshots and runs git fsck.
     Verify(repo::VerifyArgs),
+    /// Copy every pack a target lacks (or holds damaged) from a target that has it intact.
+    Sync,
+    /// Rebuild a vault directory from one target and the key (newest index backup, then pack
+    /// footers). --vault names the new directory.
+    Recover(replicas::RecoverArgs),
     /// Logical versus stored bytes, dedup ratio, and per target what it holds.
     Stats,
     /// Plumbing: store and read raw data in the chunk store (scripts and tests).
@@ -175,5 +181,7 @@ fn run(ctx: &Ctx, command: Command) -> Result<i32> {
         Command::Ls(args) => repo::ls(ctx, args),
         Command::Restore(args) => repo::restore(ctx, args),
         Command::Verify(args) => repo::verify(ctx, args),
+        Command::Sync => replicas::sync(ctx),
+        Command::Recover(args) => replicas::recover(ctx, args),
     }
 }

@@ -21,6 +21,11 @@ pub struct BackupArgs {
     /// The repository's name in the vault (default: host/owner/repo). Only with one URL.
     #[arg(long)]
     pub name: Option<String>,
+    /// A pack counts as written once this many targets hold it (default: the config's
+    /// `min_replicas`, 0 meaning all). Targets that missed packs are reported; `gitvault sync`
+    /// brings them level.
+    #[arg(long)]
+    pub min_replicas: Option<usize>,
 }
 
 #[derive(clap::Args)]
@@ -67,6 +72,9 @@ pub struct RestoreArgs {
 
 #[derive(clap::Args)]
 pub struct VerifyArgs {
+    /// Download every replica of every pack, decrypt it and rehash every chunk (reads everything).
+    #[arg(long)]
+    pub full: bool,
     /// Restore N random snapshots into a temporary place, run `git fsck --full` on each and
     /// compare their refs with the manifest.
     #[arg(long, default_value_t = 0)]
@@ -91,7 +99,10 @@ pub fn backup(ctx: &Ctx, args: BackupArgs) -> Result<i32> {
     if args.name.is_some() && args.urls.len() > 1 {
         bail!("--name applies to one URL; back up several URLs without it");
     }
-    let vault = ctx.open()?;
+    let mut vault = ctx.open()?;
+    if let Some(n) = args.min_replicas {
+        vault.set_min_replicas(n);
+    }
     let keys = ctx.unlock(&vault)?;
     let lock = vault.lock()?;
     let credentials = Credentials::from_environment();
@@ -132,9 +143,25 @@ pub fn backup(ctx: &Ctx, args: BackupArgs) -> Result<i32> {
         .iter()
         .filter(|r| r.status == RepoStatus::Failed)
         .count();
+    let lagging = store.report().lagging.clone();
+    drop(store);
+    let mut index_backup_failed = Vec::new();
+    if failed < reports.len() {
+        index_backup_failed = gitvault::replicas::upload_index_backup(&vault, &keys, &lock)?;
+    }
+    if !ctx.out.json && !ctx.out.quiet {
+        for (pack, target, error) in &lagging {
+            eprintln!(
+                "warning: pack {pack} is not on target {target} ({error}); run `gitvault sync`"
+            );
+        }
+        for target in &index_backup_failed {
+            eprintln!("warning: the index backup did not reach target {target}");
+        }
+    }
     let run = BackupRun {
         ok: failed == 0,
-        lagging_replicas: store.report().lagging.clone(),
+        lagging_replicas: lagging,
         repositories: reports,
     };
     ctx.out.print(&run, || {
@@ -286,12 +313,17 @@ struct SampleResult {
 #[derive(Serialize)]
 struct VerifyOutput {
     ok: bool,
+    targets: Vec<gitvault::replicas::TargetReport>,
     restored: Vec<SampleResult>,
 }
 
 pub fn verify(ctx: &Ctx, args: VerifyArgs) -> Result<i32> {
     let vault = ctx.open()?;
     let keys = ctx.unlock(&vault)?;
+    let lock = vault.lock()?;
+    let full = args.full;
+    let targets = gitvault::replicas::verify(&vault, &keys, full, &lock)?;
+    drop(lock);
     let all = vault.index().snapshots(None, None, None)?;
     let mut picks = Vec::new();
     let mut pool: Vec<usize> = (0..all.len()).collect();
@@ -325,13 +357,49 @@ pub fn verify(ctx: &Ctx, args: VerifyArgs) -> Result<i32> {
         });
     }
     let _ = std::fs::remove_dir_all(&scratch);
-    let ok = results.iter().all(|r| r.ok);
+    let ok = results.iter().all(|r| r.ok) && targets.iter().all(|t| t.ok());
     let out = VerifyOutput {
         ok,
+        targets,
         restored: results,
     };
     ctx.out.print(&out, || {
         let mut t = String::new();
+        for r in &out.targets {
+            t.push_str(&format!(
+                "{} target {}: {} packs expected, {} missing, {} wrong size{}\n",
+                if r.ok() { "ok  " } else { "FAIL" },
+                r.target,
+                r.packs_expected,
+                r.missing.len(),
+                r.wrong_size.len(),
+                if full {
+                    format!(
+                        ", {} checked in full, {} corrupt",
+                        r.packs_checked,
+                        r.corrupt.len()
+                    )
+                } else {
+                    String::new()
+                }
+            ));
+            for p in &r.missing {
+                t.push_str(&format!("     missing: pack {p} (run `gitvault sync`)\n"));
+            }
+            for p in &r.wrong_size {
+                t.push_str(&format!(
+                    "     wrong size: pack {p} (run `gitvault sync`)\n"
+                ));
+            }
+            for (p, why) in &r.corrupt {
+                t.push_str(&format!(
+                    "     corrupt: pack {p}: {why} (run `gitvault sync`)\n"
+                ));
+            }
+            if let Some(e) = &r.error {
+                t.push_str(&format!("     error: {e}\n"));
+            }
+        }
         for r in &out.restored {
             t.push_str(&format!(
                 "{} {} {}: {}\n",

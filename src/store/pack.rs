@@ -392,6 +392,47 @@ impl<R: Read + Seek> PackReader<R> {
     }
 }
 
+/// Checks a whole pack file: its name is the BLAKE3 of its bytes, it decrypts and
+/// authenticates, its footer parses, every frame decompresses, and every chunk hashes to its id.
+pub fn verify_pack(
+    identity: &age::x25519::Identity,
+    id_key: &crate::crypto::IdKey,
+    name: &str,
+    bytes: &[u8],
+) -> Result<Footer, PackError> {
+    if blake3::hash(bytes).to_hex().as_str() != name {
+        return Err(PackError::Corrupt(
+            "content does not hash to the pack's name".into(),
+        ));
+    }
+    let mut reader = PackReader::open(identity, io::Cursor::new(bytes))?;
+    let footer = reader.footer()?;
+    for (index, frame) in footer.frames.iter().enumerate() {
+        let plain = reader.frame(frame)?;
+        for e in footer.entries.iter().filter(|e| e.frame as usize == index) {
+            let start = e.offset as usize;
+            let chunk = plain.get(start..start + e.len as usize).ok_or_else(|| {
+                PackError::Corrupt(format!("chunk {} lies outside its frame", e.id))
+            })?;
+            if id_key.chunk_id(chunk) != e.id {
+                return Err(PackError::Corrupt(format!(
+                    "chunk {} does not match its id",
+                    e.id
+                )));
+            }
+        }
+    }
+    Ok(footer)
+}
+
+/// Reads only the footer of a pack through a seekable source.
+pub fn read_footer<R: Read + Seek>(
+    identity: &age::x25519::Identity,
+    input: R,
+) -> Result<Footer, PackError> {
+    PackReader::open(identity, input)?.footer()
+}
+
 pub fn decompress_frame(compressed: &[u8], raw_len: u32) -> Result<Vec<u8>, PackError> {
     let plain = zstd::bulk::decompress(compressed, raw_len as usize)
         .map_err(|e| PackError::Corrupt(format!("frame does not decompress: {e}")))?;
