@@ -23,3 +23,16 @@ if [ "${#need_apt[@]}" -gt 0 ]; then
 fi
 
 rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy rustfmt
+
+# S3 servers for the s3:// target tests (tests/common/s3_server.rs): moto's server (any
+# credentials) and s3s-fs (checks signatures). s3s-fs 0.17 needs a newer Rust than ours.
+if ! command -v moto_server >/dev/null 2>&1 || ! moto_server --help >/dev/null 2>&1; then
+  echo "== installing moto[server] (pip)"
+  python3 -m pip install -q 'moto[server]'
+  # pyenv installs console scripts behind shims that need a rehash to appear.
+  if command -v pyenv >/dev/null 2>&1; then pyenv rehash; fi
+fi
+if ! command -v s3s-fs >/dev/null 2>&1; then
+  echo "== installing s3s-fs 0.14.1 (cargo, a few minutes)"
+  cargo install s3s-fs@0.14.1 --locked --features binary
+fi

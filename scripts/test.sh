@@ -14,4 +14,8 @@ echo "== cargo clippy"
 cargo clippy --locked --all-targets -- -D warnings
 
 echo "== cargo test"
-cargo test --locked --all-targets -- --test-threads "${GITVAULT_TEST_THREADS:-2}"
+cargo test --locked --lib --bins --tests -- --test-threads "${GITVAULT_TEST_THREADS:-2}"
+
+# Benchmarks run once each in test mode (criterion), as a smoke test: no timing is asserted.
+echo "== benchmarks (smoke)"
+cargo test --locked --benches

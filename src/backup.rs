@@ -16,6 +16,7 @@ use crate::crypto::VaultKeys;
 use crate::git::objects::{ObjectSource, Reached, walk};
 use crate::git::{self, CacheReader, Credentials, GitError};
 use crate::index::NewSnapshot;
+use crate::provider::{MetadataMap, MetadataSink, Provider, ProviderError, RepoInfo, SourceConfig};
 use crate::snapshot::{self, Manifest, ObjectEntry, ObjectKind, Oid, RefSet};
 use crate::store::{ChunkKind, ChunkStore, StoreError};
 use crate::vault::Vault;
@@ -30,6 +31,13 @@ pub enum BackupError {
     Index(#[from] crate::index::IndexError),
     #[error(transparent)]
     Snapshot(#[from] snapshot::SnapshotError),
+    #[error(
+        "metadata: rate limited until {until}; run again after that time to resume (the git snapshot was kept)"
+    )]
+    RateLimited {
+        until: chrono::DateTime<chrono::Utc>,
+        snapshot_kept: bool,
+    },
 }
 
 impl From<git::objects::ObjectError> for BackupError {
@@ -52,6 +60,10 @@ pub enum RepoStatus {
     Changed,
     /// The advertised refs equal the last snapshot's: nothing fetched.
     Unchanged,
+    /// The git data was backed up but the metadata export failed (previous metadata kept).
+    Partial,
+    /// Not attempted (the run stopped early, e.g. rate limited), or no wiki exists.
+    Skipped,
     Failed,
 }
 
@@ -68,6 +80,7 @@ pub struct RepoReport {
     /// Bytes uploaded to targets for this repository (all replicas).
     pub bytes_uploaded: u64,
     pub seconds: f64,
+    pub metadata_documents: Option<usize>,
     pub error: Option<String>,
 }
 
@@ -112,6 +125,7 @@ pub fn backup_repository(
     keys: &VaultKeys,
     store: &mut ChunkStore<'_>,
     request: &BackupRequest,
+    metadata: Option<(&mut dyn Provider, &RepoInfo)>,
 ) -> RepoReport {
     let started = Instant::now();
     let uploaded_before = store.report().bytes_uploaded;
@@ -125,11 +139,18 @@ pub fn backup_repository(
         objects_added: 0,
         bytes_uploaded: 0,
         seconds: 0.0,
+        metadata_documents: None,
         error: None,
     };
-    let result = run(vault, keys, store, request, &mut report);
+    let result = run(vault, keys, store, request, metadata, &mut report);
     report.seconds = started.elapsed().as_secs_f64();
     report.bytes_uploaded = store.report().bytes_uploaded - uploaded_before;
+    if let Err(BackupError::RateLimited { .. }) = &result {
+        report.seconds = started.elapsed().as_secs_f64();
+        let message = result.err().map(|e| e.to_string()).unwrap_or_default();
+        report.error = Some(message);
+        return report;
+    }
     if let Err(e) = result {
         let mut message = e.to_string();
         if let Some(c) = &request.credentials {
@@ -152,6 +173,7 @@ fn run(
     keys: &VaultKeys,
     store: &mut ChunkStore<'_>,
     request: &BackupRequest,
+    metadata: Option<(&mut dyn Provider, &RepoInfo)>,
     report: &mut RepoReport,
 ) -> Result<(), BackupError> {
     let spec = git::parse_remote(&request.url)?;
@@ -192,6 +214,30 @@ fn run(
         let map = snapshot::encode_object_map(&new_objects);
         object_maps.push(store.put(ChunkKind::ObjectMap, &map)?.to_hex());
     }
+    let mut metadata_id = None;
+    let mut metadata_error = None;
+    if let Some((provider, repo)) = metadata {
+        let previous_map = match &previous {
+            Some(p) => previous_metadata(store, &p.manifest),
+            None => None,
+        };
+        let mut sink = StoreSink { store: &mut *store };
+        match provider.export_metadata(repo, previous_map.as_ref(), &mut sink) {
+            Ok(map) => {
+                report.metadata_documents = Some(map.documents.len());
+                let json = serde_json::to_vec(&map).unwrap_or_default();
+                metadata_id = Some(store.put(ChunkKind::Metadata, &json)?.to_hex());
+            }
+            Err(e) => {
+                // Keep the git snapshot; carry the previous metadata over unchanged.
+                if let Some(prev) = &previous_map {
+                    let json = serde_json::to_vec(prev).unwrap_or_default();
+                    metadata_id = Some(store.put(ChunkKind::Metadata, &json)?.to_hex());
+                }
+                metadata_error = Some(e);
+            }
+        }
+    }
     store.put_chunk(ChunkKind::RefSet, &refset_bytes)?;
     let manifest = Manifest {
         format: 1,
@@ -203,6 +249,7 @@ fn run(
         head: fetched.refs.head.clone(),
         object_maps,
         objects_added: new_objects.len() as u64,
+        metadata: metadata_id,
     };
     let manifest_id = store.put_chunk(ChunkKind::Manifest, &manifest.encode())?;
     // Invariant 2: every pack this snapshot needs is durable before the row exists.
@@ -225,7 +272,203 @@ fn run(
     } else {
         RepoStatus::Changed
     };
+    if let Some(e) = metadata_error {
+        report.status = RepoStatus::Partial;
+        report.error = Some(format!("metadata: {e}"));
+        if let ProviderError::RateLimited { until } = e {
+            return Err(BackupError::RateLimited {
+                until,
+                snapshot_kept: true,
+            });
+        }
+    }
     Ok(())
+}
+
+/// The metadata map of a previous snapshot, if it has one and it reads back.
+fn previous_metadata(
+    store: &ChunkStore<'_>,
+    manifest: &crate::crypto::ChunkId,
+) -> Option<MetadataMap> {
+    let manifest = Manifest::decode(&store.get(manifest).ok()?).ok()?;
+    let id: crate::crypto::ChunkId = manifest.metadata?.parse().ok()?;
+    serde_json::from_slice(&store.get(&id).ok()?).ok()
+}
+
+/// Metadata documents go into the chunk store: compact JSON, deduplicated like everything else.
+struct StoreSink<'s, 'v> {
+    store: &'s mut ChunkStore<'v>,
+}
+
+impl MetadataSink for StoreSink<'_, '_> {
+    fn document(
+        &mut self,
+        value: &serde_json::Value,
+    ) -> Result<crate::crypto::ChunkId, ProviderError> {
+        let bytes = serde_json::to_vec(value).map_err(|e| ProviderError::Store(e.to_string()))?;
+        self.store
+            .put(ChunkKind::Metadata, &bytes)
+            .map_err(|e| ProviderError::Store(e.to_string()))
+    }
+    fn binary(
+        &mut self,
+        input: &mut dyn std::io::Read,
+    ) -> Result<crate::crypto::ChunkId, ProviderError> {
+        self.store
+            .put_reader(ChunkKind::Data, input)
+            .map(|(id, _)| id)
+            .map_err(|e| ProviderError::Store(e.to_string()))
+    }
+    fn read(&mut self, id: &crate::crypto::ChunkId) -> Result<Vec<u8>, ProviderError> {
+        self.store
+            .get(id)
+            .map_err(|e| ProviderError::Store(e.to_string()))
+    }
+}
+
+/// What a run over one configured source did.
+#[derive(Debug, Clone, Serialize)]
+pub struct SourceReport {
+    pub source: String,
+    pub listed: usize,
+    pub selected: usize,
+    pub repositories: Vec<RepoReport>,
+    pub api: crate::provider::http::RequestStats,
+    pub error: Option<String>,
+}
+
+/// Backs up every repository (and wiki) of a source that its filters keep, with metadata. One
+/// repository's failure does not stop the others; a rate limit stops the source cleanly and
+/// says when to resume (repositories done keep their snapshots).
+pub fn backup_source(
+    vault: &Vault,
+    keys: &VaultKeys,
+    store: &mut ChunkStore<'_>,
+    source: &SourceConfig,
+) -> SourceReport {
+    let mut report = SourceReport {
+        source: source.name.clone(),
+        listed: 0,
+        selected: 0,
+        repositories: Vec::new(),
+        api: Default::default(),
+        error: None,
+    };
+    let token = match source.token() {
+        Ok(t) => t,
+        Err(e) => {
+            report.error = Some(e.to_string());
+            return report;
+        }
+    };
+    let scrub = |text: String| match &token {
+        Some(t) => Credentials {
+            username: String::new(),
+            secret: t.clone(),
+        }
+        .scrub(&text),
+        None => text,
+    };
+    let mut provider = match crate::provider::open_provider(source, Some(vault.index())) {
+        Ok(p) => p,
+        Err(e) => {
+            report.error = Some(scrub(e.to_string()));
+            return report;
+        }
+    };
+    let repos = match provider.list_repositories() {
+        Ok(r) => r,
+        Err(e) => {
+            report.error = Some(scrub(e.to_string()));
+            report.api = provider.stats();
+            return report;
+        }
+    };
+    report.listed = repos.len();
+    let filter = match source.filter() {
+        Ok(f) => f,
+        Err(e) => {
+            report.error = Some(e.to_string());
+            return report;
+        }
+    };
+    let selected: Vec<RepoInfo> = repos.into_iter().filter(|r| filter.keeps(r)).collect();
+    report.selected = selected.len();
+    let credentials = token.clone().map(|secret| Credentials {
+        username: "x-access-token".into(),
+        secret,
+    });
+    let mut stopped: Option<String> = None;
+    for repo in &selected {
+        if let Some(reason) = &stopped {
+            report.repositories.push(skipped(repo, reason));
+            continue;
+        }
+        let request = BackupRequest {
+            url: repo.clone_url.clone(),
+            name: None,
+            credentials: credentials.clone(),
+        };
+        let mut line = backup_repository(
+            vault,
+            keys,
+            store,
+            &request,
+            Some((provider.as_mut(), repo)),
+        );
+        if let Some(e) = line.error.take() {
+            line.error = Some(scrub(e));
+        }
+        if line
+            .error
+            .as_deref()
+            .is_some_and(|e| e.contains("rate limited until"))
+        {
+            stopped = line.error.clone();
+        }
+        let repo_name = line.repo.clone();
+        report.repositories.push(line);
+        if let Some(wiki) = &repo.wiki_url {
+            let request = BackupRequest {
+                url: wiki.clone(),
+                name: Some(format!("{repo_name}.wiki")),
+                credentials: credentials.clone(),
+            };
+            let mut line = backup_repository(vault, keys, store, &request, None);
+            if line.status == RepoStatus::Failed {
+                let missing = line
+                    .error
+                    .as_deref()
+                    .is_some_and(|e| e.contains("does not exist"));
+                if missing {
+                    // has_wiki is on by default: most repositories have no wiki repository.
+                    line.status = RepoStatus::Skipped;
+                    line.error = Some("no wiki repository".into());
+                } else if let Some(e) = line.error.take() {
+                    line.error = Some(scrub(e));
+                }
+            }
+            report.repositories.push(line);
+        }
+    }
+    report.api = provider.stats();
+    report
+}
+
+fn skipped(repo: &RepoInfo, reason: &str) -> RepoReport {
+    RepoReport {
+        repo: repo.full_name.clone(),
+        url: repo.clone_url.clone(),
+        status: RepoStatus::Skipped,
+        snapshot: None,
+        refs: 0,
+        objects_received: 0,
+        objects_added: 0,
+        bytes_uploaded: 0,
+        seconds: 0.0,
+        metadata_documents: None,
+        error: Some(format!("not attempted: {reason}")),
+    }
 }
 
 /// The moment a snapshot is recorded at: now, or `GITVAULT_NOW` (RFC 3339) when a test or a

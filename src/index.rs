@@ -83,6 +83,12 @@ const MIGRATIONS: &[&str] = &[
         name TEXT PRIMARY KEY,
         value INTEGER NOT NULL
     ) WITHOUT ROWID;
+    CREATE TABLE http_cache (
+        url TEXT PRIMARY KEY,
+        etag TEXT NOT NULL,
+        link TEXT,
+        body BLOB NOT NULL
+    ) WITHOUT ROWID;
     ",
 ];
 
@@ -318,6 +324,13 @@ impl Index {
             params![target],
         )?)
     }
+}
+
+/// An API answer kept for conditional requests: its ETag, `Link` header and body.
+pub struct CachedResponse {
+    pub etag: String,
+    pub link: Option<String>,
+    pub body: Vec<u8>,
 }
 
 /// One snapshot as the index records it.
@@ -561,6 +574,36 @@ impl Index {
         let _ = std::fs::remove_file(path);
         self.conn
             .execute("VACUUM INTO ?1", params![path.to_string_lossy()])?;
+        Ok(())
+    }
+
+    /// A cached API response (conditional requests).
+    pub fn http_cached(&self, url: &str) -> Result<Option<CachedResponse>, IndexError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT etag, link, body FROM http_cache WHERE url = ?1")?;
+        Ok(stmt
+            .query_row(params![url], |r| {
+                Ok(CachedResponse {
+                    etag: r.get(0)?,
+                    link: r.get(1)?,
+                    body: r.get(2)?,
+                })
+            })
+            .optional()?)
+    }
+
+    pub fn http_store(
+        &self,
+        url: &str,
+        etag: &str,
+        link: Option<&str>,
+        body: &[u8],
+    ) -> Result<(), IndexError> {
+        self.conn.execute(
+            "INSERT OR REPLACE INTO http_cache (url, etag, link, body) VALUES (?1, ?2, ?3, ?4)",
+            params![url, etag, link, body],
+        )?;
         Ok(())
     }
 

@@ -217,6 +217,28 @@ fn index_backup_key() -> Result<String, VaultError> {
     ))
 }
 
+/// Whether a run should upload an index backup: always after new data, otherwise once a day,
+/// so that unchanged runs write nothing but their manifests (recover reads the manifests of
+/// packs newer than the backup from their footers anyway).
+pub fn index_backup_due(vault: &Vault, changed: bool) -> bool {
+    if changed {
+        return true;
+    }
+    let newest = vault
+        .targets()
+        .first()
+        .and_then(|t| t.list("index/").ok())
+        .and_then(|list| list.into_iter().map(|l| l.key).max());
+    let Some(key) = newest else { return true };
+    let millis = key
+        .trim_start_matches("index/")
+        .split('-')
+        .next()
+        .and_then(|m| m.parse::<i64>().ok())
+        .unwrap_or(0);
+    chrono::Utc::now().timestamp_millis() - millis > 24 * 3600 * 1000
+}
+
 /// How many index backups each target keeps.
 const INDEX_BACKUPS_KEPT: usize = 3;
 

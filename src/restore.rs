@@ -27,6 +27,10 @@ pub enum RestoreError {
         prefix: String,
         count: usize,
     },
+    #[error(
+        "the snapshot of `{0}` holds no platform metadata (it was not backed up through a provider source)"
+    )]
+    NoMetadata(String),
     #[error("{0} exists and is not empty; restore into a new or empty directory")]
     NotEmpty(String),
     #[error(
@@ -158,6 +162,7 @@ pub struct RestoreReport {
     pub refs: usize,
     pub objects: u64,
     pub pushed_to: Option<String>,
+    pub metadata_files: Option<usize>,
 }
 
 fn io_err(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> RestoreError {
@@ -273,7 +278,60 @@ pub fn restore_snapshot(
         refs: refs.refs.len(),
         objects,
         pushed_to: None,
+        metadata_files: None,
     })
+}
+
+/// Writes a snapshot's metadata documents as pretty-printed JSON files (and release assets as
+/// they were) under `dir`, which must be new or empty. Returns the number of files written.
+pub fn write_metadata(
+    vault: &Vault,
+    keys: &VaultKeys,
+    row: &SnapshotRow,
+    dir: &Path,
+) -> Result<usize, RestoreError> {
+    check_destination(dir)?;
+    let store = vault.reader(keys);
+    let (manifest, _) = load_snapshot(&store, row)?;
+    let Some(map_id) = manifest.metadata.as_deref() else {
+        return Err(RestoreError::NoMetadata(row.repo.clone()));
+    };
+    let map_id = map_id
+        .parse()
+        .map_err(|e: String| RestoreError::Snapshot(snapshot::SnapshotError::Damaged(e)))?;
+    let map: crate::provider::MetadataMap =
+        serde_json::from_slice(&store.get(&map_id)?).map_err(|e| {
+            RestoreError::Snapshot(snapshot::SnapshotError::Damaged(format!(
+                "metadata map: {e}"
+            )))
+        })?;
+    let mut written = 0;
+    for (path, id) in &map.documents {
+        let Some(rel) = crate::provider::safe_relative_path(path) else {
+            tracing::warn!(%path, "refusing an unsafe metadata path");
+            continue;
+        };
+        let id = id
+            .parse()
+            .map_err(|e: String| RestoreError::Snapshot(snapshot::SnapshotError::Damaged(e)))?;
+        let bytes = store.get(&id)?;
+        let out = dir.join(rel);
+        if let Some(parent) = out.parent() {
+            std::fs::create_dir_all(parent)
+                .map_err(io_err(format!("creating {}", parent.display())))?;
+        }
+        let contents = if path.ends_with(".json") {
+            serde_json::from_slice::<serde_json::Value>(&bytes)
+                .ok()
+                .and_then(|v| serde_json::to_vec_pretty(&v).ok())
+                .unwrap_or(bytes)
+        } else {
+            bytes
+        };
+        std::fs::write(&out, contents).map_err(io_err(format!("writing {}", out.display())))?;
+        written += 1;
+    }
+    Ok(written)
 }
 
 /// Mirrors a restored repository to an (empty) remote with the git CLI (gix cannot push).

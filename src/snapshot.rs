@@ -142,6 +142,9 @@ pub struct Manifest {
     /// Chunk ids of the object maps for the objects this snapshot added to the vault.
     pub object_maps: Vec<String>,
     pub objects_added: u64,
+    /// Chunk id of the platform metadata map (provider sources only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<String>,
 }
 
 impl Manifest {

@@ -54,6 +54,12 @@ pub enum VaultError {
         found: u32,
         known: u32,
     },
+    #[error("a source named `{0}` already exists")]
+    SourceExists(String),
+    #[error("no source named `{0}`; `gitvault source list` shows them")]
+    NoSuchSource(String),
+    #[error(transparent)]
+    Provider(#[from] crate::provider::ProviderError),
     #[error("a target named `{0}` already exists")]
     TargetExists(String),
     #[error("no target named `{0}`")]
@@ -103,6 +109,8 @@ pub struct Config {
     pub store: StoreConfig,
     #[serde(default, rename = "target")]
     pub targets: Vec<TargetConfig>,
+    #[serde(default, rename = "source")]
+    pub sources: Vec<crate::provider::SourceConfig>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -228,6 +236,7 @@ impl Vault {
                 name: "local".into(),
                 url: data_url.clone(),
             }],
+            sources: Vec::new(),
         };
         let local = target::open_target("local", &data_url)?;
         let vault = Vault {
@@ -300,6 +309,7 @@ impl Vault {
                     name: target_name.to_string(),
                     url: target_url.to_string(),
                 }],
+                sources: Vec::new(),
             },
         };
         vault.save_config()?;
@@ -549,6 +559,28 @@ impl Vault {
         self.save_config()?;
         self.targets.push(target);
         Ok(())
+    }
+
+    pub fn add_source(
+        &mut self,
+        source: crate::provider::SourceConfig,
+        _lock: &WriteLock,
+    ) -> Result<(), VaultError> {
+        source.validate()?;
+        if self.config.sources.iter().any(|s| s.name == source.name) {
+            return Err(VaultError::SourceExists(source.name));
+        }
+        self.config.sources.push(source);
+        self.save_config()
+    }
+
+    pub fn remove_source(&mut self, name: &str, _lock: &WriteLock) -> Result<(), VaultError> {
+        let before = self.config.sources.len();
+        self.config.sources.retain(|s| s.name != name);
+        if self.config.sources.len() == before {
+            return Err(VaultError::NoSuchSource(name.to_string()));
+        }
+        self.save_config()
     }
 
     pub fn remove_target(&mut self, name: &str, _lock: &WriteLock) -> Result<(), VaultError> {

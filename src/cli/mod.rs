@@ -6,6 +6,7 @@ mod chunk;
 mod output;
 mod replicas;
 mod repo;
+mod source;
 mod target;
 
 use std::path::PathBuf;
@@ -67,6 +68,9 @@ enum Command {
     /// Manage the places packs are replicated to.
     #[command(subcommand)]
     Target(target::TargetCommand),
+    /// Manage the accounts (GitHub organisations and users) that `backup` covers by default.
+    #[command(subcommand)]
+    Source(source::SourceCommand),
     /// Back up repositories by URL or path: every ref, exactly as advertised, as a new snapshot.
     Backup(repo::BackupArgs),
     /// List snapshots, oldest first.
@@ -177,6 +181,7 @@ fn run(ctx: &Ctx, command: Command) -> Result<i32> {
         }
         Command::Chunk(cmd) => chunk::run(ctx, cmd),
         Command::Backup(args) => repo::backup(ctx, args),
+        Command::Source(cmd) => source::run(ctx, cmd),
         Command::Snapshots(args) => repo::snapshots(ctx, args),
         Command::Ls(args) => repo::ls(ctx, args),
         Command::Restore(args) => repo::restore(ctx, args),

@@ -15,8 +15,8 @@ use super::{Ctx, EXIT_FAILED, EXIT_OK, EXIT_PARTIAL};
 
 #[derive(clap::Args)]
 pub struct BackupArgs {
-    /// Git URLs or local paths to back up: https://, http://, ssh://, git@host:path, git://, file://.
-    #[arg(required = true)]
+    /// Git URLs or local paths (https://, http://, ssh://, git@host:path, git://, file://), or
+    /// names of configured sources. None: every configured source.
     pub urls: Vec<String>,
     /// The repository's name in the vault (default: host/owner/repo). Only with one URL.
     #[arg(long)]
@@ -68,6 +68,10 @@ pub struct RestoreArgs {
     /// After restoring, mirror-push to this (empty) remote; credentials as for backup.
     #[arg(long)]
     pub push: Option<String>,
+    /// Also write the snapshot's platform metadata (issues, pull requests, releases…) as
+    /// readable JSON files under this directory.
+    #[arg(long)]
+    pub metadata_to: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -92,61 +96,128 @@ fn selector(args: &SelectArgs) -> Result<Selector> {
 struct BackupRun {
     ok: bool,
     repositories: Vec<backup::RepoReport>,
+    sources: Vec<backup::SourceReport>,
     lagging_replicas: Vec<(String, String, String)>,
 }
 
+fn print_line(ctx: &Ctx, report: &backup::RepoReport) {
+    if ctx.out.json || ctx.out.quiet {
+        return;
+    }
+    match report.status {
+        RepoStatus::Failed | RepoStatus::Partial | RepoStatus::Skipped => eprintln!(
+            "{}: {}: {}",
+            report.repo,
+            format!("{:?}", report.status).to_lowercase(),
+            report.error.as_deref().unwrap_or("unknown error")
+        ),
+        status => eprintln!(
+            "{}: {} ({} refs, {} new objects, {}{} uploaded, {:.1}s)",
+            report.repo,
+            if status == RepoStatus::Unchanged {
+                "unchanged"
+            } else {
+                "backed up"
+            },
+            report.refs,
+            report.objects_added,
+            report
+                .metadata_documents
+                .map(|n| format!("{n} metadata documents, "))
+                .unwrap_or_default(),
+            bytes(report.bytes_uploaded),
+            report.seconds
+        ),
+    }
+}
+
 pub fn backup(ctx: &Ctx, args: BackupArgs) -> Result<i32> {
-    if args.name.is_some() && args.urls.len() > 1 {
-        bail!("--name applies to one URL; back up several URLs without it");
+    if args.name.is_some() && args.urls.len() != 1 {
+        bail!("--name applies to exactly one URL");
     }
     let mut vault = ctx.open()?;
     if let Some(n) = args.min_replicas {
         vault.set_min_replicas(n);
     }
+    // Arguments naming a configured source back that source up; others are URLs or paths. No
+    // argument: every source.
+    let sources: Vec<gitvault::provider::SourceConfig> = if args.urls.is_empty() {
+        if vault.config().sources.is_empty() {
+            bail!(
+                "nothing to back up: give URLs or paths, or add a source with `gitvault source add`"
+            );
+        }
+        vault.config().sources.clone()
+    } else {
+        vault
+            .config()
+            .sources
+            .iter()
+            .filter(|s| args.urls.contains(&s.name))
+            .cloned()
+            .collect()
+    };
+    let urls: Vec<String> = args
+        .urls
+        .iter()
+        .filter(|u| !sources.iter().any(|s| &s.name == *u))
+        .cloned()
+        .collect();
     let keys = ctx.unlock(&vault)?;
     let lock = vault.lock()?;
     let credentials = Credentials::from_environment();
     let mut store = vault.store(&keys, &lock);
     let mut reports = Vec::new();
-    for url in &args.urls {
+    for url in &urls {
         let request = BackupRequest {
             url: url.clone(),
             name: args.name.clone(),
             credentials: credentials.clone(),
         };
-        let report = backup::backup_repository(&vault, &keys, &mut store, &request);
-        if !ctx.out.json && !ctx.out.quiet {
-            match report.status {
-                RepoStatus::Failed => eprintln!(
-                    "{}: failed: {}",
-                    report.repo,
-                    report.error.as_deref().unwrap_or("unknown error")
-                ),
-                status => eprintln!(
-                    "{}: {} ({} refs, {} new objects, {} uploaded, {:.1}s)",
-                    report.repo,
-                    if status == RepoStatus::Unchanged {
-                        "unchanged"
-                    } else {
-                        "backed up"
-                    },
-                    report.refs,
-                    report.objects_added,
-                    bytes(report.bytes_uploaded),
-                    report.seconds
-                ),
-            }
-        }
+        let report = backup::backup_repository(&vault, &keys, &mut store, &request, None);
+        print_line(ctx, &report);
         reports.push(report);
     }
-    let failed = reports
+    let mut source_reports = Vec::new();
+    for source in &sources {
+        let report = backup::backup_source(&vault, &keys, &mut store, source);
+        if let Some(e) = &report.error
+            && !ctx.out.json
+        {
+            eprintln!("source {}: failed: {e}", source.name);
+        }
+        for line in &report.repositories {
+            print_line(ctx, line);
+        }
+        source_reports.push(report);
+    }
+    let all: Vec<&backup::RepoReport> = reports
         .iter()
-        .filter(|r| r.status == RepoStatus::Failed)
+        .chain(source_reports.iter().flat_map(|s| s.repositories.iter()))
+        .collect();
+    let bad = |r: &&&backup::RepoReport| {
+        matches!(r.status, RepoStatus::Failed | RepoStatus::Partial)
+            || (r.status == RepoStatus::Skipped
+                && r.error
+                    .as_deref()
+                    .is_some_and(|e| e.starts_with("not attempted")))
+    };
+    let failed = all.iter().filter(bad).count()
+        + source_reports.iter().filter(|s| s.error.is_some()).count();
+    let succeeded = all
+        .iter()
+        .filter(|r| {
+            matches!(
+                r.status,
+                RepoStatus::Changed | RepoStatus::Unchanged | RepoStatus::Partial
+            )
+        })
         .count();
     let lagging = store.report().lagging.clone();
     drop(store);
     let mut index_backup_failed = Vec::new();
-    if failed < reports.len() {
+    let changed = all.iter().any(|r| r.status == RepoStatus::Changed);
+    if succeeded > 0 && gitvault::replicas::index_backup_due(&vault, changed) {
         index_backup_failed = gitvault::replicas::upload_index_backup(&vault, &keys, &lock)?;
     }
     if !ctx.out.json && !ctx.out.quiet {
@@ -161,12 +232,14 @@ pub fn backup(ctx: &Ctx, args: BackupArgs) -> Result<i32> {
     }
     let run = BackupRun {
         ok: failed == 0,
-        lagging_replicas: lagging,
         repositories: reports,
+        sources: source_reports,
+        lagging_replicas: lagging,
     };
     ctx.out.print(&run, || {
         run.repositories
             .iter()
+            .chain(run.sources.iter().flat_map(|s| s.repositories.iter()))
             .map(|r| {
                 format!(
                     "{:<10} {:<40} {}\n",
@@ -177,10 +250,12 @@ pub fn backup(ctx: &Ctx, args: BackupArgs) -> Result<i32> {
             })
             .collect()
     });
-    Ok(match failed {
-        0 => EXIT_OK,
-        n if n == run.repositories.len() => EXIT_FAILED,
-        _ => EXIT_PARTIAL,
+    Ok(if failed == 0 {
+        EXIT_OK
+    } else if succeeded > 0 {
+        EXIT_PARTIAL
+    } else {
+        EXIT_FAILED
     })
 }
 
@@ -276,6 +351,9 @@ pub fn restore(ctx: &Ctx, args: RestoreArgs) -> Result<i32> {
     let row = restore::select_snapshot(&vault, &args.repo, &selector(&args.select)?)?;
     let keys = ctx.unlock(&vault)?;
     let mut report = restore::restore_snapshot(&vault, &keys, &row, &args.to)?;
+    if let Some(dir) = &args.metadata_to {
+        report.metadata_files = Some(restore::write_metadata(&vault, &keys, &row, dir)?);
+    }
     if let Some(url) = &args.push {
         report.pushed_to = Some(restore::push_mirror(
             &args.to,

@@ -6,11 +6,13 @@
 //! compression) is blocking, and an S3 target runs its async client on its own runtime.
 
 mod file;
+mod s3;
 
 use std::io::{self, Read, Seek, SeekFrom};
 use std::path::Path;
 
 pub use file::FileTarget;
+pub use s3::S3Target;
 
 use crate::crypto::ReadSeek;
 
@@ -105,9 +107,7 @@ pub fn open_target(name: &str, url: &str) -> Result<Box<dyn Target>, TargetError
                 .map_err(|_| bad("a file:// URL needs an absolute local path"))?;
             Ok(Box::new(FileTarget::new(name, path)))
         }
-        "s3" => Err(bad(
-            "s3:// targets are not implemented yet (see docs/STATUS.md)",
-        )),
+        "s3" => Ok(Box::new(S3Target::open(name, url)?)),
         other => Err(bad(&format!(
             "unknown scheme `{other}` (use file:// or s3://)"
         ))),

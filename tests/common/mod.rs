@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod git_server;
+pub mod s3_server;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};

@@ -1,0 +1,103 @@
+//! source add | list | remove: the accounts `gitvault backup` backs up when given no URL.
+
+use anyhow::Result;
+use clap::Subcommand;
+
+use gitvault::provider::SourceConfig;
+
+use super::{Ctx, EXIT_OK};
+
+#[derive(Subcommand)]
+pub enum SourceCommand {
+    /// Add an account: every repository of an organisation or user, with metadata.
+    Add {
+        name: String,
+        /// github (gitlab, bitbucket and gitea are coming).
+        #[arg(long)]
+        provider: String,
+        /// The organisation or user.
+        #[arg(long)]
+        owner: String,
+        /// API base URL: GitHub Enterprise Server (https://HOST/api/v3), self-hosted servers, tests.
+        #[arg(long)]
+        api_url: Option<String>,
+        /// Name of the environment variable holding the token (read at run time, never stored).
+        #[arg(long)]
+        token_env: Option<String>,
+        /// Only repositories whose name (or owner/name) matches; repeatable.
+        #[arg(long)]
+        include: Vec<String>,
+        /// Skip repositories whose name (or owner/name) matches; repeatable.
+        #[arg(long)]
+        exclude: Vec<String>,
+        /// Skip forks.
+        #[arg(long)]
+        no_forks: bool,
+        /// Skip archived repositories.
+        #[arg(long)]
+        no_archived: bool,
+    },
+    /// List the sources.
+    List,
+    /// Remove a source (its snapshots stay in the vault).
+    Remove { name: String },
+}
+
+pub fn run(ctx: &Ctx, cmd: SourceCommand) -> Result<i32> {
+    let mut vault = ctx.open()?;
+    match cmd {
+        SourceCommand::Add {
+            name,
+            provider,
+            owner,
+            api_url,
+            token_env,
+            include,
+            exclude,
+            no_forks,
+            no_archived,
+        } => {
+            let lock = vault.lock()?;
+            let source = SourceConfig {
+                name: name.clone(),
+                provider,
+                owner,
+                api_url,
+                token_env,
+                include,
+                exclude,
+                no_forks,
+                no_archived,
+            };
+            vault.add_source(source, &lock)?;
+            ctx.out.print(&serde_json::json!({ "added": name }), || {
+                format!("added source {name}; `gitvault backup` now backs it up\n")
+            });
+        }
+        SourceCommand::List => {
+            let sources = vault.config().sources.clone();
+            ctx.out.print(&sources, || {
+                sources
+                    .iter()
+                    .map(|s| {
+                        format!(
+                            "{:<16} {:<8} {:<24} {}\n",
+                            s.name,
+                            s.provider,
+                            s.owner,
+                            s.api_url.as_deref().unwrap_or("(default API)")
+                        )
+                    })
+                    .collect()
+            });
+        }
+        SourceCommand::Remove { name } => {
+            let lock = vault.lock()?;
+            vault.remove_source(&name, &lock)?;
+            ctx.out.print(&serde_json::json!({ "removed": name }), || {
+                format!("removed source {name}\n")
+            });
+        }
+    }
+    Ok(EXIT_OK)
+}

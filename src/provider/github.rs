@@ -1,0 +1,286 @@
+//! GitHub (github.com and GitHub Enterprise Server through `--api-url`): repositories of an
+//! organisation or a user, and per repository: settings and topics, labels, milestones, issues
+//! with comments, pull requests with comments, reviews and review comments, releases with their
+//! assets.
+//!
+//! Incremental and cheap: issues and pull requests are listed with `since` set to the newest
+//! `updated_at` already in the vault (not the run time, so that an unchanged repository sends the
+//! same URLs and gets 304s for them), and every request is conditional when a cached ETag
+//! exists. Items not returned keep their previous documents.
+
+use serde_json::{Value, json};
+
+use super::http::{ApiClient, RequestStats};
+use super::{MetadataMap, MetadataSink, Provider, ProviderError, RepoInfo, SourceConfig};
+
+pub const DEFAULT_API: &str = "https://api.github.com";
+
+pub struct GitHub<'i> {
+    api: ApiClient<'i>,
+    base: String,
+    owner: String,
+}
+
+fn str_field(v: &Value, key: &str) -> Option<String> {
+    v.get(key).and_then(Value::as_str).map(str::to_string)
+}
+
+fn bool_field(v: &Value, key: &str) -> bool {
+    v.get(key).and_then(Value::as_bool).unwrap_or(false)
+}
+
+/// A path segment from a name the API gave us (asset names are user-chosen).
+fn segment(name: &str) -> String {
+    let s: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "._-".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if s.is_empty() || s == "." || s == ".." {
+        "_".into()
+    } else {
+        s
+    }
+}
+
+impl<'i> GitHub<'i> {
+    pub fn new(
+        source: &SourceConfig,
+        cache: Option<&'i crate::index::Index>,
+    ) -> Result<Self, ProviderError> {
+        Ok(GitHub {
+            api: ApiClient::new(source.token()?, "Bearer", cache)?,
+            base: source
+                .api_url
+                .clone()
+                .unwrap_or_else(|| DEFAULT_API.into())
+                .trim_end_matches('/')
+                .to_string(),
+            owner: source.owner.clone(),
+        })
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    fn repo_url(&self, repo: &RepoInfo, rest: &str) -> String {
+        self.url(&format!("/repos/{}{}", repo.full_name, rest))
+    }
+}
+
+fn repo_info(v: &Value) -> Option<RepoInfo> {
+    let full_name = str_field(v, "full_name")?;
+    let clone_url = str_field(v, "clone_url")?;
+    let wiki_url = bool_field(v, "has_wiki").then(|| {
+        let base = clone_url.strip_suffix(".git").unwrap_or(&clone_url);
+        format!("{base}.wiki.git")
+    });
+    Some(RepoInfo {
+        short_name: str_field(v, "name").unwrap_or_else(|| full_name.clone()),
+        full_name,
+        clone_url,
+        wiki_url,
+        fork: bool_field(v, "fork"),
+        archived: bool_field(v, "archived"),
+        private: bool_field(v, "private"),
+        updated_at: str_field(v, "updated_at"),
+    })
+}
+
+impl GitHub<'_> {
+    /// One issue with its comments, or one pull request with its comments, reviews and review
+    /// comments.
+    fn issue_document(
+        &mut self,
+        repo: &RepoInfo,
+        number: u64,
+        item: &Value,
+    ) -> Result<(String, Value), ProviderError> {
+        let comments = if item.get("comments").and_then(Value::as_u64).unwrap_or(1) > 0 {
+            self.api
+                .get_all(&self.repo_url(repo, &format!("/issues/{number}/comments?per_page=100")))?
+        } else {
+            Vec::new()
+        };
+        if item.get("pull_request").is_none() {
+            return Ok((
+                format!("issues/{number}.json"),
+                json!({ "issue": item, "comments": comments }),
+            ));
+        }
+        let pull = self
+            .api
+            .get_json(&self.repo_url(repo, &format!("/pulls/{number}")))?;
+        let reviews = self
+            .api
+            .get_all(&self.repo_url(repo, &format!("/pulls/{number}/reviews?per_page=100")))?;
+        let review_comments = self
+            .api
+            .get_all(&self.repo_url(repo, &format!("/pulls/{number}/comments?per_page=100")))?;
+        Ok((
+            format!("pulls/{number}.json"),
+            json!({ "pull_request": pull, "comments": comments, "reviews": reviews, "review_comments": review_comments }),
+        ))
+    }
+}
+
+impl Provider for GitHub<'_> {
+    fn list_repositories(&mut self) -> Result<Vec<RepoInfo>, ProviderError> {
+        // GET /users/{name} answers for organisations too and says which it is; it is
+        // conditional like everything else, so an unchanged run costs a 304 here.
+        let account = self
+            .api
+            .get_json(&self.url(&format!("/users/{}", self.owner)))?;
+        let listed = if str_field(&account, "type").as_deref() == Some("Organization") {
+            self.api
+                .get_all(&self.url(&format!("/orgs/{}/repos?type=all&per_page=100", self.owner)))?
+        } else {
+            // A user's private repositories are visible only through /user/repos, when the
+            // token is theirs.
+            let me = self.api.get_json(&self.url("/user")).ok();
+            let is_me = me
+                .as_ref()
+                .and_then(|m| str_field(m, "login"))
+                .is_some_and(|l| l.eq_ignore_ascii_case(&self.owner));
+            if is_me {
+                self.api
+                    .get_all(&self.url("/user/repos?affiliation=owner&per_page=100"))?
+            } else {
+                self.api.get_all(&self.url(&format!(
+                    "/users/{}/repos?type=owner&per_page=100",
+                    self.owner
+                )))?
+            }
+        };
+        let mut repos: Vec<RepoInfo> = listed.iter().filter_map(repo_info).collect();
+        repos.sort_by(|a, b| a.full_name.cmp(&b.full_name));
+        repos.dedup_by(|a, b| a.full_name == b.full_name);
+        Ok(repos)
+    }
+
+    fn export_metadata(
+        &mut self,
+        repo: &RepoInfo,
+        previous: Option<&MetadataMap>,
+        sink: &mut dyn MetadataSink,
+    ) -> Result<MetadataMap, ProviderError> {
+        let mut map = previous.cloned().unwrap_or_default();
+        map.format = 1;
+        map.provider = "github".into();
+
+        let mut settings = self.api.get_json(&self.repo_url(repo, ""))?;
+        let topics = self.api.get_json(&self.repo_url(repo, "/topics"))?;
+        if let (Some(obj), Some(names)) = (settings.as_object_mut(), topics.get("names")) {
+            obj.insert("topics".into(), names.clone());
+        }
+        map.documents
+            .insert("settings.json".into(), sink.document(&settings)?.to_hex());
+
+        let labels = self
+            .api
+            .get_all(&self.repo_url(repo, "/labels?per_page=100"))?;
+        map.documents.insert(
+            "labels.json".into(),
+            sink.document(&Value::Array(labels))?.to_hex(),
+        );
+        let milestones = self
+            .api
+            .get_all(&self.repo_url(repo, "/milestones?state=all&per_page=100"))?;
+        map.documents.insert(
+            "milestones.json".into(),
+            sink.document(&Value::Array(milestones))?.to_hex(),
+        );
+
+        // Issues and pull requests changed since the newest one we hold (`since` is inclusive).
+        // The list is asked again with the advanced `since` until it stops moving, so that the
+        // URL the next run sends is one whose answer is cached: an unchanged repository then
+        // costs only 304s, and an update between two requests is never skipped.
+        let mut since = map.state.get("issues_since").cloned();
+        let mut done: std::collections::HashSet<(u64, String)> = Default::default();
+        for _ in 0..4 {
+            let mut list_url = self.repo_url(
+                repo,
+                "/issues?state=all&sort=updated&direction=asc&per_page=100",
+            );
+            if let Some(s) = &since {
+                list_url.push_str(&format!("&since={s}"));
+            }
+            let items = self.api.get_all(&list_url)?;
+            let mut newest = since.clone();
+            for item in &items {
+                let Some(number) = item.get("number").and_then(Value::as_u64) else {
+                    continue;
+                };
+                let updated = str_field(item, "updated_at").unwrap_or_default();
+                if !done.insert((number, updated.clone())) {
+                    continue;
+                }
+                let (path, doc) = self.issue_document(repo, number, item)?;
+                map.documents.insert(path, sink.document(&doc)?.to_hex());
+                if newest.as_ref().is_none_or(|n| updated > *n) {
+                    newest = Some(updated);
+                }
+            }
+            if newest == since {
+                break;
+            }
+            since = newest;
+        }
+        if let Some(s) = since {
+            map.state.insert("issues_since".into(), s);
+        }
+
+        let releases = self
+            .api
+            .get_all(&self.repo_url(repo, "/releases?per_page=100"))?;
+        for release in &releases {
+            let Some(id) = release.get("id").and_then(Value::as_u64) else {
+                continue;
+            };
+            let mut doc = release.clone();
+            if let Some(assets) = doc.get_mut("assets").and_then(Value::as_array_mut) {
+                for asset in assets.iter_mut() {
+                    let Some(asset_id) = asset.get("id").and_then(Value::as_u64) else {
+                        continue;
+                    };
+                    let name = segment(&str_field(asset, "name").unwrap_or_default());
+                    let path = format!("release-assets/{asset_id}/{name}");
+                    let stamp = str_field(asset, "updated_at").unwrap_or_default();
+                    let state_key = format!("asset:{asset_id}");
+                    let unchanged = map.state.get(&state_key) == Some(&stamp)
+                        && map.documents.contains_key(&path);
+                    if !unchanged {
+                        let url = str_field(asset, "url").unwrap_or_else(|| {
+                            self.repo_url(repo, &format!("/releases/assets/{asset_id}"))
+                        });
+                        let mut stored = None;
+                        self.api.download(&url, &mut |input| {
+                            stored = Some(sink.binary(input)?);
+                            Ok(())
+                        })?;
+                        if let Some(id) = stored {
+                            map.documents.insert(path.clone(), id.to_hex());
+                            map.state.insert(state_key, stamp);
+                        }
+                    }
+                    if let Some(obj) = asset.as_object_mut() {
+                        obj.insert("gitvault_content".into(), Value::String(path));
+                    }
+                }
+            }
+            map.documents
+                .insert(format!("releases/{id}.json"), sink.document(&doc)?.to_hex());
+        }
+        Ok(map)
+    }
+
+    fn stats(&self) -> RequestStats {
+        self.api.stats
+    }
+}

@@ -1,0 +1,235 @@
+//! Providers: listing the repositories of an account and exporting each repository's platform
+//! metadata (issues, pull requests, reviews, releases, labels, milestones, settings) as JSON
+//! documents. Providers know nothing of packs or snapshots: they hand documents and binaries to
+//! a `MetadataSink` and get back the ids the sink assigns.
+
+pub mod github;
+pub mod http;
+
+use std::collections::BTreeMap;
+use std::io::Read;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::crypto::ChunkId;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProviderError {
+    #[error("the API refused the token (HTTP 401: {0}); check the variable named by --token-env")]
+    Unauthorized(String),
+    #[error(
+        "not found (HTTP 404) at {0}: the owner or repository does not exist, or the token cannot see it"
+    )]
+    NotFound(String),
+    #[error("rate limited until {until}; run again after that time to resume")]
+    RateLimited { until: DateTime<Utc> },
+    #[error("HTTP {status} at {path}: {message}")]
+    Http {
+        path: String,
+        status: u16,
+        message: String,
+    },
+    #[error("cannot reach the API: {0}")]
+    Network(String),
+    #[error("unexpected answer from the API: {0}")]
+    BadResponse(String),
+    #[error("source `{name}`: {reason}")]
+    BadSource { name: String, reason: String },
+    #[error("the token variable {0} is not set")]
+    MissingToken(String),
+    #[error("storing metadata failed: {0}")]
+    Store(String),
+    #[error(transparent)]
+    Index(#[from] crate::index::IndexError),
+}
+
+/// A configured account to back up (`[[source]]` in config.toml). Holds the *name* of the
+/// token's environment variable, never the token.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SourceConfig {
+    pub name: String,
+    pub provider: String,
+    pub owner: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_url: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_env: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub include: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exclude: Vec<String>,
+    #[serde(default)]
+    pub no_forks: bool,
+    #[serde(default)]
+    pub no_archived: bool,
+}
+
+impl SourceConfig {
+    pub fn validate(&self) -> Result<(), ProviderError> {
+        let bad = |reason: &str| ProviderError::BadSource {
+            name: self.name.clone(),
+            reason: reason.to_string(),
+        };
+        if self.name.is_empty()
+            || !self
+                .name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return Err(bad("names may hold letters, digits, `-` and `_` only"));
+        }
+        match self.provider.as_str() {
+            "github" => {}
+            "gitlab" | "bitbucket" | "gitea" => {
+                return Err(bad("this provider is not implemented yet (docs/STATUS.md)"));
+            }
+            _ => return Err(bad("unknown provider (github, gitlab, bitbucket, gitea)")),
+        }
+        if self.owner.is_empty() || self.owner.contains(['/', '?', '#', ' ']) {
+            return Err(bad("--owner must be an organisation or user name"));
+        }
+        if let Some(url) = &self.api_url {
+            url::Url::parse(url).map_err(|e| bad(&format!("--api-url: {e}")))?;
+        }
+        self.filter()?;
+        Ok(())
+    }
+
+    /// The include/exclude globs, matched against the repository name (`repo`) and the full
+    /// name (`owner/repo`).
+    pub fn filter(&self) -> Result<RepoFilter, ProviderError> {
+        let build = |globs: &[String]| -> Result<Option<globset::GlobSet>, ProviderError> {
+            if globs.is_empty() {
+                return Ok(None);
+            }
+            let mut b = globset::GlobSetBuilder::new();
+            for g in globs {
+                b.add(globset::Glob::new(g).map_err(|e| ProviderError::BadSource {
+                    name: self.name.clone(),
+                    reason: format!("glob `{g}`: {e}"),
+                })?);
+            }
+            b.build().map(Some).map_err(|e| ProviderError::BadSource {
+                name: self.name.clone(),
+                reason: e.to_string(),
+            })
+        };
+        Ok(RepoFilter {
+            include: build(&self.include)?,
+            exclude: build(&self.exclude)?,
+            no_forks: self.no_forks,
+            no_archived: self.no_archived,
+        })
+    }
+
+    pub fn token(&self) -> Result<Option<age::secrecy::SecretString>, ProviderError> {
+        match &self.token_env {
+            Some(var) => match std::env::var(var) {
+                Ok(v) if !v.is_empty() => Ok(Some(age::secrecy::SecretString::from(v))),
+                _ => Err(ProviderError::MissingToken(var.clone())),
+            },
+            None => Ok(None),
+        }
+    }
+}
+
+pub struct RepoFilter {
+    include: Option<globset::GlobSet>,
+    exclude: Option<globset::GlobSet>,
+    no_forks: bool,
+    no_archived: bool,
+}
+
+impl RepoFilter {
+    pub fn keeps(&self, repo: &RepoInfo) -> bool {
+        let names = [repo.short_name.as_str(), repo.full_name.as_str()];
+        if self.no_forks && repo.fork || self.no_archived && repo.archived {
+            return false;
+        }
+        if let Some(inc) = &self.include
+            && !names.iter().any(|n| inc.is_match(n))
+        {
+            return false;
+        }
+        if let Some(exc) = &self.exclude
+            && names.iter().any(|n| exc.is_match(n))
+        {
+            return false;
+        }
+        true
+    }
+}
+
+/// One repository as a provider lists it.
+#[derive(Debug, Clone, Serialize)]
+pub struct RepoInfo {
+    /// `repo`
+    pub short_name: String,
+    /// `owner/repo`
+    pub full_name: String,
+    pub clone_url: String,
+    /// The wiki's git URL when the platform says the repository may have one.
+    pub wiki_url: Option<String>,
+    pub fork: bool,
+    pub archived: bool,
+    pub private: bool,
+    pub updated_at: Option<String>,
+}
+
+/// Where exported metadata goes: documents and binaries in, ids out.
+pub trait MetadataSink {
+    fn document(&mut self, value: &serde_json::Value) -> Result<ChunkId, ProviderError>;
+    fn binary(&mut self, input: &mut dyn Read) -> Result<ChunkId, ProviderError>;
+    /// Reads back a document stored earlier (previous snapshot's metadata).
+    fn read(&mut self, id: &ChunkId) -> Result<Vec<u8>, ProviderError>;
+}
+
+/// The metadata of one repository at one snapshot: a path → chunk id map, plus the provider's
+/// state for incremental runs. Stored as one JSON document named by the manifest.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct MetadataMap {
+    pub format: u32,
+    pub provider: String,
+    pub documents: BTreeMap<String, String>,
+    #[serde(default)]
+    pub state: BTreeMap<String, String>,
+}
+
+/// A provider of one kind, for one source.
+pub trait Provider {
+    fn list_repositories(&mut self) -> Result<Vec<RepoInfo>, ProviderError>;
+    /// Exports the metadata of `repo`, reusing what `previous` already holds when nothing
+    /// changed.
+    fn export_metadata(
+        &mut self,
+        repo: &RepoInfo,
+        previous: Option<&MetadataMap>,
+        sink: &mut dyn MetadataSink,
+    ) -> Result<MetadataMap, ProviderError>;
+    fn stats(&self) -> http::RequestStats;
+}
+
+pub fn open_provider<'i>(
+    source: &SourceConfig,
+    cache: Option<&'i crate::index::Index>,
+) -> Result<Box<dyn Provider + 'i>, ProviderError> {
+    source.validate()?;
+    match source.provider.as_str() {
+        "github" => Ok(Box::new(github::GitHub::new(source, cache)?)),
+        _ => Err(ProviderError::BadSource {
+            name: source.name.clone(),
+            reason: "unsupported provider".into(),
+        }),
+    }
+}
+
+/// Checks a document path from a metadata map before writing it under a directory.
+pub fn safe_relative_path(path: &str) -> Option<std::path::PathBuf> {
+    let ok = !path.is_empty()
+        && !path.starts_with('/')
+        && path.split('/').all(|s| {
+            !s.is_empty() && s != "." && s != ".." && !s.contains('\0') && !s.contains('\\')
+        });
+    ok.then(|| std::path::PathBuf::from(path))
+}

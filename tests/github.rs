@@ -1,0 +1,406 @@
+//! Whole GitHub accounts: a fixture server shaped like GitHub's REST API
+//! (tests/fixtures/github_api.py) lists an organisation of 120 repositories whose clone URLs
+//! point at a real git server; gitvault backs them all up with their metadata.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use common::git_server::{HttpGitServer, run_fixture};
+use common::{TestVault, stderr, stdout};
+use serde_json::Value;
+
+const TOKEN: &str = "ghp_fixtureToken1234567890abcdef";
+const TOKEN_ENV: &str = "GITVAULT_TEST_GH_TOKEN";
+
+struct Api {
+    child: Child,
+    port: u16,
+}
+
+impl Drop for Api {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Api {
+    fn start(git_base: &str) -> Api {
+        let mut child = Command::new("python3")
+            .arg(common::git_server::fixture("github_api.py"))
+            .args(["--port", "0", "--generate-org", "acme", "--repos", "120"])
+            .args(["--git-base", git_base, "--token", TOKEN])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("python3 for the GitHub fixture server");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let port = line
+            .trim()
+            .strip_prefix("LISTENING ")
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("fixture server said {line:?}"));
+        Api { child, port }
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    fn client() -> reqwest::blocking::Client {
+        reqwest::blocking::Client::new()
+    }
+
+    fn control(&self, path: &str, body: Value) {
+        let r = Self::client()
+            .post(format!("{}/_fixture/{path}", self.url()))
+            .json(&body)
+            .send()
+            .unwrap();
+        assert!(r.status().is_success());
+    }
+
+    fn stats(&self) -> Value {
+        Self::client()
+            .get(format!("{}/_fixture/stats", self.url()))
+            .send()
+            .unwrap()
+            .json()
+            .unwrap()
+    }
+
+    fn get(&self, path: &str) -> Value {
+        Self::client()
+            .get(format!("{}{path}", self.url()))
+            .bearer_auth(TOKEN)
+            .send()
+            .unwrap()
+            .json()
+            .unwrap()
+    }
+}
+
+/// 120 repositories for acme, one for alice, and acme/repo-001's wiki, all copies of one
+/// small real repository.
+fn serve_repositories(root: &Path) {
+    let template = root.join("template.git");
+    run_fixture("rich.sh", &[template.to_str().unwrap()]);
+    let mut names: Vec<String> = (0..120).map(|i| format!("acme/repo-{i:03}")).collect();
+    names.push("alice/dotfiles".into());
+    names.push("acme/repo-001.wiki".into());
+    for name in names {
+        let dest = root.join(format!("{name}.git"));
+        std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
+        let ok = Command::new("cp")
+            .arg("-a")
+            .arg(&template)
+            .arg(&dest)
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    }
+}
+
+fn run_backup(tv: &TestVault, args: &[&str]) -> (Option<i32>, Value, String) {
+    let mut all = vec!["--json", "backup"];
+    all.extend_from_slice(args);
+    let out = tv.command(&all).env(TOKEN_ENV, TOKEN).output().unwrap();
+    let text = format!("{}{}", stdout(&out), stderr(&out));
+    assert!(!text.contains(TOKEN), "the token leaked into the output");
+    let doc = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    (out.status.code(), doc, stderr(&out))
+}
+
+fn statuses(doc: &Value) -> Vec<(String, String)> {
+    doc["sources"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|s| s["repositories"].as_array().unwrap().iter())
+        .map(|r| {
+            (
+                r["repo"].as_str().unwrap().to_string(),
+                r["status"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+fn assert_no_token_in(dir: &Path) {
+    for path in common::files_under(dir) {
+        let bytes = std::fs::read(&path).unwrap();
+        assert!(
+            !bytes.windows(TOKEN.len()).any(|w| w == TOKEN.as_bytes()),
+            "token found in {}",
+            path.display()
+        );
+    }
+}
+
+#[test]
+fn a_whole_organisation_with_metadata_then_an_unchanged_run_of_304s() {
+    let tv = TestVault::new();
+    let root = tv.tmp.path().join("served");
+    serve_repositories(&root);
+    let git = HttpGitServer::start(&root, Some(("x-access-token", TOKEN)));
+    let git_base = git.url("x").trim_end_matches("/x.git").to_string();
+    let api = Api::start(&git_base);
+
+    let out = tv.run(&[
+        "source",
+        "add",
+        "acme",
+        "--provider",
+        "github",
+        "--owner",
+        "acme",
+        "--api-url",
+        &api.url(),
+        "--token-env",
+        TOKEN_ENV,
+        "--no-forks",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = tv.run(&[
+        "source",
+        "add",
+        "alice",
+        "--provider",
+        "github",
+        "--owner",
+        "alice",
+        "--api-url",
+        &api.url(),
+        "--token-env",
+        TOKEN_ENV,
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let config = std::fs::read_to_string(tv.dir.join("config.toml")).unwrap();
+    assert!(config.contains(TOKEN_ENV) && !config.contains(TOKEN));
+
+    let (code, doc, err) = run_backup(&tv, &[]);
+    assert_eq!(code, Some(0), "{err}");
+    let lines = statuses(&doc);
+    let acme = &doc["sources"][0];
+    assert_eq!(acme["listed"], 120, "{acme}");
+    assert_eq!(acme["selected"], 108, "forks are excluded: {acme}");
+    let changed: Vec<_> = lines.iter().filter(|(_, s)| s == "changed").collect();
+    // 108 acme repositories, the wiki of repo-001, alice/dotfiles.
+    assert_eq!(changed.len(), 110, "{lines:?}");
+    assert!(
+        lines
+            .iter()
+            .any(|(r, s)| r.ends_with("acme/repo-001.wiki") && s == "changed"),
+        "{lines:?}"
+    );
+    assert!(
+        !lines.iter().any(|(r, _)| r.ends_with("acme/repo-009")),
+        "a fork was backed up"
+    );
+    assert!(lines.iter().any(|(r, _)| r.ends_with("alice/dotfiles")));
+
+    // Metadata round trip for one repository.
+    let host = git_base.trim_start_matches("http://");
+    let repo = format!("{host}/acme/repo-003");
+    let restored = tv.tmp.path().join("restored");
+    let meta = tv.tmp.path().join("meta");
+    let out = tv.run(&[
+        "restore",
+        &repo,
+        "--to",
+        restored.to_str().unwrap(),
+        "--metadata-to",
+        meta.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let read = |p: &str| -> Value {
+        serde_json::from_slice(&std::fs::read(meta.join(p)).unwrap()).unwrap()
+    };
+    let issue = read("issues/1.json");
+    assert_eq!(issue["issue"], api.get("/repos/acme/repo-003/issues/1"));
+    assert_eq!(
+        issue["comments"],
+        Value::Array(api_all(&api, "/repos/acme/repo-003/issues/1/comments"))
+    );
+    let pulls: Vec<PathBuf> = common::files_under(&meta.join("pulls"));
+    assert_eq!(pulls.len(), 1);
+    let pull: Value = serde_json::from_slice(&std::fs::read(&pulls[0]).unwrap()).unwrap();
+    let number = pull["pull_request"]["number"].as_u64().unwrap();
+    assert_eq!(
+        pull["pull_request"],
+        api.get(&format!("/repos/acme/repo-003/pulls/{number}"))
+    );
+    assert_eq!(
+        pull["review_comments"],
+        Value::Array(api_all(
+            &api,
+            &format!("/repos/acme/repo-003/pulls/{number}/comments")
+        ))
+    );
+    assert_eq!(pull["reviews"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        read("labels.json"),
+        Value::Array(api_all(&api, "/repos/acme/repo-003/labels"))
+    );
+    assert_eq!(
+        read("milestones.json"),
+        Value::Array(api_all(&api, "/repos/acme/repo-003/milestones?state=all"))
+    );
+    let releases = api_all(&api, "/repos/acme/repo-003/releases");
+    let release_id = releases[0]["id"].as_u64().unwrap();
+    let release = read(&format!("releases/{release_id}.json"));
+    assert_eq!(release["tag_name"], releases[0]["tag_name"]);
+    let asset = &releases[0]["assets"][0];
+    let content = release["assets"][0]["gitvault_content"].as_str().unwrap();
+    let bytes = std::fs::read(meta.join(content)).unwrap();
+    assert_eq!(bytes.len() as u64, asset["size"].as_u64().unwrap());
+    let served = Api::client()
+        .get(asset["browser_download_url"].as_str().unwrap())
+        .send()
+        .unwrap()
+        .bytes()
+        .unwrap();
+    assert_eq!(bytes, served.to_vec());
+    assert_eq!(read("settings.json")["full_name"], "acme/repo-003");
+
+    // Unchanged: only conditional requests, all answered 304; almost nothing added.
+    let before = common::tree_size(&tv.data_dir());
+    api.control("reset-stats", serde_json::json!({}));
+    let (code, doc, err) = run_backup(&tv, &[]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        statuses(&doc)
+            .iter()
+            .all(|(_, s)| s == "unchanged" || s == "skipped"),
+        "{doc}"
+    );
+    let stats = api.stats();
+    let by_status = stats["by_status"].as_object().unwrap();
+    assert_eq!(
+        by_status.keys().collect::<Vec<_>>(),
+        vec!["304"],
+        "{:?} after {} requests",
+        by_status,
+        stats["requests"]
+    );
+    let growth = common::tree_size(&tv.data_dir()) - before;
+    assert!(
+        growth < 110 * 4096,
+        "an unchanged run grew the vault by {growth} bytes"
+    );
+
+    // An updated issue is picked up by the next run.
+    api.control(
+        "touch",
+        serde_json::json!({ "repo": "acme/repo-003", "issue": 1 }),
+    );
+    let (code, _, err) = run_backup(&tv, &["acme"]);
+    assert_eq!(code, Some(0), "{err}");
+    let meta2 = tv.tmp.path().join("meta2");
+    let restored2 = tv.tmp.path().join("restored2");
+    let out = tv.run(&[
+        "restore",
+        &repo,
+        "--to",
+        restored2.to_str().unwrap(),
+        "--metadata-to",
+        meta2.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let issue2: Value =
+        serde_json::from_slice(&std::fs::read(meta2.join("issues/1.json")).unwrap()).unwrap();
+    assert_eq!(issue2["issue"], api.get("/repos/acme/repo-003/issues/1"));
+    assert_ne!(issue2["issue"]["body"], issue["issue"]["body"]);
+
+    assert_no_token_in(&tv.dir);
+}
+
+fn api_all(api: &Api, path: &str) -> Vec<Value> {
+    let sep = if path.contains('?') { '&' } else { '?' };
+    api.get(&format!("{path}{sep}per_page=100"))
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+#[test]
+fn rate_limits_errors_and_denied_repositories() {
+    let tv = TestVault::new();
+    let root = tv.tmp.path().join("served");
+    serve_repositories(&root);
+    let git = HttpGitServer::start(&root, Some(("x-access-token", TOKEN)));
+    let git_base = git.url("x").trim_end_matches("/x.git").to_string();
+    let api = Api::start(&git_base);
+    let out = tv.run(&[
+        "source",
+        "add",
+        "acme",
+        "--provider",
+        "github",
+        "--owner",
+        "acme",
+        "--api-url",
+        &api.url(),
+        "--token-env",
+        TOKEN_ENV,
+        "--include",
+        "repo-00*",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    // 5xx answers are retried; a listed repository that cannot be fetched (as with an
+    // SSO-protected repository) fails alone: exit 3.
+    api.control("mode", serde_json::json!({ "fail_5xx": 2 }));
+    std::fs::remove_dir_all(root.join("acme/repo-005.git")).unwrap();
+    let (code, doc, err) = run_backup(&tv, &[]);
+    assert_eq!(code, Some(3), "{err}");
+    let lines = statuses(&doc);
+    // repo-000 to repo-009 without repo-005, and repo-001's wiki.
+    assert_eq!(
+        lines.iter().filter(|(_, s)| s == "changed").count(),
+        10,
+        "{lines:?}"
+    );
+    let denied: Vec<_> = lines
+        .iter()
+        .filter(|(r, _)| r.ends_with("repo-005"))
+        .collect();
+    assert_eq!(denied.len(), 1);
+    assert_ne!(denied[0].1, "changed");
+
+    // Primary rate limit far in the future: the run stops cleanly and says when to resume.
+    api.control("mode", serde_json::json!({ "clear": true }));
+    api.control(
+        "mode",
+        serde_json::json!({ "rate_limited": true, "reset_in": 3600 }),
+    );
+    let started = std::time::Instant::now();
+    let (code, doc, err) = run_backup(&tv, &[]);
+    assert!(
+        started.elapsed().as_secs() < 60,
+        "a rate limit must not hang the run"
+    );
+    assert!(matches!(code, Some(1) | Some(3)), "{err}");
+    assert!(doc.to_string().contains("rate limited until"), "{doc}");
+
+    // Bad token: a clear error, no secret in it.
+    api.control("mode", serde_json::json!({ "clear": true }));
+    let out = tv
+        .command(&["backup"])
+        .env(TOKEN_ENV, "ghp_wrongTokenButStillSecret999")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("refused the token"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!stderr(&out).contains("ghp_wrongTokenButStillSecret999"));
+    assert_no_token_in(&tv.dir);
+}
