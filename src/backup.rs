@@ -340,11 +340,20 @@ pub struct SourceReport {
 /// Backs up every repository (and wiki) of a source that its filters keep, with metadata. One
 /// repository's failure does not stop the others; a rate limit stops the source cleanly and
 /// says when to resume (repositories done keep their snapshots).
+/// What a source run tells its caller as it goes (progress display, live report lines).
+pub enum SourceEvent<'a> {
+    /// The repositories the filters kept, before any is backed up.
+    Selected(usize),
+    /// One repository (or wiki) is done.
+    Done(&'a RepoReport),
+}
+
 pub fn backup_source(
     vault: &Vault,
     keys: &VaultKeys,
     store: &mut ChunkStore<'_>,
     source: &SourceConfig,
+    progress: &mut dyn FnMut(SourceEvent<'_>),
 ) -> SourceReport {
     let mut report = SourceReport {
         source: source.name.clone(),
@@ -394,6 +403,7 @@ pub fn backup_source(
     };
     let selected: Vec<RepoInfo> = repos.into_iter().filter(|r| filter.keeps(r)).collect();
     report.selected = selected.len();
+    progress(SourceEvent::Selected(selected.len()));
     let credentials = token.clone().map(|secret| Credentials {
         username: "x-access-token".into(),
         secret,
@@ -402,6 +412,9 @@ pub fn backup_source(
     for repo in &selected {
         if let Some(reason) = &stopped {
             report.repositories.push(skipped(repo, reason));
+            if let Some(last) = report.repositories.last() {
+                progress(SourceEvent::Done(last));
+            }
             continue;
         }
         let request = BackupRequest {
@@ -427,6 +440,7 @@ pub fn backup_source(
             stopped = line.error.clone();
         }
         let repo_name = line.repo.clone();
+        progress(SourceEvent::Done(&line));
         report.repositories.push(line);
         if let Some(wiki) = &repo.wiki_url {
             let request = BackupRequest {
@@ -448,6 +462,7 @@ pub fn backup_source(
                     line.error = Some(scrub(e));
                 }
             }
+            progress(SourceEvent::Done(&line));
             report.repositories.push(line);
         }
     }

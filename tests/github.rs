@@ -203,6 +203,11 @@ fn a_whole_organisation_with_metadata_then_an_unchanged_run_of_304s() {
         "a fork was backed up"
     );
     assert!(lines.iter().any(|(r, _)| r.ends_with("alice/dotfiles")));
+    // The run report is stored beside the vault for monitoring.
+    let reports = common::files_under(&tv.dir.join("reports"));
+    assert_eq!(reports.len(), 1);
+    let stored: Value = serde_json::from_slice(&std::fs::read(&reports[0]).unwrap()).unwrap();
+    assert_eq!(stored["sources"][0]["selected"], 108);
 
     // Metadata round trip for one repository.
     let host = git_base.trim_start_matches("http://");

@@ -180,14 +180,28 @@ pub fn backup(ctx: &Ctx, args: BackupArgs) -> Result<i32> {
     }
     let mut source_reports = Vec::new();
     for source in &sources {
-        let report = backup::backup_source(&vault, &keys, &mut store, source);
+        let bar = ctx.out.count_bar(&format!("source {}", source.name));
+        let report =
+            backup::backup_source(
+                &vault,
+                &keys,
+                &mut store,
+                source,
+                &mut |event| match event {
+                    backup::SourceEvent::Selected(n) => bar.set_length(n as u64),
+                    backup::SourceEvent::Done(line) => {
+                        if !line.repo.ends_with(".wiki") {
+                            bar.inc(1);
+                        }
+                        bar.suspend(|| print_line(ctx, line));
+                    }
+                },
+            );
+        bar.finish_and_clear();
         if let Some(e) = &report.error
             && !ctx.out.json
         {
             eprintln!("source {}: failed: {e}", source.name);
-        }
-        for line in &report.repositories {
-            print_line(ctx, line);
         }
         source_reports.push(report);
     }
@@ -236,6 +250,9 @@ pub fn backup(ctx: &Ctx, args: BackupArgs) -> Result<i32> {
         sources: source_reports,
         lagging_replicas: lagging,
     };
+    if let Err(e) = save_run_report(&vault, &run) {
+        tracing::warn!(error = %e, "the run report could not be stored");
+    }
     ctx.out.print(&run, || {
         run.repositories
             .iter()
@@ -257,6 +274,30 @@ pub fn backup(ctx: &Ctx, args: BackupArgs) -> Result<i32> {
     } else {
         EXIT_FAILED
     })
+}
+
+/// Keeps the run report as JSON in DIR/reports/ (the newest 100), for monitoring and audits.
+fn save_run_report(vault: &gitvault::Vault, run: &BackupRun) -> std::io::Result<()> {
+    let dir = vault.dir().join("reports");
+    std::fs::create_dir_all(&dir)?;
+    let name = format!(
+        "backup-{}.json",
+        chrono::Utc::now().format("%Y%m%dT%H%M%S%.3fZ")
+    );
+    std::fs::write(
+        dir.join(name),
+        serde_json::to_vec_pretty(run).unwrap_or_default(),
+    )?;
+    let mut old: Vec<_> = std::fs::read_dir(&dir)?
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    old.sort();
+    let excess = old.len().saturating_sub(100);
+    for path in old.into_iter().take(excess) {
+        let _ = std::fs::remove_file(path);
+    }
+    Ok(())
 }
 
 pub fn snapshots(ctx: &Ctx, args: SnapshotsArgs) -> Result<i32> {
