@@ -124,6 +124,7 @@ pub fn backup_repository(
     vault: &Vault,
     keys: &VaultKeys,
     store: &mut ChunkStore<'_>,
+    deferred: &mut Deferred,
     request: &BackupRequest,
     metadata: Option<(&mut dyn Provider, &RepoInfo)>,
 ) -> RepoReport {
@@ -142,7 +143,7 @@ pub fn backup_repository(
         metadata_documents: None,
         error: None,
     };
-    let result = run(vault, keys, store, request, metadata, &mut report);
+    let result = run(vault, keys, store, deferred, request, metadata, &mut report);
     report.seconds = started.elapsed().as_secs_f64();
     report.bytes_uploaded = store.report().bytes_uploaded - uploaded_before;
     if let Err(BackupError::RateLimited { .. }) = &result {
@@ -172,6 +173,7 @@ fn run(
     vault: &Vault,
     keys: &VaultKeys,
     store: &mut ChunkStore<'_>,
+    deferred: &mut Deferred,
     request: &BackupRequest,
     metadata: Option<(&mut dyn Provider, &RepoInfo)>,
     report: &mut RepoReport,
@@ -252,21 +254,25 @@ fn run(
         metadata: metadata_id,
     };
     let manifest_id = store.put_chunk(ChunkKind::Manifest, &manifest.encode())?;
-    // Invariant 2: every pack this snapshot needs is durable before the row exists.
-    store.flush()?;
-    crate::hooks::point("before-snapshot-commit");
-    let row = vault.index().insert_snapshot(&NewSnapshot {
-        repo: &name,
+    let pending = PendingSnapshot {
+        repo: name.clone(),
         time: manifest.time,
         manifest: manifest_id,
         refset: refset_id,
         head: head_text(&fetched.refs),
         ref_count: fetched.refs.refs.len() as u64,
-        source: &spec.display_url,
-        new_objects: &new_objects,
-    })?;
-    report.snapshot = Some(row.id);
-    report.objects_added = new_objects.len() as u64;
+        source: spec.display_url.clone(),
+        new_objects,
+    };
+    report.snapshot = Some(pending.id());
+    report.objects_added = pending.new_objects.len() as u64;
+    deferred.waiting.push(pending);
+    if !unchanged {
+        // Invariant 2: every pack this snapshot needs is durable before the row exists.
+        // Unchanged repositories wait for the next flush, so that a run over many of them
+        // writes one small pack instead of one per repository.
+        commit_deferred(vault, store, deferred)?;
+    }
     report.status = if unchanged {
         RepoStatus::Unchanged
     } else {
@@ -281,6 +287,64 @@ fn run(
                 snapshot_kept: true,
             });
         }
+    }
+    Ok(())
+}
+
+/// A snapshot whose chunks are written but whose row waits for the packs to be durable.
+pub struct PendingSnapshot {
+    repo: String,
+    time: chrono::DateTime<chrono::Utc>,
+    manifest: crate::crypto::ChunkId,
+    refset: crate::crypto::ChunkId,
+    head: Option<String>,
+    ref_count: u64,
+    source: String,
+    new_objects: Vec<ObjectEntry>,
+}
+
+impl PendingSnapshot {
+    fn id(&self) -> String {
+        self.manifest.to_hex()[..16].to_string()
+    }
+}
+
+/// Snapshots not yet recorded; `commit_deferred` records them. When a flush fails, the waiting
+/// snapshots are dropped (their chunks may not be durable) and their repositories listed in
+/// `lost`, so that the run report can say they failed.
+#[derive(Default)]
+pub struct Deferred {
+    waiting: Vec<PendingSnapshot>,
+    pub lost: Vec<String>,
+}
+
+/// Makes every pending snapshot durable and records it: flush, then one row each.
+pub fn commit_deferred(
+    vault: &Vault,
+    store: &mut ChunkStore<'_>,
+    deferred: &mut Deferred,
+) -> Result<(), BackupError> {
+    if deferred.waiting.is_empty() {
+        return Ok(());
+    }
+    if let Err(e) = store.flush() {
+        deferred
+            .lost
+            .extend(deferred.waiting.drain(..).map(|p| p.repo));
+        return Err(e.into());
+    }
+    crate::hooks::point("before-snapshot-commit");
+    for p in deferred.waiting.drain(..) {
+        vault.index().insert_snapshot(&NewSnapshot {
+            repo: &p.repo,
+            time: p.time,
+            manifest: p.manifest,
+            refset: p.refset,
+            head: p.head.clone(),
+            ref_count: p.ref_count,
+            source: &p.source,
+            new_objects: &p.new_objects,
+        })?;
     }
     Ok(())
 }
@@ -352,6 +416,7 @@ pub fn backup_source(
     vault: &Vault,
     keys: &VaultKeys,
     store: &mut ChunkStore<'_>,
+    deferred: &mut Deferred,
     source: &SourceConfig,
     progress: &mut dyn FnMut(SourceEvent<'_>),
 ) -> SourceReport {
@@ -426,6 +491,7 @@ pub fn backup_source(
             vault,
             keys,
             store,
+            deferred,
             &request,
             Some((provider.as_mut(), repo)),
         );
@@ -448,7 +514,7 @@ pub fn backup_source(
                 name: Some(format!("{repo_name}.wiki")),
                 credentials: credentials.clone(),
             };
-            let mut line = backup_repository(vault, keys, store, &request, None);
+            let mut line = backup_repository(vault, keys, store, deferred, &request, None);
             if line.status == RepoStatus::Failed {
                 let missing = line
                     .error

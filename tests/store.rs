@@ -245,3 +245,41 @@ fn wrong_identity_is_refused_clearly() {
     let msg = err.to_string();
     assert!(msg.contains("wrong passphrase or wrong identity"), "{msg}");
 }
+
+/// A pack that misses the replication policy is not acknowledged, and its chunks are not
+/// treated as stored afterwards (the next put stores them again).
+#[test]
+fn a_pack_that_misses_the_policy_is_forgotten() {
+    let tv = TestVault::new();
+    let broken = tv.tmp.path().join("broken");
+    std::fs::write(&broken, b"a file where a directory should be").unwrap();
+    let mut vault = tv.open();
+    {
+        let lock = vault.lock().unwrap();
+        vault
+            .add_target("broken", &format!("file://{}", broken.display()), &lock)
+            .unwrap_err();
+    }
+    // Add it while it works, then break it.
+    std::fs::remove_file(&broken).unwrap();
+    {
+        let lock = vault.lock().unwrap();
+        vault
+            .add_target("broken", &format!("file://{}", broken.display()), &lock)
+            .unwrap();
+    }
+    std::fs::remove_dir_all(&broken).unwrap();
+    std::fs::write(&broken, b"broken again").unwrap();
+    let keys = tv.keys(&vault);
+    let lock = vault.lock().unwrap();
+    let mut store = vault.store(&keys, &lock);
+    let data = noise(11, 300_000);
+    let id = store.put(ChunkKind::Data, &data).unwrap();
+    let err = store.flush().unwrap_err();
+    assert!(matches!(err, StoreError::NotEnoughReplicas { .. }), "{err}");
+    assert!(
+        !store.contains(&id).unwrap(),
+        "a chunk of an unacknowledged pack counts as stored"
+    );
+    assert!(matches!(store.get(&id), Err(StoreError::UnknownChunk(_))));
+}

@@ -167,6 +167,7 @@ pub fn backup(ctx: &Ctx, args: BackupArgs) -> Result<i32> {
     let lock = vault.lock()?;
     let credentials = Credentials::from_environment();
     let mut store = vault.store(&keys, &lock);
+    let mut deferred = backup::Deferred::default();
     let mut reports = Vec::new();
     for url in &urls {
         let request = BackupRequest {
@@ -174,29 +175,30 @@ pub fn backup(ctx: &Ctx, args: BackupArgs) -> Result<i32> {
             name: args.name.clone(),
             credentials: credentials.clone(),
         };
-        let report = backup::backup_repository(&vault, &keys, &mut store, &request, None);
+        let report =
+            backup::backup_repository(&vault, &keys, &mut store, &mut deferred, &request, None);
         print_line(ctx, &report);
         reports.push(report);
     }
     let mut source_reports = Vec::new();
     for source in &sources {
         let bar = ctx.out.count_bar(&format!("source {}", source.name));
-        let report =
-            backup::backup_source(
-                &vault,
-                &keys,
-                &mut store,
-                source,
-                &mut |event| match event {
-                    backup::SourceEvent::Selected(n) => bar.set_length(n as u64),
-                    backup::SourceEvent::Done(line) => {
-                        if !line.repo.ends_with(".wiki") {
-                            bar.inc(1);
-                        }
-                        bar.suspend(|| print_line(ctx, line));
+        let report = backup::backup_source(
+            &vault,
+            &keys,
+            &mut store,
+            &mut deferred,
+            source,
+            &mut |event| match event {
+                backup::SourceEvent::Selected(n) => bar.set_length(n as u64),
+                backup::SourceEvent::Done(line) => {
+                    if !line.repo.ends_with(".wiki") {
+                        bar.inc(1);
                     }
-                },
-            );
+                    bar.suspend(|| print_line(ctx, line));
+                }
+            },
+        );
         bar.finish_and_clear();
         if let Some(e) = &report.error
             && !ctx.out.json
@@ -204,6 +206,28 @@ pub fn backup(ctx: &Ctx, args: BackupArgs) -> Result<i32> {
             eprintln!("source {}: failed: {e}", source.name);
         }
         source_reports.push(report);
+    }
+    // Unchanged repositories' snapshots are recorded together, after one final flush. Any whose
+    // flush failed (here or during a later repository's) are reported as failed.
+    let final_commit = backup::commit_deferred(&vault, &mut store, &mut deferred);
+    if !deferred.lost.is_empty() {
+        let reason = match &final_commit {
+            Err(e) => format!("the snapshot could not be made durable: {e}"),
+            Ok(()) => "the snapshot could not be made durable (a later flush failed)".to_string(),
+        };
+        for r in reports
+            .iter_mut()
+            .chain(
+                source_reports
+                    .iter_mut()
+                    .flat_map(|s| s.repositories.iter_mut()),
+            )
+            .filter(|r| deferred.lost.contains(&r.repo) && r.status != RepoStatus::Failed)
+        {
+            r.status = RepoStatus::Failed;
+            r.snapshot = None;
+            r.error = Some(reason.clone());
+        }
     }
     let all: Vec<&backup::RepoReport> = reports
         .iter()

@@ -365,11 +365,27 @@ impl<'v> ChunkStore<'v> {
         let Some(writer) = self.writer.take() else {
             return Ok(());
         };
-        let finished = writer.finish()?;
+        let finished = match writer.finish() {
+            Ok(f) => f,
+            Err(e) => {
+                self.forget_pending();
+                return Err(e.into());
+            }
+        };
         hooks::point("pack-written");
         let result = self.replicate_and_index(&finished);
         let _ = std::fs::remove_file(&finished.path);
+        if result.is_err() {
+            // The pack's chunks are not durable: later puts of the same bytes must store them
+            // again instead of deduplicating against a pack that does not exist.
+            self.forget_pending();
+        }
         result
+    }
+
+    fn forget_pending(&mut self) {
+        self.pending.clear();
+        self.pending_logical = 0;
     }
 
     fn replicate_and_index(&mut self, pack: &FinishedPack) -> Result<(), StoreError> {
