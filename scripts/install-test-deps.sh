@@ -11,6 +11,10 @@ command -v git >/dev/null 2>&1 || need_apt+=(git)
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need_apt+=(nginx)
 command -v fcgiwrap >/dev/null 2>&1 || [ -x /usr/sbin/fcgiwrap ] || need_apt+=(fcgiwrap)
 command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
+# The replay benchmark (benches/replay.sh) measures peak memory with GNU time and compares with
+# restic.
+[ -x /usr/bin/time ] || need_apt+=(time)
+command -v restic >/dev/null 2>&1 || need_apt+=(restic)
 if command -v git >/dev/null 2>&1; then
   git_exec="$(git --exec-path)"
   { [ -x "$git_exec/git-daemon" ] && [ -x "$git_exec/git-http-backend" ]; } || need_apt+=(git)

@@ -19,3 +19,4 @@ cargo test --locked --lib --bins --tests -- --test-threads "${GITVAULT_TEST_THRE
 # Benchmarks run once each in test mode (criterion), as a smoke test: no timing is asserted.
 echo "== benchmarks (smoke)"
 cargo test --locked --benches
+bash benches/replay.sh --days 6 --bin target/debug/gitvault

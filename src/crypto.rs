@@ -318,6 +318,27 @@ fn encrypt_bytes(encryptor: age::Encryptor, plain: &[u8]) -> Result<Vec<u8>, Cry
     Ok(out)
 }
 
+/// Creates an age identity file (refusing to overwrite one, readable by its owner only) and
+/// returns its public key.
+pub fn write_identity_file(path: &std::path::Path) -> Result<String, CryptoError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let identity = age::x25519::Identity::generate();
+    let public = identity.to_public().to_string();
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    let created = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let text = format!(
+        "# created: {created}\n# public key: {public}\n{}\n",
+        identity.to_string().expose_secret()
+    );
+    file.write_all(text.as_bytes())?;
+    file.sync_all()?;
+    Ok(public)
+}
+
 /// Encrypts small documents (index backups, manifests kept outside packs) to the vault key.
 pub fn encrypt_to(
     recipient: &age::x25519::Recipient,

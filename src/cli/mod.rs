@@ -65,6 +65,12 @@ enum Command {
         #[arg(long)]
         passphrase: bool,
     },
+    /// Generate an age identity for opening vaults (like `age-keygen`): writes it to --output
+    /// (mode 0600, refusing to overwrite) and prints its public key for `init --recipient`.
+    Keygen {
+        #[arg(long)]
+        output: PathBuf,
+    },
     /// Manage the places packs are replicated to.
     #[command(subcommand)]
     Target(target::TargetCommand),
@@ -173,6 +179,15 @@ fn run(ctx: &Ctx, command: Command) -> Result<i32> {
             Ok(EXIT_OK)
         }
         Command::Target(cmd) => target::run(ctx, cmd),
+        Command::Keygen { output } => {
+            let public = gitvault::crypto::write_identity_file(&output)
+                .with_context(|| format!("writing {}", output.display()))?;
+            ctx.out.print(
+                &serde_json::json!({ "public_key": public, "identity_file": output }),
+                || format!("{public}\n"),
+            );
+            Ok(EXIT_OK)
+        }
         Command::Stats => {
             let vault = ctx.open()?;
             let stats = gitvault::stats::collect(&vault)?;
