@@ -192,13 +192,7 @@ impl Vault {
         for r in &options.recipients {
             crypto::parse_recipient(r)?;
         }
-        if dir.exists() {
-            let mut entries =
-                fs::read_dir(dir).map_err(io_err(format!("reading {}", dir.display())))?;
-            if entries.next().is_some() {
-                return Err(VaultError::AlreadyExists(dir.display().to_string()));
-            }
-        }
+        ensure_empty(dir)?;
         fs::create_dir_all(dir.join(KEYS_DIR))
             .map_err(io_err(format!("creating {}", dir.display())))?;
         let dir = dir
@@ -272,13 +266,7 @@ impl Vault {
                 known: FORMAT_VERSION,
             });
         }
-        if dir.exists() {
-            let mut entries =
-                fs::read_dir(dir).map_err(io_err(format!("reading {}", dir.display())))?;
-            if entries.next().is_some() {
-                return Err(VaultError::AlreadyExists(dir.display().to_string()));
-            }
-        }
+        ensure_empty(dir)?;
         fs::create_dir_all(dir.join(KEYS_DIR))
             .map_err(io_err(format!("creating {}", dir.display())))?;
         let dir = dir
@@ -656,6 +644,18 @@ impl Vault {
                       # credentials come from the environment.\n";
         write_atomic(&path, format!("{header}{text}").as_bytes())
     }
+}
+
+/// A new vault goes into a directory that is absent or empty, never over anything.
+fn ensure_empty(dir: &Path) -> Result<(), VaultError> {
+    if dir.exists() {
+        let mut entries =
+            fs::read_dir(dir).map_err(io_err(format!("reading {}", dir.display())))?;
+        if entries.next().is_some() {
+            return Err(VaultError::AlreadyExists(dir.display().to_string()));
+        }
+    }
+    Ok(())
 }
 
 /// Key file names are derived from their content, so copies on targets never collide.

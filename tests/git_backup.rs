@@ -9,32 +9,10 @@ use std::process::Command;
 use common::git_server::{
     Fault, FaultyHttpServer, GitDaemon, HttpGitServer, file_url, run_fixture,
 };
-use common::{TestVault, stderr, stdout, tree_size};
+use common::{TestVault, git, refs_and_head, stderr, stdout, tree_size};
 
 const USER: &str = "backup-bot";
 const TOKEN: &str = "tok-3f9a1c7e5b2d4680";
-
-fn git(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new("git")
-        .arg("-C")
-        .arg(dir)
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// What a restore must reproduce exactly: every ref with its object, and HEAD.
-fn refs_and_head(repo: &Path) -> String {
-    let refs = git(repo, &["for-each-ref", "--format=%(objectname) %(refname)"]);
-    let head = std::fs::read_to_string(repo.join("HEAD")).unwrap();
-    format!("HEAD {}\n{refs}", head.trim())
-}
 
 fn fsck(repo: &Path) {
     let out = Command::new("git")

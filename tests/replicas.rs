@@ -7,33 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::git_server::{file_url, run_fixture};
-use common::{TestVault, pack_files, stderr, stdout};
-
-fn git(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new("git")
-        .arg("-C")
-        .arg(dir)
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn refs_and_head(repo: &Path) -> String {
-    let refs = git(repo, &["for-each-ref", "--format=%(objectname) %(refname)"]);
-    let head = std::fs::read_to_string(repo.join("HEAD")).unwrap();
-    format!("HEAD {}\n{refs}", head.trim())
-}
-
-fn ok(out: &std::process::Output) -> String {
-    assert!(out.status.success(), "{}\n{}", stdout(out), stderr(out));
-    stdout(out)
-}
+use common::{TestVault, ok, pack_files, refs_and_head, stderr, stdout};
 
 /// A vault with a second file target and one backed-up repository.
 fn setup() -> (TestVault, PathBuf, PathBuf) {

@@ -10,33 +10,7 @@ use std::process::Command;
 
 use common::git_server::{file_url, run_fixture};
 use common::s3_server::S3Server;
-use common::{TestVault, stderr, stdout};
-
-fn git(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new("git")
-        .arg("-C")
-        .arg(dir)
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn refs_and_head(repo: &Path) -> String {
-    let refs = git(repo, &["for-each-ref", "--format=%(objectname) %(refname)"]);
-    let head = std::fs::read_to_string(repo.join("HEAD")).unwrap();
-    format!("HEAD {}\n{refs}", head.trim())
-}
-
-fn ok(out: &std::process::Output) -> String {
-    assert!(out.status.success(), "{}\n{}", stdout(out), stderr(out));
-    stdout(out)
-}
+use common::{TestVault, git, ok, refs_and_head, stderr, stdout};
 
 fn restored_matches(vault_dir: &Path, tv: &TestVault, repo: &Path, name: &str) {
     let to = tv.tmp.path().join(name);

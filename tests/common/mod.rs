@@ -184,3 +184,32 @@ pub fn noise(seed: u64, len: usize) -> Vec<u8> {
         .unwrap();
     v
 }
+
+/// Runs git in `dir` and returns its stdout; panics with git's stderr on failure.
+pub fn git(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// What a restore must reproduce exactly: every ref with its object, and HEAD.
+pub fn refs_and_head(repo: &Path) -> String {
+    let refs = git(repo, &["for-each-ref", "--format=%(objectname) %(refname)"]);
+    let head = std::fs::read_to_string(repo.join("HEAD")).unwrap();
+    format!("HEAD {}\n{refs}", head.trim())
+}
+
+/// Asserts success and returns stdout.
+pub fn ok(out: &Output) -> String {
+    assert!(out.status.success(), "{}\n{}", stdout(out), stderr(out));
+    stdout(out)
+}
