@@ -77,7 +77,8 @@ enum Command {
     /// Manage the accounts (GitHub organisations and users) that `backup` covers by default.
     #[command(subcommand)]
     Source(source::SourceCommand),
-    /// Back up repositories by URL or path: every ref, exactly as advertised, as a new snapshot.
+    /// Back up repositories by URL or path, or configured sources (all of them without an
+    /// argument): every ref, exactly as advertised, as a new snapshot.
     Backup(repo::BackupArgs),
     /// List snapshots, oldest first.
     Snapshots(repo::SnapshotsArgs),
@@ -85,7 +86,9 @@ enum Command {
     Ls(repo::LsArgs),
     /// Write a snapshot as a bare repository (exact refs, HEAD, one pack), optionally push it.
     Restore(repo::RestoreArgs),
-    /// Check the vault; --restore-sample N restores N random snapshots and runs git fsck.
+    /// Check that every target holds every pack at the right size (one LIST each); --full
+    /// downloads and rehashes every replica; --restore-sample N restores N random snapshots and
+    /// runs git fsck on them.
     Verify(repo::VerifyArgs),
     /// Copy every pack a target lacks (or holds damaged) from a target that has it intact.
     Sync,
