@@ -130,24 +130,16 @@ pub fn backup_repository(
 ) -> RepoReport {
     let started = Instant::now();
     let uploaded_before = store.report().bytes_uploaded;
-    let mut report = RepoReport {
-        repo: request.name.clone().unwrap_or_else(|| request.url.clone()),
-        url: request.url.clone(),
-        status: RepoStatus::Failed,
-        snapshot: None,
-        refs: 0,
-        objects_received: 0,
-        objects_added: 0,
-        bytes_uploaded: 0,
-        seconds: 0.0,
-        metadata_documents: None,
-        error: None,
-    };
+    let mut report = RepoReport::new(
+        request.name.clone().unwrap_or_else(|| request.url.clone()),
+        request.url.clone(),
+        RepoStatus::Failed,
+        None,
+    );
     let result = run(vault, keys, store, deferred, request, metadata, &mut report);
     report.seconds = started.elapsed().as_secs_f64();
     report.bytes_uploaded = store.report().bytes_uploaded - uploaded_before;
     if let Err(BackupError::RateLimited { .. }) = &result {
-        report.seconds = started.elapsed().as_secs_f64();
         let message = result.err().map(|e| e.to_string()).unwrap_or_default();
         report.error = Some(message);
         return report;
@@ -537,18 +529,29 @@ pub fn backup_source(
 }
 
 fn skipped(repo: &RepoInfo, reason: &str) -> RepoReport {
-    RepoReport {
-        repo: repo.full_name.clone(),
-        url: repo.clone_url.clone(),
-        status: RepoStatus::Skipped,
-        snapshot: None,
-        refs: 0,
-        objects_received: 0,
-        objects_added: 0,
-        bytes_uploaded: 0,
-        seconds: 0.0,
-        metadata_documents: None,
-        error: Some(format!("not attempted: {reason}")),
+    RepoReport::new(
+        repo.full_name.clone(),
+        repo.clone_url.clone(),
+        RepoStatus::Skipped,
+        Some(format!("not attempted: {reason}")),
+    )
+}
+
+impl RepoReport {
+    fn new(repo: String, url: String, status: RepoStatus, error: Option<String>) -> RepoReport {
+        RepoReport {
+            repo,
+            url,
+            status,
+            snapshot: None,
+            refs: 0,
+            objects_received: 0,
+            objects_added: 0,
+            bytes_uploaded: 0,
+            seconds: 0.0,
+            metadata_documents: None,
+            error,
+        }
     }
 }
 
