@@ -7,6 +7,7 @@
 //! run beside that writer.
 
 use std::path::Path;
+use std::sync::{Mutex, MutexGuard};
 
 use rusqlite::{Connection, OptionalExtension, params};
 
@@ -124,10 +125,18 @@ pub struct Totals {
 }
 
 pub struct Index {
-    conn: Connection,
+    /// Behind a mutex so that one `&Index` serves the worker threads of a parallel run;
+    /// SQLite itself serialises writes anyway.
+    conn: Mutex<Connection>,
 }
 
 impl Index {
+    fn conn(&self) -> MutexGuard<'_, Connection> {
+        // A panic while holding the lock cannot leave SQLite half-written: transactions roll
+        // back when dropped.
+        self.conn.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     pub fn open(path: &Path) -> Result<Index, IndexError> {
         let conn = Connection::open(path)?;
         conn.busy_timeout(std::time::Duration::from_secs(10))?;
@@ -136,14 +145,16 @@ impl Index {
         // roll back, which is safe because packs are durable before the index refers to them.
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.pragma_update(None, "foreign_keys", true)?;
-        let mut index = Index { conn };
+        let mut index = Index {
+            conn: Mutex::new(conn),
+        };
         index.migrate(path)?;
         Ok(index)
     }
 
     fn migrate(&mut self, path: &Path) -> Result<(), IndexError> {
         let found: i64 = self
-            .conn
+            .conn()
             .pragma_query_value(None, "user_version", |r| r.get(0))?;
         if found > SCHEMA_VERSION {
             return Err(IndexError::TooNew {
@@ -153,7 +164,11 @@ impl Index {
             });
         }
         for (i, sql) in MIGRATIONS.iter().enumerate().skip(found as usize) {
-            let tx = self.conn.transaction()?;
+            let tx = self
+                .conn
+                .get_mut()
+                .unwrap_or_else(|e| e.into_inner())
+                .transaction()?;
             tx.execute_batch(sql)?;
             tx.pragma_update(None, "user_version", i as i64 + 1)?;
             tx.commit()?;
@@ -163,19 +178,19 @@ impl Index {
 
     pub fn schema_version(&self) -> Result<i64, IndexError> {
         Ok(self
-            .conn
+            .conn()
             .pragma_query_value(None, "user_version", |r| r.get(0))?)
     }
 
     pub fn has_chunk(&self, id: &ChunkId) -> Result<bool, IndexError> {
-        let mut stmt = self
-            .conn
-            .prepare_cached("SELECT 1 FROM chunks WHERE id = ?1")?;
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached("SELECT 1 FROM chunks WHERE id = ?1")?;
         Ok(stmt.exists(params![&id.0[..]])?)
     }
 
     pub fn chunk(&self, id: &ChunkId) -> Result<Option<ChunkLocation>, IndexError> {
-        let mut stmt = self.conn.prepare_cached(
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(
             "SELECT c.kind, c.pack_id, p.name, c.frame_offset, c.frame_clen, c.frame_rawlen, c.offset, c.length
              FROM chunks c JOIN packs p ON p.id = c.pack_id WHERE c.id = ?1",
         )?;
@@ -199,8 +214,8 @@ impl Index {
 
     /// Targets known to hold a pack, in the order they were recorded.
     pub fn pack_targets(&self, pack_id: i64) -> Result<Vec<String>, IndexError> {
-        let mut stmt = self
-            .conn
+        let conn = self.conn();
+        let mut stmt = conn
             .prepare_cached("SELECT target FROM pack_targets WHERE pack_id = ?1 ORDER BY target")?;
         let rows = stmt.query_map(params![pack_id], |r| r.get(0))?;
         Ok(rows.collect::<Result<_, _>>()?)
@@ -215,7 +230,8 @@ impl Index {
         logical_bytes: u64,
     ) -> Result<i64, IndexError> {
         // The vault lock guarantees one writer; an unchecked transaction lets readers share `&Index`.
-        let tx = self.conn.unchecked_transaction()?;
+        let conn = self.conn();
+        let tx = conn.unchecked_transaction()?;
         let created = chrono::Utc::now().timestamp();
         tx.execute(
             "INSERT INTO packs (name, size, raw_bytes, chunk_count, created_at) VALUES (?1, ?2, ?3, ?4, ?5)
@@ -260,13 +276,13 @@ impl Index {
     }
 
     pub fn add_logical_bytes(&self, bytes: u64) -> Result<(), IndexError> {
-        add_counter(&self.conn, "logical_bytes", bytes)
+        add_counter(&self.conn(), "logical_bytes", bytes)
     }
 
     pub fn packs(&self) -> Result<Vec<PackRow>, IndexError> {
-        let mut stmt = self
-            .conn
-            .prepare("SELECT id, name, size, raw_bytes, chunk_count FROM packs ORDER BY name")?;
+        let conn = self.conn();
+        let mut stmt =
+            conn.prepare("SELECT id, name, size, raw_bytes, chunk_count FROM packs ORDER BY name")?;
         let rows = stmt.query_map([], |r| {
             Ok(PackRow {
                 id: r.get(0)?,
@@ -281,7 +297,8 @@ impl Index {
 
     /// Names of the packs the index expects on a target.
     pub fn packs_on_target(&self, target: &str) -> Result<Vec<(String, u64)>, IndexError> {
-        let mut stmt = self.conn.prepare(
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
             "SELECT p.name, p.size FROM packs p JOIN pack_targets t ON t.pack_id = p.id WHERE t.target = ?1",
         )?;
         let rows = stmt.query_map(params![target], |r| Ok((r.get(0)?, r.get(1)?)))?;
@@ -289,18 +306,18 @@ impl Index {
     }
 
     pub fn totals(&self) -> Result<Totals, IndexError> {
-        let (packs, stored_bytes): (u64, u64) = self.conn.query_row(
+        let (packs, stored_bytes): (u64, u64) = self.conn().query_row(
             "SELECT count(*), coalesce(sum(size), 0) FROM packs",
             [],
             |r| Ok((r.get(0)?, r.get(1)?)),
         )?;
-        let (chunks, unique_bytes): (u64, u64) = self.conn.query_row(
+        let (chunks, unique_bytes): (u64, u64) = self.conn().query_row(
             "SELECT count(*), coalesce(sum(length), 0) FROM chunks",
             [],
             |r| Ok((r.get(0)?, r.get(1)?)),
         )?;
         let logical_bytes: u64 = self
-            .conn
+            .conn()
             .query_row(
                 "SELECT value FROM counters WHERE name = 'logical_bytes'",
                 [],
@@ -319,7 +336,7 @@ impl Index {
 
     /// Forgets that packs are on a target (when the target is removed from the vault).
     pub fn forget_target(&self, target: &str) -> Result<usize, IndexError> {
-        Ok(self.conn.execute(
+        Ok(self.conn().execute(
             "DELETE FROM pack_targets WHERE target = ?1",
             params![target],
         )?)
@@ -396,7 +413,8 @@ impl Index {
     /// Records a snapshot and the git objects it added, in one transaction. Called only after
     /// every pack the snapshot needs is durable (invariant 2).
     pub fn insert_snapshot(&self, snap: &NewSnapshot<'_>) -> Result<SnapshotRow, IndexError> {
-        let tx = self.conn.unchecked_transaction()?;
+        let conn = self.conn();
+        let tx = conn.unchecked_transaction()?;
         tx.execute(
             "INSERT OR IGNORE INTO repos (name) VALUES (?1)",
             params![snap.repo],
@@ -429,6 +447,7 @@ impl Index {
             ],
         )?;
         tx.commit()?;
+        drop(conn);
         self.snapshot_by_manifest(&snap.manifest)?
             .ok_or_else(|| IndexError::Inconsistent("a snapshot vanished after insertion".into()))
     }
@@ -438,7 +457,7 @@ impl Index {
             "SELECT {SNAPSHOT_COLUMNS} FROM snapshots s JOIN repos r ON r.id = s.repo_id WHERE s.manifest = ?1"
         );
         Ok(self
-            .conn
+            .conn()
             .query_row(&sql, params![&manifest.0[..]], snapshot_row)
             .optional()?)
     }
@@ -455,7 +474,8 @@ impl Index {
              WHERE (?1 IS NULL OR r.name = ?1) AND s.time_ms >= ?2 AND s.time_ms <= ?3
              ORDER BY r.name, s.time_ms, s.id"
         );
-        let mut stmt = self.conn.prepare(&sql)?;
+        let conn = self.conn();
+        let mut stmt = conn.prepare(&sql)?;
         let rows = stmt.query_map(
             params![
                 repo,
@@ -479,7 +499,7 @@ impl Index {
         );
         let at = at.map_or(i64::MAX, |t| t.timestamp_millis());
         Ok(self
-            .conn
+            .conn()
             .query_row(&sql, params![repo, at], snapshot_row)
             .optional()?)
     }
@@ -498,15 +518,15 @@ impl Index {
     }
 
     pub fn repos(&self) -> Result<Vec<String>, IndexError> {
-        let mut stmt = self.conn.prepare("SELECT name FROM repos ORDER BY name")?;
+        let conn = self.conn();
+        let mut stmt = conn.prepare("SELECT name FROM repos ORDER BY name")?;
         let rows = stmt.query_map([], |r| r.get(0))?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
     pub fn git_object(&self, oid: &Oid) -> Result<Option<(ObjectKind, ChunkId)>, IndexError> {
-        let mut stmt = self
-            .conn
-            .prepare_cached("SELECT kind, chunk FROM git_objects WHERE oid = ?1")?;
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached("SELECT kind, chunk FROM git_objects WHERE oid = ?1")?;
         let row: Option<(u8, Vec<u8>)> = stmt
             .query_row(params![&oid.0[..]], |r| Ok((r.get(0)?, r.get(1)?)))
             .optional()?;
@@ -533,7 +553,7 @@ impl Index {
 
     pub fn pack_id(&self, name: &str) -> Result<Option<i64>, IndexError> {
         Ok(self
-            .conn
+            .conn()
             .query_row("SELECT id FROM packs WHERE name = ?1", params![name], |r| {
                 r.get(0)
             })
@@ -546,12 +566,12 @@ impl Index {
             return Ok(());
         };
         if present {
-            self.conn.execute(
+            self.conn().execute(
                 "INSERT OR IGNORE INTO pack_targets (pack_id, target) VALUES (?1, ?2)",
                 params![id, target],
             )?;
         } else {
-            self.conn.execute(
+            self.conn().execute(
                 "DELETE FROM pack_targets WHERE pack_id = ?1 AND target = ?2",
                 params![id, target],
             )?;
@@ -561,7 +581,7 @@ impl Index {
 
     /// Forgets every presence record (recover sets them anew from listings).
     pub fn clear_presence(&self) -> Result<(), IndexError> {
-        self.conn.execute("DELETE FROM pack_targets", [])?;
+        self.conn().execute("DELETE FROM pack_targets", [])?;
         Ok(())
     }
 
@@ -572,16 +592,16 @@ impl Index {
     /// Copies the whole database to `path` in a consistent state (for index backups).
     pub fn backup_to(&self, path: &Path) -> Result<(), IndexError> {
         let _ = std::fs::remove_file(path);
-        self.conn
+        self.conn()
             .execute("VACUUM INTO ?1", params![path.to_string_lossy()])?;
         Ok(())
     }
 
     /// A cached API response (conditional requests).
     pub fn http_cached(&self, url: &str) -> Result<Option<CachedResponse>, IndexError> {
-        let mut stmt = self
-            .conn
-            .prepare_cached("SELECT etag, link, body FROM http_cache WHERE url = ?1")?;
+        let conn = self.conn();
+        let mut stmt =
+            conn.prepare_cached("SELECT etag, link, body FROM http_cache WHERE url = ?1")?;
         Ok(stmt
             .query_row(params![url], |r| {
                 Ok(CachedResponse {
@@ -600,7 +620,7 @@ impl Index {
         link: Option<&str>,
         body: &[u8],
     ) -> Result<(), IndexError> {
-        self.conn.execute(
+        self.conn().execute(
             "INSERT OR REPLACE INTO http_cache (url, etag, link, body) VALUES (?1, ?2, ?3, ?4)",
             params![url, etag, link, body],
         )?;
@@ -608,9 +628,8 @@ impl Index {
     }
 
     pub fn has_git_object(&self, oid: &Oid) -> Result<bool, IndexError> {
-        let mut stmt = self
-            .conn
-            .prepare_cached("SELECT 1 FROM git_objects WHERE oid = ?1")?;
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached("SELECT 1 FROM git_objects WHERE oid = ?1")?;
         Ok(stmt.exists(params![&oid.0[..]])?)
     }
 }

@@ -12,18 +12,30 @@ pub enum SourceCommand {
     /// Add an account: every repository of an organisation or user, with metadata.
     Add {
         name: String,
-        /// github (gitlab, bitbucket and gitea are coming).
+        /// github, gitlab, bitbucket or gitea (also Forgejo and Codeberg).
         #[arg(long)]
         provider: String,
-        /// The organisation or user.
+        /// The organisation, group (GitLab: `group/subgroup` paths too), workspace or user.
         #[arg(long)]
         owner: String,
-        /// API base URL: GitHub Enterprise Server (https://HOST/api/v3), self-hosted servers, tests.
+        /// API base URL: GitHub Enterprise Server (https://HOST/api/v3), self-hosted GitLab
+        /// (https://HOST/api/v4), Gitea/Forgejo (https://HOST/api/v1), tests.
         #[arg(long)]
         api_url: Option<String>,
         /// Name of the environment variable holding the token (read at run time, never stored).
         #[arg(long)]
         token_env: Option<String>,
+        /// Name of the environment variable holding the user name for Basic auth (Bitbucket:
+        /// the Atlassian e-mail with an API token, the user name with an app password).
+        #[arg(long)]
+        username_env: Option<String>,
+        /// GitHub App id; with --app-key-file, authenticates as the app's installation on
+        /// --owner (tokens are renewed during long runs).
+        #[arg(long)]
+        app_id: Option<u64>,
+        /// The GitHub App's private key (PEM), read at run time.
+        #[arg(long)]
+        app_key_file: Option<String>,
         /// Only repositories whose name (or owner/name) matches; repeatable.
         #[arg(long)]
         include: Vec<String>,
@@ -52,6 +64,9 @@ pub fn run(ctx: &Ctx, cmd: SourceCommand) -> Result<i32> {
             owner,
             api_url,
             token_env,
+            username_env,
+            app_id,
+            app_key_file,
             include,
             exclude,
             no_forks,
@@ -64,6 +79,12 @@ pub fn run(ctx: &Ctx, cmd: SourceCommand) -> Result<i32> {
                 owner,
                 api_url,
                 token_env,
+                username_env,
+                app_id,
+                // Runs may start from another directory (cron, systemd).
+                app_key_file: app_key_file
+                    .map(|f| std::path::absolute(&f).map(|p| p.display().to_string()))
+                    .transpose()?,
                 include,
                 exclude,
                 no_forks,

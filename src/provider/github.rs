@@ -8,9 +8,11 @@
 //! same URLs and gets 304s for them), and every request is conditional when a cached ETag
 //! exists. Items not returned keep their previous documents.
 
+use age::secrecy::SecretString;
+use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 
-use super::http::{ApiClient, RequestStats};
+use super::http::{ApiClient, Auth, RequestStats};
 use super::{MetadataMap, MetadataSink, Provider, ProviderError, RepoInfo, SourceConfig};
 
 pub const DEFAULT_API: &str = "https://api.github.com";
@@ -19,6 +21,75 @@ pub struct GitHub<'i> {
     api: ApiClient<'i>,
     base: String,
     owner: String,
+    token: Option<SecretString>,
+    app: Option<AppAuth>,
+}
+
+/// A GitHub App: a JWT signed with the app's key buys an installation token, which expires
+/// after an hour and is renewed whenever less than `RENEW_BEFORE` of it remains.
+struct AppAuth {
+    app_id: u64,
+    key: ring::rsa::KeyPair,
+    installation: Option<u64>,
+    token: Option<(SecretString, DateTime<Utc>)>,
+}
+
+const RENEW_BEFORE: chrono::Duration = chrono::Duration::minutes(10);
+
+impl AppAuth {
+    fn load(app_id: u64, path: &str) -> Result<AppAuth, ProviderError> {
+        use rustls_pki_types::PrivateKeyDer;
+        use rustls_pki_types::pem::PemObject;
+        let bad = |reason: String| ProviderError::BadSource {
+            name: format!("GitHub App {app_id}"),
+            reason,
+        };
+        let der = PrivateKeyDer::from_pem_file(path)
+            .map_err(|e| bad(format!("cannot read the private key {path}: {e}")))?;
+        let key = match &der {
+            PrivateKeyDer::Pkcs1(k) => ring::rsa::KeyPair::from_der(k.secret_pkcs1_der()),
+            PrivateKeyDer::Pkcs8(k) => ring::rsa::KeyPair::from_pkcs8(k.secret_pkcs8_der()),
+            _ => return Err(bad(format!("{path} is not an RSA private key"))),
+        }
+        .map_err(|e| bad(format!("{path} is not a usable RSA private key: {e}")))?;
+        Ok(AppAuth {
+            app_id,
+            key,
+            installation: None,
+            token: None,
+        })
+    }
+
+    /// The app's own credential: an RS256 JWT valid for nine minutes, issued a minute in the
+    /// past to allow for clock drift (GitHub's documented recipe).
+    fn jwt(&self) -> Result<Auth, ProviderError> {
+        use base64::Engine;
+        let b64 = |bytes: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+        let now = Utc::now().timestamp();
+        let header = b64(br#"{"alg":"RS256","typ":"JWT"}"#);
+        let claims = b64(
+            json!({ "iat": now - 60, "exp": now + 540, "iss": self.app_id.to_string() })
+                .to_string()
+                .as_bytes(),
+        );
+        let message = format!("{header}.{claims}");
+        let mut signature = vec![0; self.key.public().modulus_len()];
+        self.key
+            .sign(
+                &ring::signature::RSA_PKCS1_SHA256,
+                &ring::rand::SystemRandom::new(),
+                message.as_bytes(),
+                &mut signature,
+            )
+            .map_err(|_| ProviderError::BadSource {
+                name: format!("GitHub App {}", self.app_id),
+                reason: "signing the app's JWT failed".into(),
+            })?;
+        Ok(Auth::scheme(
+            "Bearer",
+            &SecretString::from(format!("{message}.{}", b64(&signature))),
+        ))
+    }
 }
 
 fn str_field(v: &Value, key: &str) -> Option<String> {
@@ -53,8 +124,20 @@ impl<'i> GitHub<'i> {
         source: &SourceConfig,
         cache: Option<&'i crate::index::Index>,
     ) -> Result<Self, ProviderError> {
+        let token = source.token()?;
+        let app = match (source.app_id, &source.app_key_file) {
+            (Some(id), Some(path)) => Some(AppAuth::load(id, path)?),
+            _ => None,
+        };
         Ok(GitHub {
-            api: ApiClient::new(source.token()?, "Bearer", cache)?,
+            token: token.clone(),
+            app,
+            api: ApiClient::new(
+                token.map(|t| Auth::scheme("Bearer", &t)),
+                "application/vnd.github+json",
+                vec![("X-GitHub-Api-Version", "2022-11-28")],
+                cache,
+            )?,
             base: source
                 .api_url
                 .clone()
@@ -63,6 +146,66 @@ impl<'i> GitHub<'i> {
                 .to_string(),
             owner: source.owner.clone(),
         })
+    }
+
+    /// With a GitHub App, makes sure the installation token has at least `RENEW_BEFORE` left,
+    /// asking for a new one otherwise.
+    fn authenticate(&mut self) -> Result<(), ProviderError> {
+        let Some(app) = &mut self.app else {
+            return Ok(());
+        };
+        if app
+            .token
+            .as_ref()
+            .is_some_and(|(_, expires)| *expires - Utc::now() > RENEW_BEFORE)
+        {
+            return Ok(());
+        }
+        let jwt = app.jwt()?;
+        let installation = match app.installation {
+            Some(id) => id,
+            None => {
+                // The installation on an organisation or on a user account.
+                let org = format!("{}/orgs/{}/installation", self.base, self.owner);
+                let found = match self.api.get_json_as(&org, &jwt) {
+                    Err(ProviderError::NotFound(_)) => self.api.get_json_as(
+                        &format!("{}/users/{}/installation", self.base, self.owner),
+                        &jwt,
+                    ),
+                    other => other,
+                }
+                .map_err(|e| match e {
+                    ProviderError::NotFound(_) => ProviderError::BadSource {
+                        name: format!("GitHub App {}", app.app_id),
+                        reason: format!("the app is not installed on {}", self.owner),
+                    },
+                    e => e,
+                })?;
+                found.get("id").and_then(Value::as_u64).ok_or_else(|| {
+                    ProviderError::BadResponse("installation without an id".into())
+                })?
+            }
+        };
+        app.installation = Some(installation);
+        let answer = self.api.post_json(
+            &format!(
+                "{}/app/installations/{installation}/access_tokens",
+                self.base
+            ),
+            &jwt,
+        )?;
+        let token = str_field(&answer, "token").ok_or_else(|| {
+            ProviderError::BadResponse("installation token answer without a token".into())
+        })?;
+        let expires = str_field(&answer, "expires_at")
+            .and_then(|t| DateTime::parse_from_rfc3339(&t).ok())
+            .map(|t| t.with_timezone(&Utc))
+            .unwrap_or_else(|| Utc::now() + chrono::Duration::minutes(50));
+        let token = SecretString::from(token);
+        tracing::debug!(%expires, "GitHub App installation token obtained");
+        self.api.set_auth(Some(Auth::scheme("Bearer", &token)));
+        app.token = Some((token, expires));
+        Ok(())
     }
 
     fn url(&self, path: &str) -> String {
@@ -132,6 +275,7 @@ impl GitHub<'_> {
 
 impl Provider for GitHub<'_> {
     fn list_repositories(&mut self) -> Result<Vec<RepoInfo>, ProviderError> {
+        self.authenticate()?;
         // GET /users/{name} answers for organisations too and says which it is; it is
         // conditional like everything else, so an unchanged run costs a 304 here.
         let account = self
@@ -140,6 +284,21 @@ impl Provider for GitHub<'_> {
         let listed = if str_field(&account, "type").as_deref() == Some("Organization") {
             self.api
                 .get_all(&self.url(&format!("/orgs/{}/repos?type=all&per_page=100", self.owner)))?
+        } else if self.app.is_some() {
+            // An app installed on a user account sees that account's private repositories
+            // only through its installation.
+            let mut all = Vec::new();
+            let mut next = Some(self.url("/installation/repositories?per_page=100"));
+            while let Some(url) = next {
+                let page = self.api.get(&url)?;
+                let body: Value = serde_json::from_slice(&page.body)
+                    .map_err(|e| ProviderError::BadResponse(format!("{url}: {e}")))?;
+                if let Some(list) = body.get("repositories").and_then(Value::as_array) {
+                    all.extend(list.iter().cloned());
+                }
+                next = page.next;
+            }
+            all
         } else {
             // A user's private repositories are visible only through /user/repos, when the
             // token is theirs.
@@ -170,6 +329,7 @@ impl Provider for GitHub<'_> {
         previous: Option<&MetadataMap>,
         sink: &mut dyn MetadataSink,
     ) -> Result<MetadataMap, ProviderError> {
+        self.authenticate()?;
         let mut map = previous.cloned().unwrap_or_default();
         map.format = 1;
         map.provider = "github".into();
@@ -282,5 +442,17 @@ impl Provider for GitHub<'_> {
 
     fn stats(&self) -> RequestStats {
         self.api.stats
+    }
+
+    fn git_credentials(&mut self) -> Result<Option<crate::git::Credentials>, ProviderError> {
+        self.authenticate()?;
+        let secret = match &self.app {
+            Some(app) => app.token.as_ref().map(|(t, _)| t.clone()),
+            None => self.token.clone(),
+        };
+        Ok(secret.map(|secret| crate::git::Credentials {
+            username: "x-access-token".into(),
+            secret,
+        }))
     }
 }

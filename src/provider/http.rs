@@ -9,9 +9,7 @@ use age::secrecy::{ExposeSecret, SecretString};
 use chrono::{DateTime, Utc};
 use reqwest::StatusCode;
 use reqwest::blocking::{Client, Response};
-use reqwest::header::{
-    ACCEPT, AUTHORIZATION, ETAG, HeaderMap, IF_NONE_MATCH, LINK, RETRY_AFTER, USER_AGENT,
-};
+use reqwest::header::{ACCEPT, ETAG, HeaderMap, IF_NONE_MATCH, LINK, RETRY_AFTER, USER_AGENT};
 use serde_json::Value;
 
 use super::ProviderError;
@@ -27,10 +25,65 @@ pub struct RequestStats {
     pub retries: u64,
 }
 
+/// How requests authenticate: one header whose value is secret.
+#[derive(Clone)]
+pub struct Auth {
+    name: &'static str,
+    value: SecretString,
+    /// The part of `value` that must never be shown (the token itself).
+    secret: SecretString,
+}
+
+impl Auth {
+    /// `Authorization: <scheme> <token>` (GitHub and GitLab `Bearer`, Gitea `token`).
+    pub fn scheme(scheme: &str, token: &SecretString) -> Auth {
+        Auth {
+            name: "authorization",
+            value: SecretString::from(format!("{scheme} {}", token.expose_secret())),
+            secret: token.clone(),
+        }
+    }
+
+    /// A header holding the bare token (GitLab's `PRIVATE-TOKEN`).
+    pub fn header(name: &'static str, token: &SecretString) -> Auth {
+        Auth {
+            name,
+            value: token.clone(),
+            secret: token.clone(),
+        }
+    }
+
+    /// HTTP Basic (Bitbucket app passwords and API tokens).
+    pub fn basic(username: &str, secret: &SecretString) -> Auth {
+        use base64::Engine;
+        let raw = format!("{username}:{}", secret.expose_secret());
+        Auth {
+            name: "authorization",
+            value: SecretString::from(format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(raw)
+            )),
+            secret: secret.clone(),
+        }
+    }
+
+    /// Replaces the secret (and its encodings in the header value) in a message.
+    pub fn scrub(&self, text: &str) -> String {
+        let mut text = text.to_string();
+        for s in [self.secret.expose_secret(), self.value.expose_secret()] {
+            if !s.is_empty() {
+                text = text.replace(s, "***");
+            }
+        }
+        text
+    }
+}
+
 pub struct ApiClient<'i> {
     http: Client,
-    token: Option<SecretString>,
-    auth_scheme: &'static str,
+    auth: Option<Auth>,
+    accept: &'static str,
+    extra_headers: Vec<(&'static str, &'static str)>,
     cache: Option<&'i Index>,
     /// The longest a rate limit may make us wait before giving up for this run.
     pub max_wait: Duration,
@@ -70,9 +123,12 @@ pub fn shown(url: &str) -> String {
 }
 
 impl<'i> ApiClient<'i> {
+    /// A client sending `accept` as the `Accept` header (GitHub's media type, or
+    /// `application/json`) and `extra_headers` with every request.
     pub fn new(
-        token: Option<SecretString>,
-        auth_scheme: &'static str,
+        auth: Option<Auth>,
+        accept: &'static str,
+        extra_headers: Vec<(&'static str, &'static str)>,
         cache: Option<&'i Index>,
     ) -> Result<Self, ProviderError> {
         let http = Client::builder()
@@ -82,33 +138,48 @@ impl<'i> ApiClient<'i> {
             .map_err(|e| ProviderError::Network(e.to_string()))?;
         Ok(ApiClient {
             http,
-            token,
-            auth_scheme,
+            auth,
+            accept,
+            extra_headers,
             cache,
             max_wait: Duration::from_secs(60),
             stats: RequestStats::default(),
         })
     }
 
+    /// Replaces the authentication (GitHub App installation tokens are renewed mid-run).
+    pub fn set_auth(&mut self, auth: Option<Auth>) {
+        self.auth = auth;
+    }
+
+    /// Hides the current secret in a message.
+    pub fn scrub(&self, text: &str) -> String {
+        match &self.auth {
+            Some(a) => a.scrub(text),
+            None => text.to_string(),
+        }
+    }
+
     fn send(
         &mut self,
+        method: reqwest::Method,
         url: &str,
         accept: &str,
         etag: Option<&str>,
+        extra_auth: Option<&Auth>,
     ) -> Result<Response, ProviderError> {
         let mut attempt = 0;
         loop {
             let mut request = self
                 .http
-                .get(url)
+                .request(method.clone(), url)
                 .header(USER_AGENT, concat!("gitvault/", env!("CARGO_PKG_VERSION")))
-                .header(ACCEPT, accept)
-                .header("X-GitHub-Api-Version", "2022-11-28");
-            if let Some(token) = &self.token {
-                request = request.header(
-                    AUTHORIZATION,
-                    format!("{} {}", self.auth_scheme, token.expose_secret()),
-                );
+                .header(ACCEPT, accept);
+            for (name, value) in &self.extra_headers {
+                request = request.header(*name, *value);
+            }
+            if let Some(auth) = extra_auth.or(self.auth.as_ref()) {
+                request = request.header(auth.name, auth.value.expose_secret());
             }
             if let Some(tag) = etag {
                 request = request.header(IF_NONE_MATCH, tag);
@@ -154,8 +225,13 @@ impl<'i> ApiClient<'i> {
                         until: Utc::now() + chrono::Duration::from_std(wait).unwrap_or_default(),
                     });
                 }
-                if header(headers, "x-ratelimit-remaining") == Some("0") {
+                // GitHub and Gitea say X-RateLimit-*, GitLab RateLimit-*; both give the reset
+                // as epoch seconds.
+                let remaining = header(headers, "x-ratelimit-remaining")
+                    .or_else(|| header(headers, "ratelimit-remaining"));
+                if remaining == Some("0") {
                     let reset = header(headers, "x-ratelimit-reset")
+                        .or_else(|| header(headers, "ratelimit-reset"))
                         .and_then(|v| v.parse::<i64>().ok())
                         .and_then(|t| DateTime::<Utc>::from_timestamp(t, 0))
                         .unwrap_or_else(Utc::now);
@@ -187,10 +263,7 @@ impl<'i> ApiClient<'i> {
             .ok()
             .and_then(|v| v.get("message").and_then(Value::as_str).map(str::to_string))
             .unwrap_or_else(|| body.chars().take(200).collect());
-        let message = match &self.token {
-            Some(t) if !t.expose_secret().is_empty() => message.replace(t.expose_secret(), "***"),
-            _ => message,
-        };
+        let message = self.scrub(&message);
         Err(match status {
             StatusCode::UNAUTHORIZED => ProviderError::Unauthorized(message),
             StatusCode::NOT_FOUND => ProviderError::NotFound(shown(url)),
@@ -209,9 +282,11 @@ impl<'i> ApiClient<'i> {
             None => None,
         };
         let response = self.send(
+            reqwest::Method::GET,
             url,
-            "application/vnd.github+json",
+            self.accept,
             cached.as_ref().map(|c| c.etag.as_str()),
+            None,
         )?;
         let response = self.check(url, response)?;
         if response.status() == StatusCode::NOT_MODIFIED
@@ -279,9 +354,38 @@ impl<'i> ApiClient<'i> {
         url: &str,
         out: &mut dyn FnMut(&mut dyn std::io::Read) -> Result<(), ProviderError>,
     ) -> Result<(), ProviderError> {
-        let response = self.send(url, "application/octet-stream", None)?;
+        let response = self.send(
+            reqwest::Method::GET,
+            url,
+            "application/octet-stream",
+            None,
+            None,
+        )?;
         let mut response = self.check(url, response)?;
         out(&mut response)
+    }
+
+    /// A POST without a body, authenticated with `auth` instead of the client's own (GitHub
+    /// App installation tokens are asked for with the app's JWT). Never cached.
+    pub fn post_json(&mut self, url: &str, auth: &Auth) -> Result<Value, ProviderError> {
+        let response = self.send(reqwest::Method::POST, url, self.accept, None, Some(auth))?;
+        let response = self.check(url, response)?;
+        let body = response
+            .bytes()
+            .map_err(|e| ProviderError::Network(format!("{}: {}", shown(url), e.without_url())))?;
+        serde_json::from_slice(&body)
+            .map_err(|e| ProviderError::BadResponse(format!("{}: {e}", shown(url))))
+    }
+
+    /// A GET authenticated with `auth` instead of the client's own, not cached.
+    pub fn get_json_as(&mut self, url: &str, auth: &Auth) -> Result<Value, ProviderError> {
+        let response = self.send(reqwest::Method::GET, url, self.accept, None, Some(auth))?;
+        let response = self.check(url, response)?;
+        let body = response
+            .bytes()
+            .map_err(|e| ProviderError::Network(format!("{}: {}", shown(url), e.without_url())))?;
+        serde_json::from_slice(&body)
+            .map_err(|e| ProviderError::BadResponse(format!("{}: {e}", shown(url))))
     }
 }
 

@@ -3,7 +3,10 @@
 //! documents. Providers know nothing of packs or snapshots: they hand documents and binaries to
 //! a `MetadataSink` and get back the ids the sink assigns.
 
+pub mod bitbucket;
+pub mod gitea;
 pub mod github;
+pub mod gitlab;
 pub mod http;
 
 use std::collections::BTreeMap;
@@ -55,6 +58,16 @@ pub struct SourceConfig {
     pub api_url: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token_env: Option<String>,
+    /// Name of the variable holding the user name that goes with the token where the API
+    /// wants Basic auth (Bitbucket: the Atlassian account e-mail for API tokens, the Bitbucket
+    /// user name for app passwords).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username_env: Option<String>,
+    /// GitHub App authentication instead of a token: the app's id and its private key file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app_id: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app_key_file: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub include: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -80,11 +93,19 @@ impl SourceConfig {
             return Err(bad("names may hold letters, digits, `-` and `_` only"));
         }
         match self.provider.as_str() {
-            "github" => {}
-            "gitlab" | "bitbucket" | "gitea" => {
-                return Err(bad("this provider is not implemented yet (docs/STATUS.md)"));
-            }
+            "github" | "gitlab" | "bitbucket" | "gitea" => {}
             _ => return Err(bad("unknown provider (github, gitlab, bitbucket, gitea)")),
+        }
+        if (self.app_id.is_some() || self.app_key_file.is_some()) && self.provider != "github" {
+            return Err(bad("--app-id and --app-key-file are for GitHub Apps only"));
+        }
+        if self.app_id.is_some() != self.app_key_file.is_some() {
+            return Err(bad("a GitHub App needs both --app-id and --app-key-file"));
+        }
+        if self.app_id.is_some() && self.token_env.is_some() {
+            return Err(bad(
+                "use either a token (--token-env) or a GitHub App, not both",
+            ));
         }
         if self.owner.is_empty() || self.owner.contains(['/', '?', '#', ' ']) {
             return Err(bad("--owner must be an organisation or user name"));
@@ -127,6 +148,17 @@ impl SourceConfig {
         match &self.token_env {
             Some(var) => match std::env::var(var) {
                 Ok(v) if !v.is_empty() => Ok(Some(age::secrecy::SecretString::from(v))),
+                _ => Err(ProviderError::MissingToken(var.clone())),
+            },
+            None => Ok(None),
+        }
+    }
+
+    /// The user name from `--username-env`, when one is configured.
+    pub fn username(&self) -> Result<Option<String>, ProviderError> {
+        match &self.username_env {
+            Some(var) => match std::env::var(var) {
+                Ok(v) if !v.is_empty() => Ok(Some(v)),
                 _ => Err(ProviderError::MissingToken(var.clone())),
             },
             None => Ok(None),
@@ -196,8 +228,9 @@ pub struct MetadataMap {
     pub state: BTreeMap<String, String>,
 }
 
-/// A provider of one kind, for one source.
-pub trait Provider {
+/// A provider of one kind, for one source. `Send` because a parallel run gives each worker
+/// thread its own instance.
+pub trait Provider: Send {
     fn list_repositories(&mut self) -> Result<Vec<RepoInfo>, ProviderError>;
     /// Exports the metadata of `repo`, reusing what `previous` already holds when nothing
     /// changed.
@@ -208,6 +241,9 @@ pub trait Provider {
         sink: &mut dyn MetadataSink,
     ) -> Result<MetadataMap, ProviderError>;
     fn stats(&self) -> http::RequestStats;
+    /// The credentials git uses to fetch this source's repositories, asked for before each
+    /// repository (a GitHub App renews its installation token here when it is near expiry).
+    fn git_credentials(&mut self) -> Result<Option<crate::git::Credentials>, ProviderError>;
 }
 
 pub fn open_provider<'i>(
@@ -217,6 +253,9 @@ pub fn open_provider<'i>(
     source.validate()?;
     match source.provider.as_str() {
         "github" => Ok(Box::new(github::GitHub::new(source, cache)?)),
+        "gitlab" => Ok(Box::new(gitlab::GitLab::new(source, cache)?)),
+        "gitea" => Ok(Box::new(gitea::Gitea::new(source, cache)?)),
+        "bitbucket" => Ok(Box::new(bitbucket::Bitbucket::new(source, cache)?)),
         _ => Err(ProviderError::BadSource {
             name: source.name.clone(),
             reason: "unsupported provider".into(),
