@@ -8,6 +8,8 @@
 //! durable, so a crash or a failure never leaves a half-ingested closure behind.
 
 use std::path::PathBuf;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use serde::Serialize;
@@ -79,9 +81,54 @@ pub struct RepoReport {
     pub objects_added: u64,
     /// Bytes uploaded to targets for this repository (all replicas).
     pub bytes_uploaded: u64,
+    /// New unique bytes (before compression) this repository added to the vault.
+    pub bytes_added: u64,
     pub seconds: f64,
     pub metadata_documents: Option<usize>,
     pub error: Option<String>,
+}
+
+/// The single writer of a run: the chunk store and the snapshots waiting for a flush. A
+/// parallel run shares it between its workers behind a mutex; network work (advertisement,
+/// fetch, API requests) and the walk happen outside the lock, storing inside it.
+pub struct Writer<'v> {
+    pub store: ChunkStore<'v>,
+    pub deferred: Deferred,
+}
+
+impl<'v> Writer<'v> {
+    pub fn new(store: ChunkStore<'v>) -> Writer<'v> {
+        Writer {
+            store,
+            deferred: Deferred::default(),
+        }
+    }
+}
+
+/// What one repository's own store calls added: measured inside each locked section, so that
+/// workers running side by side do not count each other's bytes.
+#[derive(Default)]
+struct Tally {
+    raw_added: u64,
+    uploaded: u64,
+}
+
+fn locked<'v, T>(
+    writer: &Mutex<Writer<'v>>,
+    tally: &mut Tally,
+    f: impl FnOnce(&mut Writer<'v>) -> T,
+) -> T {
+    // A worker that panicked while storing cannot have recorded a snapshot (rows are written
+    // only after a flush), so the others may go on.
+    let mut w = writer.lock().unwrap_or_else(|e| e.into_inner());
+    let before = (
+        w.store.report().raw_bytes_added,
+        w.store.report().bytes_uploaded,
+    );
+    let out = f(&mut w);
+    tally.raw_added += w.store.report().raw_bytes_added - before.0;
+    tally.uploaded += w.store.report().bytes_uploaded - before.1;
+    out
 }
 
 /// Objects the walk may skip: those the vault already has (with their whole closure).
@@ -123,22 +170,30 @@ fn ingest_order(objects: &mut [Reached]) {
 pub fn backup_repository(
     vault: &Vault,
     keys: &VaultKeys,
-    store: &mut ChunkStore<'_>,
-    deferred: &mut Deferred,
+    writer: &Mutex<Writer<'_>>,
     request: &BackupRequest,
     metadata: Option<(&mut dyn Provider, &RepoInfo)>,
 ) -> RepoReport {
     let started = Instant::now();
-    let uploaded_before = store.report().bytes_uploaded;
+    let mut tally = Tally::default();
     let mut report = RepoReport::new(
         request.name.clone().unwrap_or_else(|| request.url.clone()),
         request.url.clone(),
         RepoStatus::Failed,
         None,
     );
-    let result = run(vault, keys, store, deferred, request, metadata, &mut report);
+    let result = run(
+        vault,
+        keys,
+        writer,
+        &mut tally,
+        request,
+        metadata,
+        &mut report,
+    );
     report.seconds = started.elapsed().as_secs_f64();
-    report.bytes_uploaded = store.report().bytes_uploaded - uploaded_before;
+    report.bytes_uploaded = tally.uploaded;
+    report.bytes_added = tally.raw_added;
     if let Err(BackupError::RateLimited { .. }) = &result {
         let message = result.err().map(|e| e.to_string()).unwrap_or_default();
         report.error = Some(message);
@@ -164,8 +219,8 @@ fn cache_path(vault: &Vault, repo: &str) -> PathBuf {
 fn run(
     vault: &Vault,
     keys: &VaultKeys,
-    store: &mut ChunkStore<'_>,
-    deferred: &mut Deferred,
+    writer: &Mutex<Writer<'_>>,
+    tally: &mut Tally,
     request: &BackupRequest,
     metadata: Option<(&mut dyn Provider, &RepoInfo)>,
     report: &mut RepoReport,
@@ -201,38 +256,43 @@ fn run(
 
     let mut new_objects = Vec::new();
     if !unchanged {
-        new_objects = ingest(vault, store, &cache, &fetched.refs)?;
+        new_objects = ingest(vault, writer, tally, &cache, &fetched.refs)?;
     }
     let mut object_maps = Vec::new();
     if !new_objects.is_empty() {
         let map = snapshot::encode_object_map(&new_objects);
-        object_maps.push(store.put(ChunkKind::ObjectMap, &map)?.to_hex());
+        object_maps
+            .push(locked(writer, tally, |w| w.store.put(ChunkKind::ObjectMap, &map))?.to_hex());
     }
     let mut metadata_id = None;
     let mut metadata_error = None;
     if let Some((provider, repo)) = metadata {
         let previous_map = match &previous {
-            Some(p) => previous_metadata(store, &p.manifest),
+            Some(p) => locked(writer, tally, |w| previous_metadata(&w.store, &p.manifest)),
             None => None,
         };
-        let mut sink = StoreSink { store: &mut *store };
-        match provider.export_metadata(repo, previous_map.as_ref(), &mut sink) {
+        let mut sink = StoreSink {
+            writer,
+            tally: &mut *tally,
+        };
+        let exported = provider.export_metadata(repo, previous_map.as_ref(), &mut sink);
+        let map = match exported {
             Ok(map) => {
                 report.metadata_documents = Some(map.documents.len());
-                let json = serde_json::to_vec(&map).unwrap_or_default();
-                metadata_id = Some(store.put(ChunkKind::Metadata, &json)?.to_hex());
+                Some(map)
             }
             Err(e) => {
                 // Keep the git snapshot; carry the previous metadata over unchanged.
-                if let Some(prev) = &previous_map {
-                    let json = serde_json::to_vec(prev).unwrap_or_default();
-                    metadata_id = Some(store.put(ChunkKind::Metadata, &json)?.to_hex());
-                }
                 metadata_error = Some(e);
+                previous_map
             }
+        };
+        if let Some(map) = map {
+            let json = serde_json::to_vec(&map).unwrap_or_default();
+            metadata_id =
+                Some(locked(writer, tally, |w| w.store.put(ChunkKind::Metadata, &json))?.to_hex());
         }
     }
-    store.put_chunk(ChunkKind::RefSet, &refset_bytes)?;
     let manifest = Manifest {
         format: 1,
         repo: name.clone(),
@@ -245,11 +305,11 @@ fn run(
         objects_added: new_objects.len() as u64,
         metadata: metadata_id,
     };
-    let manifest_id = store.put_chunk(ChunkKind::Manifest, &manifest.encode())?;
+    let manifest_bytes = manifest.encode();
     let pending = PendingSnapshot {
         repo: name.clone(),
         time: manifest.time,
-        manifest: manifest_id,
+        manifest: id_key.chunk_id(&manifest_bytes),
         refset: refset_id,
         head: head_text(&fetched.refs),
         ref_count: fetched.refs.refs.len() as u64,
@@ -258,13 +318,18 @@ fn run(
     };
     report.snapshot = Some(pending.id());
     report.objects_added = pending.new_objects.len() as u64;
-    deferred.waiting.push(pending);
-    if !unchanged {
-        // Invariant 2: every pack this snapshot needs is durable before the row exists.
-        // Unchanged repositories wait for the next flush, so that a run over many of them
-        // writes one small pack instead of one per repository.
-        commit_deferred(vault, store, deferred)?;
-    }
+    locked(writer, tally, |w| -> Result<(), BackupError> {
+        w.store.put_chunk(ChunkKind::RefSet, &refset_bytes)?;
+        w.store.put_chunk(ChunkKind::Manifest, &manifest_bytes)?;
+        w.deferred.waiting.push(pending);
+        if !unchanged {
+            // Invariant 2: every pack this snapshot needs is durable before the row exists.
+            // Unchanged repositories wait for the next flush, so that a run over many of them
+            // writes one small pack instead of one per repository.
+            commit_deferred(vault, w)?;
+        }
+        Ok(())
+    })?;
     report.status = if unchanged {
         RepoStatus::Unchanged
     } else {
@@ -311,11 +376,8 @@ pub struct Deferred {
 }
 
 /// Makes every pending snapshot durable and records it: flush, then one row each.
-pub fn commit_deferred(
-    vault: &Vault,
-    store: &mut ChunkStore<'_>,
-    deferred: &mut Deferred,
-) -> Result<(), BackupError> {
+pub fn commit_deferred(vault: &Vault, writer: &mut Writer<'_>) -> Result<(), BackupError> {
+    let Writer { store, deferred } = writer;
     if deferred.waiting.is_empty() {
         return Ok(());
     }
@@ -353,7 +415,8 @@ fn previous_metadata(
 
 /// Metadata documents go into the chunk store: compact JSON, deduplicated like everything else.
 struct StoreSink<'s, 'v> {
-    store: &'s mut ChunkStore<'v>,
+    writer: &'s Mutex<Writer<'v>>,
+    tally: &'s mut Tally,
 }
 
 impl MetadataSink for StoreSink<'_, '_> {
@@ -362,22 +425,24 @@ impl MetadataSink for StoreSink<'_, '_> {
         value: &serde_json::Value,
     ) -> Result<crate::crypto::ChunkId, ProviderError> {
         let bytes = serde_json::to_vec(value).map_err(|e| ProviderError::Store(e.to_string()))?;
-        self.store
-            .put(ChunkKind::Metadata, &bytes)
-            .map_err(|e| ProviderError::Store(e.to_string()))
+        locked(self.writer, self.tally, |w| {
+            w.store.put(ChunkKind::Metadata, &bytes)
+        })
+        .map_err(|e| ProviderError::Store(e.to_string()))
     }
     fn binary(
         &mut self,
         input: &mut dyn std::io::Read,
     ) -> Result<crate::crypto::ChunkId, ProviderError> {
-        self.store
-            .put_reader(ChunkKind::Data, input)
-            .map(|(id, _)| id)
-            .map_err(|e| ProviderError::Store(e.to_string()))
+        // The download streams under the lock: other workers wait to store, not to fetch.
+        locked(self.writer, self.tally, |w| {
+            w.store.put_reader(ChunkKind::Data, input)
+        })
+        .map(|(id, _)| id)
+        .map_err(|e| ProviderError::Store(e.to_string()))
     }
     fn read(&mut self, id: &crate::crypto::ChunkId) -> Result<Vec<u8>, ProviderError> {
-        self.store
-            .get(id)
+        locked(self.writer, self.tally, |w| w.store.get(id))
             .map_err(|e| ProviderError::Store(e.to_string()))
     }
 }
@@ -393,10 +458,8 @@ pub struct SourceReport {
     pub error: Option<String>,
 }
 
-/// Backs up every repository (and wiki) of a source that its filters keep, with metadata. One
-/// repository's failure does not stop the others; a rate limit stops the source cleanly and
-/// says when to resume (repositories done keep their snapshots).
 /// What a source run tells its caller as it goes (progress display, live report lines).
+/// Called from worker threads, one call at a time.
 pub enum SourceEvent<'a> {
     /// The repositories the filters kept, before any is backed up.
     Selected(usize),
@@ -404,13 +467,29 @@ pub enum SourceEvent<'a> {
     Done(&'a RepoReport),
 }
 
+/// The default number of repositories backed up at once: the work is mostly waiting on the
+/// network, and storing is serialised anyway.
+pub const DEFAULT_JOBS: usize = 4;
+
+/// One unit of work of a source run.
+struct Job<'r> {
+    repo: &'r RepoInfo,
+    /// `Some(name)` for the repository's wiki, stored as `name`.
+    wiki: Option<String>,
+}
+
+/// Backs up every repository (and wiki) of a source that its filters keep, with metadata,
+/// `jobs` at a time; each worker has its own API client, so at most `jobs` requests are in
+/// flight against the provider. One repository's failure does not stop the others; a rate
+/// limit stops the source cleanly and says when to resume (repositories done keep their
+/// snapshots).
 pub fn backup_source(
     vault: &Vault,
     keys: &VaultKeys,
-    store: &mut ChunkStore<'_>,
-    deferred: &mut Deferred,
+    writer: &Mutex<Writer<'_>>,
     source: &SourceConfig,
-    progress: &mut dyn FnMut(SourceEvent<'_>),
+    jobs: usize,
+    progress: &(dyn Fn(SourceEvent<'_>) + Sync),
 ) -> SourceReport {
     let mut report = SourceReport {
         source: source.name.clone(),
@@ -435,7 +514,8 @@ pub fn backup_source(
         .scrub(&text),
         None => text,
     };
-    let mut provider = match crate::provider::open_provider(source, Some(vault.index())) {
+    let open = || crate::provider::open_provider(source, Some(vault.index()));
+    let mut provider = match open() {
         Ok(p) => p,
         Err(e) => {
             report.error = Some(scrub(e.to_string()));
@@ -461,77 +541,171 @@ pub fn backup_source(
     let selected: Vec<RepoInfo> = repos.into_iter().filter(|r| filter.keeps(r)).collect();
     report.selected = selected.len();
     progress(SourceEvent::Selected(selected.len()));
-    let credentials = token.clone().map(|secret| Credentials {
-        username: "x-access-token".into(),
-        secret,
-    });
-    let mut stopped: Option<String> = None;
+
+    let mut work = Vec::new();
     for repo in &selected {
-        if let Some(reason) = &stopped {
-            report.repositories.push(skipped(repo, reason));
-            if let Some(last) = report.repositories.last() {
-                progress(SourceEvent::Done(last));
-            }
-            continue;
-        }
-        let request = BackupRequest {
-            url: repo.clone_url.clone(),
-            name: None,
-            credentials: credentials.clone(),
-        };
-        let mut line = backup_repository(
-            vault,
-            keys,
-            store,
-            deferred,
-            &request,
-            Some((provider.as_mut(), repo)),
-        );
-        if let Some(e) = line.error.take() {
-            line.error = Some(scrub(e));
-        }
-        if line
-            .error
-            .as_deref()
-            .is_some_and(|e| e.contains("rate limited until"))
+        work.push(Job { repo, wiki: None });
+        if repo.wiki_url.is_some()
+            && let Ok(spec) = git::parse_remote(&repo.clone_url)
         {
-            stopped = line.error.clone();
-        }
-        let repo_name = line.repo.clone();
-        progress(SourceEvent::Done(&line));
-        report.repositories.push(line);
-        if let Some(wiki) = &repo.wiki_url {
-            let request = BackupRequest {
-                url: wiki.clone(),
-                name: Some(format!("{repo_name}.wiki")),
-                credentials: credentials.clone(),
-            };
-            let mut line = backup_repository(vault, keys, store, deferred, &request, None);
-            if line.status == RepoStatus::Failed {
-                let missing = line
-                    .error
-                    .as_deref()
-                    .is_some_and(|e| e.contains("does not exist"));
-                if missing {
-                    // has_wiki is on by default: most repositories have no wiki repository.
-                    line.status = RepoStatus::Skipped;
-                    line.error = Some("no wiki repository".into());
-                } else if let Some(e) = line.error.take() {
-                    line.error = Some(scrub(e));
-                }
-            }
-            progress(SourceEvent::Done(&line));
-            report.repositories.push(line);
+            work.push(Job {
+                repo,
+                wiki: Some(format!("{}.wiki", spec.default_name)),
+            });
         }
     }
-    report.api = provider.stats();
+    let next = AtomicUsize::new(0);
+    let stopped: Mutex<Option<String>> = Mutex::new(None);
+    let lines: Mutex<Vec<(usize, RepoReport)>> = Mutex::new(Vec::new());
+    let api = Mutex::new(crate::provider::http::RequestStats::default());
+    let jobs = jobs.clamp(1, work.len().max(1));
+    let first = Mutex::new(Some(provider));
+    std::thread::scope(|scope| {
+        for _ in 0..jobs {
+            scope.spawn(|| {
+                let taken = first.lock().unwrap_or_else(|e| e.into_inner()).take();
+                let mut provider = match taken.map(Ok).unwrap_or_else(open) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        // Without a client this worker takes no work; the others go on.
+                        tracing::warn!(error = %scrub(e.to_string()), "a worker could not start");
+                        return;
+                    }
+                };
+                loop {
+                    let i = next.fetch_add(1, Ordering::SeqCst);
+                    let Some(job) = work.get(i) else { break };
+                    let halt = stopped.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                    let line = match halt {
+                        Some(reason) => skipped(job.repo, job.wiki.as_deref(), &reason),
+                        None => {
+                            let line = backup_job(vault, keys, writer, provider.as_mut(), job);
+                            let line = RepoReport {
+                                error: line.error.map(&scrub),
+                                ..line
+                            };
+                            if job.wiki.is_none()
+                                && line
+                                    .error
+                                    .as_deref()
+                                    .is_some_and(|e| e.contains("rate limited until"))
+                            {
+                                *stopped.lock().unwrap_or_else(|e| e.into_inner()) =
+                                    line.error.clone();
+                            }
+                            line
+                        }
+                    };
+                    progress(SourceEvent::Done(&line));
+                    lines
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push((i, line));
+                }
+                let stats = provider.stats();
+                let mut total = api.lock().unwrap_or_else(|e| e.into_inner());
+                total.requests += stats.requests;
+                total.not_modified += stats.not_modified;
+                total.retries += stats.retries;
+            });
+        }
+    });
+    let mut lines = lines.into_inner().unwrap_or_else(|e| e.into_inner());
+    lines.sort_by_key(|(i, _)| *i);
+    report.repositories = lines.into_iter().map(|(_, l)| l).collect();
+    report.api = api.into_inner().unwrap_or_else(|e| e.into_inner());
+    if report.repositories.len() < work.len() {
+        report.error = Some("no worker could reach the API".into());
+    }
     report
 }
 
-fn skipped(repo: &RepoInfo, reason: &str) -> RepoReport {
+/// Backs up repositories given by URL, `jobs` at a time; reports come back in request order.
+pub fn backup_urls(
+    vault: &Vault,
+    keys: &VaultKeys,
+    writer: &Mutex<Writer<'_>>,
+    requests: &[BackupRequest],
+    jobs: usize,
+    done: &(dyn Fn(&RepoReport) + Sync),
+) -> Vec<RepoReport> {
+    let next = AtomicUsize::new(0);
+    let lines: Mutex<Vec<(usize, RepoReport)>> = Mutex::new(Vec::new());
+    std::thread::scope(|scope| {
+        for _ in 0..jobs.clamp(1, requests.len().max(1)) {
+            scope.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, Ordering::SeqCst);
+                    let Some(request) = requests.get(i) else {
+                        break;
+                    };
+                    let line = backup_repository(vault, keys, writer, request, None);
+                    done(&line);
+                    lines
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push((i, line));
+                }
+            });
+        }
+    });
+    let mut lines = lines.into_inner().unwrap_or_else(|e| e.into_inner());
+    lines.sort_by_key(|(i, _)| *i);
+    lines.into_iter().map(|(_, l)| l).collect()
+}
+
+/// Backs up one repository of a source, or its wiki.
+fn backup_job(
+    vault: &Vault,
+    keys: &VaultKeys,
+    writer: &Mutex<Writer<'_>>,
+    provider: &mut dyn Provider,
+    job: &Job<'_>,
+) -> RepoReport {
+    let credentials = match provider.git_credentials() {
+        Ok(c) => c,
+        Err(e) => {
+            let mut line = skipped(job.repo, job.wiki.as_deref(), "");
+            line.status = RepoStatus::Failed;
+            line.error = Some(format!("credentials: {e}"));
+            return line;
+        }
+    };
+    let Some(name) = &job.wiki else {
+        let request = BackupRequest {
+            url: job.repo.clone_url.clone(),
+            name: None,
+            credentials,
+        };
+        return backup_repository(vault, keys, writer, &request, Some((provider, job.repo)));
+    };
+    let request = BackupRequest {
+        url: job.repo.wiki_url.clone().unwrap_or_default(),
+        name: Some(name.clone()),
+        credentials,
+    };
+    let mut line = backup_repository(vault, keys, writer, &request, None);
+    if line.status == RepoStatus::Failed
+        && line
+            .error
+            .as_deref()
+            .is_some_and(|e| e.contains("does not exist"))
+    {
+        // has_wiki is on by default: most repositories have no wiki repository.
+        line.status = RepoStatus::Skipped;
+        line.error = Some("no wiki repository".into());
+    }
+    line
+}
+
+fn skipped(repo: &RepoInfo, wiki: Option<&str>, reason: &str) -> RepoReport {
     RepoReport::new(
-        repo.full_name.clone(),
-        repo.clone_url.clone(),
+        wiki.map(str::to_string)
+            .unwrap_or_else(|| repo.full_name.clone()),
+        repo.wiki_url
+            .clone()
+            .filter(|_| wiki.is_some())
+            .unwrap_or_else(|| repo.clone_url.clone()),
         RepoStatus::Skipped,
         Some(format!("not attempted: {reason}")),
     )
@@ -548,6 +722,7 @@ impl RepoReport {
             objects_received: 0,
             objects_added: 0,
             bytes_uploaded: 0,
+            bytes_added: 0,
             seconds: 0.0,
             metadata_documents: None,
             error,
@@ -574,7 +749,8 @@ pub fn head_text(refs: &RefSet) -> Option<String> {
 /// Stores every object reachable from the refs that the vault lacks; returns their entries.
 fn ingest(
     vault: &Vault,
-    store: &mut ChunkStore<'_>,
+    writer: &Mutex<Writer<'_>>,
+    tally: &mut Tally,
     cache: &std::path::Path,
     refs: &RefSet,
 ) -> Result<Vec<ObjectEntry>, BackupError> {
@@ -595,16 +771,19 @@ fn ingest(
         "walked new objects"
     );
     let phase = Instant::now();
-    let mut entries = Vec::with_capacity(reached.len());
-    for r in &reached {
-        let (kind, data) = reader.read(&r.oid)?;
-        let chunk = store.put(kind.chunk_kind(), &data)?;
-        entries.push(ObjectEntry {
-            oid: r.oid,
-            kind,
-            chunk,
-        });
-    }
+    let entries = locked(writer, tally, |w| -> Result<_, BackupError> {
+        let mut entries = Vec::with_capacity(reached.len());
+        for r in &reached {
+            let (kind, data) = reader.read(&r.oid)?;
+            let chunk = w.store.put(kind.chunk_kind(), &data)?;
+            entries.push(ObjectEntry {
+                oid: r.oid,
+                kind,
+                chunk,
+            });
+        }
+        Ok(entries)
+    })?;
     tracing::info!(seconds = phase.elapsed().as_secs_f64(), "stored objects");
     Ok(entries)
 }

@@ -657,7 +657,7 @@ mod tests {
         let index = Index::open(&path).unwrap();
         assert_eq!(index.totals().unwrap().packs, 0);
         index
-            .conn
+            .conn()
             .pragma_update(None, "user_version", SCHEMA_VERSION + 1)
             .unwrap();
         drop(index);

@@ -26,6 +26,10 @@ pub struct BackupArgs {
     /// brings them level.
     #[arg(long)]
     pub min_replicas: Option<usize>,
+    /// Repositories backed up at once (and API requests in flight per source). Fetching and
+    /// API calls overlap; storing is one at a time.
+    #[arg(long, short = 'j', default_value_t = backup::DEFAULT_JOBS as u16, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub jobs: u16,
 }
 
 #[derive(clap::Args)]
@@ -166,30 +170,33 @@ pub fn backup(ctx: &Ctx, args: BackupArgs) -> Result<i32> {
     let keys = ctx.unlock(&vault)?;
     let lock = vault.lock()?;
     let credentials = Credentials::from_environment();
-    let mut store = vault.store(&keys, &lock);
-    let mut deferred = backup::Deferred::default();
-    let mut reports = Vec::new();
-    for url in &urls {
-        let request = BackupRequest {
+    let writer = std::sync::Mutex::new(backup::Writer::new(vault.store(&keys, &lock)));
+    let requests: Vec<BackupRequest> = urls
+        .iter()
+        .map(|url| BackupRequest {
             url: url.clone(),
             name: args.name.clone(),
             credentials: credentials.clone(),
-        };
-        let report =
-            backup::backup_repository(&vault, &keys, &mut store, &mut deferred, &request, None);
-        print_line(ctx, &report);
-        reports.push(report);
-    }
+        })
+        .collect();
+    let reports = backup::backup_urls(
+        &vault,
+        &keys,
+        &writer,
+        &requests,
+        usize::from(args.jobs),
+        &|line| print_line(ctx, line),
+    );
     let mut source_reports = Vec::new();
     for source in &sources {
         let bar = ctx.out.count_bar(&format!("source {}", source.name));
         let report = backup::backup_source(
             &vault,
             &keys,
-            &mut store,
-            &mut deferred,
+            &writer,
             source,
-            &mut |event| match event {
+            usize::from(args.jobs),
+            &|event| match event {
                 backup::SourceEvent::Selected(n) => bar.set_length(n as u64),
                 backup::SourceEvent::Done(line) => {
                     if !line.repo.ends_with(".wiki") {
@@ -209,7 +216,10 @@ pub fn backup(ctx: &Ctx, args: BackupArgs) -> Result<i32> {
     }
     // Unchanged repositories' snapshots are recorded together, after one final flush. Any whose
     // flush failed (here or during a later repository's) are reported as failed.
-    let final_commit = backup::commit_deferred(&vault, &mut store, &mut deferred);
+    let mut writer = writer.into_inner().unwrap_or_else(|e| e.into_inner());
+    let final_commit = backup::commit_deferred(&vault, &mut writer);
+    let backup::Writer { store, deferred } = writer;
+    let mut reports = reports;
     if !deferred.lost.is_empty() {
         let reason = match &final_commit {
             Err(e) => format!("the snapshot could not be made durable: {e}"),

@@ -7,6 +7,8 @@ use gitvault::provider::SourceConfig;
 
 use super::{Ctx, EXIT_OK};
 
+// Parsed once per process: the size of the largest variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 pub enum SourceCommand {
     /// Add an account: every repository of an organisation or user, with metadata.
