@@ -29,10 +29,15 @@ impl Drop for Api {
 
 impl Api {
     fn start(git_base: &str) -> Api {
+        Api::start_with(git_base, &["--token", TOKEN])
+    }
+
+    fn start_with(git_base: &str, extra: &[&str]) -> Api {
         let mut child = Command::new("python3")
             .arg(common::git_server::fixture("github_api.py"))
             .args(["--port", "0", "--generate-org", "acme", "--repos", "120"])
-            .args(["--git-base", git_base, "--token", TOKEN])
+            .args(["--git-base", git_base])
+            .args(extra)
             .stdout(Stdio::piped())
             .spawn()
             .expect("python3 for the GitHub fixture server");
@@ -408,4 +413,137 @@ fn rate_limits_errors_and_denied_repositories() {
     );
     assert!(!stderr(&out).contains("ghp_wrongTokenButStillSecret999"));
     assert_no_token_in(&tv.dir);
+}
+
+/// A GitHub App instead of a token: the app's JWT (RS256, checked by the fixture with the
+/// `openssl` CLI against the public key) buys installation tokens, which expire; with a
+/// lifetime barely above the renewal margin, a run must renew them as it goes.
+#[test]
+fn a_github_app_authenticates_and_renews_its_installation_token() {
+    let tv = TestVault::new();
+    let root = tv.tmp.path().join("served");
+    serve_repositories(&root);
+    // Installation tokens are minted by the fixture, so the git server cannot know them.
+    let git = HttpGitServer::start(&root, None);
+    let git_base = git.url("x").trim_end_matches("/x.git").to_string();
+    let key = tv.tmp.path().join("app.pem");
+    let public = tv.tmp.path().join("app.pub.pem");
+    // -traditional: the PKCS#1 form GitHub hands out ("BEGIN RSA PRIVATE KEY").
+    let ok = Command::new("openssl")
+        .args(["genrsa", "-traditional", "-out"])
+        .arg(&key)
+        .arg("2048")
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let ok = Command::new("openssl")
+        .args(["rsa", "-pubout", "-in"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&public)
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let api = Api::start_with(
+        &git_base,
+        &[
+            "--token",
+            TOKEN,
+            "--app-id",
+            "31337",
+            "--app-public-key",
+            public.to_str().unwrap(),
+            // Renewal starts when less than ten minutes remain: these tokens need renewing
+            // one second after they are issued.
+            "--installation-token-ttl",
+            "601",
+        ],
+    );
+    let add = |key_file: &Path, app_id: &str| {
+        tv.run(&[
+            "source",
+            "add",
+            "acme-app",
+            "--provider",
+            "github",
+            "--owner",
+            "acme",
+            "--api-url",
+            &api.url(),
+            "--app-id",
+            app_id,
+            "--app-key-file",
+            key_file.to_str().unwrap(),
+            "--include",
+            "repo-00[0-7]",
+        ])
+    };
+    let out = add(&key, "31337");
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    let (code, doc, err) = run_backup(&tv, &[]);
+    assert_eq!(code, Some(0), "{err}\n{doc}");
+    let lines = statuses(&doc);
+    assert_eq!(
+        lines.iter().filter(|(_, s)| s == "changed").count(),
+        9,
+        "8 repositories and repo-001's wiki: {lines:?}"
+    );
+    let stats = api.stats();
+    assert!(
+        stats["app_tokens_issued"].as_u64().unwrap() >= 2,
+        "the installation token was never renewed: {stats}"
+    );
+    // Restored metadata came through the installation token.
+    let restored = tv.tmp.path().join("restored.git");
+    let meta = tv.tmp.path().join("meta");
+    let repo = lines[0].0.clone();
+    let out = tv.run(&[
+        "restore",
+        &repo,
+        "--to",
+        restored.to_str().unwrap(),
+        "--metadata-to",
+        meta.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(meta.join("issues/1.json").is_file());
+    // Neither installation tokens nor the key reach the vault or the output.
+    let pem = std::fs::read_to_string(&key).unwrap();
+    let key_line = pem.lines().nth(1).unwrap().to_string();
+    for path in common::files_under(&tv.dir) {
+        let bytes = std::fs::read(&path).unwrap();
+        for needle in ["ghs_", key_line.as_str()] {
+            assert!(
+                !bytes.windows(needle.len()).any(|w| w == needle.as_bytes()),
+                "{needle} found in {}",
+                path.display()
+            );
+        }
+    }
+    assert!(!doc.to_string().contains("ghs_") && !err.contains("ghs_"));
+
+    // A key the fixture does not know: a clear error, nothing else breaks.
+    let other = tv.tmp.path().join("other.pem");
+    let ok = Command::new("openssl")
+        .args(["genrsa", "-out"])
+        .arg(&other)
+        .arg("2048")
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let out = tv.run(&["source", "remove", "acme-app"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = add(&other, "31337");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let (code, doc, err) = run_backup(&tv, &[]);
+    assert_ne!(code, Some(0), "{doc}");
+    let message = doc["sources"][0]["error"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("401") || message.contains("refused"),
+        "{message} {err}"
+    );
 }
