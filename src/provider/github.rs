@@ -335,9 +335,13 @@ impl Provider for GitHub<'_> {
         map.provider = "github".into();
 
         let mut settings = self.api.get_json(&self.repo_url(repo, ""))?;
-        let topics = self.api.get_json(&self.repo_url(repo, "/topics"))?;
-        if let (Some(obj), Some(names)) = (settings.as_object_mut(), topics.get("names")) {
-            obj.insert("topics".into(), names.clone());
+        // The full repository object carries `topics`; older Enterprise servers need the
+        // separate call.
+        if settings.get("topics").is_none() {
+            let topics = self.api.get_json(&self.repo_url(repo, "/topics"))?;
+            if let (Some(obj), Some(names)) = (settings.as_object_mut(), topics.get("names")) {
+                obj.insert("topics".into(), names.clone());
+            }
         }
         map.documents
             .insert("settings.json".into(), sink.document(&settings)?.to_hex());
@@ -361,8 +365,16 @@ impl Provider for GitHub<'_> {
         // The list is asked again with the advanced `since` until it stops moving, so that the
         // URL the next run sends is one whose answer is cached: an unchanged repository then
         // costs only 304s, and an update between two requests is never skipped.
+        //
+        // `since` being inclusive, the items updated exactly at it come back every time; those
+        // already held at that timestamp (`issues_at_since`) are not fetched again.
         let mut since = map.state.get("issues_since").cloned();
         let mut done: std::collections::HashSet<(u64, String)> = Default::default();
+        if let (Some(s), Some(held)) = (&since, map.state.get("issues_at_since")) {
+            for n in held.split(',').filter_map(|n| n.parse::<u64>().ok()) {
+                done.insert((n, s.clone()));
+            }
+        }
         for _ in 0..4 {
             let mut list_url = self.repo_url(
                 repo,
@@ -393,6 +405,14 @@ impl Provider for GitHub<'_> {
             since = newest;
         }
         if let Some(s) = since {
+            let mut at_since: Vec<u64> = done
+                .iter()
+                .filter(|(_, u)| *u == s)
+                .map(|(n, _)| *n)
+                .collect();
+            at_since.sort_unstable();
+            let list: Vec<String> = at_since.iter().map(u64::to_string).collect();
+            map.state.insert("issues_at_since".into(), list.join(","));
             map.state.insert("issues_since".into(), s);
         }
 
