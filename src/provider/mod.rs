@@ -107,8 +107,19 @@ impl SourceConfig {
                 "use either a token (--token-env) or a GitHub App, not both",
             ));
         }
-        if self.owner.is_empty() || self.owner.contains(['/', '?', '#', ' ']) {
-            return Err(bad("--owner must be an organisation or user name"));
+        // GitLab owners may be subgroup paths (`group/subgroup`); nowhere else is `/` valid.
+        let nested = self.provider == "gitlab"
+            && self
+                .owner
+                .split('/')
+                .all(|s| !s.is_empty() && s != "." && s != "..");
+        if self.owner.is_empty()
+            || self.owner.contains(['?', '#', ' ', '%', '\\'])
+            || (self.owner.contains('/') && !nested)
+        {
+            return Err(bad(
+                "--owner must be an organisation, group (GitLab: group/subgroup) or user name",
+            ));
         }
         if let Some(url) = &self.api_url {
             url::Url::parse(url).map_err(|e| bad(&format!("--api-url: {e}")))?;
