@@ -14,6 +14,7 @@ use serde_json::{Value, json};
 
 use super::http::{ApiClient, Auth, RequestStats};
 use super::{MetadataMap, MetadataSink, Provider, ProviderError, RepoInfo, SourceConfig};
+use super::{bool_field, segment, str_field};
 
 pub const DEFAULT_API: &str = "https://api.github.com";
 
@@ -89,33 +90,6 @@ impl AppAuth {
             "Bearer",
             &SecretString::from(format!("{message}.{}", b64(&signature))),
         ))
-    }
-}
-
-fn str_field(v: &Value, key: &str) -> Option<String> {
-    v.get(key).and_then(Value::as_str).map(str::to_string)
-}
-
-fn bool_field(v: &Value, key: &str) -> bool {
-    v.get(key).and_then(Value::as_bool).unwrap_or(false)
-}
-
-/// A path segment from a name the API gave us (asset names are user-chosen).
-fn segment(name: &str) -> String {
-    let s: String = name
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || "._-".contains(c) {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    if s.is_empty() || s == "." || s == ".." {
-        "_".into()
-    } else {
-        s
     }
 }
 

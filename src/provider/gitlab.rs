@@ -20,6 +20,7 @@ use serde_json::{Value, json};
 
 use super::http::{ApiClient, Auth, RequestStats, shown};
 use super::{MetadataMap, MetadataSink, Provider, ProviderError, RepoInfo, SourceConfig};
+use super::{bool_field, segment, str_field};
 
 pub const DEFAULT_API: &str = "https://gitlab.com/api/v4";
 
@@ -71,38 +72,11 @@ impl Listed {
     }
 }
 
-fn str_field(v: &Value, key: &str) -> Option<String> {
-    v.get(key).and_then(Value::as_str).map(str::to_string)
-}
-
-fn bool_field(v: &Value, key: &str) -> bool {
-    v.get(key).and_then(Value::as_bool).unwrap_or(false)
-}
-
 /// Percent-encodes a path segment or query value: group and project paths become one segment
 /// (`/` is `%2F`, as GitLab requires for ids given as paths), and timestamps with an offset
 /// keep their `+`.
 fn encode(text: &str) -> String {
     url::form_urlencoded::byte_serialize(text.as_bytes()).collect()
-}
-
-/// A path segment from a name the API gave us (tag names may hold `/` and more).
-fn segment(name: &str) -> String {
-    let s: String = name
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || "._-".contains(c) {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    if s.is_empty() || s == "." || s == ".." {
-        "_".into()
-    } else {
-        s
-    }
 }
 
 /// Whether timestamp `a` is later than `b`. GitLab writes UTC with milliseconds, but a

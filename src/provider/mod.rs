@@ -274,6 +274,40 @@ pub fn open_provider<'i>(
     }
 }
 
+/// A string field of an API object.
+pub(crate) fn str_field(v: &serde_json::Value, key: &str) -> Option<String> {
+    v.get(key)
+        .and_then(serde_json::Value::as_str)
+        .map(str::to_string)
+}
+
+/// A boolean field of an API object; absent counts as false.
+pub(crate) fn bool_field(v: &serde_json::Value, key: &str) -> bool {
+    v.get(key)
+        .and_then(serde_json::Value::as_bool)
+        .unwrap_or(false)
+}
+
+/// A path segment from a name an API gave us (asset names and tags are user-chosen and may
+/// hold `/`, `..` and more).
+pub(crate) fn segment(name: &str) -> String {
+    let s: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "._-".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if s.is_empty() || s == "." || s == ".." {
+        "_".into()
+    } else {
+        s
+    }
+}
+
 /// Checks a document path from a metadata map before writing it under a directory.
 pub fn safe_relative_path(path: &str) -> Option<std::path::PathBuf> {
     let ok = !path.is_empty()
