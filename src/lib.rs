@@ -14,6 +14,7 @@ pub mod provider;
 pub mod recover;
 pub mod replicas;
 pub mod restore;
+pub mod retention;
 pub mod snapshot;
 pub mod stats;
 pub mod store;
