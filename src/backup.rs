@@ -593,6 +593,12 @@ pub fn backup_source(
                                 *stopped.lock().unwrap_or_else(|e| e.into_inner()) =
                                     line.error.clone();
                             }
+                            if line.snapshot.is_some()
+                                && let Err(e) =
+                                    vault.index().set_repo_source(&line.repo, &source.name)
+                            {
+                                tracing::warn!(error = %e, "could not record the repository's source");
+                            }
                             line
                         }
                     };

@@ -91,6 +91,18 @@ const MIGRATIONS: &[&str] = &[
         body BLOB NOT NULL
     ) WITHOUT ROWID;
     ",
+    // v2: retention and prune.
+    "
+    CREATE TABLE repo_sources (
+        repo TEXT PRIMARY KEY,
+        source TEXT NOT NULL
+    ) WITHOUT ROWID;
+    CREATE TABLE condemned_packs (
+        name TEXT PRIMARY KEY,
+        since_ms INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE INDEX chunks_by_kind ON chunks(kind);
+    ",
 ];
 
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
@@ -625,6 +637,39 @@ impl Index {
             params![url, etag, link, body],
         )?;
         Ok(())
+    }
+
+    /// Remembers which configured source a repository was last backed up through (retention
+    /// set per source applies to it).
+    pub fn set_repo_source(&self, repo: &str, source: &str) -> Result<(), IndexError> {
+        self.conn().execute(
+            "INSERT OR REPLACE INTO repo_sources (repo, source) VALUES (?1, ?2)",
+            params![repo, source],
+        )?;
+        Ok(())
+    }
+
+    pub fn repo_sources(&self) -> Result<std::collections::HashMap<String, String>, IndexError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare("SELECT repo, source FROM repo_sources")?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Deletes snapshot rows (forget), in one transaction. The packs keep their chunks until
+    /// prune: nothing else in the index changes.
+    pub fn delete_snapshots(&self, manifests: &[ChunkId]) -> Result<usize, IndexError> {
+        let conn = self.conn();
+        let tx = conn.unchecked_transaction()?;
+        let mut deleted = 0;
+        {
+            let mut stmt = tx.prepare_cached("DELETE FROM snapshots WHERE manifest = ?1")?;
+            for m in manifests {
+                deleted += stmt.execute(params![&m.0[..]])?;
+            }
+        }
+        tx.commit()?;
+        Ok(deleted)
     }
 
     pub fn has_git_object(&self, oid: &Oid) -> Result<bool, IndexError> {

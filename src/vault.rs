@@ -107,6 +107,9 @@ pub struct Config {
     pub cdc: CdcParams,
     #[serde(default)]
     pub store: StoreConfig,
+    /// The retention policy `forget` applies to repositories without one of their own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention: Option<crate::retention::Policy>,
     #[serde(default, rename = "target")]
     pub targets: Vec<TargetConfig>,
     #[serde(default, rename = "source")]
@@ -226,6 +229,7 @@ impl Vault {
             public_key: keys.public_key(),
             cdc: CdcParams::default(),
             store: StoreConfig::default(),
+            retention: None,
             targets: vec![TargetConfig {
                 name: "local".into(),
                 url: data_url.clone(),
@@ -293,6 +297,7 @@ impl Vault {
                 public_key: params.public_key.clone(),
                 cdc: params.cdc,
                 store: StoreConfig::default(),
+                retention: None,
                 targets: vec![TargetConfig {
                     name: target_name.to_string(),
                     url: target_url.to_string(),

@@ -6,6 +6,7 @@ mod chunk;
 mod output;
 mod replicas;
 mod repo;
+mod retention;
 mod source;
 mod target;
 
@@ -95,6 +96,9 @@ enum Command {
     /// Rebuild a vault directory from one target and the key (newest index backup, then pack
     /// footers). --vault names the new directory.
     Recover(replicas::RecoverArgs),
+    /// Apply a retention policy: forget the snapshots it does not keep (per repository; the
+    /// newest is always kept). `prune` then reclaims their space.
+    Forget(retention::ForgetArgs),
     /// Logical versus stored bytes, dedup ratio, and per target what it holds.
     Stats,
     /// Plumbing: store and read raw data in the chunk store (scripts and tests).
@@ -206,5 +210,6 @@ fn run(ctx: &Ctx, command: Command) -> Result<i32> {
         Command::Verify(args) => repo::verify(ctx, args),
         Command::Sync => replicas::sync(ctx),
         Command::Recover(args) => replicas::recover(ctx, args),
+        Command::Forget(args) => retention::forget(ctx, args),
     }
 }

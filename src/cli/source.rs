@@ -91,6 +91,7 @@ pub fn run(ctx: &Ctx, cmd: SourceCommand) -> Result<i32> {
                 exclude,
                 no_forks,
                 no_archived,
+                retention: None,
             };
             vault.add_source(source, &lock)?;
             ctx.out.print(&serde_json::json!({ "added": name }), || {

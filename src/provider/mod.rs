@@ -76,6 +76,9 @@ pub struct SourceConfig {
     pub no_forks: bool,
     #[serde(default)]
     pub no_archived: bool,
+    /// The retention policy `forget` applies to this source's repositories.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention: Option<crate::retention::Policy>,
 }
 
 impl SourceConfig {
