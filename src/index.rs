@@ -362,6 +362,31 @@ pub struct CachedResponse {
     pub body: Vec<u8>,
 }
 
+/// One chunk as prune sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct ChunkRow {
+    pub id: ChunkId,
+    pub kind: u8,
+    pub pack_id: i64,
+    pub len: u32,
+}
+
+/// What one prune changes in the index.
+pub struct PruneChanges<'a> {
+    pub condemned: &'a [String],
+    pub dead_chunks: &'a [ChunkId],
+    pub dead_objects: &'a [Oid],
+    pub compacted: &'a [(FinishedPack, Vec<String>)],
+}
+
+fn chunk_id_from(bytes: &[u8]) -> ChunkId {
+    let mut id = [0u8; 32];
+    if bytes.len() == 32 {
+        id.copy_from_slice(bytes);
+    }
+    ChunkId(id)
+}
+
 /// One snapshot as the index records it.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct SnapshotRow {
@@ -670,6 +695,148 @@ impl Index {
         }
         tx.commit()?;
         Ok(deleted)
+    }
+
+    /// Every chunk row: id, kind, pack id, length (prune's view of the store).
+    pub fn all_chunks(&self) -> Result<Vec<ChunkRow>, IndexError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare("SELECT id, kind, pack_id, length FROM chunks")?;
+        let rows = stmt.query_map([], |r| {
+            let id: Vec<u8> = r.get(0)?;
+            Ok(ChunkRow {
+                id: chunk_id_from(&id),
+                kind: r.get(1)?,
+                pack_id: r.get(2)?,
+                len: r.get(3)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Records objects whose chunks are present (recover applying a prune record).
+    pub fn add_git_objects(&self, entries: &[ObjectEntry]) -> Result<(), IndexError> {
+        let conn = self.conn();
+        let tx = conn.unchecked_transaction()?;
+        {
+            let mut insert = tx.prepare_cached(
+                "INSERT OR IGNORE INTO git_objects (oid, kind, chunk)
+                 SELECT ?1, ?2, ?3 WHERE EXISTS (SELECT 1 FROM chunks WHERE id = ?3)",
+            )?;
+            for e in entries {
+                insert.execute(params![&e.oid.0[..], e.kind as u8, &e.chunk.0[..]])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Every recorded git object id.
+    pub fn all_git_oids(&self) -> Result<Vec<Oid>, IndexError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare("SELECT oid FROM git_objects")?;
+        let rows = stmt.query_map([], |r| {
+            let oid: Vec<u8> = r.get(0)?;
+            Ok(Oid::from_slice(&oid).unwrap_or(Oid([0; 20])))
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Records what prune decided, in one transaction: compacted packs (their chunks take the
+    /// new location when their old pack is condemned), dead chunk and object rows removed,
+    /// packs condemned.
+    pub fn apply_prune(&self, changes: &PruneChanges<'_>) -> Result<(), IndexError> {
+        let conn = self.conn();
+        let tx = conn.unchecked_transaction()?;
+        let now = chrono::Utc::now().timestamp_millis();
+        {
+            let mut condemn = tx.prepare_cached(
+                "INSERT OR IGNORE INTO condemned_packs (name, since_ms) VALUES (?1, ?2)",
+            )?;
+            for name in changes.condemned {
+                condemn.execute(params![name, now])?;
+            }
+            let mut drop_chunk = tx.prepare_cached("DELETE FROM chunks WHERE id = ?1")?;
+            for id in changes.dead_chunks {
+                drop_chunk.execute(params![&id.0[..]])?;
+            }
+            let mut drop_object = tx.prepare_cached("DELETE FROM git_objects WHERE oid = ?1")?;
+            for oid in changes.dead_objects {
+                drop_object.execute(params![&oid.0[..]])?;
+            }
+        }
+        for (pack, targets) in changes.compacted {
+            tx.execute(
+                "INSERT INTO packs (name, size, raw_bytes, chunk_count, created_at) VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT(name) DO NOTHING",
+                params![pack.name, pack.size, pack.raw_bytes, pack.footer.entries.len() as i64, now / 1000],
+            )?;
+            let pack_id: i64 = tx.query_row(
+                "SELECT id FROM packs WHERE name = ?1",
+                params![pack.name],
+                |r| r.get(0),
+            )?;
+            let mut presence = tx.prepare_cached(
+                "INSERT OR IGNORE INTO pack_targets (pack_id, target) VALUES (?1, ?2)",
+            )?;
+            for t in targets {
+                presence.execute(params![pack_id, t])?;
+            }
+            // A chunk moves only out of a condemned pack; elsewhere the copy is a duplicate
+            // the next prune collects.
+            let mut repoint = tx.prepare_cached(
+                "UPDATE chunks SET pack_id = ?2, frame_offset = ?3, frame_clen = ?4, frame_rawlen = ?5,
+                     offset = ?6, length = ?7
+                 WHERE id = ?1 AND pack_id IN
+                     (SELECT p.id FROM packs p JOIN condemned_packs c ON c.name = p.name)",
+            )?;
+            for e in &pack.footer.entries {
+                let frame = pack.footer.frames.get(e.frame as usize).ok_or_else(|| {
+                    IndexError::Inconsistent(format!("pack {} names a missing frame", pack.name))
+                })?;
+                repoint.execute(params![
+                    &e.id.0[..],
+                    pack_id,
+                    frame.offset,
+                    frame.compressed_len,
+                    frame.raw_len,
+                    e.offset,
+                    e.len
+                ])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Packs condemned by prune and when.
+    pub fn condemned_packs(&self) -> Result<Vec<(String, i64)>, IndexError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare("SELECT name, since_ms FROM condemned_packs ORDER BY name")?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// How many chunk rows still point into a pack (a condemned pack must have none).
+    pub fn chunks_in_pack(&self, name: &str) -> Result<u64, IndexError> {
+        Ok(self.conn().query_row(
+            "SELECT COUNT(*) FROM chunks c JOIN packs p ON p.id = c.pack_id WHERE p.name = ?1",
+            params![name],
+            |r| r.get(0),
+        )?)
+    }
+
+    /// Forgets a pack deleted from every target.
+    pub fn drop_pack(&self, name: &str) -> Result<(), IndexError> {
+        let conn = self.conn();
+        let tx = conn.unchecked_transaction()?;
+        tx.execute(
+            "DELETE FROM pack_targets WHERE pack_id IN (SELECT id FROM packs WHERE name = ?1)",
+            params![name],
+        )?;
+        tx.execute("DELETE FROM packs WHERE name = ?1", params![name])?;
+        tx.execute("DELETE FROM condemned_packs WHERE name = ?1", params![name])?;
+        tx.commit()?;
+        Ok(())
     }
 
     pub fn has_git_object(&self, oid: &Oid) -> Result<bool, IndexError> {

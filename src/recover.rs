@@ -88,6 +88,37 @@ pub fn recover(
         snapshots_total: 0,
     };
     let manifests = rebuild_from_footers(&vault, target.as_ref(), &keys, &mut report)?;
+    // The newest prune record says which manifests were forgotten (their packs may still hold
+    // them) and maps the live objects whose adding snapshots are gone.
+    let record = {
+        let store = vault.reader(&keys);
+        crate::retention::prune::newest_record(&vault, &store)
+            .map_err(|e| bad_target(options.url, e.to_string()))?
+    };
+    let forgotten: std::collections::HashSet<ChunkId> = record
+        .as_ref()
+        .map(|r| r.forgotten.iter().filter_map(|m| m.parse().ok()).collect())
+        .unwrap_or_default();
+    if !forgotten.is_empty() {
+        let forgotten: Vec<ChunkId> = forgotten.iter().copied().collect();
+        vault.index().delete_snapshots(&forgotten)?;
+    }
+    if let Some(map) = record.as_ref().and_then(|r| r.orphan_objects.as_ref()) {
+        let store = vault.reader(&keys);
+        let entries = map
+            .parse::<ChunkId>()
+            .map_err(|e| e.to_string())
+            .and_then(|id| store.get(&id).map_err(|e| e.to_string()))
+            .and_then(|b| snapshot::decode_object_map(&b).map_err(|e| e.to_string()));
+        match entries {
+            Ok(entries) => vault.index().add_git_objects(&entries)?,
+            Err(e) => tracing::warn!(error = %e, "the prune record's object map is unreadable"),
+        }
+    }
+    let manifests: Vec<ChunkId> = manifests
+        .into_iter()
+        .filter(|m| !forgotten.contains(m))
+        .collect();
     report.snapshots_recovered = recover_snapshots(&vault, &keys, manifests)?;
     report.snapshots_total = vault.index().snapshots(None, None, None)?.len() as u64;
     Ok(report)

@@ -28,6 +28,7 @@ pub const FORMAT_VERSION: u32 = 1;
 const CONFIG_FILE: &str = "config.toml";
 const INDEX_FILE: &str = "index.sqlite";
 const LOCK_FILE: &str = "lock";
+const READERS_FILE: &str = "readers.lock";
 const KEYS_DIR: &str = "keys";
 const TMP_DIR: &str = "tmp";
 const CACHE_DIR: &str = "cache";
@@ -177,6 +178,17 @@ pub struct InitReport {
 /// Held while a process writes to the vault; released on drop or when the process dies.
 pub struct WriteLock {
     _file: File,
+}
+
+/// Held while reading packs (see `Vault::read_lease`).
+pub struct ReadLease {
+    _file: File,
+}
+
+struct LockHolder {
+    pid: String,
+    since: String,
+    purpose: String,
 }
 
 /// An open vault (no secrets loaded).
@@ -429,8 +441,49 @@ impl Vault {
         Ok(files)
     }
 
-    /// Takes the writer lock or says who holds it.
+    /// Takes the writer lock or says who holds it. A prune holds it only for short moments,
+    /// so a writer that finds prune holding it waits (up to an hour) instead of failing.
     pub fn lock(&self) -> Result<WriteLock, VaultError> {
+        let started = std::time::Instant::now();
+        loop {
+            match self.try_lock("write")? {
+                Ok(lock) => return Ok(lock),
+                Err(holder)
+                    if holder.purpose == "prune"
+                        && started.elapsed() < std::time::Duration::from_secs(3600) =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(200));
+                }
+                Err(holder) => {
+                    return Err(VaultError::Locked {
+                        pid: holder.pid,
+                        since: holder.since,
+                    });
+                }
+            }
+        }
+    }
+
+    /// Prune's lock: waits up to `max` for a running writer to finish.
+    pub fn lock_waiting(&self, max: std::time::Duration) -> Result<WriteLock, VaultError> {
+        let started = std::time::Instant::now();
+        loop {
+            match self.try_lock("prune")? {
+                Ok(lock) => return Ok(lock),
+                Err(_) if started.elapsed() < max => {
+                    std::thread::sleep(std::time::Duration::from_millis(200));
+                }
+                Err(holder) => {
+                    return Err(VaultError::Locked {
+                        pid: holder.pid,
+                        since: holder.since,
+                    });
+                }
+            }
+        }
+    }
+
+    fn try_lock(&self, purpose: &str) -> Result<Result<WriteLock, LockHolder>, VaultError> {
         let path = self.dir.join(LOCK_FILE);
         let mut file = OpenOptions::new()
             .read(true)
@@ -444,23 +497,28 @@ impl Vault {
             Err(fs::TryLockError::WouldBlock) => {
                 let mut text = String::new();
                 let _ = file.read_to_string(&mut text);
-                let mut pid = "?".to_string();
-                let mut since = "?".to_string();
+                let mut holder = LockHolder {
+                    pid: "?".into(),
+                    since: "?".into(),
+                    purpose: String::new(),
+                };
                 for line in text.lines() {
                     if let Some(v) = line.strip_prefix("pid ") {
-                        pid = v.to_string();
+                        holder.pid = v.to_string();
                     } else if let Some(v) = line.strip_prefix("since ") {
-                        since = v.to_string();
+                        holder.since = v.to_string();
+                    } else if let Some(v) = line.strip_prefix("purpose ") {
+                        holder.purpose = v.to_string();
                     }
                 }
-                return Err(VaultError::Locked { pid, since });
+                return Ok(Err(holder));
             }
             Err(fs::TryLockError::Error(e)) => {
                 return Err(io_err(format!("locking {}", path.display()))(e));
             }
         }
         let info = format!(
-            "pid {}\nsince {}\n",
+            "pid {}\nsince {}\npurpose {purpose}\n",
             std::process::id(),
             chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
         );
@@ -469,7 +527,35 @@ impl Vault {
             .and_then(|_| file.write_all(info.as_bytes()))
             .and_then(|_| file.flush())
             .map_err(io_err(format!("writing {}", path.display())))?;
-        Ok(WriteLock { _file: file })
+        Ok(Ok(WriteLock { _file: file }))
+    }
+
+    /// A read lease: restores hold it while they read packs, so that prune never deletes a
+    /// pack under a running restore. Shared: readers never wait for each other.
+    pub fn read_lease(&self) -> Result<ReadLease, VaultError> {
+        let file = self.readers_file()?;
+        file.lock_shared()
+            .map_err(io_err(format!("locking {READERS_FILE}")))?;
+        Ok(ReadLease { _file: file })
+    }
+
+    /// Prune's side of the read lease: waits for running restores, keeps new ones out.
+    pub fn readers_exclusive(&self) -> Result<ReadLease, VaultError> {
+        let file = self.readers_file()?;
+        file.lock()
+            .map_err(io_err(format!("locking {READERS_FILE}")))?;
+        Ok(ReadLease { _file: file })
+    }
+
+    fn readers_file(&self) -> Result<File, VaultError> {
+        let path = self.dir.join(READERS_FILE);
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(io_err(format!("opening {}", path.display())))
     }
 
     /// True when some process holds the writer lock right now.
@@ -512,6 +598,20 @@ impl Vault {
             self.tmp_dir(),
             self.store_settings(),
         )
+    }
+
+    /// A chunk store for prune's compaction: writes packs without a lock and without
+    /// indexing them (prune records them under the lock).
+    pub fn compaction_store<'a>(&'a self, keys: &'a VaultKeys) -> ChunkStore<'a> {
+        let mut store = ChunkStore::new(
+            &self.index,
+            &self.targets,
+            keys,
+            self.tmp_dir(),
+            self.store_settings(),
+        );
+        store.defer_indexing();
+        store
     }
 
     /// A chunk store for reading only.

@@ -99,6 +99,9 @@ enum Command {
     /// Apply a retention policy: forget the snapshots it does not keep (per repository; the
     /// newest is always kept). `prune` then reclaims their space.
     Forget(retention::ForgetArgs),
+    /// Reclaim the space of what no snapshot needs: delete packs holding nothing live,
+    /// rewrite packs mostly dead. Safe while backups run (docs/PRUNE.md).
+    Prune(retention::PruneArgs),
     /// Logical versus stored bytes, dedup ratio, and per target what it holds.
     Stats,
     /// Plumbing: store and read raw data in the chunk store (scripts and tests).
@@ -211,5 +214,6 @@ fn run(ctx: &Ctx, command: Command) -> Result<i32> {
         Command::Sync => replicas::sync(ctx),
         Command::Recover(args) => replicas::recover(ctx, args),
         Command::Forget(args) => retention::forget(ctx, args),
+        Command::Prune(args) => retention::prune(ctx, args),
     }
 }

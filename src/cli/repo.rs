@@ -423,6 +423,8 @@ pub fn ls(ctx: &Ctx, args: LsArgs) -> Result<i32> {
 
 pub fn restore(ctx: &Ctx, args: RestoreArgs) -> Result<i32> {
     let vault = ctx.open()?;
+    // Prune deletes no pack while a restore holds a lease.
+    let _lease = vault.read_lease()?;
     let row = restore::select_snapshot(&vault, &args.repo, &selector(&args.select)?)?;
     let keys = ctx.unlock(&vault)?;
     let mut report = restore::restore_snapshot(&vault, &keys, &row, &args.to)?;

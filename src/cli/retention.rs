@@ -109,3 +109,77 @@ pub fn forget(ctx: &Ctx, args: ForgetArgs) -> Result<i32> {
     });
     Ok(EXIT_OK)
 }
+
+#[derive(clap::Args)]
+pub struct PruneArgs {
+    /// Report what would be freed, change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Rewrite packs whose live share of bytes is below this percentage.
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u8).range(0..=100))]
+    pub repack_below: u8,
+    /// Delete condemned packs only once they were condemned this long ago (`36h`, `7d`): for
+    /// readers this machine's read lease does not cover (another host reading the targets).
+    #[arg(long, value_name = "SPAN")]
+    pub grace: Option<Span>,
+}
+
+pub fn prune(ctx: &Ctx, args: PruneArgs) -> Result<i32> {
+    use gitvault::retention::prune::{PruneOptions, prune};
+    let vault = ctx.open()?;
+    let keys = ctx.unlock(&vault)?;
+    let grace = match args.grace {
+        Some(span) => {
+            let now = chrono::Utc::now();
+            (now - span.before(now)).to_std().unwrap_or_default()
+        }
+        None => std::time::Duration::ZERO,
+    };
+    let options = PruneOptions {
+        dry_run: args.dry_run,
+        repack_below: f64::from(args.repack_below) / 100.0,
+        grace,
+        ..PruneOptions::default()
+    };
+    let report = prune(&vault, &keys, &options)?;
+    ctx.out.print(&report, || {
+        let mut text = format!(
+            "{} snapshots; {} live chunks, {} dead chunks, {} dead git objects\n",
+            report.snapshots, report.live_chunks, report.dead_chunks, report.dead_objects
+        );
+        if report.dry_run {
+            text.push_str(&format!(
+                "dry run: {} packs would be deleted and {} rewritten, freeing about {} ({} → {})\n",
+                report.packs_emptied,
+                report.packs_compacted,
+                super::output::bytes(report.bytes_freed.max(0) as u64),
+                super::output::bytes(report.stored_bytes_before),
+                super::output::bytes(report.stored_bytes_after),
+            ));
+        } else {
+            text.push_str(&format!(
+                "{} packs deleted ({} emptied, {} rewritten into {} new), {} freed: {} → {}\n",
+                report.packs_deleted,
+                report.packs_emptied,
+                report.packs_compacted,
+                report.packs_written,
+                super::output::bytes(report.bytes_freed.max(0) as u64),
+                super::output::bytes(report.stored_bytes_before),
+                super::output::bytes(report.stored_bytes_after),
+            ));
+            if report.packs_waiting > 0 {
+                text.push_str(&format!(
+                    "{} condemned packs wait for the grace period; a later prune deletes them\n",
+                    report.packs_waiting
+                ));
+            }
+        }
+        for failure in &report.index_backup_failed {
+            text.push_str(&format!(
+                "index backup not written ({failure}): condemned packs are deleted by a later prune\n"
+            ));
+        }
+        text
+    });
+    Ok(EXIT_OK)
+}

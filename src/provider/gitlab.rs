@@ -501,6 +501,7 @@ mod tests {
             exclude: Vec::new(),
             no_forks: false,
             no_archived: false,
+            retention: None,
         };
         let mut gitlab = GitLab::new(&source, None).expect("a provider");
         assert_eq!(gitlab.base, DEFAULT_API);

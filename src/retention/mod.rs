@@ -3,5 +3,6 @@
 
 pub mod forget;
 mod policy;
+pub mod prune;
 
 pub use policy::{Count, Decision, Policy, RetentionError, Span};

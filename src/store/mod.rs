@@ -37,14 +37,27 @@ pub enum ChunkKind {
     ObjectMap = 8,
     Metadata = 9,
     RefSet = 10,
+    /// Written by prune: forgotten manifests (recover skips them) and the object map of live
+    /// objects whose adding snapshots were forgotten. The newest one wins.
+    PruneRecord = 11,
 }
 
 impl ChunkKind {
     pub fn from_u8(v: u8) -> Option<ChunkKind> {
         use ChunkKind::*;
         [
-            Data, ChunkList, GitCommit, GitTree, GitBlob, GitTag, LfsObject, Manifest, ObjectMap,
+            Data,
+            ChunkList,
+            GitCommit,
+            GitTree,
+            GitBlob,
+            GitTag,
+            LfsObject,
+            Manifest,
+            ObjectMap,
             Metadata,
+            RefSet,
+            PruneRecord,
         ]
         .into_iter()
         .find(|k| *k as u8 == v)
@@ -205,6 +218,10 @@ pub struct ChunkStore<'v> {
     pending_logical: u64,
     cache: Mutex<FrameCache>,
     report: WriteReport,
+    /// Prune's compaction: packs are replicated but not indexed; prune records them (and
+    /// repoints their chunks) under the writer lock.
+    defer_index: bool,
+    unindexed: Vec<(FinishedPack, Vec<String>)>,
 }
 
 impl<'v> ChunkStore<'v> {
@@ -233,6 +250,8 @@ impl<'v> ChunkStore<'v> {
             pending_logical: 0,
             cache: Mutex::new(FrameCache::default()),
             report: WriteReport::default(),
+            defer_index: false,
+            unindexed: Vec::new(),
         }
     }
 
@@ -317,6 +336,56 @@ impl<'v> ChunkStore<'v> {
                 self.put_chunk(ChunkKind::ChunkList, &list)
             }
         }
+    }
+
+    /// Compaction mode: finished packs are replicated and kept for `take_unindexed` instead of
+    /// being recorded in the index.
+    pub fn defer_indexing(&mut self) {
+        self.defer_index = true;
+    }
+
+    /// The packs written in compaction mode, with the targets holding each.
+    pub fn take_unindexed(&mut self) -> Vec<(FinishedPack, Vec<String>)> {
+        std::mem::take(&mut self.unindexed)
+    }
+
+    /// Copies a chunk that already has an id (compaction), without deduplicating against the
+    /// index, where it is present in the pack being emptied.
+    pub fn put_copy(&mut self, id: ChunkId, kind: u8, data: &[u8]) -> Result<(), StoreError> {
+        if self.pending.contains(&id) {
+            return Ok(());
+        }
+        let writer = match &mut self.writer {
+            Some(w) => w,
+            None => self.writer.insert(PackWriter::create(
+                &self.tmp_dir,
+                &self.recipient,
+                self.settings.compression,
+            )?),
+        };
+        writer.add(id, kind, data)?;
+        self.pending.insert(id);
+        if writer.written_size() >= self.settings.pack_size {
+            self.finish_pack()?;
+        }
+        Ok(())
+    }
+
+    /// The parts of a chunk list, or None when `id` is a plain chunk.
+    pub fn list_parts(&self, id: &ChunkId) -> Result<Option<Vec<ChunkId>>, StoreError> {
+        let Some(loc) = self.index.chunk(id)? else {
+            return Err(StoreError::NotDurable(*id));
+        };
+        if loc.kind != ChunkKind::ChunkList as u8 {
+            return Ok(None);
+        }
+        let (loc, data) = self.read_chunk(id)?;
+        let list = ChunkList::decode(&data).map_err(|reason| StoreError::CorruptChunk {
+            chunk: *id,
+            pack: loc.pack_name.clone(),
+            reason,
+        })?;
+        Ok(Some(list.parts.into_iter().map(|(id, _)| id).collect()))
     }
 
     /// Stores one chunk as it is (no cutting).
@@ -439,6 +508,12 @@ impl<'v> ChunkStore<'v> {
             self.report.lagging.push((pack.name.clone(), target, error));
         }
         hooks::point("pack-uploaded");
+        if self.defer_index {
+            self.unindexed.push((pack.clone(), stored.clone()));
+            self.report.packs_written += 1;
+            self.report.bytes_uploaded += pack.size * stored.len() as u64;
+            return Ok(());
+        }
         self.index
             .commit_pack(pack, &stored, self.pending_logical)?;
         self.pending_logical = 0;

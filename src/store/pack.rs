@@ -191,7 +191,7 @@ pub struct PackWriter {
 }
 
 /// A pack that is complete on local disk, ready to be uploaded.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct FinishedPack {
     /// Lowercase hex BLAKE3 of the ciphertext.
     pub name: String,
