@@ -1,0 +1,337 @@
+//! forget + prune through the binary: kept snapshots restore exactly and pass fsck, the vault
+//! shrinks by what only forgotten snapshots used, a backup running during prune keeps what it
+//! needs, prune killed anywhere loses nothing, and recover does not bring forgotten snapshots
+//! back.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use common::{TestVault, git, noise, ok, refs_and_head, stderr, tree_size};
+use serde_json::Value;
+
+const MIB: u64 = 1 << 20;
+
+/// An upstream repository the tests change day by day, backed up by path.
+struct Upstream {
+    dir: PathBuf,
+}
+
+impl Upstream {
+    fn new(root: &Path) -> Upstream {
+        let dir = root.join("upstream");
+        std::fs::create_dir_all(&dir).unwrap();
+        git(&dir, &["init", "-q", "-b", "main"]);
+        git(&dir, &["config", "user.email", "t@example.com"]);
+        git(&dir, &["config", "user.name", "T"]);
+        Upstream { dir }
+    }
+
+    fn commit(&self, file: &str, bytes: &[u8], when: &str) {
+        std::fs::write(self.dir.join(file), bytes).unwrap();
+        git(&self.dir, &["add", file]);
+        let out = Command::new("git")
+            .arg("-C")
+            .arg(&self.dir)
+            .args(["commit", "-q", "-m", file])
+            .env("GIT_AUTHOR_DATE", when)
+            .env("GIT_COMMITTER_DATE", when)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    fn path(&self) -> &str {
+        self.dir.to_str().unwrap()
+    }
+}
+
+fn backup(tv: &TestVault, up: &Upstream, day: u32) {
+    let out = tv
+        .command(&["backup", up.path(), "--name", "repo"])
+        .env("GITVAULT_NOW", format!("2026-01-{day:02}T12:00:00Z"))
+        .output()
+        .unwrap();
+    ok(&out);
+}
+
+fn json(tv: &TestVault, args: &[&str]) -> Value {
+    let mut all = vec!["--json"];
+    all.extend_from_slice(args);
+    let out = tv.run(&all);
+    serde_json::from_slice(ok(&out).as_bytes()).unwrap()
+}
+
+/// Restores the snapshot of `day` and checks it against the refs recorded then.
+fn assert_restores(tv: &TestVault, day: u32, want: &str) {
+    let to = tv
+        .tmp
+        .path()
+        .join(format!("restored-{day}-{}", rand_suffix()));
+    let out = tv.run(&[
+        "restore",
+        "repo",
+        "--at",
+        &format!("2026-01-{day:02}T12:00:00Z"),
+        "--to",
+        to.to_str().unwrap(),
+    ]);
+    ok(&out);
+    git(&to, &["fsck", "--full", "--strict"]);
+    assert_eq!(refs_and_head(&to), want, "day {day}");
+}
+
+fn rand_suffix() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::SeqCst)
+}
+
+/// Four days: day 1 has a 2 MiB blob on branch `tmp`, day 2 drops `tmp` and has a 3 MiB blob
+/// on branch `big`, days 3 and 4 only grow `main`. Returns the refs of days 3 and 4.
+fn four_days(tv: &TestVault, up: &Upstream) -> (String, String) {
+    up.commit("a.txt", b"first\n", "2026-01-01T10:00:00Z");
+    git(&up.dir, &["checkout", "-q", "-b", "tmp"]);
+    up.commit(
+        "tmp.bin",
+        &noise(1, 2 * MIB as usize),
+        "2026-01-01T11:00:00Z",
+    );
+    git(&up.dir, &["checkout", "-q", "main"]);
+    backup(tv, up, 1);
+
+    git(&up.dir, &["branch", "-q", "-D", "tmp"]);
+    git(&up.dir, &["checkout", "-q", "-b", "big"]);
+    up.commit(
+        "big.bin",
+        &noise(2, 3 * MIB as usize),
+        "2026-01-02T11:00:00Z",
+    );
+    git(&up.dir, &["checkout", "-q", "main"]);
+    backup(tv, up, 2);
+
+    git(&up.dir, &["branch", "-q", "-D", "big"]);
+    up.commit("c.txt", b"third\n", "2026-01-03T10:00:00Z");
+    backup(tv, up, 3);
+    let day3 = refs_and_head(&up.dir.join(".git"));
+
+    up.commit("d.txt", b"fourth\n", "2026-01-04T10:00:00Z");
+    backup(tv, up, 4);
+    let day4 = refs_and_head(&up.dir.join(".git"));
+    (day3, day4)
+}
+
+fn forget_all_but_two(tv: &TestVault) {
+    let plan = json(tv, &["forget", "--keep-last", "2", "--dry-run"]);
+    assert_eq!(plan["would_remove"], 2, "{plan}");
+    assert_eq!(json(tv, &["snapshots"]).as_array().unwrap().len(), 4);
+    let done = json(tv, &["forget", "--keep-last", "2"]);
+    assert_eq!(done["removed"], 2, "{done}");
+    let left = json(tv, &["snapshots"]);
+    assert_eq!(left.as_array().unwrap().len(), 2, "{left}");
+}
+
+#[test]
+fn forget_then_prune_frees_what_only_forgotten_snapshots_used() {
+    let tv = TestVault::new();
+    let up = Upstream::new(tv.tmp.path());
+    let (day3, day4) = four_days(&tv, &up);
+    forget_all_but_two(&tv);
+
+    let before = tree_size(&tv.data_dir());
+    let dry = json(&tv, &["prune", "--dry-run"]);
+    assert!(
+        dry["bytes_freed"].as_i64().unwrap() > 4 * MIB as i64,
+        "{dry}"
+    );
+    assert_eq!(
+        tree_size(&tv.data_dir()),
+        before,
+        "a dry run changed the vault"
+    );
+
+    let report = json(&tv, &["prune"]);
+    let after = tree_size(&tv.data_dir());
+    // The 2 MiB and 3 MiB noise blobs were only in the forgotten snapshots.
+    assert!(
+        before - after >= 5 * MIB - MIB / 4,
+        "freed {} bytes: {report}",
+        before - after
+    );
+    assert!(report["packs_deleted"].as_u64().unwrap() >= 2, "{report}");
+    assert!(report["packs_compacted"].as_u64().unwrap() >= 1, "{report}");
+    assert_restores(&tv, 3, &day3);
+    assert_restores(&tv, 4, &day4);
+
+    // Nothing more to free; everything still there.
+    let again = json(&tv, &["prune"]);
+    assert_eq!(again["packs_deleted"], 0, "{again}");
+    assert_eq!(again["dead_objects"], 0, "{again}");
+    // Only the first prune's record, superseded by the second's.
+    assert_eq!(again["dead_chunks"], 1, "{again}");
+    assert_restores(&tv, 4, &day4);
+    let verify = tv.run(&["verify", "--full"]);
+    ok(&verify);
+
+    // From the packs alone: the forgotten snapshots stay forgotten, the kept ones restore.
+    let dir = tv.tmp.path().join("recovered");
+    let out = Command::new(env!("CARGO_BIN_EXE_gitvault"))
+        .arg("--vault")
+        .arg(&dir)
+        .args(["recover", "--footers-only", "--from"])
+        .arg(common::git_server::file_url(&tv.data_dir()))
+        .env("GITVAULT_IDENTITY_FILE", &tv.identity_file)
+        .output()
+        .unwrap();
+    ok(&out);
+    let rv = TestVault {
+        tmp: tempfile::tempdir().unwrap(),
+        dir: dir.clone(),
+        identity_file: tv.identity_file.clone(),
+        identity: tv.identity.clone(),
+    };
+    let snaps = json(&rv, &["snapshots"]);
+    assert_eq!(snaps.as_array().unwrap().len(), 2, "{snaps}");
+    assert_restores(&rv, 3, &day3);
+    assert_restores(&rv, 4, &day4);
+    // And the recovered vault backs up again, unchanged.
+    backup(&rv, &up, 5);
+    assert_eq!(json(&rv, &["snapshots"]).as_array().unwrap().len(), 3);
+}
+
+/// Starts `gitvault prune` paused at `point`; returns it once it has reached the point.
+fn paused_prune(tv: &TestVault, point: &str, release: &Path) -> Child {
+    let mut child = tv
+        .command(&["--json", "prune"])
+        .env(
+            "GITVAULT_TEST_HOOK_PAUSE",
+            format!("{point}:{}", release.display()),
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    loop {
+        line.clear();
+        assert!(
+            err.read_line(&mut line).unwrap() > 0,
+            "prune ended before {point}"
+        );
+        if line.contains(&format!("gitvault-test-hook: {point}")) {
+            break;
+        }
+    }
+    // Keep draining stderr so the child never blocks on a full pipe.
+    std::thread::spawn(move || std::io::copy(&mut err, &mut std::io::sink()));
+    child
+}
+
+#[test]
+fn a_backup_during_prune_keeps_what_it_needs() {
+    let tv = TestVault::new();
+    let up = Upstream::new(tv.tmp.path());
+    let (_, day4) = four_days(&tv, &up);
+    forget_all_but_two(&tv);
+    // The commit of the forgotten branch `big` is still in the upstream repository.
+    let big = git(
+        &up.dir,
+        &["rev-list", "-n1", "--all", "--reflog", "--", "big.bin"],
+    );
+    let big = big.trim().to_string();
+    assert_eq!(big.len(), 40);
+
+    // Prune has marked (the 3 MiB blob is dead to it) when a backup brings `big` back: the
+    // vault still knows its objects, so the backup stores nothing new and refers to them.
+    let release = tv.tmp.path().join("release-marked");
+    let prune = paused_prune(&tv, "prune-marked", &release);
+    git(&up.dir, &["branch", "big", &big]);
+    backup(&tv, &up, 5);
+    let day5 = refs_and_head(&up.dir.join(".git"));
+    std::fs::write(&release, b"").unwrap();
+    let out = prune.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(report["packs_spared"].as_u64().unwrap() >= 1, "{report}");
+    assert_restores(&tv, 5, &day5);
+    assert_restores(&tv, 4, &day4);
+
+    // A backup that starts while prune holds the lock waits for it instead of failing.
+    let release = tv.tmp.path().join("release-locked");
+    let prune = paused_prune(&tv, "prune-locked", &release);
+    up.commit("e.txt", b"fifth\n", "2026-01-06T10:00:00Z");
+    let waiting = tv
+        .command(&["backup", up.path(), "--name", "repo"])
+        .env("GITVAULT_NOW", "2026-01-06T12:00:00Z")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(700));
+    std::fs::write(&release, b"").unwrap();
+    let out = prune.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let out = waiting.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let day6 = refs_and_head(&up.dir.join(".git"));
+    assert_restores(&tv, 6, &day6);
+    assert_restores(&tv, 5, &day5);
+}
+
+#[test]
+fn prune_killed_anywhere_loses_nothing_and_a_rerun_finishes() {
+    for point in [
+        "prune-marked",
+        "prune-compacted",
+        "prune-locked",
+        "prune-recorded",
+        "prune-condemned",
+        "prune-deleting",
+    ] {
+        let tv = TestVault::new();
+        let up = Upstream::new(tv.tmp.path());
+        let (day3, day4) = four_days(&tv, &up);
+        forget_all_but_two(&tv);
+        let before = tree_size(&tv.data_dir());
+
+        let mut child = tv
+            .command(&["prune"])
+            .env("GITVAULT_TEST_HOOK_STALL", point)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut err = BufReader::new(child.stderr.take().unwrap());
+        let mut line = String::new();
+        while err.read_line(&mut line).unwrap() > 0 && !line.contains("gitvault-test-hook") {
+            line.clear();
+        }
+        assert!(line.contains(point), "prune never reached {point}");
+        child.kill().unwrap();
+        child.wait().unwrap();
+
+        assert_restores(&tv, 3, &day3);
+        assert_restores(&tv, 4, &day4);
+        let report = json(&tv, &["prune"]);
+        assert_restores(&tv, 3, &day3);
+        assert_restores(&tv, 4, &day4);
+        let after = tree_size(&tv.data_dir());
+        assert!(
+            before - after >= 5 * MIB - MIB / 4,
+            "{point}: freed only {} bytes: {report}",
+            before.saturating_sub(after)
+        );
+        ok(&tv.run(&["verify"]));
+    }
+}
