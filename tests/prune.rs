@@ -335,3 +335,79 @@ fn prune_killed_anywhere_loses_nothing_and_a_rerun_finishes() {
         ok(&tv.run(&["verify"]));
     }
 }
+
+#[test]
+fn prune_covers_every_target_including_s3() {
+    use common::s3_server::S3Server;
+    let tv = TestVault::new();
+    let moto = S3Server::moto();
+    let mut s3s = S3Server::s3s_fs();
+    moto.create_bucket("prune-a");
+    s3s.create_bucket("prune-b");
+    moto.set_env();
+    s3s.set_env();
+    ok(&tv.run(&["target", "add", "moto", &moto.url("prune-a", "gv")]));
+    ok(&tv.run(&["target", "add", "s3s", &s3s.url("prune-b", "")]));
+    let up = Upstream::new(tv.tmp.path());
+    let (day3, day4) = four_days(&tv, &up);
+    forget_all_but_two(&tv);
+    let before = json(&tv, &["stats"]);
+    let report = json(&tv, &["prune"]);
+    assert!(report["packs_deleted"].as_u64().unwrap() >= 2, "{report}");
+    let after = json(&tv, &["stats"]);
+    let targets = after["targets"].as_array().unwrap();
+    assert_eq!(targets.len(), 3, "{after}");
+    for (b, a) in before["targets"].as_array().unwrap().iter().zip(targets) {
+        // Every target lost the same packs, and holds exactly what the index lists.
+        assert_eq!(a["missing_packs"], 0, "{a}");
+        assert_eq!(a["garbage_files"], 0, "{a}");
+        assert_eq!(a["packs"], after["packs"], "{a}");
+        let freed = b["pack_bytes"].as_u64().unwrap() - a["pack_bytes"].as_u64().unwrap();
+        assert!(freed >= 5 * MIB - MIB / 4, "{} freed {freed}", a["name"]);
+    }
+    ok(&tv.run(&["verify", "--full"]));
+    assert_restores(&tv, 3, &day3);
+    assert_restores(&tv, 4, &day4);
+}
+
+#[test]
+fn forget_uses_the_configured_policy_and_refuses_to_guess() {
+    let tv = TestVault::new();
+    let up = Upstream::new(tv.tmp.path());
+    let (_, day4) = four_days(&tv, &up);
+    // No flags and no configured policy: a clear refusal, nothing forgotten.
+    let out = tv.run(&["forget"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("no retention policy"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(json(&tv, &["snapshots"]).as_array().unwrap().len(), 4);
+
+    let config = tv.dir.join("config.toml");
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str("\n[retention]\nkeep_last = 1\nkeep_within = \"1d\"\n");
+    std::fs::write(&config, text).unwrap();
+    let plan = json(&tv, &["forget", "--dry-run"]);
+    let repo = &plan["repositories"][0];
+    assert_eq!(repo["policy"], "config", "{plan}");
+    let kept: Vec<_> = repo["snapshots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["keep"] == true)
+        .collect();
+    // Day 4 (last, within 1d) and day 3 (within 1d of day 4's noon: day 3 noon is exactly
+    // 24 h earlier, so not after the bound; restic's "newer than" is strict).
+    assert_eq!(kept.len(), 1, "{plan}");
+    assert_eq!(
+        kept[0]["reasons"],
+        serde_json::json!(["within 1d", "last"]),
+        "{plan}"
+    );
+    ok(&tv.run(&["forget"]));
+    assert_eq!(json(&tv, &["snapshots"]).as_array().unwrap().len(), 1);
+    ok(&tv.run(&["prune"]));
+    assert_restores(&tv, 4, &day4);
+}
