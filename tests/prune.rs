@@ -341,7 +341,7 @@ fn prune_covers_every_target_including_s3() {
     use common::s3_server::S3Server;
     let tv = TestVault::new();
     let moto = S3Server::moto();
-    let mut s3s = S3Server::s3s_fs();
+    let s3s = S3Server::s3s_fs();
     moto.create_bucket("prune-a");
     s3s.create_bucket("prune-b");
     moto.set_env();
