@@ -6,12 +6,13 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-
-use common::git_server::{HttpGitServer, run_fixture};
-use common::{TestVault, stderr, stdout};
+use base64::Engine;
+use common::git_server::HttpGitServer;
+use common::provider_api::{
+    FixtureApi, add_source, assert_answered, assert_not_in_files, git_base, read_json,
+    restore_metadata, run_backup_with, serve_repositories, statuses,
+};
+use common::{TestVault, stderr};
 use serde_json::{Value, json};
 
 const EMAIL: &str = "alice@example.com";
@@ -21,214 +22,71 @@ const APP_PASSWORD: &str = "ATBBfixtureAppPassword0123456789";
 const TOKEN_ENV: &str = "GITVAULT_TEST_BB_TOKEN";
 const USER_ENV: &str = "GITVAULT_TEST_BB_USER";
 
-struct Api {
-    child: Child,
-    port: u16,
-    /// HTTP Basic user and secret the fixture accepts.
-    login: (&'static str, &'static str),
+/// The fixture with a workspace of 120 repositories, accepting `login` (HTTP Basic user and
+/// secret): an e-mail goes with an API token, a user name with an app password.
+fn start_api(git_base: &str, login: (&str, &str)) -> FixtureApi {
+    let credentials: [&str; 2] = if login.0.contains('@') {
+        ["--email", "--token"]
+    } else {
+        ["--username", "--app-password"]
+    };
+    let args = [
+        "--generate-org",
+        "acme",
+        "--repos",
+        "120",
+        "--git-base",
+        git_base,
+        credentials[0],
+        login.0,
+        credentials[1],
+        login.1,
+    ];
+    let basic =
+        base64::engine::general_purpose::STANDARD.encode(format!("{}:{}", login.0, login.1));
+    let auth = format!("Basic {basic}");
+    FixtureApi::start("bitbucket", &args, "/2.0", ("Authorization", &auth))
 }
 
-impl Drop for Api {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+/// Every value of a paginated list, following `next`.
+fn values(api: &FixtureApi, path: &str) -> Value {
+    let mut all = Vec::new();
+    let mut next = Some(format!("{}{path}", api.api_url()));
+    while let Some(url) = next {
+        let page: Value = api.fetch(&url).json().unwrap();
+        all.extend(page["values"].as_array().unwrap().iter().cloned());
+        next = page["next"].as_str().map(str::to_string);
     }
-}
-
-impl Api {
-    fn start(git_base: &str, login: (&'static str, &'static str)) -> Api {
-        let credentials: [&str; 2] = if login.0.contains('@') {
-            ["--email", "--token"]
-        } else {
-            ["--username", "--app-password"]
-        };
-        let mut child = Command::new("python3")
-            .arg(common::git_server::fixture("bitbucket_api.py"))
-            .args(["--port", "0", "--generate-org", "acme", "--repos", "120"])
-            .args(["--git-base", git_base])
-            .args([credentials[0], login.0, credentials[1], login.1])
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("python3 for the Bitbucket fixture server");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let port = line
-            .trim()
-            .strip_prefix("LISTENING ")
-            .and_then(|p| p.parse().ok())
-            .unwrap_or_else(|| panic!("fixture server said {line:?}"));
-        Api { child, port, login }
-    }
-
-    fn api_url(&self) -> String {
-        format!("http://127.0.0.1:{}/2.0", self.port)
-    }
-
-    fn client() -> reqwest::blocking::Client {
-        reqwest::blocking::Client::new()
-    }
-
-    fn control(&self, path: &str, body: Value) {
-        let r = Self::client()
-            .post(format!("http://127.0.0.1:{}/_fixture/{path}", self.port))
-            .json(&body)
-            .send()
-            .unwrap();
-        assert!(r.status().is_success());
-    }
-
-    fn stats(&self) -> Value {
-        Self::client()
-            .get(format!("http://127.0.0.1:{}/_fixture/stats", self.port))
-            .send()
-            .unwrap()
-            .json()
-            .unwrap()
-    }
-
-    fn fetch(&self, url: &str) -> reqwest::blocking::Response {
-        Self::client()
-            .get(url)
-            .basic_auth(self.login.0, Some(self.login.1))
-            .send()
-            .unwrap()
-    }
-
-    /// GET of an API path (`/repositories/…`).
-    fn get(&self, path: &str) -> Value {
-        self.fetch(&format!("{}{path}", self.api_url()))
-            .json()
-            .unwrap()
-    }
-
-    /// Every value of a paginated list, following `next`.
-    fn values(&self, path: &str) -> Value {
-        let mut all = Vec::new();
-        let mut next = Some(format!("{}{path}", self.api_url()));
-        while let Some(url) = next {
-            let page: Value = self.fetch(&url).json().unwrap();
-            all.extend(page["values"].as_array().unwrap().iter().cloned());
-            next = page["next"].as_str().map(str::to_string);
-        }
-        Value::Array(all)
-    }
+    Value::Array(all)
 }
 
 /// 120 repositories for acme and the wiki of acme/repo-001 (Bitbucket serves a wiki at
-/// `<repo>.git/wiki`), all copies of one small real repository.
-fn serve_repositories(root: &Path) {
-    let template = root.join("template.git");
-    run_fixture("rich.sh", &[template.to_str().unwrap()]);
-    let mut names: Vec<String> = (0..120).map(|i| format!("acme/repo-{i:03}.git")).collect();
-    names.push("acme/repo-001.git/wiki".into());
-    for name in names {
-        let dest = root.join(name);
-        std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
-        let ok = Command::new("cp")
-            .arg("-a")
-            .arg(&template)
-            .arg(&dest)
-            .status()
-            .unwrap();
-        assert!(ok.success());
-    }
-}
-
-fn add_source(tv: &TestVault, api: &Api, name: &str, owner: &str, extra: &[&str]) {
-    let api_url = api.api_url();
-    let mut args = vec![
-        "source",
-        "add",
-        name,
-        "--provider",
-        "bitbucket",
-        "--owner",
-        owner,
-        "--api-url",
-        &api_url,
-        "--token-env",
-        TOKEN_ENV,
-    ];
-    args.extend_from_slice(extra);
-    let out = tv.run(&args);
-    assert!(out.status.success(), "{}", stderr(&out));
+/// `<repo>.git/wiki`).
+fn repositories() -> Vec<String> {
+    let mut paths: Vec<String> = (0..120).map(|i| format!("acme/repo-{i:03}.git")).collect();
+    paths.push("acme/repo-001.git/wiki".into());
+    paths
 }
 
 fn run_backup(tv: &TestVault, login: (&str, &str), args: &[&str]) -> (Option<i32>, Value, String) {
-    let mut all = vec!["--json", "backup"];
-    all.extend_from_slice(args);
-    let out = tv
-        .command(&all)
-        .env(USER_ENV, login.0)
-        .env(TOKEN_ENV, login.1)
-        .output()
-        .unwrap();
-    let text = format!("{}{}", stdout(&out), stderr(&out));
-    assert!(!text.contains(login.1), "the secret leaked into the output");
-    let doc = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
-    (out.status.code(), doc, stderr(&out))
-}
-
-fn statuses(doc: &Value) -> Vec<(String, String)> {
-    doc["sources"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .flat_map(|s| s["repositories"].as_array().unwrap().iter())
-        .map(|r| {
-            (
-                r["repo"].as_str().unwrap().to_string(),
-                r["status"].as_str().unwrap().to_string(),
-            )
-        })
-        .collect()
-}
-
-fn assert_no_secret_in(dir: &Path, secret: &str) {
-    for path in common::files_under(dir) {
-        let bytes = std::fs::read(&path).unwrap();
-        assert!(
-            !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
-            "secret found in {}",
-            path.display()
-        );
-    }
-}
-
-fn restore_metadata(tv: &TestVault, repo: &str, dir: &str) -> PathBuf {
-    let restored = tv.tmp.path().join(format!("{dir}-git"));
-    let meta = tv.tmp.path().join(dir);
-    let out = tv.run(&[
-        "restore",
-        repo,
-        "--to",
-        restored.to_str().unwrap(),
-        "--metadata-to",
-        meta.to_str().unwrap(),
-    ]);
-    assert!(out.status.success(), "{}", stderr(&out));
-    meta
-}
-
-fn read_json(path: &Path) -> Value {
-    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+    let env = [(USER_ENV, login.0), (TOKEN_ENV, login.1)];
+    run_backup_with(tv, &env, login.1, args)
 }
 
 #[test]
 fn a_whole_workspace_with_an_api_token_then_an_unchanged_run_of_304s() {
     let tv = TestVault::new();
     let root = tv.tmp.path().join("served");
-    serve_repositories(&root);
+    serve_repositories(&root, &repositories());
     // Git over HTTPS takes an API token with Atlassian's static user name.
     let git = HttpGitServer::start(&root, Some(("x-bitbucket-api-token-auth", TOKEN)));
-    let git_base = git.url("x").trim_end_matches("/x.git").to_string();
+    let git_base = git_base(&git);
     let login = (EMAIL, TOKEN);
-    let api = Api::start(&git_base, login);
+    let api = start_api(&git_base, login);
     add_source(
         &tv,
         &api,
+        TOKEN_ENV,
         "acme",
         "acme",
         &["--username-env", USER_ENV, "--no-forks", "--no-archived"],
@@ -281,7 +139,7 @@ fn a_whole_workspace_with_an_api_token_then_an_unchanged_run_of_304s() {
     assert_eq!(issue["issue"], api.get(&format!("{base}/issues/1")));
     assert_eq!(
         issue["comments"],
-        api.values(&format!("{base}/issues/1/comments?pagelen=100"))
+        values(&api, &format!("{base}/issues/1/comments?pagelen=100"))
     );
     assert_eq!(issue["comments"][0]["content"]["raw"], "Confirmed.");
     assert!(meta.join("issues/2.json").is_file());
@@ -291,7 +149,7 @@ fn a_whole_workspace_with_an_api_token_then_an_unchanged_run_of_304s() {
         api.get(&format!("{base}/pullrequests/1"))
     );
     assert_eq!(pull["pull_request"]["participants"][0]["approved"], true);
-    let comments = api.values(&format!("{base}/pullrequests/1/comments?pagelen=100"));
+    let comments = values(&api, &format!("{base}/pullrequests/1/comments?pagelen=100"));
     assert_eq!(pull["comments"], comments);
     let inline: Vec<_> = comments
         .as_array()
@@ -303,7 +161,7 @@ fn a_whole_workspace_with_an_api_token_then_an_unchanged_run_of_304s() {
     assert_eq!(inline[0]["inline"]["path"], "src/lib.rs");
     assert_eq!(
         pull["activity"],
-        api.values(&format!("{base}/pullrequests/1/activity?pagelen=50"))
+        values(&api, &format!("{base}/pullrequests/1/activity?pagelen=50"))
     );
     assert!(
         pull["activity"]
@@ -316,7 +174,7 @@ fn a_whole_workspace_with_an_api_token_then_an_unchanged_run_of_304s() {
     assert_eq!(open["pull_request"]["state"], "OPEN");
     assert_eq!(open["comments"], json!([]));
     let downloads = read("downloads.json");
-    let listed = api.values(&format!("{base}/downloads"));
+    let listed = values(&api, &format!("{base}/downloads"));
     let content = downloads[0]["gitvault_content"].as_str().unwrap();
     let mut without_content = downloads.clone();
     without_content[0]
@@ -346,13 +204,7 @@ fn a_whole_workspace_with_an_api_token_then_an_unchanged_run_of_304s() {
         "{doc}"
     );
     let stats = api.stats();
-    let by_status = stats["by_status"].as_object().unwrap();
-    assert_eq!(
-        by_status.keys().collect::<Vec<_>>(),
-        vec!["304"],
-        "{by_status:?} after {} requests",
-        stats["requests"]
-    );
+    assert_answered(&stats, &["304"]);
     let requests = stats["requests"].as_u64().unwrap();
     eprintln!("bitbucket unchanged run: {requests} API requests, all 304, for 108 repositories");
     // The repository, its pull requests, its issues (2 in 3 have a tracker), its downloads.
@@ -386,22 +238,23 @@ fn a_whole_workspace_with_an_api_token_then_an_unchanged_run_of_304s() {
     );
     assert_eq!(read_json(&meta2.join("pulls/2.json")), open);
 
-    assert_no_secret_in(&tv.dir, TOKEN);
+    assert_not_in_files(&tv.dir, TOKEN);
 }
 
 #[test]
 fn an_app_password_rate_limits_errors_and_missing_workspaces() {
     let tv = TestVault::new();
     let root = tv.tmp.path().join("served");
-    serve_repositories(&root);
+    serve_repositories(&root, &repositories());
     // App passwords go with the Bitbucket user name, for the API and for git.
     let git = HttpGitServer::start(&root, Some((USERNAME, APP_PASSWORD)));
-    let git_base = git.url("x").trim_end_matches("/x.git").to_string();
+    let git_base = git_base(&git);
     let login = (USERNAME, APP_PASSWORD);
-    let api = Api::start(&git_base, login);
+    let api = start_api(&git_base, login);
     add_source(
         &tv,
         &api,
+        TOKEN_ENV,
         "acme",
         "acme",
         &["--username-env", USER_ENV, "--include", "repo-00*"],
@@ -456,6 +309,7 @@ fn an_app_password_rate_limits_errors_and_missing_workspaces() {
     add_source(
         &tv,
         &api,
+        TOKEN_ENV,
         "ghost",
         "nobody-here",
         &["--username-env", USER_ENV],
@@ -465,7 +319,7 @@ fn an_app_password_rate_limits_errors_and_missing_workspaces() {
     assert!(doc.to_string().contains("not found"), "{doc}");
 
     // A token without the user name it goes with: told what is missing.
-    add_source(&tv, &api, "nameless", "acme", &[]);
+    add_source(&tv, &api, TOKEN_ENV, "nameless", "acme", &[]);
     let (code, doc, err) = run_backup(&tv, login, &["nameless"]);
     assert_eq!(code, Some(1), "{err}");
     assert!(doc.to_string().contains("--username-env"), "{doc}");
@@ -485,5 +339,5 @@ fn an_app_password_rate_limits_errors_and_missing_workspaces() {
         stderr(&out)
     );
     assert!(!stderr(&out).contains(wrong));
-    assert_no_secret_in(&tv.dir, APP_PASSWORD);
+    assert_not_in_files(&tv.dir, APP_PASSWORD);
 }

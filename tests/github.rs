@@ -4,191 +4,44 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 
-use common::git_server::{HttpGitServer, run_fixture};
-use common::{TestVault, stderr, stdout};
+use common::git_server::HttpGitServer;
+use common::provider_api::{
+    FixtureApi, acme_repositories, add_source, assert_answered, assert_not_in_files, client,
+    git_base, read_json, restore_metadata, run_backup, serve_repositories, statuses,
+};
+use common::{TestVault, stderr};
 use serde_json::Value;
 
 const TOKEN: &str = "ghp_fixtureToken1234567890abcdef";
 const TOKEN_ENV: &str = "GITVAULT_TEST_GH_TOKEN";
 
-struct Api {
-    child: Child,
-    port: u16,
-}
-
-impl Drop for Api {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Api {
-    fn start(git_base: &str) -> Api {
-        Api::start_with(git_base, &["--token", TOKEN])
-    }
-
-    fn start_with(git_base: &str, extra: &[&str]) -> Api {
-        let mut child = Command::new("python3")
-            .arg(common::git_server::fixture("github_api.py"))
-            .args(["--port", "0", "--generate-org", "acme", "--repos", "120"])
-            .args(["--git-base", git_base])
-            .args(extra)
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("python3 for the GitHub fixture server");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let port = line
-            .trim()
-            .strip_prefix("LISTENING ")
-            .and_then(|p| p.parse().ok())
-            .unwrap_or_else(|| panic!("fixture server said {line:?}"));
-        Api { child, port }
-    }
-
-    fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    fn client() -> reqwest::blocking::Client {
-        reqwest::blocking::Client::new()
-    }
-
-    fn control(&self, path: &str, body: Value) {
-        let r = Self::client()
-            .post(format!("{}/_fixture/{path}", self.url()))
-            .json(&body)
-            .send()
-            .unwrap();
-        assert!(r.status().is_success());
-    }
-
-    fn stats(&self) -> Value {
-        Self::client()
-            .get(format!("{}/_fixture/stats", self.url()))
-            .send()
-            .unwrap()
-            .json()
-            .unwrap()
-    }
-
-    fn get(&self, path: &str) -> Value {
-        Self::client()
-            .get(format!("{}{path}", self.url()))
-            .bearer_auth(TOKEN)
-            .send()
-            .unwrap()
-            .json()
-            .unwrap()
-    }
-}
-
-/// 120 repositories for acme, one for alice, and acme/repo-001's wiki, all copies of one
-/// small real repository.
-fn serve_repositories(root: &Path) {
-    let template = root.join("template.git");
-    run_fixture("rich.sh", &[template.to_str().unwrap()]);
-    let mut names: Vec<String> = (0..120).map(|i| format!("acme/repo-{i:03}")).collect();
-    names.push("alice/dotfiles".into());
-    names.push("acme/repo-001.wiki".into());
-    for name in names {
-        let dest = root.join(format!("{name}.git"));
-        std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
-        let ok = Command::new("cp")
-            .arg("-a")
-            .arg(&template)
-            .arg(&dest)
-            .status()
-            .unwrap();
-        assert!(ok.success());
-    }
-}
-
-fn run_backup(tv: &TestVault, args: &[&str]) -> (Option<i32>, Value, String) {
-    let mut all = vec!["--json", "backup"];
-    all.extend_from_slice(args);
-    let out = tv.command(&all).env(TOKEN_ENV, TOKEN).output().unwrap();
-    let text = format!("{}{}", stdout(&out), stderr(&out));
-    assert!(!text.contains(TOKEN), "the token leaked into the output");
-    let doc = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
-    (out.status.code(), doc, stderr(&out))
-}
-
-fn statuses(doc: &Value) -> Vec<(String, String)> {
-    doc["sources"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .flat_map(|s| s["repositories"].as_array().unwrap().iter())
-        .map(|r| {
-            (
-                r["repo"].as_str().unwrap().to_string(),
-                r["status"].as_str().unwrap().to_string(),
-            )
-        })
-        .collect()
-}
-
-fn assert_no_token_in(dir: &Path) {
-    for path in common::files_under(dir) {
-        let bytes = std::fs::read(&path).unwrap();
-        assert!(
-            !bytes.windows(TOKEN.len()).any(|w| w == TOKEN.as_bytes()),
-            "token found in {}",
-            path.display()
-        );
-    }
+/// The fixture with an organisation of 120 repositories (120 for acme, one for alice, and
+/// acme/repo-001's wiki, as [`acme_repositories`] serves them).
+fn start_api(git_base: &str, extra: &[&str]) -> FixtureApi {
+    let mut args = vec!["--generate-org", "acme", "--repos", "120"];
+    args.extend_from_slice(&["--git-base", git_base]);
+    args.extend_from_slice(extra);
+    let bearer = format!("Bearer {TOKEN}");
+    FixtureApi::start("github", &args, "", ("Authorization", &bearer))
 }
 
 #[test]
 fn a_whole_organisation_with_metadata_then_an_unchanged_run_of_304s() {
     let tv = TestVault::new();
     let root = tv.tmp.path().join("served");
-    serve_repositories(&root);
+    serve_repositories(&root, &acme_repositories());
     let git = HttpGitServer::start(&root, Some(("x-access-token", TOKEN)));
-    let git_base = git.url("x").trim_end_matches("/x.git").to_string();
-    let api = Api::start(&git_base);
-
-    let out = tv.run(&[
-        "source",
-        "add",
-        "acme",
-        "--provider",
-        "github",
-        "--owner",
-        "acme",
-        "--api-url",
-        &api.url(),
-        "--token-env",
-        TOKEN_ENV,
-        "--no-forks",
-    ]);
-    assert!(out.status.success(), "{}", stderr(&out));
-    let out = tv.run(&[
-        "source",
-        "add",
-        "alice",
-        "--provider",
-        "github",
-        "--owner",
-        "alice",
-        "--api-url",
-        &api.url(),
-        "--token-env",
-        TOKEN_ENV,
-    ]);
-    assert!(out.status.success(), "{}", stderr(&out));
+    let git_base = git_base(&git);
+    let api = start_api(&git_base, &["--token", TOKEN]);
+    add_source(&tv, &api, TOKEN_ENV, "acme", "acme", &["--no-forks"]);
+    add_source(&tv, &api, TOKEN_ENV, "alice", "alice", &[]);
     let config = std::fs::read_to_string(tv.dir.join("config.toml")).unwrap();
     assert!(config.contains(TOKEN_ENV) && !config.contains(TOKEN));
 
-    let (code, doc, err) = run_backup(&tv, &[]);
+    let (code, doc, err) = run_backup(&tv, TOKEN_ENV, TOKEN, &[]);
     assert_eq!(code, Some(0), "{err}");
     let lines = statuses(&doc);
     let acme = &doc["sources"][0];
@@ -211,26 +64,14 @@ fn a_whole_organisation_with_metadata_then_an_unchanged_run_of_304s() {
     // The run report is stored beside the vault for monitoring.
     let reports = common::files_under(&tv.dir.join("reports"));
     assert_eq!(reports.len(), 1);
-    let stored: Value = serde_json::from_slice(&std::fs::read(&reports[0]).unwrap()).unwrap();
+    let stored = read_json(&reports[0]);
     assert_eq!(stored["sources"][0]["selected"], 108);
 
     // Metadata round trip for one repository.
     let host = git_base.trim_start_matches("http://");
     let repo = format!("{host}/acme/repo-003");
-    let restored = tv.tmp.path().join("restored");
-    let meta = tv.tmp.path().join("meta");
-    let out = tv.run(&[
-        "restore",
-        &repo,
-        "--to",
-        restored.to_str().unwrap(),
-        "--metadata-to",
-        meta.to_str().unwrap(),
-    ]);
-    assert!(out.status.success(), "{}", stderr(&out));
-    let read = |p: &str| -> Value {
-        serde_json::from_slice(&std::fs::read(meta.join(p)).unwrap()).unwrap()
-    };
+    let meta = restore_metadata(&tv, &repo, "meta");
+    let read = |p: &str| read_json(&meta.join(p));
     let issue = read("issues/1.json");
     assert_eq!(issue["issue"], api.get("/repos/acme/repo-003/issues/1"));
     assert_eq!(
@@ -239,7 +80,7 @@ fn a_whole_organisation_with_metadata_then_an_unchanged_run_of_304s() {
     );
     let pulls: Vec<PathBuf> = common::files_under(&meta.join("pulls"));
     assert_eq!(pulls.len(), 1);
-    let pull: Value = serde_json::from_slice(&std::fs::read(&pulls[0]).unwrap()).unwrap();
+    let pull = read_json(&pulls[0]);
     let number = pull["pull_request"]["number"].as_u64().unwrap();
     assert_eq!(
         pull["pull_request"],
@@ -269,7 +110,7 @@ fn a_whole_organisation_with_metadata_then_an_unchanged_run_of_304s() {
     let content = release["assets"][0]["gitvault_content"].as_str().unwrap();
     let bytes = std::fs::read(meta.join(content)).unwrap();
     assert_eq!(bytes.len() as u64, asset["size"].as_u64().unwrap());
-    let served = Api::client()
+    let served = client()
         .get(asset["browser_download_url"].as_str().unwrap())
         .send()
         .unwrap()
@@ -281,7 +122,7 @@ fn a_whole_organisation_with_metadata_then_an_unchanged_run_of_304s() {
     // Unchanged: only conditional requests, all answered 304; almost nothing added.
     let before = common::tree_size(&tv.data_dir());
     api.control("reset-stats", serde_json::json!({}));
-    let (code, doc, err) = run_backup(&tv, &[]);
+    let (code, doc, err) = run_backup(&tv, TOKEN_ENV, TOKEN, &[]);
     assert_eq!(code, Some(0), "{err}");
     assert!(
         statuses(&doc)
@@ -289,15 +130,7 @@ fn a_whole_organisation_with_metadata_then_an_unchanged_run_of_304s() {
             .all(|(_, s)| s == "unchanged" || s == "skipped"),
         "{doc}"
     );
-    let stats = api.stats();
-    let by_status = stats["by_status"].as_object().unwrap();
-    assert_eq!(
-        by_status.keys().collect::<Vec<_>>(),
-        vec!["304"],
-        "{:?} after {} requests",
-        by_status,
-        stats["requests"]
-    );
+    assert_answered(&api.stats(), &["304"]);
     let growth = common::tree_size(&tv.data_dir()) - before;
     assert!(
         growth < 110 * 4096,
@@ -309,28 +142,17 @@ fn a_whole_organisation_with_metadata_then_an_unchanged_run_of_304s() {
         "touch",
         serde_json::json!({ "repo": "acme/repo-003", "issue": 1 }),
     );
-    let (code, _, err) = run_backup(&tv, &["acme"]);
+    let (code, _, err) = run_backup(&tv, TOKEN_ENV, TOKEN, &["acme"]);
     assert_eq!(code, Some(0), "{err}");
-    let meta2 = tv.tmp.path().join("meta2");
-    let restored2 = tv.tmp.path().join("restored2");
-    let out = tv.run(&[
-        "restore",
-        &repo,
-        "--to",
-        restored2.to_str().unwrap(),
-        "--metadata-to",
-        meta2.to_str().unwrap(),
-    ]);
-    assert!(out.status.success(), "{}", stderr(&out));
-    let issue2: Value =
-        serde_json::from_slice(&std::fs::read(meta2.join("issues/1.json")).unwrap()).unwrap();
+    let meta2 = restore_metadata(&tv, &repo, "meta2");
+    let issue2 = read_json(&meta2.join("issues/1.json"));
     assert_eq!(issue2["issue"], api.get("/repos/acme/repo-003/issues/1"));
     assert_ne!(issue2["issue"]["body"], issue["issue"]["body"]);
 
-    assert_no_token_in(&tv.dir);
+    assert_not_in_files(&tv.dir, TOKEN);
 }
 
-fn api_all(api: &Api, path: &str) -> Vec<Value> {
+fn api_all(api: &FixtureApi, path: &str) -> Vec<Value> {
     let sep = if path.contains('?') { '&' } else { '?' };
     api.get(&format!("{path}{sep}per_page=100"))
         .as_array()
@@ -342,32 +164,24 @@ fn api_all(api: &Api, path: &str) -> Vec<Value> {
 fn rate_limits_errors_and_denied_repositories() {
     let tv = TestVault::new();
     let root = tv.tmp.path().join("served");
-    serve_repositories(&root);
+    serve_repositories(&root, &acme_repositories());
     let git = HttpGitServer::start(&root, Some(("x-access-token", TOKEN)));
-    let git_base = git.url("x").trim_end_matches("/x.git").to_string();
-    let api = Api::start(&git_base);
-    let out = tv.run(&[
-        "source",
-        "add",
-        "acme",
-        "--provider",
-        "github",
-        "--owner",
-        "acme",
-        "--api-url",
-        &api.url(),
-        "--token-env",
+    let git_base = git_base(&git);
+    let api = start_api(&git_base, &["--token", TOKEN]);
+    add_source(
+        &tv,
+        &api,
         TOKEN_ENV,
-        "--include",
-        "repo-00*",
-    ]);
-    assert!(out.status.success(), "{}", stderr(&out));
+        "acme",
+        "acme",
+        &["--include", "repo-00*"],
+    );
 
     // 5xx answers are retried; a listed repository that cannot be fetched (as with an
     // SSO-protected repository) fails alone: exit 3.
     api.control("mode", serde_json::json!({ "fail_5xx": 2 }));
     std::fs::remove_dir_all(root.join("acme/repo-005.git")).unwrap();
-    let (code, doc, err) = run_backup(&tv, &[]);
+    let (code, doc, err) = run_backup(&tv, TOKEN_ENV, TOKEN, &[]);
     assert_eq!(code, Some(3), "{err}");
     let lines = statuses(&doc);
     // repo-000 to repo-009 without repo-005, and repo-001's wiki.
@@ -390,7 +204,7 @@ fn rate_limits_errors_and_denied_repositories() {
         serde_json::json!({ "rate_limited": true, "reset_in": 3600 }),
     );
     let started = std::time::Instant::now();
-    let (code, doc, err) = run_backup(&tv, &[]);
+    let (code, doc, err) = run_backup(&tv, TOKEN_ENV, TOKEN, &[]);
     assert!(
         started.elapsed().as_secs() < 60,
         "a rate limit must not hang the run"
@@ -412,7 +226,7 @@ fn rate_limits_errors_and_denied_repositories() {
         stderr(&out)
     );
     assert!(!stderr(&out).contains("ghp_wrongTokenButStillSecret999"));
-    assert_no_token_in(&tv.dir);
+    assert_not_in_files(&tv.dir, TOKEN);
 }
 
 /// A GitHub App instead of a token: the app's JWT (RS256, checked by the fixture with the
@@ -422,10 +236,10 @@ fn rate_limits_errors_and_denied_repositories() {
 fn a_github_app_authenticates_and_renews_its_installation_token() {
     let tv = TestVault::new();
     let root = tv.tmp.path().join("served");
-    serve_repositories(&root);
+    serve_repositories(&root, &acme_repositories());
     // Installation tokens are minted by the fixture, so the git server cannot know them.
     let git = HttpGitServer::start(&root, None);
-    let git_base = git.url("x").trim_end_matches("/x.git").to_string();
+    let git_base = git_base(&git);
     let key = tv.tmp.path().join("app.pem");
     let public = tv.tmp.path().join("app.pub.pem");
     // -traditional: the PKCS#1 form GitHub hands out ("BEGIN RSA PRIVATE KEY").
@@ -446,7 +260,7 @@ fn a_github_app_authenticates_and_renews_its_installation_token() {
         .status()
         .unwrap();
     assert!(ok.success());
-    let api = Api::start_with(
+    let api = start_api(
         &git_base,
         &[
             "--token",
@@ -483,7 +297,7 @@ fn a_github_app_authenticates_and_renews_its_installation_token() {
     let out = add(&key, "31337");
     assert!(out.status.success(), "{}", stderr(&out));
 
-    let (code, doc, err) = run_backup(&tv, &[]);
+    let (code, doc, err) = run_backup(&tv, TOKEN_ENV, TOKEN, &[]);
     assert_eq!(code, Some(0), "{err}\n{doc}");
     let lines = statuses(&doc);
     assert_eq!(
@@ -497,31 +311,14 @@ fn a_github_app_authenticates_and_renews_its_installation_token() {
         "the installation token was never renewed: {stats}"
     );
     // Restored metadata came through the installation token.
-    let restored = tv.tmp.path().join("restored.git");
-    let meta = tv.tmp.path().join("meta");
     let repo = lines[0].0.clone();
-    let out = tv.run(&[
-        "restore",
-        &repo,
-        "--to",
-        restored.to_str().unwrap(),
-        "--metadata-to",
-        meta.to_str().unwrap(),
-    ]);
-    assert!(out.status.success(), "{}", stderr(&out));
+    let meta = restore_metadata(&tv, &repo, "meta");
     assert!(meta.join("issues/1.json").is_file());
     // Neither installation tokens nor the key reach the vault or the output.
     let pem = std::fs::read_to_string(&key).unwrap();
     let key_line = pem.lines().nth(1).unwrap().to_string();
-    for path in common::files_under(&tv.dir) {
-        let bytes = std::fs::read(&path).unwrap();
-        for needle in ["ghs_", key_line.as_str()] {
-            assert!(
-                !bytes.windows(needle.len()).any(|w| w == needle.as_bytes()),
-                "{needle} found in {}",
-                path.display()
-            );
-        }
+    for needle in ["ghs_", key_line.as_str()] {
+        assert_not_in_files(&tv.dir, needle);
     }
     assert!(!doc.to_string().contains("ghs_") && !err.contains("ghs_"));
 
@@ -539,7 +336,7 @@ fn a_github_app_authenticates_and_renews_its_installation_token() {
     assert!(out.status.success(), "{}", stderr(&out));
     let out = add(&other, "31337");
     assert!(out.status.success(), "{}", stderr(&out));
-    let (code, doc, err) = run_backup(&tv, &[]);
+    let (code, doc, err) = run_backup(&tv, TOKEN_ENV, TOKEN, &[]);
     assert_ne!(code, Some(0), "{doc}");
     let message = doc["sources"][0]["error"].as_str().unwrap_or_default();
     assert!(

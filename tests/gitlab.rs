@@ -5,11 +5,13 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 
-use common::git_server::{HttpGitServer, run_fixture};
+use common::git_server::HttpGitServer;
+use common::provider_api::{
+    FixtureApi, add_source, assert_answered, assert_not_in_files, git_base, read_json,
+    restore_metadata, run_backup, serve_repositories, statuses,
+};
 use common::{TestVault, stderr, stdout};
 use serde_json::{Value, json};
 
@@ -17,143 +19,28 @@ const TOKEN: &str = "glpat-fixtureToken1234567890ab";
 const TOKEN_ENV: &str = "GITVAULT_TEST_GL_TOKEN";
 const PROJECTS: usize = 120;
 
-struct Api {
-    child: Child,
-    port: u16,
-}
-
-impl Drop for Api {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Api {
-    fn start(git_base: &str, extra: &[&str]) -> Api {
-        let mut child = Command::new("python3")
-            .arg(common::git_server::fixture("gitlab_api.py"))
-            .args(["--port", "0", "--group", "acme"])
-            .args(["--projects", &PROJECTS.to_string()])
-            .args(["--git-base", git_base, "--token", TOKEN])
-            .args(extra)
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("python3 for the GitLab fixture server");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let port = line
-            .trim()
-            .strip_prefix("LISTENING ")
-            .and_then(|p| p.parse().ok())
-            .unwrap_or_else(|| panic!("fixture server said {line:?}"));
-        Api { child, port }
-    }
-
-    fn root(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    /// What `--api-url` takes: the v4 API's base.
-    fn url(&self) -> String {
-        format!("{}/api/v4", self.root())
-    }
-
-    fn client() -> reqwest::blocking::Client {
-        reqwest::blocking::Client::new()
-    }
-
-    fn control(&self, path: &str, body: Value) {
-        let r = Self::client()
-            .post(format!("{}/_fixture/{path}", self.root()))
-            .json(&body)
-            .send()
-            .unwrap();
-        assert!(r.status().is_success(), "{path}: {}", r.status());
-    }
-
-    fn stats(&self) -> Value {
-        Self::client()
-            .get(format!("{}/_fixture/stats", self.root()))
-            .send()
-            .unwrap()
-            .json()
-            .unwrap()
-    }
-
-    /// An API answer as the server serves it (these requests are counted in the stats).
-    fn get(&self, path: &str) -> Value {
-        Self::client()
-            .get(format!("{}{path}", self.url()))
-            .header("PRIVATE-TOKEN", TOKEN)
-            .send()
-            .unwrap()
-            .json()
-            .unwrap()
-    }
-}
-
 /// The namespace of fixture project `i` (see gitlab_api.py).
 fn project_path(i: usize) -> String {
     let home = ["acme", "acme/platform", "acme/platform/infra"][i % 3];
     format!("{home}/proj-{i:03}")
 }
 
-/// Bare repositories at `<root>/<path>.git`, all copies of one small real repository.
-fn serve_repositories(root: &Path, names: &[String]) {
-    let template = root.join("template.git");
-    run_fixture("rich.sh", &[template.to_str().unwrap()]);
-    for name in names {
-        let dest = root.join(format!("{name}.git"));
-        std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
-        let ok = Command::new("cp")
-            .arg("-a")
-            .arg(&template)
-            .arg(&dest)
-            .status()
-            .unwrap();
-        assert!(ok.success());
-    }
+/// Bare repositories for the projects named, at `<root>/<path>.git`.
+fn serve_projects(root: &Path, names: &[String]) {
+    let paths: Vec<String> = names.iter().map(|n| format!("{n}.git")).collect();
+    serve_repositories(root, &paths);
 }
 
 /// The git server (which takes the token the way GitLab does: user `oauth2`) and the API.
-fn start_servers(root: &Path, api_args: &[&str]) -> (HttpGitServer, Api, String) {
+fn start_servers(root: &Path, api_args: &[&str]) -> (HttpGitServer, FixtureApi, String) {
     let git = HttpGitServer::start(root, Some(("oauth2", TOKEN)));
-    let git_base = git.url("x").trim_end_matches("/x.git").to_string();
-    let api = Api::start(&git_base, api_args);
+    let git_base = git_base(&git);
+    let projects = PROJECTS.to_string();
+    let mut args = vec!["--group", "acme", "--projects", &projects];
+    args.extend_from_slice(&["--git-base", &git_base, "--token", TOKEN]);
+    args.extend_from_slice(api_args);
+    let api = FixtureApi::start("gitlab", &args, "/api/v4", ("PRIVATE-TOKEN", TOKEN));
     (git, api, git_base)
-}
-
-fn add_source(tv: &TestVault, api: &Api, name: &str, owner: &str, extra: &[&str]) {
-    let url = api.url();
-    let mut args = vec![
-        "source",
-        "add",
-        name,
-        "--provider",
-        "gitlab",
-        "--owner",
-        owner,
-        "--api-url",
-        &url,
-        "--token-env",
-        TOKEN_ENV,
-    ];
-    args.extend_from_slice(extra);
-    let out = tv.run(&args);
-    assert!(out.status.success(), "{}", stderr(&out));
-}
-
-fn run_backup(tv: &TestVault, args: &[&str]) -> (Option<i32>, Value, String) {
-    let mut all = vec!["--json", "backup"];
-    all.extend_from_slice(args);
-    let out = tv.command(&all).env(TOKEN_ENV, TOKEN).output().unwrap();
-    let text = format!("{}{}", stdout(&out), stderr(&out));
-    assert!(!text.contains(TOKEN), "the token leaked into the output");
-    let doc = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
-    (out.status.code(), doc, stderr(&out))
 }
 
 fn source<'d>(doc: &'d Value, name: &str) -> &'d Value {
@@ -165,64 +52,17 @@ fn source<'d>(doc: &'d Value, name: &str) -> &'d Value {
         .unwrap_or_else(|| panic!("no source {name} in {doc}"))
 }
 
-fn statuses(doc: &Value) -> Vec<(String, String)> {
-    doc["sources"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .flat_map(|s| s["repositories"].as_array().unwrap().iter())
-        .map(|r| {
-            (
-                r["repo"].as_str().unwrap().to_string(),
-                r["status"].as_str().unwrap().to_string(),
-            )
-        })
-        .collect()
-}
-
-fn assert_no_token_in(dir: &Path) {
-    for path in common::files_under(dir) {
-        let bytes = std::fs::read(&path).unwrap();
-        assert!(
-            !bytes.windows(TOKEN.len()).any(|w| w == TOKEN.as_bytes()),
-            "token found in {}",
-            path.display()
-        );
-    }
-}
-
-/// Restores `repo` with its metadata into fresh directories named after `tag`.
-fn restore_metadata(tv: &TestVault, repo: &str, tag: &str) -> std::path::PathBuf {
-    let restored = tv.tmp.path().join(format!("restored-{tag}"));
-    let meta = tv.tmp.path().join(format!("meta-{tag}"));
-    let out = tv.run(&[
-        "restore",
-        repo,
-        "--to",
-        restored.to_str().unwrap(),
-        "--metadata-to",
-        meta.to_str().unwrap(),
-    ]);
-    assert!(out.status.success(), "{}", stderr(&out));
-    meta
-}
-
-fn read_json(dir: &Path, path: &str) -> Value {
-    let bytes = std::fs::read(dir.join(path)).unwrap_or_else(|e| panic!("{path}: {e}"));
-    serde_json::from_slice(&bytes).unwrap()
-}
-
 #[test]
 fn a_group_with_nested_subgroups_then_an_unchanged_run_of_304s() {
     let tv = TestVault::new();
     let root = tv.tmp.path().join("served");
     let mut names: Vec<String> = (0..PROJECTS).map(project_path).collect();
     names.push("acme/platform/proj-001.wiki".into());
-    serve_repositories(&root, &names);
+    serve_projects(&root, &names);
     let (_git, api, git_base) = start_servers(&root, &[]);
-    add_source(&tv, &api, "acme", "acme", &[]);
+    add_source(&tv, &api, TOKEN_ENV, "acme", "acme", &[]);
 
-    let (code, doc, err) = run_backup(&tv, &[]);
+    let (code, doc, err) = run_backup(&tv, TOKEN_ENV, TOKEN, &[]);
     assert_eq!(code, Some(0), "{err}");
     let acme = source(&doc, "acme");
     assert_eq!(acme["listed"], PROJECTS, "{acme}");
@@ -257,15 +97,7 @@ fn a_group_with_nested_subgroups_then_an_unchanged_run_of_304s() {
     let first = api.stats();
     assert_eq!(first["auth_headers_seen"], json!(["PRIVATE-TOKEN"]));
     // Every answer a success: proj-007's issues are turned off and were not asked for (403).
-    assert_eq!(
-        first["by_status"]
-            .as_object()
-            .unwrap()
-            .keys()
-            .collect::<Vec<_>>(),
-        vec!["200"],
-        "{first}"
-    );
+    assert_answered(&first, &["200"]);
     eprintln!(
         "first run: {} API requests for {PROJECTS} projects: {}",
         first["requests"], first["by_status"]
@@ -274,19 +106,19 @@ fn a_group_with_nested_subgroups_then_an_unchanged_run_of_304s() {
     // Metadata round trip for a project two levels down.
     let host = git_base.trim_start_matches("http://");
     let repo = format!("{host}/acme/platform/proj-001");
-    let meta = restore_metadata(&tv, &repo, "first");
+    let meta = restore_metadata(&tv, &repo, "meta-first");
     let project = "/projects/acme%2Fplatform%2Fproj-001";
-    assert_eq!(read_json(&meta, "settings.json"), api.get(project));
+    assert_eq!(read_json(&meta.join("settings.json")), api.get(project));
     assert_eq!(
-        read_json(&meta, "settings.json")["path_with_namespace"],
+        read_json(&meta.join("settings.json"))["path_with_namespace"],
         "acme/platform/proj-001"
     );
     assert_eq!(
-        read_json(&meta, "labels.json"),
+        read_json(&meta.join("labels.json")),
         api.get(&format!("{project}/labels?per_page=100"))
     );
     assert_eq!(
-        read_json(&meta, "milestones.json"),
+        read_json(&meta.join("milestones.json")),
         api.get(&format!("{project}/milestones?per_page=100"))
     );
     let issues = api.get(&format!("{project}/issues?per_page=100"));
@@ -296,7 +128,7 @@ fn a_group_with_nested_subgroups_then_an_unchanged_run_of_304s() {
         .iter()
         .find(|i| i["iid"] == 1)
         .unwrap();
-    let issue = read_json(&meta, "issues/1.json");
+    let issue = read_json(&meta.join("issues/1.json"));
     assert_eq!(&issue["issue"], issue_1);
     let notes = api.get(&format!(
         "{project}/issues/1/notes?sort=asc&order_by=created_at"
@@ -304,7 +136,7 @@ fn a_group_with_nested_subgroups_then_an_unchanged_run_of_304s() {
     assert_eq!(issue["comments"], notes);
     assert_eq!(issue["comments"][0]["body"], "Confirmed.");
     // System notes are history too.
-    let closed = read_json(&meta, "issues/2.json");
+    let closed = read_json(&meta.join("issues/2.json"));
     assert!(
         closed["comments"]
             .as_array()
@@ -314,7 +146,7 @@ fn a_group_with_nested_subgroups_then_an_unchanged_run_of_304s() {
         "{closed}"
     );
 
-    let pull = read_json(&meta, "pulls/1.json");
+    let pull = read_json(&meta.join("pulls/1.json"));
     assert_eq!(
         pull["pull_request"],
         api.get(&format!("{project}/merge_requests/1"))
@@ -344,7 +176,7 @@ fn a_group_with_nested_subgroups_then_an_unchanged_run_of_304s() {
             .all(|n| n["type"] == "DiffNote" && n["position"]["new_path"] == "src/lib.rs")
     );
     let releases = api.get(&format!("{project}/releases?per_page=100"));
-    let release = read_json(&meta, "releases/v1.0.0.json");
+    let release = read_json(&meta.join("releases/v1.0.0.json"));
     assert_eq!(release, releases[0]);
     assert!(
         release["assets"]["links"][0]["url"]
@@ -358,7 +190,7 @@ fn a_group_with_nested_subgroups_then_an_unchanged_run_of_304s() {
     // metadata with a provider that never listed the group.
     let before = common::tree_size(&tv.data_dir());
     api.control("reset-stats", json!({}));
-    let (code, doc, err) = run_backup(&tv, &["--jobs", "2"]);
+    let (code, doc, err) = run_backup(&tv, TOKEN_ENV, TOKEN, &["--jobs", "2"]);
     assert_eq!(code, Some(0), "{err}");
     assert!(
         statuses(&doc)
@@ -367,13 +199,7 @@ fn a_group_with_nested_subgroups_then_an_unchanged_run_of_304s() {
         "{doc}"
     );
     let stats = api.stats();
-    let by_status = stats["by_status"].as_object().unwrap();
-    assert_eq!(
-        by_status.keys().collect::<Vec<_>>(),
-        vec!["304"],
-        "{by_status:?} after {} requests",
-        stats["requests"]
-    );
+    assert_answered(&stats, &["304"]);
     // The group, two pages of projects, and per project: settings, labels, milestones, the
     // issue list (not for proj-007), the merge request list and the releases.
     assert_eq!(stats["requests"], 3 + 6 * PROJECTS - 1, "{stats}");
@@ -399,14 +225,14 @@ fn a_group_with_nested_subgroups_then_an_unchanged_run_of_304s() {
         json!({ "project": "acme/platform/proj-001", "merge_request": 1, "note": "One more thing." }),
     );
     api.control("reset-stats", json!({}));
-    let (code, _, err) = run_backup(&tv, &["acme"]);
+    let (code, _, err) = run_backup(&tv, TOKEN_ENV, TOKEN, &["acme"]);
     assert_eq!(code, Some(0), "{err}");
     let third = api.stats();
     eprintln!(
         "run after two updates: {} API requests: {}",
         third["requests"], third["by_status"]
     );
-    let meta = restore_metadata(&tv, &repo, "third");
+    let meta = restore_metadata(&tv, &repo, "meta-third");
     let issues = api.get(&format!("{project}/issues?per_page=100"));
     let issue_1 = issues
         .as_array()
@@ -414,13 +240,13 @@ fn a_group_with_nested_subgroups_then_an_unchanged_run_of_304s() {
         .iter()
         .find(|i| i["iid"] == 1)
         .unwrap();
-    let updated = read_json(&meta, "issues/1.json");
+    let updated = read_json(&meta.join("issues/1.json"));
     assert_eq!(&updated["issue"], issue_1);
     assert_ne!(
         updated["issue"]["description"],
         issue["issue"]["description"]
     );
-    let pull = read_json(&meta, "pulls/1.json");
+    let pull = read_json(&meta.join("pulls/1.json"));
     assert_eq!(
         pull["comments"],
         api.get(&format!(
@@ -429,9 +255,9 @@ fn a_group_with_nested_subgroups_then_an_unchanged_run_of_304s() {
     );
     assert!(pull.to_string().contains("One more thing."));
     // The untouched issue kept its document.
-    assert_eq!(read_json(&meta, "issues/2.json"), closed);
+    assert_eq!(read_json(&meta.join("issues/2.json")), closed);
 
-    assert_no_token_in(&tv.dir);
+    assert_not_in_files(&tv.dir, TOKEN);
 }
 
 #[test]
@@ -441,22 +267,24 @@ fn filters_a_user_namespace_rate_limits_and_errors() {
     // Only what the filters below keep is served over git.
     let mut names: Vec<String> = (10..20).map(project_path).collect();
     names.push("alice/dotfiles".into());
-    serve_repositories(&root, &names);
+    serve_projects(&root, &names);
     // proj-010 has 122 issues: two pages.
     let (_git, api, git_base) =
         start_servers(&root, &["--extra-issues", "acme/platform/proj-010=120"]);
     add_source(
         &tv,
         &api,
+        TOKEN_ENV,
         "acme",
         "acme",
         &["--include", "proj-01*", "--no-forks", "--no-archived"],
     );
-    add_source(&tv, &api, "alice", "alice", &[]);
+    add_source(&tv, &api, TOKEN_ENV, "alice", "alice", &[]);
     // A subgroup path as the owner: only that subgroup's projects.
     add_source(
         &tv,
         &api,
+        TOKEN_ENV,
         "infra",
         "acme/platform/infra",
         &["--include", "proj-01*"],
@@ -474,7 +302,7 @@ fn filters_a_user_namespace_rate_limits_and_errors() {
         "mode",
         json!({ "rate_limited": true, "retry_after": 1, "count": 2 }),
     );
-    let (code, doc, err) = run_backup(&tv, &[]);
+    let (code, doc, err) = run_backup(&tv, TOKEN_ENV, TOKEN, &[]);
     assert_eq!(code, Some(0), "{err}");
     let stats = api.stats();
     assert_eq!(stats["by_status"]["502"], 2, "{stats}");
@@ -525,7 +353,7 @@ fn filters_a_user_namespace_rate_limits_and_errors() {
         "no edit while paging"
     );
     let host = git_base.trim_start_matches("http://");
-    let meta = restore_metadata(&tv, &format!("{host}/acme/platform/proj-010"), "paged");
+    let meta = restore_metadata(&tv, &format!("{host}/acme/platform/proj-010"), "meta-paged");
     let project = "/projects/acme%2Fplatform%2Fproj-010";
     let listed = [
         api.get(&format!("{project}/issues?per_page=100&page=1")),
@@ -536,21 +364,21 @@ fn filters_a_user_namespace_rate_limits_and_errors() {
     for entry in listed {
         let iid = entry["iid"].as_u64().unwrap();
         assert_eq!(
-            &read_json(&meta, &format!("issues/{iid}.json"))["issue"],
+            &read_json(&meta.join(format!("issues/{iid}.json")))["issue"],
             entry,
             "issue {iid}"
         );
     }
-    let meta = restore_metadata(&tv, &format!("{host}/alice/dotfiles"), "alice");
+    let meta = restore_metadata(&tv, &format!("{host}/alice/dotfiles"), "meta-alice");
     assert_eq!(
-        read_json(&meta, "settings.json")["owner"]["username"],
+        read_json(&meta.join("settings.json"))["owner"]["username"],
         "alice"
     );
 
     // A rate limit far away: the run stops cleanly and says when to resume.
     api.control("mode", json!({ "rate_limited": true, "reset_in": 3600 }));
     let started = std::time::Instant::now();
-    let (code, doc, err) = run_backup(&tv, &["acme"]);
+    let (code, doc, err) = run_backup(&tv, TOKEN_ENV, TOKEN, &["acme"]);
     assert!(
         started.elapsed().as_secs() < 60,
         "a rate limit must not hang the run"
@@ -572,8 +400,8 @@ fn filters_a_user_namespace_rate_limits_and_errors() {
     assert!(!text.contains(wrong));
 
     // Neither a group nor a user.
-    add_source(&tv, &api, "ghost", "nosuch", &[]);
-    let (code, doc, err) = run_backup(&tv, &["ghost"]);
+    add_source(&tv, &api, TOKEN_ENV, "ghost", "nosuch", &[]);
+    let (code, doc, err) = run_backup(&tv, TOKEN_ENV, TOKEN, &["ghost"]);
     assert_eq!(code, Some(1), "{err}");
     let error = source(&doc, "ghost")["error"].to_string();
     assert!(
@@ -581,5 +409,5 @@ fn filters_a_user_namespace_rate_limits_and_errors() {
         "{error}"
     );
 
-    assert_no_token_in(&tv.dir);
+    assert_not_in_files(&tv.dir, TOKEN);
 }

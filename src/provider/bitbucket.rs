@@ -18,6 +18,7 @@ use std::collections::HashSet;
 use chrono::{DateTime, FixedOffset, Utc};
 use serde_json::{Value, json};
 
+use super::common::{api_base, by_full_name, keep_binary, name_content, put, start_map};
 use super::http::{ApiClient, Auth, RequestStats};
 use super::{MetadataMap, MetadataSink, Provider, ProviderError, RepoInfo, SourceConfig};
 use super::{bool_field, segment, str_field};
@@ -163,12 +164,7 @@ impl<'i> Bitbucket<'i> {
         };
         Ok(Bitbucket {
             api: ApiClient::new(auth, "application/json", Vec::new(), cache)?,
-            base: source
-                .api_url
-                .clone()
-                .unwrap_or_else(|| DEFAULT_API.into())
-                .trim_end_matches('/')
-                .to_string(),
+            base: api_base(source, DEFAULT_API),
             workspace: source.owner.clone(),
             git,
         })
@@ -311,7 +307,7 @@ impl<'i> Bitbucket<'i> {
                     continue;
                 }
                 let (path, doc) = self.document(repo, kind, id, item)?;
-                map.documents.insert(path, sink.document(&doc)?.to_hex());
+                put(map, sink, &path, &doc)?;
                 let later = match (parse_time(&updated), newest.as_deref().and_then(parse_time)) {
                     (Some(u), Some(n)) => u > n,
                     (Some(_), None) => true,
@@ -346,6 +342,7 @@ impl<'i> Bitbucket<'i> {
             Err(ProviderError::NotFound(_)) => Vec::new(),
             other => other?,
         };
+        let downloads = self.repo_url(repo, "/downloads");
         for file in files.iter_mut() {
             let Some(name) = str_field(file, "name") else {
                 continue;
@@ -357,41 +354,23 @@ impl<'i> Bitbucket<'i> {
                 file.get("size").and_then(Value::as_u64).unwrap_or(0)
             );
             let state_key = format!("download:{name}");
-            let unchanged =
-                map.state.get(&state_key) == Some(&stamp) && map.documents.contains_key(&path);
-            if !unchanged {
-                // Built here rather than taken from the answer, so the credentials go only
-                // to the API (which redirects to a signed URL).
-                let mut url = url::Url::parse(&self.repo_url(repo, "/downloads")).map_err(|e| {
-                    ProviderError::BadSource {
+            // Built here rather than taken from the answer, so the credentials go only to the
+            // API (which redirects to a signed URL).
+            let url = || {
+                let mut url =
+                    url::Url::parse(&downloads).map_err(|e| ProviderError::BadSource {
                         name: repo.full_name.clone(),
                         reason: e.to_string(),
-                    }
-                })?;
+                    })?;
                 if let Ok(mut segments) = url.path_segments_mut() {
                     segments.push(&name);
                 }
-                let mut stored = None;
-                self.api
-                    .download(url.as_str(), &mut |input| {
-                        stored = Some(sink.binary(input)?);
-                        Ok(())
-                    })
-                    .map_err(tidy)?;
-                if let Some(id) = stored {
-                    map.documents.insert(path.clone(), id.to_hex());
-                    map.state.insert(state_key, stamp);
-                }
-            }
-            if let Some(obj) = file.as_object_mut() {
-                obj.insert("gitvault_content".into(), Value::String(path));
-            }
+                Ok(url.into())
+            };
+            keep_binary(&mut self.api, map, sink, &path, state_key, stamp, url).map_err(tidy)?;
+            name_content(file, path);
         }
-        map.documents.insert(
-            "downloads.json".into(),
-            sink.document(&Value::Array(files))?.to_hex(),
-        );
-        Ok(())
+        put(map, sink, "downloads.json", &Value::Array(files))
     }
 }
 
@@ -401,13 +380,12 @@ impl Provider for Bitbucket<'_> {
             "{}/repositories/{}?pagelen={REPOS_PAGE}",
             self.base, self.workspace
         ))?;
-        let mut repos: Vec<RepoInfo> = listed
-            .iter()
-            .filter_map(|v| repo_info(v, &self.workspace))
-            .collect();
-        repos.sort_by(|a, b| a.full_name.cmp(&b.full_name));
-        repos.dedup_by(|a, b| a.full_name == b.full_name);
-        Ok(repos)
+        Ok(by_full_name(
+            listed
+                .iter()
+                .filter_map(|v| repo_info(v, &self.workspace))
+                .collect(),
+        ))
     }
 
     fn export_metadata(
@@ -416,12 +394,9 @@ impl Provider for Bitbucket<'_> {
         previous: Option<&MetadataMap>,
         sink: &mut dyn MetadataSink,
     ) -> Result<MetadataMap, ProviderError> {
-        let mut map = previous.cloned().unwrap_or_default();
-        map.format = 1;
-        map.provider = "bitbucket".into();
+        let mut map = start_map(previous, "bitbucket");
         let settings = self.get_json(&self.repo_url(repo, ""))?;
-        map.documents
-            .insert("settings.json".into(), sink.document(&settings)?.to_hex());
+        put(&mut map, sink, "settings.json", &settings)?;
         self.export_changed(repo, Kind::Pulls, &mut map, sink)?;
         if bool_field(&settings, "has_issues") {
             self.export_changed(repo, Kind::Issues, &mut map, sink)?;

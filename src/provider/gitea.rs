@@ -9,15 +9,14 @@
 //! asked again until the answer stops moving, so an unchanged repository sends the URLs of the
 //! previous run. Every request is conditional where the server gave an ETag.
 
-use std::collections::HashSet;
-
 use age::secrecy::SecretString;
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::{Value, json};
 
+use super::common::{self, api_base, by_full_name, github_like_repo, put, start_map};
 use super::http::{ApiClient, Auth, RequestStats};
+use super::str_field;
 use super::{MetadataMap, MetadataSink, Provider, ProviderError, RepoInfo, SourceConfig};
-use super::{bool_field, segment, str_field};
 
 pub const DEFAULT_API: &str = "https://codeberg.org/api/v1";
 
@@ -71,25 +70,6 @@ fn or_empty(result: Result<Vec<Value>, ProviderError>) -> Result<Vec<Value>, Pro
     }
 }
 
-fn repo_info(v: &Value) -> Option<RepoInfo> {
-    let full_name = str_field(v, "full_name")?;
-    let clone_url = str_field(v, "clone_url")?;
-    let wiki_url = bool_field(v, "has_wiki").then(|| {
-        let base = clone_url.strip_suffix(".git").unwrap_or(&clone_url);
-        format!("{base}.wiki.git")
-    });
-    Some(RepoInfo {
-        short_name: str_field(v, "name").unwrap_or_else(|| full_name.clone()),
-        full_name,
-        clone_url,
-        wiki_url,
-        fork: bool_field(v, "fork"),
-        archived: bool_field(v, "archived"),
-        private: bool_field(v, "private"),
-        updated_at: str_field(v, "updated_at"),
-    })
-}
-
 impl<'i> Gitea<'i> {
     pub fn new(
         source: &SourceConfig,
@@ -103,12 +83,7 @@ impl<'i> Gitea<'i> {
                 Vec::new(),
                 cache,
             )?,
-            base: source
-                .api_url
-                .clone()
-                .unwrap_or_else(|| DEFAULT_API.into())
-                .trim_end_matches('/')
-                .to_string(),
+            base: api_base(source, DEFAULT_API),
             owner: source.owner.clone(),
             token,
         })
@@ -181,65 +156,25 @@ impl<'i> Gitea<'i> {
         ))
     }
 
-    /// Issues and pull requests changed since the newest one held (`since` is inclusive),
-    /// asked again with the advanced `since` until the answer stops moving: the next run then
-    /// sends the same URL, and an update between two requests is never skipped. The items
-    /// held at exactly `since` (`issues_at_since`) come back every time and are not fetched
-    /// again. Timestamps are kept as UTC seconds, one format, so text order is time order.
+    /// Issues and pull requests changed since the newest one held (see
+    /// [`common::export_issues_since`]). Timestamps are kept as UTC seconds, one format, so
+    /// text order is time order.
     fn export_issues(
         &mut self,
         repo: &RepoInfo,
         map: &mut MetadataMap,
         sink: &mut dyn MetadataSink,
     ) -> Result<(), ProviderError> {
-        let mut since = map.state.get("issues_since").cloned();
-        let mut done: HashSet<(u64, String)> = HashSet::new();
-        if let (Some(s), Some(held)) = (&since, map.state.get("issues_at_since")) {
-            for n in held.split(',').filter_map(|n| n.parse::<u64>().ok()) {
-                done.insert((n, s.clone()));
-            }
-        }
-        for _ in 0..4 {
-            let mut list_url = self.repo_url(repo, &format!("/issues?state=all&limit={PAGE}"));
-            if let Some(s) = &since {
-                list_url.push_str(&format!("&since={s}"));
-            }
-            let items = or_empty(self.get_all(&list_url))?;
-            let mut newest = since.clone();
-            for item in &items {
-                let Some(number) = item.get("number").and_then(Value::as_u64) else {
-                    continue;
-                };
-                let raw = str_field(item, "updated_at").unwrap_or_default();
-                let updated = utc_seconds(&raw);
-                if !done.insert((number, updated.clone().unwrap_or(raw))) {
-                    continue;
-                }
-                let (path, doc) = self.issue_document(repo, number, item)?;
-                map.documents.insert(path, sink.document(&doc)?.to_hex());
-                if let Some(updated) = updated
-                    && newest.as_ref().is_none_or(|n| updated > *n)
-                {
-                    newest = Some(updated);
-                }
-            }
-            if newest == since {
-                break;
-            }
-            since = newest;
-        }
-        if let Some(s) = since {
-            let mut at_since: Vec<u64> = done
-                .iter()
-                .filter(|(_, u)| *u == s)
-                .map(|(n, _)| *n)
-                .collect();
-            at_since.sort_unstable();
-            let list: Vec<String> = at_since.iter().map(u64::to_string).collect();
-            map.state.insert("issues_at_since".into(), list.join(","));
-            map.state.insert("issues_since".into(), s);
-        }
-        Ok(())
+        let list_url = self.repo_url(repo, &format!("/issues?state=all&limit={PAGE}"));
+        common::export_issues_since(
+            self,
+            &list_url,
+            map,
+            sink,
+            utc_seconds,
+            |gitea, url| or_empty(gitea.get_all(url)),
+            |gitea, number, item| gitea.issue_document(repo, number, item),
+        )
     }
 
     /// Releases, each attachment's bytes stored once and downloaded again only when the
@@ -252,51 +187,26 @@ impl<'i> Gitea<'i> {
     ) -> Result<(), ProviderError> {
         let releases =
             or_empty(self.get_all(&self.repo_url(repo, &format!("/releases?limit={PAGE}"))))?;
-        for release in &releases {
-            let Some(id) = release.get("id").and_then(Value::as_u64) else {
-                continue;
-            };
-            let mut doc = release.clone();
-            if let Some(assets) = doc.get_mut("assets").and_then(Value::as_array_mut) {
-                for asset in assets.iter_mut() {
-                    let Some(asset_id) = asset.get("id").and_then(Value::as_u64) else {
-                        continue;
-                    };
-                    let name = segment(&str_field(asset, "name").unwrap_or_default());
-                    let path = format!("release-assets/{asset_id}/{name}");
-                    let uuid = str_field(asset, "uuid").unwrap_or_default();
-                    let size = asset.get("size").and_then(Value::as_u64).unwrap_or(0);
-                    let stamp = format!("{uuid}:{size}");
-                    let state_key = format!("asset:{asset_id}");
-                    let unchanged = map.state.get(&state_key) == Some(&stamp)
-                        && map.documents.contains_key(&path);
-                    if !unchanged {
-                        // The token goes only to the API's own origin; attachments are
-                        // also served at /attachments/{uuid} of the instance.
-                        let url = str_field(asset, "browser_download_url")
-                            .filter(|u| same_origin(u, &self.base))
-                            .unwrap_or_else(|| format!("{}/attachments/{uuid}", self.web_root()));
-                        let mut stored = None;
-                        self.api
-                            .download(&url, &mut |input| {
-                                stored = Some(sink.binary(input)?);
-                                Ok(())
-                            })
-                            .map_err(rate_limit)?;
-                        if let Some(id) = stored {
-                            map.documents.insert(path.clone(), id.to_hex());
-                            map.state.insert(state_key, stamp);
-                        }
-                    }
-                    if let Some(obj) = asset.as_object_mut() {
-                        obj.insert("gitvault_content".into(), Value::String(path));
-                    }
-                }
-            }
-            map.documents
-                .insert(format!("releases/{id}.json"), sink.document(&doc)?.to_hex());
-        }
-        Ok(())
+        let uuid = |asset: &Value| str_field(asset, "uuid").unwrap_or_default();
+        let (base, web_root) = (self.base.clone(), self.web_root());
+        common::export_releases(
+            &mut self.api,
+            &releases,
+            map,
+            sink,
+            |asset| {
+                let size = asset.get("size").and_then(Value::as_u64).unwrap_or(0);
+                format!("{}:{size}", uuid(asset))
+            },
+            // The token goes only to the API's own origin; attachments are also served at
+            // /attachments/{uuid} of the instance.
+            |asset, _| {
+                str_field(asset, "browser_download_url")
+                    .filter(|u| same_origin(u, &base))
+                    .unwrap_or_else(|| format!("{web_root}/attachments/{}", uuid(asset)))
+            },
+        )
+        .map_err(rate_limit)
     }
 }
 
@@ -310,10 +220,9 @@ impl Provider for Gitea<'_> {
             Err(e) => return Err(e),
         };
         let listed = self.get_all(&self.url(&list))?;
-        let mut repos: Vec<RepoInfo> = listed.iter().filter_map(repo_info).collect();
-        repos.sort_by(|a, b| a.full_name.cmp(&b.full_name));
-        repos.dedup_by(|a, b| a.full_name == b.full_name);
-        Ok(repos)
+        Ok(by_full_name(
+            listed.iter().filter_map(github_like_repo).collect(),
+        ))
     }
 
     fn export_metadata(
@@ -322,25 +231,16 @@ impl Provider for Gitea<'_> {
         previous: Option<&MetadataMap>,
         sink: &mut dyn MetadataSink,
     ) -> Result<MetadataMap, ProviderError> {
-        let mut map = previous.cloned().unwrap_or_default();
-        map.format = 1;
-        map.provider = "gitea".into();
+        let mut map = start_map(previous, "gitea");
 
         // The repository object holds the topics already.
         let settings = self.get_json(&self.repo_url(repo, ""))?;
-        map.documents
-            .insert("settings.json".into(), sink.document(&settings)?.to_hex());
+        put(&mut map, sink, "settings.json", &settings)?;
         let labels = self.get_all(&self.repo_url(repo, &format!("/labels?limit={PAGE}")))?;
-        map.documents.insert(
-            "labels.json".into(),
-            sink.document(&Value::Array(labels))?.to_hex(),
-        );
+        put(&mut map, sink, "labels.json", &Value::Array(labels))?;
         let milestones =
             self.get_all(&self.repo_url(repo, &format!("/milestones?state=all&limit={PAGE}")))?;
-        map.documents.insert(
-            "milestones.json".into(),
-            sink.document(&Value::Array(milestones))?.to_hex(),
-        );
+        put(&mut map, sink, "milestones.json", &Value::Array(milestones))?;
         self.export_issues(repo, &mut map, sink)?;
         self.export_releases(repo, &mut map, sink)?;
         Ok(map)
@@ -393,7 +293,7 @@ mod tests {
             "has_wiki": true, "fork": true, "archived": false, "private": true,
             "updated_at": "2024-03-05T10:20:30+01:00"
         });
-        let r = repo_info(&v).unwrap();
+        let r = github_like_repo(&v).unwrap();
         assert_eq!(
             r.wiki_url.as_deref(),
             Some("https://codeberg.org/acme/api.wiki.git")

@@ -12,9 +12,12 @@ use age::secrecy::SecretString;
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 
+use super::common::{
+    api_base, by_full_name, export_issues_since, export_releases, github_like_repo, put, start_map,
+};
 use super::http::{ApiClient, Auth, RequestStats};
+use super::str_field;
 use super::{MetadataMap, MetadataSink, Provider, ProviderError, RepoInfo, SourceConfig};
-use super::{bool_field, segment, str_field};
 
 pub const DEFAULT_API: &str = "https://api.github.com";
 
@@ -112,12 +115,7 @@ impl<'i> GitHub<'i> {
                 vec![("X-GitHub-Api-Version", "2022-11-28")],
                 cache,
             )?,
-            base: source
-                .api_url
-                .clone()
-                .unwrap_or_else(|| DEFAULT_API.into())
-                .trim_end_matches('/')
-                .to_string(),
+            base: api_base(source, DEFAULT_API),
             owner: source.owner.clone(),
         })
     }
@@ -189,25 +187,6 @@ impl<'i> GitHub<'i> {
     fn repo_url(&self, repo: &RepoInfo, rest: &str) -> String {
         self.url(&format!("/repos/{}{}", repo.full_name, rest))
     }
-}
-
-fn repo_info(v: &Value) -> Option<RepoInfo> {
-    let full_name = str_field(v, "full_name")?;
-    let clone_url = str_field(v, "clone_url")?;
-    let wiki_url = bool_field(v, "has_wiki").then(|| {
-        let base = clone_url.strip_suffix(".git").unwrap_or(&clone_url);
-        format!("{base}.wiki.git")
-    });
-    Some(RepoInfo {
-        short_name: str_field(v, "name").unwrap_or_else(|| full_name.clone()),
-        full_name,
-        clone_url,
-        wiki_url,
-        fork: bool_field(v, "fork"),
-        archived: bool_field(v, "archived"),
-        private: bool_field(v, "private"),
-        updated_at: str_field(v, "updated_at"),
-    })
 }
 
 impl GitHub<'_> {
@@ -291,10 +270,9 @@ impl Provider for GitHub<'_> {
                 )))?
             }
         };
-        let mut repos: Vec<RepoInfo> = listed.iter().filter_map(repo_info).collect();
-        repos.sort_by(|a, b| a.full_name.cmp(&b.full_name));
-        repos.dedup_by(|a, b| a.full_name == b.full_name);
-        Ok(repos)
+        Ok(by_full_name(
+            listed.iter().filter_map(github_like_repo).collect(),
+        ))
     }
 
     fn export_metadata(
@@ -304,9 +282,7 @@ impl Provider for GitHub<'_> {
         sink: &mut dyn MetadataSink,
     ) -> Result<MetadataMap, ProviderError> {
         self.authenticate()?;
-        let mut map = previous.cloned().unwrap_or_default();
-        map.format = 1;
-        map.provider = "github".into();
+        let mut map = start_map(previous, "github");
 
         let mut settings = self.api.get_json(&self.repo_url(repo, ""))?;
         // The full repository object carries `topics`; older Enterprise servers need the
@@ -317,120 +293,44 @@ impl Provider for GitHub<'_> {
                 obj.insert("topics".into(), names.clone());
             }
         }
-        map.documents
-            .insert("settings.json".into(), sink.document(&settings)?.to_hex());
+        put(&mut map, sink, "settings.json", &settings)?;
 
         let labels = self
             .api
             .get_all(&self.repo_url(repo, "/labels?per_page=100"))?;
-        map.documents.insert(
-            "labels.json".into(),
-            sink.document(&Value::Array(labels))?.to_hex(),
-        );
+        put(&mut map, sink, "labels.json", &Value::Array(labels))?;
         let milestones = self
             .api
             .get_all(&self.repo_url(repo, "/milestones?state=all&per_page=100"))?;
-        map.documents.insert(
-            "milestones.json".into(),
-            sink.document(&Value::Array(milestones))?.to_hex(),
-        );
+        put(&mut map, sink, "milestones.json", &Value::Array(milestones))?;
 
-        // Issues and pull requests changed since the newest one we hold (`since` is inclusive).
-        // The list is asked again with the advanced `since` until it stops moving, so that the
-        // URL the next run sends is one whose answer is cached: an unchanged repository then
-        // costs only 304s, and an update between two requests is never skipped.
-        //
-        // `since` being inclusive, the items updated exactly at it come back every time; those
-        // already held at that timestamp (`issues_at_since`) are not fetched again.
-        let mut since = map.state.get("issues_since").cloned();
-        let mut done: std::collections::HashSet<(u64, String)> = Default::default();
-        if let (Some(s), Some(held)) = (&since, map.state.get("issues_at_since")) {
-            for n in held.split(',').filter_map(|n| n.parse::<u64>().ok()) {
-                done.insert((n, s.clone()));
-            }
-        }
-        for _ in 0..4 {
-            let mut list_url = self.repo_url(
-                repo,
-                "/issues?state=all&sort=updated&direction=asc&per_page=100",
-            );
-            if let Some(s) = &since {
-                list_url.push_str(&format!("&since={s}"));
-            }
-            let items = self.api.get_all(&list_url)?;
-            let mut newest = since.clone();
-            for item in &items {
-                let Some(number) = item.get("number").and_then(Value::as_u64) else {
-                    continue;
-                };
-                let updated = str_field(item, "updated_at").unwrap_or_default();
-                if !done.insert((number, updated.clone())) {
-                    continue;
-                }
-                let (path, doc) = self.issue_document(repo, number, item)?;
-                map.documents.insert(path, sink.document(&doc)?.to_hex());
-                if newest.as_ref().is_none_or(|n| updated > *n) {
-                    newest = Some(updated);
-                }
-            }
-            if newest == since {
-                break;
-            }
-            since = newest;
-        }
-        if let Some(s) = since {
-            let mut at_since: Vec<u64> = done
-                .iter()
-                .filter(|(_, u)| *u == s)
-                .map(|(n, _)| *n)
-                .collect();
-            at_since.sort_unstable();
-            let list: Vec<String> = at_since.iter().map(u64::to_string).collect();
-            map.state.insert("issues_at_since".into(), list.join(","));
-            map.state.insert("issues_since".into(), s);
-        }
+        // Issues and pull requests changed since the newest one we hold, as `updated_at` says.
+        let list_url = self.repo_url(
+            repo,
+            "/issues?state=all&sort=updated&direction=asc&per_page=100",
+        );
+        export_issues_since(
+            self,
+            &list_url,
+            &mut map,
+            sink,
+            |t| Some(t.to_string()),
+            |github, url| github.api.get_all(url),
+            |github, number, item| github.issue_document(repo, number, item),
+        )?;
 
         let releases = self
             .api
             .get_all(&self.repo_url(repo, "/releases?per_page=100"))?;
-        for release in &releases {
-            let Some(id) = release.get("id").and_then(Value::as_u64) else {
-                continue;
-            };
-            let mut doc = release.clone();
-            if let Some(assets) = doc.get_mut("assets").and_then(Value::as_array_mut) {
-                for asset in assets.iter_mut() {
-                    let Some(asset_id) = asset.get("id").and_then(Value::as_u64) else {
-                        continue;
-                    };
-                    let name = segment(&str_field(asset, "name").unwrap_or_default());
-                    let path = format!("release-assets/{asset_id}/{name}");
-                    let stamp = str_field(asset, "updated_at").unwrap_or_default();
-                    let state_key = format!("asset:{asset_id}");
-                    let unchanged = map.state.get(&state_key) == Some(&stamp)
-                        && map.documents.contains_key(&path);
-                    if !unchanged {
-                        let url = str_field(asset, "url").unwrap_or_else(|| {
-                            self.repo_url(repo, &format!("/releases/assets/{asset_id}"))
-                        });
-                        let mut stored = None;
-                        self.api.download(&url, &mut |input| {
-                            stored = Some(sink.binary(input)?);
-                            Ok(())
-                        })?;
-                        if let Some(id) = stored {
-                            map.documents.insert(path.clone(), id.to_hex());
-                            map.state.insert(state_key, stamp);
-                        }
-                    }
-                    if let Some(obj) = asset.as_object_mut() {
-                        obj.insert("gitvault_content".into(), Value::String(path));
-                    }
-                }
-            }
-            map.documents
-                .insert(format!("releases/{id}.json"), sink.document(&doc)?.to_hex());
-        }
+        let assets_url = self.repo_url(repo, "/releases/assets");
+        export_releases(
+            &mut self.api,
+            &releases,
+            &mut map,
+            sink,
+            |asset| str_field(asset, "updated_at").unwrap_or_default(),
+            |asset, id| str_field(asset, "url").unwrap_or_else(|| format!("{assets_url}/{id}")),
+        )?;
         Ok(map)
     }
 

@@ -18,6 +18,7 @@ use age::secrecy::SecretString;
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 
+use super::common::{api_base, by_full_name, put, start_map};
 use super::http::{ApiClient, Auth, RequestStats, shown};
 use super::{MetadataMap, MetadataSink, Provider, ProviderError, RepoInfo, SourceConfig};
 use super::{bool_field, segment, str_field};
@@ -139,12 +140,7 @@ impl<'i> GitLab<'i> {
                 Vec::new(),
                 cache,
             )?,
-            base: source
-                .api_url
-                .clone()
-                .unwrap_or_else(|| DEFAULT_API.into())
-                .trim_end_matches('/')
-                .to_string(),
+            base: api_base(source, DEFAULT_API),
             owner: source.owner.clone(),
             token,
         })
@@ -270,7 +266,7 @@ impl<'i> GitLab<'i> {
                         Listed::Issues => self.issue_document(repo, iid, item)?,
                         Listed::MergeRequests => self.merge_request_document(repo, iid)?,
                     };
-                    map.documents.insert(path, sink.document(&doc)?.to_hex());
+                    put(map, sink, &path, &doc)?;
                     map.state.insert(stamp_key, updated.clone());
                 }
                 if !updated.is_empty() && newest.as_ref().is_none_or(|n| later(&updated, n)) {
@@ -334,10 +330,7 @@ impl Provider for GitLab<'_> {
             }
             Err(e) => return Err(e),
         };
-        let mut repos: Vec<RepoInfo> = listed.iter().filter_map(repo_info).collect();
-        repos.sort_by(|a, b| a.full_name.cmp(&b.full_name));
-        repos.dedup_by(|a, b| a.full_name == b.full_name);
-        Ok(repos)
+        Ok(by_full_name(listed.iter().filter_map(repo_info).collect()))
     }
 
     fn export_metadata(
@@ -346,28 +339,19 @@ impl Provider for GitLab<'_> {
         previous: Option<&MetadataMap>,
         sink: &mut dyn MetadataSink,
     ) -> Result<MetadataMap, ProviderError> {
-        let mut map = previous.cloned().unwrap_or_default();
-        map.format = 1;
-        map.provider = "gitlab".into();
+        let mut map = start_map(previous, "gitlab");
 
         let settings = self.api.get_json(&self.project_url(repo, ""))?;
-        map.documents
-            .insert("settings.json".into(), sink.document(&settings)?.to_hex());
+        put(&mut map, sink, "settings.json", &settings)?;
         let labels = self
             .api
             .get_all(&self.project_url(repo, "/labels?per_page=100"))?;
-        map.documents.insert(
-            "labels.json".into(),
-            sink.document(&Value::Array(labels))?.to_hex(),
-        );
+        put(&mut map, sink, "labels.json", &Value::Array(labels))?;
         // Every state: the endpoint's default.
         let milestones = self
             .api
             .get_all(&self.project_url(repo, "/milestones?per_page=100"))?;
-        map.documents.insert(
-            "milestones.json".into(),
-            sink.document(&Value::Array(milestones))?.to_hex(),
-        );
+        put(&mut map, sink, "milestones.json", &Value::Array(milestones))?;
 
         // A feature turned off answers 403 and is skipped; what was backed up before it was
         // turned off stays in the map.
@@ -396,8 +380,7 @@ impl Provider for GitLab<'_> {
                 continue;
             };
             let path = format!("releases/{}.json", segment(&tag));
-            map.documents
-                .insert(path.clone(), sink.document(release)?.to_hex());
+            put(&mut map, sink, &path, release)?;
             current.insert(path);
         }
         map.documents

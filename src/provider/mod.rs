@@ -4,6 +4,7 @@
 //! a `MetadataSink` and get back the ids the sink assigns.
 
 pub mod bitbucket;
+mod common;
 pub mod gitea;
 pub mod github;
 pub mod gitlab;
