@@ -33,6 +33,8 @@ pub enum BackupError {
     Index(#[from] crate::index::IndexError),
     #[error(transparent)]
     Snapshot(#[from] snapshot::SnapshotError),
+    #[error("LFS: {0}")]
+    Lfs(String),
     #[error(
         "metadata: rate limited until {until}; run again after that time to resume (the git snapshot was kept)"
     )]
@@ -85,6 +87,10 @@ pub struct RepoReport {
     pub bytes_added: u64,
     pub seconds: f64,
     pub metadata_documents: Option<usize>,
+    /// LFS objects downloaded and stored by this run.
+    pub lfs_objects_stored: u64,
+    /// LFS objects the server could not provide (or provided wrong): `oid: reason`.
+    pub lfs_missing: Vec<String>,
     pub error: Option<String>,
 }
 
@@ -255,8 +261,39 @@ fn run(
     let unchanged = previous.as_ref().is_some_and(|p| p.refset == refset_id);
 
     let mut new_objects = Vec::new();
+    let mut pointers = Vec::new();
     if !unchanged {
-        new_objects = ingest(vault, writer, tally, &cache, &fetched.refs)?;
+        (new_objects, pointers) = ingest(vault, writer, tally, &cache, &fetched.refs)?;
+    }
+    // LFS objects of the new pointer blobs, carried with the previous snapshot's.
+    let previous_lfs = match &previous {
+        Some(p) => locked(writer, tally, |w| previous_lfs_map(&w.store, &p.manifest)),
+        None => None,
+    };
+    let mut lfs_entries = previous_lfs.clone().unwrap_or_default();
+    let mut new_lfs = Vec::new();
+    if !pointers.is_empty() {
+        let lfsconfig = head_lfsconfig(&cache, &fetched.refs);
+        let outcome = fetch_lfs(
+            vault,
+            writer,
+            tally,
+            &spec.display_url,
+            &request.url,
+            lfsconfig.as_deref(),
+            credentials.as_ref(),
+            &pointers,
+        )?;
+        report.lfs_objects_stored = outcome.stored.len() as u64;
+        report.lfs_missing = outcome.missing;
+        new_lfs = outcome.stored;
+        lfs_entries.extend(outcome.known);
+        lfs_entries.extend(new_lfs.iter().copied());
+    }
+    let mut lfs_map = None;
+    if !lfs_entries.is_empty() {
+        let bytes = crate::lfs::encode_map(&lfs_entries);
+        lfs_map = Some(locked(writer, tally, |w| w.store.put(ChunkKind::LfsMap, &bytes))?.to_hex());
     }
     let mut object_maps = Vec::new();
     if !new_objects.is_empty() {
@@ -304,6 +341,7 @@ fn run(
         object_maps,
         objects_added: new_objects.len() as u64,
         metadata: metadata_id,
+        lfs: lfs_map,
     };
     let manifest_bytes = manifest.encode();
     let pending = PendingSnapshot {
@@ -315,6 +353,7 @@ fn run(
         ref_count: fetched.refs.refs.len() as u64,
         source: spec.display_url.clone(),
         new_objects,
+        new_lfs,
     };
     report.snapshot = Some(pending.id());
     report.objects_added = pending.new_objects.len() as u64;
@@ -335,6 +374,14 @@ fn run(
     } else {
         RepoStatus::Changed
     };
+    if !report.lfs_missing.is_empty() {
+        report.status = RepoStatus::Partial;
+        report.error = Some(format!(
+            "{} LFS objects could not be backed up: {}",
+            report.lfs_missing.len(),
+            report.lfs_missing.join("; ")
+        ));
+    }
     if let Some(e) = metadata_error {
         report.status = RepoStatus::Partial;
         report.error = Some(format!("metadata: {e}"));
@@ -358,6 +405,7 @@ pub struct PendingSnapshot {
     ref_count: u64,
     source: String,
     new_objects: Vec<ObjectEntry>,
+    new_lfs: Vec<crate::lfs::LfsEntry>,
 }
 
 impl PendingSnapshot {
@@ -398,9 +446,173 @@ pub fn commit_deferred(vault: &Vault, writer: &mut Writer<'_>) -> Result<(), Bac
             ref_count: p.ref_count,
             source: &p.source,
             new_objects: &p.new_objects,
+            new_lfs: &p.new_lfs,
         })?;
     }
     Ok(())
+}
+
+/// The LFS map of a previous snapshot, if it has one and it reads back.
+fn previous_lfs_map(
+    store: &ChunkStore<'_>,
+    manifest: &crate::crypto::ChunkId,
+) -> Option<Vec<crate::lfs::LfsEntry>> {
+    let manifest = Manifest::decode(&store.get(manifest).ok()?).ok()?;
+    let id: crate::crypto::ChunkId = manifest.lfs?.parse().ok()?;
+    crate::lfs::decode_map(&store.get(&id).ok()?).ok()
+}
+
+/// `.lfsconfig` at the top of HEAD's tree, where a repository names its LFS server.
+fn head_lfsconfig(cache: &std::path::Path, refs: &RefSet) -> Option<Vec<u8>> {
+    let reader = CacheReader::open(cache).ok()?;
+    let tip = match refs.head.as_ref()? {
+        snapshot::Head::Symbolic(target) => *refs.refs.get(target)?,
+        snapshot::Head::Detached(oid) => Oid::from_hex(oid)?,
+    };
+    let (_, commit) = reader.read(&tip).ok()?;
+    let info = git::objects::parse_commit(tip, &commit).ok()?;
+    let (_, tree) = reader.read(&info.tree).ok()?;
+    let entry = git::objects::parse_tree(info.tree, &tree)
+        .ok()?
+        .into_iter()
+        .find(|e| e.name == b".lfsconfig")?;
+    let (_, bytes) = reader.read(&entry.oid).ok()?;
+    Some(bytes)
+}
+
+/// What fetching a run's LFS objects gave.
+struct LfsOutcome {
+    /// Objects the vault held already.
+    known: Vec<crate::lfs::LfsEntry>,
+    /// Objects downloaded, verified and stored now.
+    stored: Vec<crate::lfs::LfsEntry>,
+    /// `oid: reason` for the rest.
+    missing: Vec<String>,
+}
+
+/// Downloads the LFS objects the vault lacks (up to four at once, each to a temporary file,
+/// checked against its SHA-256) and stores them.
+#[allow(clippy::too_many_arguments)]
+fn fetch_lfs(
+    vault: &Vault,
+    writer: &Mutex<Writer<'_>>,
+    tally: &mut Tally,
+    shown_url: &str,
+    url: &str,
+    lfsconfig: Option<&[u8]>,
+    credentials: Option<&Credentials>,
+    pointers: &[(Oid, crate::lfs::Pointer)],
+) -> Result<LfsOutcome, BackupError> {
+    use crate::lfs::LfsEntry;
+    let mut outcome = LfsOutcome {
+        known: Vec::new(),
+        stored: Vec::new(),
+        missing: Vec::new(),
+    };
+    let mut wanted: Vec<crate::lfs::Pointer> = Vec::new();
+    for (blob, p) in pointers {
+        match vault.index().lfs_object(&p.sha256)? {
+            Some(chunk) => outcome.known.push(LfsEntry {
+                blob: *blob,
+                pointer: *p,
+                chunk,
+            }),
+            None => wanted.push(*p),
+        }
+    }
+    wanted.sort();
+    wanted.dedup();
+    if wanted.is_empty() {
+        return Ok(outcome);
+    }
+    let Some(endpoint) = crate::lfs::endpoint(url, lfsconfig) else {
+        outcome.missing.extend(wanted.iter().map(|p| {
+            format!(
+                "{}: no LFS endpoint for {shown_url} (only http(s) servers or an lfs.url in .lfsconfig)",
+                p.oid_hex()
+            )
+        }));
+        return Ok(outcome);
+    };
+    let client = crate::lfs::Client::new(&endpoint, credentials.cloned())
+        .map_err(|e| BackupError::Lfs(e.to_string()))?;
+    let answers = match client.batch(&wanted) {
+        Ok(a) => a,
+        Err(e) => {
+            let reason = e.to_string();
+            outcome
+                .missing
+                .extend(wanted.iter().map(|p| format!("{}: {reason}", p.oid_hex())));
+            return Ok(outcome);
+        }
+    };
+    let mut downloads = Vec::new();
+    for (p, answer) in answers {
+        match answer {
+            Ok(d) => downloads.push(d),
+            Err(reason) => outcome.missing.push(format!("{}: {reason}", p.oid_hex())),
+        }
+    }
+    let next = AtomicUsize::new(0);
+    let results: Mutex<Vec<(crate::lfs::Pointer, Result<std::path::PathBuf, String>)>> =
+        Mutex::new(Vec::new());
+    let tmp = vault.tmp_dir();
+    std::thread::scope(|scope| {
+        for _ in 0..downloads.len().clamp(1, 4) {
+            scope.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, Ordering::SeqCst);
+                    let Some(d) = downloads.get(i) else { break };
+                    let dest = tmp.join(format!(
+                        "lfs-{}-{}",
+                        std::process::id(),
+                        d.pointer.oid_hex()
+                    ));
+                    let r = client
+                        .download(d, &dest)
+                        .map(|()| dest.clone())
+                        .map_err(|e| {
+                            let _ = std::fs::remove_file(&dest);
+                            e.to_string()
+                        });
+                    results
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push((d.pointer, r));
+                }
+            });
+        }
+    });
+    let results = results.into_inner().unwrap_or_else(|e| e.into_inner());
+    let mut chunks = std::collections::HashMap::new();
+    for (p, r) in results {
+        match r {
+            Ok(path) => {
+                let stored = std::fs::File::open(&path)
+                    .map_err(|e| BackupError::Lfs(format!("{}: {e}", path.display())))
+                    .and_then(|mut f| {
+                        locked(writer, tally, |w| {
+                            w.store.put_reader(ChunkKind::LfsObject, &mut f)
+                        })
+                        .map_err(BackupError::from)
+                    });
+                let _ = std::fs::remove_file(&path);
+                let (chunk, _) = stored?;
+                chunks.insert(p.sha256, chunk);
+            }
+            Err(reason) => outcome.missing.push(reason),
+        }
+    }
+    for (blob, p) in pointers {
+        if let Some(chunk) = chunks.get(&p.sha256) {
+            outcome.stored.push(LfsEntry {
+                blob: *blob,
+                pointer: *p,
+                chunk: *chunk,
+            });
+        }
+    }
+    Ok(outcome)
 }
 
 /// The metadata map of a previous snapshot, if it has one and it reads back.
@@ -731,6 +943,8 @@ impl RepoReport {
             bytes_added: 0,
             seconds: 0.0,
             metadata_documents: None,
+            lfs_objects_stored: 0,
+            lfs_missing: Vec::new(),
             error,
         }
     }
@@ -752,14 +966,18 @@ pub fn head_text(refs: &RefSet) -> Option<String> {
     })
 }
 
-/// Stores every object reachable from the refs that the vault lacks; returns their entries.
+/// A blob that is an LFS pointer, and what it points to.
+type PointerBlob = (Oid, crate::lfs::Pointer);
+
+/// Stores every object reachable from the refs that the vault lacks; returns their entries
+/// and the LFS pointers among them.
 fn ingest(
     vault: &Vault,
     writer: &Mutex<Writer<'_>>,
     tally: &mut Tally,
     cache: &std::path::Path,
     refs: &RefSet,
-) -> Result<Vec<ObjectEntry>, BackupError> {
+) -> Result<(Vec<ObjectEntry>, Vec<PointerBlob>), BackupError> {
     let reader = CacheReader::open(cache)?;
     let mut tips: Vec<Oid> = refs.refs.values().copied().collect();
     tips.sort();
@@ -777,10 +995,16 @@ fn ingest(
         "walked new objects"
     );
     let phase = Instant::now();
+    let mut pointers = Vec::new();
     let entries = locked(writer, tally, |w| -> Result<_, BackupError> {
         let mut entries = Vec::with_capacity(reached.len());
         for r in &reached {
             let (kind, data) = reader.read(&r.oid)?;
+            if kind == ObjectKind::Blob
+                && let Some(p) = crate::lfs::parse_pointer(&data)
+            {
+                pointers.push((r.oid, p));
+            }
             let chunk = w.store.put(kind.chunk_kind(), &data)?;
             entries.push(ObjectEntry {
                 oid: r.oid,
@@ -791,5 +1015,5 @@ fn ingest(
         Ok(entries)
     })?;
     tracing::info!(seconds = phase.elapsed().as_secs_f64(), "stored objects");
-    Ok(entries)
+    Ok((entries, pointers))
 }

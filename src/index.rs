@@ -102,6 +102,11 @@ const MIGRATIONS: &[&str] = &[
         since_ms INTEGER NOT NULL
     ) WITHOUT ROWID;
     CREATE INDEX chunks_by_kind ON chunks(kind);
+    CREATE TABLE lfs_objects (
+        sha256 BLOB PRIMARY KEY,
+        size INTEGER NOT NULL,
+        chunk BLOB NOT NULL
+    ) WITHOUT ROWID;
     ",
 ];
 
@@ -369,6 +374,8 @@ pub struct ChunkRow {
     pub kind: u8,
     pub pack_id: i64,
     pub len: u32,
+    pub frame_offset: u64,
+    pub offset: u32,
 }
 
 /// What one prune changes in the index.
@@ -416,6 +423,8 @@ pub struct NewSnapshot<'a> {
     pub ref_count: u64,
     pub source: &'a str,
     pub new_objects: &'a [ObjectEntry],
+    /// LFS objects stored for this snapshot (recorded with it, like its git objects).
+    pub new_lfs: &'a [crate::lfs::LfsEntry],
 }
 
 const SNAPSHOT_COLUMNS: &str =
@@ -467,6 +476,14 @@ impl Index {
             )?;
             for o in snap.new_objects {
                 insert.execute(params![&o.oid.0[..], o.kind as u8, &o.chunk.0[..]])?;
+            }
+        }
+        {
+            let mut insert = tx.prepare_cached(
+                "INSERT OR IGNORE INTO lfs_objects (sha256, size, chunk) VALUES (?1, ?2, ?3)",
+            )?;
+            for e in snap.new_lfs {
+                insert.execute(params![&e.pointer.sha256[..], e.pointer.size, &e.chunk.0[..]])?;
             }
         }
         tx.execute(
@@ -697,10 +714,13 @@ impl Index {
         Ok(deleted)
     }
 
-    /// Every chunk row: id, kind, pack id, length (prune's view of the store).
+    /// Every chunk row, in the order chunks lie in the packs (prune's view of the store).
     pub fn all_chunks(&self) -> Result<Vec<ChunkRow>, IndexError> {
         let conn = self.conn();
-        let mut stmt = conn.prepare("SELECT id, kind, pack_id, length FROM chunks")?;
+        let mut stmt = conn.prepare(
+            "SELECT id, kind, pack_id, length, frame_offset, offset FROM chunks
+             ORDER BY pack_id, frame_offset, offset",
+        )?;
         let rows = stmt.query_map([], |r| {
             let id: Vec<u8> = r.get(0)?;
             Ok(ChunkRow {
@@ -708,6 +728,8 @@ impl Index {
                 kind: r.get(1)?,
                 pack_id: r.get(2)?,
                 len: r.get(3)?,
+                frame_offset: r.get(4)?,
+                offset: r.get(5)?,
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
@@ -728,6 +750,16 @@ impl Index {
         }
         tx.commit()?;
         Ok(())
+    }
+
+    /// The chunk holding an LFS object, when the vault has it.
+    pub fn lfs_object(&self, sha256: &[u8; 32]) -> Result<Option<ChunkId>, IndexError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached("SELECT chunk FROM lfs_objects WHERE sha256 = ?1")?;
+        let chunk: Option<Vec<u8>> = stmt
+            .query_row(params![&sha256[..]], |r| r.get(0))
+            .optional()?;
+        Ok(chunk.map(|c| chunk_id_from(&c)))
     }
 
     /// Every recorded git object id.
@@ -756,8 +788,10 @@ impl Index {
                 condemn.execute(params![name, now])?;
             }
             let mut drop_chunk = tx.prepare_cached("DELETE FROM chunks WHERE id = ?1")?;
+            let mut drop_lfs = tx.prepare_cached("DELETE FROM lfs_objects WHERE chunk = ?1")?;
             for id in changes.dead_chunks {
                 drop_chunk.execute(params![&id.0[..]])?;
+                drop_lfs.execute(params![&id.0[..]])?;
             }
             let mut drop_object = tx.prepare_cached("DELETE FROM git_objects WHERE oid = ?1")?;
             for oid in changes.dead_objects {

@@ -10,6 +10,7 @@ pub mod crypto;
 pub mod git;
 pub mod hooks;
 pub mod index;
+pub mod lfs;
 pub mod provider;
 pub mod recover;
 pub mod replicas;

@@ -279,6 +279,20 @@ fn recover_snapshots(
         let refset = manifest
             .refset_id()
             .map_err(|e| bad_target("manifest", e.to_string()))?;
+        let lfs = manifest
+            .lfs
+            .as_ref()
+            .and_then(|m| m.parse::<ChunkId>().ok())
+            .and_then(|id| store.get(&id).ok())
+            .and_then(|b| crate::lfs::decode_map(&b).ok())
+            .unwrap_or_default();
+        // Only objects whose bytes came back with the packs.
+        let mut lfs_present = Vec::with_capacity(lfs.len());
+        for e in lfs {
+            if vault.index().has_chunk(&e.chunk)? {
+                lfs_present.push(e);
+            }
+        }
         vault.index().insert_snapshot(&NewSnapshot {
             repo: &manifest.repo,
             time: manifest.time,
@@ -291,6 +305,7 @@ fn recover_snapshots(
             ref_count: manifest.ref_count as u64,
             source: &manifest.source,
             new_objects: &objects,
+            new_lfs: &lfs_present,
         })?;
         recovered += 1;
     }

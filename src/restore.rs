@@ -3,6 +3,7 @@
 //! refs and objects. The repository is built in a temporary sibling directory and renamed into
 //! place only when complete, so a failure leaves nothing half-written at the destination.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -19,6 +20,8 @@ use crate::vault::Vault;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RestoreError {
+    #[error("LFS: {0}")]
+    Lfs(String),
     #[error("no snapshot of `{repo}`{when}; `gitvault snapshots` lists what the vault has")]
     NoSnapshot { repo: String, when: String },
     #[error("snapshot id `{prefix}` matches {count} snapshots of `{repo}`; give more digits")]
@@ -161,6 +164,8 @@ pub struct RestoreReport {
     pub path: String,
     pub refs: usize,
     pub objects: u64,
+    /// LFS objects written into `lfs/objects`.
+    pub lfs_objects: u64,
     pub pushed_to: Option<String>,
     pub metadata_files: Option<usize>,
 }
@@ -192,7 +197,7 @@ pub fn restore_snapshot(
 ) -> Result<RestoreReport, RestoreError> {
     check_destination(to)?;
     let store = vault.reader(keys);
-    let (_, refs) = load_snapshot(&store, row)?;
+    let (manifest, refs) = load_snapshot(&store, row)?;
     let mut source = VaultSource {
         vault,
         store: &store,
@@ -237,6 +242,7 @@ pub fn restore_snapshot(
         std::process::id()
     ));
     let _ = std::fs::remove_dir_all(&staging);
+    let mut lfs_written = 0;
     let result = (|| -> Result<u64, RestoreError> {
         git::write_bare_repository(&staging, &refs)?;
         let mut iter = located.iter();
@@ -253,6 +259,7 @@ pub fn restore_snapshot(
                 )
             })??
         };
+        lfs_written = write_lfs_objects(&store, &manifest, &reached, &staging)?;
         Ok(u64::from(written))
     })();
     tracing::info!(seconds = phase.elapsed().as_secs_f64(), "wrote the pack");
@@ -277,9 +284,74 @@ pub fn restore_snapshot(
         path: to.display().to_string(),
         refs: refs.refs.len(),
         objects,
+        lfs_objects: lfs_written,
         pushed_to: None,
         metadata_files: None,
     })
+}
+
+/// Writes the LFS objects the restored refs' pointer blobs name into `git_dir/lfs/objects`,
+/// where git-lfs looks for them, checking each one's SHA-256 on the way.
+fn write_lfs_objects(
+    store: &ChunkStore<'_>,
+    manifest: &Manifest,
+    reached: &[git::objects::Reached],
+    git_dir: &Path,
+) -> Result<u64, RestoreError> {
+    use sha2::Digest;
+    let Some(map) = &manifest.lfs else {
+        return Ok(0);
+    };
+    let id: crate::crypto::ChunkId = map
+        .parse()
+        .map_err(|e: String| RestoreError::Lfs(format!("LFS map id: {e}")))?;
+    let entries =
+        crate::lfs::decode_map(&store.get(&id)?).map_err(|e| RestoreError::Lfs(e.to_string()))?;
+    let blobs: std::collections::HashSet<Oid> = reached
+        .iter()
+        .filter(|r| r.kind == ObjectKind::Blob)
+        .map(|r| r.oid)
+        .collect();
+    let mut written = std::collections::HashSet::new();
+    for e in entries.iter().filter(|e| blobs.contains(&e.blob)) {
+        if !written.insert(e.pointer.sha256) {
+            continue;
+        }
+        let path = crate::lfs::object_path(git_dir, &e.pointer);
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(io_err(format!("creating {}", dir.display())))?;
+        }
+        let file =
+            std::fs::File::create(&path).map_err(io_err(format!("writing {}", path.display())))?;
+        struct Hashing<W> {
+            out: W,
+            hash: sha2::Sha256,
+        }
+        impl<W: Write> Write for Hashing<W> {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                let n = self.out.write(buf)?;
+                self.hash.update(&buf[..n]);
+                Ok(n)
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                self.out.flush()
+            }
+        }
+        let mut out = Hashing {
+            out: std::io::BufWriter::new(file),
+            hash: sha2::Sha256::new(),
+        };
+        let size = store.get_to(&e.chunk, &mut out)?;
+        out.flush()
+            .map_err(io_err(format!("writing {}", path.display())))?;
+        if size != e.pointer.size || out.hash.finalize().as_slice() != e.pointer.sha256 {
+            return Err(RestoreError::Lfs(format!(
+                "LFS object {} read back with the wrong content",
+                e.pointer.oid_hex()
+            )));
+        }
+    }
+    Ok(written.len() as u64)
 }
 
 /// Writes a snapshot's metadata documents as pretty-printed JSON files (and release assets as

@@ -145,6 +145,10 @@ pub struct Manifest {
     /// Chunk id of the platform metadata map (provider sources only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metadata: Option<String>,
+    /// Chunk id of the LFS map: the LFS objects of the pointer blobs this repository has
+    /// shown (this snapshot's and, carried forward, its predecessors').
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lfs: Option<String>,
 }
 
 impl Manifest {

@@ -217,6 +217,18 @@ impl Live {
                 .map_err(unreadable)?;
             self.mapped.extend(entries.iter().map(|e| e.oid));
         }
+        if let Some(map) = &manifest.lfs {
+            let id: ChunkId = map.parse().map_err(unreadable)?;
+            self.chunk(store, id)?;
+            let entries = store
+                .get(&id)
+                .map_err(|e| e.to_string())
+                .and_then(|b| crate::lfs::decode_map(&b).map_err(|e| e.to_string()))
+                .map_err(unreadable)?;
+            for e in entries {
+                self.chunk(store, e.chunk)?;
+            }
+        }
         if let Some(meta) = &manifest.metadata {
             let id: ChunkId = meta.parse().map_err(unreadable)?;
             self.chunk(store, id)?;
@@ -344,12 +356,12 @@ pub fn prune(
     if !sparse.is_empty() {
         let mut writer = vault.compaction_store(keys);
         let sparse_set: HashSet<i64> = sparse.iter().copied().collect();
-        // Keep the chunks' original neighbours together (they were grouped for compression).
-        let mut to_copy: Vec<&ChunkRow> = chunks_then
+        // In the order they lie in the packs: each frame is decompressed once, and chunks keep
+        // the neighbours they were grouped with for compression.
+        let to_copy: Vec<&ChunkRow> = chunks_then
             .iter()
             .filter(|c| sparse_set.contains(&c.pack_id) && live.chunks.contains(&c.id))
             .collect();
-        to_copy.sort_by_key(|c| (c.kind, c.pack_id));
         for c in to_copy {
             let (loc, data) = reader.read_chunk(&c.id)?;
             writer.put_copy(c.id, loc.kind, &data)?;

@@ -40,6 +40,8 @@ pub enum ChunkKind {
     /// Written by prune: forgotten manifests (recover skips them) and the object map of live
     /// objects whose adding snapshots were forgotten. The newest one wins.
     PruneRecord = 11,
+    /// A snapshot's LFS map (src/lfs.rs).
+    LfsMap = 12,
 }
 
 impl ChunkKind {
@@ -58,6 +60,7 @@ impl ChunkKind {
             Metadata,
             RefSet,
             PruneRecord,
+            LfsMap,
         ]
         .into_iter()
         .find(|k| *k as u8 == v)

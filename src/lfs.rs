@@ -1,0 +1,454 @@
+//! Git LFS: pointer files in the git data, the LFS objects they name fetched through the batch
+//! API (<https://github.com/git-lfs/git-lfs/blob/main/docs/api/batch.md>) with the repository's
+//! credentials, each checked against its SHA-256 before it is stored, and the map a snapshot
+//! keeps of them (pointer blob → LFS object → chunk).
+//!
+//! Downloads stream to a temporary file while being hashed, so an object of any size costs a
+//! fixed amount of memory; the chunk store then cuts it with content-defined chunking, so a new
+//! version of a large file that differs in a few places adds only the changed chunks.
+
+use std::io::{Read, Write};
+use std::path::Path;
+
+use age::secrecy::ExposeSecret;
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+use crate::crypto::ChunkId;
+use crate::git::Credentials;
+use crate::snapshot::Oid;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LfsError {
+    #[error("LFS endpoint {endpoint}: {reason}")]
+    Endpoint { endpoint: String, reason: String },
+    #[error("LFS object {oid}: {reason}")]
+    Object { oid: String, reason: String },
+    #[error("LFS map: {0}")]
+    BadMap(String),
+}
+
+/// A pointer file's content: the LFS object it stands for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Pointer {
+    pub sha256: [u8; 32],
+    pub size: u64,
+}
+
+impl Pointer {
+    pub fn oid_hex(&self) -> String {
+        hex::encode(self.sha256)
+    }
+}
+
+/// Pointer files are small; git-lfs never writes one over 1024 bytes.
+pub const MAX_POINTER_SIZE: usize = 1024;
+
+/// Parses a pointer file (spec v1: `version` first, keys sorted, `oid sha256:<64 hex>`,
+/// `size <n>`, optional `ext-…` lines, each line ending in `\n`).
+pub fn parse_pointer(data: &[u8]) -> Option<Pointer> {
+    if data.len() > MAX_POINTER_SIZE {
+        return None;
+    }
+    let text = std::str::from_utf8(data).ok()?;
+    let body = text.strip_suffix('\n')?;
+    let mut lines = body.split('\n');
+    let version = lines.next()?;
+    if version != "version https://git-lfs.github.com/spec/v1"
+        && version != "version https://hawser.github.com/spec/v1"
+    {
+        return None;
+    }
+    let mut sha256 = None;
+    let mut size = None;
+    for line in lines {
+        let (key, value) = line.split_once(' ')?;
+        match key {
+            "oid" => {
+                let hex_oid = value.strip_prefix("sha256:")?;
+                if hex_oid.len() != 64 || !hex_oid.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    return None;
+                }
+                let mut oid = [0u8; 32];
+                hex::decode_to_slice(hex_oid, &mut oid).ok()?;
+                sha256 = Some(oid);
+            }
+            "size" => size = Some(value.parse::<u64>().ok()?),
+            k if k.starts_with("ext-") => {}
+            _ => return None,
+        }
+    }
+    Some(Pointer {
+        sha256: sha256?,
+        size: size?,
+    })
+}
+
+/// One LFS object a snapshot refers to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LfsEntry {
+    /// The pointer blob in the git data.
+    pub blob: Oid,
+    pub pointer: Pointer,
+    /// Where its bytes are in the vault.
+    pub chunk: ChunkId,
+}
+
+const LFS_MAP_VERSION: u8 = 1;
+const LFS_ENTRY_LEN: usize = 20 + 32 + 8 + 32;
+
+/// The binary LFS map a manifest names: version, then fixed-size entries sorted by blob.
+pub fn encode_map(entries: &[LfsEntry]) -> Vec<u8> {
+    let mut sorted = entries.to_vec();
+    sorted.sort_by_key(|e| (e.blob, e.pointer));
+    sorted.dedup_by_key(|e| (e.blob, e.pointer));
+    let mut out = Vec::with_capacity(1 + sorted.len() * LFS_ENTRY_LEN);
+    out.push(LFS_MAP_VERSION);
+    for e in &sorted {
+        out.extend_from_slice(&e.blob.0);
+        out.extend_from_slice(&e.pointer.sha256);
+        out.extend_from_slice(&e.pointer.size.to_le_bytes());
+        out.extend_from_slice(&e.chunk.0);
+    }
+    out
+}
+
+pub fn decode_map(bytes: &[u8]) -> Result<Vec<LfsEntry>, LfsError> {
+    let (version, body) = bytes
+        .split_first()
+        .ok_or_else(|| LfsError::BadMap("empty".into()))?;
+    if *version != LFS_MAP_VERSION || body.len() % LFS_ENTRY_LEN != 0 {
+        return Err(LfsError::BadMap("unknown version or length".into()));
+    }
+    Ok(body
+        .chunks_exact(LFS_ENTRY_LEN)
+        .map(|e| {
+            let mut blob = [0u8; 20];
+            blob.copy_from_slice(&e[..20]);
+            let mut sha256 = [0u8; 32];
+            sha256.copy_from_slice(&e[20..52]);
+            let mut size = [0u8; 8];
+            size.copy_from_slice(&e[52..60]);
+            let mut chunk = [0u8; 32];
+            chunk.copy_from_slice(&e[60..]);
+            LfsEntry {
+                blob: Oid(blob),
+                pointer: Pointer {
+                    sha256,
+                    size: u64::from_le_bytes(size),
+                },
+                chunk: ChunkId(chunk),
+            }
+        })
+        .collect())
+}
+
+/// The LFS endpoint of a repository: `lfs.url` from the repository's `.lfsconfig` when it
+/// names one, else git-lfs's default `<url>.git/info/lfs` (`<url>/info/lfs` when the URL ends
+/// in `.git`). Only http(s) endpoints are supported.
+pub fn endpoint(repo_url: &str, lfsconfig: Option<&[u8]>) -> Option<String> {
+    if let Some(url) = lfsconfig.and_then(lfs_url_from_config) {
+        return Some(url.trim_end_matches('/').to_string());
+    }
+    if !(repo_url.starts_with("http://") || repo_url.starts_with("https://")) {
+        return None;
+    }
+    let base = repo_url.trim_end_matches('/');
+    Some(if base.ends_with(".git") {
+        format!("{base}/info/lfs")
+    } else {
+        format!("{base}.git/info/lfs")
+    })
+}
+
+/// `lfs.url` from a git-config-format file.
+fn lfs_url_from_config(bytes: &[u8]) -> Option<String> {
+    let text = std::str::from_utf8(bytes).ok()?;
+    let mut in_lfs = false;
+    for line in text.lines() {
+        let line = line.trim();
+        if line.starts_with('[') {
+            in_lfs = line.trim_start_matches('[').trim_end_matches(']').trim() == "lfs";
+            continue;
+        }
+        if !in_lfs {
+            continue;
+        }
+        if let Some((key, value)) = line.split_once('=')
+            && key.trim().eq_ignore_ascii_case("url")
+        {
+            let value = value.trim().trim_matches('"');
+            if value.starts_with("http://") || value.starts_with("https://") {
+                return Some(value.to_string());
+            }
+        }
+    }
+    None
+}
+
+#[derive(Deserialize)]
+struct BatchResponse {
+    #[serde(default)]
+    objects: Vec<BatchObject>,
+}
+
+#[derive(Deserialize)]
+struct BatchObject {
+    oid: String,
+    #[serde(default)]
+    actions: Option<Actions>,
+    #[serde(default)]
+    error: Option<BatchError>,
+}
+
+#[derive(Deserialize)]
+struct Actions {
+    download: Option<Action>,
+}
+
+#[derive(Deserialize)]
+struct Action {
+    href: String,
+    #[serde(default)]
+    header: std::collections::HashMap<String, String>,
+}
+
+#[derive(Deserialize)]
+struct BatchError {
+    code: u16,
+    message: String,
+}
+
+/// Where to fetch one object from.
+pub struct Download {
+    pub pointer: Pointer,
+    href: String,
+    header: Vec<(String, String)>,
+}
+
+/// One object of a batch answer: where to download it, or why the server will not give it.
+pub type BatchAnswer = (Pointer, Result<Download, String>);
+
+/// An LFS server, asked with the repository's credentials.
+pub struct Client {
+    http: reqwest::blocking::Client,
+    endpoint: String,
+    credentials: Option<Credentials>,
+}
+
+impl Client {
+    pub fn new(endpoint: &str, credentials: Option<Credentials>) -> Result<Client, LfsError> {
+        let http = reqwest::blocking::Client::builder()
+            .connect_timeout(std::time::Duration::from_secs(15))
+            .build()
+            .map_err(|e| LfsError::Endpoint {
+                endpoint: shown(endpoint),
+                reason: e.to_string(),
+            })?;
+        Ok(Client {
+            http,
+            endpoint: endpoint.to_string(),
+            credentials,
+        })
+    }
+
+    fn authorize(
+        &self,
+        request: reqwest::blocking::RequestBuilder,
+    ) -> reqwest::blocking::RequestBuilder {
+        match &self.credentials {
+            Some(c) => request.basic_auth(&c.username, Some(c.secret.expose_secret())),
+            None => request,
+        }
+    }
+
+    /// Asks where to download `pointers` from. Per object: where to get it, or why not.
+    pub fn batch(
+        &self,
+        pointers: &[Pointer],
+    ) -> Result<Vec<BatchAnswer>, LfsError> {
+        let mut out = Vec::new();
+        // The spec lets servers cap a batch; 100 is what git-lfs sends.
+        for group in pointers.chunks(100) {
+            let body = serde_json::json!({
+                "operation": "download",
+                "transfers": ["basic"],
+                "hash_algo": "sha256",
+                "objects": group.iter().map(|p| serde_json::json!({"oid": p.oid_hex(), "size": p.size})).collect::<Vec<_>>(),
+            });
+            let url = format!("{}/objects/batch", self.endpoint);
+            let err = |reason: String| LfsError::Endpoint {
+                endpoint: shown(&self.endpoint),
+                reason,
+            };
+            let response = self
+                .authorize(self.http.post(&url))
+                .header("Accept", "application/vnd.git-lfs+json")
+                .header("Content-Type", "application/vnd.git-lfs+json")
+                .body(body.to_string())
+                .send()
+                .map_err(|e| err(e.without_url().to_string()))?;
+            let status = response.status();
+            if !status.is_success() {
+                return Err(err(format!("the batch request answered HTTP {status}")));
+            }
+            let answer: BatchResponse = response
+                .json()
+                .map_err(|e| err(format!("unreadable batch answer: {}", e.without_url())))?;
+            for p in group {
+                let hex_oid = p.oid_hex();
+                let found = answer.objects.iter().find(|o| o.oid == hex_oid);
+                let result = match found {
+                    None => Err("the server did not answer for it".to_string()),
+                    Some(o) => match (&o.error, o.actions.as_ref().and_then(|a| a.download.as_ref())) {
+                        (Some(e), _) => Err(format!("{} {}", e.code, e.message)),
+                        (None, Some(a)) => Ok(Download {
+                            pointer: *p,
+                            href: a.href.clone(),
+                            header: a.header.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+                        }),
+                        (None, None) => Err("no download action offered".to_string()),
+                    },
+                };
+                out.push((*p, result));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Downloads one object into `dest`, checking its size and SHA-256 as it streams.
+    pub fn download(&self, d: &Download, dest: &Path) -> Result<(), LfsError> {
+        let fail = |reason: String| LfsError::Object {
+            oid: d.pointer.oid_hex(),
+            reason,
+        };
+        let mut request = self.http.get(&d.href);
+        if d.header.is_empty() {
+            // Servers that need no per-action header expect the repository's credentials.
+            request = self.authorize(request);
+        }
+        for (k, v) in &d.header {
+            request = request.header(k, v);
+        }
+        // The href may carry a token in its query: errors never show it.
+        let mut response = request
+            .send()
+            .map_err(|e| fail(e.without_url().to_string()))?;
+        if !response.status().is_success() {
+            return Err(fail(format!("download answered HTTP {}", response.status())));
+        }
+        let mut file = std::fs::File::create(dest).map_err(|e| fail(e.to_string()))?;
+        let mut hasher = Sha256::new();
+        let mut total = 0u64;
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = response
+                .read(&mut buf)
+                .map_err(|e| fail(format!("download interrupted: {e}")))?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+            file.write_all(&buf[..n]).map_err(|e| fail(e.to_string()))?;
+            total += n as u64;
+            if total > d.pointer.size {
+                return Err(fail(format!(
+                    "the server sent more than the {} bytes the pointer says",
+                    d.pointer.size
+                )));
+            }
+        }
+        file.sync_all().map_err(|e| fail(e.to_string()))?;
+        if total != d.pointer.size {
+            return Err(fail(format!(
+                "the server sent {total} bytes where the pointer says {}",
+                d.pointer.size
+            )));
+        }
+        if hasher.finalize().as_slice() != d.pointer.sha256 {
+            return Err(fail(
+                "the bytes the server sent do not have the pointer's SHA-256: rejected".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A URL for messages: scheme, host and path, never userinfo or query.
+fn shown(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(u) => format!(
+            "{}://{}{}",
+            u.scheme(),
+            u.host_str().unwrap_or(""),
+            u.path()
+        ),
+        Err(_) => "(unparsable url)".into(),
+    }
+}
+
+/// Where git-lfs keeps an object inside a repository's git directory.
+pub fn object_path(git_dir: &Path, p: &Pointer) -> std::path::PathBuf {
+    let hex_oid = p.oid_hex();
+    git_dir
+        .join("lfs/objects")
+        .join(&hex_oid[0..2])
+        .join(&hex_oid[2..4])
+        .join(&hex_oid)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const POINTER: &str = "version https://git-lfs.github.com/spec/v1\noid sha256:4d7a214614ab2935c943f9e0ff69d22eadbb8f32b1258daaa5e2ca24d17e2393\nsize 12345\n";
+
+    #[test]
+    fn pointers_parse_strictly() {
+        let p = parse_pointer(POINTER.as_bytes()).unwrap();
+        assert_eq!(p.size, 12345);
+        assert_eq!(
+            p.oid_hex(),
+            "4d7a214614ab2935c943f9e0ff69d22eadbb8f32b1258daaa5e2ca24d17e2393"
+        );
+        assert!(parse_pointer(POINTER.trim_end().as_bytes()).is_none());
+        assert!(parse_pointer(POINTER.replace("sha256:4d", "sha256:zz").as_bytes()).is_none());
+        assert!(parse_pointer(b"version https://git-lfs.github.com/spec/v1\nsize 1\n").is_none());
+        assert!(parse_pointer(b"hello\n").is_none());
+    }
+
+    #[test]
+    fn endpoints_follow_git_lfs() {
+        assert_eq!(
+            endpoint("https://h/o/r.git", None).unwrap(),
+            "https://h/o/r.git/info/lfs"
+        );
+        assert_eq!(
+            endpoint("https://h/o/r", None).unwrap(),
+            "https://h/o/r.git/info/lfs"
+        );
+        assert_eq!(
+            endpoint(
+                "https://h/o/r",
+                Some(b"[lfs]\n\turl = \"http://127.0.0.1:9/o/r\"\n")
+            )
+            .unwrap(),
+            "http://127.0.0.1:9/o/r"
+        );
+        assert!(endpoint("file:///tmp/r.git", None).is_none());
+    }
+
+    #[test]
+    fn maps_round_trip() {
+        let e = LfsEntry {
+            blob: Oid([1; 20]),
+            pointer: Pointer {
+                sha256: [2; 32],
+                size: 99,
+            },
+            chunk: ChunkId([3; 32]),
+        };
+        assert_eq!(decode_map(&encode_map(&[e, e])).unwrap(), vec![e]);
+        assert!(decode_map(&[2]).is_err());
+    }
+}
