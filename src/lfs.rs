@@ -263,10 +263,7 @@ impl Client {
     }
 
     /// Asks where to download `pointers` from. Per object: where to get it, or why not.
-    pub fn batch(
-        &self,
-        pointers: &[Pointer],
-    ) -> Result<Vec<BatchAnswer>, LfsError> {
+    pub fn batch(&self, pointers: &[Pointer]) -> Result<Vec<BatchAnswer>, LfsError> {
         let mut out = Vec::new();
         // The spec lets servers cap a batch; 100 is what git-lfs sends.
         for group in pointers.chunks(100) {
@@ -300,12 +297,19 @@ impl Client {
                 let found = answer.objects.iter().find(|o| o.oid == hex_oid);
                 let result = match found {
                     None => Err("the server did not answer for it".to_string()),
-                    Some(o) => match (&o.error, o.actions.as_ref().and_then(|a| a.download.as_ref())) {
+                    Some(o) => match (
+                        &o.error,
+                        o.actions.as_ref().and_then(|a| a.download.as_ref()),
+                    ) {
                         (Some(e), _) => Err(format!("{} {}", e.code, e.message)),
                         (None, Some(a)) => Ok(Download {
                             pointer: *p,
                             href: a.href.clone(),
-                            header: a.header.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+                            header: a
+                                .header
+                                .iter()
+                                .map(|(k, v)| (k.clone(), v.clone()))
+                                .collect(),
                         }),
                         (None, None) => Err("no download action offered".to_string()),
                     },
@@ -335,7 +339,10 @@ impl Client {
             .send()
             .map_err(|e| fail(e.without_url().to_string()))?;
         if !response.status().is_success() {
-            return Err(fail(format!("download answered HTTP {}", response.status())));
+            return Err(fail(format!(
+                "download answered HTTP {}",
+                response.status()
+            )));
         }
         let mut file = std::fs::File::create(dest).map_err(|e| fail(e.to_string()))?;
         let mut hasher = Sha256::new();
@@ -385,6 +392,35 @@ fn shown(url: &str) -> String {
         ),
         Err(_) => "(unparsable url)".into(),
     }
+}
+
+/// The LFS objects a snapshot's map names that the vault cannot provide: `oid: reason`.
+pub fn missing_objects(
+    index: &crate::index::Index,
+    store: &crate::store::ChunkStore<'_>,
+    manifest: &crate::snapshot::Manifest,
+) -> Vec<String> {
+    let Some(map) = &manifest.lfs else {
+        return Vec::new();
+    };
+    let entries = map
+        .parse::<ChunkId>()
+        .map_err(|e| e.to_string())
+        .and_then(|id| store.get(&id).map_err(|e| e.to_string()))
+        .and_then(|b| decode_map(&b).map_err(|e| e.to_string()));
+    let entries = match entries {
+        Ok(e) => e,
+        Err(e) => return vec![format!("the LFS map is unreadable: {e}")],
+    };
+    let mut missing = Vec::new();
+    for e in entries {
+        match index.chunk(&e.chunk) {
+            Ok(Some(_)) => {}
+            Ok(None) => missing.push(format!("{}: not in the vault", e.pointer.oid_hex())),
+            Err(err) => missing.push(format!("{}: {err}", e.pointer.oid_hex())),
+        }
+    }
+    missing
 }
 
 /// Where git-lfs keeps an object inside a repository's git directory.

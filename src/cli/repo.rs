@@ -470,6 +470,7 @@ struct VerifyOutput {
     ok: bool,
     targets: Vec<gitvault::replicas::TargetReport>,
     restored: Vec<SampleResult>,
+    lfs_missing: Vec<String>,
 }
 
 pub fn verify(ctx: &Ctx, args: VerifyArgs) -> Result<i32> {
@@ -480,6 +481,18 @@ pub fn verify(ctx: &Ctx, args: VerifyArgs) -> Result<i32> {
     let targets = gitvault::replicas::verify(&vault, &keys, full, &lock)?;
     drop(lock);
     let all = vault.index().snapshots(None, None, None)?;
+    // Every LFS object each snapshot names must be in the vault.
+    let mut lfs_missing = Vec::new();
+    {
+        let store = vault.reader(&keys);
+        for row in &all {
+            if let Ok((manifest, _)) = restore::load_snapshot(&store, row) {
+                for m in gitvault::lfs::missing_objects(vault.index(), &store, &manifest) {
+                    lfs_missing.push(format!("{} {}: LFS object {m}", row.repo, row.id));
+                }
+            }
+        }
+    }
     let mut picks = Vec::new();
     let mut pool: Vec<usize> = (0..all.len()).collect();
     while picks.len() < args.restore_sample && !pool.is_empty() {
@@ -512,11 +525,13 @@ pub fn verify(ctx: &Ctx, args: VerifyArgs) -> Result<i32> {
         });
     }
     let _ = std::fs::remove_dir_all(&scratch);
-    let ok = results.iter().all(|r| r.ok) && targets.iter().all(|t| t.ok());
+    let ok =
+        results.iter().all(|r| r.ok) && targets.iter().all(|t| t.ok()) && lfs_missing.is_empty();
     let out = VerifyOutput {
         ok,
         targets,
         restored: results,
+        lfs_missing,
     };
     ctx.out.print(&out, || {
         let mut t = String::new();
@@ -554,6 +569,9 @@ pub fn verify(ctx: &Ctx, args: VerifyArgs) -> Result<i32> {
             if let Some(e) = &r.error {
                 t.push_str(&format!("     error: {e}\n"));
             }
+        }
+        for m in &out.lfs_missing {
+            t.push_str(&format!("FAIL {m}\n"));
         }
         for r in &out.restored {
             t.push_str(&format!(
