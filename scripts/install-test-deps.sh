@@ -15,6 +15,8 @@ command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
 # restic.
 [ -x /usr/bin/time ] || need_apt+=(time)
 command -v restic >/dev/null 2>&1 || need_apt+=(restic)
+# Git LFS tests (tests/lfs_infra.rs, tests/fixtures/lfs.sh): the real `git lfs` client.
+command -v git-lfs >/dev/null 2>&1 || need_apt+=(git-lfs)
 if command -v git >/dev/null 2>&1; then
   git_exec="$(git --exec-path)"
   { [ -x "$git_exec/git-daemon" ] && [ -x "$git_exec/git-http-backend" ]; } || need_apt+=(git)
@@ -39,4 +41,16 @@ fi
 if ! command -v s3s-fs >/dev/null 2>&1; then
   echo "== installing s3s-fs 0.14.1 (cargo, a few minutes)"
   cargo install s3s-fs@0.14.1 --locked --features binary
+fi
+
+# LFS server for the LFS tests (tests/common/lfs_server.rs): giftless under gunicorn. giftless
+# 0.6.2's wheel declares no dependencies, so they are listed here; newer PyJWT makes uploads fail
+# with 401, marshmallow 4 and webargs 8.7 break its schemas.
+if ! command -v gunicorn >/dev/null 2>&1 \
+  || ! python3 -c 'import giftless.wsgi_entrypoint' >/dev/null 2>&1; then
+  echo "== installing giftless 0.6.2 + gunicorn (pip)"
+  python3 -m pip install -q 'giftless==0.6.2' gunicorn flask 'marshmallow<4' flask-marshmallow \
+    flask-classful 'webargs<8.7' figcan python-dotenv pyyaml 'PyJWT<2.10' cryptography \
+    cachetools python-dateutil typing-extensions requests
+  if command -v pyenv >/dev/null 2>&1; then pyenv rehash; fi
 fi

@@ -483,7 +483,11 @@ impl Index {
                 "INSERT OR IGNORE INTO lfs_objects (sha256, size, chunk) VALUES (?1, ?2, ?3)",
             )?;
             for e in snap.new_lfs {
-                insert.execute(params![&e.pointer.sha256[..], e.pointer.size, &e.chunk.0[..]])?;
+                insert.execute(params![
+                    &e.pointer.sha256[..],
+                    e.pointer.size,
+                    &e.chunk.0[..]
+                ])?;
             }
         }
         tx.execute(
