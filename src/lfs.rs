@@ -204,6 +204,8 @@ struct BatchObject {
 #[derive(Deserialize)]
 struct Actions {
     download: Option<Action>,
+    upload: Option<Action>,
+    verify: Option<Action>,
 }
 
 #[derive(Deserialize)]
@@ -320,6 +322,95 @@ impl Client {
         Ok(out)
     }
 
+    /// Uploads objects from files (batch API `upload`, basic transfer: PUT, then the optional
+    /// verify POST). Objects the server already has come back without actions and are skipped.
+    /// Returns how many were sent; the first failure stops it.
+    pub fn upload(&self, objects: &[(Pointer, std::path::PathBuf)]) -> Result<u64, LfsError> {
+        let mut sent = 0;
+        for group in objects.chunks(100) {
+            let body = serde_json::json!({
+                "operation": "upload",
+                "transfers": ["basic"],
+                "hash_algo": "sha256",
+                "objects": group.iter().map(|(p, _)| serde_json::json!({"oid": p.oid_hex(), "size": p.size})).collect::<Vec<_>>(),
+            });
+            let err = |reason: String| LfsError::Endpoint {
+                endpoint: shown(&self.endpoint),
+                reason,
+            };
+            let response = self
+                .authorize(self.http.post(format!("{}/objects/batch", self.endpoint)))
+                .header("Accept", "application/vnd.git-lfs+json")
+                .header("Content-Type", "application/vnd.git-lfs+json")
+                .body(body.to_string())
+                .send()
+                .map_err(|e| err(e.without_url().to_string()))?;
+            if !response.status().is_success() {
+                return Err(err(format!(
+                    "the upload batch request answered HTTP {}",
+                    response.status()
+                )));
+            }
+            let answer: BatchResponse = response
+                .json()
+                .map_err(|e| err(format!("unreadable batch answer: {}", e.without_url())))?;
+            for (p, path) in group {
+                let fail = |reason: String| LfsError::Object {
+                    oid: p.oid_hex(),
+                    reason,
+                };
+                let Some(o) = answer.objects.iter().find(|o| o.oid == p.oid_hex()) else {
+                    return Err(fail("the server did not answer for it".into()));
+                };
+                if let Some(e) = &o.error {
+                    return Err(fail(format!("{} {}", e.code, e.message)));
+                }
+                let Some(upload) = o.actions.as_ref().and_then(|a| a.upload.as_ref()) else {
+                    continue;
+                };
+                let file = std::fs::File::open(path).map_err(|e| fail(e.to_string()))?;
+                let mut request = self
+                    .http
+                    .put(&upload.href)
+                    .header("Content-Type", "application/octet-stream")
+                    .body(reqwest::blocking::Body::sized(file, p.size));
+                if upload.header.is_empty() {
+                    request = self.authorize(request);
+                }
+                for (k, v) in &upload.header {
+                    request = request.header(k, v);
+                }
+                let put = request
+                    .send()
+                    .map_err(|e| fail(e.without_url().to_string()))?;
+                if !put.status().is_success() {
+                    return Err(fail(format!("upload answered HTTP {}", put.status())));
+                }
+                if let Some(verify) = o.actions.as_ref().and_then(|a| a.verify.as_ref()) {
+                    let mut request = self
+                        .http
+                        .post(&verify.href)
+                        .header("Content-Type", "application/vnd.git-lfs+json")
+                        .body(serde_json::json!({"oid": p.oid_hex(), "size": p.size}).to_string());
+                    if verify.header.is_empty() {
+                        request = self.authorize(request);
+                    }
+                    for (k, v) in &verify.header {
+                        request = request.header(k, v);
+                    }
+                    let answer = request
+                        .send()
+                        .map_err(|e| fail(e.without_url().to_string()))?;
+                    if !answer.status().is_success() {
+                        return Err(fail(format!("verify answered HTTP {}", answer.status())));
+                    }
+                }
+                sent += 1;
+            }
+        }
+        Ok(sent)
+    }
+
     /// Downloads one object into `dest`, checking its size and SHA-256 as it streams.
     pub fn download(&self, d: &Download, dest: &Path) -> Result<(), LfsError> {
         let fail = |reason: String| LfsError::Object {
@@ -421,6 +512,28 @@ pub fn missing_objects(
         }
     }
     missing
+}
+
+/// The LFS objects stored in a repository's `lfs/objects` directory (as `restore` writes it).
+pub fn local_objects(git_dir: &Path) -> Vec<(Pointer, std::path::PathBuf)> {
+    let mut out = Vec::new();
+    let Ok(level1) = std::fs::read_dir(git_dir.join("lfs/objects")) else {
+        return out;
+    };
+    for a in level1.flatten() {
+        for b in std::fs::read_dir(a.path()).into_iter().flatten().flatten() {
+            for f in std::fs::read_dir(b.path()).into_iter().flatten().flatten() {
+                let name = f.file_name().to_string_lossy().into_owned();
+                let mut sha256 = [0u8; 32];
+                if name.len() == 64 && hex::decode_to_slice(&name, &mut sha256).is_ok() {
+                    let size = f.metadata().map(|m| m.len()).unwrap_or(0);
+                    out.push((Pointer { sha256, size }, f.path()));
+                }
+            }
+        }
+    }
+    out.sort();
+    out
 }
 
 /// Where git-lfs keeps an object inside a repository's git directory.

@@ -167,6 +167,8 @@ pub struct RestoreReport {
     /// LFS objects written into `lfs/objects`.
     pub lfs_objects: u64,
     pub pushed_to: Option<String>,
+    /// LFS objects uploaded to the push URL's LFS server.
+    pub lfs_uploaded: Option<u64>,
     pub metadata_files: Option<usize>,
 }
 
@@ -286,6 +288,7 @@ pub fn restore_snapshot(
         objects,
         lfs_objects: lfs_written,
         pushed_to: None,
+        lfs_uploaded: None,
         metadata_files: None,
     })
 }
@@ -408,6 +411,34 @@ pub fn write_metadata(
 
 /// Mirrors a restored repository to an (empty) remote with the git CLI (gix cannot push).
 /// Credentials go through git's environment-supplied config, never the command line or URL.
+/// After a mirror push, uploads the restored repository's LFS objects to the push URL's LFS
+/// endpoint (`lfs.url` of the restored HEAD's `.lfsconfig` is not followed: a push target's
+/// endpoint is its own). Returns how many the server did not have.
+pub fn push_lfs(
+    repo: &Path,
+    url: &str,
+    credentials: Option<&Credentials>,
+) -> Result<u64, RestoreError> {
+    let objects = crate::lfs::local_objects(repo);
+    if objects.is_empty() {
+        return Ok(0);
+    }
+    let spec = git::parse_remote(url)?;
+    let endpoint = crate::lfs::endpoint(&spec.fetch_url, None).ok_or_else(|| {
+        RestoreError::Lfs(format!(
+            "{} has no http(s) LFS endpoint: its {} LFS objects were not uploaded",
+            spec.display_url,
+            objects.len()
+        ))
+    })?;
+    let creds = credentials.cloned().or(spec.url_credentials);
+    let client =
+        crate::lfs::Client::new(&endpoint, creds).map_err(|e| RestoreError::Lfs(e.to_string()))?;
+    client
+        .upload(&objects)
+        .map_err(|e| RestoreError::Lfs(e.to_string()))
+}
+
 pub fn push_mirror(
     repo: &Path,
     url: &str,

@@ -432,25 +432,34 @@ pub fn restore(ctx: &Ctx, args: RestoreArgs) -> Result<i32> {
         report.metadata_files = Some(restore::write_metadata(&vault, &keys, &row, dir)?);
     }
     if let Some(url) = &args.push {
-        report.pushed_to = Some(restore::push_mirror(
-            &args.to,
-            url,
-            Credentials::from_environment().as_ref(),
-        )?);
+        let credentials = Credentials::from_environment();
+        report.pushed_to = Some(restore::push_mirror(&args.to, url, credentials.as_ref())?);
+        if report.lfs_objects > 0 {
+            report.lfs_uploaded = Some(restore::push_lfs(&args.to, url, credentials.as_ref())?);
+        }
     }
     ctx.out.print(&report, || {
         format!(
-            "restored {} as of snapshot {} ({}) to {}: {} refs, {} objects{}\n",
+            "restored {} as of snapshot {} ({}) to {}: {} refs, {} objects{}{}{}\n",
             report.repo,
             report.snapshot,
             report.time.format("%Y-%m-%d %H:%M:%S UTC"),
             report.path,
             report.refs,
             report.objects,
+            if report.lfs_objects > 0 {
+                format!(", {} LFS objects", report.lfs_objects)
+            } else {
+                String::new()
+            },
             report
                 .pushed_to
                 .as_ref()
                 .map(|u| format!(", pushed to {u}"))
+                .unwrap_or_default(),
+            report
+                .lfs_uploaded
+                .map(|n| format!(" ({n} LFS objects uploaded)"))
                 .unwrap_or_default()
         )
     });
