@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod git_server;
+pub mod lfs_server;
 pub mod provider_api;
 pub mod s3_server;
 
