@@ -270,7 +270,13 @@ fn run(
         Some(p) => locked(writer, tally, |w| previous_lfs_map(&w.store, &p.manifest)),
         None => None,
     };
-    let mut lfs_entries = previous_lfs.clone().unwrap_or_default();
+    // Entries whose object the server could not give are kept as missing and asked for again
+    // on every run, changed or not, until it does.
+    let (missing_before, mut lfs_entries): (Vec<_>, Vec<_>) = previous_lfs
+        .unwrap_or_default()
+        .into_iter()
+        .partition(|e| e.chunk == crate::lfs::MISSING);
+    pointers.extend(missing_before.iter().map(|e| (e.blob, e.pointer)));
     let mut new_lfs = Vec::new();
     if !pointers.is_empty() {
         let lfsconfig = head_lfsconfig(&cache, &fetched.refs);
@@ -289,6 +295,13 @@ fn run(
         new_lfs = outcome.stored;
         lfs_entries.extend(outcome.known);
         lfs_entries.extend(new_lfs.iter().copied());
+        lfs_entries.extend(outcome.failed.into_iter().map(|(blob, pointer)| {
+            crate::lfs::LfsEntry {
+                blob,
+                pointer,
+                chunk: crate::lfs::MISSING,
+            }
+        }));
     }
     let mut lfs_map = None;
     if !lfs_entries.is_empty() {
@@ -488,6 +501,8 @@ struct LfsOutcome {
     stored: Vec<crate::lfs::LfsEntry>,
     /// `oid: reason` for the rest.
     missing: Vec<String>,
+    /// The pointers whose objects are not in the vault after this run.
+    failed: Vec<PointerBlob>,
 }
 
 /// Downloads the LFS objects the vault lacks (up to four at once, each to a temporary file,
@@ -501,13 +516,49 @@ fn fetch_lfs(
     url: &str,
     lfsconfig: Option<&[u8]>,
     credentials: Option<&Credentials>,
-    pointers: &[(Oid, crate::lfs::Pointer)],
+    pointers: &[PointerBlob],
+) -> Result<LfsOutcome, BackupError> {
+    let mut outcome = fetch_lfs_objects(
+        vault,
+        writer,
+        tally,
+        shown_url,
+        url,
+        lfsconfig,
+        credentials,
+        pointers,
+    )?;
+    let have: std::collections::HashSet<[u8; 32]> = outcome
+        .known
+        .iter()
+        .chain(&outcome.stored)
+        .map(|e| e.pointer.sha256)
+        .collect();
+    outcome.failed = pointers
+        .iter()
+        .filter(|(_, p)| !have.contains(&p.sha256))
+        .copied()
+        .collect();
+    Ok(outcome)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn fetch_lfs_objects(
+    vault: &Vault,
+    writer: &Mutex<Writer<'_>>,
+    tally: &mut Tally,
+    shown_url: &str,
+    url: &str,
+    lfsconfig: Option<&[u8]>,
+    credentials: Option<&Credentials>,
+    pointers: &[PointerBlob],
 ) -> Result<LfsOutcome, BackupError> {
     use crate::lfs::LfsEntry;
     let mut outcome = LfsOutcome {
         known: Vec::new(),
         stored: Vec::new(),
         missing: Vec::new(),
+        failed: Vec::new(),
     };
     let mut wanted: Vec<crate::lfs::Pointer> = Vec::new();
     for (blob, p) in pointers {

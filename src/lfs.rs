@@ -94,6 +94,10 @@ pub struct LfsEntry {
     pub chunk: ChunkId,
 }
 
+/// The chunk id an LFS map gives an object the server could not provide when it was backed
+/// up: the pointer is remembered, and every later run asks for the object again.
+pub const MISSING: ChunkId = ChunkId([0; 32]);
+
 const LFS_MAP_VERSION: u8 = 1;
 const LFS_ENTRY_LEN: usize = 20 + 32 + 8 + 32;
 
@@ -485,6 +489,18 @@ fn shown(url: &str) -> String {
     }
 }
 
+/// Where an entry's bytes are: its own chunk, or for an object that was missing when the
+/// snapshot was taken, the copy a later run stored (the same SHA-256 is the same object).
+pub fn resolve(
+    index: &crate::index::Index,
+    e: &LfsEntry,
+) -> Result<Option<ChunkId>, crate::index::IndexError> {
+    if e.chunk != MISSING {
+        return Ok(Some(e.chunk));
+    }
+    index.lfs_object(&e.pointer.sha256)
+}
+
 /// The LFS objects a snapshot's map names that the vault cannot provide: `oid: reason`.
 pub fn missing_objects(
     index: &crate::index::Index,
@@ -505,7 +521,21 @@ pub fn missing_objects(
     };
     let mut missing = Vec::new();
     for e in entries {
-        match index.chunk(&e.chunk) {
+        let chunk = match resolve(index, &e) {
+            Ok(Some(c)) => c,
+            Ok(None) => {
+                missing.push(format!(
+                    "{}: the server could not provide it when it was backed up",
+                    e.pointer.oid_hex()
+                ));
+                continue;
+            }
+            Err(err) => {
+                missing.push(format!("{}: {err}", e.pointer.oid_hex()));
+                continue;
+            }
+        };
+        match index.chunk(&chunk) {
             Ok(Some(_)) => {}
             Ok(None) => missing.push(format!("{}: not in the vault", e.pointer.oid_hex())),
             Err(err) => missing.push(format!("{}: {err}", e.pointer.oid_hex())),

@@ -261,7 +261,7 @@ pub fn restore_snapshot(
                 )
             })??
         };
-        lfs_written = write_lfs_objects(&store, &manifest, &reached, &staging)?;
+        lfs_written = write_lfs_objects(vault.index(), &store, &manifest, &reached, &staging)?;
         Ok(u64::from(written))
     })();
     tracing::info!(seconds = phase.elapsed().as_secs_f64(), "wrote the pack");
@@ -296,6 +296,7 @@ pub fn restore_snapshot(
 /// Writes the LFS objects the restored refs' pointer blobs name into `git_dir/lfs/objects`,
 /// where git-lfs looks for them, checking each one's SHA-256 on the way.
 fn write_lfs_objects(
+    index: &crate::index::Index,
     store: &ChunkStore<'_>,
     manifest: &Manifest,
     reached: &[git::objects::Reached],
@@ -317,6 +318,10 @@ fn write_lfs_objects(
         .collect();
     let mut written = std::collections::HashSet::new();
     for e in entries.iter().filter(|e| blobs.contains(&e.blob)) {
+        let Some(chunk) = crate::lfs::resolve(index, e)? else {
+            tracing::warn!(oid = %e.pointer.oid_hex(), "LFS object missing from the vault");
+            continue;
+        };
         if !written.insert(e.pointer.sha256) {
             continue;
         }
@@ -344,7 +349,7 @@ fn write_lfs_objects(
             out: std::io::BufWriter::new(file),
             hash: sha2::Sha256::new(),
         };
-        let size = store.get_to(&e.chunk, &mut out)?;
+        let size = store.get_to(&chunk, &mut out)?;
         out.flush()
             .map_err(io_err(format!("writing {}", path.display())))?;
         if size != e.pointer.size || out.hash.finalize().as_slice() != e.pointer.sha256 {

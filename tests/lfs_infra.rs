@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use common::git_server::{HttpGitServer, fixture, run_fixture};
+use common::lfs_server::{LFS_FILTERS, git_in};
 use common::lfs_server::{LfsFault, LfsServer};
 use sha2::{Digest, Sha256};
 
@@ -14,24 +15,6 @@ const MIB: usize = 1 << 20;
 
 /// `git` in `dir`, isolated from the user's configuration (HOME too: git-lfs reads ~/.netrc),
 /// never prompting.
-fn git_in(home: &Path, dir: &Path, args: &[&str]) -> Output {
-    Command::new("git")
-        .arg("-C")
-        .arg(dir)
-        .args(args)
-        .env("HOME", home)
-        .env("XDG_CONFIG_HOME", home.join(".config"))
-        .env("GIT_CONFIG_NOSYSTEM", "1")
-        .env("GIT_CONFIG_GLOBAL", "/dev/null")
-        .env("GIT_TERMINAL_PROMPT", "0")
-        .env("GIT_ASKPASS", "/bin/false")
-        .env_remove("SSH_ASKPASS")
-        .env_remove("GIT_LFS_SKIP_SMUDGE")
-        .env_remove("GIT_LFS_SKIP_PUSH")
-        .output()
-        .expect("run git")
-}
-
 fn ok(out: &Output) -> String {
     assert!(
         out.status.success(),
@@ -62,18 +45,6 @@ fn fixture_noise(seed: u64, len: usize) -> Vec<u8> {
 fn sha256_hex(data: &[u8]) -> String {
     hex::encode(Sha256::digest(data))
 }
-
-/// The LFS filters for a clone, as `git lfs install --local` would set them.
-const LFS_FILTERS: &[&str] = &[
-    "--config",
-    "filter.lfs.process=git-lfs filter-process",
-    "--config",
-    "filter.lfs.smudge=git-lfs smudge -- %f",
-    "--config",
-    "filter.lfs.clean=git-lfs clean -- %f",
-    "--config",
-    "filter.lfs.required=true",
-];
 
 /// (oid, size) of the LFS pointer stored at `rev:path`.
 fn pointer(home: &Path, repo: &Path, spec: &str) -> (String, u64) {

@@ -225,7 +225,7 @@ impl Live {
                 .map_err(|e| e.to_string())
                 .and_then(|b| crate::lfs::decode_map(&b).map_err(|e| e.to_string()))
                 .map_err(unreadable)?;
-            for e in entries {
+            for e in entries.iter().filter(|e| e.chunk != crate::lfs::MISSING) {
                 self.chunk(store, e.chunk)?;
             }
         }

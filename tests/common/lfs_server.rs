@@ -22,7 +22,7 @@ use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 /// How long giftless may take to come up (Python imports are slow on a busy machine).
@@ -461,3 +461,34 @@ impl std::fmt::Debug for GroupChild {
         write!(f, "{} (pid {})", self.name, self.child.id())
     }
 }
+
+/// Runs git with an isolated HOME and no global or system config, never prompting.
+pub fn git_in(home: &Path, dir: &Path, args: &[&str]) -> Output {
+    Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(args)
+        .env("HOME", home)
+        .env("XDG_CONFIG_HOME", home.join(".config"))
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .env("GIT_TERMINAL_PROMPT", "0")
+        .env("GIT_ASKPASS", "/bin/false")
+        .env_remove("SSH_ASKPASS")
+        .env_remove("GIT_LFS_SKIP_SMUDGE")
+        .env_remove("GIT_LFS_SKIP_PUSH")
+        .output()
+        .expect("run git")
+}
+
+/// git-lfs's filters, for `git clone` without `git lfs install`.
+pub const LFS_FILTERS: &[&str] = &[
+    "--config",
+    "filter.lfs.process=git-lfs filter-process",
+    "--config",
+    "filter.lfs.smudge=git-lfs smudge -- %f",
+    "--config",
+    "filter.lfs.clean=git-lfs clean -- %f",
+    "--config",
+    "filter.lfs.required=true",
+];
