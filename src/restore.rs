@@ -416,12 +416,13 @@ pub fn write_metadata(
 
 /// Mirrors a restored repository to an (empty) remote with the git CLI (gix cannot push).
 /// Credentials go through git's environment-supplied config, never the command line or URL.
-/// After a mirror push, uploads the restored repository's LFS objects to the push URL's LFS
-/// endpoint (`lfs.url` of the restored HEAD's `.lfsconfig` is not followed: a push target's
-/// endpoint is its own). Returns how many the server did not have.
+/// After a mirror push, uploads the restored repository's LFS objects to `lfs_url`, else the push
+/// URL's default LFS endpoint (`lfs.url` of the restored HEAD's `.lfsconfig` is not followed: it
+/// names the old server). Returns how many the server did not have.
 pub fn push_lfs(
     repo: &Path,
     url: &str,
+    lfs_url: Option<&str>,
     credentials: Option<&Credentials>,
 ) -> Result<u64, RestoreError> {
     let objects = crate::lfs::local_objects(repo);
@@ -429,13 +430,15 @@ pub fn push_lfs(
         return Ok(0);
     }
     let spec = git::parse_remote(url)?;
-    let endpoint = crate::lfs::endpoint(&spec.fetch_url, None).ok_or_else(|| {
-        RestoreError::Lfs(format!(
-            "{} has no http(s) LFS endpoint: its {} LFS objects were not uploaded",
-            spec.display_url,
-            objects.len()
-        ))
-    })?;
+    let explicit = lfs_url.map(|u| format!("[lfs]\n\turl = {u}\n"));
+    let endpoint = crate::lfs::endpoint(&spec.fetch_url, explicit.as_deref().map(str::as_bytes))
+        .ok_or_else(|| {
+            RestoreError::Lfs(format!(
+                "{} has no http(s) LFS endpoint: its {} LFS objects were not uploaded",
+                spec.display_url,
+                objects.len()
+            ))
+        })?;
     let creds = credentials.cloned().or(spec.url_credentials);
     let client =
         crate::lfs::Client::new(&endpoint, creds).map_err(|e| RestoreError::Lfs(e.to_string()))?;

@@ -102,6 +102,42 @@ fn lfs_objects_of_every_branch_and_tag_round_trip() {
     assert!(objects.iter().any(|(_, _, size)| *size == MIB));
     ok(&git_in(w.tmp.path(), &restored, &["fsck", "--full"]));
 
+    // Restored and pushed to a new home: git to a bare repository, LFS to its own endpoint.
+    let lfs = w.lfs.as_ref().unwrap();
+    let pushed = w.tmp.path().join("pushed.git");
+    ok(&git_in(
+        w.tmp.path(),
+        w.tmp.path(),
+        &["init", "-q", "--bare", pushed.to_str().unwrap()],
+    ));
+    let again = tv.tmp.path().join("again.git");
+    let out = tv.run(&[
+        "--json",
+        "restore",
+        "repo",
+        "--to",
+        again.to_str().unwrap(),
+        "--push",
+        pushed.to_str().unwrap(),
+        "--push-lfs-url",
+        &lfs.endpoint("org", "pushed"),
+    ]);
+    let report: Value = serde_json::from_str(&ok(&out)).unwrap();
+    assert_eq!(report["lfs_uploaded"], 5, "{report}");
+    let uploaded: Vec<_> = lfs
+        .objects()
+        .into_iter()
+        .filter(|p| p.starts_with(lfs.root().join("org/pushed")))
+        .collect();
+    assert_eq!(uploaded.len(), 5, "{uploaded:?}");
+    for path in uploaded {
+        let bytes = std::fs::read(&path).unwrap();
+        assert_eq!(
+            hex::encode(Sha256::digest(&bytes)),
+            path.file_name().unwrap().to_string_lossy()
+        );
+    }
+
     // Without the LFS server, a clone of the restored repository gets its files from the
     // restored repository's own lfs/objects.
     w.lfs = None;

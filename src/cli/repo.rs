@@ -72,6 +72,10 @@ pub struct RestoreArgs {
     /// After restoring, mirror-push to this (empty) remote; credentials as for backup.
     #[arg(long)]
     pub push: Option<String>,
+    /// The LFS endpoint the restored LFS objects are uploaded to after the push (default: the
+    /// push URL's `<url>.git/info/lfs`, as git-lfs would use).
+    #[arg(long, requires = "push")]
+    pub push_lfs_url: Option<String>,
     /// Also write the snapshot's platform metadata (issues, pull requests, releases…) as
     /// readable JSON files under this directory.
     #[arg(long)]
@@ -435,7 +439,12 @@ pub fn restore(ctx: &Ctx, args: RestoreArgs) -> Result<i32> {
         let credentials = Credentials::from_environment();
         report.pushed_to = Some(restore::push_mirror(&args.to, url, credentials.as_ref())?);
         if report.lfs_objects > 0 {
-            report.lfs_uploaded = Some(restore::push_lfs(&args.to, url, credentials.as_ref())?);
+            report.lfs_uploaded = Some(restore::push_lfs(
+                &args.to,
+                url,
+                args.push_lfs_url.as_deref(),
+                credentials.as_ref(),
+            )?);
         }
     }
     ctx.out.print(&report, || {
