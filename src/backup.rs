@@ -900,6 +900,19 @@ pub fn backup_urls(
 ) -> Vec<RepoReport> {
     let next = AtomicUsize::new(0);
     let lines: Mutex<Vec<(usize, RepoReport)>> = Mutex::new(Vec::new());
+    // Two URLs for one repository (`…/r` and `…/r.git`) would share a mirror cache and race:
+    // the repeat is reported, not run.
+    let mut seen = std::collections::HashSet::new();
+    let repeated: Vec<bool> = requests
+        .iter()
+        .map(|r| {
+            let name = r
+                .name
+                .clone()
+                .or_else(|| git::parse_remote(&r.url).ok().map(|spec| spec.default_name));
+            name.is_some_and(|n| !seen.insert(n))
+        })
+        .collect();
     std::thread::scope(|scope| {
         for _ in 0..jobs.clamp(1, requests.len().max(1)) {
             scope.spawn(|| {
@@ -908,7 +921,16 @@ pub fn backup_urls(
                     let Some(request) = requests.get(i) else {
                         break;
                     };
-                    let line = backup_repository(vault, keys, writer, request, None);
+                    let line = if repeated[i] {
+                        RepoReport::new(
+                            request.name.clone().unwrap_or_else(|| request.url.clone()),
+                            request.url.clone(),
+                            RepoStatus::Skipped,
+                            Some("the same repository was given earlier in this run".into()),
+                        )
+                    } else {
+                        backup_repository(vault, keys, writer, request, None)
+                    };
                     done(&line);
                     lines
                         .lock()

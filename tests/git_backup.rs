@@ -383,3 +383,29 @@ fn bad_inputs_fail_cleanly_name_the_repository_and_hide_the_token() {
     fsck(&to);
     assert_eq!(refs_and_head(&to), refs_and_head(&rich));
 }
+
+#[test]
+fn parallel_urls_back_up_each_repository_once() {
+    let tv = TestVault::new();
+    let root = tv.tmp.path().join("served");
+    let a = make_repo(&root, "a", &[]);
+    let b = make_repo(&root, "b", &[]);
+    let (a, b) = (file_url(&a), file_url(&b));
+    // `a` twice, under the same name: the repeat must not race the first on one mirror cache.
+    let out = tv
+        .command(&["--json", "backup", "--jobs", "3", &a, &b, &a])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let statuses: Vec<&str> = doc["repositories"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(statuses, ["changed", "changed", "skipped"], "{doc}");
+    let snapshots = stdout(&tv.run(&["--json", "snapshots"]));
+    let snapshots: serde_json::Value = serde_json::from_str(&snapshots).unwrap();
+    assert_eq!(snapshots.as_array().unwrap().len(), 2, "{snapshots}");
+}
