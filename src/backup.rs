@@ -290,18 +290,21 @@ fn run(
             credentials.as_ref(),
             &pointers,
         )?;
+        let failed = outcome.failed(&pointers);
         report.lfs_objects_stored = outcome.stored.len() as u64;
         report.lfs_missing = outcome.missing;
         new_lfs = outcome.stored;
         lfs_entries.extend(outcome.known);
         lfs_entries.extend(new_lfs.iter().copied());
-        lfs_entries.extend(outcome.failed.into_iter().map(|(blob, pointer)| {
-            crate::lfs::LfsEntry {
-                blob,
-                pointer,
-                chunk: crate::lfs::MISSING,
-            }
-        }));
+        lfs_entries.extend(
+            failed
+                .into_iter()
+                .map(|(blob, pointer)| crate::lfs::LfsEntry {
+                    blob,
+                    pointer,
+                    chunk: crate::lfs::MISSING,
+                }),
+        );
     }
     let mut lfs_map = None;
     if !lfs_entries.is_empty() {
@@ -501,8 +504,23 @@ struct LfsOutcome {
     stored: Vec<crate::lfs::LfsEntry>,
     /// `oid: reason` for the rest.
     missing: Vec<String>,
+}
+
+impl LfsOutcome {
     /// The pointers whose objects are not in the vault after this run.
-    failed: Vec<PointerBlob>,
+    fn failed(&self, pointers: &[PointerBlob]) -> Vec<PointerBlob> {
+        let have: std::collections::HashSet<[u8; 32]> = self
+            .known
+            .iter()
+            .chain(&self.stored)
+            .map(|e| e.pointer.sha256)
+            .collect();
+        pointers
+            .iter()
+            .filter(|(_, p)| !have.contains(&p.sha256))
+            .copied()
+            .collect()
+    }
 }
 
 /// Downloads the LFS objects the vault lacks (up to four at once, each to a temporary file,
@@ -518,47 +536,11 @@ fn fetch_lfs(
     credentials: Option<&Credentials>,
     pointers: &[PointerBlob],
 ) -> Result<LfsOutcome, BackupError> {
-    let mut outcome = fetch_lfs_objects(
-        vault,
-        writer,
-        tally,
-        shown_url,
-        url,
-        lfsconfig,
-        credentials,
-        pointers,
-    )?;
-    let have: std::collections::HashSet<[u8; 32]> = outcome
-        .known
-        .iter()
-        .chain(&outcome.stored)
-        .map(|e| e.pointer.sha256)
-        .collect();
-    outcome.failed = pointers
-        .iter()
-        .filter(|(_, p)| !have.contains(&p.sha256))
-        .copied()
-        .collect();
-    Ok(outcome)
-}
-
-#[allow(clippy::too_many_arguments)]
-fn fetch_lfs_objects(
-    vault: &Vault,
-    writer: &Mutex<Writer<'_>>,
-    tally: &mut Tally,
-    shown_url: &str,
-    url: &str,
-    lfsconfig: Option<&[u8]>,
-    credentials: Option<&Credentials>,
-    pointers: &[PointerBlob],
-) -> Result<LfsOutcome, BackupError> {
     use crate::lfs::LfsEntry;
     let mut outcome = LfsOutcome {
         known: Vec::new(),
         stored: Vec::new(),
         missing: Vec::new(),
-        failed: Vec::new(),
     };
     let mut wanted: Vec<crate::lfs::Pointer> = Vec::new();
     for (blob, p) in pointers {

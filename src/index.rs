@@ -249,24 +249,8 @@ impl Index {
         // The vault lock guarantees one writer; an unchecked transaction lets readers share `&Index`.
         let conn = self.conn();
         let tx = conn.unchecked_transaction()?;
-        let created = chrono::Utc::now().timestamp();
-        tx.execute(
-            "INSERT INTO packs (name, size, raw_bytes, chunk_count, created_at) VALUES (?1, ?2, ?3, ?4, ?5)
-             ON CONFLICT(name) DO NOTHING",
-            params![pack.name, pack.size, pack.raw_bytes, pack.footer.entries.len() as i64, created],
-        )?;
-        let pack_id: i64 = tx.query_row(
-            "SELECT id FROM packs WHERE name = ?1",
-            params![pack.name],
-            |r| r.get(0),
-        )?;
+        let pack_id = record_pack(&tx, pack, targets)?;
         {
-            let mut presence = tx.prepare_cached(
-                "INSERT OR IGNORE INTO pack_targets (pack_id, target) VALUES (?1, ?2)",
-            )?;
-            for t in targets {
-                presence.execute(params![pack_id, t])?;
-            }
             let mut insert = tx.prepare_cached(
                 "INSERT OR IGNORE INTO chunks (id, kind, pack_id, frame_offset, frame_clen, frame_rawlen, offset, length)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
@@ -384,6 +368,36 @@ pub struct PruneChanges<'a> {
     pub dead_chunks: &'a [ChunkId],
     pub dead_objects: &'a [Oid],
     pub compacted: &'a [(FinishedPack, Vec<String>)],
+}
+
+/// The pack's row (created unless it exists) and the targets holding it; returns its id.
+fn record_pack(
+    tx: &rusqlite::Transaction<'_>,
+    pack: &FinishedPack,
+    targets: &[String],
+) -> Result<i64, IndexError> {
+    tx.execute(
+        "INSERT INTO packs (name, size, raw_bytes, chunk_count, created_at) VALUES (?1, ?2, ?3, ?4, ?5)
+         ON CONFLICT(name) DO NOTHING",
+        params![
+            pack.name,
+            pack.size,
+            pack.raw_bytes,
+            pack.footer.entries.len() as i64,
+            chrono::Utc::now().timestamp()
+        ],
+    )?;
+    let pack_id: i64 = tx.query_row(
+        "SELECT id FROM packs WHERE name = ?1",
+        params![pack.name],
+        |r| r.get(0),
+    )?;
+    let mut presence =
+        tx.prepare_cached("INSERT OR IGNORE INTO pack_targets (pack_id, target) VALUES (?1, ?2)")?;
+    for t in targets {
+        presence.execute(params![pack_id, t])?;
+    }
+    Ok(pack_id)
 }
 
 fn chunk_id_from(bytes: &[u8]) -> ChunkId {
@@ -803,22 +817,7 @@ impl Index {
             }
         }
         for (pack, targets) in changes.compacted {
-            tx.execute(
-                "INSERT INTO packs (name, size, raw_bytes, chunk_count, created_at) VALUES (?1, ?2, ?3, ?4, ?5)
-                 ON CONFLICT(name) DO NOTHING",
-                params![pack.name, pack.size, pack.raw_bytes, pack.footer.entries.len() as i64, now / 1000],
-            )?;
-            let pack_id: i64 = tx.query_row(
-                "SELECT id FROM packs WHERE name = ?1",
-                params![pack.name],
-                |r| r.get(0),
-            )?;
-            let mut presence = tx.prepare_cached(
-                "INSERT OR IGNORE INTO pack_targets (pack_id, target) VALUES (?1, ?2)",
-            )?;
-            for t in targets {
-                presence.execute(params![pack_id, t])?;
-            }
+            let pack_id = record_pack(&tx, pack, targets)?;
             // A chunk moves only out of a condemned pack; elsewhere the copy is a duplicate
             // the next prune collects.
             let mut repoint = tx.prepare_cached(

@@ -368,18 +368,21 @@ impl<'i> ApiClient<'i> {
     /// A POST without a body, authenticated with `auth` instead of the client's own (GitHub
     /// App installation tokens are asked for with the app's JWT). Never cached.
     pub fn post_json(&mut self, url: &str, auth: &Auth) -> Result<Value, ProviderError> {
-        let response = self.send(reqwest::Method::POST, url, self.accept, None, Some(auth))?;
-        let response = self.check(url, response)?;
-        let body = response
-            .bytes()
-            .map_err(|e| ProviderError::Network(format!("{}: {}", shown(url), e.without_url())))?;
-        serde_json::from_slice(&body)
-            .map_err(|e| ProviderError::BadResponse(format!("{}: {e}", shown(url))))
+        self.json_as(reqwest::Method::POST, url, auth)
     }
 
     /// A GET authenticated with `auth` instead of the client's own, not cached.
     pub fn get_json_as(&mut self, url: &str, auth: &Auth) -> Result<Value, ProviderError> {
-        let response = self.send(reqwest::Method::GET, url, self.accept, None, Some(auth))?;
+        self.json_as(reqwest::Method::GET, url, auth)
+    }
+
+    fn json_as(
+        &mut self,
+        method: reqwest::Method,
+        url: &str,
+        auth: &Auth,
+    ) -> Result<Value, ProviderError> {
+        let response = self.send(method, url, self.accept, None, Some(auth))?;
         let response = self.check(url, response)?;
         let body = response
             .bytes()
