@@ -153,24 +153,6 @@ impl ObjectSource for CacheSource<'_> {
     }
 }
 
-/// The order objects go into the store, which decides what zstd sees side by side: blobs
-/// grouped by path (newest first), trees and commits by time (a restore walks them that way),
-/// tags last.
-fn ingest_order(objects: &mut [Reached]) {
-    objects.sort_by(|a, b| {
-        let rank = |k: ObjectKind| match k {
-            ObjectKind::Blob => 0,
-            ObjectKind::Tree => 1,
-            ObjectKind::Commit => 2,
-            ObjectKind::Tag => 3,
-        };
-        rank(a.kind).cmp(&rank(b.kind)).then_with(|| match a.kind {
-            ObjectKind::Blob => a.path_hash.cmp(&b.path_hash).then(b.time.cmp(&a.time)),
-            _ => b.time.cmp(&a.time).then(a.path_hash.cmp(&b.path_hash)),
-        })
-    });
-}
-
 /// Backs up one repository. Failures are returned in the report, never as a panic or an early
 /// exit, so that one repository cannot stop the others.
 pub fn backup_repository(
@@ -1043,7 +1025,7 @@ fn ingest(
     };
     let phase = Instant::now();
     let mut reached = walk(&mut source, &tips)?;
-    ingest_order(&mut reached);
+    reached.sort_by_key(Reached::group_key);
     tracing::info!(
         seconds = phase.elapsed().as_secs_f64(),
         objects = reached.len(),

@@ -365,10 +365,34 @@ pub struct ChunkRow {
 /// What one prune changes in the index.
 pub struct PruneChanges<'a> {
     pub condemned: &'a [String],
-    pub dead_chunks: &'a [ChunkId],
-    pub dead_objects: &'a [Oid],
+    /// Packs whose chunk rows may be judged (those that existed when prune started).
+    pub judged_packs: &'a [i64],
+    /// Whether a chunk row in a judged pack is dead.
+    pub chunk_dead: &'a dyn Fn(&ChunkRow) -> bool,
+    /// Whether a git object is live; every other object row goes.
+    pub object_live: &'a dyn Fn(&Oid) -> bool,
     pub compacted: &'a [(FinishedPack, Vec<String>)],
 }
+
+/// What `apply_prune` removed.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct PruneCounts {
+    pub dead_chunks: u64,
+    pub dead_objects: u64,
+    /// Packs condemned because no chunk row points into them any more.
+    pub unreferenced_packs: u64,
+}
+
+/// A git object's chunk with what prune needs to know about that chunk.
+#[derive(Debug, Clone, Copy)]
+pub struct ObjectChunk {
+    pub kind: ObjectKind,
+    pub chunk: ChunkId,
+    pub chunk_kind: u8,
+    pub pack_id: i64,
+}
+
+const OID_PAGE: i64 = 10_000;
 
 /// The pack's row (created unless it exists) and the targets holding it; returns its id.
 fn record_pack(
@@ -398,6 +422,18 @@ fn record_pack(
         presence.execute(params![pack_id, t])?;
     }
     Ok(pack_id)
+}
+
+fn chunk_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ChunkRow> {
+    let id: Vec<u8> = r.get(0)?;
+    Ok(ChunkRow {
+        id: chunk_id_from(&id),
+        kind: r.get(1)?,
+        pack_id: r.get(2)?,
+        len: r.get(3)?,
+        frame_offset: r.get(4)?,
+        offset: r.get(5)?,
+    })
 }
 
 fn chunk_id_from(bytes: &[u8]) -> ChunkId {
@@ -616,6 +652,35 @@ impl Index {
         }
     }
 
+    /// The object's chunk joined with the chunk's row: one lookup where prune's mark would
+    /// otherwise need two.
+    pub fn git_object_chunk(&self, oid: &Oid) -> Result<Option<ObjectChunk>, IndexError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(
+            "SELECT g.kind, g.chunk, c.kind, c.pack_id FROM git_objects g
+             JOIN chunks c ON c.id = g.chunk WHERE g.oid = ?1",
+        )?;
+        let row: Option<(u8, Vec<u8>, u8, i64)> = stmt
+            .query_row(params![&oid.0[..]], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+            })
+            .optional()?;
+        let Some((kind, chunk, chunk_kind, pack_id)) = row else {
+            return Ok(None);
+        };
+        let kind = ObjectKind::from_u8(kind).ok_or_else(|| {
+            IndexError::Inconsistent(format!("object {oid} has unknown kind {kind}"))
+        })?;
+        let chunk = ChunkId::from_slice(&chunk)
+            .ok_or_else(|| IndexError::Inconsistent(format!("object {oid} has a bad chunk id")))?;
+        Ok(Some(ObjectChunk {
+            kind,
+            chunk,
+            chunk_kind,
+            pack_id,
+        }))
+    }
+
     pub fn pack_targets_by_name(&self, name: &str) -> Result<Vec<String>, IndexError> {
         match self.pack_id(name)? {
             Some(id) => self.pack_targets(id),
@@ -733,22 +798,37 @@ impl Index {
     }
 
     /// Every chunk row, in the order chunks lie in the packs (prune's view of the store).
-    pub fn all_chunks(&self) -> Result<Vec<ChunkRow>, IndexError> {
+    /// Calls `f` for every chunk row, in no particular order, without holding them all. `f`
+    /// must not use the index (its connection is busy).
+    pub fn for_each_chunk(&self, mut f: impl FnMut(&ChunkRow)) -> Result<(), IndexError> {
         let conn = self.conn();
-        let mut stmt = conn.prepare(
+        let mut stmt =
+            conn.prepare("SELECT id, kind, pack_id, length, frame_offset, offset FROM chunks")?;
+        let mut rows = stmt.query([])?;
+        while let Some(r) = rows.next()? {
+            f(&chunk_row(r)?);
+        }
+        Ok(())
+    }
+
+    /// The chunk rows of one pack, in the order they lie in it.
+    pub fn chunks_of_pack(&self, pack_id: i64) -> Result<Vec<ChunkRow>, IndexError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(
             "SELECT id, kind, pack_id, length, frame_offset, offset FROM chunks
-             ORDER BY pack_id, frame_offset, offset",
+             WHERE pack_id = ?1 ORDER BY frame_offset, offset",
         )?;
-        let rows = stmt.query_map([], |r| {
+        let rows = stmt.query_map(params![pack_id], chunk_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// The ids of every chunk of one kind (manifests, prune records).
+    pub fn chunks_of_kind(&self, kind: u8) -> Result<Vec<ChunkId>, IndexError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached("SELECT id FROM chunks WHERE kind = ?1")?;
+        let rows = stmt.query_map(params![kind], |r| {
             let id: Vec<u8> = r.get(0)?;
-            Ok(ChunkRow {
-                id: chunk_id_from(&id),
-                kind: r.get(1)?,
-                pack_id: r.get(2)?,
-                len: r.get(3)?,
-                frame_offset: r.get(4)?,
-                offset: r.get(5)?,
-            })
+            Ok(chunk_id_from(&id))
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
@@ -781,23 +861,59 @@ impl Index {
     }
 
     /// Every recorded git object id.
-    pub fn all_git_oids(&self) -> Result<Vec<Oid>, IndexError> {
+    /// Up to `limit` git object rows with ids above `after`, in id order: a walk through all
+    /// objects that holds one page at a time and lets the caller use the index in between.
+    pub fn git_objects_after(
+        &self,
+        after: &Oid,
+        limit: usize,
+    ) -> Result<Vec<ObjectEntry>, IndexError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(
+            "SELECT oid, kind, chunk FROM git_objects WHERE oid > ?1 ORDER BY oid LIMIT ?2",
+        )?;
+        let rows = stmt.query_map(params![&after.0[..], limit as i64], |r| {
+            let oid: Vec<u8> = r.get(0)?;
+            let kind: u8 = r.get(1)?;
+            let chunk: Vec<u8> = r.get(2)?;
+            Ok((oid, kind, chunk))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (oid, kind, chunk) = row?;
+            let bad = || IndexError::Inconsistent("a git object row is malformed".into());
+            out.push(ObjectEntry {
+                oid: Oid::from_slice(&oid).ok_or_else(bad)?,
+                kind: ObjectKind::from_u8(kind).ok_or_else(bad)?,
+                chunk: ChunkId::from_slice(&chunk).ok_or_else(bad)?,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Counts the git object rows `live` rejects (prune's dry run).
+    pub fn count_dead_objects(&self, live: &dyn Fn(&Oid) -> bool) -> Result<u64, IndexError> {
         let conn = self.conn();
         let mut stmt = conn.prepare("SELECT oid FROM git_objects")?;
-        let rows = stmt.query_map([], |r| {
+        let mut rows = stmt.query([])?;
+        let mut dead = 0;
+        while let Some(r) = rows.next()? {
             let oid: Vec<u8> = r.get(0)?;
-            Ok(Oid::from_slice(&oid).unwrap_or(Oid([0; 20])))
-        })?;
-        Ok(rows.collect::<Result<_, _>>()?)
+            if Oid::from_slice(&oid).is_some_and(|o| !live(&o)) {
+                dead += 1;
+            }
+        }
+        Ok(dead)
     }
 
     /// Records what prune decided, in one transaction: compacted packs (their chunks take the
     /// new location when their old pack is condemned), dead chunk and object rows removed,
     /// packs condemned.
-    pub fn apply_prune(&self, changes: &PruneChanges<'_>) -> Result<(), IndexError> {
+    pub fn apply_prune(&self, changes: &PruneChanges<'_>) -> Result<PruneCounts, IndexError> {
         let conn = self.conn();
         let tx = conn.unchecked_transaction()?;
         let now = chrono::Utc::now().timestamp_millis();
+        let mut counts = PruneCounts::default();
         {
             let mut condemn = tx.prepare_cached(
                 "INSERT OR IGNORE INTO condemned_packs (name, since_ms) VALUES (?1, ?2)",
@@ -805,21 +921,50 @@ impl Index {
             for name in changes.condemned {
                 condemn.execute(params![name, now])?;
             }
+            // Pack by pack and page by page: the dead rows are never all in memory.
+            let mut in_pack = tx.prepare_cached(
+                "SELECT id, kind, pack_id, length, frame_offset, offset FROM chunks WHERE pack_id = ?1",
+            )?;
             let mut drop_chunk = tx.prepare_cached("DELETE FROM chunks WHERE id = ?1")?;
             let mut drop_lfs = tx.prepare_cached("DELETE FROM lfs_objects WHERE chunk = ?1")?;
-            for id in changes.dead_chunks {
-                drop_chunk.execute(params![&id.0[..]])?;
-                drop_lfs.execute(params![&id.0[..]])?;
+            for pack in changes.judged_packs {
+                let dead: Vec<ChunkId> = in_pack
+                    .query_map(params![pack], chunk_row)?
+                    .filter_map(|r| match r {
+                        Ok(row) if (changes.chunk_dead)(&row) => Some(Ok(row.id)),
+                        Ok(_) => None,
+                        Err(e) => Some(Err(e)),
+                    })
+                    .collect::<Result<_, _>>()?;
+                for id in dead {
+                    drop_chunk.execute(params![&id.0[..]])?;
+                    drop_lfs.execute(params![&id.0[..]])?;
+                    counts.dead_chunks += 1;
+                }
             }
+            let mut page = tx.prepare_cached(
+                "SELECT oid FROM git_objects WHERE oid > ?1 ORDER BY oid LIMIT ?2",
+            )?;
             let mut drop_object = tx.prepare_cached("DELETE FROM git_objects WHERE oid = ?1")?;
-            for oid in changes.dead_objects {
-                drop_object.execute(params![&oid.0[..]])?;
+            let mut after: Vec<u8> = Vec::new();
+            loop {
+                let oids: Vec<Vec<u8>> = page
+                    .query_map(params![after, OID_PAGE], |r| r.get(0))?
+                    .collect::<Result<_, _>>()?;
+                let Some(last) = oids.last() else { break };
+                after = last.clone();
+                for oid in &oids {
+                    if Oid::from_slice(oid).is_none_or(|o| !(changes.object_live)(&o)) {
+                        drop_object.execute(params![oid])?;
+                        counts.dead_objects += 1;
+                    }
+                }
             }
         }
         for (pack, targets) in changes.compacted {
             let pack_id = record_pack(&tx, pack, targets)?;
             // A chunk moves only out of a condemned pack; elsewhere the copy is a duplicate
-            // the next prune collects.
+            // (and its pack, pointed into by nothing, is condemned below).
             let mut repoint = tx.prepare_cached(
                 "UPDATE chunks SET pack_id = ?2, frame_offset = ?3, frame_clen = ?4, frame_rawlen = ?5,
                      offset = ?6, length = ?7
@@ -841,8 +986,17 @@ impl Index {
                 ])?;
             }
         }
+        // A pack nothing points into holds nothing a snapshot can reach: an unused compaction
+        // copy, or a pack whose rows all went.
+        counts.unreferenced_packs = tx.execute(
+            "INSERT OR IGNORE INTO condemned_packs (name, since_ms)
+             SELECT p.name, ?1 FROM packs p
+             WHERE NOT EXISTS (SELECT 1 FROM chunks c WHERE c.pack_id = p.id)
+               AND NOT EXISTS (SELECT 1 FROM condemned_packs d WHERE d.name = p.name)",
+            params![now],
+        )? as u64;
         tx.commit()?;
-        Ok(())
+        Ok(counts)
     }
 
     /// Packs condemned by prune and when.

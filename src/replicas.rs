@@ -27,6 +27,9 @@ pub struct TargetReport {
     pub wrong_size: Vec<String>,
     /// Packs whose bytes failed the full check, with the reason.
     pub corrupt: Vec<(String, String)>,
+    /// Packs on the target the index does not know: left by a backup or prune killed after
+    /// uploading (or by a writer uploading right now). Garbage, not damage: `ok` ignores them.
+    pub unindexed: Vec<String>,
     pub error: Option<String>,
 }
 
@@ -110,6 +113,14 @@ pub fn verify(
                 .index()
                 .set_presence(&pack.name, target.name(), true)?;
         }
+        let known: std::collections::HashSet<&str> =
+            packs.iter().map(|p| p.name.as_str()).collect();
+        report.unindexed = listed
+            .keys()
+            .filter(|name| !known.contains(name.as_str()))
+            .cloned()
+            .collect();
+        report.unindexed.sort();
         reports.push(report);
     }
     Ok(reports)

@@ -233,11 +233,19 @@ pub fn encode_object_map(entries: &[ObjectEntry]) -> Vec<u8> {
     let mut out = Vec::with_capacity(1 + entries.len() * OBJECT_ENTRY_LEN);
     out.push(OBJECT_MAP_VERSION);
     for e in entries {
-        out.extend_from_slice(&e.oid.0);
-        out.push(e.kind as u8);
-        out.extend_from_slice(&e.chunk.0);
+        push_object_entry(&mut out, e);
     }
     out
+}
+
+/// The first byte of an encoded object map (for encoders that stream it).
+pub const OBJECT_MAP_HEADER: u8 = OBJECT_MAP_VERSION;
+
+/// Appends one entry in the object map encoding.
+pub fn push_object_entry(out: &mut Vec<u8>, e: &ObjectEntry) {
+    out.extend_from_slice(&e.oid.0);
+    out.push(e.kind as u8);
+    out.extend_from_slice(&e.chunk.0);
 }
 
 pub fn decode_object_map(bytes: &[u8]) -> Result<Vec<ObjectEntry>, SnapshotError> {

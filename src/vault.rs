@@ -29,6 +29,7 @@ const CONFIG_FILE: &str = "config.toml";
 const INDEX_FILE: &str = "index.sqlite";
 const LOCK_FILE: &str = "lock";
 const READERS_FILE: &str = "readers.lock";
+const PRUNE_FILE: &str = "prune.lock";
 const KEYS_DIR: &str = "keys";
 const TMP_DIR: &str = "tmp";
 const CACHE_DIR: &str = "cache";
@@ -47,6 +48,8 @@ pub enum VaultError {
         "vault is locked by pid {pid} since {since}: another gitvault is writing to it; wait for it to finish"
     )]
     Locked { pid: String, since: String },
+    #[error("another prune is running on this vault; wait for it to finish")]
+    PruneRunning,
     #[error("the vault config {path} is unreadable: {reason}")]
     BadConfig { path: String, reason: String },
     #[error("the vault at {path} has format {found}; this gitvault understands format {known}")]
@@ -547,8 +550,23 @@ impl Vault {
         Ok(ReadLease { _file: file })
     }
 
+    /// Held for a whole prune: two prunes judging the same packs at once could each count on
+    /// rows the other deletes.
+    pub fn prune_lease(&self) -> Result<ReadLease, VaultError> {
+        let file = self.lease_file(PRUNE_FILE)?;
+        match file.try_lock() {
+            Ok(()) => Ok(ReadLease { _file: file }),
+            Err(fs::TryLockError::WouldBlock) => Err(VaultError::PruneRunning),
+            Err(fs::TryLockError::Error(e)) => Err(io_err(format!("locking {PRUNE_FILE}"))(e)),
+        }
+    }
+
     fn readers_file(&self) -> Result<File, VaultError> {
-        let path = self.dir.join(READERS_FILE);
+        self.lease_file(READERS_FILE)
+    }
+
+    fn lease_file(&self, name: &str) -> Result<File, VaultError> {
+        let path = self.dir.join(name);
         OpenOptions::new()
             .read(true)
             .write(true)

@@ -584,6 +584,12 @@ pub fn verify(ctx: &Ctx, args: VerifyArgs) -> Result<i32> {
                     "     corrupt: pack {p}: {why} (run `gitvault sync`)\n"
                 ));
             }
+            if !r.unindexed.is_empty() {
+                t.push_str(&format!(
+                    "     note: {} pack(s) on the target are not in the index (left by an interrupted run; harmless)\n",
+                    r.unindexed.len()
+                ));
+            }
             if let Some(e) = &r.error {
                 t.push_str(&format!("     error: {e}\n"));
             }

@@ -161,6 +161,31 @@ pub struct Reached {
     pub time: i64,
 }
 
+impl Reached {
+    /// The order objects go into the store, which decides what zstd sees side by side: blobs
+    /// grouped by path (newest first), trees and commits by time (a restore walks them that
+    /// way), tags last. Backup sorts each increment by it; prune's compaction sorts what it
+    /// regroups by it.
+    pub fn group_key(&self) -> GroupKey {
+        // Newest first: an order-reversing map of the signed time onto u64.
+        let newest_first = u64::MAX - ((self.time as u64) ^ (1 << 63));
+        match self.kind {
+            ObjectKind::Blob => GroupKey(0, self.path_hash, newest_first),
+            ObjectKind::Tree => GroupKey(1, newest_first, self.path_hash),
+            ObjectKind::Commit => GroupKey(2, newest_first, 0),
+            ObjectKind::Tag => GroupKey(3, newest_first, 0),
+        }
+    }
+}
+
+/// See `Reached::group_key`; `GroupKey::LAST` sorts after every object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct GroupKey(pub u8, pub u64, pub u64);
+
+impl GroupKey {
+    pub const LAST: GroupKey = GroupKey(u8::MAX, 0, 0);
+}
+
 /// Where the walk reads objects from.
 pub trait ObjectSource {
     type Error: From<ObjectError>;
@@ -183,22 +208,58 @@ fn path_hash(parent: u64, name: &[u8]) -> u64 {
 /// Walks from `tips` to every object they reach that `source.known` does not cut off. Blobs are
 /// not read (their content does not lead anywhere). Returns the objects in walk order.
 pub fn walk<S: ObjectSource>(source: &mut S, tips: &[Oid]) -> Result<Vec<Reached>, S::Error> {
-    let mut seen: HashSet<Oid> = HashSet::new();
+    let mut seen = Seen {
+        inner: source,
+        seen: HashSet::new(),
+    };
     let mut out = Vec::new();
+    walk_visit(&mut seen, tips, |_, r| {
+        out.push(r);
+        Ok(())
+    })?;
+    Ok(out)
+}
+
+/// Adds "already reached in this walk" to a source's own cut-off.
+struct Seen<'a, S> {
+    inner: &'a mut S,
+    seen: HashSet<Oid>,
+}
+
+impl<S: ObjectSource> ObjectSource for Seen<'_, S> {
+    type Error = S::Error;
+    fn read(&mut self, oid: &Oid) -> Result<(ObjectKind, Vec<u8>), S::Error> {
+        self.inner.read(oid)
+    }
+    fn known(&mut self, oid: &Oid) -> Result<bool, S::Error> {
+        Ok(!self.seen.insert(*oid) || self.inner.known(oid)?)
+    }
+}
+
+/// The walk without memory of its own: `visit` is called once for each object reached, right
+/// after `source.known` said no and before anything below it is looked at, so a source whose
+/// `known` remembers what `visit` saw (prune's mark) walks each object once and holds no
+/// second set or list of the objects.
+pub fn walk_visit<S: ObjectSource>(
+    source: &mut S,
+    tips: &[Oid],
+    mut visit: impl FnMut(&mut S, Reached) -> Result<(), S::Error>,
+) -> Result<(), S::Error> {
+    let reached = |oid, kind, path_hash, time| Reached {
+        oid,
+        kind,
+        path_hash,
+        time,
+    };
     // (oid, expected kind if known from the parent, path hash, time)
     let mut stack: Vec<(Oid, Option<ObjectKind>, u64, i64)> =
         tips.iter().rev().map(|t| (*t, None, 0, i64::MAX)).collect();
     while let Some((oid, expected, path, time)) = stack.pop() {
-        if !seen.insert(oid) || source.known(&oid)? {
+        if source.known(&oid)? {
             continue;
         }
         if expected == Some(ObjectKind::Blob) {
-            out.push(Reached {
-                oid,
-                kind: ObjectKind::Blob,
-                path_hash: path,
-                time,
-            });
+            visit(source, reached(oid, ObjectKind::Blob, path, time))?;
             continue;
         }
         let (kind, data) = source.read(&oid)?;
@@ -215,12 +276,7 @@ pub fn walk<S: ObjectSource>(source: &mut S, tips: &[Oid]) -> Result<Vec<Reached
         match kind {
             ObjectKind::Commit => {
                 let info = parse_commit(oid, &data)?;
-                out.push(Reached {
-                    oid,
-                    kind,
-                    path_hash: 0,
-                    time: info.time,
-                });
+                visit(source, reached(oid, kind, 0, info.time))?;
                 for p in info.parents.iter().rev() {
                     stack.push((*p, Some(ObjectKind::Commit), 0, info.time));
                 }
@@ -232,12 +288,7 @@ pub fn walk<S: ObjectSource>(source: &mut S, tips: &[Oid]) -> Result<Vec<Reached
                 ));
             }
             ObjectKind::Tree => {
-                out.push(Reached {
-                    oid,
-                    kind,
-                    path_hash: path,
-                    time,
-                });
+                visit(source, reached(oid, kind, path, time))?;
                 for entry in parse_tree(oid, &data)? {
                     if entry.is_gitlink() {
                         continue;
@@ -250,25 +301,15 @@ pub fn walk<S: ObjectSource>(source: &mut S, tips: &[Oid]) -> Result<Vec<Reached
                     stack.push((entry.oid, Some(kind), path_hash(path, entry.name), time));
                 }
             }
-            ObjectKind::Blob => out.push(Reached {
-                oid,
-                kind,
-                path_hash: path,
-                time,
-            }),
+            ObjectKind::Blob => visit(source, reached(oid, kind, path, time))?,
             ObjectKind::Tag => {
                 let (target, target_kind) = parse_tag_target(oid, &data)?;
-                out.push(Reached {
-                    oid,
-                    kind,
-                    path_hash: 0,
-                    time,
-                });
+                visit(source, reached(oid, kind, 0, time))?;
                 stack.push((target, Some(target_kind), 0, time));
             }
         }
     }
-    Ok(out)
+    Ok(())
 }
 
 #[cfg(test)]

@@ -21,10 +21,10 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::crypto::{ChunkId, VaultKeys};
-use crate::git::objects::{ObjectError, ObjectSource, walk};
-use crate::index::{ChunkRow, IndexError, PruneChanges, SnapshotRow};
+use crate::git::objects::{GroupKey, ObjectError, ObjectSource, Reached, walk_visit};
+use crate::index::{ChunkRow, IndexError, ObjectChunk, PruneChanges, SnapshotRow};
 use crate::provider::MetadataMap;
-use crate::snapshot::{self, Manifest, ObjectEntry, ObjectKind, Oid, RefSet};
+use crate::snapshot::{self, Manifest, ObjectKind, Oid, RefSet};
 use crate::store::pack::FinishedPack;
 use crate::store::{ChunkKind, ChunkStore, StoreError, pack_key};
 use crate::vault::{Vault, VaultError};
@@ -45,6 +45,8 @@ pub enum PruneError {
         snapshot: String,
         reason: String,
     },
+    #[error("prune's temporary file in the vault's tmp directory failed: {0}")]
+    Spill(String),
     #[error("deleting condemned pack {pack} from {target}: {reason}")]
     Delete {
         pack: String,
@@ -113,19 +115,44 @@ pub struct PruneRecord {
     pub orphan_objects: Option<String>,
 }
 
+/// How many small packs make prune regroup them.
+const REGROUP_SMALL_PACKS: usize = 4;
+
+const WALKED: u8 = 1;
+const MAPPED: u8 = 2;
+
 /// What the mark found live.
+///
+/// Memory is what limits prune on large vaults, so chunk liveness is kept as 64-bit prefixes
+/// of the (keyed, uniformly distributed) chunk ids. A prefix shared by a live and a dead chunk
+/// only keeps the dead one for another run (about n²/2⁶⁵ such pairs: 3·10⁻⁶ at 10 M chunks);
+/// it never lets a live chunk be judged dead. Objects need exact ids: the walk stops at an
+/// object it has seen, so a false "seen" would leave what lies below unmarked.
 #[derive(Default)]
 struct Live {
-    chunks: HashSet<ChunkId>,
-    objects: HashSet<Oid>,
-    /// Objects listed by the kept snapshots' own object maps.
-    mapped: HashSet<Oid>,
+    chunks: HashSet<u64>,
+    /// Non-object chunks seen (manifests, maps, documents): exact, so that each is expanded
+    /// once.
+    others: HashSet<ChunkId>,
+    /// WALKED: reached from a kept snapshot's refs; MAPPED: listed by a kept object map.
+    objects: HashMap<Oid, u8>,
+    /// Packs to be regrouped: the walk records the grouping keys of their objects' chunks.
+    regroup: HashSet<i64>,
+    keys: HashMap<u64, GroupKey>,
+}
+
+fn prefix(id: &ChunkId) -> u64 {
+    let mut p = [0u8; 8];
+    p.copy_from_slice(&id.0[..8]);
+    u64::from_le_bytes(p)
 }
 
 struct MarkSource<'a, 'v> {
     vault: &'a Vault,
     store: &'a ChunkStore<'v>,
-    live: &'a Live,
+    live: &'a mut Live,
+    /// The object `read` just looked up: the visit that follows needs its chunk too.
+    last: Option<(Oid, ObjectChunk)>,
 }
 
 #[derive(Debug)]
@@ -153,29 +180,81 @@ impl std::fmt::Display for MarkError {
     }
 }
 
+impl MarkSource<'_, '_> {
+    fn lookup(&self, oid: &Oid) -> Result<ObjectChunk, MarkError> {
+        self.vault
+            .index()
+            .git_object_chunk(oid)
+            .map_err(MarkError::Index)?
+            .ok_or(MarkError::Missing(*oid))
+    }
+
+    fn visit(&mut self, reached: Reached) -> Result<(), MarkError> {
+        let object = match self.last.take() {
+            Some((oid, object)) if oid == reached.oid => object,
+            _ => self.lookup(&reached.oid)?,
+        };
+        *self.live.objects.entry(reached.oid).or_insert(0) |= WALKED;
+        self.live
+            .object_chunk(self.store, &object, reached.group_key())
+            .map_err(MarkError::Store)
+    }
+}
+
 impl ObjectSource for MarkSource<'_, '_> {
     type Error = MarkError;
     fn read(&mut self, oid: &Oid) -> Result<(ObjectKind, Vec<u8>), MarkError> {
-        let (kind, chunk) = self
-            .vault
-            .index()
-            .git_object(oid)
-            .map_err(MarkError::Index)?
-            .ok_or(MarkError::Missing(*oid))?;
-        let data = self.store.get(&chunk).map_err(MarkError::Store)?;
-        Ok((kind, data))
+        let object = self.lookup(oid)?;
+        let data = self.store.get(&object.chunk).map_err(MarkError::Store)?;
+        self.last = Some((*oid, object));
+        Ok((object.kind, data))
     }
     fn known(&mut self, oid: &Oid) -> Result<bool, MarkError> {
-        Ok(self.live.objects.contains(oid))
+        Ok(self
+            .live
+            .objects
+            .get(oid)
+            .is_some_and(|flags| flags & WALKED != 0))
     }
 }
 
 impl Live {
+    fn has(&self, id: &ChunkId) -> bool {
+        self.chunks.contains(&prefix(id))
+    }
+
+    /// Marks a chunk that is not a git object's, with the parts of a chunk list.
     fn chunk(&mut self, store: &ChunkStore<'_>, id: ChunkId) -> Result<(), StoreError> {
-        if self.chunks.insert(id)
-            && let Some(parts) = store.list_parts(&id)?
+        if self.others.insert(id) {
+            self.chunks.insert(prefix(&id));
+            if let Some(parts) = store.list_parts(&id)? {
+                self.chunks.extend(parts.iter().map(prefix));
+            }
+        }
+        Ok(())
+    }
+
+    /// Marks a git object's chunk; each object is visited once.
+    fn object_chunk(
+        &mut self,
+        store: &ChunkStore<'_>,
+        object: &ObjectChunk,
+        key: GroupKey,
+    ) -> Result<(), StoreError> {
+        let p = prefix(&object.chunk);
+        self.chunks.insert(p);
+        let regroup = self.regroup.contains(&object.pack_id);
+        if regroup {
+            self.keys.insert(p, key);
+        }
+        // Expanded even when the prefix was there already: that may be another chunk's.
+        if object.chunk_kind == ChunkKind::ChunkList as u8
+            && let Some(parts) = store.list_parts(&object.chunk)?
         {
-            self.chunks.extend(parts);
+            for part in &parts {
+                self.chunks.insert(prefix(part));
+                self.keys.insert(prefix(part), key);
+            }
         }
         Ok(())
     }
@@ -215,7 +294,9 @@ impl Live {
                 .map_err(|e| e.to_string())
                 .and_then(|b| snapshot::decode_object_map(&b).map_err(|e| e.to_string()))
                 .map_err(unreadable)?;
-            self.mapped.extend(entries.iter().map(|e| e.oid));
+            for e in entries {
+                *self.objects.entry(e.oid).or_insert(0) |= MAPPED;
+            }
         }
         if let Some(map) = &manifest.lfs {
             let id: ChunkId = map.parse().map_err(unreadable)?;
@@ -245,23 +326,14 @@ impl Live {
         let mut tips: Vec<Oid> = refs.refs.values().copied().collect();
         tips.sort();
         tips.dedup();
-        let reached = {
-            let mut source = MarkSource {
-                vault,
-                store,
-                live: self,
-            };
-            walk(&mut source, &tips).map_err(|e| unreadable(e.to_string()))?
+        let mut source = MarkSource {
+            vault,
+            store,
+            live: self,
+            last: None,
         };
-        for r in reached {
-            let (_, chunk) = vault
-                .index()
-                .git_object(&r.oid)?
-                .ok_or_else(|| unreadable(format!("git object {} is not in the vault", r.oid)))?;
-            self.objects.insert(r.oid);
-            self.chunk(store, chunk)?;
-        }
-        Ok(())
+        walk_visit(&mut source, &tips, |source, reached| source.visit(reached))
+            .map_err(|e| unreadable(e.to_string()))
     }
 }
 
@@ -277,24 +349,37 @@ pub fn prune(
     keys: &VaultKeys,
     options: &PruneOptions,
 ) -> Result<PruneReport, PruneError> {
+    let _only_prune = vault.prune_lease()?;
     let index = vault.index();
     let mut report = PruneReport {
         dry_run: options.dry_run,
         ..PruneReport::default()
     };
-    // The state at the start: what may be judged dead is only what existed now.
+    // The state at the start: only chunks in packs that exist now may be judged dead (a
+    // backup running meanwhile writes new packs; the prune lease keeps other prunes out).
     let rows = index.snapshots(None, None, None)?;
     let seen_rows: HashSet<i64> = rows.iter().map(|r| r.row_id).collect();
-    let chunks_then: Vec<ChunkRow> = index.all_chunks()?;
-    let oids_then = index.all_git_oids()?;
     let packs = index.packs()?;
+    let judged: HashSet<i64> = packs.iter().map(|p| p.id).collect();
     report.packs_before = packs.len() as u64;
     report.stored_bytes_before = packs.iter().map(|p| p.size).sum();
     report.snapshots = rows.len() as u64;
+    // Small packs (daily increments, each compressed on its own) are regrouped with each
+    // other once there are a few; waiting for several keeps a quiet vault from being
+    // rewritten by every prune.
+    let small_below = vault.store_settings().pack_size / 2;
+    let small: Vec<i64> = packs
+        .iter()
+        .filter(|p| p.size < small_below)
+        .map(|p| p.id)
+        .collect();
 
     // 1. Mark.
     let reader = vault.reader(keys);
     let mut live = Live::default();
+    if small.len() >= REGROUP_SMALL_PACKS {
+        live.regroup = small.iter().copied().collect();
+    }
     for row in &rows {
         live.snapshot(vault, &reader, row)?;
     }
@@ -302,46 +387,61 @@ pub fn prune(
 
     let pack_names: HashMap<i64, String> = packs.iter().map(|p| (p.id, p.name.clone())).collect();
     let mut occupancy: HashMap<i64, Occupancy> = HashMap::new();
-    for c in &chunks_then {
+    index.for_each_chunk(|c| {
+        if !judged.contains(&c.pack_id) {
+            return;
+        }
         let o = occupancy.entry(c.pack_id).or_default();
         o.total += u64::from(c.len);
-        if live.chunks.contains(&c.id) || c.kind == ChunkKind::PruneRecord as u8 {
+        if live.has(&c.id) {
             o.live += u64::from(c.len);
+        } else {
+            report.dead_chunks += 1;
         }
-    }
-    let emptied: Vec<i64> = occupancy
-        .iter()
-        .filter(|(_, o)| o.live == 0)
-        .map(|(id, _)| *id)
-        .collect();
-    let sparse: Vec<i64> = occupancy
-        .iter()
-        .filter(|(_, o)| o.live > 0 && (o.live as f64) < options.repack_below * o.total as f64)
-        .map(|(id, _)| *id)
-        .collect();
+    })?;
     report.live_chunks = live.chunks.len() as u64;
-    report.dead_chunks = chunks_then
-        .iter()
-        .filter(|c| !live.chunks.contains(&c.id) && c.kind != ChunkKind::PruneRecord as u8)
-        .count() as u64;
-    report.dead_objects = oids_then
-        .iter()
-        .filter(|o| !live.objects.contains(o))
-        .count() as u64;
+    let emptied: Vec<i64> = sorted(
+        occupancy
+            .iter()
+            .filter(|(_, o)| o.live == 0)
+            .map(|(id, _)| *id),
+    );
+    let sparse: Vec<i64> = sorted(
+        occupancy
+            .iter()
+            .filter(|(_, o)| o.live > 0 && (o.live as f64) < options.repack_below * o.total as f64)
+            .map(|(id, _)| *id),
+    );
+    let mut rewrite: Vec<i64> = sparse.clone();
+    if !live.regroup.is_empty() {
+        rewrite.extend(
+            small
+                .iter()
+                .filter(|id| occupancy.get(id).is_some_and(|o| o.live > 0)),
+        );
+    }
+    let rewrite = sorted(rewrite);
+    let rewrite = if rewrite.len() == 1 && sparse.is_empty() {
+        Vec::new()
+    } else {
+        rewrite
+    };
+    report.packs_emptied = emptied.len() as u64;
+    report.packs_compacted = rewrite.len() as u64;
     if options.dry_run {
+        report.dead_objects =
+            index.count_dead_objects(&|o| live.objects.get(o).is_some_and(|f| f & WALKED != 0))?;
         let size: HashMap<i64, u64> = packs.iter().map(|p| (p.id, p.size)).collect();
-        report.packs_emptied = emptied.len() as u64;
-        report.packs_compacted = sparse.len() as u64;
         let freed: u64 = emptied
             .iter()
             .map(|id| size.get(id).copied().unwrap_or(0))
             .sum();
-        let compacted: u64 = sparse
+        let compacted: u64 = rewrite
             .iter()
             .map(|id| {
                 let o = occupancy.get(id).copied().unwrap_or_default();
                 let s = size.get(id).copied().unwrap_or(0);
-                // The dead share of a compacted pack is freed (estimated by raw bytes).
+                // The dead share of a rewritten pack is freed (estimated by raw bytes).
                 s - s * o.live / o.total.max(1)
             })
             .sum();
@@ -350,27 +450,15 @@ pub fn prune(
         return Ok(report);
     }
 
-    // 2. Compact, outside the lock: copies of the live chunks of sparse packs.
-    let mut copied: HashSet<ChunkId> = HashSet::new();
-    let mut compacted: Vec<(FinishedPack, Vec<String>)> = Vec::new();
-    if !sparse.is_empty() {
-        let mut writer = vault.compaction_store(keys);
-        let sparse_set: HashSet<i64> = sparse.iter().copied().collect();
-        // In the order they lie in the packs: each frame is decompressed once, and chunks keep
-        // the neighbours they were grouped with for compression.
-        let to_copy: Vec<&ChunkRow> = chunks_then
-            .iter()
-            .filter(|c| sparse_set.contains(&c.pack_id) && live.chunks.contains(&c.id))
-            .collect();
-        for c in to_copy {
-            let (loc, data) = reader.read_chunk(&c.id)?;
-            writer.put_copy(c.id, loc.kind, &data)?;
-            copied.insert(c.id);
-        }
-        writer.flush()?;
-        compacted = writer.take_unindexed();
-        report.packs_written = compacted.len() as u64;
-    }
+    // 2. Compact, outside the lock: the live chunks of the packs to rewrite, regrouped.
+    let compacted = if rewrite.is_empty() {
+        Vec::new()
+    } else {
+        regroup(vault, keys, &reader, &live, &rewrite)?
+    };
+    report.packs_written = compacted.len() as u64;
+    live.keys = HashMap::new();
+    live.regroup = HashSet::new();
     crate::hooks::point("prune-compacted");
 
     // 3. Decide, under the writer lock.
@@ -381,44 +469,6 @@ pub fn prune(
             live.snapshot(vault, &reader, &row)?;
         }
     }
-    let chunks_now = index.all_chunks()?;
-    let existed: HashSet<ChunkId> = chunks_then.iter().map(|c| c.id).collect();
-    let is_dead = |c: &ChunkRow| {
-        existed.contains(&c.id)
-            && !live.chunks.contains(&c.id)
-            && c.kind != ChunkKind::PruneRecord as u8
-    };
-    let mut condemned = Vec::new();
-    let mut spared = 0;
-    let mut by_pack: HashMap<i64, Vec<&ChunkRow>> = HashMap::new();
-    for c in &chunks_now {
-        by_pack.entry(c.pack_id).or_default().push(c);
-    }
-    for id in emptied.iter().chain(sparse.iter()) {
-        let inside = by_pack.get(id).map(Vec::as_slice).unwrap_or(&[]);
-        if inside.iter().all(|c| is_dead(c) || copied.contains(&c.id)) {
-            if let Some(name) = pack_names.get(id) {
-                condemned.push(name.clone());
-            }
-        } else {
-            spared += 1;
-        }
-    }
-    report.packs_spared = spared;
-    report.packs_emptied = emptied.len() as u64;
-    report.packs_compacted = sparse.len() as u64;
-    let dead_chunks: Vec<ChunkId> = chunks_now
-        .iter()
-        .filter(|c| is_dead(c))
-        .map(|c| c.id)
-        .collect();
-    let dead_objects: Vec<Oid> = oids_then
-        .into_iter()
-        .filter(|o| !live.objects.contains(o))
-        .collect();
-    report.dead_chunks = dead_chunks.len() as u64;
-    report.dead_objects = dead_objects.len() as u64;
-
     // The prune record, durable before the index forgets anything.
     let kept: HashSet<ChunkId> = index
         .snapshots(None, None, None)?
@@ -427,12 +477,13 @@ pub fn prune(
         .collect();
     // Forgotten manifests may outlive their rows inside packs that stay; earlier records'
     // entries are carried forward because the newest record is the only one recover reads.
-    let mut forgotten: std::collections::BTreeSet<String> = chunks_now
-        .iter()
-        .filter(|c| c.kind == ChunkKind::Manifest as u8 && !kept.contains(&c.id))
-        .map(|c| c.id.to_hex())
+    let mut forgotten: std::collections::BTreeSet<String> = index
+        .chunks_of_kind(ChunkKind::Manifest as u8)?
+        .into_iter()
+        .filter(|id| !kept.contains(id))
+        .map(|id| id.to_hex())
         .collect();
-    if let Some(previous) = newest_record(vault, &reader)? {
+    if let Some((_, previous)) = newest_record_chunk(vault, &reader)? {
         forgotten.extend(
             previous
                 .forgotten
@@ -441,29 +492,28 @@ pub fn prune(
         );
     }
     let forgotten: Vec<String> = forgotten.into_iter().collect();
-    let mut orphans: Vec<ObjectEntry> = Vec::new();
-    for oid in live.objects.difference(&live.mapped) {
-        if let Some((kind, chunk)) = index.git_object(oid)? {
-            orphans.push(ObjectEntry {
-                oid: *oid,
-                kind,
-                chunk,
-            });
-        }
-    }
-    orphans.sort_by_key(|e| e.oid);
+    let orphans = live.objects.values().filter(|f| **f == WALKED).count() as u64;
     report.tombstones = forgotten.len() as u64;
-    report.orphan_objects = orphans.len() as u64;
+    report.orphan_objects = orphans;
     {
         let mut store = vault.store(keys, &lock);
-        let orphan_objects = if orphans.is_empty() {
+        let orphan_objects = if orphans == 0 {
             None
         } else {
-            Some(
-                store
-                    .put(ChunkKind::ObjectMap, &snapshot::encode_object_map(&orphans))?
-                    .to_hex(),
-            )
+            let mut map = OrphanMap {
+                index,
+                live: &live,
+                after: Oid([0; 20]),
+                buf: vec![snapshot::OBJECT_MAP_HEADER],
+                pos: 0,
+                done: false,
+                error: None,
+            };
+            let stored = store.put_reader(ChunkKind::ObjectMap, &mut map);
+            if let Some(e) = map.error.take() {
+                return Err(e.into());
+            }
+            Some(stored?.0.to_hex())
         };
         let record = PruneRecord {
             format: 1,
@@ -474,14 +524,45 @@ pub fn prune(
         let bytes = serde_json::to_vec(&record).unwrap_or_default();
         store.put_chunk(ChunkKind::PruneRecord, &bytes)?;
         store.flush()?;
+        // The object map may have been deduplicated against a chunk the mark found dead (the
+        // previous record's identical map): what the new record names must stay.
+        if let Some(map) = &record.orphan_objects
+            && let Ok(id) = map.parse::<ChunkId>()
+        {
+            live.chunk(&reader, id)?;
+        }
     }
+    let copied: HashSet<ChunkId> = compacted
+        .iter()
+        .flat_map(|(p, _)| p.footer.entries.iter().map(|e| e.id))
+        .collect();
+    let is_dead = |c: &ChunkRow| judged.contains(&c.pack_id) && !live.has(&c.id);
+    let mut condemned = Vec::new();
+    let mut spared = 0;
+    for id in emptied.iter().chain(rewrite.iter()) {
+        let inside = index.chunks_of_pack(*id)?;
+        if inside.iter().all(|c| is_dead(c) || copied.contains(&c.id)) {
+            if let Some(name) = pack_names.get(id) {
+                condemned.push(name.clone());
+            }
+        } else {
+            spared += 1;
+        }
+    }
+    report.packs_spared = spared;
+
     crate::hooks::point("prune-recorded");
-    index.apply_prune(&PruneChanges {
+    let judged_packs = sorted(judged.iter().copied());
+    let counts = index.apply_prune(&PruneChanges {
         condemned: &condemned,
-        dead_chunks: &dead_chunks,
-        dead_objects: &dead_objects,
+        judged_packs: &judged_packs,
+        chunk_dead: &is_dead,
+        object_live: &|o| live.objects.get(o).is_some_and(|f| f & WALKED != 0),
         compacted: &compacted,
     })?;
+    report.dead_chunks = counts.dead_chunks;
+    report.dead_objects = counts.dead_objects;
+    report.packs_emptied += counts.unreferenced_packs;
     crate::hooks::point("prune-condemned");
     // An index backup that no longer needs the condemned packs, before any is deleted: a
     // recover from it never meets a dangling row.
@@ -539,22 +620,149 @@ pub fn prune(
     Ok(report)
 }
 
+/// The object map of the live objects no kept snapshot's map lists, encoded page by page (in
+/// id order, so that an unchanged map deduplicates) as the store pulls it: at 10 M objects the
+/// whole map would be half a gigabyte.
+struct OrphanMap<'a> {
+    index: &'a crate::index::Index,
+    live: &'a Live,
+    after: Oid,
+    buf: Vec<u8>,
+    pos: usize,
+    done: bool,
+    error: Option<IndexError>,
+}
+
+impl std::io::Read for OrphanMap<'_> {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        while self.pos == self.buf.len() {
+            if self.done {
+                return Ok(0);
+            }
+            self.buf.clear();
+            self.pos = 0;
+            let page = match self.index.git_objects_after(&self.after, 10_000) {
+                Ok(page) => page,
+                Err(e) => {
+                    self.error = Some(e);
+                    return Err(std::io::Error::other("reading the index failed"));
+                }
+            };
+            let Some(last) = page.last() else {
+                self.done = true;
+                continue;
+            };
+            self.after = last.oid;
+            for e in page
+                .iter()
+                .filter(|e| self.live.objects.get(&e.oid) == Some(&WALKED))
+            {
+                snapshot::push_object_entry(&mut self.buf, e);
+            }
+        }
+        let n = out.len().min(self.buf.len() - self.pos);
+        out[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+fn sorted(ids: impl IntoIterator<Item = i64>) -> Vec<i64> {
+    let mut v: Vec<i64> = ids.into_iter().collect();
+    v.sort_unstable();
+    v.dedup();
+    v
+}
+
+/// One live chunk on its way through the spill file.
+struct Spilled {
+    key: GroupKey,
+    seq: u32,
+    offset: u64,
+    len: u32,
+    id: ChunkId,
+    kind: u8,
+}
+
+/// Copies the live chunks of `packs` into new packs, regrouped the way DESIGN.md's layout
+/// asks: every object by (type, path, time) across all the packs, the rest after them in
+/// their old order. The chunks are read in pack order (each frame decompressed once) into a
+/// temporary file in the vault's tmp directory, then written out in the new order. The new
+/// packs are replicated but not indexed (prune records them under the lock).
+fn regroup(
+    vault: &Vault,
+    keys: &VaultKeys,
+    reader: &ChunkStore<'_>,
+    live: &Live,
+    packs: &[i64],
+) -> Result<Vec<(FinishedPack, Vec<String>)>, PruneError> {
+    use std::io::Write;
+    use std::os::unix::fs::FileExt;
+    let spill_err = |e: std::io::Error| PruneError::Spill(e.to_string());
+    let dir = vault.tmp_dir();
+    std::fs::create_dir_all(&dir).map_err(spill_err)?;
+    let file = tempfile::tempfile_in(&dir).map_err(spill_err)?;
+    let mut out = std::io::BufWriter::with_capacity(1 << 20, &file);
+    let mut spilled: Vec<Spilled> = Vec::new();
+    let mut offset = 0u64;
+    for pack in packs {
+        for c in vault.index().chunks_of_pack(*pack)? {
+            if !live.has(&c.id) {
+                continue;
+            }
+            let (loc, data) = reader.read_chunk(&c.id)?;
+            out.write_all(&data).map_err(spill_err)?;
+            spilled.push(Spilled {
+                key: live
+                    .keys
+                    .get(&prefix(&c.id))
+                    .copied()
+                    .unwrap_or(GroupKey::LAST),
+                seq: spilled.len() as u32,
+                offset,
+                len: data.len() as u32,
+                id: c.id,
+                kind: loc.kind,
+            });
+            offset += data.len() as u64;
+        }
+    }
+    out.flush().map_err(spill_err)?;
+    drop(out);
+    spilled.sort_unstable_by_key(|s| (s.key, s.seq));
+    let mut writer = vault.compaction_store(keys);
+    let mut buf = Vec::new();
+    for s in &spilled {
+        buf.resize(s.len as usize, 0);
+        file.read_exact_at(&mut buf, s.offset).map_err(spill_err)?;
+        writer.put_copy(s.id, s.kind, &buf)?;
+    }
+    writer.flush()?;
+    Ok(writer.take_unindexed())
+}
+
 /// The newest prune record in the vault, if any (recover applies it).
 pub fn newest_record(
     vault: &Vault,
     store: &ChunkStore<'_>,
 ) -> Result<Option<PruneRecord>, PruneError> {
-    let mut newest: Option<PruneRecord> = None;
-    for c in vault.index().all_chunks()? {
-        if c.kind != ChunkKind::PruneRecord as u8 {
-            continue;
-        }
-        let Ok(record) = serde_json::from_slice::<PruneRecord>(&store.get(&c.id)?) else {
-            tracing::warn!(chunk = %c.id, "unreadable prune record");
+    Ok(newest_record_chunk(vault, store)?.map(|(_, r)| r))
+}
+
+/// The newest prune record and its chunk. Older records are dead: the newest carries their
+/// forgotten manifests forward.
+fn newest_record_chunk(
+    vault: &Vault,
+    store: &ChunkStore<'_>,
+) -> Result<Option<(ChunkId, PruneRecord)>, PruneError> {
+    let mut newest: Option<(ChunkId, PruneRecord)> = None;
+    for id in vault.index().chunks_of_kind(ChunkKind::PruneRecord as u8)? {
+        let Ok(record) = serde_json::from_slice::<PruneRecord>(&store.get(&id)?) else {
+            tracing::warn!(chunk = %id, "unreadable prune record");
             continue;
         };
-        if newest.as_ref().is_none_or(|n| record.time > n.time) {
-            newest = Some(record);
+        if newest.as_ref().is_none_or(|(_, n)| record.time > n.time) {
+            newest = Some((id, record));
         }
     }
     Ok(newest)
