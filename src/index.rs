@@ -31,6 +31,19 @@ pub enum IndexError {
     Inconsistent(String),
 }
 
+/// Secondary indexes that index backups leave out (a third of the file, and random ids do not
+/// compress) and `open` recreates.
+const DERIVED_INDEXES: &[(&str, &str)] = &[
+    (
+        "chunks_by_pack",
+        "CREATE INDEX IF NOT EXISTS chunks_by_pack ON chunks(pack_id)",
+    ),
+    (
+        "chunks_by_kind",
+        "CREATE INDEX IF NOT EXISTS chunks_by_kind ON chunks(kind)",
+    ),
+];
+
 /// Each entry moves the schema from version i to i+1. Never edit a shipped entry: add one.
 const MIGRATIONS: &[&str] = &[
     // v1
@@ -166,6 +179,10 @@ impl Index {
             conn: Mutex::new(conn),
         };
         index.migrate(path)?;
+        // An index restored from a backup lacks them (see `backup_to`).
+        for (_, create) in DERIVED_INDEXES {
+            index.conn().execute_batch(create)?;
+        }
         Ok(index)
     }
 
@@ -731,6 +748,12 @@ impl Index {
         let _ = std::fs::remove_file(path);
         self.conn()
             .execute("VACUUM INTO ?1", params![path.to_string_lossy()])?;
+        // Every backup is stored on every target: leave out what `open` rebuilds.
+        let copy = Connection::open(path)?;
+        for (name, _) in DERIVED_INDEXES {
+            copy.execute_batch(&format!("DROP INDEX IF EXISTS {name}"))?;
+        }
+        copy.execute_batch("VACUUM")?;
         Ok(())
     }
 
@@ -811,15 +834,46 @@ impl Index {
         Ok(())
     }
 
-    /// The chunk rows of one pack, in the order they lie in it.
-    pub fn chunks_of_pack(&self, pack_id: i64) -> Result<Vec<ChunkRow>, IndexError> {
+    /// The chunk rows of one pack that `keep` accepts, in the order they lie in the pack.
+    /// `keep` must not use the index (its connection is busy).
+    pub fn chunks_of_pack(
+        &self,
+        pack_id: i64,
+        mut keep: impl FnMut(&ChunkRow) -> bool,
+    ) -> Result<Vec<ChunkRow>, IndexError> {
         let conn = self.conn();
         let mut stmt = conn.prepare_cached(
-            "SELECT id, kind, pack_id, length, frame_offset, offset FROM chunks
-             WHERE pack_id = ?1 ORDER BY frame_offset, offset",
+            "SELECT id, kind, pack_id, length, frame_offset, offset FROM chunks WHERE pack_id = ?1",
         )?;
-        let rows = stmt.query_map(params![pack_id], chunk_row)?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        let mut rows = stmt.query(params![pack_id])?;
+        let mut out = Vec::new();
+        while let Some(r) = rows.next()? {
+            let row = chunk_row(r)?;
+            if keep(&row) {
+                out.push(row);
+            }
+        }
+        out.sort_unstable_by_key(|c| (c.frame_offset, c.offset));
+        Ok(out)
+    }
+
+    /// Whether every chunk row of one pack satisfies `f` (stops at the first that does not).
+    pub fn all_chunks_of_pack(
+        &self,
+        pack_id: i64,
+        mut f: impl FnMut(&ChunkRow) -> bool,
+    ) -> Result<bool, IndexError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(
+            "SELECT id, kind, pack_id, length, frame_offset, offset FROM chunks WHERE pack_id = ?1",
+        )?;
+        let mut rows = stmt.query(params![pack_id])?;
+        while let Some(r) = rows.next()? {
+            if !f(&chunk_row(r)?) {
+                return Ok(false);
+            }
+        }
+        Ok(true)
     }
 
     /// The ids of every chunk of one kind (manifests, prune records).
@@ -921,25 +975,27 @@ impl Index {
             for name in changes.condemned {
                 condemn.execute(params![name, now])?;
             }
-            // Pack by pack and page by page: the dead rows are never all in memory.
+            // Pack by pack and page by page (the pack index holds each row's id too, so a
+            // page is a range scan): the dead rows are never all in memory.
             let mut in_pack = tx.prepare_cached(
-                "SELECT id, kind, pack_id, length, frame_offset, offset FROM chunks WHERE pack_id = ?1",
+                "SELECT id, kind, pack_id, length, frame_offset, offset FROM chunks
+                 WHERE pack_id = ?1 AND id > ?2 ORDER BY id LIMIT ?3",
             )?;
             let mut drop_chunk = tx.prepare_cached("DELETE FROM chunks WHERE id = ?1")?;
             let mut drop_lfs = tx.prepare_cached("DELETE FROM lfs_objects WHERE chunk = ?1")?;
             for pack in changes.judged_packs {
-                let dead: Vec<ChunkId> = in_pack
-                    .query_map(params![pack], chunk_row)?
-                    .filter_map(|r| match r {
-                        Ok(row) if (changes.chunk_dead)(&row) => Some(Ok(row.id)),
-                        Ok(_) => None,
-                        Err(e) => Some(Err(e)),
-                    })
-                    .collect::<Result<_, _>>()?;
-                for id in dead {
-                    drop_chunk.execute(params![&id.0[..]])?;
-                    drop_lfs.execute(params![&id.0[..]])?;
-                    counts.dead_chunks += 1;
+                let mut after: Vec<u8> = Vec::new();
+                loop {
+                    let rows: Vec<ChunkRow> = in_pack
+                        .query_map(params![pack, after, OID_PAGE], chunk_row)?
+                        .collect::<Result<_, _>>()?;
+                    let Some(last) = rows.last() else { break };
+                    after = last.id.0.to_vec();
+                    for row in rows.iter().filter(|r| (changes.chunk_dead)(r)) {
+                        drop_chunk.execute(params![&row.id.0[..]])?;
+                        drop_lfs.execute(params![&row.id.0[..]])?;
+                        counts.dead_chunks += 1;
+                    }
                 }
             }
             let mut page = tx.prepare_cached(

@@ -250,8 +250,9 @@ pub fn index_backup_due(vault: &Vault, changed: bool) -> bool {
     chrono::Utc::now().timestamp_millis() - millis > 24 * 3600 * 1000
 }
 
-/// How many index backups each target keeps.
-const INDEX_BACKUPS_KEPT: usize = 3;
+/// How many index backups each target keeps. One: recover falls back to pack footers when it
+/// is unusable, and an older backup could name packs a prune has deleted since.
+const INDEX_BACKUPS_KEPT: usize = 1;
 
 /// Uploads the index, zstd-compressed and age-encrypted to the vault key, to every target, and
 /// trims old ones. A target that fails is reported in the log, not fatal: the packs alone can

@@ -190,11 +190,21 @@ impl Target for FileTarget {
     }
 
     fn delete(&self, key: &str) -> Result<(), TargetError> {
-        match fs::remove_file(self.path(key)?) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(self.io_err("delete", key, e)),
+        let path = self.path(key)?;
+        match fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(self.io_err("delete", key, e)),
         }
+        // Pack directories emptied by prune would otherwise pile up. Only packs are deleted in
+        // bulk, and only by prune under the writer lock, so no put is creating a file in this
+        // directory now; a directory that is not empty stays.
+        if key.starts_with("packs/")
+            && let Some(dir) = path.parent()
+        {
+            let _ = fs::remove_dir(dir);
+        }
+        Ok(())
     }
 
     fn open(&self, key: &str) -> Result<Box<dyn ReadSeek + '_>, TargetError> {
