@@ -195,6 +195,8 @@ cmp -s "$work/mid.refs" "$work/restored.refs" || { echo "restored refs differ fr
 prune_ms=$(timed "$work/prune.log" "$bin" -q prune)
 prune_rss=$(peak_rss_kb "$work/prune.log")
 compacted_size=$(size_of "$vault/data")
+compacted_packs=$(size_of "$vault/data/packs")
+index_backup=$(size_of "$vault/data/index")
 rm -rf "$work/restored.git"
 "$bin" -q restore bench --at "$mid_time" --to "$work/restored.git" >/dev/null
 git -C "$work/restored.git" fsck --full --no-dangling >/dev/null
@@ -207,7 +209,7 @@ cat > "$out/replay.json" <<EOF
 {"date": "$(date -u +%Y-%m-%d)", "repo": "$(basename "$repo")", "days": $days, "objects_final": $objects,
  "vault_bytes": $vault_size, "bundle_chain_bytes": $bundle_size, "final_pack_bytes": $final_pack,
  "aggressive_pack_bytes": $aggressive_pack, "restic_bytes": $restic_size,
- "vault_after_prune_bytes": $compacted_size, "prune_ms": $prune_ms, "prune_peak_rss_kb": $prune_rss,
+ "vault_after_prune_bytes": $compacted_size, "packs_after_prune_bytes": $compacted_packs, "index_backup_bytes": $index_backup, "prune_ms": $prune_ms, "prune_peak_rss_kb": $prune_rss,
  "first_backup_ms": $first_backup_ms, "clone_mirror_ms": $first_clone_ms, "unchanged_backup_ms": $unchanged_ms,
  "restore_ms": $restore_ms, "local_clone_ms": $local_clone_ms, "peak_rss_kb": $peak_kb}
 EOF
@@ -217,6 +219,8 @@ cat > "$out/replay.md" <<EOF
 | vault / bundle chain | $vault_size B / $bundle_size B | $(ratio "$vault_size" "$bundle_size") | ≤ 1 before compaction |
 | vault / final \`gc --aggressive\` pack, before compaction | $vault_size B / $aggressive_pack B | $(ratio "$vault_size" "$aggressive_pack") | |
 | vault after \`prune\` (regrouped) / final \`gc --aggressive\` pack | $compacted_size B / $aggressive_pack B | $(ratio "$compacted_size" "$aggressive_pack") | ≤ 1 after compaction |
+| of which packs / final \`gc --aggressive\` pack | $compacted_packs B / $aggressive_pack B | $(ratio "$compacted_packs" "$aggressive_pack") | |
+| of which the index backup | $index_backup B | | |
 | vault after \`prune\` / bundle chain | $compacted_size B / $bundle_size B | $(ratio "$compacted_size" "$bundle_size") | |
 | \`prune\` (compaction) | $prune_ms ms, $prune_rss KiB peak | | |
 | vault / final plain pack | $vault_size B / $final_pack B | $(ratio "$vault_size" "$final_pack") | |

@@ -4,7 +4,6 @@
 //! and every snapshot manifest found there becomes a snapshot again (invariant 1: the packs are
 //! the truth).
 
-use std::io::Read;
 use std::path::Path;
 
 use serde::Serialize;
@@ -160,15 +159,20 @@ fn restore_index_backup(source: &dyn Target, keys: &VaultKeys, dest: &Path) -> O
     backups.sort_by(|a, b| b.key.cmp(&a.key));
     for backup in backups {
         let attempt = (|| -> Result<(), String> {
-            let sealed = source.get(&backup.key).map_err(|e| e.to_string())?;
-            let compressed =
-                crypto::decrypt_bytes(keys.identity(), &sealed).map_err(|e| e.to_string())?;
-            let mut raw = Vec::new();
-            zstd::stream::read::Decoder::new(compressed.as_slice())
-                .and_then(|mut d| d.read_to_end(&mut raw))
-                .map_err(|e| e.to_string())?;
+            // Streamed: an index backup can be gigabytes.
+            let sealed = source.open(&backup.key).map_err(|e| e.to_string())?;
+            let decrypted =
+                crypto::decrypting_reader(keys.identity(), sealed).map_err(|e| e.to_string())?;
+            let mut plain =
+                zstd::stream::read::Decoder::new(decrypted).map_err(|e| e.to_string())?;
             let tmp = dest.with_extension("recovering");
-            std::fs::write(&tmp, &raw).map_err(|e| e.to_string())?;
+            let copied = std::fs::File::create(&tmp).and_then(|mut out| {
+                std::io::copy(&mut plain, &mut out).and_then(|_| out.sync_all())
+            });
+            if let Err(e) = copied {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(e.to_string());
+            }
             let check = Index::open(&tmp).and_then(|i| i.totals().map(|_| ()));
             if let Err(e) = check {
                 let _ = std::fs::remove_file(&tmp);

@@ -268,21 +268,20 @@ pub fn upload_index_backup(
         source: e,
     })?;
     let copy = tmp.join(format!("index-backup-{}.sqlite", std::process::id()));
+    let sealed_path = tmp.join(format!("index-backup-{}.age", std::process::id()));
     vault.index().backup_to(&copy)?;
-    let raw = std::fs::read(&copy).map_err(|e| VaultError::Io {
-        context: format!("reading {}", copy.display()),
-        source: e,
-    });
+    // Streamed file to file: at 10 M objects the index is gigabytes, which must not be held in
+    // memory (this runs after every backup).
+    let sealed = seal_file(&copy, &sealed_path, &keys.identity().to_public());
     let _ = std::fs::remove_file(&copy);
-    let compressed = zstd::bulk::compress(&raw?, 3).map_err(|e| VaultError::Io {
-        context: "compressing the index backup".into(),
-        source: e,
-    })?;
-    let sealed = crypto::encrypt_to(&keys.identity().to_public(), &compressed)?;
+    if let Err(e) = sealed {
+        let _ = std::fs::remove_file(&sealed_path);
+        return Err(e);
+    }
     let key = index_backup_key()?;
     let mut failed = Vec::new();
     for target in vault.targets() {
-        if let Err(e) = target.put_if_absent(&key, Body::Bytes(&sealed)) {
+        if let Err(e) = target.put_if_absent(&key, Body::File(&sealed_path)) {
             tracing::warn!(target = target.name(), error = %e, "index backup not uploaded");
             failed.push(target.name().to_string());
             continue;
@@ -294,5 +293,28 @@ pub fn upload_index_backup(
             }
         }
     }
+    let _ = std::fs::remove_file(&sealed_path);
     Ok(failed)
+}
+
+/// zstd-compresses and age-encrypts `plain` into `sealed`, streaming.
+fn seal_file(
+    plain: &std::path::Path,
+    sealed: &std::path::Path,
+    recipient: &age::x25519::Recipient,
+) -> Result<(), VaultError> {
+    let io = |what: &str, path: &std::path::Path| {
+        let context = format!("{what} {}", path.display());
+        move |source: std::io::Error| VaultError::Io { context, source }
+    };
+    let mut input = std::fs::File::open(plain).map_err(io("reading", plain))?;
+    let output = std::fs::File::create(sealed).map_err(io("writing", sealed))?;
+    let encrypted = crypto::encrypting_writer(recipient, std::io::BufWriter::new(output))?;
+    let mut compressor =
+        zstd::stream::write::Encoder::new(encrypted, 3).map_err(io("compressing", plain))?;
+    std::io::copy(&mut input, &mut compressor).map_err(io("compressing", plain))?;
+    let encrypted = compressor.finish().map_err(io("compressing", plain))?;
+    let mut out = encrypted.finish().map_err(io("encrypting", sealed))?;
+    std::io::Write::flush(&mut out).map_err(io("writing", sealed))?;
+    Ok(())
 }

@@ -532,13 +532,17 @@ pub fn prune(
             live.chunk(&reader, id)?;
         }
     }
-    // Sorted ids rather than a hash set: a third of the memory when compaction copied much.
-    let mut copied: Vec<ChunkId> = compacted
-        .iter()
-        .flat_map(|(p, _)| p.footer.entries.iter().map(|e| e.id))
-        .collect();
-    copied.sort_unstable();
-    let was_copied = |id: &ChunkId| copied.binary_search(id).is_ok();
+    // The copies' footers, sorted by id, answer "was it copied" without a second set of ids
+    // (the order of footer entries in memory means nothing to `apply_prune`).
+    let mut compacted = compacted;
+    for (pack, _) in &mut compacted {
+        pack.footer.entries.sort_unstable_by_key(|e| e.id);
+    }
+    let was_copied = |id: &ChunkId| {
+        compacted
+            .iter()
+            .any(|(p, _)| p.footer.entries.binary_search_by_key(id, |e| e.id).is_ok())
+    };
     let is_dead = |c: &ChunkRow| judged.contains(&c.pack_id) && !live.has(&c.id);
     let mut condemned = Vec::new();
     let mut spared = 0;
