@@ -30,6 +30,8 @@ const INDEX_FILE: &str = "index.sqlite";
 const LOCK_FILE: &str = "lock";
 const READERS_FILE: &str = "readers.lock";
 const PRUNE_FILE: &str = "prune.lock";
+/// The least zstd level prune's compaction writes at.
+const COMPACTION_LEVEL: i32 = 9;
 const KEYS_DIR: &str = "keys";
 const TMP_DIR: &str = "tmp";
 const CACHE_DIR: &str = "cache";
@@ -621,13 +623,11 @@ impl Vault {
     /// A chunk store for prune's compaction: writes packs without a lock and without
     /// indexing them (prune records them under the lock).
     pub fn compaction_store<'a>(&'a self, keys: &'a VaultKeys) -> ChunkStore<'a> {
-        let mut store = ChunkStore::new(
-            &self.index,
-            &self.targets,
-            keys,
-            self.tmp_dir(),
-            self.store_settings(),
-        );
+        let mut settings = self.store_settings();
+        // Compaction runs in the background and writes what stays for years: it pays for a
+        // higher zstd level (DESIGN.md measured regrouped frames at level 9 at 0.84 of level 3).
+        settings.compression.level = settings.compression.level.max(COMPACTION_LEVEL);
+        let mut store = ChunkStore::new(&self.index, &self.targets, keys, self.tmp_dir(), settings);
         store.defer_indexing();
         store
     }
