@@ -339,16 +339,6 @@ pub fn write_identity_file(path: &std::path::Path) -> Result<String, CryptoError
     Ok(public)
 }
 
-/// Encrypts small documents (index backups, manifests kept outside packs) to the vault key.
-pub fn encrypt_to(
-    recipient: &age::x25519::Recipient,
-    plain: &[u8],
-) -> Result<Vec<u8>, CryptoError> {
-    let encryptor = age::Encryptor::with_recipients(iter::once(recipient as &dyn age::Recipient))
-        .map_err(|e| CryptoError::Encrypt(e.to_string()))?;
-    encrypt_bytes(encryptor, plain)
-}
-
 /// Starts an age stream to the vault's public key over `out`.
 pub fn encrypting_writer<W: Write>(
     recipient: &age::x25519::Recipient,

@@ -225,7 +225,8 @@ pub struct ObjectEntry {
     pub chunk: ChunkId,
 }
 
-const OBJECT_MAP_VERSION: u8 = 1;
+/// The first byte of an encoded object map.
+pub const OBJECT_MAP_VERSION: u8 = 1;
 const OBJECT_ENTRY_LEN: usize = 20 + 1 + 32;
 
 /// Object maps: `u8 version` then entries of `[20]u8 oid, u8 kind, [32]u8 chunk id`.
@@ -237,9 +238,6 @@ pub fn encode_object_map(entries: &[ObjectEntry]) -> Vec<u8> {
     }
     out
 }
-
-/// The first byte of an encoded object map (for encoders that stream it).
-pub const OBJECT_MAP_HEADER: u8 = OBJECT_MAP_VERSION;
 
 /// Appends one entry in the object map encoding.
 pub fn push_object_entry(out: &mut Vec<u8>, e: &ObjectEntry) {

@@ -100,7 +100,8 @@ enum Command {
     /// newest is always kept). `prune` then reclaims their space.
     Forget(retention::ForgetArgs),
     /// Reclaim the space of what no snapshot needs: delete packs holding nothing live,
-    /// rewrite packs mostly dead. Safe while backups run (docs/PRUNE.md).
+    /// rewrite packs mostly dead, and regroup small packs (daily increments) by file path so
+    /// that versions compress together. Safe while backups run (docs/PRUNE.md).
     Prune(retention::PruneArgs),
     /// Logical versus stored bytes, dedup ratio, and per target what it holds.
     Stats,

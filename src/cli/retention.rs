@@ -115,7 +115,8 @@ pub struct PruneArgs {
     /// Report what would be freed, change nothing.
     #[arg(long)]
     pub dry_run: bool,
-    /// Rewrite packs whose live share of bytes is below this percentage.
+    /// Rewrite packs whose live share of bytes is below this percentage. (Small packs are
+    /// regrouped whatever this says, once there are four or more.)
     #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u8).range(0..=100))]
     pub repack_below: u8,
     /// Delete condemned packs only once they were condemned this long ago (`36h`, `7d`): for

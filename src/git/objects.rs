@@ -178,12 +178,16 @@ impl Reached {
     }
 }
 
-/// See `Reached::group_key`; `GroupKey::LAST` sorts after every object.
+/// See `Reached::group_key`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct GroupKey(pub u8, pub u64, pub u64);
 
 impl GroupKey {
-    pub const LAST: GroupKey = GroupKey(u8::MAX, 0, 0);
+    /// For a chunk that is no git object (or whose path is unknown): after every object,
+    /// grouped by the chunk's kind.
+    pub fn after_objects(chunk_kind: u8) -> GroupKey {
+        GroupKey(u8::MAX - 32 + (chunk_kind & 31), 0, 0)
+    }
 }
 
 /// Where the walk reads objects from.

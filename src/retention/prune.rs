@@ -87,7 +87,7 @@ pub struct PruneReport {
     pub stored_bytes_before: u64,
     /// Packs with no live chunk: deleted (or condemned, waiting for the grace period).
     pub packs_emptied: u64,
-    /// Packs rewritten because most of them was dead.
+    /// Packs rewritten: mostly dead ones, and small ones regrouped together.
     pub packs_compacted: u64,
     pub packs_written: u64,
     pub packs_deleted: u64,
@@ -504,7 +504,7 @@ pub fn prune(
                 index,
                 live: &live,
                 after: Oid([0; 20]),
-                buf: vec![snapshot::OBJECT_MAP_HEADER],
+                buf: vec![snapshot::OBJECT_MAP_VERSION],
                 pos: 0,
                 done: false,
                 error: None,
@@ -716,9 +716,12 @@ fn regroup(
             // Without a key from the walk (not a git object, or one in a sparse pack): after
             // the objects, by kind, so that each day's ref set or manifest sits next to the
             // others of its kind.
-            let other = GroupKey(GroupKey::LAST.0 - 32 + (loc.kind & 31), 0, 0);
             spilled.push(Spilled {
-                key: live.keys.get(&prefix(&c.id)).copied().unwrap_or(other),
+                key: live
+                    .keys
+                    .get(&prefix(&c.id))
+                    .copied()
+                    .unwrap_or_else(|| GroupKey::after_objects(loc.kind)),
                 offset,
                 len: data.len() as u32,
                 kind: loc.kind,
