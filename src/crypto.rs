@@ -14,6 +14,11 @@ use age::secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroize;
 
+/// scrypt work factor of passphrase key files: 2^18 × 1 KiB = 256 MiB.
+const SCRYPT_WORK_FACTOR: u8 = 18;
+/// The most a key file may ask for when opened: 2^20 × 1 KiB = 1 GiB.
+const MAX_SCRYPT_WORK_FACTOR: u8 = 20;
+
 /// Errors of key handling and of age encryption.
 #[derive(Debug, thiserror::Error)]
 pub enum CryptoError {
@@ -91,6 +96,62 @@ impl IdKey {
     /// A hasher for inputs that arrive in pieces; `finalize` gives the same id as `chunk_id`.
     pub fn hasher(&self) -> blake3::Hasher {
         blake3::Hasher::new_keyed(&self.0)
+    }
+
+    /// The key that authenticates what the vault writes to targets besides chunks (pack
+    /// footers, index backups). Derived, so a MAC never doubles as a chunk id.
+    pub fn auth_key(&self) -> AuthKey {
+        AuthKey(blake3::derive_key(
+            "gitvault 2026-12-04 target authentication v1",
+            &self.0,
+        ))
+    }
+}
+
+/// A MAC key derived from the id key. Anyone who can read `gitvault.json` can encrypt files to
+/// the vault's public key, so decryption proves nothing about who wrote a file; a MAC with
+/// this key does (docs/SECURITY.md).
+#[derive(Clone)]
+pub struct AuthKey([u8; 32]);
+
+impl AuthKey {
+    /// A MAC over `parts`, each length-prefixed so that no two different part lists can give
+    /// the same input, under a `domain` that binds the MAC to one kind of file.
+    pub fn mac(&self, domain: &str, parts: &[&[u8]]) -> [u8; 32] {
+        let mut h = self.hasher(domain);
+        for part in parts {
+            h.update(&(part.len() as u64).to_le_bytes());
+            h.update(part);
+        }
+        *h.finalize().as_bytes()
+    }
+
+    /// A MAC computed piecewise; callers must frame their inputs themselves.
+    pub fn hasher(&self, domain: &str) -> blake3::Hasher {
+        let mut h = blake3::Hasher::new_keyed(&self.0);
+        h.update(&(domain.len() as u64).to_le_bytes());
+        h.update(domain.as_bytes());
+        h
+    }
+
+    /// Checks a MAC in constant time (blake3's `Hash` equality is).
+    pub fn verify(&self, domain: &str, parts: &[&[u8]], tag: &[u8]) -> bool {
+        let Ok(tag) = <[u8; 32]>::try_from(tag) else {
+            return false;
+        };
+        blake3::Hash::from(self.mac(domain, parts)) == blake3::Hash::from(tag)
+    }
+}
+
+impl Drop for AuthKey {
+    fn drop(&mut self) {
+        self.0.zeroize();
+    }
+}
+
+impl fmt::Debug for AuthKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("AuthKey(<redacted>)")
     }
 }
 
@@ -201,6 +262,37 @@ impl VaultKeys {
         &self.identity
     }
 
+    pub fn auth_key(&self) -> AuthKey {
+        self.id_key.auth_key()
+    }
+
+    /// The vault's fingerprint, printed by `init` for the user to write down and checked by
+    /// `recover --expect-vault`. It commits to the vault id, the public key and (through a MAC)
+    /// the secret id key, so a planted key file or `gitvault.json` cannot reproduce it.
+    pub fn fingerprint(&self, vault_id: &str) -> String {
+        let secret = self
+            .auth_key()
+            .mac("vault fingerprint", &[vault_id.as_bytes()]);
+        let public = self.public_key();
+        let digest = blake3::derive_key(
+            "gitvault 2026-12-04 vault fingerprint v1",
+            &[
+                vault_id.as_bytes(),
+                b"\0",
+                public.as_bytes(),
+                b"\0",
+                &secret,
+            ]
+            .concat(),
+        );
+        hex::encode(&digest[..16])
+            .as_bytes()
+            .chunks(4)
+            .map(|c| String::from_utf8_lossy(c).into_owned())
+            .collect::<Vec<_>>()
+            .join("-")
+    }
+
     /// Encrypts the keys into a key file. Recipients and a passphrase cannot share one age file,
     /// so each protection gets its own file.
     pub fn seal(
@@ -228,7 +320,14 @@ impl VaultKeys {
                 age::Encryptor::with_recipients(parsed.iter().map(|r| r as &dyn age::Recipient))
                     .map_err(|e| CryptoError::Encrypt(e.to_string()))?
             }
-            KeyProtection::Passphrase(pass) => age::Encryptor::with_user_passphrase(pass.clone()),
+            KeyProtection::Passphrase(pass) => {
+                // A fixed work factor (256 MiB, about a second) rather than age's own
+                // estimate, so that every host can open the file under MAX_SCRYPT_WORK_FACTOR.
+                let mut recipient = age::scrypt::Recipient::new(pass.clone());
+                recipient.set_work_factor(SCRYPT_WORK_FACTOR);
+                age::Encryptor::with_recipients(iter::once(&recipient as &dyn age::Recipient))
+                    .map_err(|e| CryptoError::Encrypt(e.to_string()))?
+            }
         };
         let result = encrypt_bytes(encryptor, &json);
         json.zeroize();
@@ -252,8 +351,9 @@ impl VaultKeys {
                     return Err(CryptoError::WrongKey);
                 }
                 let mut id = age::scrypt::Identity::new(pass.clone());
-                // Key files made on a faster machine must still open on a slow backup host.
-                id.set_max_work_factor(24);
+                // A key file on a target may be planted: its work factor must not make us
+                // allocate gigabytes (scrypt needs 2^(N+10) bytes).
+                id.set_max_work_factor(MAX_SCRYPT_WORK_FACTOR);
                 decryptor.decrypt(iter::once(&id as &dyn age::Identity))
             }
             Unlock::Identities(ids) => {

@@ -13,7 +13,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::crypto::ChunkId;
 use crate::snapshot::{ObjectEntry, ObjectKind, Oid};
-use crate::store::pack::{FinishedPack, FrameInfo};
+use crate::store::pack::{FinishedPack, FrameInfo, Provenance};
 
 #[derive(Debug, thiserror::Error)]
 pub enum IndexError {
@@ -121,7 +121,26 @@ const MIGRATIONS: &[&str] = &[
         chunk BLOB NOT NULL
     ) WITHOUT ROWID;
     ",
+    // v3: hostile targets. Where each pack's row came from (`Provenance`), and where the index
+    // itself came from (`meta.origin`): packs this host wrote before the upgrade count as
+    // written here; an index of unknown origin must be vouched for before prune trusts it.
+    "
+    ALTER TABLE packs ADD COLUMN provenance INTEGER NOT NULL DEFAULT 1;
+    CREATE TABLE meta (
+        key TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    ) WITHOUT ROWID;
+    INSERT INTO meta (key, value) VALUES ('origin', 'before-authentication');
+    ",
 ];
+
+/// Where an index's contents came from (`meta.origin`).
+pub const ORIGIN_INIT: &str = "init";
+pub const ORIGIN_RECOVER: &str = "recover";
+/// An index from before 2026-12-04: it may have been recovered from an index backup nobody
+/// could authenticate.
+pub const ORIGIN_UNKNOWN: &str = "before-authentication";
+pub const ORIGIN_VOUCHED: &str = "vouched";
 
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 
@@ -143,6 +162,7 @@ pub struct PackRow {
     pub size: u64,
     pub raw_bytes: u64,
     pub chunk_count: u64,
+    pub provenance: Provenance,
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -171,9 +191,10 @@ impl Index {
         let conn = Connection::open(path)?;
         conn.busy_timeout(std::time::Duration::from_secs(10))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
-        // NORMAL in WAL mode keeps the database consistent on power loss; the last commits may
-        // roll back, which is safe because packs are durable before the index refers to them.
-        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        // FULL: a committed snapshot row is on disk when the commit returns (NORMAL in WAL mode
+        // may roll the last commits back on power loss, and a snapshot reported done must
+        // survive). Commits are per pack and per snapshot, so the extra fsyncs are few.
+        conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", true)?;
         let mut index = Index {
             conn: Mutex::new(conn),
@@ -299,8 +320,9 @@ impl Index {
 
     pub fn packs(&self) -> Result<Vec<PackRow>, IndexError> {
         let conn = self.conn();
-        let mut stmt =
-            conn.prepare("SELECT id, name, size, raw_bytes, chunk_count FROM packs ORDER BY name")?;
+        let mut stmt = conn.prepare(
+            "SELECT id, name, size, raw_bytes, chunk_count, provenance FROM packs ORDER BY name",
+        )?;
         let rows = stmt.query_map([], |r| {
             Ok(PackRow {
                 id: r.get(0)?,
@@ -308,9 +330,87 @@ impl Index {
                 size: r.get(2)?,
                 raw_bytes: r.get(3)?,
                 chunk_count: r.get(4)?,
+                provenance: Provenance::from_i64(r.get(5)?),
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Raises what is known of a pack (never lowers it): `verify --full` vouches for a pack
+    /// whose every chunk it checked.
+    pub fn raise_pack_provenance(&self, name: &str, to: Provenance) -> Result<(), IndexError> {
+        self.conn().execute(
+            "UPDATE packs SET provenance = ?2 WHERE name = ?1 AND provenance < ?2",
+            params![name, to as i64],
+        )?;
+        Ok(())
+    }
+
+    pub fn meta(&self, key: &str) -> Result<Option<String>, IndexError> {
+        Ok(self
+            .conn()
+            .query_row("SELECT value FROM meta WHERE key = ?1", params![key], |r| {
+                r.get(0)
+            })
+            .optional()?)
+    }
+
+    pub fn set_meta(&self, key: &str, value: &str) -> Result<(), IndexError> {
+        self.conn().execute(
+            "INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)",
+            params![key, value],
+        )?;
+        Ok(())
+    }
+
+    /// Takes from an index backup (a SQLite file) only what the packs cannot give back: the
+    /// HTTP cache, repository sources and counters, copied value by value into this index's
+    /// own schema. Nothing else of the file is used: not its schema, triggers or views, and
+    /// none of its pack, chunk or snapshot rows (those come from authenticated footers and
+    /// chunks). Returns the rows taken.
+    pub fn import_backup(&self, path: &Path) -> Result<u64, IndexError> {
+        let conn = self.conn();
+        // A backup's schema is not ours to trust: no functions with side effects from its
+        // views or triggers.
+        conn.pragma_update(None, "trusted_schema", false)?;
+        conn.execute(
+            "ATTACH DATABASE ?1 AS backup",
+            params![format!("file:{}?mode=ro", path.display())],
+        )
+        .or_else(|_| {
+            conn.execute(
+                "ATTACH DATABASE ?1 AS backup",
+                params![path.to_string_lossy()],
+            )
+        })?;
+        let result = (|| -> Result<u64, IndexError> {
+            let tx = conn.unchecked_transaction()?;
+            let mut rows = 0u64;
+            rows += tx.execute(
+                "INSERT OR REPLACE INTO main.http_cache (url, etag, link, body)
+                 SELECT CAST(url AS TEXT), CAST(etag AS TEXT), CAST(link AS TEXT), CAST(body AS BLOB)
+                 FROM backup.http_cache WHERE url IS NOT NULL AND etag IS NOT NULL AND body IS NOT NULL",
+                [],
+            )? as u64;
+            rows += tx.execute(
+                "INSERT OR REPLACE INTO main.repo_sources (repo, source)
+                 SELECT CAST(repo AS TEXT), CAST(source AS TEXT) FROM backup.repo_sources
+                 WHERE repo IS NOT NULL AND source IS NOT NULL",
+                [],
+            )? as u64;
+            rows += tx.execute(
+                "INSERT OR REPLACE INTO main.counters (name, value)
+                 SELECT CAST(name AS TEXT), CAST(value AS INTEGER) FROM backup.counters
+                 WHERE name = 'logical_bytes' AND value >= 0",
+                [],
+            )? as u64;
+            tx.commit()?;
+            Ok(rows)
+        })();
+        let detached = conn.execute("DETACH DATABASE backup", []);
+        let rows = result?;
+        detached?;
+        Ok(rows)
     }
 
     /// Names of the packs the index expects on a target.
@@ -418,14 +518,15 @@ fn record_pack(
     targets: &[String],
 ) -> Result<i64, IndexError> {
     tx.execute(
-        "INSERT INTO packs (name, size, raw_bytes, chunk_count, created_at) VALUES (?1, ?2, ?3, ?4, ?5)
-         ON CONFLICT(name) DO NOTHING",
+        "INSERT INTO packs (name, size, raw_bytes, chunk_count, created_at, provenance) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+         ON CONFLICT(name) DO UPDATE SET provenance = max(provenance, excluded.provenance)",
         params![
             pack.name,
             pack.size,
             pack.raw_bytes,
             pack.footer.entries.len() as i64,
-            chrono::Utc::now().timestamp()
+            chrono::Utc::now().timestamp(),
+            pack.provenance as i64
         ],
     )?;
     let pack_id: i64 = tx.query_row(
@@ -1058,6 +1159,7 @@ impl Index {
             "INSERT OR IGNORE INTO condemned_packs (name, since_ms)
              SELECT p.name, ?1 FROM packs p
              WHERE NOT EXISTS (SELECT 1 FROM chunks c WHERE c.pack_id = p.id)
+               AND p.provenance >= 1
                AND NOT EXISTS (SELECT 1 FROM condemned_packs d WHERE d.name = p.name)",
             params![now],
         )? as u64;

@@ -4,14 +4,17 @@
 //! and every snapshot manifest found there becomes a snapshot again (invariant 1: the packs are
 //! the truth).
 
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
 use serde::Serialize;
 
-use crate::crypto::{self, ChunkId, CryptoError, Unlock, VaultKeys};
-use crate::index::{Index, NewSnapshot};
+use crate::crypto::{ChunkId, CryptoError, Unlock, VaultKeys};
+use crate::index::NewSnapshot;
 use crate::snapshot::{self, Manifest};
-use crate::store::pack::{FinishedPack, read_footer};
+use crate::store::pack::{
+    FinishedPack, Footer, FooterSeal, PackError, Provenance, read_footer, verify_pack,
+};
 use crate::store::{ChunkKind, pack_key, pack_name_from_key};
 use crate::target::{self, Target};
 use crate::vault::{PUBLIC_FILE, PublicParams, Vault, VaultError};
@@ -26,6 +29,19 @@ pub struct RecoverReport {
     /// Packs whose footers were read because the index did not know them.
     pub packs_scanned: u64,
     pub packs_unreadable: Vec<String>,
+    /// Packs that decrypt but were not written with this vault's keys (forged, or replays of
+    /// another pack's footer): ignored, never deleted.
+    pub packs_forged: Vec<String>,
+    /// Packs written before footers were authenticated (format 1): recorded, but prune does
+    /// not delete them until `verify --full` has checked their every chunk.
+    pub packs_legacy: u64,
+    /// Index backups passed over, with the reason (forged, renamed, format 1, unreadable).
+    pub index_backups_ignored: Vec<(String, String)>,
+    /// The fingerprint of the vault that was opened (compare with the one `init` printed).
+    pub fingerprint: String,
+    /// Whether `--expect-vault` confirmed it; when false, the target's key files and
+    /// `gitvault.json` were trusted as found.
+    pub fingerprint_checked: bool,
     pub snapshots_recovered: u64,
     pub snapshots_total: u64,
 }
@@ -36,6 +52,17 @@ pub struct RecoverOptions<'a> {
     pub target_name: &'a str,
     /// Ignore index backups and rebuild from pack footers alone.
     pub footers_only: bool,
+    /// The fingerprint `init` printed: a target whose keys or `gitvault.json` give another is
+    /// refused before anything is written.
+    pub expect_vault: Option<&'a str>,
+}
+
+/// Fingerprints compare without their dashes and case.
+fn normalise_fingerprint(f: &str) -> String {
+    f.chars()
+        .filter(|c| c.is_ascii_hexdigit())
+        .map(|c| c.to_ascii_lowercase())
+        .collect()
 }
 
 fn bad_target(url: &str, reason: impl Into<String>) -> VaultError {
@@ -63,15 +90,29 @@ pub fn recover(
         }
     };
     let (keys, key_files) = unlock_from_target(source.as_ref(), &params, unlock)?;
+    let fingerprint = keys.fingerprint(&params.vault_id);
+    if let Some(expected) = options.expect_vault
+        && normalise_fingerprint(expected) != normalise_fingerprint(&fingerprint)
+    {
+        return Err(bad_target(
+            options.url,
+            format!(
+                "its vault has fingerprint {fingerprint}, not the expected {expected}: its key files or gitvault.json are not the ones `init` made; nothing was written"
+            ),
+        ));
+    }
     let vault_dir =
         Vault::create_recovered(dir, &params, options.target_name, source.url(), &key_files)?;
+    let vault = Vault::open(&vault_dir)?;
+    vault
+        .index()
+        .set_meta("origin", crate::index::ORIGIN_RECOVER)?;
 
+    let mut ignored = Vec::new();
     let mut index_backup = None;
     if !options.footers_only {
-        index_backup =
-            restore_index_backup(source.as_ref(), &keys, &vault_dir.join("index.sqlite"));
+        index_backup = import_index_backup(source.as_ref(), &vault, &keys, &mut ignored);
     }
-    let vault = Vault::open(&vault_dir)?;
     let target = vault
         .targets()
         .first()
@@ -83,6 +124,11 @@ pub fn recover(
         index_backup,
         packs_scanned: 0,
         packs_unreadable: Vec::new(),
+        packs_forged: Vec::new(),
+        packs_legacy: 0,
+        index_backups_ignored: ignored,
+        fingerprint,
+        fingerprint_checked: options.expect_vault.is_some(),
         snapshots_recovered: 0,
         snapshots_total: 0,
     };
@@ -138,52 +184,79 @@ fn unlock_from_target(
     if files.is_empty() {
         return Err(VaultError::NoKeyFiles(source.url().to_string()));
     }
-    let mut opened = None;
+    // Every key file that opens must hold the same secrets for the vault `gitvault.json`
+    // names: a planted key file encrypted to the user's (public) recipient must not be able to
+    // substitute its own keys, and is refused rather than guessed around.
+    let mut opened: Option<(VaultKeys, String)> = None;
     for (name, bytes) in &files {
         match VaultKeys::open(name, bytes, unlock) {
-            Ok((keys, _)) if keys.public_key() == params.public_key => {
-                opened = Some(keys);
-                break;
+            Ok((keys, vault_id)) => {
+                if keys.public_key() != params.public_key || vault_id != params.vault_id {
+                    tracing::warn!(key_file = %name, "key file belongs to another vault; ignored");
+                    continue;
+                }
+                if let Some((first, first_name)) = &opened {
+                    if first.fingerprint(&params.vault_id) != keys.fingerprint(&params.vault_id) {
+                        return Err(bad_target(
+                            source.url(),
+                            format!(
+                                "key files {first_name} and {name} open to different secrets for one vault: one of them is forged; nothing was written"
+                            ),
+                        ));
+                    }
+                } else {
+                    opened = Some((keys, name.clone()));
+                }
             }
-            Ok(_) | Err(CryptoError::WrongKey) => {}
+            Err(CryptoError::WrongKey) => {}
             Err(e) => tracing::warn!(key_file = %name, error = %e, "key file unusable"),
         }
     }
-    let keys = opened.ok_or(CryptoError::WrongKey)?;
+    let (keys, _) = opened.ok_or(CryptoError::WrongKey)?;
     Ok((keys, files))
 }
 
-/// Writes the newest index backup that decrypts and opens to `dest`; returns its name.
-fn restore_index_backup(source: &dyn Target, keys: &VaultKeys, dest: &Path) -> Option<String> {
+/// Imports from the newest index backup that authenticates what the packs cannot give back
+/// (HTTP cache, repository sources, counters); returns its name. Backups that do not
+/// authenticate are listed in `ignored` and left on the target.
+fn import_index_backup(
+    source: &dyn Target,
+    vault: &Vault,
+    keys: &VaultKeys,
+    ignored: &mut Vec<(String, String)>,
+) -> Option<String> {
     let mut backups = source.list("index/").ok()?;
     backups.sort_by(|a, b| b.key.cmp(&a.key));
+    let tmp = vault.tmp_dir();
+    std::fs::create_dir_all(&tmp).ok()?;
+    let dest = tmp.join(format!("index-import-{}.sqlite", std::process::id()));
+    let auth = keys.auth_key();
     for backup in backups {
-        let attempt = (|| -> Result<(), String> {
+        let attempt = (|| -> Result<u64, String> {
             // Streamed: an index backup can be gigabytes.
             let sealed = source.open(&backup.key).map_err(|e| e.to_string())?;
-            let decrypted =
-                crypto::decrypting_reader(keys.identity(), sealed).map_err(|e| e.to_string())?;
-            let mut plain =
-                zstd::stream::read::Decoder::new(decrypted).map_err(|e| e.to_string())?;
-            let tmp = dest.with_extension("recovering");
-            let copied = std::fs::File::create(&tmp).and_then(|mut out| {
-                std::io::copy(&mut plain, &mut out).and_then(|_| out.sync_all())
-            });
-            if let Err(e) = copied {
-                let _ = std::fs::remove_file(&tmp);
-                return Err(e.to_string());
-            }
-            let check = Index::open(&tmp).and_then(|i| i.totals().map(|_| ()));
-            if let Err(e) = check {
-                let _ = std::fs::remove_file(&tmp);
-                return Err(e.to_string());
-            }
-            std::fs::rename(&tmp, dest).map_err(|e| e.to_string())
+            let seal = crate::replicas::IndexBackupSeal {
+                auth: &auth,
+                vault_id: &vault.config().vault_id,
+                key: &backup.key,
+            };
+            crate::replicas::open_index_backup(sealed, keys.identity(), &seal, &dest)
+                .map_err(|e| e.to_string())?;
+            let imported = vault
+                .index()
+                .import_backup(&dest)
+                .map_err(|e| e.to_string());
+            let _ = std::fs::remove_file(&dest);
+            imported
         })();
         match attempt {
-            Ok(()) => return Some(backup.key),
+            Ok(rows) => {
+                tracing::info!(backup = %backup.key, rows, "index backup imported");
+                return Some(backup.key);
+            }
             Err(e) => {
-                tracing::warn!(backup = %backup.key, error = %e, "index backup unusable, trying an older one")
+                tracing::warn!(backup = %backup.key, error = %e, "index backup not used, trying an older one");
+                ignored.push((backup.key, e));
             }
         }
     }
@@ -200,7 +273,15 @@ fn rebuild_from_footers(
 ) -> Result<Vec<ChunkId>, VaultError> {
     let index = vault.index();
     index.clear_presence()?;
+    let auth = keys.auth_key();
     let mut manifests = Vec::new();
+    // Footer digest → the first pack that carried it. Two packs with one footer are a pack and
+    // a replay of it (another file made from its bytes): recording the replay's chunks could
+    // make prune think the genuine pack redundant. Both are then read whole, and only the
+    // packs whose every byte checks are kept.
+    let mut seen: HashMap<[u8; 32], String> = HashMap::new();
+    let mut pending: Vec<(String, u64, Footer, FooterSeal)> = Vec::new();
+    let mut contested: HashSet<[u8; 32]> = HashSet::new();
     for listed in target.list("packs/")? {
         let Some(name) = pack_name_from_key(&listed.key) else {
             continue;
@@ -212,15 +293,49 @@ fn rebuild_from_footers(
         report.packs_scanned += 1;
         let footer = target
             .open(&pack_key(name))
-            .map_err(|e| e.to_string())
-            .and_then(|input| read_footer(keys.identity(), input).map_err(|e| e.to_string()));
-        let footer = match footer {
+            .map_err(|e| PackError::Io(std::io::Error::other(e.to_string())))
+            .and_then(|input| read_footer(keys.identity(), &auth, input));
+        let (footer, seal) = match footer {
             Ok(f) => f,
+            Err(PackError::Forged(reason)) => {
+                tracing::warn!(pack = %name, %reason, "pack not written by this vault; ignored");
+                report.packs_forged.push(name.to_string());
+                continue;
+            }
             Err(reason) => {
                 tracing::warn!(pack = %name, %reason, "pack footer unreadable");
                 report.packs_unreadable.push(name.to_string());
                 continue;
             }
+        };
+        if let Some(first) = seen.get(&seal.digest()) {
+            tracing::warn!(pack = %name, other = %first, "two packs carry one footer; both are checked in full");
+            contested.insert(seal.digest());
+        } else {
+            seen.insert(seal.digest(), name.to_string());
+        }
+        pending.push((name.to_string(), listed.size, footer, seal));
+    }
+    for (name, size, footer, seal) in pending {
+        if contested.contains(&seal.digest()) {
+            let checked = target
+                .get(&pack_key(&name))
+                .map_err(|e| e.to_string())
+                .and_then(|bytes| {
+                    verify_pack(keys.identity(), keys.id_key(), &name, &bytes)
+                        .map_err(|e| e.to_string())
+                });
+            if let Err(reason) = checked {
+                tracing::warn!(pack = %name, %reason, "a replayed footer: pack ignored");
+                report.packs_forged.push(name);
+                continue;
+            }
+        }
+        let provenance = if seal.is_authenticated() {
+            Provenance::Authenticated
+        } else {
+            report.packs_legacy += 1;
+            Provenance::Legacy
         };
         manifests.extend(
             footer
@@ -230,11 +345,12 @@ fn rebuild_from_footers(
                 .map(|e| e.id),
         );
         let pack = FinishedPack {
-            name: name.to_string(),
+            name,
             path: Default::default(),
-            size: listed.size,
+            size,
             raw_bytes: footer.frames.iter().map(|f| u64::from(f.raw_len)).sum(),
             footer,
+            provenance,
         };
         index.commit_pack(&pack, &[target.name().to_string()], 0)?;
     }
@@ -263,6 +379,16 @@ fn recover_snapshots(
             Err(e) => tracing::warn!(manifest = %id, error = %e, "manifest unreadable"),
         }
     }
+    // A manifest from the future would become every repository's "newest" snapshot and the
+    // anchor of `--keep-within`; a clock can be wrong by minutes, not days.
+    let horizon = chrono::Utc::now() + chrono::Duration::days(1);
+    found.retain(|(id, m)| {
+        let ok = m.time <= horizon;
+        if !ok {
+            tracing::warn!(manifest = %id, time = %m.time, "manifest dated in the future; ignored");
+        }
+        ok
+    });
     found.sort_by_key(|(_, m)| m.time);
     let mut recovered = 0;
     for (id, manifest) in found {

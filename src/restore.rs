@@ -50,6 +50,14 @@ pub enum RestoreError {
     },
     #[error("pushing to the remote failed: {0}")]
     Push(String),
+    #[error(
+        "the index says snapshot {snapshot} is of `{repo}`, but its manifest disagrees ({reason}); nothing was written. The index is not to be trusted: rebuild it with `gitvault recover`"
+    )]
+    WrongManifest {
+        repo: String,
+        snapshot: String,
+        reason: String,
+    },
     #[error(transparent)]
     Git(#[from] GitError),
     #[error(transparent)]
@@ -111,6 +119,25 @@ pub fn load_snapshot(
     row: &SnapshotRow,
 ) -> Result<(Manifest, RefSet), RestoreError> {
     let manifest = Manifest::decode(&store.get(&row.manifest)?)?;
+    // The manifest's bytes are checked against its keyed id, but the index row that led here
+    // may not be what it was (an index rebuilt from a forged backup, a damaged cache): the
+    // manifest must say it is the snapshot that was asked for, before anything is written.
+    let mismatch = if manifest.repo != row.repo {
+        Some(format!("it belongs to `{}`", manifest.repo))
+    } else if manifest.time.timestamp_millis() != row.time.timestamp_millis() {
+        Some(format!("it was taken at {}", manifest.time.to_rfc3339()))
+    } else if manifest.refset_id()? != row.refset {
+        Some("its ref set differs".to_string())
+    } else {
+        None
+    };
+    if let Some(reason) = mismatch {
+        return Err(RestoreError::WrongManifest {
+            repo: row.repo.clone(),
+            snapshot: row.id.clone(),
+            reason,
+        });
+    }
     let refs = RefSet::decode(&store.get(&manifest.refset_id()?)?)?;
     Ok((manifest, refs))
 }

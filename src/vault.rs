@@ -175,6 +175,8 @@ pub struct InitOptions {
 pub struct InitReport {
     pub vault: String,
     pub vault_id: String,
+    /// Written down by the user; `recover --expect-vault` checks a target against it.
+    pub fingerprint: String,
     pub public_key: String,
     pub key_files: Vec<String>,
     pub target: String,
@@ -262,8 +264,10 @@ impl Vault {
         };
         vault.prepare_target(local.as_ref())?;
         vault.save_config()?;
+        vault.index.set_meta("origin", crate::index::ORIGIN_INIT)?;
         Ok(InitReport {
             vault: dir.display().to_string(),
+            fingerprint: keys.fingerprint(&vault_id),
             vault_id,
             public_key: vault.config.public_key.clone(),
             key_files,

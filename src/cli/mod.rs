@@ -178,10 +178,12 @@ fn run(ctx: &Ctx, command: Command) -> Result<i32> {
             .with_context(|| format!("creating a vault at {}", ctx.args_vault.display()))?;
             ctx.out.print(&report, || {
                 format!(
-                    "created vault {} at {}\n  public key: {}\n  key files:  {}\n  target:     local {}\n\
-                     Keep the identity or passphrase that opens the key files safe: without it the backups cannot be read (docs/KEYS.md).\n",
+                    "created vault {} at {}\n  fingerprint: {}\n  public key: {}\n  key files:  {}\n  target:     local {}\n\
+                     Keep the identity or passphrase that opens the key files safe: without it the backups cannot be read (docs/KEYS.md).\n\
+                     Write the fingerprint down: `gitvault recover --expect-vault FINGERPRINT` refuses a target whose keys are not this vault's.\n",
                     report.vault_id,
                     report.vault,
+                    report.fingerprint,
                     report.public_key,
                     report.key_files.join(", "),
                     report.target

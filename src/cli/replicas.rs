@@ -19,6 +19,10 @@ pub struct RecoverArgs {
     /// Ignore index backups: rebuild from the packs' footers alone.
     #[arg(long)]
     pub footers_only: bool,
+    /// The fingerprint `init` printed: refuse a target whose key files or gitvault.json give
+    /// another (a planted vault).
+    #[arg(long, value_name = "FINGERPRINT")]
+    pub expect_vault: Option<String>,
 }
 
 pub fn sync(ctx: &Ctx) -> Result<i32> {
@@ -62,21 +66,48 @@ pub fn recover(ctx: &Ctx, args: RecoverArgs) -> Result<i32> {
             url: &args.from,
             target_name: &args.target_name,
             footers_only: args.footers_only,
+            expect_vault: args.expect_vault.as_deref(),
         },
         &unlock,
     )?;
+    if !report.fingerprint_checked {
+        eprintln!(
+            "warning: the vault's key files and gitvault.json were trusted as found on the target (fingerprint {}); compare it with the one `init` printed, or pass --expect-vault",
+            report.fingerprint
+        );
+    }
+    for (backup, reason) in &report.index_backups_ignored {
+        eprintln!("warning: index backup {backup} ignored: {reason}");
+    }
+    if !report.packs_forged.is_empty() {
+        eprintln!(
+            "warning: {} packs on the target were not written with this vault's keys and were ignored (left in place): {}",
+            report.packs_forged.len(),
+            report.packs_forged.join(", ")
+        );
+    }
     ctx.out.print(&report, || {
-        format!(
-            "recovered vault {} into {} from {}\n  index backup: {}\n  packs read through their footers: {} ({} unreadable)\n  snapshots: {} ({} rebuilt from manifests in packs)\n",
+        let mut text = format!(
+            "recovered vault {} into {} from {}\n  fingerprint: {}{}\n  index backup: {}\n  packs read through their footers: {} ({} unreadable, {} not this vault's)\n  snapshots: {} ({} rebuilt from manifests in packs)\n",
             report.vault_id,
             report.vault,
             report.target,
+            report.fingerprint,
+            if report.fingerprint_checked { " (as expected)" } else { " (not checked)" },
             report.index_backup.as_deref().unwrap_or("none usable"),
             report.packs_scanned,
             report.packs_unreadable.len(),
+            report.packs_forged.len(),
             report.snapshots_total,
             report.snapshots_recovered
-        )
+        );
+        if report.packs_legacy > 0 {
+            text.push_str(&format!(
+                "  {} packs are from before footers were authenticated: prune keeps them until `gitvault verify --full` has checked them\n",
+                report.packs_legacy
+            ));
+        }
+        text
     });
     Ok(if report.packs_unreadable.is_empty() {
         EXIT_OK

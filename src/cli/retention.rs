@@ -123,6 +123,10 @@ pub struct PruneArgs {
     /// readers this machine's read lease does not cover (another host reading the targets).
     #[arg(long, value_name = "SPAN")]
     pub grace: Option<Span>,
+    /// Vouch for an index made by a gitvault from before 2026-12 (which may have been recovered
+    /// from a forged index backup): prune refuses to judge packs by it otherwise.
+    #[arg(long)]
+    pub trust_index: bool,
 }
 
 pub fn prune(ctx: &Ctx, args: PruneArgs) -> Result<i32> {
@@ -140,6 +144,7 @@ pub fn prune(ctx: &Ctx, args: PruneArgs) -> Result<i32> {
         dry_run: args.dry_run,
         repack_below: f64::from(args.repack_below) / 100.0,
         grace,
+        trust_index: args.trust_index,
         ..PruneOptions::default()
     };
     let report = prune(&vault, &keys, &options)?;

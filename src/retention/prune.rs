@@ -47,6 +47,10 @@ pub enum PruneError {
     },
     #[error("prune's temporary file in the vault's tmp directory failed: {0}")]
     Spill(String),
+    #[error(
+        "this index was built before gitvault authenticated what it reads from targets, and may have been recovered from a forged index backup; prune trusts it only when told: run `gitvault recover` again into a new directory, or `gitvault prune --trust-index` if this index was made by `init` on this host or recovered from a target you trust"
+    )]
+    IndexNotVouched,
     #[error("deleting condemned pack {pack} from {target}: {reason}")]
     Delete {
         pack: String,
@@ -63,6 +67,8 @@ pub struct PruneOptions {
     pub grace: Duration,
     /// How long to wait for a running backup to release the writer lock.
     pub lock_wait: Duration,
+    /// Vouch for an index of unknown origin (`prune --trust-index`); remembered.
+    pub trust_index: bool,
 }
 
 impl Default for PruneOptions {
@@ -72,6 +78,7 @@ impl Default for PruneOptions {
             repack_below: 0.5,
             grace: Duration::ZERO,
             lock_wait: Duration::from_secs(3600),
+            trust_index: false,
         }
     }
 }
@@ -100,6 +107,9 @@ pub struct PruneReport {
     pub orphan_objects: u64,
     /// Packs that marking or new snapshots kept from condemnation.
     pub packs_spared: u64,
+    /// Packs prune may not judge: their footers could not be authenticated (format 1 packs
+    /// read by `recover`) and `verify --full` has not checked them yet. Never deleted.
+    pub packs_unvouched: u64,
     /// Targets the index backup could not be written to; nothing was deleted then.
     pub index_backup_failed: Vec<String>,
 }
@@ -351,6 +361,15 @@ pub fn prune(
 ) -> Result<PruneReport, PruneError> {
     let _only_prune = vault.prune_lease()?;
     let index = vault.index();
+    match index.meta("origin")?.as_deref() {
+        Some(crate::index::ORIGIN_UNKNOWN) | None if !options.trust_index => {
+            return Err(PruneError::IndexNotVouched);
+        }
+        Some(crate::index::ORIGIN_UNKNOWN) | None if !options.dry_run => {
+            index.set_meta("origin", crate::index::ORIGIN_VOUCHED)?;
+        }
+        _ => {}
+    }
     let mut report = PruneReport {
         dry_run: options.dry_run,
         ..PruneReport::default()
@@ -361,6 +380,14 @@ pub fn prune(
     let seen_rows: HashSet<i64> = rows.iter().map(|r| r.row_id).collect();
     let packs = index.packs()?;
     let judged: HashSet<i64> = packs.iter().map(|p| p.id).collect();
+    // Only packs whose contents this vault wrote or authenticated may be condemned: the rows
+    // of any other pack came from a footer anyone with the public key could have written.
+    let unvouched: HashSet<i64> = packs
+        .iter()
+        .filter(|p| !p.provenance.vouched())
+        .map(|p| p.id)
+        .collect();
+    report.packs_unvouched = unvouched.len() as u64;
     report.packs_before = packs.len() as u64;
     report.stored_bytes_before = packs.iter().map(|p| p.size).sum();
     report.snapshots = rows.len() as u64;
@@ -420,7 +447,11 @@ pub fn prune(
                 .filter(|id| occupancy.get(id).is_some_and(|o| o.live > 0)),
         );
     }
-    let rewrite = sorted(rewrite);
+    let rewrite = sorted(rewrite.into_iter().filter(|id| !unvouched.contains(id)));
+    let emptied: Vec<i64> = emptied
+        .into_iter()
+        .filter(|id| !unvouched.contains(id))
+        .collect();
     let rewrite = if rewrite.len() == 1 && sparse.is_empty() {
         Vec::new()
     } else {
@@ -547,6 +578,9 @@ pub fn prune(
     let mut condemned = Vec::new();
     let mut spared = 0;
     for id in emptied.iter().chain(rewrite.iter()) {
+        if unvouched.contains(id) {
+            continue;
+        }
         if index.all_chunks_of_pack(*id, |c| is_dead(c) || was_copied(&c.id))? {
             if let Some(name) = pack_names.get(id) {
                 condemned.push(name.clone());
@@ -590,7 +624,17 @@ pub fn prune(
         .collect();
     let mut freed: i64 = -(compacted.iter().map(|(p, _)| p.size as i64).sum::<i64>());
     let readers = vault.readers_exclusive()?;
+    let unvouched_names: HashSet<String> = index
+        .packs()?
+        .into_iter()
+        .filter(|p| !p.provenance.vouched())
+        .map(|p| p.name)
+        .collect();
     for (name, since) in index.condemned_packs()? {
+        if unvouched_names.contains(&name) {
+            report.packs_spared += 1;
+            continue;
+        }
         if now - since < grace {
             report.packs_waiting += 1;
             continue;

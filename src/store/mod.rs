@@ -213,6 +213,7 @@ pub struct ChunkStore<'v> {
     targets: &'v [Box<dyn Target>],
     keys: &'v VaultKeys,
     recipient: age::x25519::Recipient,
+    auth: crate::crypto::AuthKey,
     tmp_dir: PathBuf,
     settings: StoreSettings,
     cdc_seed: u64,
@@ -245,6 +246,7 @@ impl<'v> ChunkStore<'v> {
             targets,
             keys,
             recipient: keys.identity().to_public(),
+            auth: keys.auth_key(),
             tmp_dir,
             settings,
             cdc_seed: u64::from_le_bytes(seed),
@@ -363,6 +365,7 @@ impl<'v> ChunkStore<'v> {
             None => self.writer.insert(PackWriter::create(
                 &self.tmp_dir,
                 &self.recipient,
+                &self.auth,
                 self.settings.compression,
             )?),
         };
@@ -406,6 +409,7 @@ impl<'v> ChunkStore<'v> {
             None => self.writer.insert(PackWriter::create(
                 &self.tmp_dir,
                 &self.recipient,
+                &self.auth,
                 self.settings.compression,
             )?),
         };
@@ -571,9 +575,10 @@ impl<'v> ChunkStore<'v> {
                 StoreError::UnknownChunk(*id)
             });
         };
-        let frame = self.frame(&loc)?;
+        let frame = self.frame(&loc, id)?;
         let start = loc.offset as usize;
         let end = start + loc.len as usize;
+        // `frame` checked the chunk already; a frame that passed holds it.
         let bytes = frame
             .get(start..end)
             .ok_or_else(|| StoreError::CorruptChunk {
@@ -581,19 +586,29 @@ impl<'v> ChunkStore<'v> {
                 pack: loc.pack_name.clone(),
                 reason: "lies outside its frame".into(),
             })?;
-        if self.keys.id_key().chunk_id(bytes) != *id {
-            return Err(StoreError::CorruptChunk {
-                chunk: *id,
-                pack: loc.pack_name.clone(),
-                reason: "content does not match its id".into(),
-            });
-        }
         Ok((loc, bytes.to_vec()))
     }
 
-    fn frame(&self, loc: &ChunkLocation) -> Result<Arc<Vec<u8>>, StoreError> {
+    /// Whether `frame` holds the chunk `id` where `loc` says, with the bytes its id names.
+    fn check_chunk(&self, frame: &[u8], loc: &ChunkLocation, id: &ChunkId) -> Result<(), String> {
+        let start = loc.offset as usize;
+        let bytes = frame
+            .get(start..start + loc.len as usize)
+            .ok_or_else(|| format!("chunk {id} lies outside its frame"))?;
+        if self.keys.id_key().chunk_id(bytes) != *id {
+            return Err(format!("chunk {id}: content does not match its id"));
+        }
+        Ok(())
+    }
+
+    /// The frame that holds chunk `id`, from the cache or the first target whose copy holds
+    /// the chunk's true bytes: a target that serves other bytes under a pack's name (damage or
+    /// forgery) is reported and the next one is asked.
+    fn frame(&self, loc: &ChunkLocation, id: &ChunkId) -> Result<Arc<Vec<u8>>, StoreError> {
         let key = (loc.pack_id, loc.frame.offset);
-        if let Some(frame) = self.cache.lock().ok().and_then(|mut c| c.get(key)) {
+        if let Some(frame) = self.cache.lock().ok().and_then(|mut c| c.get(key))
+            && self.check_chunk(&frame, loc, id).is_ok()
+        {
             return Ok(frame);
         }
         let holders = self.index.pack_targets(loc.pack_id)?;
@@ -615,6 +630,10 @@ impl<'v> ChunkStore<'v> {
                     PackReader::open(self.keys.identity(), input)
                         .and_then(|mut r| r.frame(&loc.frame))
                         .map_err(|e| Some(e.to_string()))
+                })
+                .and_then(|frame| {
+                    self.check_chunk(&frame, loc, id).map_err(Some)?;
+                    Ok(frame)
                 });
             match attempt {
                 Ok(frame) => {

@@ -9,11 +9,18 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
-use crate::crypto::{self, ChunkId, CryptoError};
+use crate::crypto::{self, AuthKey, ChunkId, CryptoError};
 
-pub const PACK_MAGIC: &[u8; 8] = b"GVPACK\x00\x01";
-pub const TRAILER_MAGIC: &[u8; 8] = b"GVPKEND1";
-const TRAILER_LEN: u64 = 16;
+/// Packs of format 1 (before 2026-12-04) have no authenticated footer.
+pub const PACK_MAGIC_V1: &[u8; 8] = b"GVPACK\x00\x01";
+pub const PACK_MAGIC: &[u8; 8] = b"GVPACK\x00\x02";
+pub const TRAILER_MAGIC_V1: &[u8; 8] = b"GVPKEND1";
+pub const TRAILER_MAGIC: &[u8; 8] = b"GVPKEND2";
+const TRAILER_LEN_V1: u64 = 16;
+/// frames hash, footer MAC, footer lengths, magic.
+const TRAILER_LEN: u64 = 32 + 32 + 16;
+/// The MAC domain of pack footers (docs/FORMAT.md).
+const FOOTER_MAC_DOMAIN: &str = "pack footer v2";
 const ENTRY_LEN: usize = 32 + 1 + 4 + 4 + 4;
 const FRAME_LEN: usize = 8 + 4 + 4;
 /// Footers larger than this are refused before allocating: a corrupt length must not make us
@@ -28,6 +35,10 @@ pub enum PackError {
     Crypto(#[from] CryptoError),
     #[error("corrupt: {0}")]
     Corrupt(String),
+    /// Decrypts, so it was encrypted to the vault's public key, but was not written by a
+    /// holder of the vault's secret keys.
+    #[error("not written by this vault: {0}")]
+    Forged(String),
 }
 
 /// Where a frame lies in the pack's plaintext.
@@ -52,6 +63,34 @@ pub struct PackEntry {
 pub struct Footer {
     pub frames: Vec<FrameInfo>,
     pub entries: Vec<PackEntry>,
+}
+
+/// What a footer read from a target is worth.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FooterSeal {
+    /// Format 2: the footer's MAC checked with the vault's auth key. `mac` identifies the
+    /// pack's contents: a second pack with the same MAC is a replay of the first.
+    Authenticated {
+        mac: [u8; 32],
+        frames_hash: [u8; 32],
+    },
+    /// Format 1: nothing but the encryption, which anyone can produce. `digest` is the BLAKE3
+    /// of the footer, for spotting replays.
+    Legacy { digest: [u8; 32] },
+}
+
+impl FooterSeal {
+    /// Equal for two packs that carry the same footer.
+    pub fn digest(&self) -> [u8; 32] {
+        match self {
+            FooterSeal::Authenticated { mac, .. } => *mac,
+            FooterSeal::Legacy { digest } => *digest,
+        }
+    }
+
+    pub fn is_authenticated(&self) -> bool {
+        matches!(self, FooterSeal::Authenticated { .. })
+    }
 }
 
 impl Footer {
@@ -188,6 +227,41 @@ pub struct PackWriter {
     compressor: zstd::bulk::Compressor<'static>,
     compression: Compression,
     raw_bytes: u64,
+    auth: AuthKey,
+    /// BLAKE3 of the compressed frames (the plaintext between magic and footer), sealed into
+    /// the footer's MAC so that `verify --full` can tell a pack's frames from a replay's.
+    frames_hash: blake3::Hasher,
+}
+
+/// How a pack's index row came to be, and so what prune may do with it: only a pack whose
+/// contents this vault wrote or authenticated may be judged (and deleted) by what its footer
+/// lists. Ordered: higher is better known.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Provenance {
+    /// A format 1 footer read from a target: anyone with the public key could have made it.
+    Legacy = 0,
+    /// Written by this host.
+    Written = 1,
+    /// A format 2 footer read from a target whose MAC checked.
+    Authenticated = 2,
+    /// Every chunk read back and checked against its id (`verify --full`).
+    Verified = 3,
+}
+
+impl Provenance {
+    pub fn from_i64(v: i64) -> Provenance {
+        match v {
+            1 => Provenance::Written,
+            2 => Provenance::Authenticated,
+            3 => Provenance::Verified,
+            _ => Provenance::Legacy,
+        }
+    }
+
+    /// Whether prune may condemn the pack on the strength of its index rows.
+    pub fn vouched(self) -> bool {
+        self >= Provenance::Written
+    }
 }
 
 /// A pack that is complete on local disk, ready to be uploaded.
@@ -199,12 +273,14 @@ pub struct FinishedPack {
     pub size: u64,
     pub raw_bytes: u64,
     pub footer: Footer,
+    pub provenance: Provenance,
 }
 
 impl PackWriter {
     pub fn create(
         tmp_dir: &Path,
         recipient: &age::x25519::Recipient,
+        auth: &AuthKey,
         compression: Compression,
     ) -> Result<PackWriter, PackError> {
         std::fs::create_dir_all(tmp_dir)?;
@@ -240,6 +316,8 @@ impl PackWriter {
             compressor,
             compression,
             raw_bytes: 0,
+            auth: auth.clone(),
+            frames_hash: blake3::Hasher::new(),
         })
     }
 
@@ -273,6 +351,7 @@ impl PackWriter {
             raw_len: self.frame_buf.len() as u32,
         });
         self.out.write_all(&compressed)?;
+        self.frames_hash.update(&compressed);
         self.plain_pos += compressed.len() as u64;
         for (id, kind, offset, len) in self.frame_entries.drain(..) {
             self.footer.entries.push(PackEntry {
@@ -305,7 +384,11 @@ impl PackWriter {
         self.flush_frame()?;
         let footer_plain = self.footer.encode();
         let footer = zstd::bulk::compress(&footer_plain, 3)?;
+        let frames_hash = *self.frames_hash.finalize().as_bytes();
+        let mac = footer_mac(&self.auth, &footer_plain, &frames_hash);
         self.out.write_all(&footer)?;
+        self.out.write_all(&frames_hash)?;
+        self.out.write_all(&mac)?;
         self.out.write_all(&(footer.len() as u32).to_le_bytes())?;
         self.out
             .write_all(&(footer_plain.len() as u32).to_le_bytes())?;
@@ -320,6 +403,7 @@ impl PackWriter {
             size: hashing.written,
             raw_bytes: self.raw_bytes,
             footer: self.footer,
+            provenance: Provenance::Written,
         })
     }
 
@@ -329,9 +413,14 @@ impl PackWriter {
     }
 }
 
+fn footer_mac(auth: &AuthKey, footer_plain: &[u8], frames_hash: &[u8; 32]) -> [u8; 32] {
+    auth.mac(FOOTER_MAC_DOMAIN, &[footer_plain, frames_hash])
+}
+
 /// Reads a pack through a seekable source.
 pub struct PackReader<R: Read + Seek> {
     stream: age::stream::StreamReader<R>,
+    legacy: bool,
 }
 
 impl<R: Read + Seek> PackReader<R> {
@@ -339,36 +428,51 @@ impl<R: Read + Seek> PackReader<R> {
         let mut stream = crypto::decrypting_reader(identity, input)?;
         let mut magic = [0u8; 8];
         stream.read_exact(&mut magic).map_err(decrypt_err)?;
-        if &magic != PACK_MAGIC {
-            return Err(PackError::Corrupt("not a gitvault pack (bad magic)".into()));
-        }
-        Ok(PackReader { stream })
+        let legacy = match &magic {
+            m if m == PACK_MAGIC => false,
+            m if m == PACK_MAGIC_V1 => true,
+            _ => return Err(PackError::Corrupt("not a gitvault pack (bad magic)".into())),
+        };
+        Ok(PackReader { stream, legacy })
     }
 
-    pub fn footer(&mut self) -> Result<Footer, PackError> {
+    /// Reads the footer and checks its MAC (format 2). A format 1 footer cannot be checked;
+    /// the seal says so, and the caller decides what it may be trusted with.
+    pub fn footer(&mut self, auth: &AuthKey) -> Result<(Footer, FooterSeal), PackError> {
+        let trailer_len = if self.legacy {
+            TRAILER_LEN_V1
+        } else {
+            TRAILER_LEN
+        };
         let end = self.stream.seek(SeekFrom::End(0)).map_err(decrypt_err)?;
-        if end < PACK_MAGIC.len() as u64 + TRAILER_LEN {
+        if end < PACK_MAGIC.len() as u64 + trailer_len {
             return Err(PackError::Corrupt("pack is too short".into()));
         }
         self.stream
-            .seek(SeekFrom::Start(end - TRAILER_LEN))
+            .seek(SeekFrom::Start(end - trailer_len))
             .map_err(decrypt_err)?;
-        let mut trailer = [0u8; TRAILER_LEN as usize];
+        let mut trailer = vec![0u8; trailer_len as usize];
         self.stream.read_exact(&mut trailer).map_err(decrypt_err)?;
-        if &trailer[8..] != TRAILER_MAGIC {
+        let (seal_bytes, lengths) = trailer.split_at(trailer.len() - 16);
+        let expected = if self.legacy {
+            TRAILER_MAGIC_V1
+        } else {
+            TRAILER_MAGIC
+        };
+        if &lengths[8..] != expected {
             return Err(PackError::Corrupt("bad trailer magic".into()));
         }
         let clen = u64::from(u32::from_le_bytes([
-            trailer[0], trailer[1], trailer[2], trailer[3],
+            lengths[0], lengths[1], lengths[2], lengths[3],
         ]));
         let raw_len = u64::from(u32::from_le_bytes([
-            trailer[4], trailer[5], trailer[6], trailer[7],
+            lengths[4], lengths[5], lengths[6], lengths[7],
         ]));
-        if clen > end - TRAILER_LEN - PACK_MAGIC.len() as u64 || raw_len > MAX_FOOTER {
+        if clen > end - trailer_len - PACK_MAGIC.len() as u64 || raw_len > MAX_FOOTER {
             return Err(PackError::Corrupt("footer length out of range".into()));
         }
         self.stream
-            .seek(SeekFrom::Start(end - TRAILER_LEN - clen))
+            .seek(SeekFrom::Start(end - trailer_len - clen))
             .map_err(decrypt_err)?;
         let mut compressed = vec![0u8; clen as usize];
         self.stream
@@ -376,11 +480,31 @@ impl<R: Read + Seek> PackReader<R> {
             .map_err(decrypt_err)?;
         let plain = zstd::bulk::decompress(&compressed, raw_len as usize)
             .map_err(|e| PackError::Corrupt(format!("footer does not decompress: {e}")))?;
-        Footer::decode(&plain)
+        let seal = if self.legacy {
+            FooterSeal::Legacy {
+                digest: *blake3::hash(&plain).as_bytes(),
+            }
+        } else {
+            let mut frames_hash = [0u8; 32];
+            frames_hash.copy_from_slice(&seal_bytes[..32]);
+            let mac = &seal_bytes[32..64];
+            if !auth.verify(FOOTER_MAC_DOMAIN, &[&plain, &frames_hash], mac) {
+                return Err(PackError::Forged(
+                    "its footer does not authenticate with this vault's key".into(),
+                ));
+            }
+            let mut tag = [0u8; 32];
+            tag.copy_from_slice(mac);
+            FooterSeal::Authenticated {
+                mac: tag,
+                frames_hash,
+            }
+        };
+        Ok((Footer::decode(&plain)?, seal))
     }
 
-    /// Decrypts and decompresses one frame.
-    pub fn frame(&mut self, frame: &FrameInfo) -> Result<Vec<u8>, PackError> {
+    /// The compressed bytes of one frame, decrypted.
+    pub fn frame_compressed(&mut self, frame: &FrameInfo) -> Result<Vec<u8>, PackError> {
         self.stream
             .seek(SeekFrom::Start(frame.offset))
             .map_err(decrypt_err)?;
@@ -388,27 +512,45 @@ impl<R: Read + Seek> PackReader<R> {
         self.stream
             .read_exact(&mut compressed)
             .map_err(decrypt_err)?;
+        Ok(compressed)
+    }
+
+    /// Decrypts and decompresses one frame.
+    pub fn frame(&mut self, frame: &FrameInfo) -> Result<Vec<u8>, PackError> {
+        let compressed = self.frame_compressed(frame)?;
         decompress_frame(&compressed, frame.raw_len)
     }
 }
 
 /// Checks a whole pack file: its name is the BLAKE3 of its bytes, it decrypts and
-/// authenticates, its footer parses, every frame decompresses, and every chunk hashes to its id.
+/// authenticates, its footer parses and (format 2) carries this vault's MAC over the frames it
+/// sits behind, every frame decompresses, and every chunk hashes to its id. A pack that passes
+/// was written by a holder of the vault's keys, whatever its format.
 pub fn verify_pack(
     identity: &age::x25519::Identity,
     id_key: &crate::crypto::IdKey,
     name: &str,
     bytes: &[u8],
-) -> Result<Footer, PackError> {
+) -> Result<(Footer, FooterSeal), PackError> {
     if blake3::hash(bytes).to_hex().as_str() != name {
         return Err(PackError::Corrupt(
             "content does not hash to the pack's name".into(),
         ));
     }
     let mut reader = PackReader::open(identity, io::Cursor::new(bytes))?;
-    let footer = reader.footer()?;
+    let (footer, seal) = reader.footer(&id_key.auth_key())?;
+    let mut frames_hash = blake3::Hasher::new();
+    let mut expected_offset = PACK_MAGIC.len() as u64;
     for (index, frame) in footer.frames.iter().enumerate() {
-        let plain = reader.frame(frame)?;
+        if frame.offset != expected_offset {
+            return Err(PackError::Corrupt(format!(
+                "frame {index} is not where the previous one ends"
+            )));
+        }
+        expected_offset += u64::from(frame.compressed_len);
+        let compressed = reader.frame_compressed(frame)?;
+        frames_hash.update(&compressed);
+        let plain = decompress_frame(&compressed, frame.raw_len)?;
         for e in footer.entries.iter().filter(|e| e.frame as usize == index) {
             let start = e.offset as usize;
             let chunk = plain.get(start..start + e.len as usize).ok_or_else(|| {
@@ -422,15 +564,26 @@ pub fn verify_pack(
             }
         }
     }
-    Ok(footer)
+    if let FooterSeal::Authenticated {
+        frames_hash: sealed,
+        ..
+    } = seal
+        && *frames_hash.finalize().as_bytes() != sealed
+    {
+        return Err(PackError::Forged(
+            "its frames are not the ones its footer was sealed with".into(),
+        ));
+    }
+    Ok((footer, seal))
 }
 
-/// Reads only the footer of a pack through a seekable source.
+/// Reads only the footer of a pack through a seekable source, authenticated (format 2).
 pub fn read_footer<R: Read + Seek>(
     identity: &age::x25519::Identity,
+    auth: &AuthKey,
     input: R,
-) -> Result<Footer, PackError> {
-    PackReader::open(identity, input)?.footer()
+) -> Result<(Footer, FooterSeal), PackError> {
+    PackReader::open(identity, input)?.footer(auth)
 }
 
 pub fn decompress_frame(compressed: &[u8], raw_len: u32) -> Result<Vec<u8>, PackError> {
@@ -468,6 +621,7 @@ mod tests {
         let mut w = PackWriter::create(
             dir.path(),
             &identity.to_public(),
+            &key.auth_key(),
             Compression {
                 level: 3,
                 frame_size: 100_000,
@@ -484,9 +638,19 @@ mod tests {
         assert!(done.footer.frames.len() > 1);
         let bytes = std::fs::read(&done.path).unwrap();
         assert_eq!(blake3::hash(&bytes).to_hex().as_str(), done.name);
-        let mut r = PackReader::open(&identity, std::io::Cursor::new(bytes)).unwrap();
-        let footer = r.footer().unwrap();
+        let mut r = PackReader::open(&identity, std::io::Cursor::new(bytes.clone())).unwrap();
+        let (footer, seal) = r.footer(&key.auth_key()).unwrap();
+        assert!(seal.is_authenticated());
         assert_eq!(footer, done.footer);
+        let (_, verified) = verify_pack(&identity, &key, &done.name, &bytes).unwrap();
+        assert_eq!(verified, seal);
+        // Another vault's key (a forger holds only the public key) does not authenticate it.
+        let other = IdKey::generate().unwrap();
+        let mut r = PackReader::open(&identity, std::io::Cursor::new(bytes.clone())).unwrap();
+        assert!(matches!(
+            r.footer(&other.auth_key()),
+            Err(PackError::Forged(_))
+        ));
         for (e, c) in footer.entries.iter().zip(&chunks) {
             let frame = r.frame(&footer.frames[e.frame as usize]).unwrap();
             assert_eq!(
