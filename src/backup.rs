@@ -991,7 +991,18 @@ impl RepoReport {
 /// replay of history needs snapshots dated in the past.
 fn snapshot_time() -> Result<chrono::DateTime<chrono::Utc>, BackupError> {
     match std::env::var("GITVAULT_NOW") {
-        Ok(text) => Ok(snapshot::parse_date(&text)?),
+        Ok(text) => {
+            let time = snapshot::parse_date(&text)?;
+            // A snapshot from the future would be every later "as of" answer and the anchor
+            // of `--keep-within`.
+            if time > chrono::Utc::now() + chrono::Duration::days(1) {
+                return Err(snapshot::SnapshotError::BadDate(format!(
+                    "{text} (GITVAULT_NOW lies in the future)"
+                ))
+                .into());
+            }
+            Ok(time)
+        }
         Err(_) => Ok(chrono::Utc::now()),
     }
 }

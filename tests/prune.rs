@@ -473,3 +473,38 @@ fn prune_regroups_daily_increments_so_versions_compress_together() {
     let again = json(&tv, &["prune"]);
     assert_eq!(again["packs_compacted"], 0, "{again}");
 }
+
+/// What a killed run left (a temporary pack in the vault's tmp directory, a partial upload on a
+/// file target) is removed by prune once it is a day old; younger files may belong to a run
+/// still going and stay.
+#[test]
+fn prune_collects_what_killed_runs_left() {
+    let tv = TestVault::new();
+    let file = tv.tmp.path().join("blob");
+    std::fs::write(&file, common::noise(5, 10_000)).unwrap();
+    ok(&tv.run(&["chunk", "put", file.to_str().unwrap()]));
+    let tmp = tv.dir.join("tmp");
+    std::fs::create_dir_all(&tmp).unwrap();
+    let partial_dir = tv.data_dir().join("packs").join("ab");
+    std::fs::create_dir_all(&partial_dir).unwrap();
+    let old = std::time::SystemTime::now() - std::time::Duration::from_secs(3 * 24 * 3600);
+    let mut made = Vec::new();
+    for (path, age) in [
+        (tmp.join("pack-0123.tmp"), Some(old)),
+        (tmp.join("pack-4567.tmp"), None),
+        (partial_dir.join(".tmp-abcd-0001"), Some(old)),
+        (partial_dir.join(".tmp-abcd-0002"), None),
+    ] {
+        let f = std::fs::File::create(&path).unwrap();
+        if let Some(t) = age {
+            f.set_modified(t).unwrap();
+        }
+        made.push((path, age.is_some()));
+    }
+    let doc: serde_json::Value =
+        serde_json::from_str(&ok(&tv.run(&["--json", "prune"]))).unwrap();
+    assert_eq!(doc["garbage_files_removed"], 2, "{doc}");
+    for (path, stale) in made {
+        assert_eq!(path.exists(), !stale, "{}", path.display());
+    }
+}

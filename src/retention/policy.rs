@@ -4,7 +4,8 @@
 //! policies get the same answer here: snapshots are taken newest first; `--keep-last N` keeps
 //! the N newest; each calendar rule (`hourly`, `daily`, `weekly` (ISO weeks), `monthly`,
 //! `yearly`) keeps the newest snapshot of each of the N most recent periods that have one;
-//! `--keep-within D` keeps every snapshot newer than the newest snapshot minus D (`1y2m3d4h`,
+//! `--keep-within D` keeps every snapshot newer than the newest snapshot (or now, if that is
+//! earlier) minus D (`1y2m3d4h`,
 //! calendar arithmetic as restic's Go `AddDate`); a rule whose count is not used up also keeps
 //! the oldest snapshot (restic ≥ 0.16: the longest history the counts allow). The rules are
 //! united. Periods are computed in UTC. On top of restic: the newest snapshot is always kept.
@@ -256,7 +257,10 @@ impl Policy {
             .into_iter()
             .map(|(r, c)| (r, c, None))
             .collect();
-        let within_from = self.keep_within.map(|s| s.before(times[newest]));
+        // From the newest snapshot, as restic does, but never from the future: a snapshot
+        // dated ahead (a wrong clock, a forged date) must not make every other one "old".
+        let anchor = times[newest].min(Utc::now());
+        let within_from = self.keep_within.map(|s| s.before(anchor));
         let last = order.len() - 1;
         for (position, &i) in order.iter().enumerate() {
             let t = times[i];

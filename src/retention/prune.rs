@@ -107,6 +107,8 @@ pub struct PruneReport {
     pub orphan_objects: u64,
     /// Packs that marking or new snapshots kept from condemnation.
     pub packs_spared: u64,
+    /// Temporary files killed runs left in the vault's tmp directory and on file targets.
+    pub garbage_files_removed: u64,
     /// Packs prune may not judge: their footers could not be authenticated (format 1 packs
     /// read by `recover`) and `verify --full` has not checked them yet. Never deleted.
     pub packs_unvouched: u64,
@@ -495,6 +497,9 @@ pub fn prune(
     // 3. Decide, under the writer lock.
     let lock = vault.lock_waiting(options.lock_wait)?;
     crate::hooks::point("prune-locked");
+    if !options.dry_run {
+        report.garbage_files_removed = collect_garbage(vault);
+    }
     for row in index.snapshots(None, None, None)? {
         if !seen_rows.contains(&row.row_id) {
             live.snapshot(vault, &reader, &row)?;
@@ -786,6 +791,40 @@ fn regroup(
     }
     writer.flush()?;
     Ok(writer.take_unindexed())
+}
+
+/// Files older than this in the vault's tmp directory or named as partial uploads on a target
+/// are garbage of a killed run: younger ones may belong to a run still going (a reader's
+/// staging, or a writer on another host).
+const GARBAGE_AGE: Duration = Duration::from_secs(24 * 3600);
+
+/// Removes what killed runs left behind (temporary packs, index copies, partial uploads); a
+/// failure is logged, never fatal: garbage costs only space.
+fn collect_garbage(vault: &Vault) -> u64 {
+    let mut removed = 0;
+    if let Ok(entries) = std::fs::read_dir(vault.tmp_dir()) {
+        for entry in entries.flatten() {
+            let stale = entry
+                .metadata()
+                .ok()
+                .filter(|m| m.is_file())
+                .and_then(|m| m.modified().ok())
+                .and_then(|m| m.elapsed().ok())
+                .is_some_and(|age| age > GARBAGE_AGE);
+            if stale && std::fs::remove_file(entry.path()).is_ok() {
+                removed += 1;
+            }
+        }
+    }
+    for target in vault.targets() {
+        match target.remove_stale_temporaries(GARBAGE_AGE) {
+            Ok(n) => removed += n,
+            Err(e) => {
+                tracing::warn!(target = target.name(), error = %e, "partial uploads not removed")
+            }
+        }
+    }
+    removed
 }
 
 /// The newest prune record in the vault, if any (recover applies it).

@@ -189,6 +189,44 @@ impl Target for FileTarget {
         Ok(out)
     }
 
+    fn remove_stale_temporaries(
+        &self,
+        older_than: std::time::Duration,
+    ) -> Result<u64, TargetError> {
+        let mut removed = 0;
+        let mut stack = vec![self.root.clone()];
+        while let Some(dir) = stack.pop() {
+            let Ok(entries) = fs::read_dir(&dir) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let Ok(meta) = entry.metadata() else { continue };
+                if meta.is_dir() {
+                    stack.push(entry.path());
+                    continue;
+                }
+                let stale = meta
+                    .modified()
+                    .ok()
+                    .and_then(|m| m.elapsed().ok())
+                    .is_some_and(|age| age > older_than);
+                if stale && entry.file_name().to_string_lossy().starts_with(".tmp-") {
+                    match fs::remove_file(entry.path()) {
+                        Ok(()) => removed += 1,
+                        Err(e) => {
+                            return Err(self.io_err(
+                                "remove temporary",
+                                &entry.path().display().to_string(),
+                                e,
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+        Ok(removed)
+    }
+
     fn delete(&self, key: &str) -> Result<(), TargetError> {
         let path = self.path(key)?;
         match fs::remove_file(&path) {

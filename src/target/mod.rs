@@ -75,6 +75,15 @@ pub trait Target: Send + Sync {
     /// Deletes an object; deleting a missing object is not an error.
     fn delete(&self, key: &str) -> Result<(), TargetError>;
 
+    /// Removes partial uploads (temporary files a killed writer left) last written more than
+    /// `older_than` ago; returns how many. Targets whose uploads are atomic have none.
+    fn remove_stale_temporaries(
+        &self,
+        _older_than: std::time::Duration,
+    ) -> Result<u64, TargetError> {
+        Ok(0)
+    }
+
     /// A seekable reader over one object. The default reads through `get_range` in blocks;
     /// local targets return the file itself.
     fn open(&self, key: &str) -> Result<Box<dyn ReadSeek + '_>, TargetError> {
