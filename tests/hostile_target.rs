@@ -525,3 +525,49 @@ fn a_replica_with_wrong_bytes_is_passed_over() {
     ok(&out);
     assert_eq!(std::fs::read(&to).unwrap(), data);
 }
+
+/// Packs whose footers could not be authenticated (layout 1, read by `recover`) are never
+/// judged by prune until `verify --full` has checked their every chunk; an index made before
+/// authentication existed is not pruned until vouched for.
+#[test]
+fn prune_judges_only_packs_it_can_vouch_for() {
+    let tv = TestVault::new();
+    let repo = tv.tmp.path().join("repo.git");
+    run_fixture("rich.sh", &[repo.to_str().unwrap()]);
+    ok(&tv.run(&["backup", &file_url(&repo), "--name", "r"]));
+    let file = tv.tmp.path().join("blob");
+    std::fs::write(&file, common::noise(9, 50_000)).unwrap();
+    // A pack no snapshot needs: prune would delete it.
+    ok(&tv.run(&["chunk", "put", file.to_str().unwrap()]));
+    let packs_before = common::pack_files(&tv.data_dir());
+    let sql = |q: &str| {
+        let conn = rusqlite::Connection::open(tv.dir.join("index.sqlite")).unwrap();
+        conn.execute_batch(q).unwrap();
+    };
+
+    // An index of unknown origin: refused, then vouched for once.
+    sql("UPDATE meta SET value = 'before-authentication' WHERE key = 'origin'");
+    let out = tv.run(&["prune"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("--trust-index"), "{}", stderr(&out));
+    assert_eq!(common::pack_files(&tv.data_dir()), packs_before);
+
+    // Every pack of legacy provenance: nothing is judged.
+    sql("UPDATE packs SET provenance = 0");
+    let doc = json(&tv.run(&["--json", "prune", "--trust-index"]));
+    assert_eq!(doc["packs_deleted"], 0, "{doc}");
+    assert_eq!(doc["packs_unvouched"], packs_before.len(), "{doc}");
+    let after = common::pack_files(&tv.data_dir());
+    assert!(packs_before.iter().all(|p| after.contains(p)), "{after:?}");
+
+    // verify --full reads them whole and vouches for them; the next prune (no flag needed
+    // any more) deletes the unneeded pack and keeps the snapshot whole.
+    ok(&tv.run(&["verify", "--full"]));
+    let doc = json(&tv.run(&["--json", "prune"]));
+    assert_eq!(doc["packs_unvouched"], 0, "{doc}");
+    assert!(doc["packs_deleted"].as_u64().unwrap() >= 1, "{doc}");
+    let to = tv.tmp.path().join("restored");
+    ok(&tv.run(&["restore", "r", "--to", to.to_str().unwrap()]));
+    fsck(&to);
+    assert_eq!(refs_and_head(&to), refs_and_head(&repo));
+}

@@ -501,8 +501,7 @@ fn prune_collects_what_killed_runs_left() {
         }
         made.push((path, age.is_some()));
     }
-    let doc: serde_json::Value =
-        serde_json::from_str(&ok(&tv.run(&["--json", "prune"]))).unwrap();
+    let doc: serde_json::Value = serde_json::from_str(&ok(&tv.run(&["--json", "prune"]))).unwrap();
     assert_eq!(doc["garbage_files_removed"], 2, "{doc}");
     for (path, stale) in made {
         assert_eq!(path.exists(), !stale, "{}", path.display());
