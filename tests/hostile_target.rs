@@ -245,6 +245,15 @@ fn index_backups_are_authenticated(s3: bool) {
     f.restores_exactly(&recovered, "after-forged-index");
     f.prune_deletes_nothing(&recovered, &packs);
     f.restores_exactly(&recovered, "after-prune");
+    // The planted names sort newest, but the index backup prune wrote was kept: a later
+    // recover uses it.
+    let (_, out) = f.recover("recovered-again", &[]);
+    let doc = json(&out);
+    let used = doc["index_backup"].as_str().unwrap_or_default();
+    assert!(
+        used.starts_with("index/") && used > genuine[0].as_str(),
+        "{doc}"
+    );
     // Nothing the reader could not authenticate was deleted by it either.
     let left: Vec<String> = f
         .target
