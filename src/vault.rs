@@ -414,7 +414,12 @@ impl Vault {
         let mut last = None;
         for (name, bytes) in &files {
             match VaultKeys::open(name, bytes, how) {
-                Ok((keys, _)) if keys.public_key() == self.config.public_key => return Ok(keys),
+                Ok((keys, vault_id))
+                    if keys.public_key() == self.config.public_key
+                        && vault_id == self.config.vault_id =>
+                {
+                    return Ok(keys);
+                }
                 Ok(_) => {
                     last = Some(CryptoError::BadKeyFile {
                         name: name.clone(),
