@@ -19,6 +19,7 @@ use crate::git::objects::{ObjectSource, Reached, walk};
 use crate::git::{self, CacheReader, Credentials, GitError};
 use crate::index::NewSnapshot;
 use crate::provider::{MetadataMap, MetadataSink, Provider, ProviderError, RepoInfo, SourceConfig};
+use crate::redact::RedactedUrl;
 use crate::snapshot::{self, Manifest, ObjectEntry, ObjectKind, Oid, RefSet};
 use crate::store::{ChunkKind, ChunkStore, StoreError};
 use crate::vault::Vault;
@@ -74,8 +75,9 @@ pub enum RepoStatus {
 /// One line of the run report.
 #[derive(Debug, Clone, Serialize)]
 pub struct RepoReport {
+    /// The vault name; for a URL that could not be named, its redacted text.
     pub repo: String,
-    pub url: String,
+    pub url: RedactedUrl,
     pub status: RepoStatus,
     pub snapshot: Option<String>,
     pub refs: usize,
@@ -164,12 +166,7 @@ pub fn backup_repository(
 ) -> RepoReport {
     let started = Instant::now();
     let mut tally = Tally::default();
-    let mut report = RepoReport::new(
-        request.name.clone().unwrap_or_else(|| request.url.clone()),
-        request.url.clone(),
-        RepoStatus::Failed,
-        None,
-    );
+    let mut report = RepoReport::for_request(request, RepoStatus::Failed, None);
     let result = run(
         vault,
         keys,
@@ -188,8 +185,13 @@ pub fn backup_repository(
         return report;
     }
     if let Err(e) = result {
+        // Messages of lower layers (gix, reqwest) are not ours to trust: the secrets are
+        // removed once more, the URL's own password included.
         let mut message = e.to_string();
-        if let Some(c) = &request.credentials {
+        let url_credentials = git::parse_remote(&request.url)
+            .ok()
+            .and_then(|s| s.url_credentials);
+        for c in request.credentials.iter().chain(url_credentials.iter()) {
             message = c.scrub(&message);
         }
         tracing::debug!(repo = %report.repo, error = %message, "backup failed");
@@ -267,7 +269,7 @@ fn run(
             writer,
             tally,
             &spec.display_url,
-            &request.url,
+            &spec.fetch_url,
             lfsconfig.as_deref(),
             credentials.as_ref(),
             &pointers,
@@ -332,7 +334,7 @@ fn run(
         format: 1,
         repo: name.clone(),
         time: snapshot_time()?,
-        source: spec.display_url.clone(),
+        source: spec.display_url.to_string(),
         refset: refset_id.to_hex(),
         ref_count: fetched.refs.refs.len(),
         head: fetched.refs.head.clone(),
@@ -349,7 +351,7 @@ fn run(
         refset: refset_id,
         head: head_text(&fetched.refs),
         ref_count: fetched.refs.refs.len() as u64,
-        source: spec.display_url.clone(),
+        source: spec.display_url.to_string(),
         new_objects,
         new_lfs,
     };
@@ -505,6 +507,9 @@ impl LfsOutcome {
     }
 }
 
+/// Numbers the temporary files of LFS downloads within this process.
+static DOWNLOADS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 /// Downloads the LFS objects the vault lacks (up to four at once, each to a temporary file,
 /// checked against its SHA-256) and stores them.
 #[allow(clippy::too_many_arguments)]
@@ -512,7 +517,7 @@ fn fetch_lfs(
     vault: &Vault,
     writer: &Mutex<Writer<'_>>,
     tally: &mut Tally,
-    shown_url: &str,
+    shown_url: &RedactedUrl,
     url: &str,
     lfsconfig: Option<&[u8]>,
     credentials: Option<&Credentials>,
@@ -549,7 +554,9 @@ fn fetch_lfs(
         }));
         return Ok(outcome);
     };
-    let client = crate::lfs::Client::new(&endpoint, credentials.cloned())
+    // The credentials were given for the repository's URL: an endpoint elsewhere (named by
+    // the repository's .lfsconfig) and hrefs elsewhere are asked without them.
+    let client = crate::lfs::Client::new(&endpoint, credentials.cloned(), url)
         .map_err(|e| BackupError::Lfs(e.to_string()))?;
     let answers = match client.batch(&wanted) {
         Ok(a) => a,
@@ -572,15 +579,28 @@ fn fetch_lfs(
     let results: Mutex<Vec<(crate::lfs::Pointer, Result<std::path::PathBuf, String>)>> =
         Mutex::new(Vec::new());
     let tmp = vault.tmp_dir();
+    // The pack writer makes the directory when it first writes; a run whose first new bytes
+    // are LFS downloads comes here before that.
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&tmp)
+            .map_err(|e| BackupError::Lfs(format!("{}: {e}", tmp.display())))?;
+    }
     std::thread::scope(|scope| {
         for _ in 0..downloads.len().clamp(1, 4) {
             scope.spawn(|| {
                 loop {
                     let i = next.fetch_add(1, Ordering::SeqCst);
                     let Some(d) = downloads.get(i) else { break };
+                    // Repositories backed up side by side may download the same object: each
+                    // download has a file of its own.
                     let dest = tmp.join(format!(
-                        "lfs-{}-{}",
+                        "lfs-{}-{}-{}",
                         std::process::id(),
+                        DOWNLOADS.fetch_add(1, Ordering::Relaxed),
                         d.pointer.oid_hex()
                     ));
                     let r = client
@@ -886,9 +906,8 @@ pub fn backup_urls(
                         break;
                     };
                     let line = if repeated[i] {
-                        RepoReport::new(
-                            request.name.clone().unwrap_or_else(|| request.url.clone()),
-                            request.url.clone(),
+                        RepoReport::for_request(
+                            request,
                             RepoStatus::Skipped,
                             Some("the same repository was given earlier in this run".into()),
                         )
@@ -957,17 +976,39 @@ fn skipped(repo: &RepoInfo, wiki: Option<&str>, reason: &str) -> RepoReport {
     RepoReport::new(
         wiki.map(str::to_string)
             .unwrap_or_else(|| repo.full_name.clone()),
-        repo.wiki_url
-            .clone()
-            .filter(|_| wiki.is_some())
-            .unwrap_or_else(|| repo.clone_url.clone()),
+        RedactedUrl::new(
+            repo.wiki_url
+                .as_deref()
+                .filter(|_| wiki.is_some())
+                .unwrap_or(&repo.clone_url),
+        ),
         RepoStatus::Skipped,
         Some(format!("not attempted: {reason}")),
     )
 }
 
 impl RepoReport {
-    fn new(repo: String, url: String, status: RepoStatus, error: Option<String>) -> RepoReport {
+    /// A line for a request before (or without) parsing its URL: named by `--name`, else by
+    /// the URL's redacted text, never by the raw URL (it may hold a password).
+    fn for_request(
+        request: &BackupRequest,
+        status: RepoStatus,
+        error: Option<String>,
+    ) -> RepoReport {
+        let url = RedactedUrl::new(&request.url);
+        let repo = request
+            .name
+            .clone()
+            .unwrap_or_else(|| url.as_str().to_string());
+        RepoReport::new(repo, url, status, error)
+    }
+
+    fn new(
+        repo: String,
+        url: RedactedUrl,
+        status: RepoStatus,
+        error: Option<String>,
+    ) -> RepoReport {
         RepoReport {
             repo,
             url,

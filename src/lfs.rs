@@ -1,7 +1,12 @@
 //! Git LFS: pointer files in the git data, the LFS objects they name fetched through the batch
-//! API (<https://github.com/git-lfs/git-lfs/blob/main/docs/api/batch.md>) with the repository's
-//! credentials, each checked against its SHA-256 before it is stored, and the map a snapshot
-//! keeps of them (pointer blob → LFS object → chunk).
+//! API (<https://github.com/git-lfs/git-lfs/blob/main/docs/api/batch.md>), each checked against
+//! its SHA-256 before it is stored, and the map a snapshot keeps of them (pointer blob → LFS
+//! object → chunk).
+//!
+//! The repository's credentials go only to the origin of the URL they were given for (DESIGN.md
+//! invariant 9): an endpoint named by the repository's own `.lfsconfig`, an `href` in a batch
+//! answer, or a redirect to another scheme, host or port is asked without them. Every request
+//! passes through [`Client::authorize`], which checks the request's URL.
 //!
 //! Downloads stream to a temporary file while being hashed, so an object of any size costs a
 //! fixed amount of memory; the chunk store then cuts it with content-defined chunking, so a new
@@ -15,13 +20,17 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use crate::crypto::ChunkId;
-use crate::git::Credentials;
+use crate::git::{BoundCredentials, Credentials};
+use crate::redact::RedactedUrl;
 use crate::snapshot::Oid;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LfsError {
     #[error("LFS endpoint {endpoint}: {reason}")]
-    Endpoint { endpoint: String, reason: String },
+    Endpoint {
+        endpoint: RedactedUrl,
+        reason: String,
+    },
     #[error("LFS object {oid}: {reason}")]
     Object { oid: String, reason: String },
     #[error("LFS map: {0}")]
@@ -235,17 +244,34 @@ pub struct Download {
 /// One object of a batch answer: where to download it, or why the server will not give it.
 pub type BatchAnswer = (Pointer, Result<Download, String>);
 
-/// An LFS server, asked with the repository's credentials.
+/// An LFS server, asked with the repository's credentials where their origin allows.
 pub struct Client {
     http: reqwest::blocking::Client,
     endpoint: String,
-    credentials: Option<Credentials>,
+    credentials: Option<BoundCredentials>,
 }
 
 impl Client {
-    pub fn new(endpoint: &str, credentials: Option<Credentials>) -> Result<Client, LfsError> {
+    /// `credentials` were given for `home` (the repository's URL) and go only to its origin.
+    pub fn new(
+        endpoint: &str,
+        credentials: Option<Credentials>,
+        home: &str,
+    ) -> Result<Client, LfsError> {
         let http = reqwest::blocking::Client::builder()
             .connect_timeout(std::time::Duration::from_secs(15))
+            // Credentials are attached per request after the origin check; reqwest drops the
+            // Authorization header when a redirect changes scheme, host or port. A redirect
+            // from https to plain http is not followed at all.
+            .redirect(reqwest::redirect::Policy::custom(|attempt| {
+                let downgrade = attempt.url().scheme() == "http"
+                    && attempt.previous().iter().any(|u| u.scheme() == "https");
+                if downgrade || attempt.previous().len() >= 10 {
+                    attempt.stop()
+                } else {
+                    attempt.follow()
+                }
+            }))
             .build()
             .map_err(|e| LfsError::Endpoint {
                 endpoint: shown(endpoint),
@@ -254,17 +280,31 @@ impl Client {
         Ok(Client {
             http,
             endpoint: endpoint.to_string(),
-            credentials,
+            credentials: credentials.and_then(|c| BoundCredentials::new(c, home)),
         })
     }
 
+    /// Adds the credentials to a request for `url` if, and only if, `url` is on their origin
+    /// and the transport may carry them.
     fn authorize(
         &self,
         request: reqwest::blocking::RequestBuilder,
+        url: &str,
     ) -> reqwest::blocking::RequestBuilder {
-        match &self.credentials {
+        match self.credentials.as_ref().and_then(|b| b.for_url(url)) {
             Some(c) => request.basic_auth(&c.username, Some(c.secret.expose_secret())),
             None => request,
+        }
+    }
+
+    /// Why a refused request may have failed: credentials exist but were kept from this URL.
+    fn withheld_hint(&self, url: &str) -> String {
+        match &self.credentials {
+            Some(b) if b.for_url(url).is_none() => format!(
+                " (credentials were not sent: they go only to {} over https or to loopback)",
+                b.origin()
+            ),
+            _ => String::new(),
         }
     }
 
@@ -285,7 +325,7 @@ impl Client {
                 reason,
             };
             let response = self
-                .authorize(self.http.post(&url))
+                .authorize(self.http.post(&url), &url)
                 .header("Accept", "application/vnd.git-lfs+json")
                 .header("Content-Type", "application/vnd.git-lfs+json")
                 .body(body.to_string())
@@ -293,7 +333,10 @@ impl Client {
                 .map_err(|e| err(e.without_url().to_string()))?;
             let status = response.status();
             if !status.is_success() {
-                return Err(err(format!("the batch request answered HTTP {status}")));
+                return Err(err(format!(
+                    "the batch request answered HTTP {status}{}",
+                    self.withheld_hint(&url)
+                )));
             }
             let answer: BatchResponse = response
                 .json()
@@ -342,8 +385,9 @@ impl Client {
                 endpoint: shown(&self.endpoint),
                 reason,
             };
+            let url = format!("{}/objects/batch", self.endpoint);
             let response = self
-                .authorize(self.http.post(format!("{}/objects/batch", self.endpoint)))
+                .authorize(self.http.post(&url), &url)
                 .header("Accept", "application/vnd.git-lfs+json")
                 .header("Content-Type", "application/vnd.git-lfs+json")
                 .body(body.to_string())
@@ -351,8 +395,9 @@ impl Client {
                 .map_err(|e| err(e.without_url().to_string()))?;
             if !response.status().is_success() {
                 return Err(err(format!(
-                    "the upload batch request answered HTTP {}",
-                    response.status()
+                    "the upload batch request answered HTTP {}{}",
+                    response.status(),
+                    self.withheld_hint(&url)
                 )));
             }
             let answer: BatchResponse = response
@@ -379,7 +424,7 @@ impl Client {
                     .header("Content-Type", "application/octet-stream")
                     .body(reqwest::blocking::Body::sized(file, p.size));
                 if upload.header.is_empty() {
-                    request = self.authorize(request);
+                    request = self.authorize(request, &upload.href);
                 }
                 for (k, v) in &upload.header {
                     request = request.header(k, v);
@@ -397,7 +442,7 @@ impl Client {
                         .header("Content-Type", "application/vnd.git-lfs+json")
                         .body(serde_json::json!({"oid": p.oid_hex(), "size": p.size}).to_string());
                     if verify.header.is_empty() {
-                        request = self.authorize(request);
+                        request = self.authorize(request, &verify.href);
                     }
                     for (k, v) in &verify.header {
                         request = request.header(k, v);
@@ -423,8 +468,9 @@ impl Client {
         };
         let mut request = self.http.get(&d.href);
         if d.header.is_empty() {
-            // Servers that need no per-action header expect the repository's credentials.
-            request = self.authorize(request);
+            // Servers that need no per-action header expect the repository's credentials, if
+            // the href is on their origin; any other host gets none.
+            request = self.authorize(request, &d.href);
         }
         for (k, v) in &d.header {
             request = request.header(k, v);
@@ -435,8 +481,13 @@ impl Client {
             .map_err(|e| fail(e.without_url().to_string()))?;
         if !response.status().is_success() {
             return Err(fail(format!(
-                "download answered HTTP {}",
-                response.status()
+                "download answered HTTP {}{}",
+                response.status(),
+                if d.header.is_empty() {
+                    self.withheld_hint(&d.href)
+                } else {
+                    String::new()
+                }
             )));
         }
         let mut file = std::fs::File::create(dest).map_err(|e| fail(e.to_string()))?;
@@ -476,17 +527,9 @@ impl Client {
     }
 }
 
-/// A URL for messages: scheme, host and path, never userinfo or query.
-fn shown(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(u) => format!(
-            "{}://{}{}",
-            u.scheme(),
-            u.host_str().unwrap_or(""),
-            u.path()
-        ),
-        Err(_) => "(unparsable url)".into(),
-    }
+/// A URL for messages: never userinfo or query (hrefs may carry tokens).
+fn shown(url: &str) -> RedactedUrl {
+    RedactedUrl::new(url)
 }
 
 /// Where an entry's bytes are: its own chunk, or for an object that was missing when the

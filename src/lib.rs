@@ -13,6 +13,7 @@ pub mod index;
 pub mod lfs;
 pub mod provider;
 pub mod recover;
+pub mod redact;
 pub mod replicas;
 pub mod restore;
 pub mod retention;

@@ -467,8 +467,10 @@ pub fn push_lfs(
             ))
         })?;
     let creds = credentials.cloned().or(spec.url_credentials);
-    let client =
-        crate::lfs::Client::new(&endpoint, creds).map_err(|e| RestoreError::Lfs(e.to_string()))?;
+    // The user named both the push URL and any --push-lfs-url: the credentials may go to
+    // that one's origin, never to hrefs elsewhere that the server answers with.
+    let client = crate::lfs::Client::new(&endpoint, creds, lfs_url.unwrap_or(url))
+        .map_err(|e| RestoreError::Lfs(e.to_string()))?;
     client
         .upload(&objects)
         .map_err(|e| RestoreError::Lfs(e.to_string()))
@@ -490,10 +492,20 @@ pub fn push_mirror(
     if let Some(c) = &creds
         && spec.is_http
     {
+        if !url::Url::parse(&spec.fetch_url).is_ok_and(|u| git::transport_allows_credentials(&u)) {
+            return Err(git::GitError::InsecureCredentials {
+                url: spec.display_url,
+            }
+            .into());
+        }
+        // git would send the header to wherever the first request is redirected, and use that
+        // origin for the rest of the push: no redirects when credentials are attached.
         let header = c.authorization_header();
-        cmd.env("GIT_CONFIG_COUNT", "1")
+        cmd.env("GIT_CONFIG_COUNT", "2")
             .env("GIT_CONFIG_KEY_0", "http.extraHeader")
-            .env("GIT_CONFIG_VALUE_0", header);
+            .env("GIT_CONFIG_VALUE_0", header)
+            .env("GIT_CONFIG_KEY_1", "http.followRedirects")
+            .env("GIT_CONFIG_VALUE_1", "false");
     }
     let out = cmd.output().map_err(io_err("running git push"))?;
     if !out.status.success() {
@@ -503,7 +515,7 @@ pub fn push_mirror(
         }
         return Err(RestoreError::Push(msg));
     }
-    Ok(spec.display_url)
+    Ok(spec.display_url.to_string())
 }
 
 /// Runs `git fsck --full` on a restored repository and compares its refs and HEAD with the

@@ -215,8 +215,7 @@ impl Vault {
             crypto::parse_recipient(r)?;
         }
         ensure_empty(dir)?;
-        fs::create_dir_all(dir.join(KEYS_DIR))
-            .map_err(io_err(format!("creating {}", dir.display())))?;
+        create_private(dir)?;
         let dir = dir
             .canonicalize()
             .map_err(io_err(format!("resolving {}", dir.display())))?;
@@ -292,8 +291,7 @@ impl Vault {
             });
         }
         ensure_empty(dir)?;
-        fs::create_dir_all(dir.join(KEYS_DIR))
-            .map_err(io_err(format!("creating {}", dir.display())))?;
+        create_private(dir)?;
         let dir = dir
             .canonicalize()
             .map_err(io_err(format!("resolving {}", dir.display())))?;
@@ -354,6 +352,11 @@ impl Vault {
                 found: config.format,
                 known: FORMAT_VERSION,
             });
+        }
+        if let Err(e) = make_private(dir) {
+            // A reader that does not own the directory cannot tighten it; the owner's next
+            // command will.
+            tracing::warn!(error = %e, "the vault directory could not be made private");
         }
         let targets = config
             .targets
@@ -799,6 +802,33 @@ fn file_name(path: &Path) -> String {
     path.file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default()
+}
+
+/// The vault directory reveals repository and ref names, cached API answers and plaintext
+/// mirror caches (docs/KEYS.md), so it is owner-only whatever the umask: created so (with its
+/// key directory), and tightened whenever a vault made by an older version is opened. The
+/// binary also sets umask 077, so that every file and directory inside is private too.
+fn create_private(dir: &Path) -> Result<(), VaultError> {
+    use std::os::unix::fs::DirBuilderExt;
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir.join(KEYS_DIR))
+        .map_err(io_err(format!("creating {}", dir.display())))?;
+    make_private(dir)
+}
+
+fn make_private(dir: &Path) -> Result<(), VaultError> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = fs::metadata(dir)
+        .map_err(io_err(format!("reading {}", dir.display())))?
+        .permissions()
+        .mode();
+    if mode & 0o077 != 0 {
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
+            .map_err(io_err(format!("making {} private", dir.display())))?;
+    }
+    Ok(())
 }
 
 /// Temporary file, fsync, rename, fsync of the directory.

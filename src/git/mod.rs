@@ -17,13 +17,24 @@ use gix::protocol::handshake::Ref;
 use gix::remote::Direction;
 
 use crate::snapshot::{Head, ObjectKind, Oid, RefSet};
-pub use remote::{Credentials, RemoteSpec, parse_remote};
+pub use remote::{
+    ALLOW_INSECURE_HTTP_ENV, BoundCredentials, Credentials, RemoteSpec, parse_remote,
+    transport_allows_credentials,
+};
 pub use write::{write_bare_repository, write_pack};
 
 #[derive(Debug, thiserror::Error)]
 pub enum GitError {
     #[error("`{input}` is not a git URL or path gitvault can back up: {reason}")]
-    BadUrl { input: String, reason: String },
+    BadUrl {
+        input: crate::redact::RedactedUrl,
+        reason: String,
+    },
+    #[error(
+        "refusing to send credentials over plain http to {url}: use https, or set \
+         GITVAULT_ALLOW_INSECURE_HTTP=1 if the network to that host is trusted"
+    )]
+    InsecureCredentials { url: crate::redact::RedactedUrl },
     #[error("cannot reach or read the repository: {0}")]
     Fetch(String),
     #[error("the mirror cache at {path} is unusable ({reason}); delete it and run again")]
@@ -181,6 +192,15 @@ pub fn fetch(
     if let Some(creds) = credentials
         && spec.is_http
     {
+        // gix sends these headers to the fetch URL only: it refuses to follow a redirect once
+        // extra headers are configured, so the origin check is the scheme/host check here.
+        let allowed = url::Url::parse(&spec.fetch_url)
+            .is_ok_and(|u| remote::transport_allows_credentials(&u));
+        if !allowed {
+            return Err(GitError::InsecureCredentials {
+                url: spec.display_url.clone(),
+            });
+        }
         let options = repo
             .transport_options(spec.fetch_url.as_str(), None)
             .map_err(fetch_err)?

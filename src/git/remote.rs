@@ -1,19 +1,23 @@
-//! Where a repository is: URL forms, the default vault name, and credentials kept out of URLs.
+//! Where a repository is: URL forms, the default vault name, and credentials kept out of URLs
+//! and bound to the origin they were given for (DESIGN.md invariant 9): a request to any other
+//! scheme, host or port, or over plain http to a host that is not loopback, goes without them.
 
 use std::fmt;
+use std::net::IpAddr;
 
 use age::secrecy::{ExposeSecret, SecretString};
 use base64::Engine;
 
 use super::GitError;
+use crate::redact::RedactedUrl;
 use crate::snapshot::check_repo_name;
 
 /// A repository to fetch: the URL given to gix (never with a password in it), its name in the
 /// vault, and credentials found in the URL's userinfo.
 pub struct RemoteSpec {
     pub fetch_url: String,
-    /// `fetch_url` as shown to users and stored in manifests.
-    pub display_url: String,
+    /// `fetch_url` as shown to users and stored in manifests: without userinfo or query.
+    pub display_url: RedactedUrl,
     pub default_name: String,
     pub is_http: bool,
     pub url_credentials: Option<Credentials>,
@@ -70,8 +74,67 @@ impl Credentials {
 
 fn bad(input: &str, reason: &str) -> GitError {
     GitError::BadUrl {
-        input: input.to_string(),
+        input: RedactedUrl::new(input),
         reason: reason.to_string(),
+    }
+}
+
+/// The variable that allows credentials over plain http to hosts other than loopback (a
+/// trusted network, a TLS-terminating proxy on the same host).
+pub const ALLOW_INSECURE_HTTP_ENV: &str = "GITVAULT_ALLOW_INSECURE_HTTP";
+
+fn is_loopback(url: &url::Url) -> bool {
+    match url.host() {
+        Some(url::Host::Ipv4(ip)) => IpAddr::V4(ip).is_loopback(),
+        Some(url::Host::Ipv6(ip)) => IpAddr::V6(ip).is_loopback(),
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        None => false,
+    }
+}
+
+/// Whether credentials may travel to `url` at all: over https, or plain http to loopback (tests,
+/// a local proxy), or plain http anywhere when `GITVAULT_ALLOW_INSECURE_HTTP=1`.
+pub fn transport_allows_credentials(url: &url::Url) -> bool {
+    match url.scheme() {
+        "https" => true,
+        "http" => {
+            is_loopback(url) || std::env::var(ALLOW_INSECURE_HTTP_ENV).is_ok_and(|v| v == "1")
+        }
+        _ => false,
+    }
+}
+
+/// Credentials together with the origin (scheme, host, port) of the URL they were given for.
+/// The only way to get at them for a request is [`BoundCredentials::for_url`], which checks the
+/// request's origin, so a host named by repository content (`.lfsconfig`) or a server's answer
+/// (an LFS `href`, a redirect) never receives them.
+#[derive(Clone, Debug)]
+pub struct BoundCredentials {
+    credentials: Credentials,
+    origin: url::Origin,
+}
+
+impl BoundCredentials {
+    /// `None` when `home` is not a URL with an origin (a path, an scp-style address).
+    pub fn new(credentials: Credentials, home: &str) -> Option<BoundCredentials> {
+        let origin = url::Url::parse(home).ok()?.origin();
+        origin.is_tuple().then_some(BoundCredentials {
+            credentials,
+            origin,
+        })
+    }
+
+    /// The credentials for a request to `url`: only on their own origin and over a transport
+    /// that may carry them.
+    pub fn for_url(&self, url: &str) -> Option<&Credentials> {
+        let url = url::Url::parse(url).ok()?;
+        (url.origin() == self.origin && transport_allows_credentials(&url))
+            .then_some(&self.credentials)
+    }
+
+    /// `scheme://host:port` of the origin, for messages.
+    pub fn origin(&self) -> String {
+        self.origin.ascii_serialization()
     }
 }
 
@@ -108,10 +171,22 @@ pub fn parse_remote(input: &str) -> Result<RemoteSpec, GitError> {
     let spec = if input.contains("://") {
         parse_url(input)?
     } else if let Some((host_part, path)) = scp_like(input) {
+        // `user:PW@host:path` would parse as host `user` with the password in the path (and so
+        // in the repository's name); ssh cannot use a password from an address anyway.
+        if path
+            .split_once('@')
+            .is_some_and(|(_, after)| after.contains(':'))
+        {
+            return Err(bad(
+                input,
+                "an scp-style address cannot carry a password (ssh uses keys); use an ssh key, \
+                 or an https URL with GITVAULT_TOKEN",
+            ));
+        }
         let host = host_part.rsplit('@').next().unwrap_or(host_part);
         RemoteSpec {
             fetch_url: input.to_string(),
-            display_url: input.to_string(),
+            display_url: RedactedUrl::new(input),
             default_name: name_from(&host.to_ascii_lowercase(), path),
             is_http: false,
             url_credentials: None,
@@ -123,7 +198,7 @@ pub fn parse_remote(input: &str) -> Result<RemoteSpec, GitError> {
         let url = url::Url::from_file_path(&path).map_err(|_| bad(input, "not a local path"))?;
         RemoteSpec {
             fetch_url: url.to_string(),
-            display_url: url.to_string(),
+            display_url: RedactedUrl::new(url.as_str()),
             default_name: name_from("local", &path.to_string_lossy()),
             is_http: false,
             url_credentials: None,
@@ -187,10 +262,9 @@ fn parse_url(input: &str) -> Result<RemoteSpec, GitError> {
         };
         name_from(&host, url.path())
     };
-    let shown = url.to_string();
     Ok(RemoteSpec {
-        fetch_url: shown.clone(),
-        display_url: shown,
+        fetch_url: url.to_string(),
+        display_url: RedactedUrl::new(url.as_str()),
         default_name,
         is_http,
         url_credentials: url_credentials.filter(|c| !c.secret.expose_secret().is_empty()),
@@ -227,7 +301,7 @@ mod tests {
         let s = parse_remote("https://user:s3cr%40t@github.com/Owner/Repo.git").unwrap();
         assert_eq!(s.default_name, "github.com/Owner/Repo");
         assert_eq!(s.fetch_url, "https://github.com/Owner/Repo.git");
-        assert!(!s.display_url.contains("s3cr"));
+        assert!(!s.display_url.as_str().contains("s3cr"));
         let c = s.url_credentials.unwrap();
         assert_eq!(c.username, "user");
         assert_eq!(c.secret.expose_secret(), "s3cr@t");
@@ -256,6 +330,46 @@ mod tests {
         let s = parse_remote("https://host/../../etc/passwd").unwrap();
         check_repo_name(&s.default_name).unwrap();
         assert!(!s.default_name.contains(".."));
+    }
+
+    #[test]
+    fn passwords_never_reach_names_or_errors() {
+        let e = parse_remote("user:PW@host:x.git")
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(!e.contains("PW"), "{e}");
+        let e = parse_remote("https://user:PW@host:99999/x.git")
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(!e.contains("PW"), "{e}");
+        let s = parse_remote("https://h/o/r.git?private_token=PW").unwrap();
+        assert!(!s.display_url.as_str().contains("PW"));
+        assert!(!s.default_name.contains("PW"));
+    }
+
+    #[test]
+    fn credentials_stay_with_their_origin() {
+        let c = Credentials {
+            username: "u".into(),
+            secret: SecretString::from("tok-123456".to_string()),
+        };
+        let b = BoundCredentials::new(c.clone(), "https://git.example/o/r.git").unwrap();
+        assert!(b.for_url("https://git.example/o/r.git/info/lfs").is_some());
+        assert!(b.for_url("https://git.example:443/x").is_some());
+        assert!(b.for_url("https://git.example:8443/x").is_none());
+        assert!(b.for_url("http://git.example/x").is_none());
+        assert!(b.for_url("https://lfs.example/x").is_none());
+        assert!(b.for_url("not a url").is_none());
+        let b = BoundCredentials::new(c.clone(), "http://127.0.0.1:8080/r.git").unwrap();
+        assert!(b.for_url("http://127.0.0.1:8080/r.git/info/lfs").is_some());
+        assert!(b.for_url("http://127.0.0.2:8080/r.git").is_none());
+        let b = BoundCredentials::new(c.clone(), "http://git.example/r.git").unwrap();
+        if std::env::var(ALLOW_INSECURE_HTTP_ENV).is_err() {
+            assert!(b.for_url("http://git.example/r.git").is_none());
+        }
+        assert!(BoundCredentials::new(c, "git@host:x.git").is_none());
     }
 
     #[test]

@@ -257,6 +257,20 @@ impl HttpGitServer {
     /// Starts the server for every bare repository under `root`; with `auth = Some((user,
     /// password))`, every request needs HTTP Basic auth. Blocks until it answers.
     pub fn start(root: &Path, auth: Option<(&str, &str)>) -> HttpGitServer {
+        HttpGitServer::start_with_lfs_proxy(root, auth, None)
+    }
+
+    /// As [`HttpGitServer::start`], and with `lfs_upstream = Some(port)` every request whose
+    /// path contains `/info/lfs/` is proxied to `http://127.0.0.1:PORT` (an LFS server), behind
+    /// the same Basic auth, so that a repository's default LFS endpoint is on the git server's
+    /// own origin. nginx checks the credentials and does not pass them on (no
+    /// `Authorization` header reaches the upstream), and sends the upstream's own address as
+    /// `Host`, so the upstream's absolute hrefs name the upstream, another origin.
+    pub fn start_with_lfs_proxy(
+        root: &Path,
+        auth: Option<(&str, &str)>,
+        lfs_upstream: Option<u16>,
+    ) -> HttpGitServer {
         let nginx_bin = require_program("nginx");
         let fcgiwrap_bin = require_program("fcgiwrap");
         let backend = git_exec_path().join("git-http-backend");
@@ -337,7 +351,15 @@ impl HttpGitServer {
             let conf = dir.join("nginx.conf");
             std::fs::write(
                 &conf,
-                nginx_conf(dir, &root, port, &socket, &backend, htpasswd.as_deref()),
+                nginx_conf(
+                    dir,
+                    &root,
+                    port,
+                    &socket,
+                    &backend,
+                    htpasswd.as_deref(),
+                    lfs_upstream,
+                ),
             )
             .expect("write nginx.conf");
             let mut nginx = GroupChild::spawn(
@@ -456,6 +478,7 @@ fn nginx_conf(
     socket: &Path,
     backend: &Path,
     htpasswd: Option<&Path>,
+    lfs_upstream: Option<u16>,
 ) -> String {
     let d = dir.display();
     let user = if running_as_root() {
@@ -472,6 +495,14 @@ fn nginx_conf(
         None => String::new(),
     };
     let path = std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".into());
+    let lfs = match lfs_upstream {
+        Some(upstream) => format!(
+            "location ~ /info/lfs/ {{\n            {auth}\n            \
+             proxy_set_header Authorization \"\";\n            \
+             proxy_pass http://127.0.0.1:{upstream};\n        }}"
+        ),
+        None => String::new(),
+    };
     format!(
         r#"{user}
 daemon off;
@@ -504,6 +535,7 @@ http {{
     server {{
         listen 127.0.0.1:{port};
         server_name localhost;
+        {lfs}
         location / {{
             {auth}
             fastcgi_pass unix:{socket};
@@ -824,6 +856,8 @@ struct ProxyState {
     stop: AtomicBool,
     requests: AtomicUsize,
     faults_applied: AtomicUsize,
+    /// Every request's start line and headers, as received.
+    heads: Mutex<Vec<String>>,
 }
 
 impl FaultyHttpServer {
@@ -842,6 +876,7 @@ impl FaultyHttpServer {
             stop: AtomicBool::new(false),
             requests: AtomicUsize::new(0),
             faults_applied: AtomicUsize::new(0),
+            heads: Mutex::new(Vec::new()),
         });
         let thread_state = Arc::clone(&state);
         let accept_thread = std::thread::spawn(move || {
@@ -880,6 +915,24 @@ impl FaultyHttpServer {
     /// Requests received so far.
     pub fn requests(&self) -> usize {
         self.state.requests.load(Ordering::SeqCst)
+    }
+
+    /// Every request received so far: its start line and headers as sent, one string each.
+    pub fn request_heads(&self) -> Vec<String> {
+        self.state
+            .heads
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Forgets the requests recorded so far.
+    pub fn clear_request_heads(&self) {
+        self.state
+            .heads
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
     }
 
     /// Responses altered so far (pack faults) or answered with the fixed status.
@@ -1012,6 +1065,15 @@ fn handle_connection(client: TcpStream, state: &ProxyState) -> std::io::Result<(
     let mut client_w = client;
     let head = read_head(&mut reader)?;
     state.requests.fetch_add(1, Ordering::SeqCst);
+    let mut text = head.start_line.clone();
+    for (k, v) in &head.headers {
+        text.push_str(&format!("\n{k}: {v}"));
+    }
+    state
+        .heads
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push(text);
     if head
         .header("expect")
         .is_some_and(|v| v.eq_ignore_ascii_case("100-continue"))
