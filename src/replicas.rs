@@ -240,19 +240,27 @@ pub fn index_backup_due(vault: &Vault, changed: bool) -> bool {
     if changed {
         return true;
     }
+    let now = chrono::Utc::now().timestamp_millis();
+    let millis = |key: &str| {
+        key.trim_start_matches("index/")
+            .split('-')
+            .next()
+            .and_then(|m| m.parse::<i64>().ok())
+            .unwrap_or(0)
+    };
+    // A name dated in the future is not ours (see `upload_index_backup`).
     let newest = vault
         .targets()
         .first()
         .and_then(|t| t.list("index/").ok())
-        .and_then(|list| list.into_iter().map(|l| l.key).max());
-    let Some(key) = newest else { return true };
-    let millis = key
-        .trim_start_matches("index/")
-        .split('-')
-        .next()
-        .and_then(|m| m.parse::<i64>().ok())
-        .unwrap_or(0);
-    chrono::Utc::now().timestamp_millis() - millis > 24 * 3600 * 1000
+        .and_then(|list| {
+            list.into_iter()
+                .map(|l| millis(&l.key))
+                .filter(|m| *m <= now + 60_000)
+                .max()
+        });
+    let Some(newest) = newest else { return true };
+    now - newest > 24 * 3600 * 1000
 }
 
 /// How many index backups each target keeps. One: recover falls back to pack footers when it
@@ -300,9 +308,13 @@ pub fn upload_index_backup(
             failed.push(target.name().to_string());
             continue;
         }
+        // Only backups older than this one go: a name that sorts newer was not written by
+        // this vault's clock (a planted file, or another host's) and is left for recover to
+        // authenticate or ignore, not trusted to be the newest.
         if let Ok(mut old) = target.list("index/") {
+            old.retain(|l| l.key < key);
             old.sort_by(|a, b| b.key.cmp(&a.key));
-            for stale in old.iter().skip(INDEX_BACKUPS_KEPT) {
+            for stale in old.iter().skip(INDEX_BACKUPS_KEPT - 1) {
                 let _ = target.delete(&stale.key);
             }
         }
