@@ -1185,6 +1185,16 @@ impl Index {
     }
 
     /// Forgets a pack deleted from every target.
+    /// Takes a pack out of the index with every chunk row pointing into it (recover found it
+    /// to be a replay after recording it).
+    pub fn unrecord_pack(&self, name: &str) -> Result<(), IndexError> {
+        self.conn().execute(
+            "DELETE FROM chunks WHERE pack_id IN (SELECT id FROM packs WHERE name = ?1)",
+            params![name],
+        )?;
+        self.drop_pack(name)
+    }
+
     pub fn drop_pack(&self, name: &str) -> Result<(), IndexError> {
         let conn = self.conn();
         let tx = conn.unchecked_transaction()?;

@@ -4,7 +4,7 @@
 //! and every snapshot manifest found there becomes a snapshot again (invariant 1: the packs are
 //! the truth).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::Path;
 
 use serde::Serialize;
@@ -12,9 +12,7 @@ use serde::Serialize;
 use crate::crypto::{ChunkId, CryptoError, Unlock, VaultKeys};
 use crate::index::NewSnapshot;
 use crate::snapshot::{self, Manifest};
-use crate::store::pack::{
-    FinishedPack, Footer, FooterSeal, PackError, Provenance, read_footer, verify_pack,
-};
+use crate::store::pack::{FinishedPack, PackError, Provenance, read_footer, verify_pack};
 use crate::store::{ChunkKind, pack_key, pack_name_from_key};
 use crate::target::{self, Target};
 use crate::vault::{PUBLIC_FILE, PublicParams, Vault, VaultError};
@@ -275,13 +273,29 @@ fn rebuild_from_footers(
     index.clear_presence()?;
     let auth = keys.auth_key();
     let mut manifests = Vec::new();
-    // Footer digest → the first pack that carried it. Two packs with one footer are a pack and
-    // a replay of it (another file made from its bytes): recording the replay's chunks could
-    // make prune think the genuine pack redundant. Both are then read whole, and only the
-    // packs whose every byte checks are kept.
+    // Footer digest → the pack recorded with it. Two packs with one footer are a pack and a
+    // replay of it (another file made from its bytes): recording the replay's chunks could make
+    // prune think the genuine pack redundant. Both are then read whole, and only packs whose
+    // every byte checks are kept. Footers are recorded as they are read (a vault's footers
+    // together can be gigabytes); a rejected first pack is taken out again.
     let mut seen: HashMap<[u8; 32], String> = HashMap::new();
-    let mut pending: Vec<(String, u64, Footer, FooterSeal)> = Vec::new();
-    let mut contested: HashSet<[u8; 32]> = HashSet::new();
+    let mut checked: HashMap<String, bool> = HashMap::new();
+    let mut check_whole = |name: &str| -> bool {
+        if let Some(ok) = checked.get(name) {
+            return *ok;
+        }
+        let result = target
+            .get(&pack_key(name))
+            .map_err(|e| e.to_string())
+            .and_then(|bytes| {
+                verify_pack(keys.identity(), keys.id_key(), name, &bytes).map_err(|e| e.to_string())
+            });
+        if let Err(reason) = &result {
+            tracing::warn!(pack = %name, %reason, "a pack sharing its footer with another does not check: ignored");
+        }
+        checked.insert(name.to_string(), result.is_ok());
+        result.is_ok()
+    };
     for listed in target.list("packs/")? {
         let Some(name) = pack_name_from_key(&listed.key) else {
             continue;
@@ -308,29 +322,23 @@ fn rebuild_from_footers(
                 continue;
             }
         };
-        if let Some(first) = seen.get(&seal.digest()) {
+        if let Some(first) = seen.get(&seal.digest()).cloned() {
             tracing::warn!(pack = %name, other = %first, "two packs carry one footer; both are checked in full");
-            contested.insert(seal.digest());
-        } else {
-            seen.insert(seal.digest(), name.to_string());
-        }
-        pending.push((name.to_string(), listed.size, footer, seal));
-    }
-    for (name, size, footer, seal) in pending {
-        if contested.contains(&seal.digest()) {
-            let checked = target
-                .get(&pack_key(&name))
-                .map_err(|e| e.to_string())
-                .and_then(|bytes| {
-                    verify_pack(keys.identity(), keys.id_key(), &name, &bytes)
-                        .map_err(|e| e.to_string())
-                });
-            if let Err(reason) = checked {
-                tracing::warn!(pack = %name, %reason, "a replayed footer: pack ignored");
-                report.packs_forged.push(name);
+            if !check_whole(&first) {
+                index.unrecord_pack(&first)?;
+                if !seal.is_authenticated() {
+                    report.packs_legacy = report.packs_legacy.saturating_sub(1);
+                }
+                report.packs_forged.push(first);
+                seen.remove(&seal.digest());
+            }
+            if !check_whole(name) {
+                report.packs_forged.push(name.to_string());
                 continue;
             }
         }
+        seen.entry(seal.digest())
+            .or_insert_with(|| name.to_string());
         let provenance = if seal.is_authenticated() {
             Provenance::Authenticated
         } else {
@@ -345,9 +353,9 @@ fn rebuild_from_footers(
                 .map(|e| e.id),
         );
         let pack = FinishedPack {
-            name,
+            name: name.to_string(),
             path: Default::default(),
-            size,
+            size: listed.size,
             raw_bytes: footer.frames.iter().map(|f| u64::from(f.raw_len)).sum(),
             footer,
             provenance,

@@ -661,6 +661,49 @@ mod tests {
         }
     }
 
+    /// Packs written before footers were authenticated (layout 1) still read, marked legacy.
+    #[test]
+    fn layout_1_packs_still_read() {
+        let identity = age::x25519::Identity::generate();
+        let key = IdKey::generate().unwrap();
+        let chunk = b"a chunk written by an older gitvault".to_vec();
+        let frame = zstd::bulk::compress(&chunk, 3).unwrap();
+        let footer = Footer {
+            frames: vec![FrameInfo {
+                offset: 8,
+                compressed_len: frame.len() as u32,
+                raw_len: chunk.len() as u32,
+            }],
+            entries: vec![PackEntry {
+                id: key.chunk_id(&chunk),
+                kind: 0,
+                frame: 0,
+                offset: 0,
+                len: chunk.len() as u32,
+            }],
+        };
+        let footer_plain = footer.encode();
+        let footer_z = zstd::bulk::compress(&footer_plain, 3).unwrap();
+        let mut plain = PACK_MAGIC_V1.to_vec();
+        plain.extend(&frame);
+        plain.extend(&footer_z);
+        plain.extend((footer_z.len() as u32).to_le_bytes());
+        plain.extend((footer_plain.len() as u32).to_le_bytes());
+        plain.extend(TRAILER_MAGIC_V1);
+        let mut sealed = Vec::new();
+        let mut w = crypto::encrypting_writer(&identity.to_public(), &mut sealed).unwrap();
+        w.write_all(&plain).unwrap();
+        w.finish().unwrap();
+        let name = blake3::hash(&sealed).to_hex().to_string();
+        let mut r = PackReader::open(&identity, std::io::Cursor::new(sealed.clone())).unwrap();
+        let (read, seal) = r.footer(&key.auth_key()).unwrap();
+        assert_eq!(read, footer);
+        assert!(!seal.is_authenticated());
+        assert_eq!(r.frame(&read.frames[0]).unwrap(), chunk);
+        let (_, seal) = verify_pack(&identity, &key, &name, &sealed).unwrap();
+        assert!(matches!(seal, FooterSeal::Legacy { .. }));
+    }
+
     #[test]
     fn footer_decode_rejects_garbage() {
         assert!(Footer::decode(&[1, 0, 0]).is_err());
