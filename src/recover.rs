@@ -158,10 +158,14 @@ pub fn recover(
             Err(e) => tracing::warn!(error = %e, "the prune record's object map is unreadable"),
         }
     }
-    let manifests: Vec<ChunkId> = manifests
+    // One manifest can sit in several packs (a compaction copy beside its condemned original,
+    // a crash between uploads, a replay): one snapshot each.
+    let mut manifests: Vec<ChunkId> = manifests
         .into_iter()
         .filter(|m| !forgotten.contains(m))
         .collect();
+    manifests.sort();
+    manifests.dedup();
     report.snapshots_recovered = recover_snapshots(&vault, &keys, manifests)?;
     report.snapshots_total = vault.index().snapshots(None, None, None)?.len() as u64;
     Ok(report)
