@@ -9,13 +9,13 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use common::git_server::{file_url, run_fixture};
 use common::s3_server::S3Server;
-use common::{TestVault, ok, refs_and_head, stderr, stdout};
+use common::{TestVault, fsck, ok, refs_and_head, stderr, stdout};
 use gitvault::crypto::{self, IdKey, Unlock, VaultKeys};
 use gitvault::store::pack::{Compression, PackWriter};
 use gitvault::target::{Body, Target, open_target};
@@ -130,20 +130,6 @@ impl Fixture {
             packs_before.difference(&after).collect::<Vec<_>>()
         );
     }
-}
-
-fn fsck(repo: &Path) {
-    let out = Command::new("git")
-        .arg("-C")
-        .arg(repo)
-        .args(["fsck", "--full"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 fn json(out: &Output) -> serde_json::Value {

@@ -203,6 +203,22 @@ pub fn git(dir: &Path, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Asserts that `git fsck --full` passes on a (restored) repository.
+pub fn fsck(repo: &Path) {
+    let out = Command::new("git")
+        .arg("-C")
+        .arg(repo)
+        .args(["fsck", "--full"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "git fsck --full failed on {}: {}",
+        repo.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// What a restore must reproduce exactly: every ref with its object, and HEAD.
 pub fn refs_and_head(repo: &Path) -> String {
     let refs = git(repo, &["for-each-ref", "--format=%(objectname) %(refname)"]);
