@@ -270,17 +270,31 @@ pub fn decode_object_map(bytes: &[u8]) -> Result<Vec<ObjectEntry>, SnapshotError
         .collect()
 }
 
-/// Parses a DATE argument: RFC 3339, or `YYYY-MM-DD` meaning the end of that day (UTC).
+/// Parses a DATE argument that ends a range (`--at`, `--until`): RFC 3339, or `YYYY-MM-DD`
+/// meaning the end of that day (UTC), so that the day itself is included.
 pub fn parse_date(text: &str) -> Result<DateTime<Utc>, SnapshotError> {
+    parse_day_bound(text, (23, 59, 59, 999))
+}
+
+/// Parses a DATE argument that starts a range (`--since`): RFC 3339, or `YYYY-MM-DD` meaning
+/// the start of that day (UTC), so that the day itself is included.
+pub fn parse_date_start(text: &str) -> Result<DateTime<Utc>, SnapshotError> {
+    parse_day_bound(text, (0, 0, 0, 0))
+}
+
+fn parse_day_bound(
+    text: &str,
+    (h, m, s, ms): (u32, u32, u32, u32),
+) -> Result<DateTime<Utc>, SnapshotError> {
     if let Ok(t) = DateTime::parse_from_rfc3339(text) {
         return Ok(t.with_timezone(&Utc));
     }
     let day = NaiveDate::parse_from_str(text, "%Y-%m-%d")
         .map_err(|_| SnapshotError::BadDate(text.to_string()))?;
-    let end = day
-        .and_hms_milli_opt(23, 59, 59, 999)
+    let at = day
+        .and_hms_milli_opt(h, m, s, ms)
         .ok_or_else(|| SnapshotError::BadDate(text.to_string()))?;
-    Ok(Utc.from_utc_datetime(&end))
+    Ok(Utc.from_utc_datetime(&at))
 }
 
 /// Checks a repository name given by a user or derived from a URL.
@@ -333,6 +347,12 @@ mod tests {
         let t = parse_date("2026-01-02T10:00:00+02:00").unwrap();
         assert_eq!(t.to_rfc3339(), "2026-01-02T08:00:00+00:00");
         assert!(parse_date("yesterday").is_err());
+        let s = parse_date_start("2026-01-02").unwrap();
+        assert_eq!(s.to_rfc3339(), "2026-01-02T00:00:00+00:00");
+        assert_eq!(
+            parse_date_start("2026-01-02T10:00:00Z").unwrap(),
+            parse_date("2026-01-02T10:00:00Z").unwrap()
+        );
     }
 
     #[test]

@@ -254,3 +254,44 @@ fn targets_can_be_added_listed_and_removed() {
     let out = tv.run(&["chunk", "cat", &id]);
     assert!(stderr(&out).contains("missing"), "{}", stderr(&out));
 }
+
+/// `--since DAY` starts at the beginning of that day and `--until DAY` ends at its end, so a
+/// snapshot taken on DAY is in both ranges.
+#[test]
+fn since_and_until_days_include_the_day() {
+    let tv = TestVault::new();
+    let repo = tv.tmp.path().join("repo.git");
+    common::git_server::run_fixture("rich.sh", &[repo.to_str().unwrap()]);
+    let url = common::git_server::file_url(&repo);
+    for (i, when) in ["2026-01-04T10:00:00Z", "2026-01-05T10:00:00Z"]
+        .iter()
+        .enumerate()
+    {
+        if i == 1 {
+            common::git_server::run_fixture("evolve.sh", &[repo.to_str().unwrap(), "add-commit"]);
+        }
+        let out = tv
+            .command(&["backup", &url, "--name", "r"])
+            .env("GITVAULT_NOW", when)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    let count = |args: &[&str]| {
+        let mut all = vec!["--json", "snapshots"];
+        all.extend_from_slice(args);
+        let out = tv.run(&all);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        rows.as_array().unwrap().len()
+    };
+    assert_eq!(count(&[]), 2);
+    assert_eq!(count(&["--since", "2026-01-05"]), 1);
+    assert_eq!(count(&["--since", "2026-01-04"]), 2);
+    assert_eq!(count(&["--until", "2026-01-04"]), 1);
+    assert_eq!(
+        count(&["--since", "2026-01-05", "--until", "2026-01-05"]),
+        1
+    );
+    assert_eq!(count(&["--since", "2026-01-06"]), 0);
+}

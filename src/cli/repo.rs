@@ -343,7 +343,7 @@ pub fn snapshots(ctx: &Ctx, args: SnapshotsArgs) -> Result<i32> {
     let since = args
         .since
         .as_deref()
-        .map(snapshot::parse_date)
+        .map(snapshot::parse_date_start)
         .transpose()?;
     let until = args
         .until
