@@ -6,7 +6,7 @@ use super::{Ctx, EXIT_OK};
 
 #[derive(Subcommand)]
 pub enum TargetCommand {
-    /// Add a target: file:///path (s3:// comes with the S3 issue).
+    /// Add a target: file:///path, or s3://bucket/prefix?endpoint=…&region=…&access_key_env=…&secret_key_env=…
     Add { name: String, url: String },
     /// List the targets.
     List,
