@@ -576,3 +576,73 @@ fn prune_judges_only_packs_it_can_vouch_for() {
     fsck(&to);
     assert_eq!(refs_and_head(&to), refs_and_head(&repo));
 }
+
+/// Uploads of killed runs (day-old packs no index row names) are deleted by prune when this
+/// vault wrote them and none holds a manifest; a pack it cannot vouch for, or a set of packs
+/// holding a snapshot it never recorded, is left in place.
+#[test]
+fn prune_collects_only_unindexed_packs_it_wrote() {
+    let tv = TestVault::new();
+    let repo = tv.tmp.path().join("repo.git");
+    run_fixture("rich.sh", &[repo.to_str().unwrap()]);
+    ok(&tv.run(&["backup", &file_url(&repo), "--name", "r"]));
+    let vault = tv.open();
+    let keys = tv.keys(&vault);
+    let day_old = std::time::SystemTime::now() - Duration::from_secs(2 * 24 * 3600);
+    // Writes a pack with one chunk of `kind` under `auth` into the local target, dated
+    // `when`; returns its path.
+    let plant =
+        |auth: &crypto::AuthKey, kind: u8, seed: u64, when: Option<std::time::SystemTime>| {
+            let mut w = PackWriter::create(
+                tv.tmp.path(),
+                &keys.identity().to_public(),
+                auth,
+                Compression {
+                    level: 3,
+                    frame_size: 1 << 20,
+                },
+            )
+            .unwrap();
+            let data = common::noise(seed, 5_000);
+            w.add(keys.id_key().chunk_id(&data), kind, &data).unwrap();
+            let done = w.finish().unwrap();
+            let path = tv
+                .data_dir()
+                .join("packs")
+                .join(&done.name[..2])
+                .join(&done.name);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::copy(&done.path, &path).unwrap();
+            if let Some(t) = when {
+                std::fs::File::options()
+                    .write(true)
+                    .open(&path)
+                    .unwrap()
+                    .set_modified(t)
+                    .unwrap();
+            }
+            path
+        };
+    let ours = keys.auth_key();
+    let theirs = IdKey::generate().unwrap().auth_key();
+    let killed_upload = plant(&ours, 3, 1, Some(day_old));
+    let fresh_upload = plant(&ours, 3, 2, None);
+    let forged = plant(&theirs, 3, 3, Some(day_old));
+    drop(vault);
+
+    let doc = json(&tv.run(&["--json", "prune"]));
+    assert_eq!(doc["unindexed_deleted"], 1, "{doc}");
+    assert!(!killed_upload.exists());
+    assert!(fresh_upload.exists() && forged.exists());
+
+    // A day-old pack with a manifest among the unknown ones: all are left.
+    let other_killed = plant(&ours, 3, 4, Some(day_old));
+    let with_manifest = plant(&ours, gitvault::ChunkKind::Manifest as u8, 5, Some(day_old));
+    let doc = json(&tv.run(&["--json", "prune"]));
+    assert_eq!(doc["unindexed_deleted"], 0, "{doc}");
+    assert!(other_killed.exists() && with_manifest.exists());
+    let to = tv.tmp.path().join("restored");
+    ok(&tv.run(&["restore", "r", "--to", to.to_str().unwrap()]));
+    fsck(&to);
+    assert_eq!(refs_and_head(&to), refs_and_head(&repo));
+}

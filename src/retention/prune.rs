@@ -109,6 +109,12 @@ pub struct PruneReport {
     pub packs_spared: u64,
     /// Temporary files killed runs left in the vault's tmp directory and on file targets.
     pub garbage_files_removed: u64,
+    /// Day-old packs no index row names, written by this vault (authenticated footers) and
+    /// holding no manifest: uploads of runs killed before they recorded them. Deleted.
+    pub unindexed_deleted: u64,
+    /// Day-old packs no index row names that were left: not written by this vault (reported,
+    /// never deleted), or holding a manifest (a snapshot `recover` can bring back).
+    pub unindexed_kept: Vec<String>,
     /// Packs prune may not judge: their footers could not be authenticated (format 1 packs
     /// read by `recover`) and `verify --full` has not checked them yet. Never deleted.
     pub packs_unvouched: u64,
@@ -499,6 +505,7 @@ pub fn prune(
     crate::hooks::point("prune-locked");
     if !options.dry_run {
         report.garbage_files_removed = collect_garbage(vault);
+        collect_unindexed(vault, keys, &mut report)?;
     }
     for row in index.snapshots(None, None, None)? {
         if !seen_rows.contains(&row.row_id) {
@@ -825,6 +832,86 @@ fn collect_garbage(vault: &Vault) -> u64 {
         }
     }
     removed
+}
+
+/// Deletes the uploads of killed runs: day-old packs on a target that the index does not know.
+/// A pack is deleted only if its footer authenticates (this vault wrote it) and no such pack
+/// holds a manifest: a manifest is written after every other chunk of its snapshot, so packs
+/// without one belong to no snapshot, while a manifest among them is a complete snapshot this
+/// host never recorded, which only `recover` should judge.
+fn collect_unindexed(
+    vault: &Vault,
+    keys: &VaultKeys,
+    report: &mut PruneReport,
+) -> Result<(), PruneError> {
+    let known: HashSet<String> = vault.index().packs()?.into_iter().map(|p| p.name).collect();
+    let auth = keys.auth_key();
+    let mut doomed: Vec<(usize, String)> = Vec::new();
+    let mut holds_manifest = false;
+    for (ti, target) in vault.targets().iter().enumerate() {
+        let Ok(listed) = target.list("packs/") else {
+            continue;
+        };
+        for l in listed {
+            let Some(name) = crate::store::pack_name_from_key(&l.key) else {
+                continue;
+            };
+            if known.contains(name) {
+                continue;
+            }
+            let old = target
+                .modified(&l.key)
+                .ok()
+                .flatten()
+                .and_then(|m| m.elapsed().ok())
+                .is_some_and(|age| age > GARBAGE_AGE);
+            if !old {
+                continue;
+            }
+            let footer = target
+                .open(&l.key)
+                .map_err(|e| e.to_string())
+                .and_then(|input| {
+                    crate::store::pack::read_footer(keys.identity(), &auth, input)
+                        .map_err(|e| e.to_string())
+                });
+            match footer {
+                Ok((footer, seal)) if seal.is_authenticated() => {
+                    holds_manifest |= footer
+                        .entries
+                        .iter()
+                        .any(|e| e.kind == ChunkKind::Manifest as u8);
+                    doomed.push((ti, name.to_string()));
+                }
+                Ok(_) | Err(_) => {
+                    tracing::warn!(target = target.name(), pack = %name, "a pack this vault cannot vouch for; left in place");
+                    report.unindexed_kept.push(name.to_string());
+                }
+            }
+        }
+    }
+    if holds_manifest {
+        tracing::warn!(
+            packs = doomed.len(),
+            "packs unknown to this index hold a snapshot; left in place (`gitvault recover` reads them)"
+        );
+        report
+            .unindexed_kept
+            .extend(doomed.into_iter().map(|(_, n)| n));
+        return Ok(());
+    }
+    for (ti, name) in doomed {
+        let target = &vault.targets()[ti];
+        match target.delete(&pack_key(&name)) {
+            Ok(()) | Err(crate::target::TargetError::NotFound { .. }) => {
+                report.unindexed_deleted += 1
+            }
+            Err(e) => {
+                tracing::warn!(target = target.name(), pack = %name, error = %e, "unindexed pack not deleted")
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The newest prune record in the vault, if any (recover applies it).

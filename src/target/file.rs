@@ -189,6 +189,15 @@ impl Target for FileTarget {
         Ok(out)
     }
 
+    fn modified(&self, key: &str) -> Result<Option<std::time::SystemTime>, TargetError> {
+        let path = self.path(key)?;
+        match fs::metadata(&path) {
+            Ok(meta) => Ok(meta.modified().ok()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(self.io_err("stat", key, e)),
+        }
+    }
+
     fn remove_stale_temporaries(
         &self,
         older_than: std::time::Duration,

@@ -75,6 +75,12 @@ pub trait Target: Send + Sync {
     /// Deletes an object; deleting a missing object is not an error.
     fn delete(&self, key: &str) -> Result<(), TargetError>;
 
+    /// When the object was last written, where the target can say (`None`: unknown, or
+    /// missing). Prune uses it to leave alone what a running writer may still need.
+    fn modified(&self, _key: &str) -> Result<Option<std::time::SystemTime>, TargetError> {
+        Ok(None)
+    }
+
     /// Removes partial uploads (temporary files a killed writer left) last written more than
     /// `older_than` ago; returns how many. Targets whose uploads are atomic have none.
     fn remove_stale_temporaries(

@@ -691,6 +691,28 @@ impl S3Target {
 
     /// A HEAD answer has no body, so a missing bucket (404 without a code) reads as a missing
     /// object here; the next upload or listing names the bucket.
+    async fn modified_async(
+        &self,
+        full_key: &str,
+    ) -> Result<Option<std::time::SystemTime>, Failure> {
+        let result = self
+            .client
+            .head_object()
+            .bucket(&self.config.bucket)
+            .key(full_key)
+            .send()
+            .await;
+        match result {
+            Ok(output) => Ok(output
+                .last_modified()
+                .and_then(|t| std::time::SystemTime::try_from(*t).ok())),
+            Err(err) => match self.classify(err) {
+                Failure::NotFound => Ok(None),
+                other => Err(other),
+            },
+        }
+    }
+
     async fn head_async(&self, full_key: &str) -> Result<Option<u64>, Failure> {
         let result = self
             .client
@@ -855,6 +877,11 @@ impl Target for S3Target {
 
     fn list(&self, prefix: &str) -> Result<Vec<Listed>, TargetError> {
         self.run("list", prefix, self.list_async(prefix))
+    }
+
+    fn modified(&self, key: &str) -> Result<Option<std::time::SystemTime>, TargetError> {
+        let full = self.full_key(key)?;
+        self.run("head", key, self.modified_async(&full))
     }
 
     fn delete(&self, key: &str) -> Result<(), TargetError> {
