@@ -1,0 +1,200 @@
+//! The library's modules form layers that only point down (issue 15, docs/ARCHITECTURE.md): a
+//! module may use modules of a lower layer, never one of its own layer or above, and never one
+//! of DESIGN.md's "nevers". This test reads the `crate::` paths of every file under `src/`
+//! (the CLI, `main.rs` and `lib.rs` excepted: they sit on top) and fails on any import that
+//! breaks the rule and is not in `KNOWN`, the list of today's violations. `KNOWN` may only
+//! shrink: an entry that no longer occurs fails the test too, so that it is removed with the
+//! import it excused.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+/// Bottom up. A module may import only modules of a lower layer.
+const LAYERS: &[&[&str]] = &[
+    &["hooks", "redact", "crypto"],
+    &["target", "index"],
+    &["store"],
+    &["git", "lfs", "provider"],
+    &["snapshot", "vault"],
+    &[
+        "backup",
+        "restore",
+        "retention",
+        "replicas",
+        "recover",
+        "stats",
+    ],
+];
+
+/// DESIGN.md's "no part reaches around another", whatever the layers say.
+const NEVER: &[(&str, &str)] = &[
+    ("target", "git"),
+    ("provider", "store"),
+    ("provider", "target"),
+    ("provider", "index"),
+    ("git", "target"),
+    ("git", "store"),
+];
+
+/// Imports that break the rule today, each to be removed by moving a type or a function to
+/// the layer it belongs to (issue 15).
+const KNOWN: &[(&str, &str)] = &[
+    // Oid, ObjectKind, RefSet, Head and the object maps belong to `git` (and `snapshot`
+    // should use them), ChunkKind to `store`.
+    ("git", "snapshot"),
+    ("lfs", "snapshot"),
+    ("lfs", "git"),
+    // The index should have its own row types instead of the store's, the snapshot's and the
+    // LFS map's.
+    ("index", "store"),
+    ("index", "snapshot"),
+    ("index", "lfs"),
+    // Providers should be handed an HTTP cache (a trait) and a retention policy type.
+    ("provider", "index"),
+    ("provider", "git"),
+    ("provider", "retention"),
+    // Source configuration and retention settings live in `vault`'s config.
+    ("vault", "retention"),
+    // Index backups (replicas) and prune records (retention) are read by several operations:
+    // both belong below the operations layer.
+    ("recover", "replicas"),
+    ("recover", "retention"),
+    ("retention", "replicas"),
+];
+
+fn layer_of(module: &str) -> Option<usize> {
+    LAYERS.iter().position(|l| l.contains(&module))
+}
+
+/// The top-level module a file under `src/` belongs to, or `None` for the binary's files.
+fn module_of(rel: &Path) -> Option<String> {
+    let first = rel.components().next()?.as_os_str().to_str()?.to_string();
+    let module = first.trim_end_matches(".rs").to_string();
+    (!matches!(module.as_str(), "cli" | "main" | "lib")).then_some(module)
+}
+
+/// `crate::name` paths in the code of `text` (comments left out).
+fn crate_paths(text: &str) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    for line in text.lines() {
+        let code = line.trim_start();
+        if code.starts_with("//") {
+            continue;
+        }
+        let mut rest = code;
+        while let Some(at) = rest.find("crate::") {
+            let after = &rest[at + "crate::".len()..];
+            let name: String = after
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            // `crate::{a, b}` lists several.
+            if name.is_empty() && after.starts_with('{') {
+                let list = after[1..].split('}').next().unwrap_or("");
+                for item in list.split(',') {
+                    let item: String = item
+                        .trim()
+                        .chars()
+                        .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                        .collect();
+                    if !item.is_empty() {
+                        out.insert(item);
+                    }
+                }
+            } else if !name.is_empty() {
+                out.insert(name);
+            }
+            rest = after;
+        }
+    }
+    out
+}
+
+fn rust_files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            rust_files(&path, out);
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            out.push(path);
+        }
+    }
+}
+
+/// Every (importer, imported) pair of top-level modules, with a file that shows it.
+fn imports() -> BTreeMap<(String, String), String> {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    rust_files(&src, &mut files);
+    let mut pairs = BTreeMap::new();
+    for file in files {
+        let rel = file.strip_prefix(&src).unwrap().to_path_buf();
+        let Some(from) = module_of(&rel) else {
+            continue;
+        };
+        let text = std::fs::read_to_string(&file).unwrap();
+        for to in crate_paths(&text) {
+            if to == from || to.chars().next().is_some_and(|c| c.is_ascii_uppercase()) {
+                // Re-exports at the crate root (`crate::ChunkId`) name no module.
+                continue;
+            }
+            pairs
+                .entry((from.clone(), to))
+                .or_insert_with(|| rel.display().to_string());
+        }
+    }
+    pairs
+}
+
+#[test]
+fn layers_only_point_down() {
+    let mut broken = Vec::new();
+    let mut seen_known = BTreeSet::new();
+    for ((from, to), file) in imports() {
+        let (Some(lf), Some(lt)) = (layer_of(&from), layer_of(&to)) else {
+            broken.push(format!(
+                "{file}: `{from}` → `{to}`: place every module in LAYERS"
+            ));
+            continue;
+        };
+        let never = NEVER.contains(&(from.as_str(), to.as_str()));
+        if lt < lf && !never {
+            continue;
+        }
+        if KNOWN.contains(&(from.as_str(), to.as_str())) {
+            seen_known.insert((from.clone(), to.clone()));
+            continue;
+        }
+        broken.push(format!(
+            "{file}: `{from}` (layer {lf}) imports `{to}` (layer {lt}){}",
+            if never {
+                ", which DESIGN.md forbids"
+            } else {
+                ""
+            }
+        ));
+    }
+    for (from, to) in KNOWN {
+        if !seen_known.contains(&(from.to_string(), to.to_string())) {
+            broken.push(format!(
+                "`{from}` → `{to}` is in KNOWN but no longer imported: remove it from the list"
+            ));
+        }
+    }
+    assert!(
+        broken.is_empty(),
+        "layer violations:\n{}",
+        broken.join("\n")
+    );
+}
+
+#[test]
+fn the_parser_sees_imports() {
+    let text = "use crate::store::{pack, ChunkStore};\n// crate::retention in a comment\nlet x = crate::git::objects::walk();\nuse crate::{index, vault::Vault};";
+    let found = crate_paths(text);
+    let expected: BTreeSet<String> = ["store", "git", "index", "vault"]
+        .into_iter()
+        .map(String::from)
+        .collect();
+    assert_eq!(found, expected);
+}
