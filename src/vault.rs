@@ -115,7 +115,7 @@ pub struct Config {
     pub store: StoreConfig,
     /// The retention policy `forget` applies to repositories without one of their own.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub retention: Option<crate::retention::Policy>,
+    pub retention: Option<crate::policy::Policy>,
     #[serde(default, rename = "target")]
     pub targets: Vec<TargetConfig>,
     #[serde(default, rename = "source")]

@@ -11,7 +11,7 @@ use std::path::Path;
 
 /// Bottom up. A module may import only modules of a lower layer.
 const LAYERS: &[&[&str]] = &[
-    &["hooks", "redact", "crypto"],
+    &["hooks", "redact", "crypto", "policy"],
     &["target", "index"],
     &["store"],
     &["git", "lfs", "provider"],
@@ -53,8 +53,6 @@ const KNOWN: &[(&str, &str)] = &[
     ("provider", "index"),
     ("provider", "git"),
     ("provider", "retention"),
-    // Source configuration and retention settings live in `vault`'s config.
-    ("vault", "retention"),
     // Index backups (replicas) and prune records (retention) are read by several operations:
     // both belong below the operations layer.
     ("recover", "replicas"),

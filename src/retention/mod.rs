@@ -2,7 +2,6 @@
 //! needs (`prune`).
 
 pub mod forget;
-mod policy;
 pub mod prune;
 
-pub use policy::{Count, Decision, Policy, RetentionError, Span};
+pub use crate::policy::{Count, Decision, Policy, RetentionError, Span};
