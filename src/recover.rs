@@ -237,12 +237,12 @@ fn import_index_backup(
         let attempt = (|| -> Result<u64, String> {
             // Streamed: an index backup can be gigabytes.
             let sealed = source.open(&backup.key).map_err(|e| e.to_string())?;
-            let seal = crate::replicas::IndexBackupSeal {
+            let seal = crate::vault::index_backup::IndexBackupSeal {
                 auth: &auth,
                 vault_id: &vault.config().vault_id,
                 key: &backup.key,
             };
-            crate::replicas::open_index_backup(sealed, keys.identity(), &seal, &dest)
+            crate::vault::index_backup::open_index_backup(sealed, keys.identity(), &seal, &dest)
                 .map_err(|e| e.to_string())?;
             let imported = vault
                 .index()

@@ -53,11 +53,8 @@ const KNOWN: &[(&str, &str)] = &[
     ("provider", "index"),
     ("provider", "git"),
     ("provider", "retention"),
-    // Index backups (replicas) and prune records (retention) are read by several operations:
-    // both belong below the operations layer.
-    ("recover", "replicas"),
+    // Prune records are read by recover: they belong below the operations layer.
     ("recover", "retention"),
-    ("retention", "replicas"),
 ];
 
 fn layer_of(module: &str) -> Option<usize> {

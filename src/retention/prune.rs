@@ -618,7 +618,7 @@ pub fn prune(
     crate::hooks::point("prune-condemned");
     // An index backup that no longer needs the condemned packs, before any is deleted: a
     // recover from it never meets a dangling row.
-    let failed = crate::replicas::upload_index_backup(vault, keys, &lock)?;
+    let failed = crate::vault::index_backup::upload_index_backup(vault, keys, &lock)?;
     if !failed.is_empty() {
         report.index_backup_failed = failed;
         report.packs_waiting = index.condemned_packs()?.len() as u64;

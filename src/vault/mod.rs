@@ -18,6 +18,8 @@ use std::path::{Path, PathBuf};
 use age::secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 
+pub mod index_backup;
+
 use crate::crypto::{self, CryptoError, KeyProtection, Unlock, VaultKeys};
 use crate::index::{Index, IndexError};
 use crate::store::pack::Compression;
