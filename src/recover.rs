@@ -135,7 +135,8 @@ pub fn recover(
     // them) and maps the live objects whose adding snapshots are gone.
     let record = {
         let store = vault.reader(&keys);
-        crate::retention::prune::newest_record(&vault, &store)
+        snapshot::newest_prune_record(vault.index(), &store)
+            .map(|found| found.map(|(_, record)| record))
             .map_err(|e| bad_target(options.url, e.to_string()))?
     };
     let forgotten: std::collections::HashSet<ChunkId> = record

@@ -321,6 +321,37 @@ pub fn check_repo_name(name: &str) -> Result<(), SnapshotError> {
     Ok(())
 }
 
+/// The content of a prune record chunk (docs/FORMAT.md): written by every prune, read by the
+/// next prune and by `recover`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct PruneRecord {
+    pub format: u32,
+    pub time: chrono::DateTime<chrono::Utc>,
+    /// Manifests (hex chunk ids) of forgotten snapshots still present in packs.
+    pub forgotten: Vec<String>,
+    /// Object map (hex chunk id) of live objects no kept snapshot's object map lists.
+    pub orphan_objects: Option<String>,
+}
+
+/// The newest prune record among the indexed chunks, and its chunk. Older records are dead:
+/// the newest carries their forgotten manifests forward.
+pub fn newest_prune_record(
+    index: &crate::index::Index,
+    store: &crate::store::ChunkStore<'_>,
+) -> Result<Option<(ChunkId, PruneRecord)>, crate::store::StoreError> {
+    let mut newest: Option<(ChunkId, PruneRecord)> = None;
+    for id in index.chunks_of_kind(crate::store::ChunkKind::PruneRecord as u8)? {
+        let Ok(record) = serde_json::from_slice::<PruneRecord>(&store.get(&id)?) else {
+            tracing::warn!(chunk = %id, "unreadable prune record");
+            continue;
+        };
+        if newest.as_ref().is_none_or(|(_, n)| record.time > n.time) {
+            newest = Some((id, record));
+        }
+    }
+    Ok(newest)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

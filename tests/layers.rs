@@ -53,8 +53,6 @@ const KNOWN: &[(&str, &str)] = &[
     ("provider", "index"),
     ("provider", "git"),
     ("provider", "retention"),
-    // Prune records are read by recover: they belong below the operations layer.
-    ("recover", "retention"),
 ];
 
 fn layer_of(module: &str) -> Option<usize> {

@@ -18,7 +18,7 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use crate::crypto::{ChunkId, VaultKeys};
 use crate::git::objects::{GroupKey, ObjectError, ObjectSource, Reached, walk_visit};
@@ -122,16 +122,7 @@ pub struct PruneReport {
     pub index_backup_failed: Vec<String>,
 }
 
-/// The content of a prune record chunk.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct PruneRecord {
-    pub format: u32,
-    pub time: chrono::DateTime<chrono::Utc>,
-    /// Manifests (hex chunk ids) of forgotten snapshots still present in packs.
-    pub forgotten: Vec<String>,
-    /// Object map (hex chunk id) of live objects no kept snapshot's object map lists.
-    pub orphan_objects: Option<String>,
-}
+pub use crate::snapshot::PruneRecord;
 
 /// How many small packs make prune regroup them.
 const REGROUP_SMALL_PACKS: usize = 4;
@@ -526,7 +517,7 @@ pub fn prune(
         .filter(|id| !kept.contains(id))
         .map(|id| id.to_hex())
         .collect();
-    if let Some((_, previous)) = newest_record_chunk(vault, &reader)? {
+    if let Some((_, previous)) = crate::snapshot::newest_prune_record(vault.index(), &reader)? {
         forgotten.extend(
             previous
                 .forgotten
@@ -912,31 +903,4 @@ fn collect_unindexed(
         }
     }
     Ok(())
-}
-
-/// The newest prune record in the vault, if any (recover applies it).
-pub fn newest_record(
-    vault: &Vault,
-    store: &ChunkStore<'_>,
-) -> Result<Option<PruneRecord>, PruneError> {
-    Ok(newest_record_chunk(vault, store)?.map(|(_, r)| r))
-}
-
-/// The newest prune record and its chunk. Older records are dead: the newest carries their
-/// forgotten manifests forward.
-fn newest_record_chunk(
-    vault: &Vault,
-    store: &ChunkStore<'_>,
-) -> Result<Option<(ChunkId, PruneRecord)>, PruneError> {
-    let mut newest: Option<(ChunkId, PruneRecord)> = None;
-    for id in vault.index().chunks_of_kind(ChunkKind::PruneRecord as u8)? {
-        let Ok(record) = serde_json::from_slice::<PruneRecord>(&store.get(&id)?) else {
-            tracing::warn!(chunk = %id, "unreadable prune record");
-            continue;
-        };
-        if newest.as_ref().is_none_or(|(_, n)| record.time > n.time) {
-            newest = Some((id, record));
-        }
-    }
-    Ok(newest)
 }
