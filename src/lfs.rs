@@ -20,9 +20,9 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use crate::crypto::ChunkId;
+use crate::git::model::Oid;
 use crate::git::{BoundCredentials, Credentials};
 use crate::redact::RedactedUrl;
-use crate::snapshot::Oid;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LfsError {
@@ -544,13 +544,14 @@ pub fn resolve(
     index.lfs_object(&e.pointer.sha256)
 }
 
-/// The LFS objects a snapshot's map names that the vault cannot provide: `oid: reason`.
+/// The LFS objects a snapshot's map (the manifest's `lfs` field) names that the vault cannot
+/// provide: `oid: reason`.
 pub fn missing_objects(
     index: &crate::index::Index,
     store: &crate::store::ChunkStore<'_>,
-    manifest: &crate::snapshot::Manifest,
+    lfs_map: Option<&str>,
 ) -> Vec<String> {
-    let Some(map) = &manifest.lfs else {
+    let Some(map) = lfs_map else {
         return Vec::new();
     };
     let entries = map

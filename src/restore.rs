@@ -138,7 +138,8 @@ pub fn load_snapshot(
             reason,
         });
     }
-    let refs = RefSet::decode(&store.get(&manifest.refset_id()?)?)?;
+    let refs = RefSet::decode(&store.get(&manifest.refset_id()?)?)
+        .map_err(snapshot::SnapshotError::from)?;
     Ok((manifest, refs))
 }
 

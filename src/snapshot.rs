@@ -5,13 +5,11 @@
 //! vault holds every object those refs reach. The ref set is its own chunk, so an unchanged
 //! repository's new snapshot points at the ref set already stored and costs one small manifest.
 
-use std::collections::BTreeMap;
-use std::fmt;
-
 use chrono::{DateTime, NaiveDate, TimeZone, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::crypto::ChunkId;
+pub use crate::git::model::{DamagedRefSet, Head, ObjectKind, Oid, RefSet};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {
@@ -23,107 +21,16 @@ pub enum SnapshotError {
     BadRepoName(String),
     #[error("snapshot document is damaged: {0}")]
     Damaged(String),
+    #[error(transparent)]
+    RefSet(#[from] DamagedRefSet),
 }
 
-/// A git object id (SHA-1; SHA-256 repositories are not supported yet).
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Oid(pub [u8; 20]);
-
-impl Oid {
-    pub fn to_hex(&self) -> String {
-        hex::encode(self.0)
-    }
-
-    pub fn from_hex(s: &str) -> Option<Oid> {
-        let bytes = hex::decode(s).ok()?;
-        <[u8; 20]>::try_from(bytes.as_slice()).ok().map(Oid)
-    }
-
-    pub fn from_slice(b: &[u8]) -> Option<Oid> {
-        <[u8; 20]>::try_from(b).ok().map(Oid)
-    }
-}
-
-impl fmt::Display for Oid {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.to_hex())
-    }
-}
-
-impl fmt::Debug for Oid {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Oid({})", self.to_hex())
-    }
-}
-
-/// What HEAD was in the advertisement.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Head {
-    /// A symbolic ref, e.g. `refs/heads/main` (possibly unborn: not among the refs).
-    Symbolic(String),
-    /// A detached HEAD.
-    Detached(String),
-}
-
-/// Every ref of one advertisement, and HEAD.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct RefSet {
-    pub head: Option<Head>,
-    pub refs: BTreeMap<String, Oid>,
-}
-
-const REFSET_HEADER: &str = "# gitvault refset v1\n";
-
-impl RefSet {
-    /// Canonical text form: equal ref sets give equal bytes, hence equal chunk ids.
-    pub fn encode(&self) -> Vec<u8> {
-        let mut out = String::with_capacity(REFSET_HEADER.len() + self.refs.len() * 64);
-        out.push_str(REFSET_HEADER);
-        match &self.head {
-            Some(Head::Symbolic(target)) => {
-                out.push_str("HEAD ref: ");
-                out.push_str(target);
-                out.push('\n');
-            }
-            Some(Head::Detached(oid)) => {
-                out.push_str("HEAD ");
-                out.push_str(oid);
-                out.push('\n');
-            }
-            None => {}
-        }
-        for (name, oid) in &self.refs {
-            out.push_str(&oid.to_hex());
-            out.push(' ');
-            out.push_str(name);
-            out.push('\n');
-        }
-        out.into_bytes()
-    }
-
-    pub fn decode(bytes: &[u8]) -> Result<RefSet, SnapshotError> {
-        let text = std::str::from_utf8(bytes)
-            .map_err(|_| SnapshotError::Damaged("ref set is not UTF-8".into()))?;
-        let body = text
-            .strip_prefix(REFSET_HEADER)
-            .ok_or_else(|| SnapshotError::Damaged("unknown ref set version".into()))?;
-        let mut set = RefSet::default();
-        for line in body.lines() {
-            if let Some(target) = line.strip_prefix("HEAD ref: ") {
-                set.head = Some(Head::Symbolic(target.to_string()));
-            } else if let Some(oid) = line.strip_prefix("HEAD ") {
-                set.head = Some(Head::Detached(oid.to_string()));
-            } else {
-                let (oid, name) = line
-                    .split_once(' ')
-                    .ok_or_else(|| SnapshotError::Damaged(format!("bad ref line `{line}`")))?;
-                let oid = Oid::from_hex(oid)
-                    .ok_or_else(|| SnapshotError::Damaged(format!("bad oid in `{line}`")))?;
-                set.refs.insert(name.to_string(), oid);
-            }
-        }
-        Ok(set)
+/// Checks a repository name given by a user or derived from a URL.
+pub fn check_repo_name(name: &str) -> Result<(), SnapshotError> {
+    if crate::git::model::valid_repo_name(name) {
+        Ok(())
+    } else {
+        Err(SnapshotError::BadRepoName(name.to_string()))
     }
 }
 
@@ -176,36 +83,7 @@ impl Manifest {
     }
 }
 
-/// Git object types as stored in the index and object maps (git's own numbering).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-#[repr(u8)]
-pub enum ObjectKind {
-    Commit = 1,
-    Tree = 2,
-    Blob = 3,
-    Tag = 4,
-}
-
 impl ObjectKind {
-    pub fn from_u8(v: u8) -> Option<ObjectKind> {
-        match v {
-            1 => Some(ObjectKind::Commit),
-            2 => Some(ObjectKind::Tree),
-            3 => Some(ObjectKind::Blob),
-            4 => Some(ObjectKind::Tag),
-            _ => None,
-        }
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            ObjectKind::Commit => "commit",
-            ObjectKind::Tree => "tree",
-            ObjectKind::Blob => "blob",
-            ObjectKind::Tag => "tag",
-        }
-    }
-
     pub fn chunk_kind(self) -> crate::store::ChunkKind {
         use crate::store::ChunkKind;
         match self {
@@ -295,30 +173,6 @@ fn parse_day_bound(
         .and_hms_milli_opt(h, m, s, ms)
         .ok_or_else(|| SnapshotError::BadDate(text.to_string()))?;
     Ok(Utc.from_utc_datetime(&at))
-}
-
-/// Checks a repository name given by a user or derived from a URL.
-pub fn check_repo_name(name: &str) -> Result<(), SnapshotError> {
-    let bad = || SnapshotError::BadRepoName(name.to_string());
-    if name.is_empty() || name.len() > 512 {
-        return Err(bad());
-    }
-    for (i, seg) in name.split('/').enumerate() {
-        let ok = !seg.is_empty()
-            && seg != "."
-            && seg != ".."
-            && seg.bytes().all(|b| {
-                b.is_ascii_alphanumeric()
-                    || b == b'.'
-                    || b == b'_'
-                    || b == b'-'
-                    || (i == 0 && b == b':')
-            });
-        if !ok {
-            return Err(bad());
-        }
-    }
-    Ok(())
 }
 
 /// The content of a prune record chunk (docs/FORMAT.md): written by every prune, read by the

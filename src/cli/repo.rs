@@ -505,7 +505,9 @@ pub fn verify(ctx: &Ctx, args: VerifyArgs) -> Result<i32> {
         let store = vault.reader(&keys);
         for row in &all {
             if let Ok((manifest, _)) = restore::load_snapshot(&store, row) {
-                for m in gitvault::lfs::missing_objects(vault.index(), &store, &manifest) {
+                for m in
+                    gitvault::lfs::missing_objects(vault.index(), &store, manifest.lfs.as_deref())
+                {
                     lfs_missing.push(format!("{} {}: LFS object {m}", row.repo, row.id));
                 }
             }

@@ -5,6 +5,7 @@
 //! This module knows nothing of packs of the vault or targets: the backup and restore modules
 //! connect it to the chunk store.
 
+pub mod model;
 pub mod objects;
 mod remote;
 mod write;
@@ -16,7 +17,7 @@ use std::sync::atomic::AtomicBool;
 use gix::protocol::handshake::Ref;
 use gix::remote::Direction;
 
-use crate::snapshot::{Head, ObjectKind, Oid, RefSet};
+use crate::git::model::{Head, ObjectKind, Oid, RefSet};
 pub use remote::{
     ALLOW_INSECURE_HTTP_ENV, BoundCredentials, Credentials, RemoteSpec, parse_remote,
     transport_allows_credentials,

@@ -5,7 +5,7 @@
 
 use std::collections::HashSet;
 
-use crate::snapshot::{ObjectKind, Oid};
+use crate::git::model::{ObjectKind, Oid};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ObjectError {

@@ -9,8 +9,8 @@ use age::secrecy::{ExposeSecret, SecretString};
 use base64::Engine;
 
 use super::GitError;
+use crate::git::model::valid_repo_name;
 use crate::redact::RedactedUrl;
-use crate::snapshot::check_repo_name;
 
 /// A repository to fetch: the URL given to gix (never with a password in it), its name in the
 /// vault, and credentials found in the URL's userinfo.
@@ -204,7 +204,7 @@ pub fn parse_remote(input: &str) -> Result<RemoteSpec, GitError> {
             url_credentials: None,
         }
     };
-    if check_repo_name(&spec.default_name).is_err() {
+    if !valid_repo_name(&spec.default_name) {
         return Err(bad(
             input,
             "no usable repository name can be derived from it; pass --name",
@@ -328,7 +328,7 @@ mod tests {
     #[test]
     fn hostile_paths_give_safe_names() {
         let s = parse_remote("https://host/../../etc/passwd").unwrap();
-        check_repo_name(&s.default_name).unwrap();
+        assert!(valid_repo_name(&s.default_name));
         assert!(!s.default_name.contains(".."));
     }
 

@@ -1,0 +1,171 @@
+//! What git's side of the vault is made of: object ids and kinds, the refs of one
+//! advertisement (`RefSet`, with its canonical text) and repository names. `snapshot` stores
+//! them; `git` reads and writes them; neither the index nor the store needs to know them.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// A ref set whose text does not parse.
+#[derive(Debug, thiserror::Error)]
+#[error("ref set is damaged: {0}")]
+pub struct DamagedRefSet(pub String);
+
+/// A git object id (SHA-1; SHA-256 repositories are not supported yet).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Oid(pub [u8; 20]);
+
+impl Oid {
+    pub fn to_hex(&self) -> String {
+        hex::encode(self.0)
+    }
+
+    pub fn from_hex(s: &str) -> Option<Oid> {
+        let bytes = hex::decode(s).ok()?;
+        <[u8; 20]>::try_from(bytes.as_slice()).ok().map(Oid)
+    }
+
+    pub fn from_slice(b: &[u8]) -> Option<Oid> {
+        <[u8; 20]>::try_from(b).ok().map(Oid)
+    }
+}
+
+impl fmt::Display for Oid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_hex())
+    }
+}
+
+impl fmt::Debug for Oid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Oid({})", self.to_hex())
+    }
+}
+
+/// What HEAD was in the advertisement.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Head {
+    /// A symbolic ref, e.g. `refs/heads/main` (possibly unborn: not among the refs).
+    Symbolic(String),
+    /// A detached HEAD.
+    Detached(String),
+}
+
+/// Every ref of one advertisement, and HEAD.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RefSet {
+    pub head: Option<Head>,
+    pub refs: BTreeMap<String, Oid>,
+}
+
+const REFSET_HEADER: &str = "# gitvault refset v1\n";
+
+impl RefSet {
+    /// Canonical text form: equal ref sets give equal bytes, hence equal chunk ids.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = String::with_capacity(REFSET_HEADER.len() + self.refs.len() * 64);
+        out.push_str(REFSET_HEADER);
+        match &self.head {
+            Some(Head::Symbolic(target)) => {
+                out.push_str("HEAD ref: ");
+                out.push_str(target);
+                out.push('\n');
+            }
+            Some(Head::Detached(oid)) => {
+                out.push_str("HEAD ");
+                out.push_str(oid);
+                out.push('\n');
+            }
+            None => {}
+        }
+        for (name, oid) in &self.refs {
+            out.push_str(&oid.to_hex());
+            out.push(' ');
+            out.push_str(name);
+            out.push('\n');
+        }
+        out.into_bytes()
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<RefSet, DamagedRefSet> {
+        let text =
+            std::str::from_utf8(bytes).map_err(|_| DamagedRefSet("ref set is not UTF-8".into()))?;
+        let body = text
+            .strip_prefix(REFSET_HEADER)
+            .ok_or_else(|| DamagedRefSet("unknown ref set version".into()))?;
+        let mut set = RefSet::default();
+        for line in body.lines() {
+            if let Some(target) = line.strip_prefix("HEAD ref: ") {
+                set.head = Some(Head::Symbolic(target.to_string()));
+            } else if let Some(oid) = line.strip_prefix("HEAD ") {
+                set.head = Some(Head::Detached(oid.to_string()));
+            } else {
+                let (oid, name) = line
+                    .split_once(' ')
+                    .ok_or_else(|| DamagedRefSet(format!("bad ref line `{line}`")))?;
+                let oid = Oid::from_hex(oid)
+                    .ok_or_else(|| DamagedRefSet(format!("bad oid in `{line}`")))?;
+                set.refs.insert(name.to_string(), oid);
+            }
+        }
+        Ok(set)
+    }
+}
+
+/// Git object types as stored in the index and object maps (git's own numbering).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[repr(u8)]
+pub enum ObjectKind {
+    Commit = 1,
+    Tree = 2,
+    Blob = 3,
+    Tag = 4,
+}
+
+impl ObjectKind {
+    pub fn from_u8(v: u8) -> Option<ObjectKind> {
+        match v {
+            1 => Some(ObjectKind::Commit),
+            2 => Some(ObjectKind::Tree),
+            3 => Some(ObjectKind::Blob),
+            4 => Some(ObjectKind::Tag),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            ObjectKind::Commit => "commit",
+            ObjectKind::Tree => "tree",
+            ObjectKind::Blob => "blob",
+            ObjectKind::Tag => "tag",
+        }
+    }
+}
+
+/// Whether a repository name (given by a user or derived from a URL) is allowed: segments of
+/// letters, digits, `.`, `_`, `-` (and `:` in the first) separated by `/`, without `.` or `..`
+/// segments, so that a name can never leave a directory it is joined to.
+pub fn valid_repo_name(name: &str) -> bool {
+    if name.is_empty() || name.len() > 512 {
+        return false;
+    }
+    for (i, seg) in name.split('/').enumerate() {
+        let ok = !seg.is_empty()
+            && seg != "."
+            && seg != ".."
+            && seg.bytes().all(|b| {
+                b.is_ascii_alphanumeric()
+                    || b == b'.'
+                    || b == b'_'
+                    || b == b'-'
+                    || (i == 0 && b == b':')
+            });
+        if !ok {
+            return false;
+        }
+    }
+    true
+}
