@@ -12,8 +12,7 @@ use std::sync::{Mutex, MutexGuard};
 use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::crypto::ChunkId;
-use crate::snapshot::{ObjectEntry, ObjectKind, Oid};
-use crate::store::pack::{FinishedPack, FrameInfo, Provenance};
+use crate::model::{LfsEntry, ObjectEntry, ObjectKind, Oid};
 
 #[derive(Debug, thiserror::Error)]
 pub enum IndexError {
@@ -143,6 +142,67 @@ pub const ORIGIN_UNKNOWN: &str = "before-authentication";
 pub const ORIGIN_VOUCHED: &str = "vouched";
 
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+
+/// Where a frame lies in the pack's plaintext.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrameInfo {
+    pub offset: u64,
+    pub compressed_len: u32,
+    pub raw_len: u32,
+}
+
+/// One chunk as the footer lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PackEntry {
+    pub id: ChunkId,
+    pub kind: u8,
+    pub frame: u32,
+    pub offset: u32,
+    pub len: u32,
+}
+
+/// How a pack's index row came to be, and so what prune may do with it: only a pack whose
+/// contents this vault wrote or authenticated may be judged (and deleted) by what its footer
+/// lists. Ordered: higher is better known.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Provenance {
+    /// A format 1 footer read from a target: anyone with the public key could have made it.
+    Legacy = 0,
+    /// Written by this host.
+    Written = 1,
+    /// A format 2 footer read from a target whose MAC checked.
+    Authenticated = 2,
+    /// Every chunk read back and checked against its id (`verify --full`).
+    Verified = 3,
+}
+
+impl Provenance {
+    pub fn from_i64(v: i64) -> Provenance {
+        match v {
+            1 => Provenance::Written,
+            2 => Provenance::Authenticated,
+            3 => Provenance::Verified,
+            _ => Provenance::Legacy,
+        }
+    }
+
+    /// Whether prune may condemn the pack on the strength of its index rows.
+    pub fn vouched(self) -> bool {
+        self >= Provenance::Written
+    }
+}
+
+/// A pack as the index records it: its name (BLAKE3 of its bytes), sizes, where the row comes
+/// from, and the frames and chunks its footer lists (`store::pack::FinishedPack::record`).
+#[derive(Debug, Clone, Copy)]
+pub struct PackRecord<'a> {
+    pub name: &'a str,
+    pub size: u64,
+    pub raw_bytes: u64,
+    pub provenance: Provenance,
+    pub frames: &'a [FrameInfo],
+    pub entries: &'a [PackEntry],
+}
 
 /// Where a chunk lives.
 #[derive(Debug, Clone)]
@@ -280,7 +340,7 @@ impl Index {
     /// Chunks already indexed elsewhere keep their first location.
     pub fn commit_pack(
         &self,
-        pack: &FinishedPack,
+        pack: &PackRecord<'_>,
         targets: &[String],
         logical_bytes: u64,
     ) -> Result<i64, IndexError> {
@@ -293,8 +353,8 @@ impl Index {
                 "INSERT OR IGNORE INTO chunks (id, kind, pack_id, frame_offset, frame_clen, frame_rawlen, offset, length)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
             )?;
-            for e in &pack.footer.entries {
-                let frame = pack.footer.frames.get(e.frame as usize).ok_or_else(|| {
+            for e in pack.entries {
+                let frame = pack.frames.get(e.frame as usize).ok_or_else(|| {
                     IndexError::Inconsistent(format!("pack {} names a missing frame", pack.name))
                 })?;
                 insert.execute(params![
@@ -488,7 +548,7 @@ pub struct PruneChanges<'a> {
     pub chunk_dead: &'a dyn Fn(&ChunkRow) -> bool,
     /// Whether a git object is live; every other object row goes.
     pub object_live: &'a dyn Fn(&Oid) -> bool,
-    pub compacted: &'a [(FinishedPack, Vec<String>)],
+    pub compacted: &'a [(PackRecord<'a>, Vec<String>)],
 }
 
 /// What `apply_prune` removed.
@@ -514,7 +574,7 @@ const OID_PAGE: i64 = 10_000;
 /// The pack's row (created unless it exists) and the targets holding it; returns its id.
 fn record_pack(
     tx: &rusqlite::Transaction<'_>,
-    pack: &FinishedPack,
+    pack: &PackRecord<'_>,
     targets: &[String],
 ) -> Result<i64, IndexError> {
     tx.execute(
@@ -524,7 +584,7 @@ fn record_pack(
             pack.name,
             pack.size,
             pack.raw_bytes,
-            pack.footer.entries.len() as i64,
+            pack.entries.len() as i64,
             chrono::Utc::now().timestamp(),
             pack.provenance as i64
         ],
@@ -592,7 +652,7 @@ pub struct NewSnapshot<'a> {
     pub source: &'a str,
     pub new_objects: &'a [ObjectEntry],
     /// LFS objects stored for this snapshot (recorded with it, like its git objects).
-    pub new_lfs: &'a [crate::lfs::LfsEntry],
+    pub new_lfs: &'a [LfsEntry],
 }
 
 const SNAPSHOT_COLUMNS: &str =
@@ -1138,8 +1198,8 @@ impl Index {
                  WHERE id = ?1 AND pack_id IN
                      (SELECT p.id FROM packs p JOIN condemned_packs c ON c.name = p.name)",
             )?;
-            for e in &pack.footer.entries {
-                let frame = pack.footer.frames.get(e.frame as usize).ok_or_else(|| {
+            for e in pack.entries {
+                let frame = pack.frames.get(e.frame as usize).ok_or_else(|| {
                     IndexError::Inconsistent(format!("pack {} names a missing frame", pack.name))
                 })?;
                 repoint.execute(params![

@@ -20,8 +20,9 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use crate::crypto::ChunkId;
-use crate::git::model::Oid;
 use crate::git::{BoundCredentials, Credentials};
+use crate::model::Oid;
+pub use crate::model::{LfsEntry, MISSING, Pointer};
 use crate::redact::RedactedUrl;
 
 #[derive(Debug, thiserror::Error)]
@@ -35,19 +36,6 @@ pub enum LfsError {
     Object { oid: String, reason: String },
     #[error("LFS map: {0}")]
     BadMap(String),
-}
-
-/// A pointer file's content: the LFS object it stands for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Pointer {
-    pub sha256: [u8; 32],
-    pub size: u64,
-}
-
-impl Pointer {
-    pub fn oid_hex(&self) -> String {
-        hex::encode(self.sha256)
-    }
 }
 
 /// Pointer files are small; git-lfs never writes one over 1024 bytes.
@@ -92,20 +80,6 @@ pub fn parse_pointer(data: &[u8]) -> Option<Pointer> {
         size: size?,
     })
 }
-
-/// One LFS object a snapshot refers to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct LfsEntry {
-    /// The pointer blob in the git data.
-    pub blob: Oid,
-    pub pointer: Pointer,
-    /// Where its bytes are in the vault.
-    pub chunk: ChunkId,
-}
-
-/// The chunk id an LFS map gives an object the server could not provide when it was backed
-/// up: the pointer is remembered, and every later run asks for the object again.
-pub const MISSING: ChunkId = ChunkId([0; 32]);
 
 const LFS_MAP_VERSION: u8 = 1;
 const LFS_ENTRY_LEN: usize = 20 + 32 + 8 + 32;

@@ -11,6 +11,7 @@ pub mod git;
 pub mod hooks;
 pub mod index;
 pub mod lfs;
+pub mod model;
 pub mod policy;
 pub mod provider;
 pub mod recover;

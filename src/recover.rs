@@ -365,7 +365,7 @@ fn rebuild_from_footers(
             footer,
             provenance,
         };
-        index.commit_pack(&pack, &[target.name().to_string()], 0)?;
+        index.commit_pack(&pack.record(), &[target.name().to_string()], 0)?;
     }
     Ok(manifests)
 }

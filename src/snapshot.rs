@@ -9,7 +9,7 @@ use chrono::{DateTime, NaiveDate, TimeZone, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::crypto::ChunkId;
-pub use crate::git::model::{DamagedRefSet, Head, ObjectKind, Oid, RefSet};
+pub use crate::model::{DamagedRefSet, Head, ObjectEntry, ObjectKind, Oid, RefSet};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {
@@ -27,7 +27,7 @@ pub enum SnapshotError {
 
 /// Checks a repository name given by a user or derived from a URL.
 pub fn check_repo_name(name: &str) -> Result<(), SnapshotError> {
-    if crate::git::model::valid_repo_name(name) {
+    if crate::model::valid_repo_name(name) {
         Ok(())
     } else {
         Err(SnapshotError::BadRepoName(name.to_string()))
@@ -93,14 +93,6 @@ impl ObjectKind {
             ObjectKind::Tag => ChunkKind::GitTag,
         }
     }
-}
-
-/// One git object's place in the vault.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ObjectEntry {
-    pub oid: Oid,
-    pub kind: ObjectKind,
-    pub chunk: ChunkId,
 }
 
 /// The first byte of an encoded object map.

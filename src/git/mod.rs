@@ -5,7 +5,6 @@
 //! This module knows nothing of packs of the vault or targets: the backup and restore modules
 //! connect it to the chunk store.
 
-pub mod model;
 pub mod objects;
 mod remote;
 mod write;
@@ -17,7 +16,7 @@ use std::sync::atomic::AtomicBool;
 use gix::protocol::handshake::Ref;
 use gix::remote::Direction;
 
-use crate::git::model::{Head, ObjectKind, Oid, RefSet};
+use crate::model::{Head, ObjectKind, Oid, RefSet};
 pub use remote::{
     ALLOW_INSECURE_HTTP_ENV, BoundCredentials, Credentials, RemoteSpec, parse_remote,
     transport_allows_credentials,

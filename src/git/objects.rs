@@ -5,7 +5,7 @@
 
 use std::collections::HashSet;
 
-use crate::git::model::{ObjectKind, Oid};
+use crate::model::{ObjectKind, Oid};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ObjectError {

@@ -9,7 +9,7 @@ use age::secrecy::{ExposeSecret, SecretString};
 use base64::Engine;
 
 use super::GitError;
-use crate::git::model::valid_repo_name;
+use crate::model::valid_repo_name;
 use crate::redact::RedactedUrl;
 
 /// A repository to fetch: the URL given to gix (never with a password in it), its name in the

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::atomic::AtomicBool;
 
 use super::GitError;
-use crate::git::model::{Head, ObjectKind, Oid, RefSet};
+use crate::model::{Head, ObjectKind, Oid, RefSet};
 
 fn write_err(e: impl std::fmt::Display) -> GitError {
     GitError::Write(e.to_string())

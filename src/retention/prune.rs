@@ -596,12 +596,16 @@ pub fn prune(
 
     crate::hooks::point("prune-recorded");
     let judged_packs = sorted(judged.iter().copied());
+    let compacted_records: Vec<_> = compacted
+        .iter()
+        .map(|(p, targets)| (p.record(), targets.clone()))
+        .collect();
     let counts = index.apply_prune(&PruneChanges {
         condemned: &condemned,
         judged_packs: &judged_packs,
         chunk_dead: &is_dead,
         object_live: &|o| live.objects.get(o).is_some_and(|f| f & WALKED != 0),
-        compacted: &compacted,
+        compacted: &compacted_records,
     })?;
     report.dead_chunks = counts.dead_chunks;
     report.dead_objects = counts.dead_objects;

@@ -522,7 +522,7 @@ impl<'v> ChunkStore<'v> {
             return Ok(());
         }
         self.index
-            .commit_pack(pack, &stored, self.pending_logical)?;
+            .commit_pack(&pack.record(), &stored, self.pending_logical)?;
         self.pending_logical = 0;
         self.pending.clear();
         self.report.packs_written += 1;

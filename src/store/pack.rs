@@ -10,6 +10,7 @@ use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use crate::crypto::{self, AuthKey, ChunkId, CryptoError};
+pub use crate::index::{FrameInfo, PackEntry, PackRecord, Provenance};
 
 /// Packs of format 1 (before 2026-12-04) have no authenticated footer.
 pub const PACK_MAGIC_V1: &[u8; 8] = b"GVPACK\x00\x01";
@@ -39,24 +40,6 @@ pub enum PackError {
     /// holder of the vault's secret keys.
     #[error("not written by this vault: {0}")]
     Forged(String),
-}
-
-/// Where a frame lies in the pack's plaintext.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct FrameInfo {
-    pub offset: u64,
-    pub compressed_len: u32,
-    pub raw_len: u32,
-}
-
-/// One chunk as the footer lists it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PackEntry {
-    pub id: ChunkId,
-    pub kind: u8,
-    pub frame: u32,
-    pub offset: u32,
-    pub len: u32,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -233,34 +216,17 @@ pub struct PackWriter {
     frames_hash: blake3::Hasher,
 }
 
-/// How a pack's index row came to be, and so what prune may do with it: only a pack whose
-/// contents this vault wrote or authenticated may be judged (and deleted) by what its footer
-/// lists. Ordered: higher is better known.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Provenance {
-    /// A format 1 footer read from a target: anyone with the public key could have made it.
-    Legacy = 0,
-    /// Written by this host.
-    Written = 1,
-    /// A format 2 footer read from a target whose MAC checked.
-    Authenticated = 2,
-    /// Every chunk read back and checked against its id (`verify --full`).
-    Verified = 3,
-}
-
-impl Provenance {
-    pub fn from_i64(v: i64) -> Provenance {
-        match v {
-            1 => Provenance::Written,
-            2 => Provenance::Authenticated,
-            3 => Provenance::Verified,
-            _ => Provenance::Legacy,
+impl FinishedPack {
+    /// What the index records of it.
+    pub fn record(&self) -> PackRecord<'_> {
+        PackRecord {
+            name: &self.name,
+            size: self.size,
+            raw_bytes: self.raw_bytes,
+            provenance: self.provenance,
+            frames: &self.footer.frames,
+            entries: &self.footer.entries,
         }
-    }
-
-    /// Whether prune may condemn the pack on the strength of its index rows.
-    pub fn vouched(self) -> bool {
-        self >= Provenance::Written
     }
 }
 

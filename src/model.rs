@@ -1,11 +1,15 @@
-//! What git's side of the vault is made of: object ids and kinds, the refs of one
-//! advertisement (`RefSet`, with its canonical text) and repository names. `snapshot` stores
-//! them; `git` reads and writes them; neither the index nor the store needs to know them.
+//! The vault's vocabulary, below every part that uses it: git object ids and kinds, the refs
+//! of one advertisement (`RefSet`, with its canonical text), repository names, where an object
+//! or an LFS object lives (`ObjectEntry`, `LfsEntry`). Plain data: `git` reads and writes
+//! these, `snapshot` stores them, the index records them; none of those layers needs another
+//! to name them (tests/layers.rs).
 
 use std::collections::BTreeMap;
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
+
+use crate::crypto::ChunkId;
 
 /// A ref set whose text does not parse.
 #[derive(Debug, thiserror::Error)]
@@ -169,3 +173,38 @@ pub fn valid_repo_name(name: &str) -> bool {
     }
     true
 }
+
+/// One git object's place in the vault.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ObjectEntry {
+    pub oid: Oid,
+    pub kind: ObjectKind,
+    pub chunk: ChunkId,
+}
+
+/// An LFS pointer file's content: the LFS object it stands for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Pointer {
+    pub sha256: [u8; 32],
+    pub size: u64,
+}
+
+impl Pointer {
+    pub fn oid_hex(&self) -> String {
+        hex::encode(self.sha256)
+    }
+}
+
+/// One LFS object a snapshot refers to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LfsEntry {
+    /// The pointer blob in the git data.
+    pub blob: Oid,
+    pub pointer: Pointer,
+    /// Where its bytes are in the vault.
+    pub chunk: ChunkId,
+}
+
+/// The chunk id an LFS map gives an object the server could not provide when it was backed
+/// up: the pointer is remembered, and every later run asks for the object again.
+pub const MISSING: ChunkId = ChunkId([0; 32]);
