@@ -2,10 +2,12 @@
 //! pack of whole objects and OFS_DELTA chains that we write is one git verifies, indexes to the
 //! same `.idx`, reads back byte for byte and finds consistent under `fsck --strict`.
 
+mod common;
+
 use std::io::Write;
-use std::path::Path;
 use std::process::{Command, Stdio};
 
+use common::git;
 use gitvault::git::delta::{self, DeltaError, apply_delta};
 use gitvault::git::packfile::{PackWriter, write_idx};
 use gitvault::snapshot::{ObjectKind, Oid};
@@ -20,21 +22,6 @@ fn object_id(kind: ObjectKind, data: &[u8]) -> Oid {
     };
     let id = gix::objs::compute_hash(gix::hash::Kind::Sha1, kind, data).unwrap();
     Oid::from_slice(id.as_slice()).unwrap()
-}
-
-fn git(dir: &Path, args: &[&str]) -> Vec<u8> {
-    let out = Command::new("git")
-        .arg("-C")
-        .arg(dir)
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "git {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out.stdout
 }
 
 /// Pseudo-random text with enough repetition to look like source code.
@@ -303,15 +290,8 @@ fn git_reads_the_pack_we_write() {
     std::fs::write(pack_dir.join(format!("{name}.idx")), &idx).unwrap();
 
     // verify-pack inflates and applies every entry and checks the index against it.
-    let verify = String::from_utf8(git(
-        &repo,
-        &[
-            "verify-pack",
-            "-v",
-            pack_dir.join(format!("{name}.idx")).to_str().unwrap(),
-        ],
-    ))
-    .unwrap();
+    let idx_path = pack_dir.join(format!("{name}.idx"));
+    let verify = git(&repo, &["verify-pack", "-v", idx_path.to_str().unwrap()]);
     assert!(verify.contains("chain length = 3: 1 object"), "{verify}");
 
     // git's own indexer, given only the pack, writes the very same index.
@@ -360,6 +340,6 @@ fn git_reads_the_pack_we_write() {
     git(&repo, &["update-ref", "refs/heads/main", &tip]);
     git(&repo, &["symbolic-ref", "HEAD", "refs/heads/main"]);
     git(&repo, &["fsck", "--full", "--strict", "--no-dangling"]);
-    let count = String::from_utf8(git(&repo, &["rev-list", "--objects", "--all"])).unwrap();
+    let count = git(&repo, &["rev-list", "--objects", "--all"]);
     assert_eq!(count.lines().count(), objects.len());
 }
