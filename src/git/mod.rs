@@ -5,7 +5,9 @@
 //! This module knows nothing of packs of the vault or targets: the backup and restore modules
 //! connect it to the chunk store.
 
+pub mod delta;
 pub mod objects;
+pub mod packfile;
 mod remote;
 mod write;
 
