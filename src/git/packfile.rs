@@ -17,7 +17,7 @@ use std::io::Write;
 
 use sha1::{Digest, Sha1};
 
-use crate::snapshot::{ObjectKind, Oid};
+use crate::model::{ObjectKind, Oid};
 
 /// zlib level 1: restore is bounded by CPU, and on deltas the higher levels save little.
 pub const DEFAULT_LEVEL: i32 = 1;
