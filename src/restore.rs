@@ -255,7 +255,7 @@ pub fn restore_snapshot(
             .chunk(&chunk)?
             .map(|l| (l.pack_id, l.frame.offset, l.offset))
             .unwrap_or((i64::MAX, 0, 0));
-        located.push((place, r.oid));
+        located.push((place, r.oid, r.path_hash));
     }
     located.sort();
 
@@ -281,11 +281,16 @@ pub fn restore_snapshot(
             0
         } else {
             git::write_pack(&staging, count, || {
-                let (_, oid) = iter.next()?;
+                let (_, oid, path_hash) = iter.next()?;
                 Some(
                     source
                         .read_checked(oid)
-                        .map(|(kind, data)| (*oid, kind, data)),
+                        .map(|(kind, data)| git::PackObject {
+                            oid: *oid,
+                            kind,
+                            data,
+                            path_hash: *path_hash,
+                        }),
                 )
             })??
         };

@@ -23,7 +23,7 @@ pub use remote::{
     ALLOW_INSECURE_HTTP_ENV, BoundCredentials, Credentials, RemoteSpec, parse_remote,
     transport_allows_credentials,
 };
-pub use write::{write_bare_repository, write_pack};
+pub use write::{PackObject, write_bare_repository, write_pack};
 
 #[derive(Debug, thiserror::Error)]
 pub enum GitError {

@@ -1,102 +1,141 @@
-//! Writing a restored bare repository: one pack (and its index) built with gix-pack from the
-//! objects the caller streams in, then refs and HEAD written by hand.
+//! Writing a restored bare repository: one pack with deltas and its index, written in one
+//! pass from the objects the caller streams in (`git::packfile`, `git::delta`), then refs and
+//! HEAD written by hand.
 
-use std::io::{BufReader, BufWriter, Write};
+use std::collections::HashMap;
+use std::io::BufWriter;
 use std::path::Path;
-use std::sync::atomic::AtomicBool;
 
 use super::GitError;
+use super::delta::DeltaEncoder;
+use super::packfile::{PackWriter, write_idx};
 use crate::model::{Head, ObjectKind, Oid, RefSet};
 
 fn write_err(e: impl std::fmt::Display) -> GitError {
     GitError::Write(e.to_string())
 }
 
-fn gix_kind(kind: ObjectKind) -> gix::objs::Kind {
-    match kind {
-        ObjectKind::Commit => gix::objs::Kind::Commit,
-        ObjectKind::Tree => gix::objs::Kind::Tree,
-        ObjectKind::Blob => gix::objs::Kind::Blob,
-        ObjectKind::Tag => gix::objs::Kind::Tag,
-    }
+/// One object for `write_pack`.
+pub struct PackObject {
+    pub oid: Oid,
+    pub kind: ObjectKind,
+    pub data: Vec<u8>,
+    /// Hash of the path the object was reached at (0: none, for commits and tags): an object
+    /// is written as a delta against the previous object of its kind and path.
+    pub path_hash: u64,
+}
+
+/// Longest delta chain, as git's default `pack.depth`.
+const MAX_DELTA_DEPTH: u32 = 50;
+/// Bytes of earlier objects kept as delta bases; when full, the window starts again empty.
+const DELTA_WINDOW_BYTES: usize = 64 << 20;
+/// Objects smaller than this are written whole: their delta would save next to nothing.
+const MIN_DELTA_SIZE: usize = 64;
+
+/// A possible delta base: the last object written of one (kind, path).
+struct Base {
+    offset: u64,
+    data: Vec<u8>,
+    depth: u32,
 }
 
 /// Writes `count` objects, produced one by one by `next`, as a pack with its index into
-/// `bare/objects/pack/`. The pack is encoded on this thread and indexed on another, joined by a
-/// pipe, so memory stays bounded by one object.
+/// `bare/objects/pack/`, in one pass (`git::packfile`): each blob and tree is written as an
+/// OFS_DELTA against the previous object of its path when that is less than half its size
+/// (the vault hands objects over grouped by path, newest first, as git itself packs them), and
+/// the `.idx` comes from the offsets, ids and CRC32s known while writing: nothing is inflated
+/// again. Memory: the delta window (at most 64 MiB) and 32 bytes an object for the index.
 pub fn write_pack<E>(
     bare: &Path,
     count: u32,
-    mut next: impl FnMut() -> Option<Result<(Oid, ObjectKind, Vec<u8>), E>>,
+    mut next: impl FnMut() -> Option<Result<PackObject, E>>,
 ) -> Result<Result<u32, E>, GitError> {
     let pack_dir = bare.join("objects").join("pack");
     std::fs::create_dir_all(&pack_dir).map_err(write_err)?;
-    let (reader, writer) = std::io::pipe().map_err(write_err)?;
-    std::thread::scope(|s| {
-        let indexer = s.spawn(move || {
-            let mut input = BufReader::with_capacity(1 << 20, reader);
-            gix_pack::Bundle::write_to_directory(
-                &mut input,
-                Some(&pack_dir),
-                &mut gix::progress::Discard,
-                &AtomicBool::new(false),
-                None::<gix::objs::find::Never>,
-                gix::hash::Kind::Sha1,
-                gix_pack::bundle::write::Options::default(),
-            )
-        });
-        let mut source_error = None;
-        let produced = {
-            let entries = std::iter::from_fn(|| {
-                let item = next()?;
-                let (oid, kind, data) = match item {
-                    Ok(v) => v,
-                    Err(e) => {
-                        source_error = Some(e);
-                        return None;
-                    }
-                };
-                let id = gix::ObjectId::from_bytes_or_panic(&oid.0);
-                let count = gix_pack::data::output::Count::from_data(id, None);
-                let entry = gix_pack::data::output::Entry::from_data(
-                    &count,
-                    &gix::objs::Data::new(&data, gix_kind(kind), gix::hash::Kind::Sha1),
-                    // Level 1: restores are bound by zlib; the pack is a transport copy, `git gc` can shrink it later.
-                    gix::zlib::Compression::BEST_SPEED,
-                );
-                Some(entry.map(|e| vec![e]))
-            });
-            let mut out = BufWriter::with_capacity(1 << 20, writer);
-            let mut result = Ok(());
-            for written in gix_pack::data::output::bytes::FromEntriesIter::new(
-                entries,
-                &mut out,
-                count,
-                gix_pack::data::Version::V2,
-                gix::hash::Kind::Sha1,
-            ) {
-                if let Err(e) = written {
-                    result = Err(write_err(e));
-                    break;
-                }
+    let tmp_pack = pack_dir.join(format!("tmp-{}.pack", std::process::id()));
+    let tmp_idx = tmp_pack.with_extension("idx");
+    let file = std::fs::File::create(&tmp_pack).map_err(write_err)?;
+    let mut writer = PackWriter::new(BufWriter::with_capacity(1 << 20, file), count)
+        .map_err(write_err)?;
+    let mut encoder = DeltaEncoder::new();
+    let mut delta = Vec::new();
+    let mut window: HashMap<(ObjectKind, u64), Base> = HashMap::new();
+    let mut window_bytes = 0usize;
+    let mut written = 0u32;
+    while let Some(item) = next() {
+        let object = match item {
+            Ok(o) => o,
+            Err(e) => {
+                drop(writer);
+                let _ = std::fs::remove_file(&tmp_pack);
+                return Ok(Err(e));
             }
-            let flushed = out.flush().map_err(write_err);
-            drop(out); // closes the pipe: the indexer sees the end of the pack
-            result.and(flushed)
         };
-        let indexed = indexer
-            .join()
-            .map_err(|_| GitError::Write("pack indexer panicked".into()))?;
-        if let Some(e) = source_error {
-            return Ok(Err(e));
+        let key = (object.kind, object.path_hash);
+        let deltifiable = object.path_hash != 0
+            && matches!(object.kind, ObjectKind::Blob | ObjectKind::Tree)
+            && object.data.len() >= MIN_DELTA_SIZE;
+        let mut depth = 0;
+        let mut offset = None;
+        if deltifiable
+            && let Some(base) = window.get(&key)
+            && base.depth < MAX_DELTA_DEPTH
+        {
+            delta.clear();
+            if encoder.encode(&base.data, &object.data, object.data.len() / 2, &mut delta) {
+                offset = Some(
+                    writer
+                        .add_ofs_delta(object.oid, base.offset, &delta)
+                        .map_err(write_err)?,
+                );
+                depth = base.depth + 1;
+            }
         }
-        produced?;
-        let outcome = indexed.map_err(write_err)?;
-        if let Some(keep) = &outcome.keep_path {
-            let _ = std::fs::remove_file(keep);
+        let offset = match offset {
+            Some(o) => o,
+            None => writer
+                .add_whole(object.oid, object.kind, &object.data)
+                .map_err(write_err)?,
+        };
+        written += 1;
+        if deltifiable {
+            if window_bytes + object.data.len() > DELTA_WINDOW_BYTES {
+                window.clear();
+                window_bytes = 0;
+            }
+            window_bytes += object.data.len();
+            if let Some(old) = window.insert(
+                key,
+                Base {
+                    offset,
+                    data: object.data,
+                    depth,
+                },
+            ) {
+                window_bytes -= old.data.len();
+            }
         }
-        Ok(Ok(outcome.index.num_objects))
-    })
+    }
+    let finished = writer.finish().map_err(write_err)?;
+    let file = finished
+        .out
+        .into_inner()
+        .map_err(|e| write_err(e.into_error()))?;
+    file.sync_all().map_err(write_err)?;
+    let mut entries = finished.entries;
+    let idx_file = std::fs::File::create(&tmp_idx).map_err(write_err)?;
+    let mut idx_out = BufWriter::new(idx_file);
+    write_idx(&mut entries, &finished.checksum, &mut idx_out).map_err(write_err)?;
+    idx_out
+        .into_inner()
+        .map_err(|e| write_err(e.into_error()))?
+        .sync_all()
+        .map_err(write_err)?;
+    let name = format!("pack-{}", hex::encode(finished.checksum));
+    // The index last: git looks for packs through their `.idx`.
+    std::fs::rename(&tmp_pack, pack_dir.join(format!("{name}.pack"))).map_err(write_err)?;
+    std::fs::rename(&tmp_idx, pack_dir.join(format!("{name}.idx"))).map_err(write_err)?;
+    Ok(Ok(written))
 }
 
 /// Initialises `bare` as a bare repository holding exactly `refs` and HEAD (objects are written
