@@ -30,6 +30,10 @@ pub struct BackupArgs {
     /// API calls overlap; storing is one at a time.
     #[arg(long, short = 'j', default_value_t = backup::DEFAULT_JOBS as u16, value_parser = clap::value_parser!(u16).range(1..=64))]
     pub jobs: u16,
+    /// Accept a source that lists no repositories although earlier runs backed some up
+    /// (otherwise the run fails: a token that lost its access lists nothing too).
+    #[arg(long)]
+    pub allow_empty: bool,
 }
 
 #[derive(clap::Args)]
@@ -108,20 +112,36 @@ struct BackupRun {
     lagging_replicas: Vec<(String, String, String)>,
 }
 
+/// Text from a server made safe to print: control characters (escape codes, carriage
+/// returns that overwrite a line) are shown escaped.
+fn terminal_safe(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 fn print_line(ctx: &Ctx, report: &backup::RepoReport) {
     if ctx.out.json || ctx.out.quiet {
         return;
     }
+    // Names and messages come from API servers: no terminal escape codes reach the screen.
+    let repo = terminal_safe(&report.repo);
     match report.status {
         RepoStatus::Failed | RepoStatus::Partial | RepoStatus::Skipped => eprintln!(
             "{}: {}: {}",
-            report.repo,
+            repo,
             format!("{:?}", report.status).to_lowercase(),
-            report.error.as_deref().unwrap_or("unknown error")
+            terminal_safe(report.error.as_deref().unwrap_or("unknown error"))
         ),
         status => eprintln!(
             "{}: {} ({} refs, {} new objects, {}{} uploaded, {:.1}s)",
-            report.repo,
+            repo,
             if status == RepoStatus::Unchanged {
                 "unchanged"
             } else {
@@ -200,6 +220,7 @@ pub fn backup(ctx: &Ctx, args: BackupArgs) -> Result<i32> {
             &writer,
             source,
             usize::from(args.jobs),
+            args.allow_empty,
             &|event| match event {
                 backup::SourceEvent::Selected(n) => bar.set_length(n as u64),
                 backup::SourceEvent::Done(line) => {
@@ -211,10 +232,18 @@ pub fn backup(ctx: &Ctx, args: BackupArgs) -> Result<i32> {
             },
         );
         bar.finish_and_clear();
+        if !report.dropped.is_empty() && !ctx.out.json {
+            eprintln!(
+                "source {}: {} listed items are not repositories and were left out: {}",
+                source.name,
+                report.dropped.len(),
+                terminal_safe(&report.dropped.join(", "))
+            );
+        }
         if let Some(e) = &report.error
             && !ctx.out.json
         {
-            eprintln!("source {}: failed: {e}", source.name);
+            eprintln!("source {}: failed: {}", source.name, terminal_safe(e));
         }
         source_reports.push(report);
     }
@@ -299,7 +328,7 @@ pub fn backup(ctx: &Ctx, args: BackupArgs) -> Result<i32> {
                 format!(
                     "{:<10} {:<40} {}\n",
                     format!("{:?}", r.status).to_lowercase(),
-                    r.repo,
+                    terminal_safe(&r.repo),
                     r.snapshot.as_deref().unwrap_or("-")
                 )
             })
