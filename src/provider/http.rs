@@ -957,4 +957,78 @@ mod tests {
         let foreign = guard.visit("https://evil.example.net/list", &api);
         assert!(foreign.is_err_and(|e| e.to_string().contains("another origin")));
     }
+
+    /// A tiny server on `host`: answers each connection with `answer` and sends back the
+    /// raw requests it received.
+    fn serve(host: &str, answer: String) -> (String, std::sync::mpsc::Receiver<String>) {
+        use std::io::Write;
+        let listener = std::net::TcpListener::bind((host, 0)).expect("bind");
+        let origin = format!("http://{}", listener.local_addr().expect("address"));
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let mut stream = stream;
+                let mut buf = [0u8; 8192];
+                let n = stream.read(&mut buf).unwrap_or(0);
+                let _ = tx.send(String::from_utf8_lossy(&buf[..n]).into_owned());
+                let _ = stream.write_all(answer.as_bytes());
+            }
+        });
+        (origin, rx)
+    }
+
+    /// Every provider's way of carrying credentials (Bearer, Gitea's `token`, GitLab's
+    /// `PRIVATE-TOKEN`, Bitbucket's Basic) stays on the API's origin across a redirect.
+    #[test]
+    fn no_credential_header_follows_a_redirect_to_another_origin() {
+        let secret = SecretString::from("s3cr3t-token-value");
+        for auth in [
+            Auth::scheme("Bearer", &secret),
+            Auth::scheme("token", &secret),
+            Auth::header("PRIVATE-TOKEN", &secret),
+            Auth::basic("alice", &secret),
+        ] {
+            let ok = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok";
+            let (foreign, seen_foreign) = serve("127.0.0.2", ok.to_string());
+            let redirect = format!(
+                "HTTP/1.1 302 Found\r\nLocation: {foreign}/signed\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            );
+            let (home, seen_home) = serve("127.0.0.1", redirect);
+            let mut api = ApiClient::new(
+                &home,
+                Some(auth.clone()),
+                "application/json",
+                Vec::new(),
+                None,
+                &HttpSettings::default(),
+            )
+            .expect("a client");
+            // An asset may be fetched from the other origin, without the credential.
+            let mut bytes = Vec::new();
+            api.download(&format!("{home}/asset"), &mut |r| {
+                r.read_to_end(&mut bytes)
+                    .map(|_| ())
+                    .map_err(|e| ProviderError::Store(e.to_string()))
+            })
+            .expect("the download");
+            assert_eq!(bytes, b"ok");
+            let name = auth.name.to_ascii_lowercase();
+            let home_request = seen_home.recv().expect("a request at home");
+            assert!(home_request.to_ascii_lowercase().contains(&name));
+            let foreign_request = seen_foreign.recv().expect("a request elsewhere");
+            assert!(
+                !foreign_request.to_ascii_lowercase().contains(&name),
+                "{foreign_request}"
+            );
+            assert!(!auth.scrub(&foreign_request).contains("***"));
+            // An API answer may not come from there at all.
+            let refused = api.get(&format!("{home}/list"));
+            assert!(
+                matches!(refused, Err(ProviderError::Refused(_))),
+                "{:?}",
+                refused.err()
+            );
+            assert!(seen_foreign.try_recv().is_err());
+        }
+    }
 }

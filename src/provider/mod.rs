@@ -460,7 +460,7 @@ pub(crate) fn bool_field(v: &serde_json::Value, key: &str) -> bool {
 }
 
 /// A path segment from a name an API gave us (asset names and tags are user-chosen and may
-/// hold `/`, `..` and more).
+/// hold `/`, `..` and more, and be longer than a file name may be).
 pub(crate) fn segment(name: &str) -> String {
     let s: String = name
         .chars()
@@ -473,11 +473,25 @@ pub(crate) fn segment(name: &str) -> String {
         })
         .collect();
     if s.is_empty() || s == "." || s == ".." {
-        "_".into()
-    } else {
-        s
+        return "_".into();
     }
+    // File systems take 255 bytes a name: a longer one keeps its start and its extension and
+    // gets a hash of the whole name between them, so that two long names stay apart.
+    if s.len() > MAX_SEGMENT {
+        let hash = blake3::hash(name.as_bytes()).to_hex();
+        let extension = s
+            .rfind('.')
+            .map(|i| &s[i..])
+            .filter(|e| e.len() <= 16)
+            .unwrap_or("");
+        let keep = MAX_SEGMENT - 17 - extension.len();
+        return format!("{}-{}{extension}", &s[..keep], &hash[..16]);
+    }
+    s
 }
+
+/// The longest path segment `segment` makes (bytes; file names may have 255).
+const MAX_SEGMENT: usize = 200;
 
 /// Checks a document path from a metadata map before writing it under a directory.
 pub fn safe_relative_path(path: &str) -> Option<std::path::PathBuf> {
@@ -487,4 +501,106 @@ pub fn safe_relative_path(path: &str) -> Option<std::path::PathBuf> {
             !s.is_empty() && s != "." && s != ".." && !s.contains('\0') && !s.contains('\\')
         });
     ok.then(|| std::path::PathBuf::from(path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn origin_of(api: Option<&str>, git: Option<&str>, provider: &str) -> GitOrigin {
+        let source = SourceConfig {
+            name: "s".into(),
+            provider: provider.into(),
+            owner: "acme".into(),
+            api_url: api.map(str::to_string),
+            token_env: None,
+            git_url: git.map(str::to_string),
+            username_env: None,
+            app_id: None,
+            app_key_file: None,
+            include: Vec::new(),
+            exclude: Vec::new(),
+            no_forks: false,
+            no_archived: false,
+            retention: None,
+            http: Default::default(),
+        };
+        source.git_origin().expect("a git origin")
+    }
+
+    #[test]
+    fn clone_urls_must_be_on_the_git_host() {
+        let github = origin_of(None, None, "github");
+        assert_eq!(github.refusal("https://github.com/acme/api.git"), None);
+        assert_eq!(github.refusal("git@github.com:acme/api.git"), None);
+        assert_eq!(github.refusal("ssh://git@github.com:22/acme/api.git"), None);
+        for bad in [
+            "file:///srv/git/secret.git",
+            "/srv/git/secret.git",
+            "git://github.com/acme/api.git",
+            "ext::sh -c touch% /tmp/pwned",
+            "http://github.com/acme/api.git",
+            "https://evil.example/acme/api.git",
+            "git@evil.example:acme/api.git",
+        ] {
+            assert!(github.refusal(bad).is_some(), "{bad} was accepted");
+        }
+        assert!(github.trusts("https://github.com/acme/api.git"));
+        assert!(!github.trusts("https://github.com:8443/acme/api.git"));
+        assert!(!github.trusts("git@github.com:acme/api.git"));
+
+        let gitlab = origin_of(Some("https://gitlab.example.com/api/v4"), None, "gitlab");
+        assert!(gitlab.trusts("https://gitlab.example.com/acme/api.git"));
+        let separate = origin_of(
+            Some("https://api.example.com/v3"),
+            Some("https://git.example.com:8443"),
+            "github",
+        );
+        assert_eq!(
+            separate.refusal("https://git.example.com:8443/a/b.git"),
+            None
+        );
+        assert!(separate.trusts("https://git.example.com:8443/a/b.git"));
+        assert!(!separate.trusts("https://git.example.com/a/b.git"));
+        assert!(separate.refusal("https://example.com/a/b.git").is_some());
+    }
+
+    #[test]
+    fn one_clone_url_for_two_repositories_refuses_both() {
+        let origin = origin_of(None, None, "github");
+        let repo = |name: &str, url: &str| RepoInfo {
+            short_name: name.into(),
+            full_name: format!("acme/{name}"),
+            clone_url: url.into(),
+            wiki_url: None,
+            fork: false,
+            archived: false,
+            private: false,
+            updated_at: None,
+        };
+        let (kept, refused) = screen_listing(
+            vec![
+                repo("a", "https://github.com/acme/a.git"),
+                repo("b", "https://github.com/acme/x.git"),
+                repo("c", "https://github.com/acme/X"),
+                repo("d", "file:///etc"),
+            ],
+            &origin,
+        );
+        assert_eq!(kept.len(), 1);
+        assert_eq!(refused.len(), 3);
+        assert!(refused[0].1.contains("acme/b, acme/c"), "{}", refused[0].1);
+        assert!(refused[2].1.contains("file"));
+    }
+
+    #[test]
+    fn long_names_are_shortened_apart() {
+        let long = format!("{}.tar.gz", "a".repeat(300));
+        let other = format!("{}b.tar.gz", "a".repeat(300));
+        let (s, t) = (segment(&long), segment(&other));
+        assert!(s.len() <= MAX_SEGMENT && s.ends_with(".gz"), "{s}");
+        assert_ne!(s, t);
+        assert_eq!(segment("v1.0/x"), "v1.0_x");
+        assert_eq!(segment(".."), "_");
+    }
 }
