@@ -482,18 +482,7 @@ mod tests {
             name: "acme".into(),
             provider: "gitlab".into(),
             owner: "acme".into(),
-            api_url: None,
-            token_env: None,
-            username_env: None,
-            app_id: None,
-            app_key_file: None,
-            include: Vec::new(),
-            exclude: Vec::new(),
-            no_forks: false,
-            no_archived: false,
-            retention: None,
-            git_url: None,
-            http: Default::default(),
+            ..Default::default()
         };
         let mut gitlab = GitLab::new(&source, None).expect("a provider");
         assert_eq!(gitlab.base, DEFAULT_API);

@@ -58,7 +58,7 @@ pub enum ProviderError {
 
 /// A configured account to back up (`[[source]]` in config.toml). Holds the *name* of the
 /// token's environment variable, never the token.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct SourceConfig {
     pub name: String,
     pub provider: String,
@@ -513,17 +513,8 @@ mod tests {
             provider: provider.into(),
             owner: "acme".into(),
             api_url: api.map(str::to_string),
-            token_env: None,
             git_url: git.map(str::to_string),
-            username_env: None,
-            app_id: None,
-            app_key_file: None,
-            include: Vec::new(),
-            exclude: Vec::new(),
-            no_forks: false,
-            no_archived: false,
-            retention: None,
-            http: Default::default(),
+            ..Default::default()
         };
         source.git_origin().expect("a git origin")
     }
