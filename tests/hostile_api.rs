@@ -45,10 +45,12 @@ impl Hostile {
         file_repo: Option<&Path>,
         dir: &Path,
     ) -> Hostile {
+        let huge_mb = std::env::var("GITVAULT_TEST_HUGE_MB").unwrap_or_else(|_| "100".into());
         let log = dir.join(format!("foreign-{flavor}.log"));
         let mut cmd = Command::new("python3");
         cmd.arg(fixture("hostile_api.py"))
             .args(["--flavor", flavor, "--git-base", git_base, "--repos", repos])
+            .args(["--huge-mb", &huge_mb])
             .arg("--foreign-log")
             .arg(&log)
             .stdout(Stdio::piped());
@@ -415,4 +417,34 @@ fn rate_limits_pause_and_resume_and_empty_listings_fail() {
     );
     let (code, doc, _) = run_backup(&s.tv, TOKEN_ENV, TOKEN, &["--allow-empty"]);
     assert_eq!(code, Some(0), "{doc}");
+}
+
+/// The figures in docs/PERFORMANCE.md ("Hostile APIs"): the hostile run with the default
+/// limits and timeouts (a hung server costs five reads of 30 s). Minutes long, so ignored:
+/// `GITVAULT_TEST_HUGE_MB=500 cargo test --test hostile_api -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn measure_hostile_answers_with_default_limits() {
+    let s = setup(
+        "github",
+        "x-access-token",
+        "good,huge,loop,many,hung,reset",
+        false,
+        "",
+    );
+    s.api.control(json!({ "calm": true }));
+    let (code, doc, calm_rss, calm_time) = measured_backup(&s.tv, &[]);
+    assert_eq!(code, Some(0), "{doc}");
+    s.api.control(json!({ "calm": false }));
+    let (code, doc, rss, elapsed) = measured_backup(&s.tv, &[]);
+    assert_eq!(code, Some(3), "{doc}");
+    eprintln!(
+        "calm: {calm_rss} KiB, {:.1} s; hostile: {rss} KiB, {:.1} s; requests: {}",
+        calm_time.as_secs_f64(),
+        elapsed.as_secs_f64(),
+        s.api.stats()["requests"]
+    );
+    for (repo, status, error) in lines(&doc) {
+        eprintln!("{repo}: {status}: {error}");
+    }
 }

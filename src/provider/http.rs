@@ -232,6 +232,19 @@ pub fn same_origin(a: &str, b: &str) -> bool {
 /// one worker holds back the others too (the limit is the account's, not the worker's).
 static PAUSES: Mutex<BTreeMap<String, Instant>> = Mutex::new(BTreeMap::new());
 
+/// Requests to one origin that failed for good on a timeout, in a row: an API that stopped
+/// answering costs `STALLED_AFTER` full rounds of retries, not one per repository.
+static STALLS: Mutex<BTreeMap<String, u32>> = Mutex::new(BTreeMap::new());
+
+const STALLED_AFTER: u32 = 3;
+
+fn stalls(origin: &str, update: impl FnOnce(&mut u32)) -> u32 {
+    let mut stalls = STALLS.lock().unwrap_or_else(|e| e.into_inner());
+    let count = stalls.entry(origin.to_string()).or_insert(0);
+    update(count);
+    *count
+}
+
 fn pause_origin(origin: &str, until: Instant) {
     let mut pauses = PAUSES.lock().unwrap_or_else(|e| e.into_inner());
     let entry = pauses.entry(origin.to_string()).or_insert(until);
@@ -382,12 +395,20 @@ impl<'i> ApiClient<'i> {
         &mut self,
         mut once: impl FnMut(&mut Self) -> Result<T, Failure>,
     ) -> Result<T, ProviderError> {
+        let origin = self.origin_key();
+        let stalled = stalls(&origin, |_| {});
+        if stalled >= STALLED_AFTER {
+            return Err(ProviderError::Timeout(format!(
+                "{origin} stopped answering ({stalled} requests in a row timed out); not asked again in this run"
+            )));
+        }
         let mut attempt = 0;
         loop {
             self.wait_for_gate();
             match once(self) {
                 Ok(answer) => {
                     self.secondary_strikes = 0;
+                    stalls(&origin, |n| *n = 0);
                     return Ok(answer);
                 }
                 Err(Failure::Paused) => {}
@@ -397,7 +418,12 @@ impl<'i> ApiClient<'i> {
                     tracing::info!(error = %e, attempt, "retrying");
                     std::thread::sleep(backoff(attempt));
                 }
-                Err(Failure::Retry(e)) | Err(Failure::Fatal(e)) => return Err(e),
+                Err(Failure::Retry(e)) | Err(Failure::Fatal(e)) => {
+                    if matches!(e, ProviderError::Timeout(_)) {
+                        stalls(&origin, |n| *n += 1);
+                    }
+                    return Err(e);
+                }
             }
         }
     }
@@ -1030,5 +1056,36 @@ mod tests {
             );
             assert!(seen_foreign.try_recv().is_err());
         }
+    }
+
+    /// A server that accepts connections and never answers: each request ends at the read
+    /// timeout, and after `STALLED_AFTER` of them in a row the origin is not asked again.
+    #[test]
+    fn a_hung_api_is_given_up_after_a_few_timeouts() {
+        let listener = std::net::TcpListener::bind(("127.0.0.1", 0)).expect("bind");
+        let home = format!("http://{}", listener.local_addr().expect("address"));
+        std::thread::spawn(move || {
+            let mut held = Vec::new();
+            for stream in listener.incoming().flatten() {
+                held.push(stream);
+            }
+        });
+        let settings = HttpSettings {
+            read_timeout: 1,
+            retries: 0,
+            ..HttpSettings::default()
+        };
+        let mut api = ApiClient::new(&home, None, "application/json", Vec::new(), None, &settings)
+            .expect("a client");
+        for _ in 0..STALLED_AFTER {
+            let started = Instant::now();
+            let e = api.get(&format!("{home}/x")).err().expect("a timeout");
+            assert!(e.to_string().contains("read timeout (1 s"), "{e}");
+            assert!(started.elapsed() < Duration::from_secs(5));
+        }
+        let started = Instant::now();
+        let e = api.get(&format!("{home}/y")).err().expect("given up");
+        assert!(e.to_string().contains("stopped answering"), "{e}");
+        assert!(started.elapsed() < Duration::from_millis(500));
     }
 }
