@@ -79,10 +79,10 @@ impl Hostile {
     }
 
     fn api_url(&self) -> String {
-        let path = if self.flavor == "gitlab" {
-            "/api/v4"
-        } else {
-            ""
+        let path = match self.flavor {
+            "gitlab" => "/api/v4",
+            "gitea" => "/api/v1",
+            _ => "",
         };
         format!("http://127.0.0.1:{}{path}", self.port)
     }
@@ -223,7 +223,7 @@ fn run_against_hostile_listing(flavor: &'static str, git_user: &str) -> (Setup, 
         "",
     );
     let (code, doc, err) = run_backup(&s.tv, TOKEN_ENV, TOKEN, &[]);
-    assert_eq!(code, Some(3), "{err}\n{doc}");
+    assert_eq!(code, Some(3), "{err}\n{doc}\n{}", s.api.stats());
     let lines = lines(&doc);
     assert_line(&lines, "good", "changed", "");
     assert_line(&lines, "linked", "partial", "another origin");
@@ -236,6 +236,10 @@ fn run_against_hostile_listing(flavor: &'static str, git_user: &str) -> (Setup, 
     assert_eq!(dropped, Some(1), "{doc}");
     let log = s.api.foreign_log();
     assert_no_credentials(&log);
+    assert!(
+        !log.contains(".git"),
+        "a clone URL on the foreign origin was fetched: {log}"
+    );
     (s, log)
 }
 
@@ -246,15 +250,15 @@ fn run_against_hostile_listing(flavor: &'static str, git_user: &str) -> (Setup, 
 #[test]
 fn github_credentials_stay_home() {
     let (s, log) = run_against_hostile_listing("github", "x-access-token");
-    // The signed asset URL was fetched (without credentials); nothing else was.
+    assert_asset_fetched_elsewhere(&s, &log);
+}
+
+/// The signed asset URL on the foreign origin was fetched (without credentials, as
+/// [`run_against_hostile_listing`] checked) and nothing else there was; the release asset of
+/// `acme/good` restores with its bytes.
+fn assert_asset_fetched_elsewhere(s: &Setup, log: &str) {
     assert!(log.contains("GET /signed/tool.tgz"), "{log}");
     assert!(!log.contains("/stolen/"), "{log}");
-    assert!(
-        !log.contains(".git"),
-        "a clone URL on the foreign origin was fetched: {log}"
-    );
-
-    // The asset's bytes are the signed URL's.
     let host = git_base(&s.git).trim_start_matches("http://").to_string();
     let meta = restore_metadata(&s.tv, &format!("{host}/acme/good"), "meta");
     let release = read_json(&meta.join("releases/7.json"));
@@ -263,6 +267,14 @@ fn github_credentials_stay_home() {
         .expect("the asset's content");
     let bytes = std::fs::read(meta.join(content)).expect("the asset");
     assert_eq!(bytes, b"hostile asset bytes\n".repeat(100));
+}
+
+/// Gitea's `token` header: the same rules; an attachment's `browser_download_url` elsewhere
+/// is replaced by the instance's own `/attachments/<uuid>`, which redirects to signed storage.
+#[test]
+fn gitea_credentials_stay_home() {
+    let (s, log) = run_against_hostile_listing("gitea", "gitvault");
+    assert_asset_fetched_elsewhere(&s, &log);
 }
 
 /// GitLab's token travels in `PRIVATE-TOKEN`, a header reqwest would carry across a
@@ -324,8 +336,9 @@ fn huge_endless_hung_and_broken_answers_end() {
     s.api.control(json!({ "calm": false }));
     let (code, doc, rss, elapsed) = measured_backup(&s.tv, &[]);
     eprintln!(
-        "hostile run: {rss} KiB peak, {:.1} s",
-        elapsed.as_secs_f64()
+        "hostile run: {rss} KiB peak, {:.1} s, {} requests",
+        elapsed.as_secs_f64(),
+        s.api.stats()["requests"]
     );
     assert_eq!(code, Some(3), "{doc}");
     let lines = lines(&doc);
