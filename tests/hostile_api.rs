@@ -461,3 +461,49 @@ fn measure_hostile_answers_with_default_limits() {
         eprintln!("{repo}: {status}: {error}");
     }
 }
+
+/// `tests/fixtures/hostile_git.py` in front of `git`: the first `resets` connections are reset.
+fn resetting_proxy(git: &HttpGitServer, resets: u32) -> (Child, String) {
+    let mut child = Command::new("python3")
+        .arg(fixture("hostile_git.py"))
+        .args(["--upstream", &git.port().to_string()])
+        .args(["--resets", &resets.to_string()])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3 for hostile_git.py");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("the LISTENING line");
+    let port = line.trim().trim_start_matches("LISTENING ").to_string();
+    (child, format!("http://127.0.0.1:{port}/acme/plain.git"))
+}
+
+/// A git server that resets a connection is asked again; one that keeps resetting fails the
+/// repository after three tries, saying so.
+#[test]
+fn a_git_server_that_drops_connections_is_retried() {
+    let tv = TestVault::new();
+    let root = tv.tmp.path().join("served");
+    serve_repositories(&root, &["acme/plain.git".to_string()]);
+    let git = HttpGitServer::start(&root, None);
+    for (resets, status, says) in [(1, "changed", ""), (100, "failed", "tried 3 times")] {
+        let (mut proxy, url) = resetting_proxy(&git, resets);
+        let out = tv
+            .command(&[
+                "--json",
+                "backup",
+                &url,
+                "--name",
+                &format!("plain-{resets}"),
+            ])
+            .output()
+            .expect("backup");
+        let _ = proxy.kill();
+        let _ = proxy.wait();
+        let doc: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        let line = &doc["repositories"][0];
+        assert_eq!(line["status"], status, "{doc}\n{}", stderr(&out));
+        assert!(line["error"].to_string().contains(says), "{doc}");
+    }
+}
