@@ -1088,4 +1088,40 @@ mod tests {
         assert!(e.to_string().contains("stopped answering"), "{e}");
         assert!(started.elapsed() < Duration::from_millis(500));
     }
+
+    /// The HTTP cache keeps answers up to `max_cached_bytes`; larger ones are fetched again
+    /// next time instead of growing the index.
+    #[test]
+    fn only_small_answers_are_cached() {
+        let tmp = tempfile::tempdir().expect("a temporary directory");
+        let index = Index::open(&tmp.path().join("index.sqlite")).expect("an index");
+        let answer = |size: usize| {
+            let body = format!("[\"{}\"]", "x".repeat(size));
+            format!(
+                "HTTP/1.1 200 OK\r\nETag: \"e{size}\"\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            )
+        };
+        let settings = HttpSettings {
+            max_cached_bytes: 10_000,
+            ..HttpSettings::default()
+        };
+        for (size, kept) in [(1_000, true), (20_000, false)] {
+            let (home, _seen) = serve("127.0.0.1", answer(size));
+            let mut api = ApiClient::new(
+                &home,
+                None,
+                "application/json",
+                Vec::new(),
+                Some(&index),
+                &settings,
+            )
+            .expect("a client");
+            let url = format!("{home}/list");
+            let page = api.get(&url).expect("the answer");
+            assert_eq!(page.body.len(), size + 4);
+            let cached = index.http_cached(&url).expect("the cache");
+            assert_eq!(cached.is_some(), kept, "{size} bytes");
+        }
+    }
 }
