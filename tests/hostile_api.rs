@@ -14,13 +14,22 @@ use std::time::{Duration, Instant};
 
 use common::git_server::{HttpGitServer, fixture};
 use common::provider_api::{
-    client, git_base, read_json, restore_metadata, run_backup, serve_repositories,
+    client, git_base, read_json, restore_metadata, run_backup_with, serve_repositories,
 };
 use common::{TestVault, stderr};
 use serde_json::{Value, json};
 
 const TOKEN: &str = "hostileTestToken_5f3a9c0e7b21d4";
 const TOKEN_ENV: &str = "GITVAULT_TEST_HOSTILE_TOKEN";
+/// Bitbucket's user name for Basic auth (an app password's: git takes it too).
+const USER_ENV: &str = "GITVAULT_TEST_HOSTILE_USER";
+const USER: &str = "alice";
+
+/// `gitvault --json backup <args…>` with the token and user name set: the exit code, the JSON
+/// report and stderr; the token must not be in the output.
+fn backup(tv: &TestVault, args: &[&str]) -> (Option<i32>, Value, String) {
+    run_backup_with(tv, &[(TOKEN_ENV, TOKEN), (USER_ENV, USER)], TOKEN, args)
+}
 
 /// The fixture's two origins; killed on drop.
 struct Hostile {
@@ -82,6 +91,7 @@ impl Hostile {
         let path = match self.flavor {
             "gitlab" => "/api/v4",
             "gitea" => "/api/v1",
+            "bitbucket" => "/2.0",
             _ => "",
         };
         format!("http://127.0.0.1:{}{path}", self.port)
@@ -157,6 +167,8 @@ fn setup(flavor: &'static str, git_user: &str, repos: &str, with_local: bool, ht
         &git_base,
         "--token-env",
         TOKEN_ENV,
+        "--username-env",
+        USER_ENV,
     ]);
     assert!(out.status.success(), "{}", stderr(&out));
     if !http.is_empty() {
@@ -222,7 +234,7 @@ fn run_against_hostile_listing(flavor: &'static str, git_user: &str) -> (Setup, 
         true,
         "",
     );
-    let (code, doc, err) = run_backup(&s.tv, TOKEN_ENV, TOKEN, &[]);
+    let (code, doc, err) = backup(&s.tv, &[]);
     assert_eq!(code, Some(3), "{err}\n{doc}\n{}", s.api.stats());
     let lines = lines(&doc);
     assert_line(&lines, "good", "changed", "");
@@ -250,20 +262,21 @@ fn run_against_hostile_listing(flavor: &'static str, git_user: &str) -> (Setup, 
 #[test]
 fn github_credentials_stay_home() {
     let (s, log) = run_against_hostile_listing("github", "x-access-token");
-    assert_asset_fetched_elsewhere(&s, &log);
+    assert_asset_fetched_elsewhere(&s, &log, "releases/7.json", "/assets/0/gitvault_content");
 }
 
 /// The signed asset URL on the foreign origin was fetched (without credentials, as
 /// [`run_against_hostile_listing`] checked) and nothing else there was; the release asset of
-/// `acme/good` restores with its bytes.
-fn assert_asset_fetched_elsewhere(s: &Setup, log: &str) {
+/// `acme/good` restores with its bytes, named at `pointer` in the document `listed`.
+fn assert_asset_fetched_elsewhere(s: &Setup, log: &str, listed: &str, pointer: &str) {
     assert!(log.contains("GET /signed/tool.tgz"), "{log}");
     assert!(!log.contains("/stolen/"), "{log}");
     let host = git_base(&s.git).trim_start_matches("http://").to_string();
     let meta = restore_metadata(&s.tv, &format!("{host}/acme/good"), "meta");
-    let release = read_json(&meta.join("releases/7.json"));
-    let content = release["assets"][0]["gitvault_content"]
-        .as_str()
+    let document = read_json(&meta.join(listed));
+    let content = document
+        .pointer(pointer)
+        .and_then(Value::as_str)
         .expect("the asset's content");
     let bytes = std::fs::read(meta.join(content)).expect("the asset");
     assert_eq!(bytes, b"hostile asset bytes\n".repeat(100));
@@ -274,7 +287,15 @@ fn assert_asset_fetched_elsewhere(s: &Setup, log: &str) {
 #[test]
 fn gitea_credentials_stay_home() {
     let (s, log) = run_against_hostile_listing("gitea", "gitvault");
-    assert_asset_fetched_elsewhere(&s, &log);
+    assert_asset_fetched_elsewhere(&s, &log, "releases/7.json", "/assets/0/gitvault_content");
+}
+
+/// Bitbucket's Basic credentials: a `next` page named in a list's body on another origin is
+/// refused; a download redirected to signed storage is fetched there without them.
+#[test]
+fn bitbucket_credentials_stay_home() {
+    let (s, log) = run_against_hostile_listing("bitbucket", USER);
+    assert_asset_fetched_elsewhere(&s, &log, "downloads.json", "/0/gitvault_content");
 }
 
 /// GitLab's token travels in `PRIVATE-TOKEN`, a header reqwest would carry across a
@@ -298,6 +319,7 @@ fn measured_backup(tv: &TestVault, args: &[&str]) -> (Option<i32>, Value, u64, D
         .args(args)
         .env("GITVAULT_IDENTITY_FILE", &tv.identity_file)
         .env(TOKEN_ENV, TOKEN)
+        .env(USER_ENV, USER)
         .output()
         .expect("/usr/bin/time");
     let elapsed = started.elapsed();
@@ -390,7 +412,7 @@ fn rate_limits_pause_and_resume_and_empty_listings_fail() {
     );
     s.api.control(json!({ "secondary": 4 }));
     let started = Instant::now();
-    let (code, doc, err) = run_backup(&s.tv, TOKEN_ENV, TOKEN, &[]);
+    let (code, doc, err) = backup(&s.tv, &[]);
     assert_eq!(code, Some(0), "{err}\n{doc}");
     assert!(lines(&doc).iter().all(|(_, s, _)| s == "changed"), "{doc}");
     assert_eq!(s.api.stats()["limited"], 4);
@@ -400,7 +422,7 @@ fn rate_limits_pause_and_resume_and_empty_listings_fail() {
 
     s.api.control(json!({ "retry_date": 2, "seconds": 2 }));
     let started = Instant::now();
-    let (code, doc, err) = run_backup(&s.tv, TOKEN_ENV, TOKEN, &[]);
+    let (code, doc, err) = backup(&s.tv, &[]);
     assert_eq!(code, Some(0), "{err}\n{doc}");
     assert_eq!(s.api.stats()["limited"], 6);
     assert!(started.elapsed() >= Duration::from_secs(1));
@@ -421,14 +443,14 @@ fn rate_limits_pause_and_resume_and_empty_listings_fail() {
 
     // The account now lists nothing: the run fails unless that is accepted.
     s.api.control(json!({ "repos": [] }));
-    let (code, doc, _) = run_backup(&s.tv, TOKEN_ENV, TOKEN, &[]);
+    let (code, doc, _) = backup(&s.tv, &[]);
     assert_eq!(code, Some(1), "{doc}");
     assert!(
         doc["sources"][0]["error"]
             .to_string()
             .contains("--allow-empty")
     );
-    let (code, doc, _) = run_backup(&s.tv, TOKEN_ENV, TOKEN, &["--allow-empty"]);
+    let (code, doc, _) = backup(&s.tv, &["--allow-empty"]);
     assert_eq!(code, Some(0), "{doc}");
 }
 
