@@ -193,8 +193,7 @@ impl<'i> Bitbucket<'i> {
         let mut guard = self.api.pages(first);
         let mut next = Some(first.to_string());
         while let Some(url) = next {
-            guard.visit(&url, &self.api)?;
-            let page = self.api.get(&url).map_err(tidy)?;
+            let page = guard.fetch(&url, &mut self.api).map_err(tidy)?;
             let body: Value = serde_json::from_slice(&page.body).map_err(|e| {
                 ProviderError::BadResponse(format!("{}: {e}", super::http::shown(&url)))
             })?;

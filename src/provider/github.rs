@@ -248,8 +248,7 @@ impl Provider for GitHub<'_> {
             let mut guard = self.api.pages(&first);
             let mut next = Some(first);
             while let Some(url) = next {
-                guard.visit(&url, &self.api)?;
-                let page = self.api.get(&url)?;
+                let page = guard.fetch(&url, &mut self.api)?;
                 let body: Value = serde_json::from_slice(&page.body)
                     .map_err(|e| ProviderError::BadResponse(format!("{url}: {e}")))?;
                 if let Some(list) = body.get("repositories").and_then(Value::as_array) {

@@ -62,6 +62,8 @@ pub struct HttpSettings {
     pub max_cached_bytes: u64,
     /// Pages of one list.
     pub max_pages: usize,
+    /// Bytes of one list, all its pages together (its items are held in memory at once).
+    pub max_list_bytes: u64,
     /// Seconds of the first pause on a secondary rate limit (doubled each time it repeats).
     pub secondary_wait: u64,
     /// The longest pause a rate limit may cause before the source stops for this run.
@@ -80,6 +82,7 @@ impl Default for HttpSettings {
             max_asset_bytes: 8 << 30,
             max_cached_bytes: 1 << 20,
             max_pages: 5_000,
+            max_list_bytes: 1 << 30,
             secondary_wait: 60,
             max_wait: 900,
         }
@@ -742,6 +745,8 @@ impl<'i> ApiClient<'i> {
             first: first.to_string(),
             seen: HashSet::new(),
             max: self.settings.max_pages,
+            bytes: 0,
+            max_bytes: self.settings.max_list_bytes,
         }
     }
 
@@ -751,8 +756,7 @@ impl<'i> ApiClient<'i> {
         let mut guard = self.pages(first);
         let mut next = Some(first.to_string());
         while let Some(url) = next {
-            guard.visit(&url, self)?;
-            let page = self.get(&url)?;
+            let page = guard.fetch(&url, self)?;
             match serde_json::from_slice::<Value>(&page.body) {
                 Ok(Value::Array(list)) => items.extend(list),
                 Ok(_) => {
@@ -852,10 +856,29 @@ pub struct PageGuard {
     first: String,
     seen: HashSet<String>,
     max: usize,
+    /// Bytes of the pages read so far, and the most the whole list may have: its items are
+    /// held together in memory.
+    bytes: u64,
+    max_bytes: u64,
 }
 
 impl PageGuard {
-    pub fn visit(&mut self, url: &str, api: &ApiClient<'_>) -> Result<(), ProviderError> {
+    /// The page at `url`, once it passed the checks of [`PageGuard::visit`], counted against
+    /// the list's size limit.
+    pub fn fetch(&mut self, url: &str, api: &mut ApiClient<'_>) -> Result<Page, ProviderError> {
+        self.visit(url, api)?;
+        let page = api.get(url)?;
+        self.bytes += page.body.len() as u64;
+        if self.bytes > self.max_bytes {
+            return Err(ProviderError::TooLarge {
+                path: format!("{} (the whole list)", shown(&self.first)),
+                limit: self.max_bytes,
+            });
+        }
+        Ok(page)
+    }
+
+    fn visit(&mut self, url: &str, api: &ApiClient<'_>) -> Result<(), ProviderError> {
         if !api.is_api_origin(url) {
             return Err(ProviderError::Refused(format!(
                 "{}: the next page is on another origin ({}); credentials stay with {}",
@@ -984,12 +1007,16 @@ mod tests {
         assert!(foreign.is_err_and(|e| e.to_string().contains("another origin")));
     }
 
-    /// A tiny server on `host`: answers each connection with `answer` and sends back the
-    /// raw requests it received.
-    fn serve(host: &str, answer: String) -> (String, std::sync::mpsc::Receiver<String>) {
+    /// A tiny server on `host`: answers each connection with `answer(its origin)` and sends
+    /// back the raw requests it received.
+    fn serve(
+        host: &str,
+        answer: impl FnOnce(&str) -> String,
+    ) -> (String, std::sync::mpsc::Receiver<String>) {
         use std::io::Write;
         let listener = std::net::TcpListener::bind((host, 0)).expect("bind");
         let origin = format!("http://{}", listener.local_addr().expect("address"));
+        let answer = answer(&origin);
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             for stream in listener.incoming().flatten() {
@@ -1015,11 +1042,11 @@ mod tests {
             Auth::basic("alice", &secret),
         ] {
             let ok = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok";
-            let (foreign, seen_foreign) = serve("127.0.0.2", ok.to_string());
+            let (foreign, seen_foreign) = serve("127.0.0.2", |_| ok.to_string());
             let redirect = format!(
                 "HTTP/1.1 302 Found\r\nLocation: {foreign}/signed\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
             );
-            let (home, seen_home) = serve("127.0.0.1", redirect);
+            let (home, seen_home) = serve("127.0.0.1", |_| redirect);
             let mut api = ApiClient::new(
                 &home,
                 Some(auth.clone()),
@@ -1107,7 +1134,7 @@ mod tests {
             ..HttpSettings::default()
         };
         for (size, kept) in [(1_000, true), (20_000, false)] {
-            let (home, _seen) = serve("127.0.0.1", answer(size));
+            let (home, _seen) = serve("127.0.0.1", |_| answer(size));
             let mut api = ApiClient::new(
                 &home,
                 None,
@@ -1123,5 +1150,26 @@ mod tests {
             let cached = index.http_cached(&url).expect("the cache");
             assert_eq!(cached.is_some(), kept, "{size} bytes");
         }
+    }
+
+    /// A list's pages together may not pass `max_list_bytes`: they are held in memory at once.
+    #[test]
+    fn a_list_is_bounded_as_a_whole() {
+        let (home, _seen) = serve("127.0.0.1", |origin| {
+            let body = format!("[\"{}\"]", "x".repeat(996));
+            format!(
+                "HTTP/1.1 200 OK\r\nLink: <{origin}/list?page=2>; rel=\"next\"\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            )
+        });
+        let settings = HttpSettings {
+            max_list_bytes: 1_500,
+            ..HttpSettings::default()
+        };
+        let mut api = ApiClient::new(&home, None, "application/json", Vec::new(), None, &settings)
+            .expect("a client");
+        let e = api.get_all(&format!("{home}/list")).expect_err("too large");
+        assert!(e.to_string().contains("the whole list"), "{e}");
+        assert!(e.to_string().contains("1500 bytes"), "{e}");
     }
 }
