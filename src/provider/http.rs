@@ -1007,6 +1007,14 @@ mod tests {
         assert!(foreign.is_err_and(|e| e.to_string().contains("another origin")));
     }
 
+    /// An HTTP/1.1 answer with `headers` (each ending in CRLF) and `body`.
+    fn raw_answer(status: &str, headers: &str, body: &str) -> String {
+        format!(
+            "HTTP/1.1 {status}\r\n{headers}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+    }
+
     /// A tiny server on `host`: answers each connection with `answer(its origin)` and sends
     /// back the raw requests it received.
     fn serve(
@@ -1041,12 +1049,9 @@ mod tests {
             Auth::header("PRIVATE-TOKEN", &secret),
             Auth::basic("alice", &secret),
         ] {
-            let ok = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok";
-            let (foreign, seen_foreign) = serve("127.0.0.2", |_| ok.to_string());
-            let redirect = format!(
-                "HTTP/1.1 302 Found\r\nLocation: {foreign}/signed\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-            );
-            let (home, seen_home) = serve("127.0.0.1", |_| redirect);
+            let (foreign, seen_foreign) = serve("127.0.0.2", |_| raw_answer("200 OK", "", "ok"));
+            let location = format!("Location: {foreign}/signed\r\n");
+            let (home, seen_home) = serve("127.0.0.1", |_| raw_answer("302 Found", &location, ""));
             let mut api = ApiClient::new(
                 &home,
                 Some(auth.clone()),
@@ -1124,10 +1129,7 @@ mod tests {
         let index = Index::open(&tmp.path().join("index.sqlite")).expect("an index");
         let answer = |size: usize| {
             let body = format!("[\"{}\"]", "x".repeat(size));
-            format!(
-                "HTTP/1.1 200 OK\r\nETag: \"e{size}\"\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            )
+            raw_answer("200 OK", &format!("ETag: \"e{size}\"\r\n"), &body)
         };
         let settings = HttpSettings {
             max_cached_bytes: 10_000,
@@ -1157,10 +1159,8 @@ mod tests {
     fn a_list_is_bounded_as_a_whole() {
         let (home, _seen) = serve("127.0.0.1", |origin| {
             let body = format!("[\"{}\"]", "x".repeat(996));
-            format!(
-                "HTTP/1.1 200 OK\r\nLink: <{origin}/list?page=2>; rel=\"next\"\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            )
+            let link = format!("Link: <{origin}/list?page=2>; rel=\"next\"\r\n");
+            raw_answer("200 OK", &link, &body)
         });
         let settings = HttpSettings {
             max_list_bytes: 1_500,
