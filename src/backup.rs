@@ -711,14 +711,15 @@ struct Job<'r> {
 /// `jobs` at a time; each worker has its own API client, so at most `jobs` requests are in
 /// flight against the provider. One repository's failure does not stop the others; a rate
 /// limit stops the source cleanly and says when to resume (repositories done keep their
-/// snapshots).
+/// snapshots). `expected`: how many repositories the previous run listed, when an empty
+/// listing should fail the source.
 pub fn backup_source(
     vault: &Vault,
     keys: &VaultKeys,
     writer: &Mutex<Writer<'_>>,
     source: &SourceConfig,
     jobs: usize,
-    allow_empty: bool,
+    expected: Option<usize>,
     progress: &(dyn Fn(SourceEvent<'_>) + Sync),
 ) -> SourceReport {
     let mut report = SourceReport {
@@ -763,22 +764,17 @@ pub fn backup_source(
     };
     report.listed = repos.len();
     report.dropped = dropped;
-    if repos.is_empty() && !allow_empty {
-        // A token that lost its scopes lists nothing and looks like an emptied account.
-        let before = vault
-            .index()
-            .repo_sources()
-            .map(|m| m.values().filter(|s| **s == source.name).count())
-            .unwrap_or(0);
-        if before > 0 {
-            report.error = Some(format!(
-                "the API listed no repositories where {before} were backed up before (a token \
-                 that lost its access looks like this); pass --allow-empty if the account is \
-                 really empty"
-            ));
-            report.api = provider.stats();
-            return report;
-        }
+    // A token that lost its scopes lists nothing and looks like an emptied account.
+    if repos.is_empty()
+        && let Some(before) = expected.filter(|n| *n > 0)
+    {
+        report.error = Some(format!(
+            "the API listed no repositories where the previous run listed {before} (a token \
+             that lost its access looks like this); pass --allow-empty if the account is \
+             really empty"
+        ));
+        report.api = provider.stats();
+        return report;
     }
     let filter = match source.filter() {
         Ok(f) => f,
@@ -799,7 +795,7 @@ pub fn backup_source(
         &git_origin,
     );
     report.selected = selected.len() + refused.len();
-    progress(SourceEvent::Selected(selected.len()));
+    progress(SourceEvent::Selected(report.selected));
 
     let mut work = Vec::new();
     for repo in &selected {

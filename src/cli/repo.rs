@@ -30,7 +30,7 @@ pub struct BackupArgs {
     /// API calls overlap; storing is one at a time.
     #[arg(long, short = 'j', default_value_t = backup::DEFAULT_JOBS as u16, value_parser = clap::value_parser!(u16).range(1..=64))]
     pub jobs: u16,
-    /// Accept a source that lists no repositories although earlier runs backed some up
+    /// Accept a source that lists no repositories although its previous run listed some
     /// (otherwise the run fails: a token that lost its access lists nothing too).
     #[arg(long)]
     pub allow_empty: bool,
@@ -220,7 +220,7 @@ pub fn backup(ctx: &Ctx, args: BackupArgs) -> Result<i32> {
             &writer,
             source,
             usize::from(args.jobs),
-            args.allow_empty,
+            (!args.allow_empty).then(|| previous_listing(&vault, &source.name)),
             &|event| match event {
                 backup::SourceEvent::Selected(n) => bar.set_length(n as u64),
                 backup::SourceEvent::Done(line) => {
@@ -341,6 +341,41 @@ pub fn backup(ctx: &Ctx, args: BackupArgs) -> Result<i32> {
     } else {
         EXIT_FAILED
     })
+}
+
+/// How many repositories `source` listed the last time it listed without an error, as this
+/// host's run reports say; with no report of it here (another host ran it, or the reports
+/// were cleared), how many repositories the index holds for it.
+fn previous_listing(vault: &gitvault::Vault, source: &str) -> usize {
+    let mut reports: Vec<_> = std::fs::read_dir(vault.dir().join("reports"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    reports.sort();
+    for path in reports.iter().rev() {
+        let Ok(bytes) = std::fs::read(path) else {
+            continue;
+        };
+        let Ok(run) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
+            continue;
+        };
+        let listed = run["sources"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|s| s["source"] == source && s["error"].is_null())
+            .and_then(|s| s["listed"].as_u64());
+        if let Some(n) = listed {
+            return n as usize;
+        }
+    }
+    vault
+        .index()
+        .repo_sources()
+        .map(|m| m.values().filter(|s| *s == source).count())
+        .unwrap_or(0)
 }
 
 /// Keeps the run report as JSON in DIR/reports/ (the newest 100), for monitoring and audits.
