@@ -342,7 +342,7 @@ impl<'i> ApiClient<'i> {
         let http = Client::builder()
             .connect_timeout(Duration::from_secs(settings.connect_timeout.max(1)))
             .timeout(Duration::from_secs(settings.read_timeout.max(1)))
-            // Redirects are followed by `send`, which judges every hop's origin.
+            // Redirects are followed by `try_send`, which judges every hop's origin.
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| ProviderError::Network(e.to_string()))?;
