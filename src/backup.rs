@@ -702,6 +702,8 @@ pub struct SourceReport {
     pub selected: usize,
     pub repositories: Vec<RepoReport>,
     pub api: crate::provider::http::RequestStats,
+    /// Items of the listing that were not readable as repositories.
+    pub dropped: Vec<String>,
     pub error: Option<String>,
 }
 
@@ -729,13 +731,15 @@ struct Job<'r> {
 /// `jobs` at a time; each worker has its own API client, so at most `jobs` requests are in
 /// flight against the provider. One repository's failure does not stop the others; a rate
 /// limit stops the source cleanly and says when to resume (repositories done keep their
-/// snapshots).
+/// snapshots). `expected`: how many repositories the previous run listed, when an empty
+/// listing should fail the source.
 pub fn backup_source(
     vault: &Vault,
     keys: &VaultKeys,
     writer: &Mutex<Writer<'_>>,
     source: &SourceConfig,
     jobs: usize,
+    expected: Option<usize>,
     progress: &(dyn Fn(SourceEvent<'_>) + Sync),
 ) -> SourceReport {
     let mut report = SourceReport {
@@ -744,6 +748,7 @@ pub fn backup_source(
         selected: 0,
         repositories: Vec::new(),
         api: Default::default(),
+        dropped: Vec::new(),
         error: None,
     };
     let token = match source.token() {
@@ -769,7 +774,7 @@ pub fn backup_source(
             return report;
         }
     };
-    let repos = match provider.list_repositories() {
+    let crate::provider::Listing { repos, dropped } = match provider.list_repositories() {
         Ok(r) => r,
         Err(e) => {
             report.error = Some(scrub(e.to_string()));
@@ -778,6 +783,19 @@ pub fn backup_source(
         }
     };
     report.listed = repos.len();
+    report.dropped = dropped;
+    // A token that lost its scopes lists nothing and looks like an emptied account.
+    if repos.is_empty()
+        && let Some(before) = expected.filter(|n| *n > 0)
+    {
+        report.error = Some(format!(
+            "the API listed no repositories where the previous run listed {before} (a token \
+             that lost its access looks like this); pass --allow-empty if the account is \
+             really empty"
+        ));
+        report.api = provider.stats();
+        return report;
+    }
     let filter = match source.filter() {
         Ok(f) => f,
         Err(e) => {
@@ -785,9 +803,19 @@ pub fn backup_source(
             return report;
         }
     };
-    let selected: Vec<RepoInfo> = repos.into_iter().filter(|r| filter.keeps(r)).collect();
-    report.selected = selected.len();
-    progress(SourceEvent::Selected(selected.len()));
+    let git_origin = match source.git_origin() {
+        Ok(o) => o,
+        Err(e) => {
+            report.error = Some(e.to_string());
+            return report;
+        }
+    };
+    let (selected, refused) = crate::provider::screen_listing(
+        repos.into_iter().filter(|r| filter.keeps(r)).collect(),
+        &git_origin,
+    );
+    report.selected = selected.len() + refused.len();
+    progress(SourceEvent::Selected(report.selected));
 
     let mut work = Vec::new();
     for repo in &selected {
@@ -826,7 +854,14 @@ pub fn backup_source(
                     let line = match halt {
                         Some(reason) => skipped(job.repo, job.wiki.as_deref(), &reason),
                         None => {
-                            let line = backup_job(vault, keys, writer, provider.as_mut(), job);
+                            let line = backup_job(
+                                vault,
+                                keys,
+                                writer,
+                                provider.as_mut(),
+                                &git_origin,
+                                job,
+                            );
                             let line = RepoReport {
                                 error: line.error.map(&scrub),
                                 ..line
@@ -860,6 +895,8 @@ pub fn backup_source(
                 total.requests += stats.requests;
                 total.not_modified += stats.not_modified;
                 total.retries += stats.retries;
+                // Workers wait out one pause side by side: the longest wait is the source's.
+                total.rate_limit_seconds = total.rate_limit_seconds.max(stats.rate_limit_seconds);
             });
         }
     });
@@ -869,6 +906,16 @@ pub fn backup_source(
     report.api = api.into_inner().unwrap_or_else(|e| e.into_inner());
     if report.repositories.len() < work.len() {
         report.error = Some("no worker could reach the API".into());
+    }
+    for (repo, reason) in refused {
+        let line = RepoReport::new(
+            repo.full_name.clone(),
+            repo.clone_url.clone(),
+            RepoStatus::Failed,
+            Some(reason),
+        );
+        progress(SourceEvent::Done(&line));
+        report.repositories.push(line);
     }
     report
 }
@@ -934,10 +981,16 @@ fn backup_job(
     keys: &VaultKeys,
     writer: &Mutex<Writer<'_>>,
     provider: &mut dyn Provider,
+    git_origin: &crate::provider::GitOrigin,
     job: &Job<'_>,
 ) -> RepoReport {
+    let url = match &job.wiki {
+        Some(_) => job.repo.wiki_url.as_deref().unwrap_or_default(),
+        None => &job.repo.clone_url,
+    };
+    // Invariant 9: the source's git credentials go only to its git origin.
     let credentials = match provider.git_credentials() {
-        Ok(c) => c,
+        Ok(c) => c.filter(|_| git_origin.trusts(url)),
         Err(e) => {
             let mut line = skipped(job.repo, job.wiki.as_deref(), "");
             line.status = RepoStatus::Failed;

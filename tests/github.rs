@@ -286,6 +286,8 @@ fn a_github_app_authenticates_and_renews_its_installation_token() {
             "acme",
             "--api-url",
             &api.url(),
+            "--git-url",
+            &git_base,
             "--app-id",
             app_id,
             "--app-key-file",

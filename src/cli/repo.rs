@@ -30,6 +30,10 @@ pub struct BackupArgs {
     /// API calls overlap; storing is one at a time.
     #[arg(long, short = 'j', default_value_t = backup::DEFAULT_JOBS as u16, value_parser = clap::value_parser!(u16).range(1..=64))]
     pub jobs: u16,
+    /// Accept a source that lists no repositories although its previous run listed some
+    /// (otherwise the run fails: a token that lost its access lists nothing too).
+    #[arg(long)]
+    pub allow_empty: bool,
 }
 
 #[derive(clap::Args)]
@@ -108,20 +112,36 @@ struct BackupRun {
     lagging_replicas: Vec<(String, String, String)>,
 }
 
+/// Text from a server made safe to print: control characters (escape codes, carriage
+/// returns that overwrite a line) are shown escaped.
+fn terminal_safe(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 fn print_line(ctx: &Ctx, report: &backup::RepoReport) {
     if ctx.out.json || ctx.out.quiet {
         return;
     }
+    // Names and messages come from API servers: no terminal escape codes reach the screen.
+    let repo = terminal_safe(&report.repo);
     match report.status {
         RepoStatus::Failed | RepoStatus::Partial | RepoStatus::Skipped => eprintln!(
             "{}: {}: {}",
-            report.repo,
+            repo,
             format!("{:?}", report.status).to_lowercase(),
-            report.error.as_deref().unwrap_or("unknown error")
+            terminal_safe(report.error.as_deref().unwrap_or("unknown error"))
         ),
         status => eprintln!(
             "{}: {} ({} refs, {} new objects, {}{} uploaded, {:.1}s)",
-            report.repo,
+            repo,
             if status == RepoStatus::Unchanged {
                 "unchanged"
             } else {
@@ -200,6 +220,7 @@ pub fn backup(ctx: &Ctx, args: BackupArgs) -> Result<i32> {
             &writer,
             source,
             usize::from(args.jobs),
+            (!args.allow_empty).then(|| previous_listing(&vault, &source.name)),
             &|event| match event {
                 backup::SourceEvent::Selected(n) => bar.set_length(n as u64),
                 backup::SourceEvent::Done(line) => {
@@ -211,10 +232,18 @@ pub fn backup(ctx: &Ctx, args: BackupArgs) -> Result<i32> {
             },
         );
         bar.finish_and_clear();
+        if !report.dropped.is_empty() && !ctx.out.json {
+            eprintln!(
+                "source {}: {} listed items are not repositories and were left out: {}",
+                source.name,
+                report.dropped.len(),
+                terminal_safe(&report.dropped.join(", "))
+            );
+        }
         if let Some(e) = &report.error
             && !ctx.out.json
         {
-            eprintln!("source {}: failed: {e}", source.name);
+            eprintln!("source {}: failed: {}", source.name, terminal_safe(e));
         }
         source_reports.push(report);
     }
@@ -299,7 +328,7 @@ pub fn backup(ctx: &Ctx, args: BackupArgs) -> Result<i32> {
                 format!(
                     "{:<10} {:<40} {}\n",
                     format!("{:?}", r.status).to_lowercase(),
-                    r.repo,
+                    terminal_safe(&r.repo),
                     r.snapshot.as_deref().unwrap_or("-")
                 )
             })
@@ -312,6 +341,41 @@ pub fn backup(ctx: &Ctx, args: BackupArgs) -> Result<i32> {
     } else {
         EXIT_FAILED
     })
+}
+
+/// How many repositories `source` listed the last time it listed without an error, as this
+/// host's run reports say; with no report of it here (another host ran it, or the reports
+/// were cleared), how many repositories the index holds for it.
+fn previous_listing(vault: &gitvault::Vault, source: &str) -> usize {
+    let mut reports: Vec<_> = std::fs::read_dir(vault.dir().join("reports"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    reports.sort();
+    for path in reports.iter().rev() {
+        let Ok(bytes) = std::fs::read(path) else {
+            continue;
+        };
+        let Ok(run) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
+            continue;
+        };
+        let listed = run["sources"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|s| s["source"] == source && s["error"].is_null())
+            .and_then(|s| s["listed"].as_u64());
+        if let Some(n) = listed {
+            return n as usize;
+        }
+    }
+    vault
+        .index()
+        .repo_sources()
+        .map(|m| m.values().filter(|s| *s == source).count())
+        .unwrap_or(0)
 }
 
 /// Keeps the run report as JSON in DIR/reports/ (the newest 100), for monitoring and audits.

@@ -24,6 +24,11 @@ pub enum SourceCommand {
         /// (https://HOST/api/v4), Gitea/Forgejo (https://HOST/api/v1), tests.
         #[arg(long)]
         api_url: Option<String>,
+        /// Where the repositories' git URLs live when not on the API's host (an origin such as
+        /// https://git.example.com:8443): clone URLs the API lists elsewhere are refused, and
+        /// git credentials go to this origin only.
+        #[arg(long)]
+        git_url: Option<String>,
         /// Name of the environment variable holding the token (read at run time, never stored).
         #[arg(long)]
         token_env: Option<String>,
@@ -65,6 +70,7 @@ pub fn run(ctx: &Ctx, cmd: SourceCommand) -> Result<i32> {
             provider,
             owner,
             api_url,
+            git_url,
             token_env,
             username_env,
             app_id,
@@ -92,6 +98,8 @@ pub fn run(ctx: &Ctx, cmd: SourceCommand) -> Result<i32> {
                 no_forks,
                 no_archived,
                 retention: None,
+                git_url,
+                http: Default::default(),
             };
             vault.add_source(source, &lock)?;
             ctx.out.print(&serde_json::json!({ "added": name }), || {

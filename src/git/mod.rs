@@ -170,14 +170,61 @@ fn to_refset(remote_refs: &[Ref]) -> RefSet {
     set
 }
 
+/// Tries after the first when a fetch times out or its connection breaks: a server that stalls
+/// or drops a connection once is asked again (the cache keeps what arrived whole), one that
+/// stays hung costs `FETCH_RETRIES + 1` transport timeouts.
+const FETCH_RETRIES: u32 = 2;
+
 /// Lists the server's refs in one advertisement and, unless `unchanged` says the ref set is the
 /// one already in the vault, fetches (negotiating against the cache) every object they reach
-/// into the cache repository.
+/// into the cache repository. Stalls and broken connections are retried with jittered backoff.
 pub fn fetch(
     spec: &RemoteSpec,
     cache: &Path,
     credentials: Option<&Credentials>,
-    unchanged: impl FnOnce(&RefSet) -> bool,
+    unchanged: impl Fn(&RefSet) -> bool,
+) -> Result<FetchResult, GitError> {
+    let mut attempt = 0;
+    loop {
+        match fetch_once(spec, cache, credentials, &unchanged) {
+            Err(GitError::Fetch(text)) if transient(&text) => {
+                if attempt == FETCH_RETRIES {
+                    return Err(GitError::Fetch(format!(
+                        "{text} (tried {} times)",
+                        attempt + 1
+                    )));
+                }
+                attempt += 1;
+                tracing::info!(attempt, error = %text, "git fetch broke off; retrying");
+                let full = 500u64 << attempt;
+                let jitter = getrandom::u64().unwrap_or(0) % (full / 2 + 1);
+                std::thread::sleep(std::time::Duration::from_millis(full / 2 + jitter));
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Whether a fetch failure may pass on its own: a timeout or a connection cut, not a refusal,
+/// a missing repository or a corrupt pack.
+fn transient(text: &str) -> bool {
+    let lower = text.to_ascii_lowercase();
+    [
+        "timed out",
+        "connection reset",
+        "broken pipe",
+        "connection closed before",
+        "connection aborted",
+    ]
+    .iter()
+    .any(|sign| lower.contains(sign))
+}
+
+fn fetch_once(
+    spec: &RemoteSpec,
+    cache: &Path,
+    credentials: Option<&Credentials>,
+    unchanged: &impl Fn(&RefSet) -> bool,
 ) -> Result<FetchResult, GitError> {
     let repo = open_or_init_cache(cache)?;
     let remote = repo

@@ -18,9 +18,9 @@ use std::collections::HashSet;
 use chrono::{DateTime, FixedOffset, Utc};
 use serde_json::{Value, json};
 
-use super::common::{api_base, by_full_name, keep_binary, name_content, put, start_map};
+use super::common::{api_base, keep_binary, listing, name_content, put, start_map};
 use super::http::{ApiClient, Auth, RequestStats};
-use super::{MetadataMap, MetadataSink, Provider, ProviderError, RepoInfo, SourceConfig};
+use super::{Listing, MetadataMap, MetadataSink, Provider, ProviderError, RepoInfo, SourceConfig};
 use super::{bool_field, segment, str_field};
 use crate::git::Credentials;
 
@@ -162,9 +162,17 @@ impl<'i> Bitbucket<'i> {
             // Public repositories only.
             (None, _) => (None, None),
         };
+        let base = api_base(source, DEFAULT_API);
         Ok(Bitbucket {
-            api: ApiClient::new(auth, "application/json", Vec::new(), cache)?,
-            base: api_base(source, DEFAULT_API),
+            api: ApiClient::new(
+                &base,
+                auth,
+                "application/json",
+                Vec::new(),
+                cache,
+                &source.http,
+            )?,
+            base,
             workspace: source.owner.clone(),
             git,
         })
@@ -181,25 +189,11 @@ impl<'i> Bitbucket<'i> {
     /// Every value of a paginated list, following `next` from the body. The credentials go
     /// only to the API's own origin.
     fn get_values(&mut self, first: &str) -> Result<Vec<Value>, ProviderError> {
-        let origin = url::Url::parse(&self.base).map(|u| u.origin()).ok();
         let mut values = Vec::new();
+        let mut guard = self.api.pages(first);
         let mut next = Some(first.to_string());
-        let mut pages = 0;
         while let Some(url) = next {
-            pages += 1;
-            if pages > 10_000 {
-                return Err(ProviderError::BadResponse(format!(
-                    "{}: endless pagination",
-                    super::http::shown(first)
-                )));
-            }
-            if url::Url::parse(&url).map(|u| u.origin()).ok() != origin {
-                return Err(ProviderError::BadResponse(format!(
-                    "{}: the next page is on another host",
-                    super::http::shown(first)
-                )));
-            }
-            let page = self.api.get(&url).map_err(tidy)?;
+            let page = guard.fetch(&url, &mut self.api).map_err(tidy)?;
             let body: Value = serde_json::from_slice(&page.body).map_err(|e| {
                 ProviderError::BadResponse(format!("{}: {e}", super::http::shown(&url)))
             })?;
@@ -375,17 +369,14 @@ impl<'i> Bitbucket<'i> {
 }
 
 impl Provider for Bitbucket<'_> {
-    fn list_repositories(&mut self) -> Result<Vec<RepoInfo>, ProviderError> {
+    fn list_repositories(&mut self) -> Result<Listing, ProviderError> {
         let listed = self.get_values(&format!(
             "{}/repositories/{}?pagelen={REPOS_PAGE}",
             self.base, self.workspace
         ))?;
-        Ok(by_full_name(
-            listed
-                .iter()
-                .filter_map(|v| repo_info(v, &self.workspace))
-                .collect(),
-        ))
+        Ok(listing(&listed, &["full_name", "slug"], |v| {
+            repo_info(v, &self.workspace)
+        }))
     }
 
     fn export_metadata(

@@ -8,7 +8,7 @@ use std::collections::HashSet;
 use serde_json::Value;
 
 use super::http::ApiClient;
-use super::{MetadataMap, MetadataSink, ProviderError, RepoInfo, SourceConfig};
+use super::{Listing, MetadataMap, MetadataSink, ProviderError, RepoInfo, SourceConfig};
 use super::{bool_field, segment, str_field};
 
 /// `--api-url`, or the provider's default, without a trailing `/`.
@@ -21,11 +21,30 @@ pub(crate) fn api_base(source: &SourceConfig, default: &str) -> String {
         .to_string()
 }
 
-/// A listing in full-name order, each repository once.
-pub(crate) fn by_full_name(mut repos: Vec<RepoInfo>) -> Vec<RepoInfo> {
+/// A listing read with `read`, in full-name order, each repository once; items `read` cannot
+/// make sense of are named in `dropped` by the first of `names` they hold as a string.
+pub(crate) fn listing(
+    listed: &[Value],
+    names: &[&str],
+    read: impl Fn(&Value) -> Option<RepoInfo>,
+) -> Listing {
+    let mut repos = Vec::new();
+    let mut dropped = Vec::new();
+    for (i, item) in listed.iter().enumerate() {
+        match read(item) {
+            Some(repo) => repos.push(repo),
+            None => dropped.push(
+                names
+                    .iter()
+                    .find_map(|n| item.get(*n).and_then(Value::as_str))
+                    .map(str::to_string)
+                    .unwrap_or_else(|| format!("item {} of the listing", i + 1)),
+            ),
+        }
+    }
     repos.sort_by(|a, b| a.full_name.cmp(&b.full_name));
     repos.dedup_by(|a, b| a.full_name == b.full_name);
-    repos
+    Listing { repos, dropped }
 }
 
 /// The map an export starts from: the previous snapshot's documents and state, if any.

@@ -13,10 +13,10 @@ use age::secrecy::SecretString;
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::{Value, json};
 
-use super::common::{self, api_base, by_full_name, github_like_repo, put, start_map};
-use super::http::{ApiClient, Auth, RequestStats};
+use super::common::{self, api_base, github_like_repo, listing, put, start_map};
+use super::http::{ApiClient, Auth, RequestStats, same_origin};
 use super::str_field;
-use super::{MetadataMap, MetadataSink, Provider, ProviderError, RepoInfo, SourceConfig};
+use super::{Listing, MetadataMap, MetadataSink, Provider, ProviderError, RepoInfo, SourceConfig};
 
 pub const DEFAULT_API: &str = "https://codeberg.org/api/v1";
 
@@ -40,14 +40,6 @@ fn utc_seconds(text: &str) -> Option<String> {
         t.with_timezone(&Utc)
             .to_rfc3339_opts(SecondsFormat::Secs, true)
     })
-}
-
-/// Same scheme, host and port: the token may be sent there.
-fn same_origin(a: &str, b: &str) -> bool {
-    match (url::Url::parse(a), url::Url::parse(b)) {
-        (Ok(a), Ok(b)) => a.origin() == b.origin(),
-        _ => false,
-    }
 }
 
 /// A 429 without `Retry-After` (Codeberg's proxy, for one) stops the source like a
@@ -76,14 +68,17 @@ impl<'i> Gitea<'i> {
         cache: Option<&'i crate::index::Index>,
     ) -> Result<Self, ProviderError> {
         let token = source.token()?;
+        let base = api_base(source, DEFAULT_API);
         Ok(Gitea {
             api: ApiClient::new(
+                &base,
                 token.as_ref().map(|t| Auth::scheme("token", t)),
                 "application/json",
                 Vec::new(),
                 cache,
+                &source.http,
             )?,
-            base: api_base(source, DEFAULT_API),
+            base,
             owner: source.owner.clone(),
             token,
         })
@@ -211,7 +206,7 @@ impl<'i> Gitea<'i> {
 }
 
 impl Provider for Gitea<'_> {
-    fn list_repositories(&mut self) -> Result<Vec<RepoInfo>, ProviderError> {
+    fn list_repositories(&mut self) -> Result<Listing, ProviderError> {
         // GET /orgs/{name} answers 404 for users.
         let org = self.get_json(&self.url(&format!("/orgs/{}", self.owner)));
         let list = match org {
@@ -220,9 +215,7 @@ impl Provider for Gitea<'_> {
             Err(e) => return Err(e),
         };
         let listed = self.get_all(&self.url(&list))?;
-        Ok(by_full_name(
-            listed.iter().filter_map(github_like_repo).collect(),
-        ))
+        Ok(listing(&listed, &["full_name", "name"], github_like_repo))
     }
 
     fn export_metadata(

@@ -13,11 +13,11 @@ use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 
 use super::common::{
-    api_base, by_full_name, export_issues_since, export_releases, github_like_repo, put, start_map,
+    api_base, export_issues_since, export_releases, github_like_repo, listing, put, start_map,
 };
 use super::http::{ApiClient, Auth, RequestStats};
 use super::str_field;
-use super::{MetadataMap, MetadataSink, Provider, ProviderError, RepoInfo, SourceConfig};
+use super::{Listing, MetadataMap, MetadataSink, Provider, ProviderError, RepoInfo, SourceConfig};
 
 pub const DEFAULT_API: &str = "https://api.github.com";
 
@@ -106,16 +106,19 @@ impl<'i> GitHub<'i> {
             (Some(id), Some(path)) => Some(AppAuth::load(id, path)?),
             _ => None,
         };
+        let base = api_base(source, DEFAULT_API);
         Ok(GitHub {
             token: token.clone(),
             app,
             api: ApiClient::new(
+                &base,
                 token.map(|t| Auth::scheme("Bearer", &t)),
                 "application/vnd.github+json",
                 vec![("X-GitHub-Api-Version", "2022-11-28")],
                 cache,
+                &source.http,
             )?,
-            base: api_base(source, DEFAULT_API),
+            base,
             owner: source.owner.clone(),
         })
     }
@@ -227,7 +230,7 @@ impl GitHub<'_> {
 }
 
 impl Provider for GitHub<'_> {
-    fn list_repositories(&mut self) -> Result<Vec<RepoInfo>, ProviderError> {
+    fn list_repositories(&mut self) -> Result<Listing, ProviderError> {
         self.authenticate()?;
         // GET /users/{name} answers for organisations too and says which it is; it is
         // conditional like everything else, so an unchanged run costs a 304 here.
@@ -241,9 +244,11 @@ impl Provider for GitHub<'_> {
             // An app installed on a user account sees that account's private repositories
             // only through its installation.
             let mut all = Vec::new();
-            let mut next = Some(self.url("/installation/repositories?per_page=100"));
+            let first = self.url("/installation/repositories?per_page=100");
+            let mut guard = self.api.pages(&first);
+            let mut next = Some(first);
             while let Some(url) = next {
-                let page = self.api.get(&url)?;
+                let page = guard.fetch(&url, &mut self.api)?;
                 let body: Value = serde_json::from_slice(&page.body)
                     .map_err(|e| ProviderError::BadResponse(format!("{url}: {e}")))?;
                 if let Some(list) = body.get("repositories").and_then(Value::as_array) {
@@ -270,9 +275,7 @@ impl Provider for GitHub<'_> {
                 )))?
             }
         };
-        Ok(by_full_name(
-            listed.iter().filter_map(github_like_repo).collect(),
-        ))
+        Ok(listing(&listed, &["full_name", "name"], github_like_repo))
     }
 
     fn export_metadata(
@@ -323,13 +326,20 @@ impl Provider for GitHub<'_> {
             .api
             .get_all(&self.repo_url(repo, "/releases?per_page=100"))?;
         let assets_url = self.repo_url(repo, "/releases/assets");
+        // The asset's `url` is the server's data: one on another origin is replaced by the
+        // API's own address of the asset, so the token never follows it there. The API then
+        // redirects to a signed storage URL, fetched without credentials.
         export_releases(
             &mut self.api,
             &releases,
             &mut map,
             sink,
             |asset| str_field(asset, "updated_at").unwrap_or_default(),
-            |asset, id| str_field(asset, "url").unwrap_or_else(|| format!("{assets_url}/{id}")),
+            |asset, id| {
+                str_field(asset, "url")
+                    .filter(|u| super::http::same_origin(u, &assets_url))
+                    .unwrap_or_else(|| format!("{assets_url}/{id}"))
+            },
         )?;
         Ok(map)
     }

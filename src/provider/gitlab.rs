@@ -18,9 +18,9 @@ use age::secrecy::SecretString;
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 
-use super::common::{api_base, by_full_name, put, start_map};
+use super::common::{api_base, listing, put, start_map};
 use super::http::{ApiClient, Auth, RequestStats, shown};
-use super::{MetadataMap, MetadataSink, Provider, ProviderError, RepoInfo, SourceConfig};
+use super::{Listing, MetadataMap, MetadataSink, Provider, ProviderError, RepoInfo, SourceConfig};
 use super::{bool_field, segment, str_field};
 
 pub const DEFAULT_API: &str = "https://gitlab.com/api/v4";
@@ -133,14 +133,17 @@ impl<'i> GitLab<'i> {
         cache: Option<&'i crate::index::Index>,
     ) -> Result<Self, ProviderError> {
         let token = source.token()?;
+        let base = api_base(source, DEFAULT_API);
         Ok(GitLab {
             api: ApiClient::new(
+                &base,
                 token.as_ref().map(|t| Auth::header("PRIVATE-TOKEN", t)),
                 "application/json",
                 Vec::new(),
                 cache,
+                &source.http,
             )?,
-            base: api_base(source, DEFAULT_API),
+            base,
             owner: source.owner.clone(),
             token,
         })
@@ -289,7 +292,7 @@ impl<'i> GitLab<'i> {
 }
 
 impl Provider for GitLab<'_> {
-    fn list_repositories(&mut self) -> Result<Vec<RepoInfo>, ProviderError> {
+    fn list_repositories(&mut self) -> Result<Listing, ProviderError> {
         // Groups and users share one namespace of paths: try the group first (conditional, so
         // an unchanged run pays a 304), and a 404 means a user, or nothing.
         let owner = encode(&self.owner);
@@ -330,7 +333,11 @@ impl Provider for GitLab<'_> {
             }
             Err(e) => return Err(e),
         };
-        Ok(by_full_name(listed.iter().filter_map(repo_info).collect()))
+        Ok(listing(
+            &listed,
+            &["path_with_namespace", "path"],
+            repo_info,
+        ))
     }
 
     fn export_metadata(
@@ -475,16 +482,7 @@ mod tests {
             name: "acme".into(),
             provider: "gitlab".into(),
             owner: "acme".into(),
-            api_url: None,
-            token_env: None,
-            username_env: None,
-            app_id: None,
-            app_key_file: None,
-            include: Vec::new(),
-            exclude: Vec::new(),
-            no_forks: false,
-            no_archived: false,
-            retention: None,
+            ..Default::default()
         };
         let mut gitlab = GitLab::new(&source, None).expect("a provider");
         assert_eq!(gitlab.base, DEFAULT_API);

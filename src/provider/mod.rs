@@ -36,6 +36,14 @@ pub enum ProviderError {
     },
     #[error("cannot reach the API: {0}")]
     Network(String),
+    #[error("the API did not answer in time: {0}")]
+    Timeout(String),
+    #[error(
+        "the answer at {path} is larger than {limit} bytes; raise the limit in [source.http] of config.toml if it is genuine"
+    )]
+    TooLarge { path: String, limit: u64 },
+    #[error("refused: {0}")]
+    Refused(String),
     #[error("unexpected answer from the API: {0}")]
     BadResponse(String),
     #[error("source `{name}`: {reason}")]
@@ -50,7 +58,7 @@ pub enum ProviderError {
 
 /// A configured account to back up (`[[source]]` in config.toml). Holds the *name* of the
 /// token's environment variable, never the token.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct SourceConfig {
     pub name: String,
     pub provider: String,
@@ -59,6 +67,10 @@ pub struct SourceConfig {
     pub api_url: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token_env: Option<String>,
+    /// Where the repositories' git URLs live (`https://git.example.com:8443`), when not on the
+    /// API's host: clone URLs elsewhere are refused and git credentials go to this origin only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub git_url: Option<String>,
     /// Name of the variable holding the user name that goes with the token where the API
     /// wants Basic auth (Bitbucket: the Atlassian account e-mail for API tokens, the Bitbucket
     /// user name for app passwords).
@@ -80,6 +92,9 @@ pub struct SourceConfig {
     /// The retention policy `forget` applies to this source's repositories.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retention: Option<crate::retention::Policy>,
+    /// Timeouts and limits of the API client (`[source.http]`).
+    #[serde(default, skip_serializing_if = "http::HttpSettings::is_default")]
+    pub http: http::HttpSettings,
 }
 
 impl SourceConfig {
@@ -126,7 +141,16 @@ impl SourceConfig {
             ));
         }
         if let Some(url) = &self.api_url {
-            url::Url::parse(url).map_err(|e| bad(&format!("--api-url: {e}")))?;
+            let parsed = url::Url::parse(url).map_err(|e| bad(&format!("--api-url: {e}")))?;
+            if !matches!(parsed.scheme(), "http" | "https") {
+                return Err(bad("--api-url must be an http(s) URL"));
+            }
+        }
+        if let Some(url) = &self.git_url {
+            let parsed = url::Url::parse(url).map_err(|e| bad(&format!("--git-url: {e}")))?;
+            if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
+                return Err(bad("--git-url must be an http(s) URL with a host"));
+            }
         }
         self.filter()?;
         Ok(())
@@ -169,6 +193,38 @@ impl SourceConfig {
         }
     }
 
+    /// Where this source's repositories may be cloned from: `--git-url`, or the API's own
+    /// scheme and host without a leading `api.` (api.github.com → github.com), on the
+    /// scheme's default port unless the API has another.
+    pub fn git_origin(&self) -> Result<GitOrigin, ProviderError> {
+        let bad = |reason: String| ProviderError::BadSource {
+            name: self.name.clone(),
+            reason,
+        };
+        if let Some(git) = &self.git_url {
+            let url = url::Url::parse(git).map_err(|e| bad(format!("--git-url: {e}")))?;
+            return Ok(GitOrigin { url });
+        }
+        let api = match &self.api_url {
+            Some(api) => api.clone(),
+            None => match self.provider.as_str() {
+                "github" => github::DEFAULT_API.to_string(),
+                "gitlab" => gitlab::DEFAULT_API.to_string(),
+                "gitea" => gitea::DEFAULT_API.to_string(),
+                _ => bitbucket::DEFAULT_API.to_string(),
+            },
+        };
+        let mut url = url::Url::parse(&api).map_err(|e| bad(format!("--api-url: {e}")))?;
+        let host = url.host_str().unwrap_or_default().to_string();
+        if let Some(stripped) = host.strip_prefix("api.") {
+            url.set_host(Some(stripped))
+                .map_err(|e| bad(format!("--api-url: {e}")))?;
+        }
+        url.set_path("/");
+        url.set_query(None);
+        Ok(GitOrigin { url })
+    }
+
     /// The user name from `--username-env`, when one is configured.
     pub fn username(&self) -> Result<Option<String>, ProviderError> {
         match &self.username_env {
@@ -179,6 +235,108 @@ impl SourceConfig {
             None => Ok(None),
         }
     }
+}
+
+/// Where a source's repositories live, judged against the clone URLs an API hands out (they
+/// are the server's data: DESIGN.md invariant 9, docs/SECURITY-api.md).
+#[derive(Debug, Clone)]
+pub struct GitOrigin {
+    url: url::Url,
+}
+
+impl GitOrigin {
+    /// Why a listed clone URL may not be fetched, if it may not: only http(s) and ssh, on the
+    /// git host (ssh may use another port), never a downgrade from https to http. A
+    /// `file://` URL or a local path would make the backup host copy its own repositories.
+    pub fn refusal(&self, clone_url: &str) -> Option<String> {
+        let own_host = self.url.host_str().unwrap_or_default();
+        let (scheme, host) = match url::Url::parse(clone_url) {
+            Ok(u) => (
+                u.scheme().to_string(),
+                u.host_str().unwrap_or_default().to_string(),
+            ),
+            Err(_) => match scp_host(clone_url) {
+                Some(host) => ("ssh".to_string(), host.to_string()),
+                None => return Some("not a URL".into()),
+            },
+        };
+        if !matches!(scheme.as_str(), "http" | "https" | "ssh") {
+            return Some(format!(
+                "the scheme `{scheme}` is not http(s) or ssh (a hostile API could name the backup host's own repositories)"
+            ));
+        }
+        if scheme == "http" && self.url.scheme() == "https" {
+            return Some("http where the git host is https (a downgrade)".into());
+        }
+        if !host.eq_ignore_ascii_case(own_host) {
+            return Some(format!(
+                "the host `{host}` is not the source's git host `{own_host}` (set --git-url if it should be)"
+            ));
+        }
+        None
+    }
+
+    /// Whether git credentials may go with a fetch of `clone_url`: same scheme, host and port.
+    pub fn trusts(&self, clone_url: &str) -> bool {
+        url::Url::parse(clone_url).is_ok_and(|u| u.origin() == self.url.origin())
+    }
+}
+
+/// Splits a listing into the repositories that may be fetched and those refused with a
+/// reason: clone URLs (and wiki URLs) the source's git origin does not accept, and clone URLs
+/// listed more than once (two names for one repository would give one the other's metadata).
+pub fn screen_listing(
+    repos: Vec<RepoInfo>,
+    origin: &GitOrigin,
+) -> (Vec<RepoInfo>, Vec<(RepoInfo, String)>) {
+    let key = |url: &str| {
+        let url = url.trim_end_matches('/');
+        url.strip_suffix(".git").unwrap_or(url).to_ascii_lowercase()
+    };
+    let mut names: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for repo in &repos {
+        names
+            .entry(key(&repo.clone_url))
+            .or_default()
+            .push(repo.full_name.clone());
+    }
+    let mut kept = Vec::new();
+    let mut refused = Vec::new();
+    for repo in repos {
+        let reason = origin
+            .refusal(&repo.clone_url)
+            .map(|r| format!("clone URL refused: {r}"))
+            .or_else(|| {
+                let wiki = repo.wiki_url.as_deref()?;
+                origin
+                    .refusal(wiki)
+                    .map(|r| format!("wiki URL refused: {r}"))
+            })
+            .or_else(|| {
+                let same = names.get(&key(&repo.clone_url))?;
+                (same.len() > 1).then(|| {
+                    format!(
+                        "the API lists one clone URL for {} repositories ({}): none is backed up",
+                        same.len(),
+                        same.join(", ")
+                    )
+                })
+            });
+        match reason {
+            Some(reason) => refused.push((repo, reason)),
+            None => kept.push(repo),
+        }
+    }
+    (kept, refused)
+}
+
+/// The host of an scp-like git address (`git@host:path`).
+fn scp_host(address: &str) -> Option<&str> {
+    let (user_host, path) = address.split_once(':')?;
+    if user_host.contains('/') || path.starts_with("//") || user_host.len() < 2 {
+        return None;
+    }
+    Some(user_host.rsplit('@').next().unwrap_or(user_host))
 }
 
 pub struct RepoFilter {
@@ -224,6 +382,15 @@ pub struct RepoInfo {
     pub updated_at: Option<String>,
 }
 
+/// What a provider listed: the repositories, in full-name order, each once, and the items of
+/// the listing that were not readable as repositories (named as well as the item allows), so
+/// that a report can say what was left out.
+#[derive(Debug, Clone, Default)]
+pub struct Listing {
+    pub repos: Vec<RepoInfo>,
+    pub dropped: Vec<String>,
+}
+
 /// Where exported metadata goes: documents and binaries in, ids out.
 pub trait MetadataSink {
     fn document(&mut self, value: &serde_json::Value) -> Result<ChunkId, ProviderError>;
@@ -246,7 +413,7 @@ pub struct MetadataMap {
 /// A provider of one kind, for one source. `Send` because a parallel run gives each worker
 /// thread its own instance.
 pub trait Provider: Send {
-    fn list_repositories(&mut self) -> Result<Vec<RepoInfo>, ProviderError>;
+    fn list_repositories(&mut self) -> Result<Listing, ProviderError>;
     /// Exports the metadata of `repo`, reusing what `previous` already holds when nothing
     /// changed.
     fn export_metadata(
@@ -293,7 +460,7 @@ pub(crate) fn bool_field(v: &serde_json::Value, key: &str) -> bool {
 }
 
 /// A path segment from a name an API gave us (asset names and tags are user-chosen and may
-/// hold `/`, `..` and more).
+/// hold `/`, `..` and more, and be longer than a file name may be).
 pub(crate) fn segment(name: &str) -> String {
     let s: String = name
         .chars()
@@ -306,11 +473,25 @@ pub(crate) fn segment(name: &str) -> String {
         })
         .collect();
     if s.is_empty() || s == "." || s == ".." {
-        "_".into()
-    } else {
-        s
+        return "_".into();
     }
+    // File systems take 255 bytes a name: a longer one keeps its start and its extension and
+    // gets a hash of the whole name between them, so that two long names stay apart.
+    if s.len() > MAX_SEGMENT {
+        let hash = blake3::hash(name.as_bytes()).to_hex();
+        let extension = s
+            .rfind('.')
+            .map(|i| &s[i..])
+            .filter(|e| e.len() <= 16)
+            .unwrap_or("");
+        let keep = MAX_SEGMENT - 17 - extension.len();
+        return format!("{}-{}{extension}", &s[..keep], &hash[..16]);
+    }
+    s
 }
+
+/// The longest path segment `segment` makes (bytes; file names may have 255).
+const MAX_SEGMENT: usize = 200;
 
 /// Checks a document path from a metadata map before writing it under a directory.
 pub fn safe_relative_path(path: &str) -> Option<std::path::PathBuf> {
@@ -320,4 +501,97 @@ pub fn safe_relative_path(path: &str) -> Option<std::path::PathBuf> {
             !s.is_empty() && s != "." && s != ".." && !s.contains('\0') && !s.contains('\\')
         });
     ok.then(|| std::path::PathBuf::from(path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn origin_of(api: Option<&str>, git: Option<&str>, provider: &str) -> GitOrigin {
+        let source = SourceConfig {
+            name: "s".into(),
+            provider: provider.into(),
+            owner: "acme".into(),
+            api_url: api.map(str::to_string),
+            git_url: git.map(str::to_string),
+            ..Default::default()
+        };
+        source.git_origin().expect("a git origin")
+    }
+
+    #[test]
+    fn clone_urls_must_be_on_the_git_host() {
+        let github = origin_of(None, None, "github");
+        assert_eq!(github.refusal("https://github.com/acme/api.git"), None);
+        assert_eq!(github.refusal("git@github.com:acme/api.git"), None);
+        assert_eq!(github.refusal("ssh://git@github.com:22/acme/api.git"), None);
+        for bad in [
+            "file:///srv/git/secret.git",
+            "/srv/git/secret.git",
+            "git://github.com/acme/api.git",
+            "ext::sh -c touch% /tmp/pwned",
+            "http://github.com/acme/api.git",
+            "https://evil.example/acme/api.git",
+            "git@evil.example:acme/api.git",
+        ] {
+            assert!(github.refusal(bad).is_some(), "{bad} was accepted");
+        }
+        assert!(github.trusts("https://github.com/acme/api.git"));
+        assert!(!github.trusts("https://github.com:8443/acme/api.git"));
+        assert!(!github.trusts("git@github.com:acme/api.git"));
+
+        let gitlab = origin_of(Some("https://gitlab.example.com/api/v4"), None, "gitlab");
+        assert!(gitlab.trusts("https://gitlab.example.com/acme/api.git"));
+        let separate = origin_of(
+            Some("https://api.example.com/v3"),
+            Some("https://git.example.com:8443"),
+            "github",
+        );
+        assert_eq!(
+            separate.refusal("https://git.example.com:8443/a/b.git"),
+            None
+        );
+        assert!(separate.trusts("https://git.example.com:8443/a/b.git"));
+        assert!(!separate.trusts("https://git.example.com/a/b.git"));
+        assert!(separate.refusal("https://example.com/a/b.git").is_some());
+    }
+
+    #[test]
+    fn one_clone_url_for_two_repositories_refuses_both() {
+        let origin = origin_of(None, None, "github");
+        let repo = |name: &str, url: &str| RepoInfo {
+            short_name: name.into(),
+            full_name: format!("acme/{name}"),
+            clone_url: url.into(),
+            wiki_url: None,
+            fork: false,
+            archived: false,
+            private: false,
+            updated_at: None,
+        };
+        let (kept, refused) = screen_listing(
+            vec![
+                repo("a", "https://github.com/acme/a.git"),
+                repo("b", "https://github.com/acme/x.git"),
+                repo("c", "https://github.com/acme/X"),
+                repo("d", "file:///etc"),
+            ],
+            &origin,
+        );
+        assert_eq!(kept.len(), 1);
+        assert_eq!(refused.len(), 3);
+        assert!(refused[0].1.contains("acme/b, acme/c"), "{}", refused[0].1);
+        assert!(refused[2].1.contains("file"));
+    }
+
+    #[test]
+    fn long_names_are_shortened_apart() {
+        let long = format!("{}.tar.gz", "a".repeat(300));
+        let other = format!("{}b.tar.gz", "a".repeat(300));
+        let (s, t) = (segment(&long), segment(&other));
+        assert!(s.len() <= MAX_SEGMENT && s.ends_with(".gz"), "{s}");
+        assert_ne!(s, t);
+        assert_eq!(segment("v1.0/x"), "v1.0_x");
+        assert_eq!(segment(".."), "_");
+    }
 }

@@ -23,6 +23,9 @@ pub struct FixtureApi {
     /// The header (name, value) that carries the credentials of [`FixtureApi::get`] and
     /// [`FixtureApi::fetch`].
     auth: (String, String),
+    /// The `--git-base` the fixture was started with: where the clone URLs point, given to
+    /// sources as `--git-url` (git credentials go to that origin only).
+    git_base: Option<String>,
 }
 
 impl Drop for FixtureApi {
@@ -61,6 +64,10 @@ impl FixtureApi {
             provider: provider.to_string(),
             api_path: api_path.to_string(),
             auth: (auth.0.to_string(), auth.1.to_string()),
+            git_base: args
+                .windows(2)
+                .find(|w| w[0] == "--git-base")
+                .map(|w| w[1].to_string()),
         }
     }
 
@@ -172,6 +179,9 @@ pub fn add_source(
         "--token-env",
         token_env,
     ];
+    if let Some(git) = &api.git_base {
+        args.extend_from_slice(&["--git-url", git]);
+    }
     args.extend_from_slice(extra);
     let out = tv.run(&args);
     assert!(out.status.success(), "{}", stderr(&out));
