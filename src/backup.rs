@@ -910,7 +910,7 @@ pub fn backup_source(
     for (repo, reason) in refused {
         let line = RepoReport::new(
             repo.full_name.clone(),
-            repo.clone_url.clone(),
+            RedactedUrl::new(&repo.clone_url),
             RepoStatus::Failed,
             Some(reason),
         );

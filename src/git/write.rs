@@ -55,8 +55,8 @@ pub fn write_pack<E>(
     let tmp_pack = pack_dir.join(format!("tmp-{}.pack", std::process::id()));
     let tmp_idx = tmp_pack.with_extension("idx");
     let file = std::fs::File::create(&tmp_pack).map_err(write_err)?;
-    let mut writer = PackWriter::new(BufWriter::with_capacity(1 << 20, file), count)
-        .map_err(write_err)?;
+    let mut writer =
+        PackWriter::new(BufWriter::with_capacity(1 << 20, file), count).map_err(write_err)?;
     let mut encoder = DeltaEncoder::new();
     let mut delta = Vec::new();
     let mut window: HashMap<(ObjectKind, u64), Base> = HashMap::new();

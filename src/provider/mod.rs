@@ -91,7 +91,7 @@ pub struct SourceConfig {
     pub no_archived: bool,
     /// The retention policy `forget` applies to this source's repositories.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub retention: Option<crate::retention::Policy>,
+    pub retention: Option<crate::policy::Policy>,
     /// Timeouts and limits of the API client (`[source.http]`).
     #[serde(default, skip_serializing_if = "http::HttpSettings::is_default")]
     pub http: http::HttpSettings,
