@@ -1,4 +1,4 @@
-//! Hostile provider APIs (issue 21, docs/SECURITY-api.md): a GitHub- or GitLab-shaped fixture
+//! Hostile provider APIs (issue 21, docs/SECURITY.md, "API and git servers"): a GitHub- or GitLab-shaped fixture
 //! (tests/fixtures/hostile_api.py) that redirects, links and names clone URLs on a second
 //! origin (127.0.0.2, which logs every request's headers), serves huge, looping, endless,
 //! hung and broken answers, and rate-limits without the usual headers. Credentials must stay

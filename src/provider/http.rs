@@ -1,5 +1,5 @@
 //! The one HTTP client every provider uses, written for a server that may be hostile
-//! (docs/SECURITY-api.md):
+//! (docs/SECURITY.md, "API and git servers"):
 //!
 //! - **Credentials stay with their origin** (DESIGN.md invariant 9): the credential header is
 //!   attached per request, never as a default header, and only when the request's origin
@@ -40,7 +40,7 @@ use crate::index::Index;
 
 /// The limits and timeouts of a source's API client: `[source.http]` in config.toml, every
 /// key optional. The defaults suit github.com and large self-hosted instances; see
-/// docs/SECURITY-api.md for why each is what it is.
+/// docs/SECURITY.md, "API and git servers" for why each is what it is.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(default)]
 pub struct HttpSettings {
@@ -159,7 +159,7 @@ impl Auth {
     }
 }
 
-/// What a request is for: the origin rules differ (the table in docs/SECURITY-api.md).
+/// What a request is for: the origin rules differ (the table in docs/SECURITY.md, "API and git servers").
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Purpose {
     /// A JSON answer: must come from the API's origin, redirects included.

@@ -238,7 +238,7 @@ impl SourceConfig {
 }
 
 /// Where a source's repositories live, judged against the clone URLs an API hands out (they
-/// are the server's data: DESIGN.md invariant 9, docs/SECURITY-api.md).
+/// are the server's data: DESIGN.md invariant 9, docs/SECURITY.md, "API and git servers").
 #[derive(Debug, Clone)]
 pub struct GitOrigin {
     url: url::Url,
