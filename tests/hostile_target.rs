@@ -240,6 +240,21 @@ fn index_backups_are_authenticated(s3: bool) {
         used.starts_with("index/") && used > genuine[0].as_str(),
         "{doc}"
     );
+    // A replay of an older genuine backup (the newer ones deleted): it authenticates and is
+    // used, and holds nothing that could point at data: every snapshot comes back whole.
+    for l in f.target.list("index/").unwrap() {
+        if !l.key.starts_with("index/9999") {
+            f.target.delete(&l.key).unwrap();
+        }
+    }
+    f.target
+        .put(&genuine[0], Body::Bytes(&genuine_bytes))
+        .unwrap();
+    let (older, out) = f.recover("recovered-from-older", &[]);
+    let doc = json(&out);
+    assert_eq!(doc["index_backup"], genuine[0].as_str(), "{doc}");
+    assert_eq!(doc["snapshots_total"], 3, "{doc}");
+    f.restores_exactly(&older, "older-backup");
     // Nothing the reader could not authenticate was deleted by it either.
     let left: Vec<String> = f
         .target
