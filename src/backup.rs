@@ -766,7 +766,12 @@ pub fn backup_source(
         .scrub(&text),
         None => text,
     };
-    let open = || crate::provider::open_provider(source, Some(vault.index()));
+    let open = || {
+        crate::provider::open_provider(
+            source,
+            Some(vault.index() as &dyn crate::provider::http::HttpCache),
+        )
+    };
     let mut provider = match open() {
         Ok(p) => p,
         Err(e) => {

@@ -131,7 +131,7 @@ enum Kind {
 impl<'i> Bitbucket<'i> {
     pub fn new(
         source: &SourceConfig,
-        cache: Option<&'i crate::index::Index>,
+        cache: Option<&'i dyn super::http::HttpCache>,
     ) -> Result<Self, ProviderError> {
         let token = source.token()?;
         let username = source.username()?;

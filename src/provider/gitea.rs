@@ -65,7 +65,7 @@ fn or_empty(result: Result<Vec<Value>, ProviderError>) -> Result<Vec<Value>, Pro
 impl<'i> Gitea<'i> {
     pub fn new(
         source: &SourceConfig,
-        cache: Option<&'i crate::index::Index>,
+        cache: Option<&'i dyn super::http::HttpCache>,
     ) -> Result<Self, ProviderError> {
         let token = source.token()?;
         let base = api_base(source, DEFAULT_API);

@@ -99,7 +99,7 @@ impl AppAuth {
 impl<'i> GitHub<'i> {
     pub fn new(
         source: &SourceConfig,
-        cache: Option<&'i crate::index::Index>,
+        cache: Option<&'i dyn super::http::HttpCache>,
     ) -> Result<Self, ProviderError> {
         let token = source.token()?;
         let app = match (source.app_id, &source.app_key_file) {

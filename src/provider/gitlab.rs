@@ -130,7 +130,7 @@ fn repo_info(v: &Value) -> Option<RepoInfo> {
 impl<'i> GitLab<'i> {
     pub fn new(
         source: &SourceConfig,
-        cache: Option<&'i crate::index::Index>,
+        cache: Option<&'i dyn super::http::HttpCache>,
     ) -> Result<Self, ProviderError> {
         let token = source.token()?;
         let base = api_base(source, DEFAULT_API);

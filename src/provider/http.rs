@@ -36,7 +36,6 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::ProviderError;
-use crate::index::Index;
 
 /// The limits and timeouts of a source's API client: `[source.http]` in config.toml, every
 /// key optional. The defaults suit github.com and large self-hosted instances; see
@@ -168,6 +167,32 @@ enum Purpose {
     Asset,
 }
 
+/// An answer kept for conditional requests: its ETag, `Link` header and body.
+#[derive(Debug, Clone)]
+pub struct CachedAnswer {
+    pub etag: String,
+    pub link: Option<String>,
+    pub body: Vec<u8>,
+}
+
+/// The HTTP cache failed.
+#[derive(Debug, thiserror::Error)]
+#[error("the HTTP cache failed: {0}")]
+pub struct CacheError(pub String);
+
+/// Where conditional requests keep ETags and bodies from one run to the next. The caller hands
+/// one in (the vault's index: `vault` implements it), so providers need not know the index.
+pub trait HttpCache: Sync {
+    fn cached(&self, url: &str) -> Result<Option<CachedAnswer>, CacheError>;
+    fn store(
+        &self,
+        url: &str,
+        etag: &str,
+        link: Option<&str>,
+        body: &[u8],
+    ) -> Result<(), CacheError>;
+}
+
 pub struct ApiClient<'i> {
     http: Client,
     /// The configured API's origin: the only one credentials are sent to.
@@ -175,7 +200,7 @@ pub struct ApiClient<'i> {
     auth: Option<Auth>,
     accept: &'static str,
     extra_headers: Vec<(&'static str, &'static str)>,
-    cache: Option<&'i Index>,
+    cache: Option<&'i dyn HttpCache>,
     settings: HttpSettings,
     /// Consecutive secondary rate limits: each doubles the next pause.
     secondary_strikes: u32,
@@ -329,7 +354,7 @@ impl<'i> ApiClient<'i> {
         auth: Option<Auth>,
         accept: &'static str,
         extra_headers: Vec<(&'static str, &'static str)>,
-        cache: Option<&'i Index>,
+        cache: Option<&'i dyn HttpCache>,
         settings: &HttpSettings,
     ) -> Result<Self, ProviderError> {
         let base_url = url::Url::parse(base)
@@ -691,7 +716,7 @@ impl<'i> ApiClient<'i> {
     /// a reset or stall while reading it is retried like one before the answer.
     pub fn get(&mut self, url: &str) -> Result<Page, ProviderError> {
         let cached = match self.cache {
-            Some(index) => index.http_cached(url)?,
+            Some(cache) => cache.cached(url)?,
             None => None,
         };
         let etag = cached.as_ref().map(|c| c.etag.as_str());
@@ -722,10 +747,10 @@ impl<'i> ApiClient<'i> {
                 body,
             });
         };
-        if let (Some(index), Some(etag)) = (self.cache, etag)
+        if let (Some(cache), Some(etag)) = (self.cache, etag)
             && body.len() as u64 <= self.settings.max_cached_bytes
         {
-            index.http_store(url, &etag, link.as_deref(), &body)?;
+            cache.store(url, &etag, link.as_deref(), &body)?;
         }
         Ok(Page {
             next: next_link(link.as_deref()),
@@ -1125,8 +1150,33 @@ mod tests {
     /// next time instead of growing the index.
     #[test]
     fn only_small_answers_are_cached() {
-        let tmp = tempfile::tempdir().expect("a temporary directory");
-        let index = Index::open(&tmp.path().join("index.sqlite")).expect("an index");
+        #[derive(Default)]
+        struct Memory(std::sync::Mutex<std::collections::HashMap<String, CachedAnswer>>);
+        impl HttpCache for Memory {
+            fn cached(&self, url: &str) -> Result<Option<CachedAnswer>, CacheError> {
+                let map = self.0.lock().map_err(|e| CacheError(e.to_string()))?;
+                Ok(map.get(url).cloned())
+            }
+            fn store(
+                &self,
+                url: &str,
+                etag: &str,
+                link: Option<&str>,
+                body: &[u8],
+            ) -> Result<(), CacheError> {
+                let mut map = self.0.lock().map_err(|e| CacheError(e.to_string()))?;
+                map.insert(
+                    url.to_string(),
+                    CachedAnswer {
+                        etag: etag.to_string(),
+                        link: link.map(str::to_string),
+                        body: body.to_vec(),
+                    },
+                );
+                Ok(())
+            }
+        }
+        let index = Memory::default();
         let answer = |size: usize| {
             let body = format!("[\"{}\"]", "x".repeat(size));
             raw_answer("200 OK", &format!("ETag: \"e{size}\"\r\n"), &body)
@@ -1149,7 +1199,7 @@ mod tests {
             let url = format!("{home}/list");
             let page = api.get(&url).expect("the answer");
             assert_eq!(page.body.len(), size + 4);
-            let cached = index.http_cached(&url).expect("the cache");
+            let cached = index.cached(&url).expect("the cache");
             assert_eq!(cached.is_some(), kept, "{size} bytes");
         }
     }

@@ -53,7 +53,7 @@ pub enum ProviderError {
     #[error("storing metadata failed: {0}")]
     Store(String),
     #[error(transparent)]
-    Index(#[from] crate::index::IndexError),
+    Cache(#[from] http::CacheError),
 }
 
 /// A configured account to back up (`[[source]]` in config.toml). Holds the *name* of the
@@ -430,7 +430,7 @@ pub trait Provider: Send {
 
 pub fn open_provider<'i>(
     source: &SourceConfig,
-    cache: Option<&'i crate::index::Index>,
+    cache: Option<&'i dyn http::HttpCache>,
 ) -> Result<Box<dyn Provider + 'i>, ProviderError> {
     source.validate()?;
     match source.provider.as_str() {

@@ -184,6 +184,37 @@ pub struct InitReport {
     pub target: String,
 }
 
+/// The index keeps the providers' conditional-request cache (`http_cache`, kept in index
+/// backups); providers see it only through this trait.
+impl crate::provider::http::HttpCache for Index {
+    fn cached(
+        &self,
+        url: &str,
+    ) -> Result<Option<crate::provider::http::CachedAnswer>, crate::provider::http::CacheError>
+    {
+        self.http_cached(url)
+            .map(|found| {
+                found.map(|c| crate::provider::http::CachedAnswer {
+                    etag: c.etag,
+                    link: c.link,
+                    body: c.body,
+                })
+            })
+            .map_err(|e| crate::provider::http::CacheError(e.to_string()))
+    }
+
+    fn store(
+        &self,
+        url: &str,
+        etag: &str,
+        link: Option<&str>,
+        body: &[u8],
+    ) -> Result<(), crate::provider::http::CacheError> {
+        self.http_store(url, etag, link, body)
+            .map_err(|e| crate::provider::http::CacheError(e.to_string()))
+    }
+}
+
 /// Held while a process writes to the vault; released on drop or when the process dies.
 pub struct WriteLock {
     _file: File,
