@@ -4,6 +4,7 @@
 
 mod chunk;
 mod output;
+mod prompt;
 mod replicas;
 mod repo;
 mod retention;
@@ -16,7 +17,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
 use gitvault::Vault;
-use gitvault::vault::{self, InitOptions};
+use gitvault::vault::InitOptions;
 use output::Output;
 
 /// Exit codes (DESIGN.md): 0 all done, 1 failed, 3 partly done.
@@ -122,7 +123,7 @@ impl Ctx {
     }
 
     pub fn unlock(&self, vault: &Vault) -> Result<gitvault::crypto::VaultKeys> {
-        let how = vault::unlock_from_environment(self.identity.as_deref())?;
+        let how = prompt::unlock_from_environment(self.identity.as_deref())?;
         Ok(vault.unlock(&how)?)
     }
 }
@@ -164,7 +165,7 @@ fn run(ctx: &Ctx, command: Command) -> Result<i32> {
             passphrase,
         } => {
             let passphrase = if passphrase {
-                Some(vault::new_passphrase_from_environment()?)
+                Some(prompt::new_passphrase_from_environment()?)
             } else {
                 None
             };

@@ -3,7 +3,6 @@
 use anyhow::Result;
 
 use gitvault::recover::{self, RecoverOptions};
-use gitvault::vault;
 
 use super::output::bytes;
 use super::{Ctx, EXIT_FAILED, EXIT_OK};
@@ -59,7 +58,7 @@ pub fn sync(ctx: &Ctx) -> Result<i32> {
 }
 
 pub fn recover(ctx: &Ctx, args: RecoverArgs) -> Result<i32> {
-    let unlock = vault::unlock_from_environment(ctx.identity.as_deref())?;
+    let unlock = super::prompt::unlock_from_environment(ctx.identity.as_deref())?;
     let report = recover::recover(
         &ctx.args_vault,
         &RecoverOptions {

@@ -11,16 +11,22 @@
 //! DIR/data/            the default file:// target
 //! ```
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, IsTerminal, Read, Seek, Write};
+use std::fs::{self, File};
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
 use age::secrecy::SecretString;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
+mod config;
 pub mod index_backup;
+mod keys;
+mod lock;
 
-use crate::crypto::{self, CryptoError, KeyProtection, Unlock, VaultKeys};
+pub use config::{Config, PublicParams, StoreConfig, TargetConfig};
+pub use lock::{ReadLease, WriteLock};
+
+use crate::crypto::{self, CryptoError, KeyProtection, VaultKeys};
 use crate::index::{Index, IndexError};
 use crate::store::pack::Compression;
 use crate::store::{CdcParams, ChunkStore, StoreSettings};
@@ -105,67 +111,6 @@ fn io_err(context: impl Into<String>) -> impl FnOnce(io::Error) -> VaultError {
     move |source| VaultError::Io { context, source }
 }
 
-/// `DIR/config.toml`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Config {
-    pub format: u32,
-    pub vault_id: String,
-    /// The vault's age X25519 recipient: every pack is encrypted to it.
-    pub public_key: String,
-    pub cdc: CdcParams,
-    #[serde(default)]
-    pub store: StoreConfig,
-    /// The retention policy `forget` applies to repositories without one of their own.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub retention: Option<crate::policy::Policy>,
-    #[serde(default, rename = "target")]
-    pub targets: Vec<TargetConfig>,
-    #[serde(default, rename = "source")]
-    pub sources: Vec<crate::provider::SourceConfig>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default)]
-pub struct StoreConfig {
-    /// zstd level for packs (1-19; 3 is fast, 9 is about 15% smaller and 3x slower).
-    pub compression_level: i32,
-    /// Bytes of plaintext gathered into one zstd frame; large frames compress similar objects
-    /// far better (docs/PERFORMANCE.md).
-    pub frame_size: u64,
-    /// A pack is closed when it holds this many compressed bytes.
-    pub pack_size: u64,
-    /// Targets that must hold a pack before a write counts (0: all).
-    pub min_replicas: usize,
-}
-
-impl Default for StoreConfig {
-    fn default() -> Self {
-        let d = StoreSettings::default();
-        StoreConfig {
-            compression_level: d.compression.level,
-            frame_size: d.compression.frame_size as u64,
-            pack_size: d.pack_size,
-            min_replicas: d.min_replicas,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct TargetConfig {
-    pub name: String,
-    pub url: String,
-}
-
-/// `gitvault.json` on every target: what a reader needs before it has the key.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct PublicParams {
-    pub format: u32,
-    pub vault_id: String,
-    pub public_key: String,
-    pub cdc: CdcParams,
-    pub created: String,
-}
-
 /// How a new vault's keys are protected.
 #[derive(Default)]
 pub struct InitOptions {
@@ -213,22 +158,6 @@ impl crate::provider::http::HttpCache for Index {
         self.http_store(url, etag, link, body)
             .map_err(|e| crate::provider::http::CacheError(e.to_string()))
     }
-}
-
-/// Held while a process writes to the vault; released on drop or when the process dies.
-pub struct WriteLock {
-    _file: File,
-}
-
-/// Held while reading packs (see `Vault::read_lease`).
-pub struct ReadLease {
-    _file: File,
-}
-
-struct LockHolder {
-    pid: String,
-    since: String,
-    purpose: String,
 }
 
 /// An open vault (no secrets loaded).
@@ -428,212 +357,6 @@ impl Vault {
     /// deleting it costs one full fetch per repository.
     pub fn cache_dir(&self) -> PathBuf {
         self.dir.join(CACHE_DIR)
-    }
-
-    /// Opens the vault keys with what the user supplied, trying every key file.
-    pub fn unlock(&self, how: &Unlock) -> Result<VaultKeys, VaultError> {
-        let mut files = self.local_key_files()?;
-        if files.is_empty() {
-            for t in &self.targets {
-                if let Ok(listed) = t.list("keys/") {
-                    for l in listed {
-                        if let Ok(bytes) = t.get(&l.key) {
-                            files.push((l.key, bytes));
-                        }
-                    }
-                }
-            }
-        }
-        if files.is_empty() {
-            return Err(VaultError::NoKeyFiles(self.dir.display().to_string()));
-        }
-        let mut last = None;
-        for (name, bytes) in &files {
-            match VaultKeys::open(name, bytes, how) {
-                Ok((keys, vault_id))
-                    if keys.public_key() == self.config.public_key
-                        && vault_id == self.config.vault_id =>
-                {
-                    return Ok(keys);
-                }
-                Ok(_) => {
-                    last = Some(CryptoError::BadKeyFile {
-                        name: name.clone(),
-                        reason: "it holds the key of a different vault".into(),
-                    })
-                }
-                Err(CryptoError::WrongKey) => {}
-                Err(e) => last = Some(e),
-            }
-        }
-        Err(last.unwrap_or(CryptoError::WrongKey).into())
-    }
-
-    fn local_key_files(&self) -> Result<Vec<(String, Vec<u8>)>, VaultError> {
-        let dir = self.dir.join(KEYS_DIR);
-        let entries = match fs::read_dir(&dir) {
-            Ok(e) => e,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(io_err(format!("reading {}", dir.display()))(e)),
-        };
-        let mut files = Vec::new();
-        for entry in entries {
-            let path = entry
-                .map_err(io_err(format!("reading {}", dir.display())))?
-                .path();
-            if path.extension().is_some_and(|e| e == "age") {
-                let bytes =
-                    fs::read(&path).map_err(io_err(format!("reading {}", path.display())))?;
-                files.push((format!("{KEYS_DIR}/{}", file_name(&path)), bytes));
-            }
-        }
-        files.sort();
-        Ok(files)
-    }
-
-    /// Takes the writer lock or says who holds it. A prune holds it only for short moments,
-    /// so a writer that finds prune holding it waits (up to an hour) instead of failing.
-    pub fn lock(&self) -> Result<WriteLock, VaultError> {
-        let started = std::time::Instant::now();
-        loop {
-            match self.try_lock("write")? {
-                Ok(lock) => return Ok(lock),
-                Err(holder)
-                    if holder.purpose == "prune"
-                        && started.elapsed() < std::time::Duration::from_secs(3600) =>
-                {
-                    std::thread::sleep(std::time::Duration::from_millis(200));
-                }
-                Err(holder) => {
-                    return Err(VaultError::Locked {
-                        pid: holder.pid,
-                        since: holder.since,
-                    });
-                }
-            }
-        }
-    }
-
-    /// Prune's lock: waits up to `max` for a running writer to finish.
-    pub fn lock_waiting(&self, max: std::time::Duration) -> Result<WriteLock, VaultError> {
-        let started = std::time::Instant::now();
-        loop {
-            match self.try_lock("prune")? {
-                Ok(lock) => return Ok(lock),
-                Err(_) if started.elapsed() < max => {
-                    std::thread::sleep(std::time::Duration::from_millis(200));
-                }
-                Err(holder) => {
-                    return Err(VaultError::Locked {
-                        pid: holder.pid,
-                        since: holder.since,
-                    });
-                }
-            }
-        }
-    }
-
-    fn try_lock(&self, purpose: &str) -> Result<Result<WriteLock, LockHolder>, VaultError> {
-        let path = self.dir.join(LOCK_FILE);
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .map_err(io_err(format!("opening {}", path.display())))?;
-        match file.try_lock() {
-            Ok(()) => {}
-            Err(fs::TryLockError::WouldBlock) => {
-                let mut text = String::new();
-                let _ = file.read_to_string(&mut text);
-                let mut holder = LockHolder {
-                    pid: "?".into(),
-                    since: "?".into(),
-                    purpose: String::new(),
-                };
-                for line in text.lines() {
-                    if let Some(v) = line.strip_prefix("pid ") {
-                        holder.pid = v.to_string();
-                    } else if let Some(v) = line.strip_prefix("since ") {
-                        holder.since = v.to_string();
-                    } else if let Some(v) = line.strip_prefix("purpose ") {
-                        holder.purpose = v.to_string();
-                    }
-                }
-                return Ok(Err(holder));
-            }
-            Err(fs::TryLockError::Error(e)) => {
-                return Err(io_err(format!("locking {}", path.display()))(e));
-            }
-        }
-        let info = format!(
-            "pid {}\nsince {}\npurpose {purpose}\n",
-            std::process::id(),
-            chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-        );
-        file.set_len(0)
-            .and_then(|_| file.rewind())
-            .and_then(|_| file.write_all(info.as_bytes()))
-            .and_then(|_| file.flush())
-            .map_err(io_err(format!("writing {}", path.display())))?;
-        Ok(Ok(WriteLock { _file: file }))
-    }
-
-    /// A read lease: restores hold it while they read packs, so that prune never deletes a
-    /// pack under a running restore. Shared: readers never wait for each other.
-    pub fn read_lease(&self) -> Result<ReadLease, VaultError> {
-        let file = self.readers_file()?;
-        file.lock_shared()
-            .map_err(io_err(format!("locking {READERS_FILE}")))?;
-        Ok(ReadLease { _file: file })
-    }
-
-    /// Prune's side of the read lease: waits for running restores, keeps new ones out.
-    pub fn readers_exclusive(&self) -> Result<ReadLease, VaultError> {
-        let file = self.readers_file()?;
-        file.lock()
-            .map_err(io_err(format!("locking {READERS_FILE}")))?;
-        Ok(ReadLease { _file: file })
-    }
-
-    /// Held for a whole prune: two prunes judging the same packs at once could each count on
-    /// rows the other deletes.
-    pub fn prune_lease(&self) -> Result<ReadLease, VaultError> {
-        let file = self.lease_file(PRUNE_FILE)?;
-        match file.try_lock() {
-            Ok(()) => Ok(ReadLease { _file: file }),
-            Err(fs::TryLockError::WouldBlock) => Err(VaultError::PruneRunning),
-            Err(fs::TryLockError::Error(e)) => Err(io_err(format!("locking {PRUNE_FILE}"))(e)),
-        }
-    }
-
-    fn readers_file(&self) -> Result<File, VaultError> {
-        self.lease_file(READERS_FILE)
-    }
-
-    fn lease_file(&self, name: &str) -> Result<File, VaultError> {
-        let path = self.dir.join(name);
-        OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .map_err(io_err(format!("opening {}", path.display())))
-    }
-
-    /// True when some process holds the writer lock right now.
-    pub fn writer_active(&self) -> bool {
-        let path = self.dir.join(LOCK_FILE);
-        match File::open(&path) {
-            Ok(f) => match f.try_lock_shared() {
-                Ok(()) => false,
-                Err(fs::TryLockError::WouldBlock) => true,
-                Err(_) => false,
-            },
-            Err(_) => false,
-        }
     }
 
     /// Overrides the replication policy for this process (`backup --min-replicas`).
@@ -876,48 +599,4 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), VaultError> 
         File::open(dir)?.sync_all()
     })();
     result.map_err(io_err(format!("writing {}", path.display())))
-}
-
-/// Where the key to open a vault comes from, in order: an identity file (`--identity` or
-/// `GITVAULT_IDENTITY_FILE`), `GITVAULT_PASSPHRASE`, a prompt on the terminal.
-pub fn unlock_from_environment(identity_file: Option<&Path>) -> Result<Unlock, VaultError> {
-    if let Some(path) = identity_file {
-        return Ok(Unlock::from_identity_file(path)?);
-    }
-    if let Ok(pass) = std::env::var("GITVAULT_PASSPHRASE") {
-        return Ok(Unlock::Passphrase(SecretString::from(pass)));
-    }
-    if io::stdin().is_terminal() {
-        let pass = rpassword::prompt_password("vault passphrase: ")
-            .map_err(io_err("reading the passphrase"))?;
-        return Ok(Unlock::Passphrase(SecretString::from(pass)));
-    }
-    Err(VaultError::NoUnlockMethod)
-}
-
-/// The passphrase for a new vault: `GITVAULT_PASSPHRASE`, or asked twice on the terminal.
-pub fn new_passphrase_from_environment() -> Result<SecretString, VaultError> {
-    if let Ok(pass) = std::env::var("GITVAULT_PASSPHRASE") {
-        if pass.is_empty() {
-            return Err(VaultError::BadConfig {
-                path: "GITVAULT_PASSPHRASE".into(),
-                reason: "the passphrase is empty".into(),
-            });
-        }
-        return Ok(SecretString::from(pass));
-    }
-    if !io::stdin().is_terminal() {
-        return Err(VaultError::NoUnlockMethod);
-    }
-    let first = rpassword::prompt_password("new vault passphrase: ")
-        .map_err(io_err("reading the passphrase"))?;
-    let second = rpassword::prompt_password("repeat the passphrase: ")
-        .map_err(io_err("reading the passphrase"))?;
-    if first != second || first.is_empty() {
-        return Err(VaultError::BadConfig {
-            path: "passphrase".into(),
-            reason: "the two entries differ or are empty".into(),
-        });
-    }
-    Ok(SecretString::from(first))
 }
