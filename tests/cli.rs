@@ -295,3 +295,23 @@ fn since_and_until_days_include_the_day() {
     );
     assert_eq!(count(&["--since", "2026-01-06"]), 0);
 }
+
+/// A reader that goes away (`gitvault … | head`) ends the program quietly with status 0, like
+/// other Unix tools, not with a panic.
+#[test]
+fn a_closed_stdout_ends_quietly() {
+    let tv = TestVault::new();
+    for args in [&["target", "list"][..], &["--json", "target", "list"][..]] {
+        let mut child = tv
+            .command(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Closed before the program writes anything.
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+        assert!(!stderr(&out).contains("panicked"), "{}", stderr(&out));
+    }
+}

@@ -88,8 +88,21 @@ pub fn run(ctx: &Ctx, cmd: ChunkCommand) -> Result<i32> {
                 None => {
                     let stdout = io::stdout();
                     let mut out = BufWriter::new(stdout.lock());
-                    store.get_to(&id, &mut out)?;
-                    out.flush()?;
+                    let written = store
+                        .get_to(&id, &mut out)
+                        .map(|_| ())
+                        .map_err(|e| match e {
+                            gitvault::store::StoreError::Output(io) => {
+                                super::output::exit_if_broken_pipe(&io);
+                                gitvault::store::StoreError::Output(io)
+                            }
+                            other => other,
+                        });
+                    written?;
+                    if let Err(e) = out.flush() {
+                        super::output::exit_if_broken_pipe(&e);
+                        return Err(e.into());
+                    }
                 }
             }
         }

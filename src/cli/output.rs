@@ -4,6 +4,24 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
+/// Writes to stdout. A reader that went away (`gitvault ls … | head`) ends the program quietly
+/// with status 0, as other Unix tools do, instead of the panic of `print!`.
+pub fn emit(text: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        exit_if_broken_pipe(&e);
+        eprintln!("error: writing to stdout: {e}");
+    }
+}
+
+/// Ends the program with status 0 when `e` says stdout's reader has gone.
+pub fn exit_if_broken_pipe(e: &std::io::Error) {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        std::process::exit(0);
+    }
+}
+
 pub struct Output {
     pub json: bool,
     pub quiet: bool,
@@ -18,11 +36,11 @@ impl Output {
     pub fn print<T: Serialize>(&self, value: &T, human: impl FnOnce() -> String) {
         if self.json {
             match serde_json::to_string_pretty(value) {
-                Ok(text) => println!("{text}"),
+                Ok(text) => emit(&format!("{text}\n")),
                 Err(e) => eprintln!("error: cannot encode the result as JSON: {e}"),
             }
         } else {
-            print!("{}", human());
+            emit(&human());
         }
     }
 
@@ -36,7 +54,10 @@ impl Output {
         }
         eprintln!("error: {text}");
         if self.json {
-            println!("{}", serde_json::json!({ "ok": false, "error": text }));
+            emit(&format!(
+                "{}\n",
+                serde_json::json!({ "ok": false, "error": text })
+            ));
         }
     }
 
