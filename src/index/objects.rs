@@ -1,0 +1,144 @@
+//! Git objects and LFS objects: which chunk holds each.
+
+use super::*;
+
+/// A git object's chunk with what prune needs to know about that chunk.
+#[derive(Debug, Clone, Copy)]
+pub struct ObjectChunk {
+    pub kind: ObjectKind,
+    pub chunk: ChunkId,
+    pub chunk_kind: u8,
+    pub pack_id: i64,
+}
+
+pub(super) const OID_PAGE: i64 = 10_000;
+
+impl Index {
+    pub fn git_object(&self, oid: &Oid) -> Result<Option<(ObjectKind, ChunkId)>, IndexError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached("SELECT kind, chunk FROM git_objects WHERE oid = ?1")?;
+        let row: Option<(u8, Vec<u8>)> = stmt
+            .query_row(params![&oid.0[..]], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?;
+        match row {
+            None => Ok(None),
+            Some((kind, chunk)) => {
+                let kind = ObjectKind::from_u8(kind).ok_or_else(|| {
+                    IndexError::Inconsistent(format!("object {oid} has unknown kind {kind}"))
+                })?;
+                let chunk = ChunkId::from_slice(&chunk).ok_or_else(|| {
+                    IndexError::Inconsistent(format!("object {oid} has a bad chunk id"))
+                })?;
+                Ok(Some((kind, chunk)))
+            }
+        }
+    }
+
+    /// The object's chunk joined with the chunk's row: one lookup where prune's mark would
+    /// otherwise need two.
+    pub fn git_object_chunk(&self, oid: &Oid) -> Result<Option<ObjectChunk>, IndexError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(
+            "SELECT g.kind, g.chunk, c.kind, c.pack_id FROM git_objects g
+             JOIN chunks c ON c.id = g.chunk WHERE g.oid = ?1",
+        )?;
+        let row: Option<(u8, Vec<u8>, u8, i64)> = stmt
+            .query_row(params![&oid.0[..]], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+            })
+            .optional()?;
+        let Some((kind, chunk, chunk_kind, pack_id)) = row else {
+            return Ok(None);
+        };
+        let kind = ObjectKind::from_u8(kind).ok_or_else(|| {
+            IndexError::Inconsistent(format!("object {oid} has unknown kind {kind}"))
+        })?;
+        let chunk = ChunkId::from_slice(&chunk)
+            .ok_or_else(|| IndexError::Inconsistent(format!("object {oid} has a bad chunk id")))?;
+        Ok(Some(ObjectChunk {
+            kind,
+            chunk,
+            chunk_kind,
+            pack_id,
+        }))
+    }
+
+    /// Records objects whose chunks are present (recover applying a prune record).
+    pub fn add_git_objects(&self, entries: &[ObjectEntry]) -> Result<(), IndexError> {
+        let conn = self.conn();
+        let tx = conn.unchecked_transaction()?;
+        {
+            let mut insert = tx.prepare_cached(
+                "INSERT OR IGNORE INTO git_objects (oid, kind, chunk)
+                 SELECT ?1, ?2, ?3 WHERE EXISTS (SELECT 1 FROM chunks WHERE id = ?3)",
+            )?;
+            for e in entries {
+                insert.execute(params![&e.oid.0[..], e.kind as u8, &e.chunk.0[..]])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// The chunk holding an LFS object, when the vault has it.
+    pub fn lfs_object(&self, sha256: &[u8; 32]) -> Result<Option<ChunkId>, IndexError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached("SELECT chunk FROM lfs_objects WHERE sha256 = ?1")?;
+        let chunk: Option<Vec<u8>> = stmt
+            .query_row(params![&sha256[..]], |r| r.get(0))
+            .optional()?;
+        Ok(chunk.map(|c| chunk_id_from(&c)))
+    }
+
+    /// Every recorded git object id.
+    /// Up to `limit` git object rows with ids above `after`, in id order: a walk through all
+    /// objects that holds one page at a time and lets the caller use the index in between.
+    pub fn git_objects_after(
+        &self,
+        after: &Oid,
+        limit: usize,
+    ) -> Result<Vec<ObjectEntry>, IndexError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(
+            "SELECT oid, kind, chunk FROM git_objects WHERE oid > ?1 ORDER BY oid LIMIT ?2",
+        )?;
+        let rows = stmt.query_map(params![&after.0[..], limit as i64], |r| {
+            let oid: Vec<u8> = r.get(0)?;
+            let kind: u8 = r.get(1)?;
+            let chunk: Vec<u8> = r.get(2)?;
+            Ok((oid, kind, chunk))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (oid, kind, chunk) = row?;
+            let bad = || IndexError::Inconsistent("a git object row is malformed".into());
+            out.push(ObjectEntry {
+                oid: Oid::from_slice(&oid).ok_or_else(bad)?,
+                kind: ObjectKind::from_u8(kind).ok_or_else(bad)?,
+                chunk: ChunkId::from_slice(&chunk).ok_or_else(bad)?,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Counts the git object rows `live` rejects (prune's dry run).
+    pub fn count_dead_objects(&self, live: &dyn Fn(&Oid) -> bool) -> Result<u64, IndexError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare("SELECT oid FROM git_objects")?;
+        let mut rows = stmt.query([])?;
+        let mut dead = 0;
+        while let Some(r) = rows.next()? {
+            let oid: Vec<u8> = r.get(0)?;
+            if Oid::from_slice(&oid).is_some_and(|o| !live(&o)) {
+                dead += 1;
+            }
+        }
+        Ok(dead)
+    }
+
+    pub fn has_git_object(&self, oid: &Oid) -> Result<bool, IndexError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached("SELECT 1 FROM git_objects WHERE oid = ?1")?;
+        Ok(stmt.exists(params![&oid.0[..]])?)
+    }
+}

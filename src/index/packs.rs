@@ -1,0 +1,417 @@
+//! Packs, where they are (`pack_targets`), and the chunks they hold.
+
+use super::*;
+
+/// Where a frame lies in the pack's plaintext.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrameInfo {
+    pub offset: u64,
+    pub compressed_len: u32,
+    pub raw_len: u32,
+}
+
+/// One chunk as the footer lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PackEntry {
+    pub id: ChunkId,
+    pub kind: u8,
+    pub frame: u32,
+    pub offset: u32,
+    pub len: u32,
+}
+
+/// How a pack's index row came to be, and so what prune may do with it: only a pack whose
+/// contents this vault wrote or authenticated may be judged (and deleted) by what its footer
+/// lists. Ordered: higher is better known.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Provenance {
+    /// A format 1 footer read from a target: anyone with the public key could have made it.
+    Legacy = 0,
+    /// Written by this host.
+    Written = 1,
+    /// A format 2 footer read from a target whose MAC checked.
+    Authenticated = 2,
+    /// Every chunk read back and checked against its id (`verify --full`).
+    Verified = 3,
+}
+
+impl Provenance {
+    pub fn from_i64(v: i64) -> Provenance {
+        match v {
+            1 => Provenance::Written,
+            2 => Provenance::Authenticated,
+            3 => Provenance::Verified,
+            _ => Provenance::Legacy,
+        }
+    }
+
+    /// Whether prune may condemn the pack on the strength of its index rows.
+    pub fn vouched(self) -> bool {
+        self >= Provenance::Written
+    }
+}
+
+/// A pack as the index records it: its name (BLAKE3 of its bytes), sizes, where the row comes
+/// from, and the frames and chunks its footer lists (`store::pack::FinishedPack::record`).
+#[derive(Debug, Clone, Copy)]
+pub struct PackRecord<'a> {
+    pub name: &'a str,
+    pub size: u64,
+    pub raw_bytes: u64,
+    pub provenance: Provenance,
+    pub frames: &'a [FrameInfo],
+    pub entries: &'a [PackEntry],
+}
+
+/// Where a chunk lives.
+#[derive(Debug, Clone)]
+pub struct ChunkLocation {
+    pub kind: u8,
+    pub pack_id: i64,
+    pub pack_name: String,
+    pub frame: FrameInfo,
+    pub offset: u32,
+    pub len: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct PackRow {
+    pub id: i64,
+    pub name: String,
+    pub size: u64,
+    pub raw_bytes: u64,
+    pub chunk_count: u64,
+    pub provenance: Provenance,
+}
+
+/// One chunk as prune sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct ChunkRow {
+    pub id: ChunkId,
+    pub kind: u8,
+    pub pack_id: i64,
+    pub len: u32,
+    pub frame_offset: u64,
+    pub offset: u32,
+}
+
+/// The pack's row (created unless it exists) and the targets holding it; returns its id.
+pub(super) fn record_pack(
+    tx: &rusqlite::Transaction<'_>,
+    pack: &PackRecord<'_>,
+    targets: &[String],
+) -> Result<i64, IndexError> {
+    tx.execute(
+        "INSERT INTO packs (name, size, raw_bytes, chunk_count, created_at, provenance) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+         ON CONFLICT(name) DO UPDATE SET provenance = max(provenance, excluded.provenance)",
+        params![
+            pack.name,
+            pack.size,
+            pack.raw_bytes,
+            pack.entries.len() as i64,
+            chrono::Utc::now().timestamp(),
+            pack.provenance as i64
+        ],
+    )?;
+    let pack_id: i64 = tx.query_row(
+        "SELECT id FROM packs WHERE name = ?1",
+        params![pack.name],
+        |r| r.get(0),
+    )?;
+    let mut presence =
+        tx.prepare_cached("INSERT OR IGNORE INTO pack_targets (pack_id, target) VALUES (?1, ?2)")?;
+    for t in targets {
+        presence.execute(params![pack_id, t])?;
+    }
+    Ok(pack_id)
+}
+
+pub(super) fn chunk_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ChunkRow> {
+    let id: Vec<u8> = r.get(0)?;
+    Ok(ChunkRow {
+        id: chunk_id_from(&id),
+        kind: r.get(1)?,
+        pack_id: r.get(2)?,
+        len: r.get(3)?,
+        frame_offset: r.get(4)?,
+        offset: r.get(5)?,
+    })
+}
+
+pub(super) fn chunk_id_from(bytes: &[u8]) -> ChunkId {
+    let mut id = [0u8; 32];
+    if bytes.len() == 32 {
+        id.copy_from_slice(bytes);
+    }
+    ChunkId(id)
+}
+
+impl Index {
+    pub fn has_chunk(&self, id: &ChunkId) -> Result<bool, IndexError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached("SELECT 1 FROM chunks WHERE id = ?1")?;
+        Ok(stmt.exists(params![&id.0[..]])?)
+    }
+
+    pub fn chunk(&self, id: &ChunkId) -> Result<Option<ChunkLocation>, IndexError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(
+            "SELECT c.kind, c.pack_id, p.name, c.frame_offset, c.frame_clen, c.frame_rawlen, c.offset, c.length
+             FROM chunks c JOIN packs p ON p.id = c.pack_id WHERE c.id = ?1",
+        )?;
+        Ok(stmt
+            .query_row(params![&id.0[..]], |r| {
+                Ok(ChunkLocation {
+                    kind: r.get(0)?,
+                    pack_id: r.get(1)?,
+                    pack_name: r.get(2)?,
+                    frame: FrameInfo {
+                        offset: r.get(3)?,
+                        compressed_len: r.get(4)?,
+                        raw_len: r.get(5)?,
+                    },
+                    offset: r.get(6)?,
+                    len: r.get(7)?,
+                })
+            })
+            .optional()?)
+    }
+
+    /// Targets known to hold a pack, in the order they were recorded.
+    pub fn pack_targets(&self, pack_id: i64) -> Result<Vec<String>, IndexError> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare_cached("SELECT target FROM pack_targets WHERE pack_id = ?1 ORDER BY target")?;
+        let rows = stmt.query_map(params![pack_id], |r| r.get(0))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Records a pack that is durable on `targets`, with all its chunks, in one transaction.
+    /// Chunks already indexed elsewhere keep their first location.
+    pub fn commit_pack(
+        &self,
+        pack: &PackRecord<'_>,
+        targets: &[String],
+        logical_bytes: u64,
+    ) -> Result<i64, IndexError> {
+        // The vault lock guarantees one writer; an unchecked transaction lets readers share `&Index`.
+        let conn = self.conn();
+        let tx = conn.unchecked_transaction()?;
+        let pack_id = record_pack(&tx, pack, targets)?;
+        {
+            let mut insert = tx.prepare_cached(
+                "INSERT OR IGNORE INTO chunks (id, kind, pack_id, frame_offset, frame_clen, frame_rawlen, offset, length)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            )?;
+            for e in pack.entries {
+                let frame = pack.frames.get(e.frame as usize).ok_or_else(|| {
+                    IndexError::Inconsistent(format!("pack {} names a missing frame", pack.name))
+                })?;
+                insert.execute(params![
+                    &e.id.0[..],
+                    e.kind,
+                    pack_id,
+                    frame.offset,
+                    frame.compressed_len,
+                    frame.raw_len,
+                    e.offset,
+                    e.len
+                ])?;
+            }
+        }
+        add_counter(&tx, "logical_bytes", logical_bytes)?;
+        tx.commit()?;
+        Ok(pack_id)
+    }
+
+    pub fn add_logical_bytes(&self, bytes: u64) -> Result<(), IndexError> {
+        add_counter(&self.conn(), "logical_bytes", bytes)
+    }
+
+    pub fn packs(&self) -> Result<Vec<PackRow>, IndexError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT id, name, size, raw_bytes, chunk_count, provenance FROM packs ORDER BY name",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok(PackRow {
+                id: r.get(0)?,
+                name: r.get(1)?,
+                size: r.get(2)?,
+                raw_bytes: r.get(3)?,
+                chunk_count: r.get(4)?,
+                provenance: Provenance::from_i64(r.get(5)?),
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Raises what is known of a pack (never lowers it): `verify --full` vouches for a pack
+    /// whose every chunk it checked.
+    pub fn raise_pack_provenance(&self, name: &str, to: Provenance) -> Result<(), IndexError> {
+        self.conn().execute(
+            "UPDATE packs SET provenance = ?2 WHERE name = ?1 AND provenance < ?2",
+            params![name, to as i64],
+        )?;
+        Ok(())
+    }
+
+    /// Names of the packs the index expects on a target.
+    pub fn packs_on_target(&self, target: &str) -> Result<Vec<(String, u64)>, IndexError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT p.name, p.size FROM packs p JOIN pack_targets t ON t.pack_id = p.id WHERE t.target = ?1",
+        )?;
+        let rows = stmt.query_map(params![target], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Forgets that packs are on a target (when the target is removed from the vault).
+    pub fn forget_target(&self, target: &str) -> Result<usize, IndexError> {
+        Ok(self.conn().execute(
+            "DELETE FROM pack_targets WHERE target = ?1",
+            params![target],
+        )?)
+    }
+
+    pub fn pack_targets_by_name(&self, name: &str) -> Result<Vec<String>, IndexError> {
+        match self.pack_id(name)? {
+            Some(id) => self.pack_targets(id),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    pub fn pack_id(&self, name: &str) -> Result<Option<i64>, IndexError> {
+        Ok(self
+            .conn()
+            .query_row("SELECT id FROM packs WHERE name = ?1", params![name], |r| {
+                r.get(0)
+            })
+            .optional()?)
+    }
+
+    /// Records that `target` holds (or no longer holds) a pack.
+    pub fn set_presence(&self, pack: &str, target: &str, present: bool) -> Result<(), IndexError> {
+        let Some(id) = self.pack_id(pack)? else {
+            return Ok(());
+        };
+        if present {
+            self.conn().execute(
+                "INSERT OR IGNORE INTO pack_targets (pack_id, target) VALUES (?1, ?2)",
+                params![id, target],
+            )?;
+        } else {
+            self.conn().execute(
+                "DELETE FROM pack_targets WHERE pack_id = ?1 AND target = ?2",
+                params![id, target],
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Forgets every presence record (recover sets them anew from listings).
+    pub fn clear_presence(&self) -> Result<(), IndexError> {
+        self.conn().execute("DELETE FROM pack_targets", [])?;
+        Ok(())
+    }
+
+    /// Every chunk row, in the order chunks lie in the packs (prune's view of the store).
+    /// Calls `f` for every chunk row, in no particular order, without holding them all. `f`
+    /// must not use the index (its connection is busy).
+    pub fn for_each_chunk(&self, mut f: impl FnMut(&ChunkRow)) -> Result<(), IndexError> {
+        let conn = self.conn();
+        let mut stmt =
+            conn.prepare("SELECT id, kind, pack_id, length, frame_offset, offset FROM chunks")?;
+        let mut rows = stmt.query([])?;
+        while let Some(r) = rows.next()? {
+            f(&chunk_row(r)?);
+        }
+        Ok(())
+    }
+
+    /// The chunk rows of one pack that `keep` accepts, in the order they lie in the pack.
+    /// `keep` must not use the index (its connection is busy).
+    pub fn chunks_of_pack(
+        &self,
+        pack_id: i64,
+        mut keep: impl FnMut(&ChunkRow) -> bool,
+    ) -> Result<Vec<ChunkRow>, IndexError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(
+            "SELECT id, kind, pack_id, length, frame_offset, offset FROM chunks WHERE pack_id = ?1",
+        )?;
+        let mut rows = stmt.query(params![pack_id])?;
+        let mut out = Vec::new();
+        while let Some(r) = rows.next()? {
+            let row = chunk_row(r)?;
+            if keep(&row) {
+                out.push(row);
+            }
+        }
+        out.sort_unstable_by_key(|c| (c.frame_offset, c.offset));
+        Ok(out)
+    }
+
+    /// Whether every chunk row of one pack satisfies `f` (stops at the first that does not).
+    pub fn all_chunks_of_pack(
+        &self,
+        pack_id: i64,
+        mut f: impl FnMut(&ChunkRow) -> bool,
+    ) -> Result<bool, IndexError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(
+            "SELECT id, kind, pack_id, length, frame_offset, offset FROM chunks WHERE pack_id = ?1",
+        )?;
+        let mut rows = stmt.query(params![pack_id])?;
+        while let Some(r) = rows.next()? {
+            if !f(&chunk_row(r)?) {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// The ids of every chunk of one kind (manifests, prune records).
+    pub fn chunks_of_kind(&self, kind: u8) -> Result<Vec<ChunkId>, IndexError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached("SELECT id FROM chunks WHERE kind = ?1")?;
+        let rows = stmt.query_map(params![kind], |r| {
+            let id: Vec<u8> = r.get(0)?;
+            Ok(chunk_id_from(&id))
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// How many chunk rows still point into a pack (a condemned pack must have none).
+    pub fn chunks_in_pack(&self, name: &str) -> Result<u64, IndexError> {
+        Ok(self.conn().query_row(
+            "SELECT COUNT(*) FROM chunks c JOIN packs p ON p.id = c.pack_id WHERE p.name = ?1",
+            params![name],
+            |r| r.get(0),
+        )?)
+    }
+
+    /// Forgets a pack deleted from every target.
+    /// Takes a pack out of the index with every chunk row pointing into it (recover found it
+    /// to be a replay after recording it).
+    pub fn unrecord_pack(&self, name: &str) -> Result<(), IndexError> {
+        self.conn().execute(
+            "DELETE FROM chunks WHERE pack_id IN (SELECT id FROM packs WHERE name = ?1)",
+            params![name],
+        )?;
+        self.drop_pack(name)
+    }
+
+    pub fn drop_pack(&self, name: &str) -> Result<(), IndexError> {
+        let conn = self.conn();
+        let tx = conn.unchecked_transaction()?;
+        tx.execute(
+            "DELETE FROM pack_targets WHERE pack_id IN (SELECT id FROM packs WHERE name = ?1)",
+            params![name],
+        )?;
+        tx.execute("DELETE FROM packs WHERE name = ?1", params![name])?;
+        tx.execute("DELETE FROM condemned_packs WHERE name = ?1", params![name])?;
+        tx.commit()?;
+        Ok(())
+    }
+}

@@ -1,0 +1,130 @@
+//! What prune changes in one transaction, and the packs it condemned.
+
+use super::*;
+
+/// What one prune changes in the index.
+pub struct PruneChanges<'a> {
+    pub condemned: &'a [String],
+    /// Packs whose chunk rows may be judged (those that existed when prune started).
+    pub judged_packs: &'a [i64],
+    /// Whether a chunk row in a judged pack is dead.
+    pub chunk_dead: &'a dyn Fn(&ChunkRow) -> bool,
+    /// Whether a git object is live; every other object row goes.
+    pub object_live: &'a dyn Fn(&Oid) -> bool,
+    pub compacted: &'a [(PackRecord<'a>, Vec<String>)],
+}
+
+/// What `apply_prune` removed.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct PruneCounts {
+    pub dead_chunks: u64,
+    pub dead_objects: u64,
+    /// Packs condemned because no chunk row points into them any more.
+    pub unreferenced_packs: u64,
+}
+
+impl Index {
+    /// Records what prune decided, in one transaction: compacted packs (their chunks take the
+    /// new location when their old pack is condemned), dead chunk and object rows removed,
+    /// packs condemned.
+    pub fn apply_prune(&self, changes: &PruneChanges<'_>) -> Result<PruneCounts, IndexError> {
+        let conn = self.conn();
+        let tx = conn.unchecked_transaction()?;
+        let now = chrono::Utc::now().timestamp_millis();
+        let mut counts = PruneCounts::default();
+        {
+            let mut condemn = tx.prepare_cached(
+                "INSERT OR IGNORE INTO condemned_packs (name, since_ms) VALUES (?1, ?2)",
+            )?;
+            for name in changes.condemned {
+                condemn.execute(params![name, now])?;
+            }
+            // Pack by pack and page by page (the pack index holds each row's id too, so a
+            // page is a range scan): the dead rows are never all in memory.
+            let mut in_pack = tx.prepare_cached(
+                "SELECT id, kind, pack_id, length, frame_offset, offset FROM chunks
+                 WHERE pack_id = ?1 AND id > ?2 ORDER BY id LIMIT ?3",
+            )?;
+            let mut drop_chunk = tx.prepare_cached("DELETE FROM chunks WHERE id = ?1")?;
+            let mut drop_lfs = tx.prepare_cached("DELETE FROM lfs_objects WHERE chunk = ?1")?;
+            for pack in changes.judged_packs {
+                let mut after: Vec<u8> = Vec::new();
+                loop {
+                    let rows: Vec<ChunkRow> = in_pack
+                        .query_map(params![pack, after, OID_PAGE], chunk_row)?
+                        .collect::<Result<_, _>>()?;
+                    let Some(last) = rows.last() else { break };
+                    after = last.id.0.to_vec();
+                    for row in rows.iter().filter(|r| (changes.chunk_dead)(r)) {
+                        drop_chunk.execute(params![&row.id.0[..]])?;
+                        drop_lfs.execute(params![&row.id.0[..]])?;
+                        counts.dead_chunks += 1;
+                    }
+                }
+            }
+            let mut page = tx.prepare_cached(
+                "SELECT oid FROM git_objects WHERE oid > ?1 ORDER BY oid LIMIT ?2",
+            )?;
+            let mut drop_object = tx.prepare_cached("DELETE FROM git_objects WHERE oid = ?1")?;
+            let mut after: Vec<u8> = Vec::new();
+            loop {
+                let oids: Vec<Vec<u8>> = page
+                    .query_map(params![after, OID_PAGE], |r| r.get(0))?
+                    .collect::<Result<_, _>>()?;
+                let Some(last) = oids.last() else { break };
+                after = last.clone();
+                for oid in &oids {
+                    if Oid::from_slice(oid).is_none_or(|o| !(changes.object_live)(&o)) {
+                        drop_object.execute(params![oid])?;
+                        counts.dead_objects += 1;
+                    }
+                }
+            }
+        }
+        for (pack, targets) in changes.compacted {
+            let pack_id = record_pack(&tx, pack, targets)?;
+            // A chunk moves only out of a condemned pack; elsewhere the copy is a duplicate
+            // (and its pack, pointed into by nothing, is condemned below).
+            let mut repoint = tx.prepare_cached(
+                "UPDATE chunks SET pack_id = ?2, frame_offset = ?3, frame_clen = ?4, frame_rawlen = ?5,
+                     offset = ?6, length = ?7
+                 WHERE id = ?1 AND pack_id IN
+                     (SELECT p.id FROM packs p JOIN condemned_packs c ON c.name = p.name)",
+            )?;
+            for e in pack.entries {
+                let frame = pack.frames.get(e.frame as usize).ok_or_else(|| {
+                    IndexError::Inconsistent(format!("pack {} names a missing frame", pack.name))
+                })?;
+                repoint.execute(params![
+                    &e.id.0[..],
+                    pack_id,
+                    frame.offset,
+                    frame.compressed_len,
+                    frame.raw_len,
+                    e.offset,
+                    e.len
+                ])?;
+            }
+        }
+        // A pack nothing points into holds nothing a snapshot can reach: an unused compaction
+        // copy, or a pack whose rows all went.
+        counts.unreferenced_packs = tx.execute(
+            "INSERT OR IGNORE INTO condemned_packs (name, since_ms)
+             SELECT p.name, ?1 FROM packs p
+             WHERE NOT EXISTS (SELECT 1 FROM chunks c WHERE c.pack_id = p.id)
+               AND p.provenance >= 1
+               AND NOT EXISTS (SELECT 1 FROM condemned_packs d WHERE d.name = p.name)",
+            params![now],
+        )? as u64;
+        tx.commit()?;
+        Ok(counts)
+    }
+
+    /// Packs condemned by prune and when.
+    pub fn condemned_packs(&self) -> Result<Vec<(String, i64)>, IndexError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare("SELECT name, since_ms FROM condemned_packs ORDER BY name")?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+}
