@@ -63,6 +63,16 @@ pub struct PackRecord<'a> {
     pub entries: &'a [PackEntry],
 }
 
+impl PackRecord<'_> {
+    /// The frame a footer entry names (the footer was checked when it was decoded; a record
+    /// built by hand may still be wrong).
+    pub(super) fn frame_of(&self, e: &PackEntry) -> Result<&FrameInfo, IndexError> {
+        self.frames.get(e.frame as usize).ok_or_else(|| {
+            IndexError::Inconsistent(format!("pack {} names a missing frame", self.name))
+        })
+    }
+}
+
 /// Where a chunk lives.
 #[derive(Debug, Clone)]
 pub struct ChunkLocation {
@@ -204,9 +214,7 @@ impl Index {
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
             )?;
             for e in pack.entries {
-                let frame = pack.frames.get(e.frame as usize).ok_or_else(|| {
-                    IndexError::Inconsistent(format!("pack {} names a missing frame", pack.name))
-                })?;
+                let frame = pack.frame_of(e)?;
                 insert.execute(params![
                     &e.id.0[..],
                     e.kind,

@@ -92,9 +92,7 @@ impl Index {
                      (SELECT p.id FROM packs p JOIN condemned_packs c ON c.name = p.name)",
             )?;
             for e in pack.entries {
-                let frame = pack.frames.get(e.frame as usize).ok_or_else(|| {
-                    IndexError::Inconsistent(format!("pack {} names a missing frame", pack.name))
-                })?;
+                let frame = pack.frame_of(e)?;
                 repoint.execute(params![
                     &e.id.0[..],
                     pack_id,

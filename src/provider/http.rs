@@ -316,6 +316,20 @@ struct Bounded<R> {
     cut: Option<Cut>,
 }
 
+impl<R> Bounded<R> {
+    /// `inner`, cut after `limit` bytes or `deadline_secs` after `started`.
+    fn new(inner: R, limit: u64, started: Instant, deadline_secs: u64) -> Bounded<R> {
+        Bounded {
+            inner,
+            read: 0,
+            limit,
+            deadline: started + Duration::from_secs(deadline_secs),
+            deadline_secs,
+            cut: None,
+        }
+    }
+}
+
 impl<R: Read> Read for Bounded<R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         if Instant::now() > self.deadline {
@@ -669,15 +683,12 @@ impl<'i> ApiClient<'i> {
         response: Response,
         started: Instant,
     ) -> Result<Vec<u8>, Failure> {
-        let deadline = self.settings.request_deadline;
-        let mut reader = Bounded {
-            inner: response,
-            read: 0,
-            limit: self.settings.max_answer_bytes,
-            deadline: started + Duration::from_secs(deadline),
-            deadline_secs: deadline,
-            cut: None,
-        };
+        let mut reader = Bounded::new(
+            response,
+            self.settings.max_answer_bytes,
+            started,
+            self.settings.request_deadline,
+        );
         let mut body = Vec::new();
         match reader.read_to_end(&mut body) {
             Ok(_) => Ok(body),
@@ -816,15 +827,12 @@ impl<'i> ApiClient<'i> {
                 Purpose::Asset,
             )
         })?;
-        let secs = self.settings.asset_deadline;
-        let mut reader = Bounded {
-            inner: response,
-            read: 0,
-            limit: self.settings.max_asset_bytes,
-            deadline: started + Duration::from_secs(secs),
-            deadline_secs: secs,
-            cut: None,
-        };
+        let mut reader = Bounded::new(
+            response,
+            self.settings.max_asset_bytes,
+            started,
+            self.settings.asset_deadline,
+        );
         match out(&mut reader) {
             Ok(()) => Ok(()),
             Err(e) => match reader.cut {

@@ -631,11 +631,10 @@ pub fn prune(
         .collect();
     let mut freed: i64 = -(compacted.iter().map(|(p, _)| p.size as i64).sum::<i64>());
     let readers = vault.readers_exclusive()?;
-    let unvouched_names: HashSet<String> = index
-        .packs()?
-        .into_iter()
-        .filter(|p| !p.provenance.vouched())
-        .map(|p| p.name)
+    // Packs written since the start (compaction copies) are this host's: vouched.
+    let unvouched_names: HashSet<&String> = unvouched
+        .iter()
+        .filter_map(|id| pack_names.get(id))
         .collect();
     for (name, since) in index.condemned_packs()? {
         if unvouched_names.contains(&name) {

@@ -691,10 +691,10 @@ impl S3Target {
 
     /// A HEAD answer has no body, so a missing bucket (404 without a code) reads as a missing
     /// object here; the next upload or listing names the bucket.
-    async fn modified_async(
+    async fn head_object_async(
         &self,
         full_key: &str,
-    ) -> Result<Option<std::time::SystemTime>, Failure> {
+    ) -> Result<Option<aws_sdk_s3::operation::head_object::HeadObjectOutput>, Failure> {
         let result = self
             .client
             .head_object()
@@ -703,9 +703,7 @@ impl S3Target {
             .send()
             .await;
         match result {
-            Ok(output) => Ok(output
-                .last_modified()
-                .and_then(|t| std::time::SystemTime::try_from(*t).ok())),
+            Ok(output) => Ok(Some(output)),
             Err(err) => match self.classify(err) {
                 Failure::NotFound => Ok(None),
                 other => Err(other),
@@ -713,26 +711,24 @@ impl S3Target {
         }
     }
 
+    async fn modified_async(
+        &self,
+        full_key: &str,
+    ) -> Result<Option<std::time::SystemTime>, Failure> {
+        Ok(self.head_object_async(full_key).await?.and_then(|output| {
+            output
+                .last_modified()
+                .and_then(|t| std::time::SystemTime::try_from(*t).ok())
+        }))
+    }
+
     async fn head_async(&self, full_key: &str) -> Result<Option<u64>, Failure> {
-        let result = self
-            .client
-            .head_object()
-            .bucket(&self.config.bucket)
-            .key(full_key)
-            .send()
-            .await;
-        match result {
-            Ok(output) => Ok(Some(
-                output
-                    .content_length()
-                    .and_then(|n| u64::try_from(n).ok())
-                    .unwrap_or(0),
-            )),
-            Err(err) => match self.classify(err) {
-                Failure::NotFound => Ok(None),
-                other => Err(other),
-            },
-        }
+        Ok(self.head_object_async(full_key).await?.map(|output| {
+            output
+                .content_length()
+                .and_then(|n| u64::try_from(n).ok())
+                .unwrap_or(0)
+        }))
     }
 
     /// GET of a whole object or a byte range. A body cut off mid-transfer is not retried by the
