@@ -76,6 +76,15 @@ pub fn recover(
     unlock: &Unlock,
 ) -> Result<RecoverReport, VaultError> {
     let source = target::open_target(options.target_name, options.url)?;
+    match source.head(PUBLIC_FILE) {
+        Ok(Some(size)) if size > crate::vault::MAX_SMALL_FILE => {
+            return Err(bad_target(
+                options.url,
+                format!("its {PUBLIC_FILE} is {size} bytes: not a gitvault vault"),
+            ));
+        }
+        _ => {}
+    }
     let params: PublicParams = match source.get(PUBLIC_FILE) {
         Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
             bad_target(options.url, format!("its {PUBLIC_FILE} is unreadable: {e}"))
@@ -182,6 +191,11 @@ fn unlock_from_target(
 ) -> Result<(VaultKeys, Vec<KeyFile>), VaultError> {
     let mut files = Vec::new();
     for listed in source.list("keys/")? {
+        // A key file is a few hundred bytes; a planted giant must not be read into memory.
+        if listed.size > crate::vault::MAX_SMALL_FILE {
+            tracing::warn!(key_file = %listed.key, size = listed.size, "oversized key file ignored");
+            continue;
+        }
         files.push((listed.key.clone(), source.get(&listed.key)?));
     }
     if files.is_empty() {

@@ -425,6 +425,22 @@ fn planted_key_files(s3: bool) {
         .unwrap();
     drop(vault);
 
+    // An oversized file under a key file's name is not read; the vault still opens.
+    f.target
+        .put(
+            "keys/ffffffffffffffff.age",
+            Body::Bytes(&vec![b'x'; 2 << 20]),
+        )
+        .unwrap();
+    let (recovered, out) = f.recover("with-oversized-key", &["--expect-vault", &f.fingerprint]);
+    assert_eq!(json(&out)["snapshots_total"], 3);
+    assert!(
+        stderr(&out).contains("oversized key file ignored"),
+        "{}",
+        stderr(&out)
+    );
+    f.restores_exactly(&recovered, "oversized-key");
+
     // A key file whose scrypt work factor would need 1 TiB of memory is refused at once.
     let heavy = heavy_scrypt_key_file();
     let started = Instant::now();

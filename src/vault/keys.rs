@@ -13,7 +13,10 @@ impl Vault {
         if files.is_empty() {
             for t in &self.targets {
                 if let Ok(listed) = t.list("keys/") {
-                    for l in listed {
+                    for l in listed
+                        .into_iter()
+                        .filter(|l| l.size <= super::MAX_SMALL_FILE)
+                    {
                         if let Ok(bytes) = t.get(&l.key) {
                             files.push((l.key, bytes));
                         }

@@ -45,6 +45,9 @@ const TMP_DIR: &str = "tmp";
 const CACHE_DIR: &str = "cache";
 /// The vault's public parameters, on every target.
 pub const PUBLIC_FILE: &str = "gitvault.json";
+/// Key files and `gitvault.json` are a few hundred bytes: anything on a target larger than this
+/// under those names is not read (a planted file must not exhaust memory).
+pub const MAX_SMALL_FILE: u64 = 64 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum VaultError {
