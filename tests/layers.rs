@@ -178,3 +178,66 @@ fn the_parser_sees_imports() {
         .collect();
     assert_eq!(found, expected);
 }
+
+/// docs/ARCHITECTURE.md's layer table, as (layer, module) rows, so the page cannot drift from
+/// `LAYERS`.
+fn architecture_table() -> BTreeSet<(usize, String)> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/ARCHITECTURE.md");
+    let text = std::fs::read_to_string(path).unwrap();
+    let mut rows = BTreeSet::new();
+    for line in text.lines() {
+        let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+        // `| 3 | `store` | job |` splits into ["", "3", "`store`", "job", ""].
+        if cells.len() < 4 {
+            continue;
+        }
+        let (Ok(layer), Some(module)) = (
+            cells[1].parse::<usize>(),
+            cells[2]
+                .strip_prefix('`')
+                .and_then(|m| m.strip_suffix('`')),
+        ) else {
+            continue;
+        };
+        rows.insert((layer, module.to_string()));
+    }
+    rows
+}
+
+#[test]
+fn the_architecture_page_shows_the_layers() {
+    let expected: BTreeSet<(usize, String)> = LAYERS
+        .iter()
+        .enumerate()
+        .flat_map(|(i, l)| l.iter().map(move |m| (i, m.to_string())))
+        .collect();
+    let documented = architecture_table();
+    let missing: Vec<_> = expected.difference(&documented).collect();
+    let extra: Vec<_> = documented.difference(&expected).collect();
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "docs/ARCHITECTURE.md's layer table differs from LAYERS in tests/layers.rs:\n\
+         not in the page: {missing:?}\nnot in LAYERS: {extra:?}"
+    );
+}
+
+/// Every top-level module of the library is placed in a layer, so a new module cannot slip past
+/// the rule by never being imported.
+#[test]
+fn every_module_has_a_layer() {
+    let lib = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("src/lib.rs"))
+        .unwrap();
+    let unplaced: Vec<String> = lib
+        .lines()
+        .filter_map(|l| {
+            let l = l.trim();
+            let rest = l
+                .strip_prefix("pub mod ")
+                .or_else(|| l.strip_prefix("mod "))
+                .or_else(|| l.strip_prefix("pub(crate) mod "))?;
+            Some(rest.trim_end_matches(';').to_string())
+        })
+        .filter(|m| m != "cli" && layer_of(m).is_none())
+        .collect();
+    assert!(unplaced.is_empty(), "modules in no layer: {unplaced:?}");
+}
