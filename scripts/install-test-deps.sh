@@ -11,6 +11,10 @@ command -v git >/dev/null 2>&1 || need_apt+=(git)
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need_apt+=(nginx)
 command -v fcgiwrap >/dev/null 2>&1 || [ -x /usr/sbin/fcgiwrap ] || need_apt+=(fcgiwrap)
 command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
+# Shell conventions (tests/shell.rs): completion scripts parsed by each shell, man pages rendered.
+command -v man >/dev/null 2>&1 || need_apt+=(man-db)
+command -v zsh >/dev/null 2>&1 || need_apt+=(zsh)
+command -v fish >/dev/null 2>&1 || need_apt+=(fish)
 # The replay benchmark (benches/replay.sh) measures peak memory with GNU time and compares with
 # restic.
 [ -x /usr/bin/time ] || need_apt+=(time)

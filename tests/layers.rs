@@ -193,9 +193,7 @@ fn architecture_table() -> BTreeSet<(usize, String)> {
         }
         let (Ok(layer), Some(module)) = (
             cells[1].parse::<usize>(),
-            cells[2]
-                .strip_prefix('`')
-                .and_then(|m| m.strip_suffix('`')),
+            cells[2].strip_prefix('`').and_then(|m| m.strip_suffix('`')),
         ) else {
             continue;
         };
@@ -225,8 +223,8 @@ fn the_architecture_page_shows_the_layers() {
 /// the rule by never being imported.
 #[test]
 fn every_module_has_a_layer() {
-    let lib = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("src/lib.rs"))
-        .unwrap();
+    let lib =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("src/lib.rs")).unwrap();
     let unplaced: Vec<String> = lib
         .lines()
         .filter_map(|l| {

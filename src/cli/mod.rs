@@ -14,7 +14,7 @@ mod target;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 use gitvault::Vault;
 use gitvault::vault::InitOptions;
@@ -91,8 +91,10 @@ enum Command {
     /// Check that every target holds every pack at the right size (one LIST each); --full
     /// downloads and rehashes every replica; --restore-sample N restores N random snapshots and
     /// runs git fsck on them.
+    #[command(alias = "check")]
     Verify(repo::VerifyArgs),
     /// Copy every pack a target lacks (or holds damaged) from a target that has it intact.
+    #[command(alias = "copy")]
     Sync,
     /// Rebuild a vault directory from one target and the key (newest index backup, then pack
     /// footers). --vault names the new directory.
@@ -109,6 +111,18 @@ enum Command {
     /// Plumbing: store and read raw data in the chunk store (scripts and tests).
     #[command(subcommand)]
     Chunk(chunk::ChunkCommand),
+    /// Print a completion script for a shell, e.g. `gitvault completions bash >
+    /// /etc/bash_completion.d/gitvault`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write man pages: one per command into --dir (gitvault.1, gitvault-backup.1, …), or the
+    /// main page on stdout.
+    Man {
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
 }
 
 pub struct Ctx {
@@ -142,7 +156,7 @@ pub fn main() -> i32 {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_target(false)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_ansi(colour_allowed())
         .init();
     let ctx = Ctx {
         args_vault: args.vault.clone(),
@@ -156,6 +170,12 @@ pub fn main() -> i32 {
             EXIT_FAILED
         }
     }
+}
+
+/// Colour only on a terminal, and never when `NO_COLOR` is set to anything (no-color.org).
+fn colour_allowed() -> bool {
+    std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }
 
 fn run(ctx: &Ctx, command: Command) -> Result<i32> {
@@ -219,5 +239,29 @@ fn run(ctx: &Ctx, command: Command) -> Result<i32> {
         Command::Recover(args) => replicas::recover(ctx, args),
         Command::Forget(args) => retention::forget(ctx, args),
         Command::Prune(args) => retention::prune(ctx, args),
+        Command::Completions { shell } => {
+            let mut cmd = Args::command();
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut cmd, "gitvault", &mut script);
+            output::emit(&String::from_utf8_lossy(&script));
+            Ok(EXIT_OK)
+        }
+        Command::Man { dir } => {
+            let cmd = Args::command();
+            match dir {
+                Some(dir) => {
+                    std::fs::create_dir_all(&dir)
+                        .with_context(|| format!("creating {}", dir.display()))?;
+                    clap_mangen::generate_to(cmd, &dir)
+                        .with_context(|| format!("writing man pages to {}", dir.display()))?;
+                }
+                None => {
+                    let mut page = Vec::new();
+                    clap_mangen::Man::new(cmd).render(&mut page)?;
+                    output::emit(&String::from_utf8_lossy(&page));
+                }
+            }
+            Ok(EXIT_OK)
+        }
     }
 }
