@@ -3,6 +3,7 @@
 //! calls and results into text.
 
 mod chunk;
+mod config;
 mod output;
 mod prompt;
 mod replicas;
@@ -111,6 +112,9 @@ enum Command {
     /// Plumbing: store and read raw data in the chunk store (scripts and tests).
     #[command(subcommand)]
     Chunk(chunk::ChunkCommand),
+    /// Check the vault's configuration.
+    #[command(subcommand)]
+    Config(config::ConfigCommand),
     /// Print a completion script for a shell, e.g. `gitvault completions bash >
     /// /etc/bash_completion.d/gitvault`.
     Completions {
@@ -239,6 +243,7 @@ fn run(ctx: &Ctx, command: Command) -> Result<i32> {
         Command::Recover(args) => replicas::recover(ctx, args),
         Command::Forget(args) => retention::forget(ctx, args),
         Command::Prune(args) => retention::prune(ctx, args),
+        Command::Config(cmd) => config::run(ctx, cmd),
         Command::Completions { shell } => {
             let mut cmd = Args::command();
             let mut script = Vec::new();

@@ -20,7 +20,9 @@ pub struct Config {
     pub retention: Option<crate::policy::Policy>,
     #[serde(default, rename = "target")]
     pub targets: Vec<TargetConfig>,
-    #[serde(default, rename = "source")]
+    /// Not written when empty: a `source = []` line would make a hand-added `[[source]]`
+    /// table a duplicate key.
+    #[serde(default, rename = "source", skip_serializing_if = "Vec::is_empty")]
     pub sources: Vec<crate::provider::SourceConfig>,
 }
 
@@ -64,4 +66,92 @@ pub struct PublicParams {
     pub public_key: String,
     pub cdc: CdcParams,
     pub created: String,
+}
+
+/// What `gitvault config check` finds in a `config.toml`.
+#[derive(Debug, Default, Serialize)]
+pub struct ConfigCheck {
+    /// Keys the program does not read, as dotted paths (`source.0.tokn_env`): a typo there is
+    /// otherwise silently ignored, and a misspelt retention rule keeps nothing it was meant to.
+    pub unknown_keys: Vec<String>,
+    /// Settings the program would refuse (the same reasons `backup` or `forget` would give).
+    pub problems: Vec<String>,
+}
+
+impl ConfigCheck {
+    pub fn ok(&self) -> bool {
+        self.unknown_keys.is_empty() && self.problems.is_empty()
+    }
+}
+
+/// `config.toml`'s text as a `Config`, and the dotted paths of the keys it holds that no field
+/// reads.
+pub fn parse(text: &str) -> Result<(Config, Vec<String>), toml::de::Error> {
+    let mut unknown = Vec::new();
+    let de = toml::de::Deserializer::parse(text)?;
+    let config = serde_ignored::deserialize(de, |path| unknown.push(dotted(&path)))?;
+    Ok((config, unknown))
+}
+
+/// `retention.keep_dialy`, where serde_ignored's own display would say `retention.?.keep_dialy`
+/// for the `Option` in between.
+fn dotted(path: &serde_ignored::Path<'_>) -> String {
+    use serde_ignored::Path;
+    let join = |parent: &Path<'_>, part: String| match dotted(parent) {
+        p if p.is_empty() => part,
+        p => format!("{p}.{part}"),
+    };
+    match path {
+        Path::Root => String::new(),
+        Path::Seq { parent, index } => join(parent, index.to_string()),
+        Path::Map { parent, key } => join(parent, key.clone()),
+        Path::Some { parent }
+        | Path::NewtypeStruct { parent }
+        | Path::NewtypeVariant { parent } => dotted(parent),
+    }
+}
+
+/// Reads `text` as a `config.toml` would be read, and names what would be ignored or refused.
+pub fn check_config(text: &str) -> ConfigCheck {
+    let mut check = ConfigCheck::default();
+    let config = match parse(text) {
+        Ok((config, unknown)) => {
+            check.unknown_keys = unknown;
+            config
+        }
+        Err(e) => {
+            check.problems.push(e.to_string().trim_end().to_string());
+            return check;
+        }
+    };
+    if config.format != super::FORMAT_VERSION {
+        check.problems.push(format!(
+            "format {} is not the one this program reads ({})",
+            config.format,
+            super::FORMAT_VERSION
+        ));
+    }
+    let mut names = std::collections::BTreeSet::new();
+    for t in &config.targets {
+        if !names.insert(t.name.as_str()) {
+            check
+                .problems
+                .push(format!("target {}: the name is used twice", t.name));
+        }
+        if let Err(e) = crate::target::open_target(&t.name, &t.url) {
+            check.problems.push(format!("target {}: {e}", t.name));
+        }
+    }
+    let mut names = std::collections::BTreeSet::new();
+    for s in &config.sources {
+        if !names.insert(s.name.as_str()) {
+            check
+                .problems
+                .push(format!("source {}: the name is used twice", s.name));
+        }
+        if let Err(e) = s.validate() {
+            check.problems.push(e.to_string());
+        }
+    }
+    check
 }

@@ -23,7 +23,7 @@ pub mod index_backup;
 mod keys;
 mod lock;
 
-pub use config::{Config, PublicParams, StoreConfig, TargetConfig};
+pub use config::{Config, ConfigCheck, PublicParams, StoreConfig, TargetConfig, check_config};
 pub use lock::{ReadLease, WriteLock};
 
 use crate::crypto::{self, CryptoError, KeyProtection, VaultKeys};
@@ -33,7 +33,7 @@ use crate::store::{CdcParams, ChunkStore, StoreSettings};
 use crate::target::{self, Body, Target, TargetError};
 
 pub const FORMAT_VERSION: u32 = 1;
-const CONFIG_FILE: &str = "config.toml";
+pub const CONFIG_FILE: &str = "config.toml";
 const INDEX_FILE: &str = "index.sqlite";
 const LOCK_FILE: &str = "lock";
 const READERS_FILE: &str = "readers.lock";
@@ -307,10 +307,13 @@ impl Vault {
             }
             Err(e) => return Err(io_err(format!("reading {}", config_path.display()))(e)),
         };
-        let config: Config = toml::from_str(&text).map_err(|e| VaultError::BadConfig {
+        let (config, unknown) = config::parse(&text).map_err(|e| VaultError::BadConfig {
             path: config_path.display().to_string(),
             reason: e.to_string(),
         })?;
+        for key in unknown {
+            tracing::warn!(%key, "config.toml: unknown key ignored (see `gitvault config check`)");
+        }
         if config.format != FORMAT_VERSION {
             return Err(VaultError::UnsupportedFormat {
                 path: dir.display().to_string(),

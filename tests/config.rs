@@ -1,0 +1,134 @@
+//! `gitvault config check` and unknown keys in config.toml (issue 18): a typo in a key is
+//! named, not silently ignored.
+
+mod common;
+
+use common::{TestVault, stderr, stdout};
+
+fn append(tv: &TestVault, text: &str) {
+    let path = tv.dir.join("config.toml");
+    // Vaults made before sources were left out when empty say `source = []`.
+    let mut config = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace("source = []\n", "");
+    config.push_str(text);
+    std::fs::write(path, config).unwrap();
+}
+
+fn check(tv: &TestVault) -> (bool, serde_json::Value) {
+    let out = tv.run(&["--json", "config", "check"]);
+    let json = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {} {}", stdout(&out), stderr(&out)));
+    (out.status.success(), json)
+}
+
+#[test]
+fn a_fresh_vault_checks_clean() {
+    let tv = TestVault::new();
+    let (ok, json) = check(&tv);
+    assert!(ok, "{json}");
+    assert_eq!(json["unknown_keys"], serde_json::json!([]));
+    assert_eq!(json["problems"], serde_json::json!([]));
+}
+
+#[test]
+fn typos_and_unknown_sections_are_named() {
+    let tv = TestVault::new();
+    append(
+        &tv,
+        "\n[retention]\nkeep_dialy = 7\n\n[[source]]\nname = \"gh\"\nprovider = \"github\"\nowner = \"acme\"\ntokn_env = \"GH\"\n\n[notifyy]\nurl = \"x\"\n",
+    );
+    let (ok, json) = check(&tv);
+    assert!(!ok);
+    let keys: Vec<&str> = json["unknown_keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k.as_str().unwrap())
+        .collect();
+    assert!(keys.contains(&"retention.keep_dialy"), "{keys:?}");
+    assert!(keys.contains(&"source.0.tokn_env"), "{keys:?}");
+    assert!(keys.contains(&"notifyy"), "{keys:?}");
+    assert_eq!(keys.len(), 3, "{keys:?}");
+
+    // Commands still run, and say what they ignore.
+    let out = tv.run(&["snapshots"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("retention.keep_dialy"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn refused_settings_are_problems() {
+    let tv = TestVault::new();
+    append(
+        &tv,
+        "\n[[target]]\nname = \"far\"\nurl = \"ftp://example.com/x\"\n\n[[source]]\nname = \"bad name\"\nprovider = \"github\"\nowner = \"acme\"\n",
+    );
+    let (ok, json) = check(&tv);
+    assert!(!ok);
+    let problems = json["problems"].to_string();
+    assert!(
+        problems.contains("far") && problems.contains("ftp"),
+        "{problems}"
+    );
+    assert!(problems.contains("bad name"), "{problems}");
+}
+
+#[test]
+fn a_file_that_is_not_toml_is_a_problem_and_a_missing_one_an_error() {
+    let tv = TestVault::new();
+    let path = tv.tmp.path().join("other.toml");
+    std::fs::write(&path, "format = [unclosed").unwrap();
+    let out = tv.run(&[
+        "--json",
+        "config",
+        "check",
+        "--file",
+        path.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["problems"].as_array().unwrap().len(), 1, "{json}");
+
+    let out = tv.run(&["config", "check", "--file", "/nonexistent/config.toml"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("/nonexistent/config.toml"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+/// docs/CONFIG.md's example holds no key the program would ignore and nothing it would refuse.
+#[test]
+fn the_reference_example_reads_clean() {
+    let doc =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/CONFIG.md")).unwrap();
+    let start = doc.find("```toml\n").expect("a toml block") + "```toml\n".len();
+    let example = &doc[start..start + doc[start..].find("```").unwrap()];
+    let tv = TestVault::new();
+    let path = tv.tmp.path().join("example.toml");
+    std::fs::write(&path, example).unwrap();
+    let out = tv.run(&[
+        "--json",
+        "config",
+        "check",
+        "--file",
+        path.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{} {}", stdout(&out), stderr(&out));
+    // A mistake in the example is caught, so the check above can fail.
+    std::fs::write(&path, example.replace("keep_weekly", "keep_weakly")).unwrap();
+    let out = tv.run(&[
+        "--json",
+        "config",
+        "check",
+        "--file",
+        path.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+}
