@@ -131,24 +131,27 @@ pub fn check_config(text: &str) -> ConfigCheck {
             super::FORMAT_VERSION
         ));
     }
-    let mut names = std::collections::BTreeSet::new();
+    let twice = |kind: &str, names: &mut dyn Iterator<Item = &str>| {
+        let mut seen = std::collections::BTreeSet::new();
+        names
+            .filter(|n| !seen.insert(*n))
+            .map(|n| format!("{kind} {n}: the name is used twice"))
+            .collect::<Vec<_>>()
+    };
+    check.problems.extend(twice(
+        "target",
+        &mut config.targets.iter().map(|t| t.name.as_str()),
+    ));
+    check.problems.extend(twice(
+        "source",
+        &mut config.sources.iter().map(|s| s.name.as_str()),
+    ));
     for t in &config.targets {
-        if !names.insert(t.name.as_str()) {
-            check
-                .problems
-                .push(format!("target {}: the name is used twice", t.name));
-        }
         if let Err(e) = crate::target::open_target(&t.name, &t.url) {
             check.problems.push(format!("target {}: {e}", t.name));
         }
     }
-    let mut names = std::collections::BTreeSet::new();
     for s in &config.sources {
-        if !names.insert(s.name.as_str()) {
-            check
-                .problems
-                .push(format!("source {}: the name is used twice", s.name));
-        }
         if let Err(e) = s.validate() {
             check.problems.push(e.to_string());
         }
