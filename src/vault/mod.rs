@@ -22,6 +22,7 @@ mod config;
 pub mod index_backup;
 mod keys;
 mod lock;
+pub mod target_lock;
 
 pub use config::{Config, ConfigCheck, PublicParams, StoreConfig, TargetConfig, check_config};
 pub use lock::{ReadLease, WriteLock};
@@ -107,6 +108,8 @@ pub enum VaultError {
     Target(#[from] TargetError),
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
+    #[error(transparent)]
+    TargetLock(#[from] target_lock::TargetLockError),
 }
 
 fn io_err(context: impl Into<String>) -> impl FnOnce(io::Error) -> VaultError {

@@ -1,0 +1,241 @@
+//! Locks on the targets (issue 17): hosts sharing a target see each other's locks. Shared
+//! locks coexist, the exclusive one is alone, a holder's lock stays alive while it refreshes
+//! it and dies with it, and a hostile target cannot block a vault with planted locks.
+//! Each case runs on file:// and, where the target's own semantics matter, on moto (S3).
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use common::s3_server::S3Server;
+use common::{TestVault, ok};
+use gitvault::Vault;
+use gitvault::target::Body;
+use gitvault::vault::target_lock::{LOCKS_PREFIX, LockKind, LockState, LockTiming};
+
+fn timing(ttl_ms: u64, wait_ms: u64) -> LockTiming {
+    LockTiming {
+        ttl: Duration::from_millis(ttl_ms),
+        refresh: Duration::from_millis(ttl_ms / 6),
+        wait: Duration::from_millis(wait_ms),
+    }
+}
+
+/// Long enough never to expire during a test, no waiting on conflicts.
+fn quick() -> LockTiming {
+    timing(600_000, 0)
+}
+
+/// A vault whose only lock-bearing targets are its local one and, with `s3`, a moto bucket.
+fn vault(s3: bool) -> (TestVault, Option<S3Server>) {
+    let tv = TestVault::new();
+    let server = s3.then(|| {
+        let server = S3Server::moto();
+        server.create_bucket("locks");
+        server.set_env();
+        ok(&tv.run(&["target", "add", "shared", &server.url("locks", "vault")]));
+        server
+    });
+    (tv, server)
+}
+
+fn lock_objects(vault: &Vault) -> usize {
+    vault
+        .targets()
+        .iter()
+        .map(|t| t.list(LOCKS_PREFIX).unwrap().len())
+        .sum()
+}
+
+fn shared_and_exclusive(s3: bool) {
+    let (tv, _server) = vault(s3);
+    let vault = tv.open();
+    let keys = tv.keys(&vault);
+    let a = vault
+        .lock_targets(&keys, LockKind::Shared, "backup", quick())
+        .unwrap();
+    let b = vault
+        .lock_targets(&keys, LockKind::Shared, "backup", quick())
+        .unwrap();
+    assert_eq!(lock_objects(&vault), 2 * vault.targets().len());
+    let refused = vault
+        .lock_targets(&keys, LockKind::Exclusive, "prune", timing(600_000, 500))
+        .err()
+        .expect("an exclusive lock while shared ones are held");
+    assert!(refused.to_string().contains("backup"), "{refused}");
+    // The refused taker left nothing behind.
+    assert_eq!(lock_objects(&vault), 2 * vault.targets().len());
+    drop(a);
+    drop(b);
+    assert_eq!(lock_objects(&vault), 0, "dropped locks are removed");
+    let x = vault
+        .lock_targets(&keys, LockKind::Exclusive, "prune", quick())
+        .unwrap();
+    let refused = vault
+        .lock_targets(&keys, LockKind::Shared, "backup", quick())
+        .err()
+        .expect("a shared lock while the exclusive one is held");
+    assert!(refused.to_string().contains("prune"), "{refused}");
+    assert!(
+        vault
+            .lock_targets(&keys, LockKind::Exclusive, "prune", quick())
+            .is_err()
+    );
+    drop(x);
+    assert_eq!(lock_objects(&vault), 0);
+}
+
+#[test]
+fn shared_locks_coexist_and_the_exclusive_one_is_alone_file() {
+    shared_and_exclusive(false);
+}
+
+#[test]
+fn shared_locks_coexist_and_the_exclusive_one_is_alone_s3() {
+    shared_and_exclusive(true);
+}
+
+/// Threads racing for the exclusive lock (each writes, then lists): never two holders at once.
+fn exclusive_race(s3: bool) {
+    let (tv, _server) = vault(s3);
+    let holders = Arc::new(AtomicUsize::new(0));
+    let taken = Arc::new(AtomicUsize::new(0));
+    std::thread::scope(|scope| {
+        for _ in 0..3 {
+            let (tv, holders, taken) = (&tv, holders.clone(), taken.clone());
+            scope.spawn(move || {
+                let vault = tv.open();
+                let keys = tv.keys(&vault);
+                for _ in 0..3 {
+                    let lock = vault
+                        .lock_targets(&keys, LockKind::Exclusive, "prune", timing(600_000, 60_000))
+                        .unwrap();
+                    assert_eq!(
+                        holders.fetch_add(1, Ordering::SeqCst),
+                        0,
+                        "two exclusive holders"
+                    );
+                    std::thread::sleep(Duration::from_millis(50));
+                    holders.fetch_sub(1, Ordering::SeqCst);
+                    taken.fetch_add(1, Ordering::SeqCst);
+                    drop(lock);
+                }
+            });
+        }
+    });
+    assert_eq!(taken.load(Ordering::SeqCst), 9);
+    assert_eq!(lock_objects(&tv.open()), 0);
+}
+
+#[test]
+fn racing_exclusive_takers_never_overlap_file() {
+    exclusive_race(false);
+}
+
+#[test]
+fn racing_exclusive_takers_never_overlap_s3() {
+    exclusive_race(true);
+}
+
+/// A refreshed lock outlives its ttl; a copy of it that nobody refreshes (a replay, or the
+/// lock of a killed holder) stops counting at its expiry and is removed by the next taker.
+#[test]
+fn refreshed_locks_live_and_abandoned_ones_expire() {
+    let (tv, _server) = vault(false);
+    let vault = tv.open();
+    let keys = tv.keys(&vault);
+    let target = &vault.targets()[0];
+    let held = vault
+        .lock_targets(&keys, LockKind::Exclusive, "prune", timing(2_000, 0))
+        .unwrap();
+    let first = held.objects();
+    std::thread::sleep(Duration::from_millis(3_500));
+    assert_ne!(held.objects(), first, "the refresher wrote new objects");
+    assert!(held.lost().is_none());
+    assert!(
+        vault
+            .lock_targets(&keys, LockKind::Shared, "backup", quick())
+            .is_err(),
+        "a refreshed lock still counts past its first expiry"
+    );
+    // Keep a copy of the live object, release, and put the copy back: a lock no one refreshes.
+    let (_, key) = held.objects()[0].clone();
+    let bytes = target.get(&key).unwrap();
+    drop(held);
+    target.put_if_absent(&key, Body::Bytes(&bytes)).unwrap();
+    let started = Instant::now();
+    let lock = vault
+        .lock_targets(&keys, LockKind::Shared, "backup", timing(600_000, 10_000))
+        .unwrap();
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert!(
+        target.get(&key).is_err(),
+        "the expired lock was removed by the taker that met it"
+    );
+    drop(lock);
+}
+
+/// Objects under locks/ that are not authentic locks of this vault (garbage, a forged MAC, an
+/// oversized object, another vault's genuine lock) block nothing and are left for the operator.
+fn planted_locks_do_not_block(s3: bool) {
+    let (tv, _server) = vault(s3);
+    let vault = tv.open();
+    let keys = tv.keys(&vault);
+    let target = vault.targets().last().unwrap();
+
+    let other = TestVault::new();
+    let other_vault = other.open();
+    let other_keys = other.keys(&other_vault);
+    let foreign = other_vault
+        .lock_targets(&other_keys, LockKind::Exclusive, "prune", quick())
+        .unwrap();
+    let (_, foreign_key) = foreign.objects()[0].clone();
+    let foreign_bytes = other_vault.targets()[0].get(&foreign_key).unwrap();
+
+    // A genuine lock of ours with its text changed (the MAC no longer matches).
+    let genuine = vault
+        .lock_targets(&keys, LockKind::Shared, "backup", quick())
+        .unwrap();
+    let (_, genuine_key) = genuine.objects().last().unwrap().clone();
+    let forged = String::from_utf8(target.get(&genuine_key).unwrap())
+        .unwrap()
+        .replace("shared", "exclusive");
+    drop(genuine);
+
+    let planted: Vec<(&str, Vec<u8>)> = vec![
+        ("locks/000000000001-garbage", b"not json at all".to_vec()),
+        ("locks/000000000002-forged", forged.into_bytes()),
+        ("locks/000000000003-huge", vec![b'{'; 1 << 20]),
+        ("locks/000000000004-foreign", foreign_bytes),
+        ("locks/000000000005-empty", Vec::new()),
+    ];
+    for (key, bytes) in &planted {
+        target.put(key, Body::Bytes(bytes)).unwrap();
+    }
+    let lock = vault
+        .lock_targets(&keys, LockKind::Exclusive, "prune", quick())
+        .expect("planted locks must not block");
+    drop(lock);
+    let found = vault.target_locks(&keys).unwrap();
+    assert_eq!(found.len(), planted.len(), "{found:?}");
+    assert!(
+        found.iter().all(|f| f.state == LockState::NotOurs),
+        "{found:?}"
+    );
+    let removed = vault.unlock_targets(&keys, true).unwrap();
+    assert!(removed.is_empty(), "unlock removes only this vault's locks");
+    assert_eq!(target.list(LOCKS_PREFIX).unwrap().len(), planted.len());
+    drop(foreign);
+}
+
+#[test]
+fn planted_locks_do_not_block_file() {
+    planted_locks_do_not_block(false);
+}
+
+#[test]
+fn planted_locks_do_not_block_s3() {
+    planted_locks_do_not_block(true);
+}
