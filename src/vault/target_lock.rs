@@ -98,16 +98,13 @@ struct LockObject {
 #[derive(Debug, thiserror::Error)]
 pub enum TargetLockError {
     #[error(
-        "target {target} is locked {kind} by {purpose} on host {host} (pid {pid}) until {until} at the latest unless refreshed; \
-         wait for it, or run `gitvault unlock` if that process is gone"
+        "target {target} is locked ({:?}) by {} on host {} (pid {}) until {} unless refreshed; \
+         wait for it, or run `gitvault unlock` if that process is gone",
+        holder.kind, holder.purpose, holder.host, holder.pid, rfc3339(holder.expires)
     )]
     Held {
         target: String,
-        kind: String,
-        purpose: String,
-        host: String,
-        pid: u32,
-        until: String,
+        holder: Box<LockInfo>,
     },
     #[error("the lock on target {target} could not be written: {source}")]
     Write {
@@ -144,6 +141,12 @@ pub enum LockState {
     ProcessGone,
     /// Not an authentic lock of this vault.
     NotOurs,
+}
+
+fn rfc3339(secs: u64) -> String {
+    chrono::DateTime::from_timestamp(secs as i64, 0)
+        .map(|t| t.to_rfc3339())
+        .unwrap_or_else(|| secs.to_string())
 }
 
 fn now_secs() -> u64 {
@@ -307,12 +310,8 @@ struct Refresher {
 impl Refresher {
     fn run(mut self, stop: mpsc::Receiver<()>) {
         let mut last_ok = std::time::Instant::now();
-        loop {
-            match stop.recv_timeout(self.timing.refresh) {
-                Err(RecvTimeoutError::Timeout) => {}
-                // Told to stop, or the holder is gone.
-                _ => break,
-            }
+        // Anything but a timeout means the holder let go (or is gone).
+        while let Err(RecvTimeoutError::Timeout) = stop.recv_timeout(self.timing.refresh) {
             match self.refresh() {
                 Ok(()) => last_ok = std::time::Instant::now(),
                 Err(e) => {
@@ -451,13 +450,7 @@ impl Vault {
                 give_back(&held);
                 return Ok(Err(TargetLockError::Held {
                     target: target.name().to_string(),
-                    kind: format!("{:?}", other.kind).to_lowercase(),
-                    purpose: other.purpose.clone(),
-                    host: other.host.clone(),
-                    pid: other.pid,
-                    until: chrono::DateTime::from_timestamp(other.expires as i64, 0)
-                        .map(|t| t.to_rfc3339())
-                        .unwrap_or_default(),
+                    holder: Box::new(other.clone()),
                 }));
             }
         }
