@@ -239,3 +239,71 @@ fn planted_locks_do_not_block_file() {
 fn planted_locks_do_not_block_s3() {
     planted_locks_do_not_block(true);
 }
+
+fn unlock_list(tv: &TestVault) -> Vec<serde_json::Value> {
+    let out = tv.run(&["--json", "unlock", "--list"]);
+    ok(&out);
+    serde_json::from_slice::<Vec<serde_json::Value>>(&out.stdout).unwrap()
+}
+
+/// A writer SIGKILLed while it holds its shared lock: the lock says whose it was, blocks no one
+/// (its process is gone from this host), and `gitvault unlock` removes it.
+#[test]
+fn a_killed_holders_lock_is_seen_as_gone_and_unlocked() {
+    use std::io::{BufRead, BufReader};
+    let (tv, _server) = vault(false);
+    let input = tv.tmp.path().join("input");
+    std::fs::write(&input, common::noise(3, 3 << 20)).unwrap();
+    let mut child = tv
+        .command(&["chunk", "put", input.to_str().unwrap()])
+        .env("GITVAULT_TEST_HOOK_STALL", "pack-written")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    while let Some(Ok(line)) = lines.next() {
+        if line.contains("gitvault-test-hook: pack-written") {
+            break;
+        }
+    }
+    let locks = unlock_list(&tv);
+    assert_eq!(locks.len(), 1, "{locks:?}");
+    assert_eq!(locks[0]["state"], "live");
+    assert_eq!(locks[0]["info"]["pid"], child.id());
+    assert_eq!(locks[0]["info"]["kind"], "shared");
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    let locks = unlock_list(&tv);
+    assert_eq!(locks[0]["state"], "process-gone", "{locks:?}");
+    // It blocks nobody, not even the exclusive lock.
+    let vault = tv.open();
+    let keys = tv.keys(&vault);
+    drop(
+        vault
+            .lock_targets(&keys, LockKind::Exclusive, "prune", quick())
+            .unwrap(),
+    );
+    let out = tv.run(&["--json", "unlock"]);
+    ok(&out);
+    let removed: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(removed.len(), 1);
+    assert!(unlock_list(&tv).is_empty());
+}
+
+/// `unlock` leaves a live holder's lock; `--remove-all` takes it too.
+#[test]
+fn unlock_leaves_live_locks_unless_told() {
+    let (tv, _server) = vault(false);
+    let vault = tv.open();
+    let keys = tv.keys(&vault);
+    let held = vault
+        .lock_targets(&keys, LockKind::Exclusive, "prune", quick())
+        .unwrap();
+    ok(&tv.run(&["unlock"]));
+    assert_eq!(unlock_list(&tv).len(), 1);
+    ok(&tv.run(&["unlock", "--remove-all"]));
+    assert!(unlock_list(&tv).is_empty());
+    drop(held);
+}

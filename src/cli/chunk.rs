@@ -6,6 +6,7 @@ use anyhow::{Context, Result};
 use clap::Subcommand;
 use serde::Serialize;
 
+use gitvault::vault::target_lock::{LockKind, LockTiming};
 use gitvault::{ChunkId, ChunkKind};
 
 use super::{Ctx, EXIT_OK};
@@ -41,6 +42,12 @@ pub fn run(ctx: &Ctx, cmd: ChunkCommand) -> Result<i32> {
     match cmd {
         ChunkCommand::Put { paths } => {
             let lock = vault.lock()?;
+            let _shared = vault.lock_targets(
+                &keys,
+                LockKind::Shared,
+                "chunk put",
+                LockTiming::from_environment(),
+            )?;
             let mut store = vault.store(&keys, &lock);
             let mut stored = Vec::new();
             for path in &paths {

@@ -4,6 +4,7 @@
 
 mod chunk;
 mod config;
+mod locks;
 mod output;
 mod prompt;
 mod replicas;
@@ -112,6 +113,9 @@ enum Command {
     /// Plumbing: store and read raw data in the chunk store (scripts and tests).
     #[command(subcommand)]
     Chunk(chunk::ChunkCommand),
+    /// Remove stale locks from the targets (expired, or left by a process gone from this host);
+    /// --list shows every lock, --remove-all removes live ones too.
+    Unlock(locks::UnlockArgs),
     /// Check the vault's configuration.
     #[command(subcommand)]
     Config(config::ConfigCommand),
@@ -244,6 +248,7 @@ fn run(ctx: &Ctx, command: Command) -> Result<i32> {
         Command::Forget(args) => retention::forget(ctx, args),
         Command::Prune(args) => retention::prune(ctx, args),
         Command::Config(cmd) => config::run(ctx, cmd),
+        Command::Unlock(args) => locks::unlock(ctx, args),
         Command::Completions { shell } => {
             let mut cmd = Args::command();
             let mut script = Vec::new();
