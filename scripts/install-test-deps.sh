@@ -15,6 +15,8 @@ command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
 command -v man >/dev/null 2>&1 || need_apt+=(man-db)
 command -v zsh >/dev/null 2>&1 || need_apt+=(zsh)
 command -v fish >/dev/null 2>&1 || need_apt+=(fish)
+# docs/deploy/ units are checked with systemd-analyze (tests/deploy.rs).
+command -v systemd-analyze >/dev/null 2>&1 || need_apt+=(systemd)
 # The replay benchmark (benches/replay.sh) measures peak memory with GNU time and compares with
 # restic.
 [ -x /usr/bin/time ] || need_apt+=(time)
