@@ -11,7 +11,7 @@ use crate::store::{ChunkKind, ChunkStore};
 use crate::vault::{Vault, WriteLock};
 
 use super::mark::{Live, WALKED};
-use super::regroup::Copy;
+use super::regroup::Compacted;
 use super::{PruneError, PruneReport, Start, sorted};
 
 /// Marks the snapshots recorded since the start (by backups that ran during phases 1 and 2).
@@ -163,7 +163,7 @@ fn is_dead(start: &Start, live: &Live, c: &ChunkRow) -> bool {
 }
 
 /// Whether a chunk was copied by compaction. The copies' footers must be sorted by id.
-fn was_copied(copies: &[Copy], id: &ChunkId) -> bool {
+fn was_copied(copies: &[Compacted], id: &ChunkId) -> bool {
     copies
         .iter()
         .any(|(p, _)| p.footer.entries.binary_search_by_key(id, |e| e.id).is_ok())
@@ -176,7 +176,7 @@ pub(super) fn condemn(
     start: &Start,
     live: &Live,
     candidates: impl Iterator<Item = i64>,
-    copies: &mut [Copy],
+    copies: &mut [Compacted],
     report: &mut PruneReport,
 ) -> Result<Vec<String>, PruneError> {
     // The copies' footers, sorted by id, answer "was it copied" without a second set of ids
@@ -209,7 +209,7 @@ pub(super) fn apply(
     start: &Start,
     live: &Live,
     condemned: &[String],
-    copies: &[Copy],
+    copies: &[Compacted],
     report: &mut PruneReport,
 ) -> Result<(), PruneError> {
     let judged_packs = sorted(start.judged.iter().copied());

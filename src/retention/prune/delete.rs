@@ -8,7 +8,7 @@ use std::time::Duration;
 use crate::store::pack_key;
 use crate::vault::Vault;
 
-use super::regroup::Copy;
+use super::regroup::Compacted;
 use super::{PruneError, PruneReport, Start};
 
 /// Deletes what was condemned long enough ago (this run's too when the grace is zero), and
@@ -16,7 +16,7 @@ use super::{PruneError, PruneReport, Start};
 pub(super) fn delete_condemned(
     vault: &Vault,
     start: &Start,
-    copies: &[Copy],
+    copies: &[Compacted],
     grace: Duration,
     report: &mut PruneReport,
 ) -> Result<(), PruneError> {

@@ -14,7 +14,7 @@ use super::PruneError;
 use super::mark::{Live, prefix};
 
 /// A pack written by compaction, with the targets that hold it.
-pub(super) type Copy = (FinishedPack, Vec<String>);
+pub(super) type Compacted = (FinishedPack, Vec<String>);
 
 /// Compacts `rewrite` (nothing to do when empty), then forgets the grouping keys: the rest of
 /// the run needs only liveness.
@@ -24,7 +24,7 @@ pub(super) fn compact(
     reader: &ChunkStore<'_>,
     live: &mut Live,
     rewrite: &[i64],
-) -> Result<Vec<Copy>, PruneError> {
+) -> Result<Vec<Compacted>, PruneError> {
     let copies = if rewrite.is_empty() {
         Vec::new()
     } else {
@@ -53,7 +53,7 @@ fn regroup(
     reader: &ChunkStore<'_>,
     live: &Live,
     packs: &[i64],
-) -> Result<Vec<Copy>, PruneError> {
+) -> Result<Vec<Compacted>, PruneError> {
     use std::os::unix::fs::FileExt;
     let dir = vault.tmp_dir();
     std::fs::create_dir_all(&dir).map_err(PruneError::Spill)?;
