@@ -24,6 +24,7 @@ pub mod stats;
 pub mod store;
 pub mod target;
 pub mod vault;
+pub mod verify;
 
 pub use crypto::{ChunkId, Unlock};
 pub use store::{ChunkKind, ChunkStore};

@@ -4,7 +4,7 @@
 //! and every snapshot manifest found there becomes a snapshot again (invariant 1: the packs are
 //! the truth).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
 use serde::Serialize;
@@ -13,7 +13,7 @@ use crate::crypto::{ChunkId, CryptoError, Unlock, VaultKeys};
 use crate::index::NewSnapshot;
 use crate::snapshot::{self, Manifest};
 use crate::store::pack::{FinishedPack, PackError, Provenance, read_footer, verify_pack};
-use crate::store::{ChunkKind, pack_key, pack_name_from_key};
+use crate::store::{ChunkKind, ChunkStore, pack_key, pack_name_from_key};
 use crate::target::{self, Target};
 use crate::vault::{PUBLIC_FILE, PublicParams, Vault, VaultError};
 
@@ -76,26 +76,7 @@ pub fn recover(
     unlock: &Unlock,
 ) -> Result<RecoverReport, VaultError> {
     let source = target::open_target(options.target_name, options.url)?;
-    match source.head(PUBLIC_FILE) {
-        Ok(Some(size)) if size > crate::vault::MAX_SMALL_FILE => {
-            return Err(bad_target(
-                options.url,
-                format!("its {PUBLIC_FILE} is {size} bytes: not a gitvault vault"),
-            ));
-        }
-        _ => {}
-    }
-    let params: PublicParams = match source.get(PUBLIC_FILE) {
-        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
-            bad_target(options.url, format!("its {PUBLIC_FILE} is unreadable: {e}"))
-        })?,
-        Err(e) => {
-            return Err(bad_target(
-                options.url,
-                format!("no gitvault vault there ({e})"),
-            ));
-        }
-    };
+    let params = read_public_params(source.as_ref(), options.url)?;
     let (keys, key_files) = unlock_from_target(source.as_ref(), &params, unlock)?;
     let fingerprint = keys.fingerprint(&params.vault_id);
     if let Some(expected) = options.expect_vault
@@ -140,34 +121,7 @@ pub fn recover(
         snapshots_total: 0,
     };
     let manifests = rebuild_from_footers(&vault, target.as_ref(), &keys, &mut report)?;
-    // The newest prune record says which manifests were forgotten (their packs may still hold
-    // them) and maps the live objects whose adding snapshots are gone.
-    let record = {
-        let store = vault.reader(&keys);
-        snapshot::newest_prune_record(vault.index(), &store)
-            .map(|found| found.map(|(_, record)| record))
-            .map_err(|e| bad_target(options.url, e.to_string()))?
-    };
-    let forgotten: std::collections::HashSet<ChunkId> = record
-        .as_ref()
-        .map(|r| r.forgotten.iter().filter_map(|m| m.parse().ok()).collect())
-        .unwrap_or_default();
-    if !forgotten.is_empty() {
-        let forgotten: Vec<ChunkId> = forgotten.iter().copied().collect();
-        vault.index().delete_snapshots(&forgotten)?;
-    }
-    if let Some(map) = record.as_ref().and_then(|r| r.orphan_objects.as_ref()) {
-        let store = vault.reader(&keys);
-        let entries = map
-            .parse::<ChunkId>()
-            .map_err(|e| e.to_string())
-            .and_then(|id| store.get(&id).map_err(|e| e.to_string()))
-            .and_then(|b| snapshot::decode_object_map(&b).map_err(|e| e.to_string()));
-        match entries {
-            Ok(entries) => vault.index().add_git_objects(&entries)?,
-            Err(e) => tracing::warn!(error = %e, "the prune record's object map is unreadable"),
-        }
-    }
+    let forgotten = apply_prune_record(&vault, &keys, options.url)?;
     // One manifest can sit in several packs (a compaction copy beside its condemned original,
     // a crash between uploads, a replay): one snapshot each.
     let mut manifests: Vec<ChunkId> = manifests
@@ -179,6 +133,58 @@ pub fn recover(
     report.snapshots_recovered = recover_snapshots(&vault, &keys, manifests)?;
     report.snapshots_total = vault.index().snapshots(None, None, None)?.len() as u64;
     Ok(report)
+}
+
+/// The target's `gitvault.json`: what makes it a vault, and which one.
+fn read_public_params(source: &dyn Target, url: &str) -> Result<PublicParams, VaultError> {
+    match source.head(PUBLIC_FILE) {
+        Ok(Some(size)) if size > crate::vault::MAX_SMALL_FILE => {
+            return Err(bad_target(
+                url,
+                format!("its {PUBLIC_FILE} is {size} bytes: not a gitvault vault"),
+            ));
+        }
+        _ => {}
+    }
+    match source.get(PUBLIC_FILE) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map_err(|e| bad_target(url, format!("its {PUBLIC_FILE} is unreadable: {e}"))),
+        Err(e) => Err(bad_target(url, format!("no gitvault vault there ({e})"))),
+    }
+}
+
+/// The newest prune record says which manifests were forgotten (their packs may still hold
+/// them: their snapshots are deleted again) and maps the live objects whose adding snapshots
+/// are gone (recorded). Returns the forgotten manifests.
+fn apply_prune_record(
+    vault: &Vault,
+    keys: &VaultKeys,
+    url: &str,
+) -> Result<HashSet<ChunkId>, VaultError> {
+    let store = vault.reader(keys);
+    let record = snapshot::newest_prune_record(vault.index(), &store)
+        .map(|found| found.map(|(_, record)| record))
+        .map_err(|e| bad_target(url, e.to_string()))?;
+    let forgotten: HashSet<ChunkId> = record
+        .as_ref()
+        .map(|r| r.forgotten.iter().filter_map(|m| m.parse().ok()).collect())
+        .unwrap_or_default();
+    if !forgotten.is_empty() {
+        let forgotten: Vec<ChunkId> = forgotten.iter().copied().collect();
+        vault.index().delete_snapshots(&forgotten)?;
+    }
+    if let Some(map) = record.as_ref().and_then(|r| r.orphan_objects.as_ref()) {
+        let entries = map
+            .parse::<ChunkId>()
+            .map_err(|e| e.to_string())
+            .and_then(|id| store.get(&id).map_err(|e| e.to_string()))
+            .and_then(|b| snapshot::decode_object_map(&b).map_err(|e| e.to_string()));
+        match entries {
+            Ok(entries) => vault.index().add_git_objects(&entries)?,
+            Err(e) => tracing::warn!(error = %e, "the prune record's object map is unreadable"),
+        }
+    }
+    Ok(forgotten)
 }
 
 /// A key file's name on the target and its bytes.
@@ -280,6 +286,71 @@ fn import_index_backup(
     None
 }
 
+/// Packs that share a footer. Two packs with one footer are a pack and a replay of it
+/// (another file made from its bytes): recording the replay's chunks could make prune think
+/// the genuine pack redundant. Both are then read whole, and only packs whose every byte
+/// checks are kept. Footers are recorded as they are read (a vault's footers together can be
+/// gigabytes); a rejected first pack is taken out again.
+struct Replays<'a> {
+    target: &'a dyn Target,
+    keys: &'a VaultKeys,
+    /// Footer digest → the pack recorded with it.
+    seen: HashMap<[u8; 32], String>,
+    /// Packs read whole, and whether they checked.
+    checked: HashMap<String, bool>,
+}
+
+impl Replays<'_> {
+    fn check_whole(&mut self, name: &str) -> bool {
+        if let Some(ok) = self.checked.get(name) {
+            return *ok;
+        }
+        let result = self
+            .target
+            .get(&pack_key(name))
+            .map_err(|e| e.to_string())
+            .and_then(|bytes| {
+                verify_pack(self.keys.identity(), self.keys.id_key(), name, &bytes)
+                    .map_err(|e| e.to_string())
+            });
+        if let Err(reason) = &result {
+            tracing::warn!(pack = %name, %reason, "a pack sharing its footer with another does not check: ignored");
+        }
+        self.checked.insert(name.to_string(), result.is_ok());
+        result.is_ok()
+    }
+
+    /// Whether pack `name`, sealed with `seal`, may be recorded. A first pack with the same
+    /// footer that does not check is taken out of the index again.
+    fn admit(
+        &mut self,
+        index: &crate::index::Index,
+        name: &str,
+        seal: &crate::store::pack::FooterSeal,
+        report: &mut RecoverReport,
+    ) -> Result<bool, VaultError> {
+        if let Some(first) = self.seen.get(&seal.digest()).cloned() {
+            tracing::warn!(pack = %name, other = %first, "two packs carry one footer; both are checked in full");
+            if !self.check_whole(&first) {
+                index.unrecord_pack(&first)?;
+                if !seal.is_authenticated() {
+                    report.packs_legacy = report.packs_legacy.saturating_sub(1);
+                }
+                report.packs_forged.push(first);
+                self.seen.remove(&seal.digest());
+            }
+            if !self.check_whole(name) {
+                report.packs_forged.push(name.to_string());
+                return Ok(false);
+            }
+        }
+        self.seen
+            .entry(seal.digest())
+            .or_insert_with(|| name.to_string());
+        Ok(true)
+    }
+}
+
 /// Records presence of every listed pack; reads the footer of each pack the index lacks.
 /// Returns the manifest chunks found in those footers.
 fn rebuild_from_footers(
@@ -292,28 +363,11 @@ fn rebuild_from_footers(
     index.clear_presence()?;
     let auth = keys.auth_key();
     let mut manifests = Vec::new();
-    // Footer digest → the pack recorded with it. Two packs with one footer are a pack and a
-    // replay of it (another file made from its bytes): recording the replay's chunks could make
-    // prune think the genuine pack redundant. Both are then read whole, and only packs whose
-    // every byte checks are kept. Footers are recorded as they are read (a vault's footers
-    // together can be gigabytes); a rejected first pack is taken out again.
-    let mut seen: HashMap<[u8; 32], String> = HashMap::new();
-    let mut checked: HashMap<String, bool> = HashMap::new();
-    let mut check_whole = |name: &str| -> bool {
-        if let Some(ok) = checked.get(name) {
-            return *ok;
-        }
-        let result = target
-            .get(&pack_key(name))
-            .map_err(|e| e.to_string())
-            .and_then(|bytes| {
-                verify_pack(keys.identity(), keys.id_key(), name, &bytes).map_err(|e| e.to_string())
-            });
-        if let Err(reason) = &result {
-            tracing::warn!(pack = %name, %reason, "a pack sharing its footer with another does not check: ignored");
-        }
-        checked.insert(name.to_string(), result.is_ok());
-        result.is_ok()
+    let mut replays = Replays {
+        target,
+        keys,
+        seen: HashMap::new(),
+        checked: HashMap::new(),
     };
     for listed in target.list("packs/")? {
         let Some(name) = pack_name_from_key(&listed.key) else {
@@ -341,23 +395,9 @@ fn rebuild_from_footers(
                 continue;
             }
         };
-        if let Some(first) = seen.get(&seal.digest()).cloned() {
-            tracing::warn!(pack = %name, other = %first, "two packs carry one footer; both are checked in full");
-            if !check_whole(&first) {
-                index.unrecord_pack(&first)?;
-                if !seal.is_authenticated() {
-                    report.packs_legacy = report.packs_legacy.saturating_sub(1);
-                }
-                report.packs_forged.push(first);
-                seen.remove(&seal.digest());
-            }
-            if !check_whole(name) {
-                report.packs_forged.push(name.to_string());
-                continue;
-            }
+        if !replays.admit(index, name, &seal, report)? {
+            continue;
         }
-        seen.entry(seal.digest())
-            .or_insert_with(|| name.to_string());
         let provenance = if seal.is_authenticated() {
             Provenance::Authenticated
         } else {
@@ -392,6 +432,22 @@ fn recover_snapshots(
     manifests: Vec<ChunkId>,
 ) -> Result<u64, VaultError> {
     let store = vault.reader(keys);
+    let found = readable_manifests(vault, &store, manifests)?;
+    let mut recovered = 0;
+    for (id, manifest) in found {
+        record_snapshot(vault, &store, id, &manifest)?;
+        recovered += 1;
+    }
+    Ok(recovered)
+}
+
+/// The manifests not yet recorded that can be read and are not dated in the future, oldest
+/// first.
+fn readable_manifests(
+    vault: &Vault,
+    store: &ChunkStore<'_>,
+    manifests: Vec<ChunkId>,
+) -> Result<Vec<(ChunkId, Manifest)>, VaultError> {
     let mut found = Vec::new();
     for id in manifests {
         if vault.index().has_snapshot(&id)? {
@@ -417,54 +473,60 @@ fn recover_snapshots(
         ok
     });
     found.sort_by_key(|(_, m)| m.time);
-    let mut recovered = 0;
-    for (id, manifest) in found {
-        let mut objects = Vec::new();
-        for map in &manifest.object_maps {
-            let Ok(map_id) = map.parse::<ChunkId>() else {
-                continue;
-            };
-            match store
-                .get(&map_id)
-                .map_err(|e| e.to_string())
-                .and_then(|b| snapshot::decode_object_map(&b).map_err(|e| e.to_string()))
-            {
-                Ok(entries) => objects.extend(entries),
-                Err(e) => tracing::warn!(manifest = %id, error = %e, "object map unreadable"),
-            }
+    Ok(found)
+}
+
+/// One snapshot row for `manifest`, with the objects of its readable object maps and the LFS
+/// objects whose bytes came back with the packs.
+fn record_snapshot(
+    vault: &Vault,
+    store: &ChunkStore<'_>,
+    id: ChunkId,
+    manifest: &Manifest,
+) -> Result<(), VaultError> {
+    let mut objects = Vec::new();
+    for map in &manifest.object_maps {
+        let Ok(map_id) = map.parse::<ChunkId>() else {
+            continue;
+        };
+        match store
+            .get(&map_id)
+            .map_err(|e| e.to_string())
+            .and_then(|b| snapshot::decode_object_map(&b).map_err(|e| e.to_string()))
+        {
+            Ok(entries) => objects.extend(entries),
+            Err(e) => tracing::warn!(manifest = %id, error = %e, "object map unreadable"),
         }
-        let refset = manifest
-            .refset_id()
-            .map_err(|e| bad_target("manifest", e.to_string()))?;
-        let lfs = manifest
-            .lfs
-            .as_ref()
-            .and_then(|m| m.parse::<ChunkId>().ok())
-            .and_then(|id| store.get(&id).ok())
-            .and_then(|b| crate::lfs::decode_map(&b).ok())
-            .unwrap_or_default();
-        // Only objects whose bytes came back with the packs.
-        let mut lfs_present = Vec::with_capacity(lfs.len());
-        for e in lfs {
-            if vault.index().has_chunk(&e.chunk)? {
-                lfs_present.push(e);
-            }
-        }
-        vault.index().insert_snapshot(&NewSnapshot {
-            repo: &manifest.repo,
-            time: manifest.time,
-            manifest: id,
-            refset,
-            head: manifest.head.as_ref().map(|h| match h {
-                snapshot::Head::Symbolic(t) => t.clone(),
-                snapshot::Head::Detached(o) => o.clone(),
-            }),
-            ref_count: manifest.ref_count as u64,
-            source: &manifest.source,
-            new_objects: &objects,
-            new_lfs: &lfs_present,
-        })?;
-        recovered += 1;
     }
-    Ok(recovered)
+    let refset = manifest
+        .refset_id()
+        .map_err(|e| bad_target("manifest", e.to_string()))?;
+    let lfs = manifest
+        .lfs
+        .as_ref()
+        .and_then(|m| m.parse::<ChunkId>().ok())
+        .and_then(|id| store.get(&id).ok())
+        .and_then(|b| crate::lfs::decode_map(&b).ok())
+        .unwrap_or_default();
+    let mut lfs_present = Vec::with_capacity(lfs.len());
+    for e in lfs {
+        if vault.index().has_chunk(&e.chunk)? {
+            lfs_present.push(e);
+        }
+    }
+    vault.index().insert_snapshot(&NewSnapshot {
+        repo: &manifest.repo,
+        time: manifest.time,
+        manifest: id,
+        refset,
+        head: manifest.head.as_ref().map(|h| match h {
+            snapshot::Head::Symbolic(t) => t.clone(),
+            snapshot::Head::Detached(o) => o.clone(),
+        }),
+        ref_count: manifest.ref_count as u64,
+        source: &manifest.source,
+        new_objects: &objects,
+        new_lfs: &lfs_present,
+    })?;
+    Ok(())
 }

@@ -26,6 +26,8 @@ const LAYERS: &[&[&str]] = &[
         "recover",
         "stats",
     ],
+    // Checks composed of the operations: verify restores samples and reads the replica check.
+    &["verify"],
 ];
 
 /// DESIGN.md's "no part reaches around another", whatever the layers say.

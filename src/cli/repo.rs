@@ -539,164 +539,84 @@ pub fn restore(ctx: &Ctx, args: RestoreArgs) -> Result<i32> {
     Ok(EXIT_OK)
 }
 
-#[derive(Serialize)]
-struct SampleResult {
-    repo: String,
-    snapshot: String,
-    ok: bool,
-    problems: Vec<String>,
-}
-
-#[derive(Serialize)]
-struct VerifyOutput {
-    ok: bool,
-    targets: Vec<gitvault::replicas::TargetReport>,
-    restored: Vec<SampleResult>,
-    lfs_missing: Vec<String>,
-}
-
 pub fn verify(ctx: &Ctx, args: VerifyArgs) -> Result<i32> {
     let vault = ctx.open()?;
     let keys = ctx.unlock(&vault)?;
     let lock = vault.lock()?;
     let full = args.full;
-    let targets = gitvault::replicas::verify(&vault, &keys, full, &lock)?;
-    drop(lock);
-    let all = vault.index().snapshots(None, None, None)?;
-    // Every LFS object each snapshot names must be in the vault.
-    let mut lfs_missing = Vec::new();
-    {
-        let store = vault.reader(&keys);
-        for row in &all {
-            if let Ok((manifest, _)) = restore::load_snapshot(&store, row) {
-                for m in
-                    gitvault::lfs::missing_objects(vault.index(), &store, manifest.lfs.as_deref())
-                {
-                    lfs_missing.push(format!("{} {}: LFS object {m}", row.repo, row.id));
-                }
-            }
-        }
-    }
-    let mut picks = Vec::new();
-    let mut pool: Vec<usize> = (0..all.len()).collect();
-    while picks.len() < args.restore_sample && !pool.is_empty() {
-        let mut r = [0u8; 8];
-        getrandom_fill(&mut r);
-        let i = (u64::from_le_bytes(r) % pool.len() as u64) as usize;
-        picks.push(pool.swap_remove(i));
-    }
-    let scratch = tempfile_dir(&vault)?;
-    let mut results = Vec::new();
-    for (n, i) in picks.into_iter().enumerate() {
-        let row = &all[i];
-        let path = scratch.join(format!("sample-{n}"));
-        let problems = match restore::restore_snapshot(&vault, &keys, row, &path) {
-            Ok(_) => {
-                let store = vault.reader(&keys);
-                match restore::load_snapshot(&store, row) {
-                    Ok((_, refs)) => restore::check_restored(&path, &refs),
-                    Err(e) => vec![e.to_string()],
-                }
-            }
-            Err(e) => vec![e.to_string()],
-        };
-        let _ = std::fs::remove_dir_all(&path);
-        results.push(SampleResult {
-            repo: row.repo.clone(),
-            snapshot: row.id.clone(),
-            ok: problems.is_empty(),
-            problems,
-        });
-    }
-    let _ = std::fs::remove_dir_all(&scratch);
-    let ok =
-        results.iter().all(|r| r.ok) && targets.iter().all(|t| t.ok()) && lfs_missing.is_empty();
-    let out = VerifyOutput {
-        ok,
-        targets,
-        restored: results,
-        lfs_missing,
+    let options = gitvault::verify::VerifyOptions {
+        full,
+        restore_sample: args.restore_sample,
     };
-    ctx.out.print(&out, || {
-        let mut t = String::new();
-        for r in &out.targets {
-            t.push_str(&format!(
-                "{} target {}: {} packs expected, {} missing, {} wrong size{}\n",
-                if r.ok() { "ok  " } else { "FAIL" },
-                r.target,
-                r.packs_expected,
-                r.missing.len(),
-                r.wrong_size.len(),
-                if full {
-                    format!(
-                        ", {} checked in full, {} corrupt",
-                        r.packs_checked,
-                        r.corrupt.len()
-                    )
-                } else {
-                    String::new()
-                }
-            ));
-            for p in &r.missing {
-                t.push_str(&format!("     missing: pack {p} (run `gitvault sync`)\n"));
-            }
-            for p in &r.wrong_size {
-                t.push_str(&format!(
-                    "     wrong size: pack {p} (run `gitvault sync`)\n"
-                ));
-            }
-            for (p, why) in &r.corrupt {
-                t.push_str(&format!(
-                    "     corrupt: pack {p}: {why} (run `gitvault sync`)\n"
-                ));
-            }
-            if !r.unindexed.is_empty() {
-                t.push_str(&format!(
-                    "     note: {} pack(s) on the target are not in the index (left by an interrupted run; harmless)\n",
-                    r.unindexed.len()
-                ));
-            }
-            if let Some(e) = &r.error {
-                t.push_str(&format!("     error: {e}\n"));
-            }
-        }
-        for m in &out.lfs_missing {
-            t.push_str(&format!("FAIL {m}\n"));
-        }
-        for r in &out.restored {
-            t.push_str(&format!(
-                "{} {} {}: {}\n",
-                if r.ok { "ok  " } else { "FAIL" },
-                r.repo,
-                r.snapshot,
-                if r.ok {
-                    "git fsck --full passed, refs match".to_string()
-                } else {
-                    r.problems.join("; ")
-                }
-            ));
-        }
-        t.push_str(&format!(
-            "{} snapshot(s) restored and checked\n",
-            out.restored.len()
-        ));
-        t
-    });
+    let out = gitvault::verify::run(&vault, &keys, lock, &options)?;
+    let ok = out.ok;
+    ctx.out.print(&out, || verify_text(&out, full));
     Ok(if ok { EXIT_OK } else { EXIT_FAILED })
 }
 
-fn getrandom_fill(buf: &mut [u8]) {
-    if let Ok(hex) = gitvault::crypto::random_hex(buf.len())
-        && let Ok(bytes) = hex::decode(hex)
-    {
-        buf.copy_from_slice(&bytes);
+/// `verify`'s human-readable table.
+fn verify_text(out: &gitvault::verify::VerifyReport, full: bool) -> String {
+    let mut t = String::new();
+    for r in &out.targets {
+        t.push_str(&format!(
+            "{} target {}: {} packs expected, {} missing, {} wrong size{}\n",
+            if r.ok() { "ok  " } else { "FAIL" },
+            r.target,
+            r.packs_expected,
+            r.missing.len(),
+            r.wrong_size.len(),
+            if full {
+                format!(
+                    ", {} checked in full, {} corrupt",
+                    r.packs_checked,
+                    r.corrupt.len()
+                )
+            } else {
+                String::new()
+            }
+        ));
+        for p in &r.missing {
+            t.push_str(&format!("     missing: pack {p} (run `gitvault sync`)\n"));
+        }
+        for p in &r.wrong_size {
+            t.push_str(&format!(
+                "     wrong size: pack {p} (run `gitvault sync`)\n"
+            ));
+        }
+        for (p, why) in &r.corrupt {
+            t.push_str(&format!(
+                "     corrupt: pack {p}: {why} (run `gitvault sync`)\n"
+            ));
+        }
+        if !r.unindexed.is_empty() {
+            t.push_str(&format!(
+                "     note: {} pack(s) on the target are not in the index (left by an interrupted run; harmless)\n",
+                r.unindexed.len()
+            ));
+        }
+        if let Some(e) = &r.error {
+            t.push_str(&format!("     error: {e}\n"));
+        }
     }
-}
-
-fn tempfile_dir(vault: &gitvault::Vault) -> Result<PathBuf> {
-    let dir = vault
-        .tmp_dir()
-        .join(format!("verify-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    Ok(dir)
+    for m in &out.lfs_missing {
+        t.push_str(&format!("FAIL {m}\n"));
+    }
+    for r in &out.restored {
+        t.push_str(&format!(
+            "{} {} {}: {}\n",
+            if r.ok { "ok  " } else { "FAIL" },
+            r.repo,
+            r.snapshot,
+            if r.ok {
+                "git fsck --full passed, refs match".to_string()
+            } else {
+                r.problems.join("; ")
+            }
+        ));
+    }
+    t.push_str(&format!(
+        "{} snapshot(s) restored and checked\n",
+        out.restored.len()
+    ));
+    t
 }

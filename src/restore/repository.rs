@@ -1,0 +1,208 @@
+//! The bare repository of a snapshot: the walk from its refs through the vault, every object
+//! read in pack order (each frame decompressed once) and checked against its id, one pack
+//! written with gix, and the LFS objects its pointer blobs name.
+
+use std::io::Write;
+use std::path::Path;
+
+use crate::git;
+use crate::git::objects::{ObjectSource, Reached, walk};
+use crate::index::Index;
+use crate::snapshot::{Manifest, ObjectKind, Oid, RefSet};
+use crate::store::ChunkStore;
+use crate::vault::Vault;
+
+use super::{RestoreError, io_err};
+
+pub(super) struct VaultSource<'a, 'v> {
+    vault: &'a Vault,
+    store: &'a ChunkStore<'v>,
+}
+
+impl VaultSource<'_, '_> {
+    fn read_checked(&self, oid: &Oid) -> Result<(ObjectKind, Vec<u8>), RestoreError> {
+        let (kind, chunk) = self
+            .vault
+            .index()
+            .git_object(oid)?
+            .ok_or(RestoreError::MissingObject { oid: *oid })?;
+        let data = self.store.get(&chunk)?;
+        let id = gix::objs::compute_hash(gix::hash::Kind::Sha1, gix_kind(kind), &data)
+            .map_err(|_| RestoreError::BadObject { oid: *oid })?;
+        if id.as_slice() != oid.0 {
+            return Err(RestoreError::BadObject { oid: *oid });
+        }
+        Ok((kind, data))
+    }
+}
+
+fn gix_kind(kind: ObjectKind) -> gix::objs::Kind {
+    match kind {
+        ObjectKind::Commit => gix::objs::Kind::Commit,
+        ObjectKind::Tree => gix::objs::Kind::Tree,
+        ObjectKind::Blob => gix::objs::Kind::Blob,
+        ObjectKind::Tag => gix::objs::Kind::Tag,
+    }
+}
+
+impl ObjectSource for VaultSource<'_, '_> {
+    type Error = RestoreError;
+    fn read(&mut self, oid: &Oid) -> Result<(ObjectKind, Vec<u8>), RestoreError> {
+        self.read_checked(oid)
+    }
+    fn known(&mut self, _oid: &Oid) -> Result<bool, RestoreError> {
+        Ok(false)
+    }
+}
+
+impl<'a, 'v> VaultSource<'a, 'v> {
+    pub(super) fn new(vault: &'a Vault, store: &'a ChunkStore<'v>) -> Self {
+        VaultSource { vault, store }
+    }
+}
+
+/// Every object the snapshot's refs reach (commits and trees are read, blobs only located).
+pub(super) fn walk_snapshot(
+    source: &mut VaultSource<'_, '_>,
+    refs: &RefSet,
+) -> Result<Vec<Reached>, RestoreError> {
+    let mut tips: Vec<Oid> = refs.refs.values().copied().collect();
+    tips.sort();
+    tips.dedup();
+    let phase = std::time::Instant::now();
+    let reached = walk(source, &tips)?;
+    tracing::info!(
+        seconds = phase.elapsed().as_secs_f64(),
+        objects = reached.len(),
+        "walked the snapshot"
+    );
+    Ok(reached)
+}
+
+/// Where each object lies, as ((pack, frame, offset), id, path hash), sorted: read in the
+/// order the objects lie in the packs, each frame is decompressed once.
+pub(super) type Located = ((i64, u64, u32), Oid, u64);
+
+pub(super) fn locate(index: &Index, reached: &[Reached]) -> Result<Vec<Located>, RestoreError> {
+    let mut located = Vec::with_capacity(reached.len());
+    for r in reached {
+        let (_, chunk) = index
+            .git_object(&r.oid)?
+            .ok_or(RestoreError::MissingObject { oid: r.oid })?;
+        let place = index
+            .chunk(&chunk)?
+            .map(|l| (l.pack_id, l.frame.offset, l.offset))
+            .unwrap_or((i64::MAX, 0, 0));
+        located.push((place, r.oid, r.path_hash));
+    }
+    located.sort();
+    Ok(located)
+}
+
+/// Writes the bare repository into `staging`: refs, one pack of the located objects, and the
+/// LFS objects. Returns (objects, LFS objects) written.
+pub(super) fn write(
+    source: &VaultSource<'_, '_>,
+    refs: &RefSet,
+    manifest: &Manifest,
+    reached: &[Reached],
+    located: &[Located],
+    staging: &Path,
+) -> Result<(u64, u64), RestoreError> {
+    git::write_bare_repository(staging, refs)?;
+    let mut iter = located.iter();
+    let count = located.len() as u32;
+    let written = if count == 0 {
+        0
+    } else {
+        git::write_pack(staging, count, || {
+            let (_, oid, path_hash) = iter.next()?;
+            Some(
+                source
+                    .read_checked(oid)
+                    .map(|(kind, data)| git::PackObject {
+                        oid: *oid,
+                        kind,
+                        data,
+                        path_hash: *path_hash,
+                    }),
+            )
+        })??
+    };
+    let lfs_written = write_lfs_objects(
+        source.vault.index(),
+        source.store,
+        manifest,
+        reached,
+        staging,
+    )?;
+    Ok((u64::from(written), lfs_written))
+}
+
+/// Writes the LFS objects the restored refs' pointer blobs name into `git_dir/lfs/objects`,
+/// where git-lfs looks for them, checking each one's SHA-256 on the way.
+fn write_lfs_objects(
+    index: &Index,
+    store: &ChunkStore<'_>,
+    manifest: &Manifest,
+    reached: &[Reached],
+    git_dir: &Path,
+) -> Result<u64, RestoreError> {
+    use sha2::Digest;
+    let Some(map) = &manifest.lfs else {
+        return Ok(0);
+    };
+    let id: crate::crypto::ChunkId = map
+        .parse()
+        .map_err(|e: String| RestoreError::Lfs(format!("LFS map id: {e}")))?;
+    let entries = crate::lfs::decode_map(&store.get(&id)?).map_err(RestoreError::LfsFailed)?;
+    let blobs: std::collections::HashSet<Oid> = reached
+        .iter()
+        .filter(|r| r.kind == ObjectKind::Blob)
+        .map(|r| r.oid)
+        .collect();
+    let mut written = std::collections::HashSet::new();
+    for e in entries.iter().filter(|e| blobs.contains(&e.blob)) {
+        let Some(chunk) = crate::lfs::resolve(index, e)? else {
+            tracing::warn!(oid = %e.pointer.oid_hex(), "LFS object missing from the vault");
+            continue;
+        };
+        if !written.insert(e.pointer.sha256) {
+            continue;
+        }
+        let path = crate::lfs::object_path(git_dir, &e.pointer);
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(io_err(format!("creating {}", dir.display())))?;
+        }
+        let file =
+            std::fs::File::create(&path).map_err(io_err(format!("writing {}", path.display())))?;
+        struct Hashing<W> {
+            out: W,
+            hash: sha2::Sha256,
+        }
+        impl<W: Write> Write for Hashing<W> {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                let n = self.out.write(buf)?;
+                self.hash.update(&buf[..n]);
+                Ok(n)
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                self.out.flush()
+            }
+        }
+        let mut out = Hashing {
+            out: std::io::BufWriter::new(file),
+            hash: sha2::Sha256::new(),
+        };
+        let size = store.get_to(&chunk, &mut out)?;
+        out.flush()
+            .map_err(io_err(format!("writing {}", path.display())))?;
+        if size != e.pointer.size || out.hash.finalize().as_slice() != e.pointer.sha256 {
+            return Err(RestoreError::Lfs(format!(
+                "LFS object {} read back with the wrong content",
+                e.pointer.oid_hex()
+            )));
+        }
+    }
+    Ok(written.len() as u64)
+}

@@ -1,0 +1,81 @@
+//! Phase 4, **delete** (under the writer lock and the readers' lock): condemned packs older
+//! than the grace period are checked once more, deleted from every target, then forgotten by
+//! the index. A pack already gone counts as deleted.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use crate::store::pack_key;
+use crate::vault::Vault;
+
+use super::regroup::Compacted;
+use super::{PruneError, PruneReport, Start};
+
+/// Deletes what was condemned long enough ago (this run's too when the grace is zero), and
+/// counts the bytes the run freed: deleted packs minus the copies written.
+pub(super) fn delete_condemned(
+    vault: &Vault,
+    start: &Start,
+    copies: &[Compacted],
+    grace: Duration,
+    report: &mut PruneReport,
+) -> Result<(), PruneError> {
+    let index = vault.index();
+    let now = chrono::Utc::now().timestamp_millis();
+    let grace = grace.as_millis() as i64;
+    let sizes: HashMap<String, u64> = index
+        .packs()?
+        .into_iter()
+        .map(|p| (p.name, p.size))
+        .collect();
+    let mut freed: i64 = -(copies.iter().map(|(p, _)| p.size as i64).sum::<i64>());
+    let readers = vault.readers_exclusive()?;
+    // Packs written since the start (compaction copies) are this host's: vouched.
+    let unvouched: HashSet<&String> = start
+        .unvouched
+        .iter()
+        .filter_map(|id| start.names.get(id))
+        .collect();
+    for (name, since) in index.condemned_packs()? {
+        if unvouched.contains(&name) {
+            report.packs_spared += 1;
+            continue;
+        }
+        if now - since < grace {
+            report.packs_waiting += 1;
+            continue;
+        }
+        // The second check: nothing may point into a pack that is deleted.
+        if index.chunks_in_pack(&name)? > 0 {
+            tracing::warn!(pack = %name, "a condemned pack is referenced again; kept");
+            report.packs_spared += 1;
+            continue;
+        }
+        delete_everywhere(vault, &name)?;
+        index.drop_pack(&name)?;
+        report.packs_deleted += 1;
+        freed += sizes.get(&name).copied().unwrap_or(0) as i64;
+    }
+    drop(readers);
+    report.bytes_freed = freed;
+    Ok(())
+}
+
+/// Deletes one pack from every target; one already gone is fine.
+fn delete_everywhere(vault: &Vault, name: &str) -> Result<(), PruneError> {
+    for target in vault.targets() {
+        match target.delete(&pack_key(name)) {
+            Ok(()) => {}
+            Err(crate::target::TargetError::NotFound { .. }) => {}
+            Err(source) => {
+                return Err(PruneError::Delete {
+                    pack: name.to_string(),
+                    target: target.name().to_string(),
+                    source,
+                });
+            }
+        }
+        crate::hooks::point("prune-deleting");
+    }
+    Ok(())
+}
