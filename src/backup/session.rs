@@ -293,3 +293,39 @@ fn save_run_report(vault: &Vault, run: &BackupRun) -> std::io::Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::redact::RedactedUrl;
+
+    fn line(status: RepoStatus, reason: Option<Reason>) -> RepoReport {
+        let mut line = RepoReport::new("r".into(), RedactedUrl::new("file:///r"), status);
+        line.reason = reason;
+        line
+    }
+
+    fn run(lines: Vec<RepoReport>) -> BackupRun {
+        BackupRun {
+            ok: false,
+            repositories: lines,
+            sources: Vec::new(),
+            lagging_replicas: Vec::new(),
+            index_backup_missed: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_repository_not_attempted_counts_as_failed_a_missing_wiki_does_not() {
+        let ok = line(RepoStatus::Changed, None);
+        let no_wiki = line(RepoStatus::Skipped, Some(Reason::NoWiki));
+        let stopped = line(RepoStatus::Skipped, Some(Reason::NotAttempted));
+        let failed = line(RepoStatus::Failed, Some(Reason::Git));
+        assert_eq!(run(vec![ok.clone(), no_wiki]).outcome(), RunOutcome::Ok);
+        assert_eq!(
+            run(vec![ok, stopped.clone()]).outcome(),
+            RunOutcome::Partial
+        );
+        assert_eq!(run(vec![stopped, failed]).outcome(), RunOutcome::Failed);
+    }
+}
