@@ -405,6 +405,21 @@ fn parallel_urls_back_up_each_repository_once() {
         .map(|r| r["status"].as_str().unwrap())
         .collect();
     assert_eq!(statuses, ["changed", "changed", "skipped"], "{doc}");
+    let reasons: Vec<&serde_json::Value> = doc["repositories"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| &r["reason"])
+        .collect();
+    assert_eq!(
+        reasons,
+        [
+            &serde_json::Value::Null,
+            &serde_json::Value::Null,
+            &"repeated".into()
+        ],
+        "{doc}"
+    );
     let snapshots = stdout(&tv.run(&["--json", "snapshots"]));
     let snapshots: serde_json::Value = serde_json::from_str(&snapshots).unwrap();
     assert_eq!(snapshots.as_array().unwrap().len(), 2, "{snapshots}");

@@ -104,14 +104,6 @@ fn selector(args: &SelectArgs) -> Result<Selector> {
     })
 }
 
-#[derive(Serialize)]
-struct BackupRun {
-    ok: bool,
-    repositories: Vec<backup::RepoReport>,
-    sources: Vec<backup::SourceReport>,
-    lagging_replicas: Vec<(String, String, String)>,
-}
-
 /// Text from a server made safe to print: control characters (escape codes, carriage
 /// returns that overwrite a line) are shown escaped.
 fn terminal_safe(text: &str) -> String {
@@ -167,163 +159,42 @@ pub fn backup(ctx: &Ctx, args: BackupArgs) -> Result<i32> {
     if let Some(n) = args.min_replicas {
         vault.set_min_replicas(n);
     }
-    // Arguments naming a configured source back that source up; others are URLs or paths. No
-    // argument: every source.
-    let sources: Vec<gitvault::provider::SourceConfig> = if args.urls.is_empty() {
-        if vault.config().sources.is_empty() {
-            bail!(
-                "nothing to back up: give URLs or paths, or add a source with `gitvault source add`"
-            );
-        }
-        vault.config().sources.clone()
-    } else {
-        vault
-            .config()
-            .sources
-            .iter()
-            .filter(|s| args.urls.contains(&s.name))
-            .cloned()
-            .collect()
-    };
-    let urls: Vec<String> = args
-        .urls
-        .iter()
-        .filter(|u| !sources.iter().any(|s| &s.name == *u))
-        .cloned()
-        .collect();
+    let (sources, requests) = what_to_back_up(&vault, &args)?;
     let keys = ctx.unlock(&vault)?;
     let lock = vault.lock()?;
-    let credentials = Credentials::from_environment();
-    let writer = std::sync::Mutex::new(backup::Writer::new(vault.store(&keys, &lock)));
-    let requests: Vec<BackupRequest> = urls
-        .iter()
-        .map(|url| BackupRequest {
-            url: url.clone(),
-            name: args.name.clone(),
-            credentials: credentials.clone(),
-        })
-        .collect();
-    let reports = backup::backup_urls(
-        &vault,
-        &keys,
-        &writer,
-        &requests,
-        usize::from(args.jobs),
-        &|line| print_line(ctx, line),
-    );
-    let mut source_reports = Vec::new();
+    let options = backup::Options {
+        jobs: usize::from(args.jobs),
+        allow_empty: args.allow_empty,
+    };
+    let mut session = backup::Session::new(&vault, &keys, &lock, options);
+    session.backup_urls(&requests, &|line| print_line(ctx, line));
     for source in &sources {
         let bar = ctx.out.count_bar(&format!("source {}", source.name));
-        let report = backup::backup_source(
-            &vault,
-            &keys,
-            &writer,
-            source,
-            usize::from(args.jobs),
-            (!args.allow_empty).then(|| previous_listing(&vault, &source.name)),
-            &|event| match event {
-                backup::SourceEvent::Selected(n) => bar.set_length(n as u64),
-                backup::SourceEvent::Done(line) => {
-                    if !line.repo.ends_with(".wiki") {
-                        bar.inc(1);
-                    }
-                    bar.suspend(|| print_line(ctx, line));
+        let report = session.backup_source(source, &|event| match event {
+            backup::SourceEvent::Selected(n) => bar.set_length(n as u64),
+            backup::SourceEvent::Done(line) => {
+                if !line.repo.ends_with(".wiki") {
+                    bar.inc(1);
                 }
-            },
-        );
+                bar.suspend(|| print_line(ctx, line));
+            }
+        });
         bar.finish_and_clear();
-        if !report.dropped.is_empty() && !ctx.out.json {
-            eprintln!(
-                "source {}: {} listed items are not repositories and were left out: {}",
-                source.name,
-                report.dropped.len(),
-                terminal_safe(&report.dropped.join(", "))
-            );
-        }
-        if let Some(e) = &report.error
-            && !ctx.out.json
-        {
-            eprintln!("source {}: failed: {}", source.name, terminal_safe(e));
-        }
-        source_reports.push(report);
+        print_source_problems(ctx, report);
     }
-    // Unchanged repositories' snapshots are recorded together, after one final flush. Any whose
-    // flush failed (here or during a later repository's) are reported as failed.
-    let mut writer = writer.into_inner().unwrap_or_else(|e| e.into_inner());
-    let final_commit = backup::commit_deferred(&vault, &mut writer);
-    let backup::Writer { store, deferred } = writer;
-    let mut reports = reports;
-    if !deferred.lost.is_empty() {
-        let reason = match &final_commit {
-            Err(e) => format!("the snapshot could not be made durable: {e}"),
-            Ok(()) => "the snapshot could not be made durable (a later flush failed)".to_string(),
-        };
-        for r in reports
-            .iter_mut()
-            .chain(
-                source_reports
-                    .iter_mut()
-                    .flat_map(|s| s.repositories.iter_mut()),
-            )
-            .filter(|r| deferred.lost.contains(&r.repo) && r.status != RepoStatus::Failed)
-        {
-            r.status = RepoStatus::Failed;
-            r.snapshot = None;
-            r.error = Some(reason.clone());
-        }
-    }
-    let all: Vec<&backup::RepoReport> = reports
-        .iter()
-        .chain(source_reports.iter().flat_map(|s| s.repositories.iter()))
-        .collect();
-    let bad = |r: &&&backup::RepoReport| {
-        matches!(r.status, RepoStatus::Failed | RepoStatus::Partial)
-            || (r.status == RepoStatus::Skipped
-                && r.error
-                    .as_deref()
-                    .is_some_and(|e| e.starts_with("not attempted")))
-    };
-    let failed = all.iter().filter(bad).count()
-        + source_reports.iter().filter(|s| s.error.is_some()).count();
-    let succeeded = all
-        .iter()
-        .filter(|r| {
-            matches!(
-                r.status,
-                RepoStatus::Changed | RepoStatus::Unchanged | RepoStatus::Partial
-            )
-        })
-        .count();
-    let lagging = store.report().lagging.clone();
-    drop(store);
-    let mut index_backup_failed = Vec::new();
-    let changed = all.iter().any(|r| r.status == RepoStatus::Changed);
-    if succeeded > 0 && gitvault::replicas::index_backup_due(&vault, changed) {
-        index_backup_failed = gitvault::replicas::upload_index_backup(&vault, &keys, &lock)?;
-    }
+    let run = session.finish()?;
     if !ctx.out.json && !ctx.out.quiet {
-        for (pack, target, error) in &lagging {
+        for (pack, target, error) in &run.lagging_replicas {
             eprintln!(
                 "warning: pack {pack} is not on target {target} ({error}); run `gitvault sync`"
             );
         }
-        for target in &index_backup_failed {
+        for target in &run.index_backup_missed {
             eprintln!("warning: the index backup did not reach target {target}");
         }
     }
-    let run = BackupRun {
-        ok: failed == 0,
-        repositories: reports,
-        sources: source_reports,
-        lagging_replicas: lagging,
-    };
-    if let Err(e) = save_run_report(&vault, &run) {
-        tracing::warn!(error = %e, "the run report could not be stored");
-    }
     ctx.out.print(&run, || {
-        run.repositories
-            .iter()
-            .chain(run.sources.iter().flat_map(|s| s.repositories.iter()))
+        run.lines()
             .map(|r| {
                 format!(
                     "{:<10} {:<40} {}\n",
@@ -334,72 +205,64 @@ pub fn backup(ctx: &Ctx, args: BackupArgs) -> Result<i32> {
             })
             .collect()
     });
-    Ok(if failed == 0 {
-        EXIT_OK
-    } else if succeeded > 0 {
-        EXIT_PARTIAL
-    } else {
-        EXIT_FAILED
+    Ok(match run.outcome() {
+        backup::RunOutcome::Ok => EXIT_OK,
+        backup::RunOutcome::Partial => EXIT_PARTIAL,
+        backup::RunOutcome::Failed => EXIT_FAILED,
     })
 }
 
-/// How many repositories `source` listed the last time it listed without an error, as this
-/// host's run reports say; with no report of it here (another host ran it, or the reports
-/// were cleared), how many repositories the index holds for it.
-fn previous_listing(vault: &gitvault::Vault, source: &str) -> usize {
-    let mut reports: Vec<_> = std::fs::read_dir(vault.dir().join("reports"))
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|e| e.path())
-        .collect();
-    reports.sort();
-    for path in reports.iter().rev() {
-        let Ok(bytes) = std::fs::read(path) else {
-            continue;
-        };
-        let Ok(run) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
-            continue;
-        };
-        let listed = run["sources"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .find(|s| s["source"] == source && s["error"].is_null())
-            .and_then(|s| s["listed"].as_u64());
-        if let Some(n) = listed {
-            return n as usize;
+/// Arguments naming a configured source back that source up; others are URLs or paths. No
+/// argument: every source.
+fn what_to_back_up(
+    vault: &gitvault::Vault,
+    args: &BackupArgs,
+) -> Result<(Vec<gitvault::provider::SourceConfig>, Vec<BackupRequest>)> {
+    let configured = &vault.config().sources;
+    let sources: Vec<_> = if args.urls.is_empty() {
+        if configured.is_empty() {
+            bail!(
+                "nothing to back up: give URLs or paths, or add a source with `gitvault source add`"
+            );
         }
-    }
-    vault
-        .index()
-        .repo_sources()
-        .map(|m| m.values().filter(|s| *s == source).count())
-        .unwrap_or(0)
+        configured.clone()
+    } else {
+        configured
+            .iter()
+            .filter(|s| args.urls.contains(&s.name))
+            .cloned()
+            .collect()
+    };
+    let credentials = Credentials::from_environment();
+    let requests = args
+        .urls
+        .iter()
+        .filter(|u| !sources.iter().any(|s| &s.name == *u))
+        .map(|url| BackupRequest {
+            url: url.clone(),
+            name: args.name.clone(),
+            credentials: credentials.clone(),
+        })
+        .collect();
+    Ok((sources, requests))
 }
 
-/// Keeps the run report as JSON in DIR/reports/ (the newest 100), for monitoring and audits.
-fn save_run_report(vault: &gitvault::Vault, run: &BackupRun) -> std::io::Result<()> {
-    let dir = vault.dir().join("reports");
-    std::fs::create_dir_all(&dir)?;
-    let name = format!(
-        "backup-{}.json",
-        chrono::Utc::now().format("%Y%m%dT%H%M%S%.3fZ")
-    );
-    std::fs::write(
-        dir.join(name),
-        serde_json::to_vec_pretty(run).unwrap_or_default(),
-    )?;
-    let mut old: Vec<_> = std::fs::read_dir(&dir)?
-        .flatten()
-        .map(|e| e.path())
-        .collect();
-    old.sort();
-    let excess = old.len().saturating_sub(100);
-    for path in old.into_iter().take(excess) {
-        let _ = std::fs::remove_file(path);
+/// Items a source's listing left out and the source's own failure, on stderr.
+fn print_source_problems(ctx: &Ctx, report: &backup::SourceReport) {
+    if ctx.out.json {
+        return;
     }
-    Ok(())
+    if !report.dropped.is_empty() {
+        eprintln!(
+            "source {}: {} listed items are not repositories and were left out: {}",
+            report.source,
+            report.dropped.len(),
+            terminal_safe(&report.dropped.join(", "))
+        );
+    }
+    if let Some(e) = &report.error {
+        eprintln!("source {}: failed: {}", report.source, terminal_safe(e));
+    }
 }
 
 pub fn snapshots(ctx: &Ctx, args: SnapshotsArgs) -> Result<i32> {

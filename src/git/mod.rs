@@ -39,6 +39,12 @@ pub enum GitError {
     InsecureCredentials { url: crate::redact::RedactedUrl },
     #[error("cannot reach or read the repository: {0}")]
     Fetch(String),
+    /// The server says there is no such repository (or hides it from these credentials): a
+    /// caller may expect this, as for a wiki that was never created.
+    #[error(
+        "cannot reach or read the repository: the repository does not exist or is not visible with these credentials ({0})"
+    )]
+    NotFound(String),
     #[error("the mirror cache at {path} is unusable ({reason}); delete it and run again")]
     Cache { path: String, reason: String },
     #[error(transparent)]
@@ -76,9 +82,7 @@ fn fetch_err(e: impl std::error::Error) -> GitError {
         || lower.contains("not found")
         || lower.contains("does not appear to be a git repository")
     {
-        text = format!(
-            "the repository does not exist or is not visible with these credentials ({text})"
-        );
+        return GitError::NotFound(text);
     }
     GitError::Fetch(text)
 }

@@ -1,0 +1,352 @@
+//! One repository: resolve the URL, fetch (one advertisement; nothing more when the ref set is
+//! unchanged), walk and ingest the new objects, LFS and metadata, then the snapshot. Failures
+//! end in the report, never in a panic or an early exit, so one repository cannot stop the
+//! others.
+
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::Instant;
+
+use super::writer::{PendingSnapshot, Writer, WriterHandle};
+use super::{BackupError, BackupRequest, Reason, RepoReport, RepoStatus, lfs, metadata};
+use crate::crypto::{ChunkId, VaultKeys};
+use crate::git::objects::{ObjectSource, Reached, walk};
+use crate::git::{self, CacheReader, Credentials, FetchResult, RemoteSpec};
+use crate::index::SnapshotRow;
+use crate::provider::{Provider, ProviderError, RepoInfo};
+use crate::snapshot::{self, Manifest, ObjectEntry, ObjectKind, Oid, RefSet};
+use crate::store::ChunkKind;
+use crate::vault::Vault;
+
+/// A blob that is an LFS pointer, and what it points to.
+pub(super) type PointerBlob = (Oid, crate::lfs::Pointer);
+
+/// The repository as this run names and reaches it.
+pub(super) struct Remote {
+    pub(super) spec: RemoteSpec,
+    pub(super) name: String,
+    pub(super) credentials: Option<Credentials>,
+    /// The mirror cache the fetch negotiates against.
+    pub(super) cache: PathBuf,
+}
+
+/// Backs up one repository, with its platform metadata when `metadata` names the provider
+/// and its listing entry.
+pub(super) fn backup_repository(
+    vault: &Vault,
+    keys: &VaultKeys,
+    writer: &Mutex<Writer<'_>>,
+    request: &BackupRequest,
+    metadata: Option<(&mut dyn Provider, &RepoInfo)>,
+) -> RepoReport {
+    let started = Instant::now();
+    let mut handle = WriterHandle::new(writer);
+    let mut report = RepoReport::for_request(request, RepoStatus::Failed);
+    let result = run(vault, keys, &mut handle, request, metadata, &mut report);
+    report.seconds = started.elapsed().as_secs_f64();
+    report.bytes_uploaded = handle.uploaded;
+    report.bytes_added = handle.raw_added;
+    match result {
+        Ok(()) => {}
+        // The snapshot was kept: the line stays partial.
+        Err(e @ BackupError::RateLimited { .. }) => {
+            report.reason = Some(e.reason());
+            report.error = Some(e.to_string());
+        }
+        Err(e) => {
+            let message = scrub(request, e.to_string());
+            tracing::debug!(repo = %report.repo, error = %message, "backup failed");
+            report.set(RepoStatus::Failed, e.reason(), message);
+        }
+    }
+    report
+}
+
+/// Messages of lower layers (gix, reqwest) are not ours to trust: the secrets are removed once
+/// more, the URL's own password included.
+fn scrub(request: &BackupRequest, mut message: String) -> String {
+    let url_credentials = git::parse_remote(&request.url)
+        .ok()
+        .and_then(|s| s.url_credentials);
+    for c in request.credentials.iter().chain(url_credentials.iter()) {
+        message = c.scrub(&message);
+    }
+    message
+}
+
+fn run(
+    vault: &Vault,
+    keys: &VaultKeys,
+    handle: &mut WriterHandle<'_, '_>,
+    request: &BackupRequest,
+    metadata: Option<(&mut dyn Provider, &RepoInfo)>,
+    report: &mut RepoReport,
+) -> Result<(), BackupError> {
+    let remote = resolve(vault, request, report)?;
+    let previous = vault.index().snapshot_as_of(&remote.name, None)?;
+    let fetched = fetch(keys, &remote, previous.as_ref(), report)?;
+    let refset_bytes = fetched.refs.encode();
+    let refset = keys.id_key().chunk_id(&refset_bytes);
+    let unchanged = previous.as_ref().is_some_and(|p| p.refset == refset);
+    let (new_objects, pointers) = if unchanged {
+        Default::default()
+    } else {
+        ingest(vault, handle, &remote.cache, &fetched.refs)?
+    };
+    let previous = previous.as_ref().map(|p| &p.manifest);
+    let lfs = lfs::backup_lfs(vault, handle, &remote, &fetched.refs, previous, pointers)?;
+    report.lfs_objects_stored = lfs.stored.len() as u64;
+    report.lfs_missing = lfs.missing;
+    let object_maps = store_object_map(handle, &new_objects)?;
+    let exported = metadata::export(handle, metadata, previous)?;
+    report.metadata_documents = exported.documents;
+    let manifest = Manifest {
+        format: 1,
+        repo: remote.name.clone(),
+        time: snapshot_time()?,
+        source: remote.spec.display_url.to_string(),
+        refset: refset.to_hex(),
+        ref_count: fetched.refs.refs.len(),
+        head: fetched.refs.head.clone(),
+        object_maps,
+        objects_added: new_objects.len() as u64,
+        metadata: exported.map,
+        lfs: lfs.map,
+    };
+    let manifest_bytes = manifest.encode();
+    let pending = PendingSnapshot {
+        repo: remote.name.clone(),
+        time: manifest.time,
+        manifest: keys.id_key().chunk_id(&manifest_bytes),
+        refset,
+        head: head_text(&fetched.refs),
+        ref_count: fetched.refs.refs.len() as u64,
+        source: remote.spec.display_url.to_string(),
+        new_objects,
+        new_lfs: lfs.stored,
+    };
+    report.snapshot = Some(pending.id());
+    report.objects_added = pending.new_objects.len() as u64;
+    record(
+        vault,
+        handle,
+        &refset_bytes,
+        &manifest_bytes,
+        pending,
+        unchanged,
+    )?;
+    judge(report, unchanged, exported.error)
+}
+
+/// Names the repository and picks its credentials: the request's, else the URL's own.
+fn resolve(
+    vault: &Vault,
+    request: &BackupRequest,
+    report: &mut RepoReport,
+) -> Result<Remote, BackupError> {
+    let spec = git::parse_remote(&request.url)?;
+    let name = request
+        .name
+        .clone()
+        .unwrap_or_else(|| spec.default_name.clone());
+    report.repo = name.clone();
+    report.url = spec.display_url.clone();
+    snapshot::check_repo_name(&name)?;
+    let credentials = request
+        .credentials
+        .clone()
+        .or_else(|| spec.url_credentials.clone());
+    let digest = blake3::hash(name.as_bytes()).to_hex();
+    let cache = vault.cache_dir().join(format!("{}.git", &digest[..24]));
+    Ok(Remote {
+        spec,
+        name,
+        credentials,
+        cache,
+    })
+}
+
+/// One advertisement, and the objects of the refs unless they are the previous snapshot's.
+fn fetch(
+    keys: &VaultKeys,
+    remote: &Remote,
+    previous: Option<&SnapshotRow>,
+    report: &mut RepoReport,
+) -> Result<FetchResult, BackupError> {
+    let id_key = keys.id_key();
+    let phase = Instant::now();
+    let fetched = git::fetch(
+        &remote.spec,
+        &remote.cache,
+        remote.credentials.as_ref(),
+        |refs| previous.is_some_and(|p| p.refset == id_key.chunk_id(&refs.encode())),
+    )?;
+    tracing::info!(repo = %remote.name, seconds = phase.elapsed().as_secs_f64(), objects = fetched.objects_received, "fetched");
+    report.refs = fetched.refs.refs.len();
+    report.objects_received = fetched.objects_received;
+    Ok(fetched)
+}
+
+fn store_object_map(
+    handle: &mut WriterHandle<'_, '_>,
+    new_objects: &[ObjectEntry],
+) -> Result<Vec<String>, BackupError> {
+    if new_objects.is_empty() {
+        return Ok(Vec::new());
+    }
+    let map = snapshot::encode_object_map(new_objects);
+    let id = handle.with(|w| w.store.put(ChunkKind::ObjectMap, &map))?;
+    Ok(vec![id.to_hex()])
+}
+
+/// Writes the ref set and manifest chunks and queues the snapshot's row.
+fn record(
+    vault: &Vault,
+    handle: &mut WriterHandle<'_, '_>,
+    refset_bytes: &[u8],
+    manifest_bytes: &[u8],
+    pending: PendingSnapshot,
+    unchanged: bool,
+) -> Result<(), BackupError> {
+    handle.with(|w| -> Result<(), BackupError> {
+        w.store.put_chunk(ChunkKind::RefSet, refset_bytes)?;
+        w.store.put_chunk(ChunkKind::Manifest, manifest_bytes)?;
+        w.deferred.waiting.push(pending);
+        if !unchanged {
+            // Invariant 2: every pack this snapshot needs is durable before the row exists.
+            // Unchanged repositories wait for the next flush, so that a run over many of them
+            // writes one small pack instead of one per repository.
+            w.commit_deferred(vault)?;
+        }
+        Ok(())
+    })
+}
+
+/// The line's status once the snapshot is queued: missing LFS objects or a failed metadata
+/// export make it partial; a rate limit also stops the source (the caller sees the error).
+fn judge(
+    report: &mut RepoReport,
+    unchanged: bool,
+    metadata_error: Option<ProviderError>,
+) -> Result<(), BackupError> {
+    report.status = if unchanged {
+        RepoStatus::Unchanged
+    } else {
+        RepoStatus::Changed
+    };
+    if !report.lfs_missing.is_empty() {
+        let error = format!(
+            "{} LFS objects could not be backed up: {}",
+            report.lfs_missing.len(),
+            report.lfs_missing.join("; ")
+        );
+        report.set(RepoStatus::Partial, Reason::Lfs, error);
+    }
+    if let Some(e) = metadata_error {
+        report.set(
+            RepoStatus::Partial,
+            Reason::Metadata,
+            format!("metadata: {e}"),
+        );
+        if let ProviderError::RateLimited { until } = e {
+            return Err(BackupError::RateLimited { until });
+        }
+    }
+    Ok(())
+}
+
+/// Objects the walk may skip: those the vault already has (with their whole closure).
+struct CacheSource<'a> {
+    cache: &'a CacheReader,
+    vault: &'a Vault,
+}
+
+impl ObjectSource for CacheSource<'_> {
+    type Error = BackupError;
+    fn read(&mut self, oid: &Oid) -> Result<(ObjectKind, Vec<u8>), BackupError> {
+        Ok(self.cache.read(oid)?)
+    }
+    fn known(&mut self, oid: &Oid) -> Result<bool, BackupError> {
+        Ok(self.vault.index().has_git_object(oid)?)
+    }
+}
+
+/// Stores every object reachable from the refs that the vault lacks; returns their entries
+/// and the LFS pointers among them.
+fn ingest(
+    vault: &Vault,
+    handle: &mut WriterHandle<'_, '_>,
+    cache: &std::path::Path,
+    refs: &RefSet,
+) -> Result<(Vec<ObjectEntry>, Vec<PointerBlob>), BackupError> {
+    let reader = CacheReader::open(cache)?;
+    let mut tips: Vec<Oid> = refs.refs.values().copied().collect();
+    tips.sort();
+    tips.dedup();
+    let mut source = CacheSource {
+        cache: &reader,
+        vault,
+    };
+    let phase = Instant::now();
+    let mut reached = walk(&mut source, &tips)?;
+    reached.sort_by_key(Reached::group_key);
+    tracing::info!(
+        seconds = phase.elapsed().as_secs_f64(),
+        objects = reached.len(),
+        "walked new objects"
+    );
+    let phase = Instant::now();
+    let mut pointers = Vec::new();
+    let entries = handle.with(|w| -> Result<_, BackupError> {
+        let mut entries = Vec::with_capacity(reached.len());
+        for r in &reached {
+            let (kind, data) = reader.read(&r.oid)?;
+            if kind == ObjectKind::Blob
+                && let Some(p) = crate::lfs::parse_pointer(&data)
+            {
+                pointers.push((r.oid, p));
+            }
+            let chunk = w.store.put(kind.chunk_kind(), &data)?;
+            entries.push(ObjectEntry {
+                oid: r.oid,
+                kind,
+                chunk,
+            });
+        }
+        Ok(entries)
+    })?;
+    tracing::info!(seconds = phase.elapsed().as_secs_f64(), "stored objects");
+    Ok((entries, pointers))
+}
+
+/// The manifest stored under `id`, if it reads back.
+pub(super) fn read_manifest(w: &Writer<'_>, id: &ChunkId) -> Option<Manifest> {
+    Manifest::decode(&w.store.get(id).ok()?).ok()
+}
+
+/// The moment a snapshot is recorded at: now, or `GITVAULT_NOW` (RFC 3339) when a test or a
+/// replay of history needs snapshots dated in the past.
+fn snapshot_time() -> Result<chrono::DateTime<chrono::Utc>, BackupError> {
+    match std::env::var("GITVAULT_NOW") {
+        Ok(text) => {
+            let time = snapshot::parse_date(&text)?;
+            // A snapshot from the future would be every later "as of" answer and the anchor
+            // of `--keep-within`.
+            if time > chrono::Utc::now() + chrono::Duration::days(1) {
+                return Err(snapshot::SnapshotError::BadDate(format!(
+                    "{text} (GITVAULT_NOW lies in the future)"
+                ))
+                .into());
+            }
+            Ok(time)
+        }
+        Err(_) => Ok(chrono::Utc::now()),
+    }
+}
+
+fn head_text(refs: &RefSet) -> Option<String> {
+    refs.head.as_ref().map(|h| match h {
+        snapshot::Head::Symbolic(t) => t.clone(),
+        snapshot::Head::Detached(oid) => oid.clone(),
+    })
+}
