@@ -150,6 +150,13 @@ pub fn sync(
     keys: &VaultKeys,
     lock: &WriteLock,
 ) -> Result<Vec<SyncReport>, VaultError> {
+    // Another host's prune must not delete packs while they are being copied.
+    let _shared = vault.lock_targets(
+        keys,
+        crate::vault::target_lock::LockKind::Shared,
+        "sync",
+        crate::vault::target_lock::LockTiming::from_environment(),
+    )?;
     let packs = vault.index().packs()?;
     let listings: Vec<Result<HashMap<String, u64>, String>> = vault
         .targets()

@@ -307,3 +307,60 @@ fn unlock_leaves_live_locks_unless_told() {
     assert!(unlock_list(&tv).is_empty());
     drop(held);
 }
+
+/// Two hosts on one S3 target: host B (the vault recovered into another directory) holds a
+/// shared lock while it writes; host A's prune waits for it, gives up naming it, and runs once
+/// B's process is gone.
+#[test]
+fn prune_waits_for_another_hosts_writer() {
+    use gitvault::retention::prune::{PruneOptions, prune};
+    use std::io::{BufRead, BufReader};
+    let (tv, server) = vault(true);
+    let url = server.as_ref().unwrap().url("locks", "vault");
+    let input = tv.tmp.path().join("input");
+    std::fs::write(&input, common::noise(4, 1 << 20)).unwrap();
+    ok(&tv.run(&["chunk", "put", input.to_str().unwrap()]));
+
+    let host_b = tv.tmp.path().join("host-b");
+    let gitvault_b = |args: &[&str]| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_gitvault"));
+        cmd.arg("--vault")
+            .arg(&host_b)
+            .args(args)
+            .env("GITVAULT_IDENTITY_FILE", &tv.identity_file);
+        cmd
+    };
+    ok(&gitvault_b(&["recover", "--from", &url]).output().unwrap());
+    // New data, so that B writes a pack (and stalls after it, holding its lock).
+    let other = tv.tmp.path().join("other");
+    std::fs::write(&other, common::noise(5, 1 << 20)).unwrap();
+    let mut writer = gitvault_b(&["chunk", "put", other.to_str().unwrap()])
+        .env("GITVAULT_TEST_HOOK_STALL", "pack-written")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(writer.stderr.take().unwrap()).lines();
+    loop {
+        match lines.next() {
+            Some(Ok(line)) if line.contains("gitvault-test-hook: pack-written") => break,
+            Some(Ok(_)) => continue,
+            _ => panic!("host B's writer ended early: {:?}", writer.wait()),
+        }
+    }
+
+    let vault = tv.open();
+    let keys = tv.keys(&vault);
+    let options = PruneOptions {
+        lock_wait: Duration::from_secs(2),
+        ..PruneOptions::default()
+    };
+    let refused = prune(&vault, &keys, &options)
+        .err()
+        .expect("prune must wait for the other host's writer");
+    assert!(refused.to_string().contains("chunk put"), "{refused}");
+    writer.kill().unwrap();
+    writer.wait().unwrap();
+    prune(&vault, &keys, &options).unwrap();
+    assert_eq!(lock_objects(&vault), 1, "only B's abandoned lock is left");
+}

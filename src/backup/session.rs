@@ -20,6 +20,7 @@ use crate::crypto::VaultKeys;
 use crate::git;
 use crate::provider::SourceConfig;
 use crate::vault::index_backup::{index_backup_due, upload_index_backup};
+use crate::vault::target_lock::{LockKind, LockTiming, TargetLock};
 use crate::vault::{Vault, WriteLock};
 
 /// How many run reports DIR/reports/ keeps.
@@ -43,6 +44,8 @@ pub struct Session<'v> {
     writer: Mutex<Writer<'v>>,
     repositories: Vec<RepoReport>,
     sources: Vec<SourceReport>,
+    /// The shared lock on every target, so that another host's prune waits for this run.
+    targets: TargetLock,
 }
 
 /// The report of a run: what `gitvault backup --json` prints and DIR/reports/ keeps.
@@ -58,6 +61,11 @@ pub struct BackupRun {
     /// Targets the index backup did not reach.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub index_backup_missed: Vec<String>,
+    /// Why the run's lock on the targets could not be kept alive (a target unreachable for
+    /// longer than the lock's lifetime): another host's prune may have run meanwhile, so
+    /// `gitvault verify` should follow.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target_lock_lost: Option<String>,
 }
 
 /// How a run went as a whole (the exit status's classes).
@@ -77,8 +85,14 @@ impl<'v> Session<'v> {
         keys: &'v VaultKeys,
         lock: &'v WriteLock,
         options: Options,
-    ) -> Session<'v> {
-        Session {
+    ) -> Result<Session<'v>, BackupError> {
+        let targets = vault.lock_targets(
+            keys,
+            LockKind::Shared,
+            "backup",
+            LockTiming::from_environment(),
+        )?;
+        Ok(Session {
             vault,
             keys,
             lock,
@@ -86,7 +100,8 @@ impl<'v> Session<'v> {
             writer: Mutex::new(Writer::new(vault.store(keys, lock))),
             repositories: Vec::new(),
             sources: Vec::new(),
-        }
+            targets,
+        })
     }
 
     /// Backs up repositories given by URL, `jobs` at a time; `done` sees each line as it
@@ -149,6 +164,7 @@ impl<'v> Session<'v> {
             writer,
             repositories,
             sources,
+            targets,
             ..
         } = self;
         let mut writer = writer.into_inner().unwrap_or_else(|e| e.into_inner());
@@ -160,6 +176,7 @@ impl<'v> Session<'v> {
             sources,
             lagging_replicas: store.report().lagging.clone(),
             index_backup_missed: Vec::new(),
+            target_lock_lost: targets.lost(),
         };
         drop(store);
         if !deferred.lost.is_empty() {
@@ -173,6 +190,7 @@ impl<'v> Session<'v> {
         if let Err(e) = save_run_report(vault, &run) {
             tracing::warn!(error = %e, "the run report could not be stored");
         }
+        drop(targets);
         Ok(run)
     }
 }
@@ -312,6 +330,7 @@ mod tests {
             sources: Vec::new(),
             lagging_replicas: Vec::new(),
             index_backup_missed: Vec::new(),
+            target_lock_lost: None,
         }
     }
 

@@ -166,7 +166,7 @@ pub fn backup(ctx: &Ctx, args: BackupArgs) -> Result<i32> {
         jobs: usize::from(args.jobs),
         allow_empty: args.allow_empty,
     };
-    let mut session = backup::Session::new(&vault, &keys, &lock, options);
+    let mut session = backup::Session::new(&vault, &keys, &lock, options)?;
     session.backup_urls(&requests, &|line| print_line(ctx, line));
     for source in &sources {
         let bar = ctx.out.count_bar(&format!("source {}", source.name));
@@ -191,6 +191,11 @@ pub fn backup(ctx: &Ctx, args: BackupArgs) -> Result<i32> {
         }
         for target in &run.index_backup_missed {
             eprintln!("warning: the index backup did not reach target {target}");
+        }
+        if let Some(why) = &run.target_lock_lost {
+            eprintln!(
+                "warning: the lock on the targets could not be kept ({why}); run `gitvault verify`"
+            );
         }
     }
     ctx.out.print(&run, || {

@@ -426,22 +426,31 @@ impl Vault {
         };
         for (i, target) in self.targets().iter().enumerate() {
             let key = new_key(written);
-            if let Err(source) = target.put_if_absent(&key, Body::Bytes(&body)) {
-                give_back(&held);
-                return Err(TargetLockError::Write {
+            let found = target
+                .put_if_absent(&key, Body::Bytes(&body))
+                .map_err(|source| TargetLockError::Write {
                     target: target.name().to_string(),
                     source,
+                })
+                .and_then(|_| {
+                    scan(target.as_ref(), auth, &info.vault_id).inspect_err(|_| {
+                        let _ = target.delete(&key);
+                    })
+                });
+            let found = match found {
+                Ok(found) => found,
+                // A writer goes on without a target it cannot reach (the store's replication
+                // policy decides whether the run can count on the others); prune cannot.
+                Err(e) if kind == LockKind::Shared => {
+                    tracing::warn!(target = target.name(), error = %e, "no shared lock on this target");
+                    continue;
                 }
-                .into());
-            }
-            held.push((i, key.clone()));
-            let found = match scan(target.as_ref(), auth, &info.vault_id) {
-                Ok(f) => f,
                 Err(e) => {
                     give_back(&held);
                     return Err(e.into());
                 }
             };
+            held.push((i, key.clone()));
             // Expired locks are removed by whoever meets them (restic does the same).
             for f in found.iter().filter(|f| f.state == LockState::Expired) {
                 let _ = target.delete(&f.key);

@@ -30,6 +30,7 @@ use serde::Serialize;
 use crate::crypto::VaultKeys;
 use crate::index::{Index, IndexError, PackRow, SnapshotRow};
 use crate::store::StoreError;
+use crate::vault::target_lock::{LockKind, LockTiming};
 use crate::vault::{Vault, VaultError};
 
 #[derive(Debug, thiserror::Error)]
@@ -166,6 +167,16 @@ pub fn prune(
 
     // 3. Decide, under the writer lock.
     let lock = vault.lock_waiting(options.lock_wait)?;
+    // Other hosts' writers hold shared locks on the targets: prune decides and deletes alone.
+    let _targets = vault.lock_targets(
+        keys,
+        LockKind::Exclusive,
+        "prune",
+        LockTiming {
+            wait: options.lock_wait,
+            ..LockTiming::from_environment()
+        },
+    )?;
     crate::hooks::point("prune-locked");
     report.garbage_files_removed = collect::collect_garbage(vault);
     collect::collect_unindexed(vault, keys, &mut report)?;
