@@ -15,6 +15,8 @@ cargo clippy --locked --all-targets -- -D warnings
 
 echo "== cargo test"
 cargo test --locked --lib --bins --tests -- --test-threads "${GITVAULT_TEST_THREADS:-2}"
+# The library's documented example (lib.rs): open a vault, back up, restore.
+cargo test --locked --doc
 
 # Benchmarks run once each in test mode (criterion), as a smoke test: no timing is asserted.
 echo "== benchmarks (smoke)"
