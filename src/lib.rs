@@ -62,6 +62,7 @@ pub mod git;
 pub mod hooks;
 pub mod index;
 pub mod lfs;
+pub mod metrics;
 pub mod model;
 pub mod policy;
 pub mod provider;

@@ -26,8 +26,9 @@ const LAYERS: &[&[&str]] = &[
         "recover",
         "stats",
     ],
-    // Checks composed of the operations: verify restores samples and reads the replica check.
-    &["verify"],
+    // Composed of the operations: verify restores samples and reads the replica check; metrics
+    // read a backup run's report and the stats.
+    &["verify", "metrics"],
 ];
 
 /// DESIGN.md's "no part reaches around another", whatever the layers say.

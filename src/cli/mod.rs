@@ -16,7 +16,7 @@ mod target;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use clap::{CommandFactory, Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use gitvault::Vault;
 use gitvault::vault::InitOptions;
@@ -54,6 +54,15 @@ pub struct Args {
     /// More diagnostics on stderr (-v info, -vv debug).
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     verbose: u8,
+    /// Write Prometheus metrics of this run to PATH when the command ends (node_exporter's
+    /// textfile format, replaced atomically; docs/OPERATIONS.md).
+    #[arg(
+        long,
+        global = true,
+        env = "GITVAULT_METRICS_FILE",
+        value_name = "PATH"
+    )]
+    metrics_file: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -137,6 +146,8 @@ pub struct Ctx {
     pub args_vault: PathBuf,
     pub identity: Option<PathBuf>,
     pub out: Output,
+    /// The report of a backup run, kept for the metrics written after the command.
+    pub backup_run: std::sync::Mutex<Option<gitvault::backup::BackupRun>>,
 }
 
 impl Ctx {
@@ -151,7 +162,13 @@ impl Ctx {
 }
 
 pub fn main() -> i32 {
-    let args = Args::parse();
+    let started = std::time::Instant::now();
+    let matches = Args::command().get_matches();
+    let command_name = matches.subcommand_name().unwrap_or("gitvault").to_string();
+    let args = match Args::from_arg_matches(&matches) {
+        Ok(args) => args,
+        Err(e) => e.exit(),
+    };
     let level = match (args.quiet, args.verbose) {
         (true, _) => "error",
         (_, 0) => "warn",
@@ -170,13 +187,45 @@ pub fn main() -> i32 {
         args_vault: args.vault.clone(),
         identity: args.identity.clone(),
         out: Output::new(args.json, args.quiet),
+        backup_run: std::sync::Mutex::new(None),
     };
-    match run(&ctx, args.command) {
+    let code = match run(&ctx, args.command) {
         Ok(code) => code,
         Err(e) => {
             ctx.out.error(&e);
             EXIT_FAILED
         }
+    };
+    if let Some(path) = &args.metrics_file {
+        write_metrics(
+            &ctx,
+            path,
+            &command_name,
+            code,
+            started.elapsed().as_secs_f64(),
+        );
+    }
+    code
+}
+
+/// The command's metrics, with what the vault says of every repository when it opens; a
+/// failure to write them is reported but does not change the exit status.
+fn write_metrics(ctx: &Ctx, path: &std::path::Path, command: &str, code: i32, seconds: f64) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0);
+    let mut metrics = gitvault::metrics::Metrics::default();
+    metrics.command(command, code, seconds, now);
+    if let Some(run) = ctx.backup_run.lock().ok().as_ref().and_then(|r| r.as_ref()) {
+        metrics.backup_run(run);
+    }
+    if let Ok(vault) = ctx.open() {
+        metrics.snapshots(&vault, now);
+        metrics.targets(&vault);
+    }
+    if let Err(e) = gitvault::metrics::write_file(path, &metrics.render()) {
+        eprintln!("error: writing metrics to {}: {e}", path.display());
     }
 }
 

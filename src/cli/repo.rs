@@ -210,11 +210,15 @@ pub fn backup(ctx: &Ctx, args: BackupArgs) -> Result<i32> {
             })
             .collect()
     });
-    Ok(match run.outcome() {
+    let code = match run.outcome() {
         backup::RunOutcome::Ok => EXIT_OK,
         backup::RunOutcome::Partial => EXIT_PARTIAL,
         backup::RunOutcome::Failed => EXIT_FAILED,
-    })
+    };
+    if let Ok(mut kept) = ctx.backup_run.lock() {
+        *kept = Some(run);
+    }
+    Ok(code)
 }
 
 /// Arguments naming a configured source back that source up; others are URLs or paths. No

@@ -183,6 +183,17 @@ impl Index {
             .collect())
     }
 
+    /// Each repository with the time (ms) of its newest snapshot: when it was last backed up.
+    pub fn newest_snapshot_times(&self) -> Result<Vec<(String, i64)>, IndexError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT r.name, MAX(s.time_ms) FROM snapshots s JOIN repos r ON r.id = s.repo_id
+             GROUP BY r.name ORDER BY r.name",
+        )?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
     pub fn repos(&self) -> Result<Vec<String>, IndexError> {
         let conn = self.conn();
         let mut stmt = conn.prepare("SELECT name FROM repos ORDER BY name")?;
