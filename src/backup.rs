@@ -21,7 +21,7 @@ use crate::index::NewSnapshot;
 use crate::provider::{MetadataMap, MetadataSink, Provider, ProviderError, RepoInfo, SourceConfig};
 use crate::redact::RedactedUrl;
 use crate::snapshot::{self, Manifest, ObjectEntry, ObjectKind, Oid, RefSet};
-use crate::store::{ChunkKind, ChunkStore, StoreError};
+use crate::store::{ChunkKind, ChunkReader, ChunkStore, StoreError};
 use crate::vault::Vault;
 
 #[derive(Debug, thiserror::Error)]
@@ -454,7 +454,7 @@ pub fn commit_deferred(vault: &Vault, writer: &mut Writer<'_>) -> Result<(), Bac
 
 /// The LFS map of a previous snapshot, if it has one and it reads back.
 fn previous_lfs_map(
-    store: &ChunkStore<'_>,
+    store: &ChunkReader<'_>,
     manifest: &crate::crypto::ChunkId,
 ) -> Option<Vec<crate::lfs::LfsEntry>> {
     let manifest = Manifest::decode(&store.get(manifest).ok()?).ok()?;
@@ -652,7 +652,7 @@ fn fetch_lfs(
 
 /// The metadata map of a previous snapshot, if it has one and it reads back.
 fn previous_metadata(
-    store: &ChunkStore<'_>,
+    store: &ChunkReader<'_>,
     manifest: &crate::crypto::ChunkId,
 ) -> Option<MetadataMap> {
     let manifest = Manifest::decode(&store.get(manifest).ok()?).ok()?;

@@ -522,7 +522,7 @@ pub fn resolve(
 /// provide: `oid: reason`.
 pub fn missing_objects(
     index: &crate::index::Index,
-    store: &crate::store::ChunkStore<'_>,
+    store: &crate::store::ChunkReader<'_>,
     lfs_map: Option<&str>,
 ) -> Vec<String> {
     let Some(map) = lfs_map else {

@@ -26,5 +26,5 @@ pub mod target;
 pub mod vault;
 
 pub use crypto::{ChunkId, Unlock};
-pub use store::{ChunkKind, ChunkStore};
+pub use store::{ChunkKind, ChunkReader, ChunkStore};
 pub use vault::{Vault, VaultError};

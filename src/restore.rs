@@ -15,7 +15,7 @@ use crate::git::objects::{ObjectSource, walk};
 use crate::git::{self, Credentials, GitError};
 use crate::index::{IndexError, SnapshotRow};
 use crate::snapshot::{self, Manifest, ObjectKind, Oid, RefSet};
-use crate::store::{ChunkStore, StoreError};
+use crate::store::{ChunkReader, StoreError};
 use crate::vault::Vault;
 
 #[derive(Debug, thiserror::Error)]
@@ -115,7 +115,7 @@ pub fn select_snapshot(
 
 /// The manifest and ref set of a snapshot, read from the packs.
 pub fn load_snapshot(
-    store: &ChunkStore<'_>,
+    store: &ChunkReader<'_>,
     row: &SnapshotRow,
 ) -> Result<(Manifest, RefSet), RestoreError> {
     let manifest = Manifest::decode(&store.get(&row.manifest)?)?;
@@ -145,7 +145,7 @@ pub fn load_snapshot(
 
 struct VaultSource<'a, 'v> {
     vault: &'a Vault,
-    store: &'a ChunkStore<'v>,
+    store: &'a ChunkReader<'v>,
 }
 
 impl VaultSource<'_, '_> {
@@ -330,7 +330,7 @@ pub fn restore_snapshot(
 /// where git-lfs looks for them, checking each one's SHA-256 on the way.
 fn write_lfs_objects(
     index: &crate::index::Index,
-    store: &ChunkStore<'_>,
+    store: &ChunkReader<'_>,
     manifest: &Manifest,
     reached: &[git::objects::Reached],
     git_dir: &Path,

@@ -26,7 +26,7 @@ use crate::index::{ChunkRow, IndexError, ObjectChunk, PruneChanges, SnapshotRow}
 use crate::provider::MetadataMap;
 use crate::snapshot::{self, Manifest, ObjectKind, Oid, RefSet};
 use crate::store::pack::FinishedPack;
-use crate::store::{ChunkKind, ChunkStore, StoreError, pack_key};
+use crate::store::{ChunkKind, ChunkReader, StoreError, pack_key};
 use crate::vault::{Vault, VaultError};
 
 #[derive(Debug, thiserror::Error)]
@@ -158,7 +158,7 @@ fn prefix(id: &ChunkId) -> u64 {
 
 struct MarkSource<'a, 'v> {
     vault: &'a Vault,
-    store: &'a ChunkStore<'v>,
+    store: &'a ChunkReader<'v>,
     live: &'a mut Live,
     /// The object `read` just looked up: the visit that follows needs its chunk too.
     last: Option<(Oid, ObjectChunk)>,
@@ -233,7 +233,7 @@ impl Live {
     }
 
     /// Marks a chunk that is not a git object's, with the parts of a chunk list.
-    fn chunk(&mut self, store: &ChunkStore<'_>, id: ChunkId) -> Result<(), StoreError> {
+    fn chunk(&mut self, store: &ChunkReader<'_>, id: ChunkId) -> Result<(), StoreError> {
         if self.others.insert(id) {
             self.chunks.insert(prefix(&id));
             if let Some(parts) = store.list_parts(&id)? {
@@ -246,7 +246,7 @@ impl Live {
     /// Marks a git object's chunk; each object is visited once.
     fn object_chunk(
         &mut self,
-        store: &ChunkStore<'_>,
+        store: &ChunkReader<'_>,
         object: &ObjectChunk,
         key: GroupKey,
     ) -> Result<(), StoreError> {
@@ -272,7 +272,7 @@ impl Live {
     fn snapshot(
         &mut self,
         vault: &Vault,
-        store: &ChunkStore<'_>,
+        store: &ChunkReader<'_>,
         row: &SnapshotRow,
     ) -> Result<(), PruneError> {
         let unreadable = |reason: String| PruneError::Unreadable {
@@ -746,7 +746,7 @@ struct Spilled {
 fn regroup(
     vault: &Vault,
     keys: &VaultKeys,
-    reader: &ChunkStore<'_>,
+    reader: &ChunkReader<'_>,
     live: &Live,
     packs: &[i64],
 ) -> Result<Vec<(FinishedPack, Vec<String>)>, PruneError> {

@@ -29,7 +29,7 @@ pub use lock::{ReadLease, WriteLock};
 use crate::crypto::{self, CryptoError, KeyProtection, VaultKeys};
 use crate::index::{Index, IndexError};
 use crate::store::pack::Compression;
-use crate::store::{CdcParams, ChunkStore, StoreSettings};
+use crate::store::{CdcParams, ChunkReader, ChunkStore, StoreSettings};
 use crate::target::{self, Body, Target, TargetError};
 
 pub const FORMAT_VERSION: u32 = 1;
@@ -403,15 +403,9 @@ impl Vault {
         store
     }
 
-    /// A chunk store for reading only.
-    pub fn reader<'a>(&'a self, keys: &'a VaultKeys) -> ChunkStore<'a> {
-        ChunkStore::new(
-            &self.index,
-            &self.targets,
-            keys,
-            self.tmp_dir(),
-            self.store_settings(),
-        )
+    /// A chunk reader; needs no lock.
+    pub fn reader<'a>(&'a self, keys: &'a VaultKeys) -> ChunkReader<'a> {
+        ChunkReader::new(&self.index, &self.targets, keys)
     }
 
     /// Adds a target and copies the vault's public parameters and key files to it. Packs
