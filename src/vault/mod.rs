@@ -28,6 +28,7 @@ pub use lock::{ReadLease, WriteLock};
 
 use crate::crypto::{self, CryptoError, KeyProtection, VaultKeys};
 use crate::index::{Index, IndexError};
+use crate::provider::http::{CacheError, CachedAnswer, HttpCache};
 use crate::store::pack::Compression;
 use crate::store::{CdcParams, ChunkReader, ChunkStore, StoreSettings};
 use crate::target::{self, Body, Target, TargetError};
@@ -134,32 +135,22 @@ pub struct InitReport {
 
 /// The index keeps the providers' conditional-request cache (`http_cache`, kept in index
 /// backups); providers see it only through this trait.
-impl crate::provider::http::HttpCache for Index {
-    fn cached(
-        &self,
-        url: &str,
-    ) -> Result<Option<crate::provider::http::CachedAnswer>, crate::provider::http::CacheError>
-    {
+impl HttpCache for Index {
+    fn cached(&self, url: &str) -> Result<Option<CachedAnswer>, CacheError> {
         self.http_cached(url)
             .map(|found| {
-                found.map(|c| crate::provider::http::CachedAnswer {
+                found.map(|c| CachedAnswer {
                     etag: c.etag,
                     link: c.link,
                     body: c.body,
                 })
             })
-            .map_err(|e| crate::provider::http::CacheError(e.to_string()))
+            .map_err(|e| CacheError(e.to_string()))
     }
 
-    fn store(
-        &self,
-        url: &str,
-        etag: &str,
-        link: Option<&str>,
-        body: &[u8],
-    ) -> Result<(), crate::provider::http::CacheError> {
-        self.http_store(url, etag, link, body)
-            .map_err(|e| crate::provider::http::CacheError(e.to_string()))
+    fn store(&self, url: &str, answer: &CachedAnswer) -> Result<(), CacheError> {
+        self.http_store(url, &answer.etag, answer.link.as_deref(), &answer.body)
+            .map_err(|e| CacheError(e.to_string()))
     }
 }
 
