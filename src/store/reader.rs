@@ -53,7 +53,7 @@ pub struct ChunkReader<'v> {
 }
 
 impl<'v> ChunkReader<'v> {
-    pub fn new(
+    pub(crate) fn new(
         index: &'v Index,
         targets: &'v [Box<dyn Target>],
         keys: &'v VaultKeys,

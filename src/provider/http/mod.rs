@@ -299,12 +299,12 @@ impl<'i> ApiClient<'i> {
     }
 
     /// The API's base URL, without a trailing `/`.
-    pub fn base(&self) -> &str {
+    pub(crate) fn base(&self) -> &str {
         &self.base
     }
 
     /// The URL of `path` (`/repos/…`) on the API.
-    pub fn url(&self, path: &str) -> String {
+    pub(crate) fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }
 
