@@ -79,5 +79,5 @@ pub mod vault;
 pub mod verify;
 
 pub use crypto::{ChunkId, Unlock};
-pub use store::{ChunkKind, ChunkStore};
+pub use store::{ChunkKind, ChunkReader, ChunkStore};
 pub use vault::{Vault, VaultError};

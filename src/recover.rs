@@ -13,7 +13,7 @@ use crate::crypto::{ChunkId, CryptoError, Unlock, VaultKeys};
 use crate::index::NewSnapshot;
 use crate::snapshot::{self, Manifest};
 use crate::store::pack::{FinishedPack, PackError, Provenance, read_footer, verify_pack};
-use crate::store::{ChunkKind, ChunkStore, pack_key, pack_name_from_key};
+use crate::store::{ChunkKind, ChunkReader, pack_key, pack_name_from_key};
 use crate::target::{self, Target};
 use crate::vault::{PUBLIC_FILE, PublicParams, Vault, VaultError};
 
@@ -445,7 +445,7 @@ fn recover_snapshots(
 /// first.
 fn readable_manifests(
     vault: &Vault,
-    store: &ChunkStore<'_>,
+    store: &ChunkReader<'_>,
     manifests: Vec<ChunkId>,
 ) -> Result<Vec<(ChunkId, Manifest)>, VaultError> {
     let mut found = Vec::new();
@@ -480,7 +480,7 @@ fn readable_manifests(
 /// objects whose bytes came back with the packs.
 fn record_snapshot(
     vault: &Vault,
-    store: &ChunkStore<'_>,
+    store: &ChunkReader<'_>,
     id: ChunkId,
     manifest: &Manifest,
 ) -> Result<(), VaultError> {

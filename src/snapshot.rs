@@ -183,7 +183,7 @@ pub struct PruneRecord {
 /// the newest carries their forgotten manifests forward.
 pub fn newest_prune_record(
     index: &crate::index::Index,
-    store: &crate::store::ChunkStore<'_>,
+    store: &crate::store::ChunkReader<'_>,
 ) -> Result<Option<(ChunkId, PruneRecord)>, crate::store::StoreError> {
     let mut newest: Option<(ChunkId, PruneRecord)> = None;
     for id in index.chunks_of_kind(crate::store::ChunkKind::PruneRecord as u8)? {

@@ -355,9 +355,8 @@ fn prune_waits_for_another_hosts_writer() {
         lock_wait: Duration::from_secs(2),
         ..PruneOptions::default()
     };
-    let refused = prune(&vault, &keys, &options)
-        .err()
-        .expect("prune must wait for the other host's writer");
+    let refused =
+        prune(&vault, &keys, &options).expect_err("prune must wait for the other host's writer");
     assert!(refused.to_string().contains("chunk put"), "{refused}");
     writer.kill().unwrap();
     writer.wait().unwrap();

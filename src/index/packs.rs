@@ -64,12 +64,20 @@ pub struct PackRecord<'a> {
 }
 
 impl PackRecord<'_> {
-    /// The frame a footer entry names (the footer was checked when it was decoded; a record
-    /// built by hand may still be wrong).
-    pub(super) fn frame_of(&self, e: &PackEntry) -> Result<&FrameInfo, IndexError> {
-        self.frames.get(e.frame as usize).ok_or_else(|| {
+    /// Where a footer entry's chunk lies, as a chunk row records it: frame offset, frame
+    /// compressed and raw length, offset in the frame, length. The footer was checked when it
+    /// was decoded; a record built by hand may still name a missing frame.
+    pub(super) fn placement(&self, e: &PackEntry) -> Result<(u64, u32, u32, u32, u32), IndexError> {
+        let frame = self.frames.get(e.frame as usize).ok_or_else(|| {
             IndexError::Inconsistent(format!("pack {} names a missing frame", self.name))
-        })
+        })?;
+        Ok((
+            frame.offset,
+            frame.compressed_len,
+            frame.raw_len,
+            e.offset,
+            e.len,
+        ))
     }
 }
 
@@ -214,16 +222,10 @@ impl Index {
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
             )?;
             for e in pack.entries {
-                let frame = pack.frame_of(e)?;
+                let (frame, clen, rawlen, offset, len) = pack.placement(e)?;
+                let id = &e.id.0[..];
                 insert.execute(params![
-                    &e.id.0[..],
-                    e.kind,
-                    pack_id,
-                    frame.offset,
-                    frame.compressed_len,
-                    frame.raw_len,
-                    e.offset,
-                    e.len
+                    id, e.kind, pack_id, frame, clen, rawlen, offset, len
                 ])?;
             }
         }

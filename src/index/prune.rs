@@ -92,16 +92,9 @@ impl Index {
                      (SELECT p.id FROM packs p JOIN condemned_packs c ON c.name = p.name)",
             )?;
             for e in pack.entries {
-                let frame = pack.frame_of(e)?;
-                repoint.execute(params![
-                    &e.id.0[..],
-                    pack_id,
-                    frame.offset,
-                    frame.compressed_len,
-                    frame.raw_len,
-                    e.offset,
-                    e.len
-                ])?;
+                let (frame, clen, rawlen, offset, len) = pack.placement(e)?;
+                let id = &e.id.0[..];
+                repoint.execute(params![id, pack_id, frame, clen, rawlen, offset, len])?;
             }
         }
         // A pack nothing points into holds nothing a snapshot can reach: an unused compaction

@@ -18,9 +18,11 @@ use std::collections::HashSet;
 use chrono::{DateTime, FixedOffset, Utc};
 use serde_json::{Value, json};
 
-use super::common::{api_base, keep_binary, listing, name_content, put, start_map};
-use super::http::{ApiClient, Auth, RequestStats};
-use super::{Listing, MetadataMap, MetadataSink, Provider, ProviderError, RepoInfo, SourceConfig};
+use super::common::{connect, keep_binary, listing, name_content, put};
+use super::http::{ApiClient, Auth, Cache, RequestStats};
+use super::{
+    Export, Listing, MetadataMap, MetadataSink, Provider, ProviderError, RepoInfo, SourceConfig,
+};
 use super::{bool_field, segment, str_field};
 use crate::git::Credentials;
 
@@ -42,7 +44,6 @@ const DOWNLOADS_PAGE: u32 = 100;
 
 pub struct Bitbucket<'i> {
     api: ApiClient<'i>,
-    base: String,
     workspace: String,
     git: Option<Credentials>,
 }
@@ -129,10 +130,7 @@ enum Kind {
 }
 
 impl<'i> Bitbucket<'i> {
-    pub fn new(
-        source: &SourceConfig,
-        cache: Option<&'i dyn super::http::HttpCache>,
-    ) -> Result<Self, ProviderError> {
+    pub fn new(source: &SourceConfig, cache: Cache<'i>) -> Result<Self, ProviderError> {
         let token = source.token()?;
         let username = source.username()?;
         let (auth, git) = match (token, username) {
@@ -162,24 +160,22 @@ impl<'i> Bitbucket<'i> {
             // Public repositories only.
             (None, _) => (None, None),
         };
-        let base = api_base(source, DEFAULT_API);
+        let api = connect(source, cache, DEFAULT_API, auth, "application/json", vec![])?;
+        let workspace = source.owner.clone();
         Ok(Bitbucket {
-            api: ApiClient::new(
-                &base,
-                auth,
-                "application/json",
-                Vec::new(),
-                cache,
-                &source.http,
-            )?,
-            base,
-            workspace: source.owner.clone(),
+            api,
+            workspace,
             git,
         })
     }
 
     fn repo_url(&self, repo: &RepoInfo, rest: &str) -> String {
-        format!("{}/repositories/{}{}", self.base, repo.full_name, rest)
+        format!(
+            "{}/repositories/{}{}",
+            self.api.base(),
+            repo.full_name,
+            rest
+        )
     }
 
     fn get_json(&mut self, url: &str) -> Result<Value, ProviderError> {
@@ -372,28 +368,27 @@ impl Provider for Bitbucket<'_> {
     fn list_repositories(&mut self) -> Result<Listing, ProviderError> {
         let listed = self.get_values(&format!(
             "{}/repositories/{}?pagelen={REPOS_PAGE}",
-            self.base, self.workspace
+            self.api.base(),
+            self.workspace
         ))?;
         Ok(listing(&listed, &["full_name", "slug"], |v| {
             repo_info(v, &self.workspace)
         }))
     }
 
-    fn export_metadata(
-        &mut self,
-        repo: &RepoInfo,
-        previous: Option<&MetadataMap>,
-        sink: &mut dyn MetadataSink,
-    ) -> Result<MetadataMap, ProviderError> {
-        let mut map = start_map(previous, "bitbucket");
+    fn kind(&self) -> &'static str {
+        "bitbucket"
+    }
+
+    fn export(&mut self, repo: &RepoInfo, out: &mut Export<'_>) -> Result<(), ProviderError> {
         let settings = self.get_json(&self.repo_url(repo, ""))?;
-        put(&mut map, sink, "settings.json", &settings)?;
-        self.export_changed(repo, Kind::Pulls, &mut map, sink)?;
+        put(&mut out.map, out.sink, "settings.json", &settings)?;
+        self.export_changed(repo, Kind::Pulls, &mut out.map, out.sink)?;
         if bool_field(&settings, "has_issues") {
-            self.export_changed(repo, Kind::Issues, &mut map, sink)?;
+            self.export_changed(repo, Kind::Issues, &mut out.map, out.sink)?;
         }
-        self.export_downloads(repo, &mut map, sink)?;
-        Ok(map)
+        self.export_downloads(repo, &mut out.map, out.sink)?;
+        Ok(())
     }
 
     fn stats(&self) -> RequestStats {

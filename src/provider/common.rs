@@ -7,8 +7,8 @@ use std::collections::HashSet;
 
 use serde_json::Value;
 
-use super::http::ApiClient;
-use super::{Listing, MetadataMap, MetadataSink, ProviderError, RepoInfo, SourceConfig};
+use super::http::{ApiClient, Auth, Cache};
+use super::{Export, Listing, MetadataMap, MetadataSink, ProviderError, RepoInfo, SourceConfig};
 use super::{bool_field, segment, str_field};
 
 /// `--api-url`, or the provider's default, without a trailing `/`.
@@ -19,6 +19,33 @@ pub(crate) fn api_base(source: &SourceConfig, default: &str) -> String {
         .unwrap_or_else(|| default.into())
         .trim_end_matches('/')
         .to_string()
+}
+
+/// The API client of `source`, at `--api-url` or `default`.
+pub(crate) fn connect<'i>(
+    source: &SourceConfig,
+    cache: Cache<'i>,
+    default: &str,
+    auth: Option<Auth>,
+    accept: &'static str,
+    headers: Vec<(&'static str, &'static str)>,
+) -> Result<ApiClient<'i>, ProviderError> {
+    let base = api_base(source, default);
+    ApiClient::new(&base, auth, accept, headers, cache, &source.http)
+}
+
+/// Stores lists kept whole every run (labels, milestones): the full answer of each
+/// `(path, url)`.
+pub(crate) fn put_lists(
+    api: &mut ApiClient<'_>,
+    out: &mut Export<'_>,
+    lists: [(&str, String); 2],
+) -> Result<(), ProviderError> {
+    for (path, url) in lists {
+        let items = api.get_all(&url)?;
+        put(&mut out.map, out.sink, path, &Value::Array(items))?;
+    }
+    Ok(())
 }
 
 /// A listing read with `read`, in full-name order, each repository once; items `read` cannot

@@ -13,10 +13,12 @@ use age::secrecy::SecretString;
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::{Value, json};
 
-use super::common::{self, api_base, github_like_repo, listing, put, start_map};
-use super::http::{ApiClient, Auth, RequestStats, same_origin};
+use super::common::{self, connect, github_like_repo, listing, put};
+use super::http::{ApiClient, Auth, Cache, RequestStats, same_origin};
 use super::str_field;
-use super::{Listing, MetadataMap, MetadataSink, Provider, ProviderError, RepoInfo, SourceConfig};
+use super::{
+    Export, Listing, MetadataMap, MetadataSink, Provider, ProviderError, RepoInfo, SourceConfig,
+};
 
 pub const DEFAULT_API: &str = "https://codeberg.org/api/v1";
 
@@ -29,7 +31,6 @@ const GIT_USERNAME: &str = "gitvault";
 
 pub struct Gitea<'i> {
     api: ApiClient<'i>,
-    base: String,
     owner: String,
     token: Option<SecretString>,
 }
@@ -63,42 +64,25 @@ fn or_empty(result: Result<Vec<Value>, ProviderError>) -> Result<Vec<Value>, Pro
 }
 
 impl<'i> Gitea<'i> {
-    pub fn new(
-        source: &SourceConfig,
-        cache: Option<&'i dyn super::http::HttpCache>,
-    ) -> Result<Self, ProviderError> {
+    pub fn new(source: &SourceConfig, cache: Cache<'i>) -> Result<Self, ProviderError> {
         let token = source.token()?;
-        let base = api_base(source, DEFAULT_API);
-        Ok(Gitea {
-            api: ApiClient::new(
-                &base,
-                token.as_ref().map(|t| Auth::scheme("token", t)),
-                "application/json",
-                Vec::new(),
-                cache,
-                &source.http,
-            )?,
-            base,
-            owner: source.owner.clone(),
-            token,
-        })
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("{}{}", self.base, path)
+        let auth = token.as_ref().map(|t| Auth::scheme("token", t));
+        let api = connect(source, cache, DEFAULT_API, auth, "application/json", vec![])?;
+        let owner = source.owner.clone();
+        Ok(Gitea { api, owner, token })
     }
 
     fn repo_url(&self, repo: &RepoInfo, rest: &str) -> String {
-        self.url(&format!("/repos/{}{}", repo.full_name, rest))
+        self.api.url(&format!("/repos/{}{}", repo.full_name, rest))
     }
 
     /// The instance's web root: attachments are downloaded from there.
     fn web_root(&self) -> String {
-        match self.base.strip_suffix("/api/v1") {
+        match self.api.base().strip_suffix("/api/v1") {
             Some(root) => root.to_string(),
-            None => url::Url::parse(&self.base)
+            None => url::Url::parse(self.api.base())
                 .map(|u| u.origin().ascii_serialization())
-                .unwrap_or_else(|_| self.base.clone()),
+                .unwrap_or_else(|_| self.api.base().to_string()),
         }
     }
 
@@ -183,7 +167,7 @@ impl<'i> Gitea<'i> {
         let releases =
             or_empty(self.get_all(&self.repo_url(repo, &format!("/releases?limit={PAGE}"))))?;
         let uuid = |asset: &Value| str_field(asset, "uuid").unwrap_or_default();
-        let (base, web_root) = (self.base.clone(), self.web_root());
+        let (base, web_root) = (self.api.base().to_string(), self.web_root());
         common::export_releases(
             &mut self.api,
             &releases,
@@ -208,35 +192,36 @@ impl<'i> Gitea<'i> {
 impl Provider for Gitea<'_> {
     fn list_repositories(&mut self) -> Result<Listing, ProviderError> {
         // GET /orgs/{name} answers 404 for users.
-        let org = self.get_json(&self.url(&format!("/orgs/{}", self.owner)));
+        let org = self.get_json(&self.api.url(&format!("/orgs/{}", self.owner)));
         let list = match org {
             Ok(_) => format!("/orgs/{}/repos?limit={PAGE}", self.owner),
             Err(ProviderError::NotFound(_)) => format!("/users/{}/repos?limit={PAGE}", self.owner),
             Err(e) => return Err(e),
         };
-        let listed = self.get_all(&self.url(&list))?;
+        let listed = self.get_all(&self.api.url(&list))?;
         Ok(listing(&listed, &["full_name", "name"], github_like_repo))
     }
 
-    fn export_metadata(
-        &mut self,
-        repo: &RepoInfo,
-        previous: Option<&MetadataMap>,
-        sink: &mut dyn MetadataSink,
-    ) -> Result<MetadataMap, ProviderError> {
-        let mut map = start_map(previous, "gitea");
+    fn kind(&self) -> &'static str {
+        "gitea"
+    }
 
+    fn export(&mut self, repo: &RepoInfo, out: &mut Export<'_>) -> Result<(), ProviderError> {
         // The repository object holds the topics already.
         let settings = self.get_json(&self.repo_url(repo, ""))?;
-        put(&mut map, sink, "settings.json", &settings)?;
-        let labels = self.get_all(&self.repo_url(repo, &format!("/labels?limit={PAGE}")))?;
-        put(&mut map, sink, "labels.json", &Value::Array(labels))?;
-        let milestones =
-            self.get_all(&self.repo_url(repo, &format!("/milestones?state=all&limit={PAGE}")))?;
-        put(&mut map, sink, "milestones.json", &Value::Array(milestones))?;
-        self.export_issues(repo, &mut map, sink)?;
-        self.export_releases(repo, &mut map, sink)?;
-        Ok(map)
+        put(&mut out.map, out.sink, "settings.json", &settings)?;
+        let lists = [
+            ("labels.json", format!("/labels?limit={PAGE}")),
+            (
+                "milestones.json",
+                format!("/milestones?state=all&limit={PAGE}"),
+            ),
+        ]
+        .map(|(path, rest)| (path, self.repo_url(repo, &rest)));
+        common::put_lists(&mut self.api, out, lists).map_err(rate_limit)?;
+        self.export_issues(repo, &mut out.map, out.sink)?;
+        self.export_releases(repo, &mut out.map, out.sink)?;
+        Ok(())
     }
 
     fn stats(&self) -> RequestStats {

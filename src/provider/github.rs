@@ -13,17 +13,16 @@ use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 
 use super::common::{
-    api_base, export_issues_since, export_releases, github_like_repo, listing, put, start_map,
+    connect, export_issues_since, export_releases, github_like_repo, listing, put, put_lists,
 };
-use super::http::{ApiClient, Auth, RequestStats};
+use super::http::{ApiClient, Auth, Cache, RequestStats};
 use super::str_field;
-use super::{Listing, MetadataMap, MetadataSink, Provider, ProviderError, RepoInfo, SourceConfig};
+use super::{Export, Listing, Provider, ProviderError, RepoInfo, SourceConfig};
 
 pub const DEFAULT_API: &str = "https://api.github.com";
 
 pub struct GitHub<'i> {
     api: ApiClient<'i>,
-    base: String,
     owner: String,
     token: Option<SecretString>,
     app: Option<AppAuth>,
@@ -97,28 +96,20 @@ impl AppAuth {
 }
 
 impl<'i> GitHub<'i> {
-    pub fn new(
-        source: &SourceConfig,
-        cache: Option<&'i dyn super::http::HttpCache>,
-    ) -> Result<Self, ProviderError> {
+    pub fn new(source: &SourceConfig, cache: Cache<'i>) -> Result<Self, ProviderError> {
         let token = source.token()?;
         let app = match (source.app_id, &source.app_key_file) {
             (Some(id), Some(path)) => Some(AppAuth::load(id, path)?),
             _ => None,
         };
-        let base = api_base(source, DEFAULT_API);
+        let auth = token.as_ref().map(|t| Auth::scheme("Bearer", t));
+        let accept = "application/vnd.github+json";
+        let version = vec![("X-GitHub-Api-Version", "2022-11-28")];
+        let api = connect(source, cache, DEFAULT_API, auth, accept, version)?;
         Ok(GitHub {
-            token: token.clone(),
+            token,
             app,
-            api: ApiClient::new(
-                &base,
-                token.map(|t| Auth::scheme("Bearer", &t)),
-                "application/vnd.github+json",
-                vec![("X-GitHub-Api-Version", "2022-11-28")],
-                cache,
-                &source.http,
-            )?,
-            base,
+            api,
             owner: source.owner.clone(),
         })
     }
@@ -141,10 +132,10 @@ impl<'i> GitHub<'i> {
             Some(id) => id,
             None => {
                 // The installation on an organisation or on a user account.
-                let org = format!("{}/orgs/{}/installation", self.base, self.owner);
+                let org = format!("{}/orgs/{}/installation", self.api.base(), self.owner);
                 let found = match self.api.get_json_as(&org, &jwt) {
                     Err(ProviderError::NotFound(_)) => self.api.get_json_as(
-                        &format!("{}/users/{}/installation", self.base, self.owner),
+                        &format!("{}/users/{}/installation", self.api.base(), self.owner),
                         &jwt,
                     ),
                     other => other,
@@ -165,7 +156,7 @@ impl<'i> GitHub<'i> {
         let answer = self.api.post_json(
             &format!(
                 "{}/app/installations/{installation}/access_tokens",
-                self.base
+                self.api.base()
             ),
             &jwt,
         )?;
@@ -183,12 +174,8 @@ impl<'i> GitHub<'i> {
         Ok(())
     }
 
-    fn url(&self, path: &str) -> String {
-        format!("{}{}", self.base, path)
-    }
-
     fn repo_url(&self, repo: &RepoInfo, rest: &str) -> String {
-        self.url(&format!("/repos/{}{}", repo.full_name, rest))
+        self.api.url(&format!("/repos/{}{}", repo.full_name, rest))
     }
 }
 
@@ -236,15 +223,18 @@ impl Provider for GitHub<'_> {
         // conditional like everything else, so an unchanged run costs a 304 here.
         let account = self
             .api
-            .get_json(&self.url(&format!("/users/{}", self.owner)))?;
+            .get_json(&self.api.url(&format!("/users/{}", self.owner)))?;
         let listed = if str_field(&account, "type").as_deref() == Some("Organization") {
-            self.api
-                .get_all(&self.url(&format!("/orgs/{}/repos?type=all&per_page=100", self.owner)))?
+            self.api.get_all(
+                &self
+                    .api
+                    .url(&format!("/orgs/{}/repos?type=all&per_page=100", self.owner)),
+            )?
         } else if self.app.is_some() {
             // An app installed on a user account sees that account's private repositories
             // only through its installation.
             let mut all = Vec::new();
-            let first = self.url("/installation/repositories?per_page=100");
+            let first = self.api.url("/installation/repositories?per_page=100");
             let mut guard = self.api.pages(&first);
             let mut next = Some(first);
             while let Some(url) = next {
@@ -260,16 +250,16 @@ impl Provider for GitHub<'_> {
         } else {
             // A user's private repositories are visible only through /user/repos, when the
             // token is theirs.
-            let me = self.api.get_json(&self.url("/user")).ok();
+            let me = self.api.get_json(&self.api.url("/user")).ok();
             let is_me = me
                 .as_ref()
                 .and_then(|m| str_field(m, "login"))
                 .is_some_and(|l| l.eq_ignore_ascii_case(&self.owner));
             if is_me {
                 self.api
-                    .get_all(&self.url("/user/repos?affiliation=owner&per_page=100"))?
+                    .get_all(&self.api.url("/user/repos?affiliation=owner&per_page=100"))?
             } else {
-                self.api.get_all(&self.url(&format!(
+                self.api.get_all(&self.api.url(&format!(
                     "/users/{}/repos?type=owner&per_page=100",
                     self.owner
                 )))?
@@ -278,15 +268,11 @@ impl Provider for GitHub<'_> {
         Ok(listing(&listed, &["full_name", "name"], github_like_repo))
     }
 
-    fn export_metadata(
-        &mut self,
-        repo: &RepoInfo,
-        previous: Option<&MetadataMap>,
-        sink: &mut dyn MetadataSink,
-    ) -> Result<MetadataMap, ProviderError> {
-        self.authenticate()?;
-        let mut map = start_map(previous, "github");
+    fn kind(&self) -> &'static str {
+        "github"
+    }
 
+    fn export(&mut self, repo: &RepoInfo, out: &mut Export<'_>) -> Result<(), ProviderError> {
         let mut settings = self.api.get_json(&self.repo_url(repo, ""))?;
         // The full repository object carries `topics`; older Enterprise servers need the
         // separate call.
@@ -296,16 +282,16 @@ impl Provider for GitHub<'_> {
                 obj.insert("topics".into(), names.clone());
             }
         }
-        put(&mut map, sink, "settings.json", &settings)?;
+        put(&mut out.map, out.sink, "settings.json", &settings)?;
 
-        let labels = self
-            .api
-            .get_all(&self.repo_url(repo, "/labels?per_page=100"))?;
-        put(&mut map, sink, "labels.json", &Value::Array(labels))?;
-        let milestones = self
-            .api
-            .get_all(&self.repo_url(repo, "/milestones?state=all&per_page=100"))?;
-        put(&mut map, sink, "milestones.json", &Value::Array(milestones))?;
+        let lists = [
+            ("labels.json", self.repo_url(repo, "/labels?per_page=100")),
+            (
+                "milestones.json",
+                self.repo_url(repo, "/milestones?state=all&per_page=100"),
+            ),
+        ];
+        put_lists(&mut self.api, out, lists)?;
 
         // Issues and pull requests changed since the newest one we hold, as `updated_at` says.
         let list_url = self.repo_url(
@@ -315,8 +301,8 @@ impl Provider for GitHub<'_> {
         export_issues_since(
             self,
             &list_url,
-            &mut map,
-            sink,
+            &mut out.map,
+            out.sink,
             |t| Some(t.to_string()),
             |github, url| github.api.get_all(url),
             |github, number, item| github.issue_document(repo, number, item),
@@ -332,8 +318,8 @@ impl Provider for GitHub<'_> {
         export_releases(
             &mut self.api,
             &releases,
-            &mut map,
-            sink,
+            &mut out.map,
+            out.sink,
             |asset| str_field(asset, "updated_at").unwrap_or_default(),
             |asset, id| {
                 str_field(asset, "url")
@@ -341,7 +327,7 @@ impl Provider for GitHub<'_> {
                     .unwrap_or_else(|| format!("{assets_url}/{id}"))
             },
         )?;
-        Ok(map)
+        Ok(())
     }
 
     fn stats(&self) -> RequestStats {

@@ -18,16 +18,17 @@ use age::secrecy::SecretString;
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 
-use super::common::{api_base, listing, put, start_map};
-use super::http::{ApiClient, Auth, RequestStats, shown};
-use super::{Listing, MetadataMap, MetadataSink, Provider, ProviderError, RepoInfo, SourceConfig};
+use super::common::{connect, listing, put, put_lists};
+use super::http::{ApiClient, Auth, Cache, RequestStats, shown};
+use super::{
+    Export, Listing, MetadataMap, MetadataSink, Provider, ProviderError, RepoInfo, SourceConfig,
+};
 use super::{bool_field, segment, str_field};
 
 pub const DEFAULT_API: &str = "https://gitlab.com/api/v4";
 
 pub struct GitLab<'i> {
     api: ApiClient<'i>,
-    base: String,
     owner: String,
     token: Option<SecretString>,
 }
@@ -128,33 +129,17 @@ fn repo_info(v: &Value) -> Option<RepoInfo> {
 }
 
 impl<'i> GitLab<'i> {
-    pub fn new(
-        source: &SourceConfig,
-        cache: Option<&'i dyn super::http::HttpCache>,
-    ) -> Result<Self, ProviderError> {
+    pub fn new(source: &SourceConfig, cache: Cache<'i>) -> Result<Self, ProviderError> {
         let token = source.token()?;
-        let base = api_base(source, DEFAULT_API);
-        Ok(GitLab {
-            api: ApiClient::new(
-                &base,
-                token.as_ref().map(|t| Auth::header("PRIVATE-TOKEN", t)),
-                "application/json",
-                Vec::new(),
-                cache,
-                &source.http,
-            )?,
-            base,
-            owner: source.owner.clone(),
-            token,
-        })
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("{}{}", self.base, path)
+        let auth = token.as_ref().map(|t| Auth::header("PRIVATE-TOKEN", t));
+        let api = connect(source, cache, DEFAULT_API, auth, "application/json", vec![])?;
+        let owner = source.owner.clone();
+        Ok(GitLab { api, owner, token })
     }
 
     fn project_url(&self, repo: &RepoInfo, rest: &str) -> String {
-        self.url(&format!("/projects/{}{}", encode(&repo.full_name), rest))
+        self.api
+            .url(&format!("/projects/{}{}", encode(&repo.full_name), rest))
     }
 
     /// `{"issue": …, "comments": [notes]}`. Notes include GitLab's system notes (label,
@@ -296,19 +281,21 @@ impl Provider for GitLab<'_> {
         // Groups and users share one namespace of paths: try the group first (conditional, so
         // an unchanged run pays a 304), and a 404 means a user, or nothing.
         let owner = encode(&self.owner);
-        let group_url = self.url(&format!("/groups/{owner}?with_projects=false"));
+        let group_url = self
+            .api
+            .url(&format!("/groups/{owner}?with_projects=false"));
         let listed = match self.api.get_json(&group_url) {
             // Offset pagination (the group projects endpoint has no keyset pagination) in id
             // order, so that a project created during the listing cannot shift another out
             // of the pages.
-            Ok(_) => self.api.get_all(&self.url(&format!(
+            Ok(_) => self.api.get_all(&self.api.url(&format!(
                 "/groups/{owner}/projects?include_subgroups=true&with_shared=false\
                  &order_by=id&sort=asc&per_page=100"
             )))?,
             Err(ProviderError::NotFound(_)) => {
                 let users = self
                     .api
-                    .get_json(&self.url(&format!("/users?username={owner}")))?;
+                    .get_json(&self.api.url(&format!("/users?username={owner}")))?;
                 let id = users
                     .as_array()
                     .into_iter()
@@ -327,7 +314,7 @@ impl Provider for GitLab<'_> {
                     })?;
                 // The user's personal namespace only; projects they are a member of belong
                 // to other groups and users.
-                self.api.get_all(&self.url(&format!(
+                self.api.get_all(&self.api.url(&format!(
                     "/users/{id}/projects?pagination=keyset&order_by=id&sort=asc&per_page=100"
                 )))?
             }
@@ -340,40 +327,40 @@ impl Provider for GitLab<'_> {
         ))
     }
 
-    fn export_metadata(
-        &mut self,
-        repo: &RepoInfo,
-        previous: Option<&MetadataMap>,
-        sink: &mut dyn MetadataSink,
-    ) -> Result<MetadataMap, ProviderError> {
-        let mut map = start_map(previous, "gitlab");
+    fn kind(&self) -> &'static str {
+        "gitlab"
+    }
 
+    fn export(&mut self, repo: &RepoInfo, out: &mut Export<'_>) -> Result<(), ProviderError> {
         let settings = self.api.get_json(&self.project_url(repo, ""))?;
-        put(&mut map, sink, "settings.json", &settings)?;
-        let labels = self
-            .api
-            .get_all(&self.project_url(repo, "/labels?per_page=100"))?;
-        put(&mut map, sink, "labels.json", &Value::Array(labels))?;
-        // Every state: the endpoint's default.
-        let milestones = self
-            .api
-            .get_all(&self.project_url(repo, "/milestones?per_page=100"))?;
-        put(&mut map, sink, "milestones.json", &Value::Array(milestones))?;
+        put(&mut out.map, out.sink, "settings.json", &settings)?;
+        let lists = [
+            (
+                "labels.json",
+                self.project_url(repo, "/labels?per_page=100"),
+            ),
+            // Every state: the endpoint's default.
+            (
+                "milestones.json",
+                self.project_url(repo, "/milestones?per_page=100"),
+            ),
+        ];
+        put_lists(&mut self.api, out, lists)?;
 
         // A feature turned off answers 403 and is skipped; what was backed up before it was
         // turned off stays in the map.
         if feature_enabled(&settings, "issues_access_level", Some("issues_enabled")) {
-            self.export_changed(repo, Listed::Issues, &mut map, sink)?;
+            self.export_changed(repo, Listed::Issues, &mut out.map, out.sink)?;
         }
         if feature_enabled(
             &settings,
             "merge_requests_access_level",
             Some("merge_requests_enabled"),
         ) {
-            self.export_changed(repo, Listed::MergeRequests, &mut map, sink)?;
+            self.export_changed(repo, Listed::MergeRequests, &mut out.map, out.sink)?;
         }
         if !feature_enabled(&settings, "releases_access_level", None) {
-            return Ok(map);
+            return Ok(());
         }
 
         // Releases are listed whole every run, so a deleted release leaves this snapshot (it
@@ -387,12 +374,13 @@ impl Provider for GitLab<'_> {
                 continue;
             };
             let path = format!("releases/{}.json", segment(&tag));
-            put(&mut map, sink, &path, release)?;
+            put(&mut out.map, out.sink, &path, release)?;
             current.insert(path);
         }
-        map.documents
+        out.map
+            .documents
             .retain(|path, _| !path.starts_with("releases/") || current.contains(path));
-        Ok(map)
+        Ok(())
     }
 
     fn stats(&self) -> RequestStats {
@@ -485,7 +473,7 @@ mod tests {
             ..Default::default()
         };
         let mut gitlab = GitLab::new(&source, None).expect("a provider");
-        assert_eq!(gitlab.base, DEFAULT_API);
+        assert_eq!(gitlab.api.base(), DEFAULT_API);
         assert!(gitlab.git_credentials().expect("credentials").is_none());
         gitlab.token = Some(SecretString::from("glpat-unit"));
         let credentials = gitlab

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use crate::crypto::{ChunkId, VaultKeys};
 use crate::index::SnapshotRow;
 use crate::snapshot;
-use crate::store::ChunkStore;
+use crate::store::ChunkReader;
 use crate::vault::Vault;
 
 use super::{RestoreError, check_destination, io_err, load_snapshot};
@@ -71,7 +71,7 @@ pub fn write_metadata(
 }
 
 fn read_metadata_map(
-    store: &ChunkStore<'_>,
+    store: &ChunkReader<'_>,
     map_id: &str,
 ) -> Result<crate::provider::MetadataMap, RestoreError> {
     let map_id = map_id
@@ -87,7 +87,7 @@ fn read_metadata_map(
 /// Writes one document to `out`: JSON pretty-printed (as it was if it does not parse), other
 /// files (release assets, which can be gigabytes) streamed chunk by chunk.
 fn write_document(
-    store: &ChunkStore<'_>,
+    store: &ChunkReader<'_>,
     path: &str,
     id: &ChunkId,
     out: &Path,

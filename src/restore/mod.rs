@@ -22,7 +22,7 @@ use crate::crypto::VaultKeys;
 use crate::git::{self, GitError};
 use crate::index::{IndexError, SnapshotRow};
 use crate::snapshot::{self, Manifest, Oid, RefSet};
-use crate::store::{ChunkStore, StoreError};
+use crate::store::{ChunkReader, StoreError};
 use crate::vault::Vault;
 
 pub use check::check_restored;
@@ -128,7 +128,7 @@ pub fn select_snapshot(
 
 /// The manifest and ref set of a snapshot, read from the packs.
 pub fn load_snapshot(
-    store: &ChunkStore<'_>,
+    store: &ChunkReader<'_>,
     row: &SnapshotRow,
 ) -> Result<(Manifest, RefSet), RestoreError> {
     let manifest = Manifest::decode(&store.get(&row.manifest)?)?;

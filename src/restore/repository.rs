@@ -9,14 +9,14 @@ use crate::git;
 use crate::git::objects::{ObjectSource, Reached, walk};
 use crate::index::Index;
 use crate::snapshot::{Manifest, ObjectKind, Oid, RefSet};
-use crate::store::ChunkStore;
+use crate::store::ChunkReader;
 use crate::vault::Vault;
 
 use super::{RestoreError, io_err};
 
 pub(super) struct VaultSource<'a, 'v> {
     vault: &'a Vault,
-    store: &'a ChunkStore<'v>,
+    store: &'a ChunkReader<'v>,
 }
 
 impl VaultSource<'_, '_> {
@@ -56,7 +56,7 @@ impl ObjectSource for VaultSource<'_, '_> {
 }
 
 impl<'a, 'v> VaultSource<'a, 'v> {
-    pub(super) fn new(vault: &'a Vault, store: &'a ChunkStore<'v>) -> Self {
+    pub(super) fn new(vault: &'a Vault, store: &'a ChunkReader<'v>) -> Self {
         VaultSource { vault, store }
     }
 }
@@ -143,7 +143,7 @@ pub(super) fn write(
 /// where git-lfs looks for them, checking each one's SHA-256 on the way.
 fn write_lfs_objects(
     index: &Index,
-    store: &ChunkStore<'_>,
+    store: &ChunkReader<'_>,
     manifest: &Manifest,
     reached: &[Reached],
     git_dir: &Path,

@@ -29,8 +29,9 @@ pub use lock::{ReadLease, WriteLock};
 
 use crate::crypto::{self, CryptoError, KeyProtection, VaultKeys};
 use crate::index::{Index, IndexError};
+use crate::provider::http::{CacheError, CachedAnswer, HttpCache};
 use crate::store::pack::Compression;
-use crate::store::{CdcParams, ChunkStore, StoreSettings};
+use crate::store::{CdcParams, ChunkReader, ChunkStore, StoreSettings};
 use crate::target::{self, Body, Target, TargetError};
 
 pub const FORMAT_VERSION: u32 = 1;
@@ -137,32 +138,22 @@ pub struct InitReport {
 
 /// The index keeps the providers' conditional-request cache (`http_cache`, kept in index
 /// backups); providers see it only through this trait.
-impl crate::provider::http::HttpCache for Index {
-    fn cached(
-        &self,
-        url: &str,
-    ) -> Result<Option<crate::provider::http::CachedAnswer>, crate::provider::http::CacheError>
-    {
+impl HttpCache for Index {
+    fn cached(&self, url: &str) -> Result<Option<CachedAnswer>, CacheError> {
         self.http_cached(url)
             .map(|found| {
-                found.map(|c| crate::provider::http::CachedAnswer {
+                found.map(|c| CachedAnswer {
                     etag: c.etag,
                     link: c.link,
                     body: c.body,
                 })
             })
-            .map_err(|e| crate::provider::http::CacheError(e.to_string()))
+            .map_err(|e| CacheError(e.to_string()))
     }
 
-    fn store(
-        &self,
-        url: &str,
-        etag: &str,
-        link: Option<&str>,
-        body: &[u8],
-    ) -> Result<(), crate::provider::http::CacheError> {
-        self.http_store(url, etag, link, body)
-            .map_err(|e| crate::provider::http::CacheError(e.to_string()))
+    fn store(&self, url: &str, answer: &CachedAnswer) -> Result<(), CacheError> {
+        self.http_store(url, &answer.etag, answer.link.as_deref(), &answer.body)
+            .map_err(|e| CacheError(e.to_string()))
     }
 }
 
@@ -409,15 +400,9 @@ impl Vault {
         store
     }
 
-    /// A chunk store for reading only.
-    pub fn reader<'a>(&'a self, keys: &'a VaultKeys) -> ChunkStore<'a> {
-        ChunkStore::new(
-            &self.index,
-            &self.targets,
-            keys,
-            self.tmp_dir(),
-            self.store_settings(),
-        )
+    /// A chunk reader; needs no lock.
+    pub fn reader<'a>(&'a self, keys: &'a VaultKeys) -> ChunkReader<'a> {
+        ChunkReader::new(&self.index, &self.targets, keys)
     }
 
     /// Adds a target and copies the vault's public parameters and key files to it. Packs

@@ -7,7 +7,7 @@ use std::collections::{BTreeSet, HashSet};
 use crate::crypto::{ChunkId, VaultKeys};
 use crate::index::{ChunkRow, Index, IndexError, PruneChanges};
 use crate::snapshot::{self, Oid, PruneRecord};
-use crate::store::{ChunkKind, ChunkStore};
+use crate::store::{ChunkKind, ChunkReader};
 use crate::vault::{Vault, WriteLock};
 
 use super::mark::{Live, WALKED};
@@ -17,7 +17,7 @@ use super::{PruneError, PruneReport, Start, sorted};
 /// Marks the snapshots recorded since the start (by backups that ran during phases 1 and 2).
 pub(super) fn mark_new_snapshots(
     vault: &Vault,
-    reader: &ChunkStore<'_>,
+    reader: &ChunkReader<'_>,
     start: &Start,
     live: &mut Live,
 ) -> Result<(), PruneError> {
@@ -37,7 +37,7 @@ pub(super) fn write_prune_record(
     vault: &Vault,
     keys: &VaultKeys,
     lock: &WriteLock,
-    reader: &ChunkStore<'_>,
+    reader: &ChunkReader<'_>,
     live: &mut Live,
     report: &mut PruneReport,
 ) -> Result<(), PruneError> {
@@ -87,7 +87,7 @@ pub(super) fn write_prune_record(
 /// Manifests present in packs that no snapshot row names. Forgotten manifests may outlive
 /// their rows inside packs that stay; earlier records' entries are carried forward because
 /// the newest record is the only one recover reads.
-fn forgotten_manifests(index: &Index, reader: &ChunkStore<'_>) -> Result<Vec<String>, PruneError> {
+fn forgotten_manifests(index: &Index, reader: &ChunkReader<'_>) -> Result<Vec<String>, PruneError> {
     let kept: HashSet<ChunkId> = index
         .snapshots(None, None, None)?
         .iter()

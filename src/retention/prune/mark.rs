@@ -10,7 +10,7 @@ use crate::git::objects::{GroupKey, ObjectError, ObjectSource, Reached, walk_vis
 use crate::index::{IndexError, ObjectChunk, SnapshotRow};
 use crate::provider::MetadataMap;
 use crate::snapshot::{self, Manifest, ObjectKind, Oid, RefSet};
-use crate::store::{ChunkKind, ChunkStore, StoreError};
+use crate::store::{ChunkKind, ChunkReader, StoreError};
 use crate::vault::Vault;
 
 use super::PruneError;
@@ -50,7 +50,7 @@ pub(super) fn prefix(id: &ChunkId) -> u64 {
 /// kept for compaction.
 pub(super) fn mark(
     vault: &Vault,
-    store: &ChunkStore<'_>,
+    store: &ChunkReader<'_>,
     rows: &[SnapshotRow],
     regroup: HashSet<i64>,
 ) -> Result<Live, PruneError> {
@@ -79,7 +79,7 @@ pub(super) enum MarkError {
 
 struct MarkSource<'a, 'v> {
     vault: &'a Vault,
-    store: &'a ChunkStore<'v>,
+    store: &'a ChunkReader<'v>,
     live: &'a mut Live,
     /// The object `read` just looked up: the visit that follows needs its chunk too.
     last: Option<(Oid, ObjectChunk)>,
@@ -126,7 +126,7 @@ impl ObjectSource for MarkSource<'_, '_> {
 /// Reads and decodes one chunk a snapshot names; any failure is the reason the snapshot is
 /// unreadable.
 fn read_decoded<T, E: std::fmt::Display>(
-    store: &ChunkStore<'_>,
+    store: &ChunkReader<'_>,
     id: &ChunkId,
     decode: impl FnOnce(&[u8]) -> Result<T, E>,
 ) -> Result<T, String> {
@@ -146,7 +146,7 @@ impl Live {
     }
 
     /// Marks a chunk that is not a git object's, with the parts of a chunk list.
-    pub(super) fn chunk(&mut self, store: &ChunkStore<'_>, id: ChunkId) -> Result<(), StoreError> {
+    pub(super) fn chunk(&mut self, store: &ChunkReader<'_>, id: ChunkId) -> Result<(), StoreError> {
         if self.others.insert(id) {
             self.chunks.insert(prefix(&id));
             if let Some(parts) = store.list_parts(&id)? {
@@ -159,7 +159,7 @@ impl Live {
     /// Marks a git object's chunk; each object is visited once.
     fn object_chunk(
         &mut self,
-        store: &ChunkStore<'_>,
+        store: &ChunkReader<'_>,
         object: &ObjectChunk,
         key: GroupKey,
     ) -> Result<(), StoreError> {
@@ -185,7 +185,7 @@ impl Live {
     pub(super) fn snapshot(
         &mut self,
         vault: &Vault,
-        store: &ChunkStore<'_>,
+        store: &ChunkReader<'_>,
         row: &SnapshotRow,
     ) -> Result<(), PruneError> {
         let unreadable = |reason: String| PruneError::Unreadable {
@@ -219,7 +219,7 @@ impl Live {
 
     /// Marks the maps a manifest names and what they list: object maps (their objects are
     /// MAPPED), the LFS map with its objects, the metadata map with its documents.
-    fn documents(&mut self, store: &ChunkStore<'_>, manifest: &Manifest) -> Result<(), Mark> {
+    fn documents(&mut self, store: &ChunkReader<'_>, manifest: &Manifest) -> Result<(), Mark> {
         for map in &manifest.object_maps {
             let id: ChunkId = map.parse().map_err(Mark::Unreadable)?;
             self.chunk(store, id)?;

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use crate::crypto::VaultKeys;
 use crate::git::objects::GroupKey;
-use crate::store::ChunkStore;
+use crate::store::ChunkReader;
 use crate::store::pack::FinishedPack;
 use crate::vault::Vault;
 
@@ -21,7 +21,7 @@ pub(super) type Compacted = (FinishedPack, Vec<String>);
 pub(super) fn compact(
     vault: &Vault,
     keys: &VaultKeys,
-    reader: &ChunkStore<'_>,
+    reader: &ChunkReader<'_>,
     live: &mut Live,
     rewrite: &[i64],
 ) -> Result<Vec<Compacted>, PruneError> {
@@ -50,7 +50,7 @@ struct Spilled {
 fn regroup(
     vault: &Vault,
     keys: &VaultKeys,
-    reader: &ChunkStore<'_>,
+    reader: &ChunkReader<'_>,
     live: &Live,
     packs: &[i64],
 ) -> Result<Vec<Compacted>, PruneError> {
@@ -77,7 +77,7 @@ fn regroup(
 /// its grouping key.
 fn spill(
     vault: &Vault,
-    reader: &ChunkStore<'_>,
+    reader: &ChunkReader<'_>,
     live: &Live,
     packs: &[i64],
     file: &std::fs::File,

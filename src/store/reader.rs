@@ -1,0 +1,224 @@
+//! Reading chunks back: the index says where a chunk lies (pack, frame, offset), one frame of
+//! that pack is fetched from the first target whose copy holds the chunk's true bytes, and a
+//! few recent frames are kept so that neighbouring reads cost nothing.
+//!
+//! A reader needs no lock and writes nothing; it only ever trusts bytes that hash to the id
+//! asked for, so a damaged or hostile target makes a read fail or fall back, never lie.
+
+use std::collections::HashSet;
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+
+use super::pack::PackReader;
+use super::{ChunkKind, ChunkList, StoreError, pack_key};
+use crate::crypto::{ChunkId, VaultKeys};
+use crate::index::{ChunkLocation, Index};
+use crate::target::{Target, TargetError};
+
+const FRAME_CACHE_SLOTS: usize = 4;
+
+type FrameKey = (i64, u64);
+
+#[derive(Default)]
+struct FrameCache {
+    slots: Vec<(FrameKey, Arc<Vec<u8>>)>,
+}
+
+impl FrameCache {
+    fn get(&mut self, key: FrameKey) -> Option<Arc<Vec<u8>>> {
+        let pos = self.slots.iter().position(|(k, _)| *k == key)?;
+        let slot = self.slots.remove(pos);
+        let frame = slot.1.clone();
+        self.slots.push(slot);
+        Some(frame)
+    }
+    fn put(&mut self, key: FrameKey, frame: Arc<Vec<u8>>) {
+        if self.slots.len() >= FRAME_CACHE_SLOTS {
+            self.slots.remove(0);
+        }
+        self.slots.push((key, frame));
+    }
+}
+
+/// Reads the chunks of one vault. Holds no lock: the index is read in WAL mode and packs are
+/// immutable.
+pub struct ChunkReader<'v> {
+    pub(super) index: &'v Index,
+    pub(super) targets: &'v [Box<dyn Target>],
+    pub(super) keys: &'v VaultKeys,
+    /// Chunks that the `ChunkStore` holding this reader put into its open pack: reading one
+    /// fails as "not durable yet" rather than "unknown". Empty for a reader of its own.
+    pub(super) unflushed: HashSet<ChunkId>,
+    cache: Mutex<FrameCache>,
+}
+
+impl<'v> ChunkReader<'v> {
+    pub(crate) fn new(
+        index: &'v Index,
+        targets: &'v [Box<dyn Target>],
+        keys: &'v VaultKeys,
+    ) -> ChunkReader<'v> {
+        ChunkReader {
+            index,
+            targets,
+            keys,
+            unflushed: HashSet::new(),
+            cache: Mutex::new(FrameCache::default()),
+        }
+    }
+
+    /// The parts of a chunk list, or None when `id` is a plain chunk.
+    pub fn list_parts(&self, id: &ChunkId) -> Result<Option<Vec<ChunkId>>, StoreError> {
+        let Some(loc) = self.index.chunk(id)? else {
+            return Err(StoreError::NotDurable(*id));
+        };
+        if loc.kind != ChunkKind::ChunkList as u8 {
+            return Ok(None);
+        }
+        let (loc, data) = self.read_chunk(id)?;
+        let list = decode_list(id, &loc, &data)?;
+        Ok(Some(list.parts.into_iter().map(|(id, _)| id).collect()))
+    }
+
+    /// Reads back what `ChunkStore::put` stored.
+    pub fn get(&self, id: &ChunkId) -> Result<Vec<u8>, StoreError> {
+        let mut out = Vec::new();
+        self.get_to(id, &mut out)?;
+        Ok(out)
+    }
+
+    /// Streams what `ChunkStore::put` stored into `out`; returns the byte count.
+    pub fn get_to(&self, id: &ChunkId, out: &mut dyn Write) -> Result<u64, StoreError> {
+        let (loc, data) = self.read_chunk(id)?;
+        if loc.kind != ChunkKind::ChunkList as u8 {
+            out.write_all(&data).map_err(StoreError::Output)?;
+            return Ok(data.len() as u64);
+        }
+        let list = decode_list(id, &loc, &data)?;
+        let mut total = 0;
+        for (part, len) in &list.parts {
+            let (_, bytes) = self.read_chunk(part)?;
+            if bytes.len() as u64 != *len {
+                return Err(StoreError::CorruptChunk {
+                    chunk: *part,
+                    pack: loc.pack_name.clone(),
+                    reason: format!("length {} where the chunk list says {len}", bytes.len()),
+                });
+            }
+            out.write_all(&bytes).map_err(StoreError::Output)?;
+            total += *len;
+        }
+        Ok(total)
+    }
+
+    /// The kind and bytes of one stored chunk, checked against its id.
+    pub fn read_chunk(&self, id: &ChunkId) -> Result<(ChunkLocation, Vec<u8>), StoreError> {
+        let Some(loc) = self.index.chunk(id)? else {
+            return Err(if self.unflushed.contains(id) {
+                StoreError::NotDurable(*id)
+            } else {
+                StoreError::UnknownChunk(*id)
+            });
+        };
+        let frame = self.frame(&loc, id)?;
+        let start = loc.offset as usize;
+        let end = start + loc.len as usize;
+        // `frame` checked the chunk already; a frame that passed holds it.
+        let bytes = frame
+            .get(start..end)
+            .ok_or_else(|| StoreError::CorruptChunk {
+                chunk: *id,
+                pack: loc.pack_name.clone(),
+                reason: "lies outside its frame".into(),
+            })?;
+        Ok((loc, bytes.to_vec()))
+    }
+
+    /// Whether `frame` holds the chunk `id` where `loc` says, with the bytes its id names.
+    fn check_chunk(&self, frame: &[u8], loc: &ChunkLocation, id: &ChunkId) -> Result<(), String> {
+        let start = loc.offset as usize;
+        let bytes = frame
+            .get(start..start + loc.len as usize)
+            .ok_or_else(|| format!("chunk {id} lies outside its frame"))?;
+        if self.keys.id_key().chunk_id(bytes) != *id {
+            return Err(format!("chunk {id}: content does not match its id"));
+        }
+        Ok(())
+    }
+
+    /// The frame that holds chunk `id`, from the cache or the first target whose copy holds
+    /// the chunk's true bytes: a target that serves other bytes under a pack's name (damage or
+    /// forgery) is reported and the next one is asked.
+    fn frame(&self, loc: &ChunkLocation, id: &ChunkId) -> Result<Arc<Vec<u8>>, StoreError> {
+        let key = (loc.pack_id, loc.frame.offset);
+        if let Some(frame) = self.cache.lock().ok().and_then(|mut c| c.get(key))
+            && self.check_chunk(&frame, loc, id).is_ok()
+        {
+            return Ok(frame);
+        }
+        let holders = self.index.pack_targets(loc.pack_id)?;
+        let object = pack_key(&loc.pack_name);
+        let mut missing = Vec::new();
+        let mut broken = Vec::new();
+        for target in self
+            .targets
+            .iter()
+            .filter(|t| holders.iter().any(|h| h == t.name()))
+        {
+            let attempt = target
+                .open(&object)
+                .map_err(|e| match e {
+                    TargetError::NotFound { .. } => None,
+                    other => Some(other.to_string()),
+                })
+                .and_then(|input| {
+                    PackReader::open(self.keys.identity(), input)
+                        .and_then(|mut r| r.frame(&loc.frame))
+                        .map_err(|e| Some(e.to_string()))
+                })
+                .and_then(|frame| {
+                    self.check_chunk(&frame, loc, id).map_err(Some)?;
+                    Ok(frame)
+                });
+            match attempt {
+                Ok(frame) => {
+                    let frame = Arc::new(frame);
+                    if let Ok(mut c) = self.cache.lock() {
+                        c.put(key, frame.clone());
+                    }
+                    return Ok(frame);
+                }
+                Err(None) => missing.push(target.name().to_string()),
+                Err(Some(reason)) => {
+                    tracing::warn!(pack = %loc.pack_name, target = target.name(), %reason, "pack unreadable");
+                    broken.push(format!("on {}: {reason}", target.name()))
+                }
+            }
+        }
+        if broken.is_empty() {
+            Err(StoreError::MissingPack {
+                pack: loc.pack_name.clone(),
+                targets: if missing.is_empty() {
+                    "no configured target holds it".to_string()
+                } else {
+                    missing.join(", ")
+                },
+            })
+        } else {
+            broken.extend(missing.iter().map(|t| format!("missing on {t}")));
+            Err(StoreError::CorruptPack {
+                pack: loc.pack_name.clone(),
+                reasons: broken.join("; "),
+            })
+        }
+    }
+}
+
+/// A chunk list read from `loc`; a list that does not decode names the pack it came from.
+fn decode_list(id: &ChunkId, loc: &ChunkLocation, data: &[u8]) -> Result<ChunkList, StoreError> {
+    ChunkList::decode(data).map_err(|reason| StoreError::CorruptChunk {
+        chunk: *id,
+        pack: loc.pack_name.clone(),
+        reason,
+    })
+}
