@@ -73,6 +73,7 @@ pub mod restore;
 pub mod retention;
 pub mod snapshot;
 pub mod stats;
+pub mod status;
 pub mod store;
 pub mod target;
 pub mod vault;

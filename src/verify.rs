@@ -79,12 +79,17 @@ pub fn run(
     let restored = restore_samples(vault, keys, &all, options.restore_sample)?;
     let ok =
         restored.iter().all(|r| r.ok) && targets.iter().all(|t| t.ok()) && lfs_missing.is_empty();
-    Ok(VerifyReport {
+    let report = VerifyReport {
         ok,
         targets,
         restored,
         lfs_missing,
-    })
+    };
+    // `gitvault status` shows the last verify's result.
+    if let Err(e) = vault.save_report("verify", &report) {
+        tracing::warn!(error = %e, "the verify report could not be stored");
+    }
+    Ok(report)
 }
 
 /// Every LFS object each snapshot names must be in the vault. A snapshot whose manifest

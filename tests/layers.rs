@@ -27,8 +27,8 @@ const LAYERS: &[&[&str]] = &[
         "stats",
     ],
     // Composed of the operations: verify restores samples and reads the replica check; metrics
-    // read a backup run's report and the stats.
-    &["verify", "metrics"],
+    // read a backup run's report and the stats; status reads saved reports of both.
+    &["verify", "metrics", "status"],
 ];
 
 /// DESIGN.md's "no part reaches around another", whatever the layers say.

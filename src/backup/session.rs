@@ -23,9 +23,6 @@ use crate::vault::index_backup::{index_backup_due, upload_index_backup};
 use crate::vault::target_lock::{LockKind, LockTiming, TargetLock};
 use crate::vault::{Vault, WriteLock};
 
-/// How many run reports DIR/reports/ keeps.
-const REPORTS_KEPT: usize = 100;
-
 /// What the caller wants of a run.
 #[derive(Debug, Clone, Copy)]
 pub struct Options {
@@ -187,7 +184,7 @@ impl<'v> Session<'v> {
         if run.lines().any(RepoReport::is_success) && index_backup_due(vault, changed) {
             run.index_backup_missed = upload_index_backup(vault, keys, lock)?;
         }
-        if let Err(e) = save_run_report(vault, &run) {
+        if let Err(e) = vault.save_report("backup", &run) {
             tracing::warn!(error = %e, "the run report could not be stored");
         }
         drop(targets);
@@ -251,22 +248,15 @@ impl BackupRun {
     }
 }
 
-fn reports_dir(vault: &Vault) -> std::path::PathBuf {
-    vault.dir().join("reports")
-}
-
 /// How many repositories `source` listed the last time it listed without an error, as this
 /// host's run reports say; with no report of it here (another host ran it, or the reports
 /// were cleared), how many repositories the index holds for it.
 fn previous_listing(vault: &Vault, source: &str) -> usize {
-    let mut reports: Vec<_> = std::fs::read_dir(reports_dir(vault))
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|e| e.path())
-        .collect();
-    reports.sort();
-    if let Some(n) = reports.iter().rev().find_map(|p| listed_in(p, source)) {
+    if let Some(n) = vault
+        .reports("backup")
+        .iter()
+        .find_map(|p| listed_in(p, source))
+    {
         return n;
     }
     vault
@@ -286,30 +276,6 @@ fn listed_in(report: &Path, source: &str) -> Option<usize> {
         .find(|s| s["source"] == source && s["error"].is_null())?["listed"]
         .as_u64()?;
     usize::try_from(listed).ok()
-}
-
-/// Keeps the run report as JSON in DIR/reports/ (the newest 100), for monitoring and audits.
-fn save_run_report(vault: &Vault, run: &BackupRun) -> std::io::Result<()> {
-    let dir = reports_dir(vault);
-    std::fs::create_dir_all(&dir)?;
-    let name = format!(
-        "backup-{}.json",
-        chrono::Utc::now().format("%Y%m%dT%H%M%S%.3fZ")
-    );
-    std::fs::write(
-        dir.join(name),
-        serde_json::to_vec_pretty(run).unwrap_or_default(),
-    )?;
-    let mut old: Vec<_> = std::fs::read_dir(&dir)?
-        .flatten()
-        .map(|e| e.path())
-        .collect();
-    old.sort();
-    let excess = old.len().saturating_sub(REPORTS_KEPT);
-    for path in old.into_iter().take(excess) {
-        let _ = std::fs::remove_file(path);
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@ mod replicas;
 mod repo;
 mod retention;
 mod source;
+mod status;
 mod target;
 
 use std::path::PathBuf;
@@ -119,6 +120,9 @@ enum Command {
     Prune(retention::PruneArgs),
     /// Logical versus stored bytes, dedup ratio, and per target what it holds.
     Stats,
+    /// Is everything backed up? Each repository's newest snapshot and its age, its last
+    /// failure, packs a target lacks, the last backup and verify; exit 1 if anything is wrong.
+    Status(status::StatusArgs),
     /// Plumbing: store and read raw data in the chunk store (scripts and tests).
     #[command(subcommand)]
     Chunk(chunk::ChunkCommand),
@@ -286,6 +290,7 @@ fn run(ctx: &Ctx, command: Command) -> Result<i32> {
             Ok(EXIT_OK)
         }
         Command::Chunk(cmd) => chunk::run(ctx, cmd),
+        Command::Status(args) => status::status(ctx, args),
         Command::Backup(args) => repo::backup(ctx, args),
         Command::Source(cmd) => source::run(ctx, cmd),
         Command::Snapshots(args) => repo::snapshots(ctx, args),

@@ -106,7 +106,7 @@ fn selector(args: &SelectArgs) -> Result<Selector> {
 
 /// Text from a server made safe to print: control characters (escape codes, carriage
 /// returns that overwrite a line) are shown escaped.
-fn terminal_safe(text: &str) -> String {
+pub(super) fn terminal_safe(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
         if c.is_control() {

@@ -22,6 +22,7 @@ mod config;
 pub mod index_backup;
 mod keys;
 mod lock;
+mod reports;
 pub mod target_lock;
 
 pub use config::{Config, ConfigCheck, PublicParams, StoreConfig, TargetConfig, check_config};
