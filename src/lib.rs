@@ -38,7 +38,8 @@
 //!
 //! // One run: every ref of the repository, as it is now, becomes a snapshot.
 //! let lock = vault.lock()?;
-//! let mut session = Session::new(&vault, &keys, &lock, Options { jobs: 1, allow_empty: false })?;
+//! let options = Options { jobs: 1, ..Options::default() };
+//! let mut session = Session::new(&vault, &keys, &lock, options)?;
 //! let request = BackupRequest {
 //!     url: project.display().to_string(),
 //!     name: Some("project".into()),

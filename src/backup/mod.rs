@@ -19,6 +19,7 @@ mod metadata;
 mod repo;
 mod schedule;
 mod session;
+mod shard;
 mod source;
 mod writer;
 
@@ -28,6 +29,7 @@ use crate::git::{Credentials, GitError};
 use crate::redact::RedactedUrl;
 
 pub use session::{BackupRun, Options, RunOutcome, Session};
+pub use shard::{BadShard, Shard};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BackupError {

@@ -30,6 +30,18 @@ pub struct Options {
     pub jobs: usize,
     /// Accept a source that lists nothing although its previous run listed repositories.
     pub allow_empty: bool,
+    /// Back up only the sources' repositories of this shard (URLs given are not sharded).
+    pub shard: Option<super::Shard>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            jobs: super::DEFAULT_JOBS,
+            allow_empty: false,
+            shard: None,
+        }
+    }
 }
 
 /// One backup run. Create it, back up URLs and sources, then `finish` it.
@@ -142,7 +154,7 @@ impl<'v> Session<'v> {
             self.keys,
             &self.writer,
             source,
-            self.options.jobs,
+            &self.options,
             expected,
             progress,
         );

@@ -42,7 +42,7 @@ pub(super) fn backup_source(
     keys: &VaultKeys,
     writer: &Mutex<Writer<'_>>,
     source: &SourceConfig,
-    jobs: usize,
+    options: &super::Options,
     expected: Option<usize>,
     progress: &(dyn Fn(SourceEvent<'_>) + Sync),
 ) -> SourceReport {
@@ -68,9 +68,10 @@ pub(super) fn backup_source(
         writer,
         source,
         token,
+        shard: options.shard,
         progress,
     };
-    if let Err(e) = run.run(jobs, expected, &mut report) {
+    if let Err(e) = run.run(options.jobs, expected, &mut report) {
         report.error = Some(run.scrub(e.to_string()));
     }
     report
@@ -110,6 +111,7 @@ struct SourceRun<'a, 'v> {
     writer: &'a Mutex<Writer<'v>>,
     source: &'a SourceConfig,
     token: Option<SecretString>,
+    shard: Option<super::Shard>,
     progress: &'a (dyn Fn(SourceEvent<'_>) + Sync),
 }
 
@@ -145,7 +147,11 @@ impl SourceRun<'_, '_> {
         let filter = self.source.filter()?;
         let git_origin = self.source.git_origin()?;
         let (selected, refused) = crate::provider::screen_listing(
-            repos.into_iter().filter(|r| filter.keeps(r)).collect(),
+            repos
+                .into_iter()
+                .filter(|r| filter.keeps(r))
+                .filter(|r| self.shard.is_none_or(|s| s.keeps(&r.full_name)))
+                .collect(),
             &git_origin,
         );
         report.selected = selected.len() + refused.len();

@@ -34,6 +34,18 @@ pub struct BackupArgs {
     /// (otherwise the run fails: a token that lost its access lists nothing too).
     #[arg(long)]
     pub allow_empty: bool,
+    /// Back up only shard I of N of the configured sources' repositories (0-based, by a
+    /// stable hash of owner/name), to split an account between hosts or pods.
+    #[arg(
+        long,
+        value_name = "I/N",
+        env = "GITVAULT_SHARD",
+        conflicts_with = "shards"
+    )]
+    pub shard: Option<backup::Shard>,
+    /// With N shards, take I from Kubernetes' JOB_COMPLETION_INDEX (an Indexed Job's pod).
+    #[arg(long, value_name = "N")]
+    pub shards: Option<u32>,
 }
 
 #[derive(clap::Args)]
@@ -151,7 +163,21 @@ fn print_line(ctx: &Ctx, report: &backup::RepoReport) {
     }
 }
 
+/// `--shard I/N`, or `--shards N` with I from `JOB_COMPLETION_INDEX`.
+fn shard_of(args: &BackupArgs) -> Result<Option<backup::Shard>> {
+    if let Some(count) = args.shards {
+        let index = std::env::var("JOB_COMPLETION_INDEX").map_err(|_| {
+            anyhow::anyhow!(
+                "--shards needs JOB_COMPLETION_INDEX (set in the pods of a Kubernetes Indexed Job); use --shard I/N elsewhere"
+            )
+        })?;
+        return Ok(Some(format!("{}/{count}", index.trim()).parse()?));
+    }
+    Ok(args.shard)
+}
+
 pub fn backup(ctx: &Ctx, args: BackupArgs) -> Result<i32> {
+    let shard = shard_of(&args)?;
     if args.name.is_some() && args.urls.len() != 1 {
         bail!("--name applies to exactly one URL");
     }
@@ -165,6 +191,7 @@ pub fn backup(ctx: &Ctx, args: BackupArgs) -> Result<i32> {
     let options = backup::Options {
         jobs: usize::from(args.jobs),
         allow_empty: args.allow_empty,
+        shard,
     };
     let mut session = backup::Session::new(&vault, &keys, &lock, options)?;
     session.backup_urls(&requests, &|line| print_line(ctx, line));
