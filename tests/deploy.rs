@@ -18,6 +18,8 @@ fn accepted(args: &[String]) -> Result<(), String> {
     let out = Command::new(env!("CARGO_BIN_EXE_gitvault"))
         .args(args)
         .env("GITVAULT_VAULT", dir.path().join("none"))
+        // As in an Indexed Job's pod.
+        .env("JOB_COMPLETION_INDEX", "0")
         .env_remove("GITVAULT_IDENTITY_FILE")
         .output()
         .unwrap();
@@ -57,7 +59,14 @@ fn verify(units: &[PathBuf]) -> String {
         let text = std::fs::read_to_string(unit)
             .unwrap()
             .replace("/usr/local/bin/gitvault", env!("CARGO_BIN_EXE_gitvault"));
-        let copy = dir.path().join(unit.file_name().unwrap());
+        // A template is verified as one of its instances: shard 0/4.
+        let name = unit
+            .file_name()
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .replace("@.", "@0-4.");
+        let copy = dir.path().join(name);
         std::fs::write(&copy, text).unwrap();
         copies.push(copy);
     }
@@ -102,7 +111,11 @@ fn unit_command_lines_are_accepted() {
             let Some(command) = line.strip_prefix("ExecStart=") else {
                 continue;
             };
-            let words: Vec<String> = command.split_whitespace().map(String::from).collect();
+            // What systemd makes of a template's %I for the instance 0-4.
+            let words: Vec<String> = command
+                .split_whitespace()
+                .map(|w| w.replace("%I", "0/4"))
+                .collect();
             assert_eq!(words[0], "/usr/local/bin/gitvault", "{line}");
             accepted(&words[1..]).unwrap();
             seen += 1;
@@ -121,8 +134,27 @@ fn at<'a>(doc: &'a Yaml, path: &[&str]) -> &'a Yaml {
 }
 
 #[test]
-fn the_cronjob_is_a_cronjob() {
-    let text = std::fs::read_to_string(deploy_dir().join("cronjob.yaml")).unwrap();
+fn the_cronjobs_are_cronjobs() {
+    let plain = cronjob("cronjob.yaml");
+    assert!(at(&plain, &["spec", "jobTemplate", "spec", "completionMode"]).is_badvalue());
+    let sharded = cronjob("cronjob-sharded.yaml");
+    let job = at(&sharded, &["spec", "jobTemplate", "spec"]);
+    assert_eq!(at(job, &["completionMode"]).as_str(), Some("Indexed"));
+    let completions = at(job, &["completions"]).as_i64().unwrap();
+    assert_eq!(at(job, &["parallelism"]).as_i64(), Some(completions));
+    let args: Vec<&str> = at(job, &["template", "spec", "containers", "0", "args"])
+        .as_vec()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    let n = args[args.iter().position(|a| *a == "--shards").unwrap() + 1];
+    assert_eq!(n.parse::<i64>().unwrap(), completions, "one pod per shard");
+}
+
+/// Parses a CronJob manifest and checks what every CronJob needs; returns it.
+fn cronjob(file: &str) -> Yaml {
+    let text = std::fs::read_to_string(deploy_dir().join(file)).unwrap();
     let docs = YamlLoader::load_from_str(&text).unwrap();
     assert_eq!(docs.len(), 1);
     let job = &docs[0];
@@ -162,4 +194,5 @@ fn the_cronjob_is_a_cronjob() {
             "{mount:?}"
         );
     }
+    job.clone()
 }
