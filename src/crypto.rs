@@ -52,7 +52,7 @@ impl ChunkId {
         hex::encode(self.0)
     }
 
-    pub fn from_slice(bytes: &[u8]) -> Option<ChunkId> {
+    pub(crate) fn from_slice(bytes: &[u8]) -> Option<ChunkId> {
         <[u8; 32]>::try_from(bytes).ok().map(ChunkId)
     }
 }
@@ -117,7 +117,7 @@ pub struct AuthKey([u8; 32]);
 impl AuthKey {
     /// A MAC over `parts`, each length-prefixed so that no two different part lists can give
     /// the same input, under a `domain` that binds the MAC to one kind of file.
-    pub fn mac(&self, domain: &str, parts: &[&[u8]]) -> [u8; 32] {
+    pub(crate) fn mac(&self, domain: &str, parts: &[&[u8]]) -> [u8; 32] {
         let mut h = self.hasher(domain);
         for part in parts {
             h.update(&(part.len() as u64).to_le_bytes());
@@ -127,7 +127,7 @@ impl AuthKey {
     }
 
     /// A MAC computed piecewise; callers must frame their inputs themselves.
-    pub fn hasher(&self, domain: &str) -> blake3::Hasher {
+    pub(crate) fn hasher(&self, domain: &str) -> blake3::Hasher {
         let mut h = blake3::Hasher::new_keyed(&self.0);
         h.update(&(domain.len() as u64).to_le_bytes());
         h.update(domain.as_bytes());
@@ -135,7 +135,7 @@ impl AuthKey {
     }
 
     /// Checks a MAC in constant time (blake3's `Hash` equality is).
-    pub fn verify(&self, domain: &str, parts: &[&[u8]], tag: &[u8]) -> bool {
+    pub(crate) fn verify(&self, domain: &str, parts: &[&[u8]], tag: &[u8]) -> bool {
         let Ok(tag) = <[u8; 32]>::try_from(tag) else {
             return false;
         };
@@ -451,7 +451,7 @@ pub fn encrypting_writer<W: Write>(
 
 /// Opens an age stream for reading. With a seekable input the result is seekable too, in
 /// 64 KiB units, so one part of a pack can be read without decrypting the rest.
-pub fn decrypting_reader<R: Read>(
+pub(crate) fn decrypting_reader<R: Read>(
     identity: &age::x25519::Identity,
     input: R,
 ) -> Result<age::stream::StreamReader<R>, CryptoError> {
@@ -479,7 +479,7 @@ pub trait ReadSeek: Read + Seek + Send {}
 impl<T: Read + Seek + Send> ReadSeek for T {}
 
 /// A fresh random id in hex (vault ids, temp names).
-pub fn random_hex(bytes: usize) -> Result<String, CryptoError> {
+pub(crate) fn random_hex(bytes: usize) -> Result<String, CryptoError> {
     let mut buf = vec![0u8; bytes];
     getrandom::fill(&mut buf).map_err(|e| CryptoError::Encrypt(format!("no randomness: {e}")))?;
     Ok(hex::encode(buf))

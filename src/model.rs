@@ -25,7 +25,7 @@ impl Oid {
         hex::encode(self.0)
     }
 
-    pub fn from_hex(s: &str) -> Option<Oid> {
+    pub(crate) fn from_hex(s: &str) -> Option<Oid> {
         let bytes = hex::decode(s).ok()?;
         <[u8; 20]>::try_from(bytes.as_slice()).ok().map(Oid)
     }
@@ -152,7 +152,7 @@ impl ObjectKind {
 /// Whether a repository name (given by a user or derived from a URL) is allowed: segments of
 /// letters, digits, `.`, `_`, `-` (and `:` in the first) separated by `/`, without `.` or `..`
 /// segments, so that a name can never leave a directory it is joined to.
-pub fn valid_repo_name(name: &str) -> bool {
+pub(crate) fn valid_repo_name(name: &str) -> bool {
     if name.is_empty() || name.len() > 512 {
         return false;
     }
@@ -190,7 +190,7 @@ pub struct Pointer {
 }
 
 impl Pointer {
-    pub fn oid_hex(&self) -> String {
+    pub(crate) fn oid_hex(&self) -> String {
         hex::encode(self.sha256)
     }
 }

@@ -32,10 +32,10 @@ pub enum Count {
 
 mod unlimited {
     use serde::{Deserialize, Deserializer, Serializer};
-    pub fn serialize<S: Serializer>(s: S) -> Result<S::Ok, S::Error> {
+    pub(crate) fn serialize<S: Serializer>(s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str("unlimited")
     }
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<(), D::Error> {
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<(), D::Error> {
         let text = String::deserialize(d)?;
         if text == "unlimited" {
             Ok(())

@@ -76,7 +76,7 @@ impl Manifest {
         Ok(m)
     }
 
-    pub fn refset_id(&self) -> Result<ChunkId, SnapshotError> {
+    pub(crate) fn refset_id(&self) -> Result<ChunkId, SnapshotError> {
         self.refset
             .parse()
             .map_err(|e: String| SnapshotError::Damaged(e))

@@ -22,7 +22,7 @@
 /// Bytes per indexed block of the base, and the width of the rolling hash window.
 const WINDOW: usize = 16;
 /// Candidates kept per hash bucket, as git's `HASH_LIMIT`: bounds the work per target byte.
-pub const BUCKET_LIMIT: usize = 64;
+pub(crate) const BUCKET_LIMIT: usize = 64;
 /// A match this long is good enough: looking at further candidates costs more than it saves.
 const GOOD_MATCH: usize = 4096;
 /// The largest COPY git's own encoder writes; its size is encoded as zero.

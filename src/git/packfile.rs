@@ -20,7 +20,7 @@ use sha1::{Digest, Sha1};
 use crate::model::{ObjectKind, Oid};
 
 /// zlib level 1: restore is bounded by CPU, and on deltas the higher levels save little.
-pub const DEFAULT_LEVEL: i32 = 1;
+pub(crate) const DEFAULT_LEVEL: i32 = 1;
 const OFS_DELTA: u8 = 6;
 /// Offsets above this go to the `.idx`'s 64-bit table, as git's `index-pack` decides (not at
 /// 4 GiB: the 32-bit field's top bit marks the indirection).
@@ -76,7 +76,11 @@ impl<W: Write> PackWriter<W> {
     }
 
     /// As [`PackWriter::new`] with zlib `level` (0 to 9; git's own packs use 6).
-    pub fn with_level(out: W, object_count: u32, level: i32) -> Result<PackWriter<W>, PackError> {
+    pub(crate) fn with_level(
+        out: W,
+        object_count: u32,
+        level: i32,
+    ) -> Result<PackWriter<W>, PackError> {
         let mut writer = PackWriter {
             out,
             hasher: Sha1::new(),

@@ -37,7 +37,7 @@ impl fmt::Debug for Credentials {
 }
 
 impl Credentials {
-    pub fn authorization_header(&self) -> String {
+    pub(crate) fn authorization_header(&self) -> String {
         let raw = format!("{}:{}", self.username, self.secret.expose_secret());
         format!(
             "Authorization: Basic {}",
@@ -126,14 +126,14 @@ impl BoundCredentials {
 
     /// The credentials for a request to `url`: only on their own origin and over a transport
     /// that may carry them.
-    pub fn for_url(&self, url: &str) -> Option<&Credentials> {
+    pub(crate) fn for_url(&self, url: &str) -> Option<&Credentials> {
         let url = url::Url::parse(url).ok()?;
         (url.origin() == self.origin && transport_allows_credentials(&url))
             .then_some(&self.credentials)
     }
 
     /// `scheme://host:port` of the origin, for messages.
-    pub fn origin(&self) -> String {
+    pub(crate) fn origin(&self) -> String {
         self.origin.ascii_serialization()
     }
 }

@@ -329,7 +329,7 @@ impl Index {
 impl Index {
     /// Writes an index backup to `path`: a consistent copy of the part of the index the packs
     /// cannot give back.
-    pub fn backup_to(&self, path: &Path) -> Result<(), IndexError> {
+    pub(crate) fn backup_to(&self, path: &Path) -> Result<(), IndexError> {
         let _ = std::fs::remove_file(path);
         self.conn()
             .execute("VACUUM INTO ?1", params![path.to_string_lossy()])?;

@@ -196,7 +196,7 @@ impl Index {
     }
 
     /// Targets known to hold a pack, in the order they were recorded.
-    pub fn pack_targets(&self, pack_id: i64) -> Result<Vec<String>, IndexError> {
+    pub(crate) fn pack_targets(&self, pack_id: i64) -> Result<Vec<String>, IndexError> {
         let conn = self.conn();
         let mut stmt = conn
             .prepare_cached("SELECT target FROM pack_targets WHERE pack_id = ?1 ORDER BY target")?;

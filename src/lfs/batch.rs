@@ -213,7 +213,10 @@ impl Client {
     /// Uploads objects from files (batch API `upload`, basic transfer: PUT, then the optional
     /// verify POST). Objects the server already has come back without actions and are skipped.
     /// Returns how many were sent; the first failure stops it.
-    pub fn upload(&self, objects: &[(Pointer, std::path::PathBuf)]) -> Result<u64, LfsError> {
+    pub(crate) fn upload(
+        &self,
+        objects: &[(Pointer, std::path::PathBuf)],
+    ) -> Result<u64, LfsError> {
         let mut sent = 0;
         for group in objects.chunks(100) {
             let pointers: Vec<Pointer> = group.iter().map(|(p, _)| *p).collect();

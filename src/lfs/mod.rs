@@ -137,7 +137,7 @@ pub fn decode_map(bytes: &[u8]) -> Result<Vec<LfsEntry>, LfsError> {
 /// The LFS endpoint of a repository: `lfs.url` from the repository's `.lfsconfig` when it
 /// names one, else git-lfs's default `<url>.git/info/lfs` (`<url>/info/lfs` when the URL ends
 /// in `.git`). Only http(s) endpoints are supported.
-pub fn endpoint(repo_url: &str, lfsconfig: Option<&[u8]>) -> Option<String> {
+pub(crate) fn endpoint(repo_url: &str, lfsconfig: Option<&[u8]>) -> Option<String> {
     if let Some(url) = lfsconfig.and_then(lfs_url_from_config) {
         return Some(url.trim_end_matches('/').to_string());
     }
@@ -234,7 +234,7 @@ pub fn missing_objects(
 }
 
 /// The LFS objects stored in a repository's `lfs/objects` directory (as `restore` writes it).
-pub fn local_objects(git_dir: &Path) -> Vec<(Pointer, std::path::PathBuf)> {
+pub(crate) fn local_objects(git_dir: &Path) -> Vec<(Pointer, std::path::PathBuf)> {
     let mut out = Vec::new();
     let Ok(level1) = std::fs::read_dir(git_dir.join("lfs/objects")) else {
         return out;

@@ -204,7 +204,7 @@ pub(crate) fn segment(name: &str) -> String {
 const MAX_SEGMENT: usize = 200;
 
 /// Checks a document path from a metadata map before writing it under a directory.
-pub fn safe_relative_path(path: &str) -> Option<std::path::PathBuf> {
+pub(crate) fn safe_relative_path(path: &str) -> Option<std::path::PathBuf> {
     let ok = !path.is_empty()
         && !path.starts_with('/')
         && path.split('/').all(|s| {

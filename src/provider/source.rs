@@ -46,7 +46,7 @@ pub struct SourceConfig {
 }
 
 impl SourceConfig {
-    pub fn validate(&self) -> Result<(), ProviderError> {
+    pub(crate) fn validate(&self) -> Result<(), ProviderError> {
         let bad = |reason: &str| ProviderError::BadSource {
             name: self.name.clone(),
             reason: reason.to_string(),
@@ -106,7 +106,7 @@ impl SourceConfig {
 
     /// The include/exclude globs, matched against the repository name (`repo`) and the full
     /// name (`owner/repo`).
-    pub fn filter(&self) -> Result<RepoFilter, ProviderError> {
+    pub(crate) fn filter(&self) -> Result<RepoFilter, ProviderError> {
         let build = |globs: &[String]| -> Result<Option<globset::GlobSet>, ProviderError> {
             if globs.is_empty() {
                 return Ok(None);
@@ -196,7 +196,7 @@ impl GitOrigin {
     /// Why a listed clone URL may not be fetched, if it may not: only http(s) and ssh, on the
     /// git host (ssh may use another port), never a downgrade from https to http. A
     /// `file://` URL or a local path would make the backup host copy its own repositories.
-    pub fn refusal(&self, clone_url: &str) -> Option<String> {
+    pub(crate) fn refusal(&self, clone_url: &str) -> Option<String> {
         let own_host = self.url.host_str().unwrap_or_default();
         let (scheme, host) = match url::Url::parse(clone_url) {
             Ok(u) => (

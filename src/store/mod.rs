@@ -40,7 +40,7 @@ pub enum ChunkKind {
 }
 
 impl ChunkKind {
-    pub fn from_u8(v: u8) -> Option<ChunkKind> {
+    pub(crate) fn from_u8(v: u8) -> Option<ChunkKind> {
         use ChunkKind::*;
         [
             Data,

@@ -112,7 +112,7 @@ impl<'v> ChunkReader<'v> {
     }
 
     /// The kind and bytes of one stored chunk, checked against its id.
-    pub fn read_chunk(&self, id: &ChunkId) -> Result<(ChunkLocation, Vec<u8>), StoreError> {
+    pub(crate) fn read_chunk(&self, id: &ChunkId) -> Result<(ChunkLocation, Vec<u8>), StoreError> {
         let Some(loc) = self.index.chunk(id)? else {
             return Err(if self.unflushed.contains(id) {
                 StoreError::NotDurable(*id)

@@ -86,7 +86,7 @@ impl ConfigCheck {
 
 /// `config.toml`'s text as a `Config`, and the dotted paths of the keys it holds that no field
 /// reads.
-pub fn parse(text: &str) -> Result<(Config, Vec<String>), toml::de::Error> {
+pub(crate) fn parse(text: &str) -> Result<(Config, Vec<String>), toml::de::Error> {
     let mut unknown = Vec::new();
     let de = toml::de::Deserializer::parse(text)?;
     let config = serde_ignored::deserialize(de, |path| unknown.push(dotted(&path)))?;

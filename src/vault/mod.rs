@@ -35,7 +35,7 @@ use crate::store::pack::Compression;
 use crate::store::{CdcParams, ChunkReader, ChunkStore, StoreSettings};
 use crate::target::{self, Body, Target, TargetError};
 
-pub const FORMAT_VERSION: u32 = 1;
+pub(crate) const FORMAT_VERSION: u32 = 1;
 pub const CONFIG_FILE: &str = "config.toml";
 const INDEX_FILE: &str = "index.sqlite";
 const LOCK_FILE: &str = "lock";
@@ -350,7 +350,7 @@ impl Vault {
         &self.targets
     }
 
-    pub fn tmp_dir(&self) -> PathBuf {
+    pub(crate) fn tmp_dir(&self) -> PathBuf {
         self.dir.join(TMP_DIR)
     }
 

@@ -92,7 +92,7 @@ impl Default for HttpSettings {
 }
 
 impl HttpSettings {
-    pub fn is_default(&self) -> bool {
+    pub(crate) fn is_default(&self) -> bool {
         *self == HttpSettings::default()
     }
 }

@@ -18,10 +18,10 @@ mod read;
 mod write;
 
 /// Packs of format 1 (before 2026-12-04) have no authenticated footer.
-pub const PACK_MAGIC_V1: &[u8; 8] = b"GVPACK\x00\x01";
-pub const PACK_MAGIC: &[u8; 8] = b"GVPACK\x00\x02";
-pub const TRAILER_MAGIC_V1: &[u8; 8] = b"GVPKEND1";
-pub const TRAILER_MAGIC: &[u8; 8] = b"GVPKEND2";
+pub(crate) const PACK_MAGIC_V1: &[u8; 8] = b"GVPACK\x00\x01";
+pub(crate) const PACK_MAGIC: &[u8; 8] = b"GVPACK\x00\x02";
+pub(crate) const TRAILER_MAGIC_V1: &[u8; 8] = b"GVPKEND1";
+pub(crate) const TRAILER_MAGIC: &[u8; 8] = b"GVPKEND2";
 const TRAILER_LEN_V1: u64 = 16;
 /// frames hash, footer MAC, footer lengths, magic.
 const TRAILER_LEN: u64 = 32 + 32 + 16;

@@ -24,7 +24,7 @@ impl<R: Read + Seek> PackReader<R> {
 
     /// Reads the footer and checks its MAC (format 2). A format 1 footer cannot be checked;
     /// the seal says so, and the caller decides what it may be trusted with.
-    pub fn footer(&mut self, auth: &AuthKey) -> Result<(Footer, FooterSeal), PackError> {
+    pub(crate) fn footer(&mut self, auth: &AuthKey) -> Result<(Footer, FooterSeal), PackError> {
         let trailer_len = if self.legacy {
             TRAILER_LEN_V1
         } else {
@@ -90,7 +90,7 @@ impl<R: Read + Seek> PackReader<R> {
     }
 
     /// The compressed bytes of one frame, decrypted.
-    pub fn frame_compressed(&mut self, frame: &FrameInfo) -> Result<Vec<u8>, PackError> {
+    pub(crate) fn frame_compressed(&mut self, frame: &FrameInfo) -> Result<Vec<u8>, PackError> {
         self.stream
             .seek(SeekFrom::Start(frame.offset))
             .map_err(decrypt_err)?;
@@ -102,7 +102,7 @@ impl<R: Read + Seek> PackReader<R> {
     }
 
     /// Decrypts and decompresses one frame.
-    pub fn frame(&mut self, frame: &FrameInfo) -> Result<Vec<u8>, PackError> {
+    pub(crate) fn frame(&mut self, frame: &FrameInfo) -> Result<Vec<u8>, PackError> {
         let compressed = self.frame_compressed(frame)?;
         decompress_frame(&compressed, frame.raw_len)
     }

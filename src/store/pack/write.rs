@@ -206,7 +206,7 @@ impl PackWriter {
     }
 
     /// Abandons the pack and removes its temporary file.
-    pub fn discard(self) {
+    pub(crate) fn discard(self) {
         let _ = std::fs::remove_file(&self.path);
     }
 }
