@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 use std::io::Write as _;
 use std::path::Path;
 
-use crate::backup::BackupRun;
+use crate::backup::{BackupRun, RepoReport, SourceReport};
 use crate::vault::Vault;
 
 /// One metrics document, family by family (a `# HELP` and `# TYPE` line, then its samples).
@@ -129,29 +129,7 @@ impl Metrics {
     pub fn backup_run(&mut self, run: &BackupRun) {
         let mut failures: BTreeMap<String, u64> = BTreeMap::new();
         for line in run.lines() {
-            let status = serde_json::to_value(line.status)
-                .ok()
-                .and_then(|v| v.as_str().map(String::from))
-                .unwrap_or_default();
-            let labels = [("repo", line.repo.as_str())];
-            self.gauge(
-                "gitvault_repository_run_status",
-                "1 for the status the repository's line had in the last run.",
-                &[("repo", line.repo.as_str()), ("status", &status)],
-                1.0,
-            );
-            self.gauge(
-                "gitvault_repository_bytes_added",
-                "New unique bytes the repository added to the vault in the last run.",
-                &labels,
-                line.bytes_added as f64,
-            );
-            self.gauge(
-                "gitvault_repository_run_seconds",
-                "How long the repository took in the last run.",
-                &labels,
-                line.seconds,
-            );
+            self.repository_line(line);
             if line.is_failure() {
                 let reason = line
                     .reason
@@ -165,34 +143,74 @@ impl Metrics {
             if source.error.is_some() {
                 *failures.entry("source".to_string()).or_default() += 1;
             }
-            let labels = [("source", source.source.as_str())];
-            self.gauge(
-                "gitvault_source_repositories_listed",
-                "Repositories the source listed in the last run.",
-                &labels,
-                source.listed as f64,
-            );
-            self.gauge(
-                "gitvault_source_api_requests",
-                "API requests the source's last run sent.",
-                &labels,
-                source.api.requests as f64,
-            );
-            self.gauge(
-                "gitvault_source_api_not_modified",
-                "API requests of the last run answered 304 Not Modified.",
-                &labels,
-                source.api.not_modified as f64,
-            );
-            self.gauge(
-                "gitvault_source_success",
-                "1 if the source could be listed in the last run.",
-                &labels,
-                f64::from(u8::from(source.error.is_none())),
-            );
+            self.source(source);
         }
-        // Every known reason appears, so an alert on a reason has a series to watch even when
-        // it is 0.
+        self.failures(failures);
+        self.gauge(
+            "gitvault_lagging_replicas",
+            "Packs of the last run that a target missed (`gitvault sync` brings it level).",
+            &[],
+            run.lagging_replicas.len() as f64,
+        );
+    }
+
+    fn repository_line(&mut self, line: &RepoReport) {
+        let status = serde_json::to_value(line.status)
+            .ok()
+            .and_then(|v| v.as_str().map(String::from))
+            .unwrap_or_default();
+        let labels = [("repo", line.repo.as_str())];
+        self.gauge(
+            "gitvault_repository_run_status",
+            "1 for the status the repository's line had in the last run.",
+            &[("repo", line.repo.as_str()), ("status", &status)],
+            1.0,
+        );
+        self.gauge(
+            "gitvault_repository_bytes_added",
+            "New unique bytes the repository added to the vault in the last run.",
+            &labels,
+            line.bytes_added as f64,
+        );
+        self.gauge(
+            "gitvault_repository_run_seconds",
+            "How long the repository took in the last run.",
+            &labels,
+            line.seconds,
+        );
+    }
+
+    fn source(&mut self, source: &SourceReport) {
+        let labels = [("source", source.source.as_str())];
+        self.gauge(
+            "gitvault_source_repositories_listed",
+            "Repositories the source listed in the last run.",
+            &labels,
+            source.listed as f64,
+        );
+        self.gauge(
+            "gitvault_source_api_requests",
+            "API requests the source's last run sent.",
+            &labels,
+            source.api.requests as f64,
+        );
+        self.gauge(
+            "gitvault_source_api_not_modified",
+            "API requests of the last run answered 304 Not Modified.",
+            &labels,
+            source.api.not_modified as f64,
+        );
+        self.gauge(
+            "gitvault_source_success",
+            "1 if the source could be listed in the last run.",
+            &labels,
+            f64::from(u8::from(source.error.is_none())),
+        );
+    }
+
+    /// Every known reason appears, so an alert on a reason has a series to watch even when it
+    /// is 0.
+    fn failures(&mut self, mut failures: BTreeMap<String, u64>) {
         for reason in [
             "not-attempted",
             "not-found",
@@ -215,12 +233,6 @@ impl Metrics {
                 n as f64,
             );
         }
-        self.gauge(
-            "gitvault_lagging_replicas",
-            "Packs of the last run that a target missed (`gitvault sync` brings it level).",
-            &[],
-            run.lagging_replicas.len() as f64,
-        );
     }
 
     /// Each target's packs against the index (one listing per target).

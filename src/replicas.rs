@@ -15,6 +15,7 @@ use crate::crypto::VaultKeys;
 use crate::store::pack::{Provenance, verify_pack};
 use crate::store::{pack_key, pack_name_from_key};
 use crate::target::{Body, Target};
+use crate::vault::target_lock::{LockKind, LockTiming};
 use crate::vault::{Vault, VaultError, WriteLock};
 
 /// What `verify` found on one target.
@@ -153,9 +154,9 @@ pub fn sync(
     // Another host's prune must not delete packs while they are being copied.
     let _shared = vault.lock_targets(
         keys,
-        crate::vault::target_lock::LockKind::Shared,
+        LockKind::Shared,
         "sync",
-        crate::vault::target_lock::LockTiming::from_environment(),
+        LockTiming::from_environment(),
     )?;
     let packs = vault.index().packs()?;
     let listings: Vec<Result<HashMap<String, u64>, String>> = vault
