@@ -98,6 +98,9 @@ pub struct Notifier {
 
 /// The pause before the retry: long enough for a receiver's restart or a dropped connection.
 const RETRY_PAUSE: Duration = Duration::from_millis(500);
+/// The most of a ping's summary: healthchecks.io keeps 100 kB of a ping's body and a run over
+/// thousands of failing repositories should not upload megabytes to say so.
+const SUMMARY_BYTES: usize = 64 * 1024;
 /// A try with less time left than this is not worth starting.
 const SHORTEST_TRY: Duration = Duration::from_millis(200);
 
@@ -138,22 +141,21 @@ impl Notifier {
     /// keeps as the ping's log) and posts the webhook document, at the same time.
     pub fn finish(&self, ending: &Ending<'_>) -> Vec<NotifyError> {
         let outcome = Outcome::from_exit_code(ending.exit_code);
-        let ping = match outcome {
-            Outcome::Success => Some(("success", &self.config.success)),
-            Outcome::Partial if self.config.partial.is_some() => {
-                Some(("partial", &self.config.partial))
-            }
-            Outcome::Partial | Outcome::Failure => Some(("failure", &self.config.failure)),
-        }
-        .and_then(|(key, url)| Some((key, url.as_deref()?)));
+        let (key, url) = match outcome {
+            Outcome::Success => ("success", &self.config.success),
+            Outcome::Partial if self.config.partial.is_some() => ("partial", &self.config.partial),
+            Outcome::Partial | Outcome::Failure => ("failure", &self.config.failure),
+        };
+        let ping = url.as_deref().map(|url| (key, url));
         let failures = ending.backup_run.map(failures).unwrap_or_default();
-        let summary = self.summary(outcome, ending, &failures);
+        let host = crate::vault::target_lock::host_name();
+        let summary = summary(&self.command, &host, outcome, ending, &failures);
         let document = WebhookDocument {
             command: &self.command,
             outcome,
             exit_code: ending.exit_code,
             duration_seconds: ending.seconds,
-            host: crate::vault::target_lock::host_name(),
+            host,
             started: rfc3339(self.started),
             finished: rfc3339(SystemTime::now()),
             error: ending.error,
@@ -185,31 +187,6 @@ impl Notifier {
                 })
                 .collect()
         })
-    }
-
-    /// One line for people (a healthchecks.io log, a chat message), then the failures.
-    fn summary(&self, outcome: Outcome, ending: &Ending<'_>, failures: &[String]) -> String {
-        let mut text = format!(
-            "gitvault {} on {}: {} (exit {}) after {:.1} s\n",
-            self.command,
-            crate::vault::target_lock::host_name(),
-            match outcome {
-                Outcome::Success => "success",
-                Outcome::Partial => "partial",
-                Outcome::Failure => "failure",
-            },
-            ending.exit_code,
-            ending.seconds
-        );
-        for line in ending
-            .error
-            .into_iter()
-            .chain(failures.iter().map(|f| f.as_str()))
-        {
-            text.push_str(line);
-            text.push('\n');
-        }
-        text
     }
 
     /// One request with its retry, all within the configured timeout. A 4xx is not retried:
@@ -277,6 +254,40 @@ impl Notifier {
     }
 }
 
+/// One line for people (a healthchecks.io log, a chat message), then the error and the
+/// failures, cut at [`SUMMARY_BYTES`]: the webhook carries the whole report.
+fn summary(
+    command: &str,
+    host: &str,
+    outcome: Outcome,
+    ending: &Ending<'_>,
+    failures: &[String],
+) -> String {
+    let word = match outcome {
+        Outcome::Success => "success",
+        Outcome::Partial => "partial",
+        Outcome::Failure => "failure",
+    };
+    let mut text = format!(
+        "gitvault {} on {host}: {word} (exit {}) after {:.1} s\n",
+        command, ending.exit_code, ending.seconds
+    );
+    let lines: Vec<&str> = ending
+        .error
+        .into_iter()
+        .chain(failures.iter().map(String::as_str))
+        .collect();
+    for (shown, line) in lines.iter().enumerate() {
+        if text.len() + line.len() > SUMMARY_BYTES {
+            text.push_str(&format!("… and {} more\n", lines.len() - shown));
+            break;
+        }
+        text.push_str(line);
+        text.push('\n');
+    }
+    text
+}
+
 /// `repo: message` for each repository and source of the run that failed.
 fn failures(run: &BackupRun) -> Vec<String> {
     let repositories = run
@@ -318,4 +329,36 @@ fn scrub(text: &str, url: &url::Url) -> String {
 
 fn rfc3339(t: SystemTime) -> String {
     chrono::DateTime::<chrono::Utc>::from(t).to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_codes_map_to_outcomes() {
+        assert_eq!(Outcome::from_exit_code(0), Outcome::Success);
+        assert_eq!(Outcome::from_exit_code(3), Outcome::Partial);
+        assert_eq!(Outcome::from_exit_code(1), Outcome::Failure);
+        assert_eq!(Outcome::from_exit_code(2), Outcome::Failure);
+    }
+
+    #[test]
+    fn a_summary_of_many_failures_is_cut() {
+        let failures: Vec<String> = (0..10_000)
+            .map(|i| format!("acme/repo-{i}: cannot reach or read the repository"))
+            .collect();
+        let ending = Ending {
+            exit_code: 3,
+            seconds: 12.34,
+            error: None,
+            backup_run: None,
+        };
+        let text = summary("backup", "h", Outcome::Partial, &ending, &failures);
+        assert!(
+            text.starts_with("gitvault backup on h: partial (exit 3) after 12.3 s\nacme/repo-0: ")
+        );
+        assert!(text.len() <= SUMMARY_BYTES + 100, "{}", text.len());
+        assert!(text.ends_with(" more\n"), "{}", &text[text.len() - 40..]);
+    }
 }
