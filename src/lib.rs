@@ -65,6 +65,7 @@ pub mod index;
 pub mod lfs;
 pub mod metrics;
 pub mod model;
+pub mod notify;
 pub mod policy;
 pub mod provider;
 pub mod recover;

@@ -27,8 +27,9 @@ const LAYERS: &[&[&str]] = &[
         "stats",
     ],
     // Composed of the operations: verify restores samples and reads the replica check; metrics
-    // read a backup run's report and the stats; status reads saved reports of both.
-    &["verify", "metrics", "status"],
+    // read a backup run's report and the stats; status reads saved reports of both; notify
+    // sends a backup run's report.
+    &["verify", "metrics", "status", "notify"],
 ];
 
 /// DESIGN.md's "no part reaches around another", whatever the layers say.

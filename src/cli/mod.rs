@@ -193,23 +193,58 @@ pub fn main() -> i32 {
         out: Output::new(args.json, args.quiet),
         backup_run: std::sync::Mutex::new(None),
     };
+    let notifier = notify_start(&ctx, &command_name);
+    let mut error = None;
     let code = match run(&ctx, args.command) {
         Ok(code) => code,
         Err(e) => {
             ctx.out.error(&e);
+            error = Some(output::error_text(&e));
             EXIT_FAILED
         }
     };
+    let seconds = started.elapsed().as_secs_f64();
     if let Some(path) = &args.metrics_file {
-        write_metrics(
-            &ctx,
-            path,
-            &command_name,
-            code,
-            started.elapsed().as_secs_f64(),
-        );
+        write_metrics(&ctx, path, &command_name, code, seconds);
+    }
+    if let Some(notifier) = notifier {
+        let run = ctx.backup_run.lock().ok();
+        let ending = gitvault::notify::Ending {
+            exit_code: code,
+            seconds,
+            error: error.as_deref(),
+            backup_run: run.as_ref().and_then(|r| r.as_ref()),
+        };
+        for e in notifier.finish(&ending) {
+            notify_warning(&ctx, &e);
+        }
     }
     code
+}
+
+/// The command's notifier, after its start ping, when `[notify]` lists the command. A vault
+/// that cannot be read sends nothing: the command itself says what is wrong with it.
+fn notify_start(ctx: &Ctx, command: &str) -> Option<gitvault::notify::Notifier> {
+    let config = Vault::read_config(&ctx.args_vault).ok()?;
+    match gitvault::notify::Notifier::for_command(config.notify.as_ref(), command) {
+        Ok(notifier) => {
+            for e in notifier.iter().flat_map(|n| n.start()) {
+                notify_warning(ctx, &e);
+            }
+            notifier
+        }
+        Err(e) => {
+            notify_warning(ctx, &e);
+            None
+        }
+    }
+}
+
+/// A notification that did not arrive is a warning: the command's own result stands.
+fn notify_warning(ctx: &Ctx, e: &gitvault::notify::NotifyError) {
+    if !ctx.out.quiet {
+        eprintln!("warning: {e}");
+    }
 }
 
 /// The command's metrics, with what the vault says of every repository when it opens; a

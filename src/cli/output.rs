@@ -22,6 +22,18 @@ pub fn exit_if_broken_pipe(e: &std::io::Error) {
     }
 }
 
+/// An error and its causes in one line, each cause once.
+pub fn error_text(e: &anyhow::Error) -> String {
+    let mut text = e.to_string();
+    for cause in e.chain().skip(1) {
+        let cause = cause.to_string();
+        if !text.contains(&cause) {
+            let _ = write!(text, ": {cause}");
+        }
+    }
+    text
+}
+
 pub struct Output {
     pub json: bool,
     pub quiet: bool,
@@ -45,13 +57,7 @@ impl Output {
     }
 
     pub fn error(&self, e: &anyhow::Error) {
-        let mut text = e.to_string();
-        for cause in e.chain().skip(1) {
-            let cause = cause.to_string();
-            if !text.contains(&cause) {
-                let _ = write!(text, ": {cause}");
-            }
-        }
+        let text = error_text(e);
         eprintln!("error: {text}");
         if self.json {
             emit(&format!(

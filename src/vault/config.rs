@@ -3,6 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::redact::RedactedUrl;
 use crate::store::{CdcParams, StoreSettings};
 
 /// `DIR/config.toml`.
@@ -18,6 +19,9 @@ pub struct Config {
     /// The retention policy `forget` applies to repositories without one of their own.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retention: Option<crate::policy::Policy>,
+    /// URLs pinged when commands start and end (docs/OPERATIONS.md, "Notifications").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notify: Option<NotifyConfig>,
     #[serde(default, rename = "target")]
     pub targets: Vec<TargetConfig>,
     /// Not written when empty: a `source = []` line would make a hand-added `[[source]]`
@@ -56,6 +60,159 @@ impl Default for StoreConfig {
 pub struct TargetConfig {
     pub name: String,
     pub url: String,
+}
+
+/// `[notify]`: where to report that a command started and how it ended. The URLs are kept as
+/// written, `${VAR}` placeholders included: the secrets they stand for (a healthchecks.io
+/// check's UUID, a webhook token) are filled in from the environment only when a request is
+/// made, so config.toml, errors and logs never hold them.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct NotifyConfig {
+    /// Pinged (GET) when a command starts: healthchecks.io's `…/start` measures run times and
+    /// notices runs that never end.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start: Option<String>,
+    /// Pinged (POST with a one-line summary) when a command exits 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub success: Option<String>,
+    /// Pinged when a command exits 1 (or any status other than 0 and 3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure: Option<String>,
+    /// Pinged when a command exits 3 (some repositories failed); `failure` when not set, since
+    /// a partial run still needs someone to look.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partial: Option<String>,
+    /// Receives a JSON document (POST) when a command ends: outcome, exit code, duration,
+    /// host, error and the backup run report.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook: Option<String>,
+    /// The commands that notify ([`NotifyConfig::DEFAULT_COMMANDS`] when not set).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub commands: Option<Vec<String>>,
+    /// Seconds one notification may take in all, its retry included
+    /// ([`NotifyConfig::DEFAULT_TIMEOUT`] when not set).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<u64>,
+}
+
+/// Why a `[notify]` URL cannot be used. The URL is named as written (placeholders, not their
+/// values) and redacted.
+#[derive(Debug, thiserror::Error)]
+pub enum NotifyUrlError {
+    #[error("{url}: the variable {var} is not set")]
+    UnsetVariable { url: RedactedUrl, var: String },
+    #[error("{url}: a `${{` without its closing `}}`, or an empty variable name")]
+    BadPlaceholder { url: RedactedUrl },
+    #[error("{url} is not a URL: {reason}")]
+    Unparsable { url: RedactedUrl, reason: String },
+    #[error(
+        "{url}: notifications go over https only (plain http to loopback, or anywhere with \
+         GITVAULT_ALLOW_INSECURE_HTTP=1)"
+    )]
+    Insecure { url: RedactedUrl },
+}
+
+impl NotifyConfig {
+    /// The commands worth a notification when `commands` is not set: the ones a schedule runs.
+    pub const DEFAULT_COMMANDS: &[&str] = &["backup", "prune", "verify", "sync"];
+    /// The commands that may notify: those that run unattended. Others are named by `config
+    /// check`, since a typo there silently turns an alarm off.
+    pub const KNOWN_COMMANDS: &[&str] = &[
+        "backup", "forget", "prune", "verify", "sync", "recover", "restore", "status", "stats",
+    ];
+    pub const DEFAULT_TIMEOUT: u64 = 10;
+
+    pub fn notifies(&self, command: &str) -> bool {
+        match &self.commands {
+            Some(list) => list.iter().any(|c| c == command),
+            None => Self::DEFAULT_COMMANDS.contains(&command),
+        }
+    }
+
+    pub fn timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.timeout.unwrap_or(Self::DEFAULT_TIMEOUT))
+    }
+
+    /// Every configured URL with its key, in the order they are documented.
+    pub fn urls(&self) -> impl Iterator<Item = (&'static str, &str)> {
+        [
+            ("start", &self.start),
+            ("success", &self.success),
+            ("failure", &self.failure),
+            ("partial", &self.partial),
+            ("webhook", &self.webhook),
+        ]
+        .into_iter()
+        .filter_map(|(key, url)| Some((key, url.as_deref()?)))
+    }
+
+    /// What `gitvault config check` says of the table: each problem as `notify.KEY: …`.
+    fn problems(&self) -> Vec<String> {
+        let mut problems: Vec<String> = self
+            .urls()
+            .filter_map(|(key, raw)| {
+                resolve_notify_url(raw)
+                    .err()
+                    .map(|e| format!("notify.{key}: {e}"))
+            })
+            .collect();
+        for command in self.commands.iter().flatten() {
+            if !Self::KNOWN_COMMANDS.contains(&command.as_str()) {
+                problems.push(format!(
+                    "notify.commands: {command:?} is not a command that notifies (one of {})",
+                    Self::KNOWN_COMMANDS.join(", ")
+                ));
+            }
+        }
+        if self.timeout == Some(0) {
+            problems.push("notify.timeout: 0 seconds leaves no time to send anything".into());
+        }
+        problems
+    }
+}
+
+/// A `[notify]` URL made ready to request: `${VAR}` placeholders replaced by the variables'
+/// values (the only place they are read), parsed, and refused over plain http where
+/// credentials would be (the URL itself is the credential: whoever sees a healthchecks.io
+/// ping URL can ping it). The result holds secrets: never show it; show `raw` redacted.
+pub fn resolve_notify_url(raw: &str) -> Result<url::Url, NotifyUrlError> {
+    fill_and_parse(raw, &|var| std::env::var(var).ok())
+}
+
+/// [`resolve_notify_url`] with the variables from `lookup`, so that tests need not change the
+/// process's environment.
+fn fill_and_parse(
+    raw: &str,
+    lookup: &dyn Fn(&str) -> Option<String>,
+) -> Result<url::Url, NotifyUrlError> {
+    let shown = || RedactedUrl::new(raw);
+    let mut filled = String::with_capacity(raw.len());
+    let mut rest = raw;
+    while let Some(at) = rest.find("${") {
+        filled.push_str(&rest[..at]);
+        let after = &rest[at + 2..];
+        let end = after
+            .find('}')
+            .filter(|&end| end > 0)
+            .ok_or_else(|| NotifyUrlError::BadPlaceholder { url: shown() })?;
+        let var = &after[..end];
+        let value = lookup(var).ok_or_else(|| NotifyUrlError::UnsetVariable {
+            url: shown(),
+            var: var.to_string(),
+        })?;
+        filled.push_str(&value);
+        rest = &after[end + 1..];
+    }
+    filled.push_str(rest);
+    // The parser's message never quotes its input, so it cannot carry a filled-in secret.
+    let url = url::Url::parse(&filled).map_err(|e| NotifyUrlError::Unparsable {
+        url: shown(),
+        reason: e.to_string(),
+    })?;
+    if !crate::git::transport_allows_credentials(&url) {
+        return Err(NotifyUrlError::Insecure { url: shown() });
+    }
+    Ok(url)
 }
 
 /// `gitvault.json` on every target: what a reader needs before it has the key.
@@ -156,5 +313,77 @@ pub fn check_config(text: &str) -> ConfigCheck {
             check.problems.push(e.to_string());
         }
     }
+    if let Some(notify) = &config.notify {
+        check.problems.extend(notify.problems());
+    }
     check
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lookup(var: &str) -> Option<String> {
+        match var {
+            "UUID" => Some("s3cr3t-uuid".into()),
+            "TOKEN" => Some("tok en".into()),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn placeholders_are_filled_and_never_shown() {
+        let url = fill_and_parse("https://hc.example/${UUID}/start?t=${TOKEN}", &lookup).unwrap();
+        assert_eq!(
+            url.as_str(),
+            "https://hc.example/s3cr3t-uuid/start?t=tok%20en"
+        );
+        let plain = fill_and_parse("http://127.0.0.1:8000/p", &lookup).unwrap();
+        assert_eq!(plain.path(), "/p");
+
+        for (raw, shown) in [
+            (
+                "https://h/${UUID}/${NOPE}",
+                "https://h/${UUID}/${NOPE}: the variable NOPE is not set",
+            ),
+            ("https://h/${UUID", "https://h/${UUID: a `${` without"),
+            ("https://h/${}/x", "https://h/${}/x: a `${` without"),
+            ("${UUID}", "${UUID} is not a URL"),
+            (
+                "https://h:99999/${UUID}",
+                "https://h:99999/${UUID} is not a URL: invalid port",
+            ),
+            (
+                "http://example.com/${UUID}",
+                "http://example.com/${UUID}: notifications go over https only",
+            ),
+            (
+                "file:///tmp/${UUID}",
+                "file:///tmp/${UUID}: notifications go over https only",
+            ),
+            (
+                "https://u:${TOKEN}@h/x?k=${TOKEN}",
+                "https://***@h/x?***: the variable",
+            ),
+        ] {
+            let raw = raw.replace("${TOKEN}", "${MISSING}");
+            let e = fill_and_parse(&raw, &lookup).unwrap_err().to_string();
+            assert!(e.starts_with(shown), "{raw}: {e}");
+            assert!(!e.contains("s3cr3t"), "{e}");
+        }
+    }
+
+    #[test]
+    fn commands_and_timeout_have_defaults() {
+        let notify = NotifyConfig::default();
+        assert!(notify.notifies("backup") && notify.notifies("sync"));
+        assert!(!notify.notifies("snapshots"));
+        assert_eq!(notify.timeout().as_secs(), NotifyConfig::DEFAULT_TIMEOUT);
+        let only = NotifyConfig {
+            commands: Some(vec!["forget".into()]),
+            ..NotifyConfig::default()
+        };
+        assert!(only.notifies("forget") && !only.notifies("backup"));
+        assert!(only.problems().is_empty());
+    }
 }

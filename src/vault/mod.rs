@@ -25,7 +25,10 @@ mod lock;
 mod reports;
 pub mod target_lock;
 
-pub use config::{Config, ConfigCheck, PublicParams, StoreConfig, TargetConfig, check_config};
+pub use config::{
+    Config, ConfigCheck, NotifyConfig, NotifyUrlError, PublicParams, StoreConfig, TargetConfig,
+    check_config, resolve_notify_url,
+};
 pub use lock::{ReadLease, WriteLock};
 
 use crate::crypto::{self, CryptoError, KeyProtection, VaultKeys};
@@ -208,6 +211,7 @@ impl Vault {
             cdc: CdcParams::default(),
             store: StoreConfig::default(),
             retention: None,
+            notify: None,
             targets: vec![TargetConfig {
                 name: "local".into(),
                 url: data_url.clone(),
@@ -277,6 +281,7 @@ impl Vault {
                 cdc: params.cdc,
                 store: StoreConfig::default(),
                 retention: None,
+                notify: None,
                 targets: vec![TargetConfig {
                     name: target_name.to_string(),
                     url: target_url.to_string(),
@@ -293,7 +298,14 @@ impl Vault {
         Ok(dir)
     }
 
-    pub fn open(dir: &Path) -> Result<Vault, VaultError> {
+    /// `DIR/config.toml` alone, for callers that need a setting before (or without) opening
+    /// the vault, such as the notifications sent around a command. Unknown keys are left to
+    /// [`Vault::open`] to warn about, so that a command warns once.
+    pub fn read_config(dir: &Path) -> Result<Config, VaultError> {
+        Ok(Self::read_config_and_unknown_keys(dir)?.0)
+    }
+
+    fn read_config_and_unknown_keys(dir: &Path) -> Result<(Config, Vec<String>), VaultError> {
         let config_path = dir.join(CONFIG_FILE);
         let text = match fs::read_to_string(&config_path) {
             Ok(t) => t,
@@ -302,10 +314,14 @@ impl Vault {
             }
             Err(e) => return Err(io_err(format!("reading {}", config_path.display()))(e)),
         };
-        let (config, unknown) = config::parse(&text).map_err(|e| VaultError::BadConfig {
+        config::parse(&text).map_err(|e| VaultError::BadConfig {
             path: config_path.display().to_string(),
             reason: e.to_string(),
-        })?;
+        })
+    }
+
+    pub fn open(dir: &Path) -> Result<Vault, VaultError> {
+        let (config, unknown) = Self::read_config_and_unknown_keys(dir)?;
         for key in unknown {
             tracing::warn!(%key, "config.toml: unknown key ignored (see `gitvault config check`)");
         }
