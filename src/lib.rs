@@ -67,6 +67,7 @@ pub mod metrics;
 pub mod model;
 pub mod notify;
 pub mod policy;
+pub mod progress;
 pub mod provider;
 pub mod recover;
 pub mod redact;

@@ -11,7 +11,7 @@ use std::path::Path;
 
 /// Bottom up. A module may import only modules of a lower layer.
 const LAYERS: &[&[&str]] = &[
-    &["hooks", "redact", "crypto", "policy"],
+    &["hooks", "redact", "crypto", "policy", "progress"],
     &["model"],
     &["target", "index"],
     &["store"],

@@ -13,6 +13,7 @@ use crate::crypto::{ChunkId, VaultKeys};
 use crate::git::objects::{ObjectSource, Reached, walk};
 use crate::git::{self, CacheReader, Credentials, FetchResult, RemoteSpec};
 use crate::index::SnapshotRow;
+use crate::progress::{Progress, Unit};
 use crate::provider::{Provider, ProviderError, RepoInfo};
 use crate::snapshot::{self, Manifest, ObjectEntry, ObjectKind, Oid, RefSet};
 use crate::store::ChunkKind;
@@ -38,11 +39,21 @@ pub(super) fn backup_repository(
     writer: &Mutex<Writer<'_>>,
     request: &BackupRequest,
     metadata: Option<(&mut dyn Provider, &RepoInfo)>,
+    progress: &dyn Progress,
 ) -> RepoReport {
     let started = Instant::now();
     let mut handle = WriterHandle::new(writer);
     let mut report = RepoReport::for_request(request, RepoStatus::Failed);
-    let result = run(vault, keys, &mut handle, request, metadata, &mut report);
+    let result = run(
+        vault,
+        keys,
+        &mut handle,
+        request,
+        metadata,
+        progress,
+        &mut report,
+    );
+    progress.done(&report.repo);
     report.seconds = started.elapsed().as_secs_f64();
     report.bytes_uploaded = handle.uploaded;
     report.bytes_added = handle.raw_added;
@@ -80,10 +91,12 @@ fn run(
     handle: &mut WriterHandle<'_, '_>,
     request: &BackupRequest,
     metadata: Option<(&mut dyn Provider, &RepoInfo)>,
+    progress: &dyn Progress,
     report: &mut RepoReport,
 ) -> Result<(), BackupError> {
     let remote = resolve(vault, request, report)?;
     let previous = vault.index().snapshot_as_of(&remote.name, None)?;
+    progress.phase(&report.repo, "fetch", None, Unit::Objects);
     let fetched = fetch(keys, &remote, previous.as_ref(), report)?;
     let refset_bytes = fetched.refs.encode();
     let refset = keys.id_key().chunk_id(&refset_bytes);
@@ -91,7 +104,13 @@ fn run(
     let (new_objects, pointers) = if unchanged {
         Default::default()
     } else {
-        ingest(vault, handle, &remote.cache, &fetched.refs)?
+        ingest(
+            vault,
+            handle,
+            &remote.cache,
+            &fetched.refs,
+            (&report.repo, progress),
+        )?
     };
     let previous = previous.as_ref().map(|p| &p.manifest);
     let lfs = lfs::backup_lfs(vault, handle, &remote, &fetched.refs, previous, pointers)?;
@@ -278,6 +297,7 @@ fn ingest(
     handle: &mut WriterHandle<'_, '_>,
     cache: &std::path::Path,
     refs: &RefSet,
+    (job, progress): (&str, &dyn Progress),
 ) -> Result<(Vec<ObjectEntry>, Vec<PointerBlob>), BackupError> {
     let reader = CacheReader::open(cache)?;
     let mut tips: Vec<Oid> = refs.refs.values().copied().collect();
@@ -288,6 +308,7 @@ fn ingest(
         vault,
     };
     let phase = Instant::now();
+    progress.phase(job, "walk", None, Unit::Objects);
     let mut reached = walk(&mut source, &tips)?;
     reached.sort_by_key(Reached::group_key);
     tracing::info!(
@@ -297,6 +318,7 @@ fn ingest(
     );
     let phase = Instant::now();
     let mut pointers = Vec::new();
+    progress.phase(job, "store", Some(reached.len() as u64), Unit::Objects);
     let entries = handle.with(|w| -> Result<_, BackupError> {
         let mut entries = Vec::with_capacity(reached.len());
         for r in &reached {
@@ -312,6 +334,7 @@ fn ingest(
                 kind,
                 chunk,
             });
+            progress.advance(job, 1);
         }
         Ok(entries)
     })?;

@@ -18,6 +18,7 @@ use super::{
 };
 use crate::crypto::VaultKeys;
 use crate::git;
+use crate::progress::{Progress, Silent};
 use crate::provider::SourceConfig;
 use crate::vault::index_backup::{index_backup_due, upload_index_backup};
 use crate::vault::target_lock::{LockKind, LockTiming, TargetLock};
@@ -55,6 +56,7 @@ pub struct Session<'v> {
     sources: Vec<SourceReport>,
     /// The shared lock on every target, so that another host's prune waits for this run.
     targets: TargetLock,
+    progress: &'v dyn Progress,
 }
 
 /// The report of a run: what `gitvault backup --json` prints and DIR/reports/ keeps.
@@ -110,7 +112,14 @@ impl<'v> Session<'v> {
             repositories: Vec::new(),
             sources: Vec::new(),
             targets,
+            progress: &Silent,
         })
+    }
+
+    /// Reports each repository's phases (fetch, walk, store) and steps to `progress`.
+    pub fn with_progress(mut self, progress: &'v dyn Progress) -> Session<'v> {
+        self.progress = progress;
+        self
     }
 
     /// Backs up repositories given by URL, `jobs` at a time; `done` sees each line as it
@@ -131,7 +140,14 @@ impl<'v> Session<'v> {
                     );
                     line
                 } else {
-                    backup_repository(self.vault, self.keys, &self.writer, request, None)
+                    backup_repository(
+                        self.vault,
+                        self.keys,
+                        &self.writer,
+                        request,
+                        None,
+                        self.progress,
+                    )
                 };
                 done(&line);
                 line
@@ -156,7 +172,7 @@ impl<'v> Session<'v> {
             source,
             &self.options,
             expected,
-            progress,
+            (progress, self.progress),
         );
         self.sources.push(report);
         &self.sources[self.sources.len() - 1]

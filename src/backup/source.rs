@@ -14,6 +14,7 @@ use super::writer::Writer;
 use super::{BackupRequest, Reason, RepoReport, RepoStatus, SourceEvent, SourceReport};
 use crate::crypto::VaultKeys;
 use crate::git::{self, Credentials};
+use crate::progress::Progress;
 use crate::provider::http::{HttpCache, RequestStats};
 use crate::provider::{GitOrigin, Listing, Provider, ProviderError, RepoInfo, SourceConfig};
 use crate::redact::RedactedUrl;
@@ -44,7 +45,7 @@ pub(super) fn backup_source(
     source: &SourceConfig,
     options: &super::Options,
     expected: Option<usize>,
-    progress: &(dyn Fn(SourceEvent<'_>) + Sync),
+    (progress, watch): (&(dyn Fn(SourceEvent<'_>) + Sync), &dyn Progress),
 ) -> SourceReport {
     let mut report = SourceReport {
         source: source.name.clone(),
@@ -70,6 +71,7 @@ pub(super) fn backup_source(
         token,
         shard: options.shard,
         progress,
+        watch,
     };
     if let Err(e) = run.run(options.jobs, expected, &mut report) {
         report.error = Some(run.scrub(e.to_string()));
@@ -113,6 +115,8 @@ struct SourceRun<'a, 'v> {
     token: Option<SecretString>,
     shard: Option<super::Shard>,
     progress: &'a (dyn Fn(SourceEvent<'_>) + Sync),
+    /// Phases and steps of each repository as it goes.
+    watch: &'a dyn Progress,
 }
 
 impl SourceRun<'_, '_> {
@@ -237,6 +241,7 @@ impl SourceRun<'_, '_> {
             provider,
             git_origin,
             job,
+            self.watch,
         );
         line.error = line.error.map(|e| self.scrub(e));
         if job.wiki.is_none() && line.reason == Some(Reason::RateLimited) {
@@ -297,6 +302,7 @@ fn backup_job(
     provider: &mut dyn Provider,
     git_origin: &GitOrigin,
     job: &Job<'_>,
+    watch: &dyn Progress,
 ) -> RepoReport {
     let url = job.url();
     // Invariant 9: the source's git credentials go only to its git origin.
@@ -316,9 +322,16 @@ fn backup_job(
         credentials,
     };
     if job.wiki.is_none() {
-        return backup_repository(vault, keys, writer, &request, Some((provider, job.repo)));
+        return backup_repository(
+            vault,
+            keys,
+            writer,
+            &request,
+            Some((provider, job.repo)),
+            watch,
+        );
     }
-    let mut line = backup_repository(vault, keys, writer, &request, None);
+    let mut line = backup_repository(vault, keys, writer, &request, None, watch);
     if line.status == RepoStatus::Failed && line.reason == Some(Reason::NotFound) {
         // has_wiki is on by default: most repositories have no wiki repository.
         line.set(

@@ -170,3 +170,81 @@ pub fn stats_table(s: &gitvault::stats::Stats) -> String {
     }
     t
 }
+
+/// Progress of long operations on a terminal: one line per running job (repository) with its
+/// phase and counts, under whatever other bars the command adds (`add`).
+pub struct Bars {
+    multi: indicatif::MultiProgress,
+    jobs: std::sync::Mutex<std::collections::HashMap<String, indicatif::ProgressBar>>,
+}
+
+impl Bars {
+    /// Drawn only on a terminal and never with --json/-q; otherwise every call does nothing.
+    pub fn new(out: &Output) -> Bars {
+        use std::io::IsTerminal;
+        let multi = if out.json || out.quiet || !std::io::stderr().is_terminal() {
+            indicatif::MultiProgress::with_draw_target(indicatif::ProgressDrawTarget::hidden())
+        } else {
+            indicatif::MultiProgress::new()
+        };
+        Bars {
+            multi,
+            jobs: std::sync::Mutex::new(std::collections::HashMap::new()),
+        }
+    }
+
+    pub fn add(&self, bar: indicatif::ProgressBar) -> indicatif::ProgressBar {
+        self.multi.add(bar)
+    }
+
+    /// Prints a line above the bars.
+    pub fn println(&self, f: impl FnOnce()) {
+        self.multi.suspend(f);
+    }
+}
+
+impl gitvault::progress::Progress for Bars {
+    fn phase(&self, job: &str, phase: &str, total: Option<u64>, unit: gitvault::progress::Unit) {
+        use gitvault::progress::Unit;
+        let Ok(mut jobs) = self.jobs.lock() else {
+            return;
+        };
+        let bar = jobs
+            .entry(job.to_string())
+            .or_insert_with(|| self.multi.add(indicatif::ProgressBar::new(0)));
+        let counts = match unit {
+            Unit::Bytes => "{bytes}/{total_bytes} {bytes_per_sec}",
+            Unit::Objects => "{pos}/{len} objects {per_sec}",
+            Unit::Packs => "{pos}/{len} packs",
+        };
+        let template = match total {
+            Some(_) => format!("{{spinner}} {{prefix}} {{msg}} [{{bar:20}}] {counts}"),
+            None => "{spinner} {prefix} {msg}…".to_string(),
+        };
+        if let Ok(style) = indicatif::ProgressStyle::with_template(&template) {
+            bar.set_style(style.progress_chars("=> "));
+        }
+        bar.set_prefix(super::repo::terminal_safe(job));
+        bar.set_message(phase.to_string());
+        bar.set_position(0);
+        bar.set_length(total.unwrap_or(0));
+        bar.enable_steady_tick(std::time::Duration::from_millis(200));
+    }
+
+    fn advance(&self, job: &str, n: u64) {
+        if let Ok(jobs) = self.jobs.lock()
+            && let Some(bar) = jobs.get(job)
+        {
+            bar.inc(n);
+        }
+    }
+
+    fn done(&self, job: &str) {
+        if let Ok(mut jobs) = self.jobs.lock()
+            && let Some(bar) = jobs.remove(job)
+        {
+            bar.finish_and_clear();
+            self.multi.remove(&bar);
+        }
+    }
+}

@@ -10,6 +10,7 @@ use gitvault::git::Credentials;
 use gitvault::restore::{self, Selector};
 use gitvault::snapshot;
 
+use super::output::Bars;
 use super::output::bytes;
 use super::{Ctx, EXIT_FAILED, EXIT_OK, EXIT_PARTIAL};
 
@@ -193,17 +194,18 @@ pub fn backup(ctx: &Ctx, args: BackupArgs) -> Result<i32> {
         allow_empty: args.allow_empty,
         shard,
     };
-    let mut session = backup::Session::new(&vault, &keys, &lock, options)?;
-    session.backup_urls(&requests, &|line| print_line(ctx, line));
+    let bars = Bars::new(&ctx.out);
+    let mut session = backup::Session::new(&vault, &keys, &lock, options)?.with_progress(&bars);
+    session.backup_urls(&requests, &|line| bars.println(|| print_line(ctx, line)));
     for source in &sources {
-        let bar = ctx.out.count_bar(&format!("source {}", source.name));
+        let bar = bars.add(ctx.out.count_bar(&format!("source {}", source.name)));
         let report = session.backup_source(source, &|event| match event {
             backup::SourceEvent::Selected(n) => bar.set_length(n as u64),
             backup::SourceEvent::Done(line) => {
                 if !line.repo.ends_with(".wiki") {
                     bar.inc(1);
                 }
-                bar.suspend(|| print_line(ctx, line));
+                bars.println(|| print_line(ctx, line));
             }
         });
         bar.finish_and_clear();
