@@ -35,6 +35,9 @@ enum SourceError {
     NoWorker,
 }
 
+/// The caller's view of a source run as it goes (selection, each finished line).
+type Events<'a> = &'a (dyn Fn(SourceEvent<'_>) + Sync);
+
 /// Backs up every repository (and wiki) of `source` that its filters keep, with metadata.
 /// `expected`: how many repositories the previous run listed, when an empty listing should
 /// fail the source.
@@ -45,7 +48,7 @@ pub(super) fn backup_source(
     source: &SourceConfig,
     options: &super::Options,
     expected: Option<usize>,
-    (progress, watch): (&(dyn Fn(SourceEvent<'_>) + Sync), &dyn Progress),
+    (progress, watch): (Events<'_>, &dyn Progress),
 ) -> SourceReport {
     let mut report = SourceReport {
         source: source.name.clone(),
