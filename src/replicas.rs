@@ -12,6 +12,8 @@ use std::collections::HashMap;
 use serde::Serialize;
 
 use crate::crypto::VaultKeys;
+use crate::index::PackRow;
+use crate::progress::{Progress, Silent, Unit};
 use crate::store::pack::{Provenance, verify_pack};
 use crate::store::{pack_key, pack_name_from_key};
 use crate::target::{Body, Target};
@@ -57,7 +59,18 @@ pub fn verify(
     vault: &Vault,
     keys: &VaultKeys,
     full: bool,
+    lock: &WriteLock,
+) -> Result<Vec<TargetReport>, VaultError> {
+    verify_watched(vault, keys, full, lock, &Silent)
+}
+
+/// [`verify`], telling `progress` of each target's packs as `--full` reads them.
+pub fn verify_watched(
+    vault: &Vault,
+    keys: &VaultKeys,
+    full: bool,
     _lock: &WriteLock,
+    progress: &dyn Progress,
 ) -> Result<Vec<TargetReport>, VaultError> {
     let packs = vault.index().packs()?;
     let mut reports = Vec::new();
@@ -75,50 +88,28 @@ pub fn verify(
                 continue;
             }
         };
+        let job = format!("target {}", target.name());
+        if full {
+            progress.phase(&job, "verify --full", Some(packs.len() as u64), Unit::Packs);
+        }
         for pack in &packs {
-            match listed.get(&pack.name) {
+            let present = match listed.get(&pack.name) {
                 None => {
                     report.missing.push(pack.name.clone());
-                    vault
-                        .index()
-                        .set_presence(&pack.name, target.name(), false)?;
-                    continue;
+                    false
                 }
                 Some(size) if *size != pack.size => {
                     report.wrong_size.push(pack.name.clone());
-                    vault
-                        .index()
-                        .set_presence(&pack.name, target.name(), false)?;
-                    continue;
+                    false
                 }
-                Some(_) => {}
-            }
-            if full {
-                let checked = target
-                    .get(&pack_key(&pack.name))
-                    .map_err(|e| e.to_string())
-                    .and_then(|bytes| {
-                        verify_pack(keys.identity(), keys.id_key(), &pack.name, &bytes)
-                            .map_err(|e| e.to_string())
-                    });
-                report.packs_checked += 1;
-                if let Err(reason) = checked {
-                    report.corrupt.push((pack.name.clone(), reason));
-                    vault
-                        .index()
-                        .set_presence(&pack.name, target.name(), false)?;
-                    continue;
-                }
-                // Every chunk checked against its id: whoever wrote it held the vault's keys,
-                // so prune may judge it (a format 1 pack's footer alone could not say so).
-                vault
-                    .index()
-                    .raise_pack_provenance(&pack.name, Provenance::Verified)?;
-            }
+                Some(_) => !full || check_replica(vault, keys, target.as_ref(), pack, &mut report)?,
+            };
             vault
                 .index()
-                .set_presence(&pack.name, target.name(), true)?;
+                .set_presence(&pack.name, target.name(), present)?;
+            progress.advance(&job, 1);
         }
+        progress.done(&job);
         let known: std::collections::HashSet<&str> =
             packs.iter().map(|p| p.name.as_str()).collect();
         report.unindexed = listed
@@ -130,6 +121,35 @@ pub fn verify(
         reports.push(report);
     }
     Ok(reports)
+}
+
+/// Downloads one replica and checks its name hash, its footer and every chunk; whether it is
+/// intact (a corrupt one goes into `report`).
+fn check_replica(
+    vault: &Vault,
+    keys: &VaultKeys,
+    target: &dyn Target,
+    pack: &PackRow,
+    report: &mut TargetReport,
+) -> Result<bool, VaultError> {
+    let checked = target
+        .get(&pack_key(&pack.name))
+        .map_err(|e| e.to_string())
+        .and_then(|bytes| {
+            verify_pack(keys.identity(), keys.id_key(), &pack.name, &bytes)
+                .map_err(|e| e.to_string())
+        });
+    report.packs_checked += 1;
+    if let Err(reason) = checked {
+        report.corrupt.push((pack.name.clone(), reason));
+        return Ok(false);
+    }
+    // Every chunk checked against its id: whoever wrote it held the vault's keys, so prune
+    // may judge it (a format 1 pack's footer alone could not say so).
+    vault
+        .index()
+        .raise_pack_provenance(&pack.name, Provenance::Verified)?;
+    Ok(true)
 }
 
 /// What `sync` did on one target.
@@ -151,13 +171,19 @@ pub fn sync(
     keys: &VaultKeys,
     lock: &WriteLock,
 ) -> Result<Vec<SyncReport>, VaultError> {
+    sync_watched(vault, keys, lock, &Silent)
+}
+
+/// [`sync`], telling `progress` of each target's packs as they are checked and copied.
+pub fn sync_watched(
+    vault: &Vault,
+    keys: &VaultKeys,
+    lock: &WriteLock,
+    progress: &dyn Progress,
+) -> Result<Vec<SyncReport>, VaultError> {
     // Another host's prune must not delete packs while they are being copied.
-    let _shared = vault.lock_targets(
-        keys,
-        LockKind::Shared,
-        "sync",
-        LockTiming::from_environment(),
-    )?;
+    let timing = LockTiming::from_environment();
+    let _shared = vault.lock_targets(keys, LockKind::Shared, "sync", timing)?;
     let packs = vault.index().packs()?;
     let listings: Vec<Result<HashMap<String, u64>, String>> = vault
         .targets()
@@ -178,58 +204,71 @@ pub fn sync(
                 continue;
             }
         };
-        let holders = |name: &str| vault.index().pack_targets_by_name(name);
+        let job = format!("target {}", target.name());
+        progress.phase(&job, "sync", Some(packs.len() as u64), Unit::Packs);
         for pack in &packs {
-            let recorded = holders(&pack.name)?;
+            let recorded = vault.index().pack_targets_by_name(&pack.name)?;
             let healthy_here = listed.get(&pack.name) == Some(&pack.size)
                 && recorded.iter().any(|h| h == target.name());
-            if healthy_here {
-                continue;
+            if !healthy_here {
+                copy_pack(vault, &listings, ti, pack, &recorded, &mut report)?;
             }
-            // Sources: other targets that list the pack; recorded holders first.
-            let mut sources: Vec<usize> = (0..vault.targets().len())
-                .filter(|&si| {
-                    si != ti
-                        && matches!(&listings[si], Ok(l) if l.get(&pack.name) == Some(&pack.size))
-                })
-                .collect();
-            sources.sort_by_key(|&si| !recorded.iter().any(|h| h == vault.targets()[si].name()));
-            let mut copied = false;
-            for si in sources {
-                let Ok(bytes) = vault.targets()[si].get(&pack_key(&pack.name)) else {
-                    continue;
-                };
-                if blake3::hash(&bytes).to_hex().as_str() != pack.name {
-                    vault
-                        .index()
-                        .set_presence(&pack.name, vault.targets()[si].name(), false)?;
-                    continue;
-                }
-                match target.put(&pack_key(&pack.name), Body::Bytes(&bytes)) {
-                    Ok(()) => {
-                        vault
-                            .index()
-                            .set_presence(&pack.name, target.name(), true)?;
-                        report.copied.push(pack.name.clone());
-                        report.bytes_copied += bytes.len() as u64;
-                        copied = true;
-                        break;
-                    }
-                    Err(e) => {
-                        report.error = Some(e.to_string());
-                        break;
-                    }
-                }
-            }
-            if !copied && report.error.is_none() {
-                report.unavailable.push(pack.name.clone());
-            }
+            progress.advance(&job, 1);
         }
+        progress.done(&job);
         reports.push(report);
     }
     vault.publish_public_files()?;
     upload_index_backup(vault, keys, lock)?;
     Ok(reports)
+}
+
+/// Copies `pack` to target `ti` from another target whose copy hashes to its name (recorded
+/// holders first).
+fn copy_pack(
+    vault: &Vault,
+    listings: &[Result<HashMap<String, u64>, String>],
+    ti: usize,
+    pack: &PackRow,
+    recorded: &[String],
+    report: &mut SyncReport,
+) -> Result<(), VaultError> {
+    let target = &vault.targets()[ti];
+    let mut sources: Vec<usize> = (0..vault.targets().len())
+        .filter(|&si| {
+            si != ti && matches!(&listings[si], Ok(l) if l.get(&pack.name) == Some(&pack.size))
+        })
+        .collect();
+    sources.sort_by_key(|&si| !recorded.iter().any(|h| h == vault.targets()[si].name()));
+    for si in sources {
+        let Ok(bytes) = vault.targets()[si].get(&pack_key(&pack.name)) else {
+            continue;
+        };
+        if blake3::hash(&bytes).to_hex().as_str() != pack.name {
+            vault
+                .index()
+                .set_presence(&pack.name, vault.targets()[si].name(), false)?;
+            continue;
+        }
+        return match target.put(&pack_key(&pack.name), Body::Bytes(&bytes)) {
+            Ok(()) => {
+                vault
+                    .index()
+                    .set_presence(&pack.name, target.name(), true)?;
+                report.copied.push(pack.name.clone());
+                report.bytes_copied += bytes.len() as u64;
+                Ok(())
+            }
+            Err(e) => {
+                report.error = Some(e.to_string());
+                Ok(())
+            }
+        };
+    }
+    if report.error.is_none() {
+        report.unavailable.push(pack.name.clone());
+    }
+    Ok(())
 }
 
 pub use crate::vault::index_backup::{index_backup_due, upload_index_backup};

@@ -17,6 +17,7 @@ use serde::Serialize;
 
 use crate::crypto::VaultKeys;
 use crate::index::{IndexError, SnapshotRow};
+use crate::progress::{Progress, Silent, Unit};
 use crate::replicas::{self, TargetReport};
 use crate::restore;
 use crate::vault::{Vault, VaultError, WriteLock};
@@ -72,11 +73,22 @@ pub fn run(
     lock: WriteLock,
     options: &VerifyOptions,
 ) -> Result<VerifyReport, VerifyError> {
-    let targets = replicas::verify(vault, keys, options.full, &lock)?;
+    run_watched(vault, keys, lock, options, &Silent)
+}
+
+/// [`run`], telling `progress` of the packs `--full` reads and of the sample restores.
+pub fn run_watched(
+    vault: &Vault,
+    keys: &VaultKeys,
+    lock: WriteLock,
+    options: &VerifyOptions,
+    progress: &dyn Progress,
+) -> Result<VerifyReport, VerifyError> {
+    let targets = replicas::verify_watched(vault, keys, options.full, &lock, progress)?;
     drop(lock);
     let all = vault.index().snapshots(None, None, None)?;
     let lfs_missing = lfs_missing(vault, keys, &all);
-    let restored = restore_samples(vault, keys, &all, options.restore_sample)?;
+    let restored = restore_samples(vault, keys, &all, options.restore_sample, progress)?;
     let ok =
         restored.iter().all(|r| r.ok) && targets.iter().all(|t| t.ok()) && lfs_missing.is_empty();
     let report = VerifyReport {
@@ -114,14 +126,24 @@ fn restore_samples(
     keys: &VaultKeys,
     all: &[SnapshotRow],
     count: usize,
+    progress: &dyn Progress,
 ) -> Result<Vec<SampleResult>, VerifyError> {
     let picks = pick(all.len(), count);
     let scratch = scratch_dir(vault)?;
     let mut results = Vec::new();
+    let total = picks.len() as u64;
     for (n, i) in picks.into_iter().enumerate() {
         let row = &all[i];
         let path = scratch.join(format!("sample-{n}"));
+        let job = format!("sample {}/{total}", n + 1);
+        progress.phase(
+            &job,
+            &format!("restore {} and fsck", row.repo),
+            None,
+            Unit::Objects,
+        );
         let problems = restore_and_check(vault, keys, row, &path);
+        progress.done(&job);
         // The sample was only a check: the vault's tmp directory must not fill up with them.
         let _ = std::fs::remove_dir_all(&path);
         results.push(SampleResult {

@@ -63,3 +63,30 @@ fn a_terminal_sees_phases_and_a_pipe_sees_none() {
     let doc: serde_json::Value = serde_json::from_str(drawn[start..].trim()).unwrap();
     assert_eq!(doc["ok"], true);
 }
+
+/// verify --full, sync and prune show what they are doing too.
+#[test]
+fn checks_and_maintenance_show_their_phases() {
+    let tv = TestVault::new();
+    let repo = tv.tmp.path().join("alpha.git");
+    run_fixture("rich.sh", &[repo.to_str().unwrap()]);
+    ok(&tv.run(&["backup", &file_url(&repo), "--name", "alpha"]));
+
+    let drawn = on_a_terminal(&tv, &["verify", "--full"]);
+    assert!(drawn.contains("target local verify --full"), "{drawn:?}");
+    let second = tv.tmp.path().join("second");
+    ok(&tv.run(&["target", "add", "second", &file_url(&second)]));
+    let drawn = on_a_terminal(&tv, &["sync"]);
+    // The first bar of a command is drawn at once; later ones may fall within indicatif's
+    // redraw interval on a busy machine.
+    assert!(
+        drawn.contains("target local sync") || drawn.contains("target second sync"),
+        "{drawn:?}"
+    );
+    let drawn = on_a_terminal(&tv, &["prune"]);
+    assert!(drawn.contains("prune mark"), "{drawn:?}");
+    // None of it without a terminal.
+    let out = tv.run(&["verify", "--full"]);
+    ok(&out);
+    assert!(!stderr(&out).contains("verify --full"), "{}", stderr(&out));
+}

@@ -28,7 +28,8 @@ pub fn sync(ctx: &Ctx) -> Result<i32> {
     let vault = ctx.open()?;
     let keys = ctx.unlock(&vault)?;
     let lock = vault.lock()?;
-    let reports = gitvault::replicas::sync(&vault, &keys, &lock)?;
+    let bars = super::output::Bars::new(&ctx.out);
+    let reports = gitvault::replicas::sync_watched(&vault, &keys, &lock, &bars)?;
     let ok = reports
         .iter()
         .all(|r| r.error.is_none() && r.unavailable.is_empty());

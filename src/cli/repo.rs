@@ -449,7 +449,8 @@ pub fn verify(ctx: &Ctx, args: VerifyArgs) -> Result<i32> {
         full,
         restore_sample: args.restore_sample,
     };
-    let out = gitvault::verify::run(&vault, &keys, lock, &options)?;
+    let bars = Bars::new(&ctx.out);
+    let out = gitvault::verify::run_watched(&vault, &keys, lock, &options, &bars)?;
     let ok = out.ok;
     ctx.out.print(&out, || verify_text(&out, full));
     Ok(if ok { EXIT_OK } else { EXIT_FAILED })

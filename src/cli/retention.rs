@@ -130,7 +130,7 @@ pub struct PruneArgs {
 }
 
 pub fn prune(ctx: &Ctx, args: PruneArgs) -> Result<i32> {
-    use gitvault::retention::prune::{PruneOptions, prune};
+    use gitvault::retention::prune::{PruneOptions, prune_watched};
     let vault = ctx.open()?;
     let keys = ctx.unlock(&vault)?;
     let grace = match args.grace {
@@ -147,7 +147,8 @@ pub fn prune(ctx: &Ctx, args: PruneArgs) -> Result<i32> {
         trust_index: args.trust_index,
         ..PruneOptions::default()
     };
-    let report = prune(&vault, &keys, &options)?;
+    let bars = super::output::Bars::new(&ctx.out);
+    let report = prune_watched(&vault, &keys, &options, &bars)?;
     ctx.out.print(&report, || {
         let mut text = format!(
             "{} snapshots; {} live chunks, {} dead chunks, {} dead git objects\n",

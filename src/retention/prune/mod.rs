@@ -29,6 +29,7 @@ use serde::Serialize;
 
 use crate::crypto::VaultKeys;
 use crate::index::{Index, IndexError, PackRow, SnapshotRow};
+use crate::progress::{Progress, Silent, Unit};
 use crate::store::StoreError;
 use crate::vault::target_lock::{LockKind, LockTiming};
 use crate::vault::{Vault, VaultError};
@@ -138,6 +139,30 @@ pub fn prune(
     keys: &VaultKeys,
     options: &PruneOptions,
 ) -> Result<PruneReport, PruneError> {
+    prune_watched(vault, keys, options, &Silent)
+}
+
+/// [`prune`], telling `progress` which phase it is in.
+pub fn prune_watched(
+    vault: &Vault,
+    keys: &VaultKeys,
+    options: &PruneOptions,
+    progress: &dyn Progress,
+) -> Result<PruneReport, PruneError> {
+    let result = phases(vault, keys, options, progress);
+    progress.done(JOB);
+    result
+}
+
+/// The name prune's progress goes under.
+const JOB: &str = "prune";
+
+fn phases(
+    vault: &Vault,
+    keys: &VaultKeys,
+    options: &PruneOptions,
+    progress: &dyn Progress,
+) -> Result<PruneReport, PruneError> {
     let _only_prune = vault.prune_lease()?;
     let index = vault.index();
     check_index_vouched(index, options)?;
@@ -146,6 +171,7 @@ pub fn prune(
     let small = start.small_packs(vault.store_settings().pack_size);
 
     // 1. Mark.
+    progress.phase(JOB, "mark: what the snapshots need", None, Unit::Objects);
     let reader = vault.reader(keys);
     let mut live = mark::mark(
         vault,
@@ -161,11 +187,13 @@ pub fn prune(
     }
 
     // 2. Compact, outside the lock.
+    progress.phase(JOB, "compact: rewrite and regroup", None, Unit::Packs);
     let mut copies = regroup::compact(vault, keys, &reader, &mut live, &plan.rewrite)?;
     report.packs_written = copies.len() as u64;
     crate::hooks::point("prune-compacted");
 
     // 3. Decide, under the writer lock.
+    progress.phase(JOB, "decide (waits for running backups)", None, Unit::Packs);
     let lock = vault.lock_waiting(options.lock_wait)?;
     // Other hosts' writers hold shared locks on the targets: prune decides and deletes alone.
     let _targets = vault.lock_targets(
@@ -198,6 +226,7 @@ pub fn prune(
     }
 
     // 4. Delete.
+    progress.phase(JOB, "delete", None, Unit::Packs);
     delete::delete_condemned(vault, &start, &copies, options.grace, &mut report)?;
     report.stored_bytes_after = stored_bytes(index)?;
     drop(lock);
