@@ -11,6 +11,7 @@ use serde::Serialize;
 
 use crate::crypto::{ChunkId, CryptoError, Unlock, VaultKeys};
 use crate::index::NewSnapshot;
+use crate::progress::{Progress, Unit};
 use crate::snapshot::{self, Manifest};
 use crate::store::pack::{FinishedPack, PackError, Provenance, read_footer, verify_pack};
 use crate::store::{ChunkKind, ChunkReader, pack_key, pack_name_from_key};
@@ -53,6 +54,8 @@ pub struct RecoverOptions<'a> {
     /// The fingerprint `init` printed: a target whose keys or `gitvault.json` give another is
     /// refused before anything is written.
     pub expect_vault: Option<&'a str>,
+    /// Told of the packs whose footers are read (`progress::Silent` for none).
+    pub progress: &'a dyn Progress,
 }
 
 /// Fingerprints compare without their dashes and case.
@@ -120,7 +123,12 @@ pub fn recover(
         snapshots_recovered: 0,
         snapshots_total: 0,
     };
-    let manifests = rebuild_from_footers(&vault, target.as_ref(), &keys, &mut report)?;
+    let manifests = rebuild_from_footers(
+        &vault,
+        target.as_ref(),
+        (&keys, options.progress),
+        &mut report,
+    )?;
     let forgotten = apply_prune_record(&vault, &keys, options.url)?;
     // One manifest can sit in several packs (a compaction copy beside its condemned original,
     // a crash between uploads, a replay): one snapshot each.
@@ -356,7 +364,7 @@ impl Replays<'_> {
 fn rebuild_from_footers(
     vault: &Vault,
     target: &dyn Target,
-    keys: &VaultKeys,
+    (keys, progress): (&VaultKeys, &dyn Progress),
     report: &mut RecoverReport,
 ) -> Result<Vec<ChunkId>, VaultError> {
     let index = vault.index();
@@ -369,7 +377,15 @@ fn rebuild_from_footers(
         seen: HashMap::new(),
         checked: HashMap::new(),
     };
-    for listed in target.list("packs/")? {
+    let listing = target.list("packs/")?;
+    progress.phase(
+        "recover",
+        "read pack footers",
+        Some(listing.len() as u64),
+        Unit::Packs,
+    );
+    for listed in listing {
+        progress.advance("recover", 1);
         let Some(name) = pack_name_from_key(&listed.key) else {
             continue;
         };

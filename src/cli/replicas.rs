@@ -60,6 +60,7 @@ pub fn sync(ctx: &Ctx) -> Result<i32> {
 
 pub fn recover(ctx: &Ctx, args: RecoverArgs) -> Result<i32> {
     let unlock = super::prompt::unlock_from_environment(ctx.identity.as_deref())?;
+    let bars = super::output::Bars::new(&ctx.out);
     let report = recover::recover(
         &ctx.args_vault,
         &RecoverOptions {
@@ -67,9 +68,11 @@ pub fn recover(ctx: &Ctx, args: RecoverArgs) -> Result<i32> {
             target_name: &args.target_name,
             footers_only: args.footers_only,
             expect_vault: args.expect_vault.as_deref(),
+            progress: &bars,
         },
         &unlock,
     )?;
+    gitvault::progress::Progress::done(&bars, "recover");
     if !report.fingerprint_checked {
         eprintln!(
             "warning: the vault's key files and gitvault.json were trusted as found on the target (fingerprint {}); compare it with the one `init` printed, or pass --expect-vault",
