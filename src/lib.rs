@@ -72,6 +72,7 @@ pub mod provider;
 pub mod recover;
 pub mod redact;
 pub mod replicas;
+pub mod report;
 pub mod restore;
 pub mod retention;
 pub mod snapshot;

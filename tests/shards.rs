@@ -90,6 +90,42 @@ fn shards_split_an_account_without_overlap() {
     );
     assert_eq!(code, Some(0), "{err}");
     assert_eq!(backed_up(&doc), parts[2]);
+
+    // The three runs' reports merge into one account-wide summary.
+    let mut reports: Vec<_> = std::fs::read_dir(tv.dir.join("reports"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    reports.sort();
+    assert_eq!(reports.len(), 3);
+    let paths: Vec<&str> = reports.iter().map(|p| p.to_str().unwrap()).collect();
+    let report = |args: &[&str]| {
+        let mut all = vec!["--json", "report"];
+        all.extend_from_slice(args);
+        let out = tv.run(&all);
+        let doc: serde_json::Value =
+            serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", stderr(&out)));
+        (out.status.success(), doc)
+    };
+    let (good, doc) = report(&paths);
+    assert!(good, "{doc}");
+    assert_eq!(doc["sources"]["acme"]["listed"], 12, "{doc}");
+    assert_eq!(doc["sources"]["acme"]["selected"], 12, "{doc}");
+    assert!(doc["repeated"].as_array().unwrap().is_empty());
+    // A report given twice is an overlap.
+    let (good, doc) = report(&[paths[0], paths[1], paths[2], paths[0]]);
+    assert!(!good);
+    assert!(!doc["repeated"].as_array().unwrap().is_empty(), "{doc}");
+    // Vault directories stand for their newest report.
+    let (good, doc) = report(&[other.dir.to_str().unwrap(), third.dir.to_str().unwrap()]);
+    assert!(good, "{doc}");
+    assert_eq!(doc["runs"].as_array().unwrap().len(), 2);
+    // Something that is not a report is named.
+    let junk = tv.tmp.path().join("junk.json");
+    std::fs::write(&junk, b"[1, 2]").unwrap();
+    let out = tv.run(&["report", junk.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("junk.json"), "{}", stderr(&out));
 }
 
 #[test]

@@ -129,6 +129,13 @@ enum Command {
     /// Remove stale locks from the targets (expired, or left by a process gone from this host);
     /// --list shows every lock, --remove-all removes live ones too.
     Unlock(locks::UnlockArgs),
+    /// Merge backup run reports (files, or vault directories for their newest) into one
+    /// summary: the shards of a sharded account. Exit 1 unless every run was ok and no
+    /// repository was backed up twice.
+    Report {
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
     /// Check the vault's configuration.
     #[command(subcommand)]
     Config(config::ConfigCommand),
@@ -268,6 +275,39 @@ fn write_metrics(ctx: &Ctx, path: &std::path::Path, command: &str, code: i32, se
     }
 }
 
+fn report(ctx: &Ctx, paths: &[PathBuf]) -> Result<i32> {
+    let summary = gitvault::report::merge(paths)?;
+    ctx.out.print(&summary, || {
+        let mut t = format!(
+            "{} {} run(s), {} added\n",
+            if summary.ok { "ok  " } else { "FAIL" },
+            summary.runs.len(),
+            output::bytes(summary.bytes_added)
+        );
+        for (status, n) in &summary.by_status {
+            t.push_str(&format!("     {status}: {n}\n"));
+        }
+        for (name, s) in &summary.sources {
+            t.push_str(&format!(
+                "     source {name}: {} listed, {} selected{}\n",
+                s.listed,
+                s.selected,
+                if s.errors.is_empty() { "" } else { ", failed" }
+            ));
+        }
+        for p in &summary.problems {
+            t.push_str(&format!("FAIL {}\n", repo::terminal_safe(p)));
+        }
+        for r in &summary.repeated {
+            t.push_str(&format!(
+                "FAIL {r}: backed up by more than one run (shards overlap)\n"
+            ));
+        }
+        t
+    });
+    Ok(if summary.ok { EXIT_OK } else { EXIT_FAILED })
+}
+
 /// Colour only on a terminal, and never when `NO_COLOR` is set to anything (no-color.org).
 fn colour_allowed() -> bool {
     std::io::IsTerminal::is_terminal(&std::io::stderr())
@@ -337,6 +377,7 @@ fn run(ctx: &Ctx, command: Command) -> Result<i32> {
         Command::Forget(args) => retention::forget(ctx, args),
         Command::Prune(args) => retention::prune(ctx, args),
         Command::Config(cmd) => config::run(ctx, cmd),
+        Command::Report { paths } => report(ctx, &paths),
         Command::Unlock(args) => locks::unlock(ctx, args),
         Command::Completions { shell } => {
             let mut cmd = Args::command();
