@@ -49,20 +49,14 @@ fn report_path(path: &Path) -> Result<PathBuf, ReportError> {
     if !path.is_dir() {
         return Ok(path.to_path_buf());
     }
-    let mut reports: Vec<PathBuf> = std::fs::read_dir(path.join("reports"))
+    let vault = crate::vault::Vault::open(path).map_err(|e| ReportError::Unreadable {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    })?;
+    vault
+        .reports("backup")
         .into_iter()
-        .flatten()
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with("backup-") && n.ends_with(".json"))
-        })
-        .collect();
-    reports.sort();
-    reports
-        .pop()
+        .next()
         .ok_or_else(|| ReportError::NoReport(path.display().to_string()))
 }
 
