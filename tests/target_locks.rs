@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use common::s3_server::S3Server;
-use common::{TestVault, ok};
+use common::{TestVault, ok, stderr};
 use gitvault::Vault;
 use gitvault::target::Body;
 use gitvault::vault::target_lock::{LOCKS_PREFIX, LockKind, LockState, LockTiming};
@@ -362,4 +362,51 @@ fn prune_waits_for_another_hosts_writer() {
     writer.wait().unwrap();
     prune(&vault, &keys, &options).unwrap();
     assert_eq!(lock_objects(&vault), 1, "only B's abandoned lock is left");
+}
+
+/// `init --join URL` makes a second host's directory for an existing vault: same vault, same
+/// snapshots, its fingerprint checked when given.
+#[test]
+fn a_second_host_joins_with_init() {
+    let (tv, server) = vault(true);
+    let url = server.as_ref().unwrap().url("locks", "vault");
+    let input = tv.tmp.path().join("input");
+    std::fs::write(&input, common::noise(6, 1 << 20)).unwrap();
+    let put = ok(&tv.run(&["chunk", "put", input.to_str().unwrap()]));
+    let id = put.split_whitespace().next().unwrap().to_string();
+    let vault = tv.open();
+    let fingerprint = tv.keys(&vault).fingerprint(&vault.config().vault_id);
+
+    let join = |dir: &std::path::Path, extra: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_gitvault"))
+            .arg("--vault")
+            .arg(dir)
+            .args(["--json", "init", "--join", &url])
+            .args(extra)
+            .env("GITVAULT_IDENTITY_FILE", &tv.identity_file)
+            .output()
+            .unwrap()
+    };
+    let refused = tv.tmp.path().join("host-x");
+    let out = join(&refused, &["--expect-vault", "0000-0000"]);
+    assert!(!out.status.success());
+    assert!(!refused.join("config.toml").exists(), "nothing written");
+
+    let host_b = tv.tmp.path().join("host-b");
+    let out = join(&host_b, &["--expect-vault", &fingerprint]);
+    let doc: serde_json::Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", stderr(&out)));
+    assert_eq!(doc["vault_id"], vault.config().vault_id.as_str(), "{doc}");
+    let cat = std::process::Command::new(env!("CARGO_BIN_EXE_gitvault"))
+        .arg("--vault")
+        .arg(&host_b)
+        .args(["chunk", "cat", &id])
+        .env("GITVAULT_IDENTITY_FILE", &tv.identity_file)
+        .output()
+        .unwrap();
+    assert!(cat.status.success(), "{}", stderr(&cat));
+    assert_eq!(cat.stdout, std::fs::read(&input).unwrap());
+    // --join takes no keys of its own.
+    let out = tv.run(&["init", "--join", &url, "--passphrase"]);
+    assert_eq!(out.status.code(), Some(2));
 }

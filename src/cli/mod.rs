@@ -78,6 +78,13 @@ enum Command {
         /// Protect the vault keys with a passphrase (from GITVAULT_PASSPHRASE or a prompt).
         #[arg(long)]
         passphrase: bool,
+        /// Join an existing vault instead: this host's directory is built from the target at
+        /// URL (its keys open with --identity or GITVAULT_PASSPHRASE), as `recover` does.
+        #[arg(long, value_name = "URL", conflicts_with_all = ["recipients", "passphrase"])]
+        join: Option<String>,
+        /// With --join: the fingerprint the vault's `init` printed; any other is refused.
+        #[arg(long, value_name = "FINGERPRINT", requires = "join")]
+        expect_vault: Option<String>,
     },
     /// Generate an age identity for opening vaults (like `age-keygen`): writes it to --output
     /// (mode 0600, refusing to overwrite) and prints its public key for `init --recipient`.
@@ -317,8 +324,22 @@ fn colour_allowed() -> bool {
 fn run(ctx: &Ctx, command: Command) -> Result<i32> {
     match command {
         Command::Init {
+            join: Some(url),
+            expect_vault,
+            ..
+        } => replicas::recover(
+            ctx,
+            replicas::RecoverArgs {
+                from: url,
+                target_name: "origin".to_string(),
+                footers_only: false,
+                expect_vault,
+            },
+        ),
+        Command::Init {
             recipients,
             passphrase,
+            ..
         } => {
             let passphrase = if passphrase {
                 Some(prompt::new_passphrase_from_environment()?)
