@@ -2,7 +2,7 @@
 //! pass from the objects the caller streams in (`git::packfile`, `git::delta`), then refs and
 //! HEAD written by hand.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io::BufWriter;
 use std::path::Path;
 
@@ -27,7 +27,7 @@ pub struct PackObject {
 
 /// Longest delta chain, as git's default `pack.depth`.
 const MAX_DELTA_DEPTH: u32 = 50;
-/// Bytes of earlier objects kept as delta bases; when full, the window starts again empty.
+/// Bytes of earlier objects kept as delta bases; when full, the bases stored longest ago go.
 const DELTA_WINDOW_BYTES: usize = 64 << 20;
 /// Objects smaller than this are written whole: their delta would save next to nothing.
 const MIN_DELTA_SIZE: usize = 64;
@@ -37,6 +37,75 @@ struct Base {
     offset: u64,
     data: Vec<u8>,
     depth: u32,
+    /// When it was stored: the window's queue names each base by (key, stored).
+    stored: u64,
+}
+
+type BaseKey = (ObjectKind, u64);
+
+/// The delta bases, one per (kind, path), bounded by their bytes: the objects arrive grouped
+/// by path, so the base stored longest ago is the one least likely to be asked for again.
+struct DeltaWindow {
+    bases: HashMap<BaseKey, Base>,
+    /// Keys in the order their bases were stored; an entry whose base has since been replaced
+    /// is stale and skipped.
+    order: VecDeque<(BaseKey, u64)>,
+    bytes: usize,
+    budget: usize,
+    stored: u64,
+}
+
+impl DeltaWindow {
+    fn new(budget: usize) -> DeltaWindow {
+        DeltaWindow {
+            bases: HashMap::new(),
+            order: VecDeque::new(),
+            bytes: 0,
+            budget,
+            stored: 0,
+        }
+    }
+
+    fn get(&self, key: &BaseKey) -> Option<&Base> {
+        self.bases.get(key)
+    }
+
+    fn insert(&mut self, key: BaseKey, offset: u64, data: Vec<u8>, depth: u32) {
+        if let Some(old) = self.bases.remove(&key) {
+            self.bytes -= old.data.len();
+        }
+        if data.len() > self.budget {
+            return;
+        }
+        while self.bytes + data.len() > self.budget
+            && let Some((old_key, stored)) = self.order.pop_front()
+        {
+            if self.bases.get(&old_key).is_some_and(|b| b.stored == stored)
+                && let Some(old) = self.bases.remove(&old_key)
+            {
+                self.bytes -= old.data.len();
+            }
+        }
+        self.stored += 1;
+        self.bytes += data.len();
+        self.order.push_back((key, self.stored));
+        self.bases.insert(
+            key,
+            Base {
+                offset,
+                data,
+                depth,
+                stored: self.stored,
+            },
+        );
+        // Stale entries would make the queue grow with the object count: drop them once they
+        // are half of it (amortised constant time an insert).
+        if self.order.len() > 2 * self.bases.len() + 64 {
+            let bases = &self.bases;
+            self.order
+                .retain(|(k, stored)| bases.get(k).is_some_and(|b| b.stored == *stored));
+        }
+    }
 }
 
 /// Writes `count` objects, produced one by one by `next`, as a pack with its index into
@@ -59,8 +128,7 @@ pub fn write_pack<E>(
         PackWriter::new(BufWriter::with_capacity(1 << 20, file), count).map_err(write_err)?;
     let mut encoder = DeltaEncoder::new();
     let mut delta = Vec::new();
-    let mut window: HashMap<(ObjectKind, u64), Base> = HashMap::new();
-    let mut window_bytes = 0usize;
+    let mut window = DeltaWindow::new(DELTA_WINDOW_BYTES);
     let mut written = 0u32;
     while let Some(item) = next() {
         let object = match item {
@@ -99,21 +167,7 @@ pub fn write_pack<E>(
         };
         written += 1;
         if deltifiable {
-            if window_bytes + object.data.len() > DELTA_WINDOW_BYTES {
-                window.clear();
-                window_bytes = 0;
-            }
-            window_bytes += object.data.len();
-            if let Some(old) = window.insert(
-                key,
-                Base {
-                    offset,
-                    data: object.data,
-                    depth,
-                },
-            ) {
-                window_bytes -= old.data.len();
-            }
+            window.insert(key, offset, object.data, depth);
         }
     }
     let finished = writer.finish().map_err(write_err)?;
@@ -176,4 +230,28 @@ pub fn write_bare_repository(bare: &Path, refs: &RefSet) -> Result<(), GitError>
         None => "ref: refs/heads/main\n".to_string(),
     };
     std::fs::write(bare.join("HEAD"), head).map_err(write_err)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn delta_window_drops_the_bases_stored_longest_ago() {
+        let mut window = DeltaWindow::new(10);
+        let key = |path| (ObjectKind::Blob, path);
+        window.insert(key(1), 0, vec![0; 4], 0);
+        window.insert(key(2), 10, vec![0; 4], 0);
+        // Replacing path 1's base makes it the newest; path 2's goes to make room.
+        window.insert(key(1), 20, vec![0; 5], 1);
+        window.insert(key(3), 30, vec![0; 3], 0);
+        assert!(window.get(&key(2)).is_none());
+        assert_eq!(window.get(&key(1)).map(|b| b.offset), Some(20));
+        assert!(window.get(&key(3)).is_some());
+        assert_eq!(window.bytes, 8);
+        // An object larger than the whole window is not kept, and drops no other base.
+        window.insert(key(4), 40, vec![0; 11], 0);
+        assert!(window.get(&key(4)).is_none());
+        assert!(window.get(&key(1)).is_some() && window.get(&key(3)).is_some());
+    }
 }

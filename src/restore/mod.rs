@@ -198,7 +198,7 @@ pub fn restore_snapshot(
     to: &Path,
 ) -> Result<RestoreReport, RestoreError> {
     check_destination(to)?;
-    let store = vault.reader(keys);
+    let store = vault.reader(keys).sequential();
     let (manifest, refs) = load_snapshot(&store, row)?;
     let mut source = repository::VaultSource::new(vault, &store);
     let reached = repository::walk_snapshot(&mut source, &refs)?;

@@ -15,16 +15,27 @@ use crate::crypto::{ChunkId, VaultKeys};
 use crate::index::{ChunkLocation, Index};
 use crate::target::{Target, TargetError};
 
-const FRAME_CACHE_SLOTS: usize = 4;
+/// Decompressed frame bytes a reader keeps by default (four whole 32 MiB frames, more when
+/// frames are small: a pack's last frame usually is). The frame read last is always kept.
+const FRAME_CACHE_BYTES: usize = 128 << 20;
 
 type FrameKey = (i64, u64);
 
-#[derive(Default)]
+/// Recently read frames, least recently used first, bounded by their decompressed bytes.
 struct FrameCache {
     slots: Vec<(FrameKey, Arc<Vec<u8>>)>,
+    bytes: usize,
+    budget: usize,
 }
 
 impl FrameCache {
+    fn new(budget: usize) -> FrameCache {
+        FrameCache {
+            slots: Vec::new(),
+            bytes: 0,
+            budget,
+        }
+    }
     fn get(&mut self, key: FrameKey) -> Option<Arc<Vec<u8>>> {
         let pos = self.slots.iter().position(|(k, _)| *k == key)?;
         let slot = self.slots.remove(pos);
@@ -32,10 +43,25 @@ impl FrameCache {
         self.slots.push(slot);
         Some(frame)
     }
-    fn put(&mut self, key: FrameKey, frame: Arc<Vec<u8>>) {
-        if self.slots.len() >= FRAME_CACHE_SLOTS {
-            self.slots.remove(0);
+    /// Drops the oldest frames until `incoming` more bytes fit the budget, and returns a buffer
+    /// to decompress the incoming frame into: the allocation of a frame dropped here when no
+    /// reader still holds it. A restore then holds one frame buffer throughout instead of
+    /// freeing and allocating 32 MiB a frame, which the allocator does not always give back
+    /// (measured: 97 MB peak against 64 MB for ripgrep).
+    fn make_room(&mut self, incoming: usize) -> Vec<u8> {
+        let mut spare = None;
+        while !self.slots.is_empty() && self.bytes + incoming > self.budget {
+            let (_, frame) = self.slots.remove(0);
+            self.bytes -= frame.len();
+            if let Ok(buffer) = Arc::try_unwrap(frame) {
+                spare = Some(buffer);
+            }
         }
+        spare.unwrap_or_default()
+    }
+    fn put(&mut self, key: FrameKey, frame: Arc<Vec<u8>>) {
+        self.make_room(frame.len());
+        self.bytes += frame.len();
         self.slots.push((key, frame));
     }
 }
@@ -63,8 +89,15 @@ impl<'v> ChunkReader<'v> {
             targets,
             keys,
             unflushed: HashSet::new(),
-            cache: Mutex::new(FrameCache::default()),
+            cache: Mutex::new(FrameCache::new(FRAME_CACHE_BYTES)),
         }
+    }
+
+    /// Keeps only the frame read last: for a caller that reads in pack and frame order (a
+    /// restore), where a frame once left is not needed again. Memory: one decompressed frame.
+    pub(crate) fn sequential(mut self) -> Self {
+        self.cache = Mutex::new(FrameCache::new(0));
+        self
     }
 
     /// The parts of a chunk list, or None when `id` is a plain chunk.
@@ -156,6 +189,11 @@ impl<'v> ChunkReader<'v> {
         {
             return Ok(frame);
         }
+        let mut buffer = self
+            .cache
+            .lock()
+            .map(|mut c| c.make_room(loc.frame.raw_len as usize))
+            .unwrap_or_default();
         let holders = self.index.pack_targets(loc.pack_id)?;
         let object = pack_key(&loc.pack_name);
         let mut missing = Vec::new();
@@ -173,16 +211,13 @@ impl<'v> ChunkReader<'v> {
                 })
                 .and_then(|input| {
                     PackReader::open(self.keys.identity(), input)
-                        .and_then(|mut r| r.frame(&loc.frame))
+                        .and_then(|mut r| r.frame_into(&loc.frame, &mut buffer))
                         .map_err(|e| Some(e.to_string()))
                 })
-                .and_then(|frame| {
-                    self.check_chunk(&frame, loc, id).map_err(Some)?;
-                    Ok(frame)
-                });
+                .and_then(|()| self.check_chunk(&buffer, loc, id).map_err(Some));
             match attempt {
-                Ok(frame) => {
-                    let frame = Arc::new(frame);
+                Ok(()) => {
+                    let frame = Arc::new(std::mem::take(&mut buffer));
                     if let Ok(mut c) = self.cache.lock() {
                         c.put(key, frame.clone());
                     }
@@ -221,4 +256,32 @@ fn decode_list(id: &ChunkId, loc: &ChunkLocation, data: &[u8]) -> Result<ChunkLi
         pack: loc.pack_name.clone(),
         reason,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frame_cache_is_bounded_by_bytes_and_keeps_the_last_frame() {
+        let mut cache = FrameCache::new(10);
+        cache.put((1, 0), Arc::new(vec![0; 6]));
+        cache.put((1, 6), Arc::new(vec![0; 4]));
+        assert!(cache.get((1, 0)).is_some());
+        // (1, 6) is now the oldest: room for 4 more bytes drops it, and nothing else.
+        let spare = cache.make_room(4);
+        assert!(spare.capacity() >= 4);
+        assert!(cache.get((1, 6)).is_none() && cache.get((1, 0)).is_some());
+        // A frame larger than the budget is still kept, alone.
+        let mut sequential = FrameCache::new(0);
+        sequential.put((1, 0), Arc::new(vec![0; 6]));
+        assert!(sequential.get((1, 0)).is_some());
+        let held = sequential.get((1, 0));
+        let spare = sequential.make_room(6);
+        assert_eq!(spare.capacity(), 0, "a frame still held is not reused");
+        sequential.put((1, 6), Arc::new(vec![0; 6]));
+        assert!(sequential.get((1, 0)).is_none() && sequential.get((1, 6)).is_some());
+        assert_eq!(sequential.bytes, 6);
+        drop(held);
+    }
 }

@@ -235,7 +235,9 @@ mod tests {
             Err(PackError::Forged(_))
         ));
         for (e, c) in footer.entries.iter().zip(&chunks) {
-            let frame = r.frame(&footer.frames[e.frame as usize]).unwrap();
+            let mut frame = Vec::new();
+            r.frame_into(&footer.frames[e.frame as usize], &mut frame)
+                .unwrap();
             assert_eq!(
                 &frame[e.offset as usize..(e.offset + e.len) as usize],
                 c.as_slice()
@@ -282,7 +284,9 @@ mod tests {
         let (read, seal) = r.footer(&key.auth_key()).unwrap();
         assert_eq!(read, footer);
         assert!(!seal.is_authenticated());
-        assert_eq!(r.frame(&read.frames[0]).unwrap(), chunk);
+        let mut frame = Vec::new();
+        r.frame_into(&read.frames[0], &mut frame).unwrap();
+        assert_eq!(frame, chunk);
         let (_, seal) = verify_pack(&identity, &key, &name, &sealed).unwrap();
         assert!(matches!(seal, FooterSeal::Legacy { .. }));
     }

@@ -101,10 +101,15 @@ impl<R: Read + Seek> PackReader<R> {
         Ok(compressed)
     }
 
-    /// Decrypts and decompresses one frame.
-    pub(crate) fn frame(&mut self, frame: &FrameInfo) -> Result<Vec<u8>, PackError> {
+    /// Decrypts and decompresses one frame into `out`, replacing its contents (its allocation
+    /// is reused when large enough).
+    pub(crate) fn frame_into(
+        &mut self,
+        frame: &FrameInfo,
+        out: &mut Vec<u8>,
+    ) -> Result<(), PackError> {
         let compressed = self.frame_compressed(frame)?;
-        decompress_frame(&compressed, frame.raw_len)
+        decompress_frame_into(&compressed, frame.raw_len, out)
     }
 }
 
@@ -173,13 +178,28 @@ pub fn read_footer<R: Read + Seek>(
 }
 
 pub fn decompress_frame(compressed: &[u8], raw_len: u32) -> Result<Vec<u8>, PackError> {
-    let plain = zstd::bulk::decompress(compressed, raw_len as usize)
-        .map_err(|e| PackError::Corrupt(format!("frame does not decompress: {e}")))?;
-    if plain.len() != raw_len as usize {
+    let mut plain = Vec::new();
+    decompress_frame_into(compressed, raw_len, &mut plain)?;
+    Ok(plain)
+}
+
+/// `decompress_frame` into `out`, replacing its contents.
+fn decompress_frame_into(
+    compressed: &[u8],
+    raw_len: u32,
+    out: &mut Vec<u8>,
+) -> Result<(), PackError> {
+    let corrupt = |e: std::io::Error| PackError::Corrupt(format!("frame does not decompress: {e}"));
+    out.clear();
+    out.reserve_exact(raw_len as usize);
+    zstd::bulk::Decompressor::new()
+        .and_then(|mut d| d.decompress_to_buffer(compressed, out))
+        .map_err(corrupt)?;
+    if out.len() != raw_len as usize {
         return Err(PackError::Corrupt(format!(
             "frame decompressed to {} bytes, footer says {raw_len}",
-            plain.len()
+            out.len()
         )));
     }
-    Ok(plain)
+    Ok(())
 }
