@@ -64,7 +64,7 @@ fn a_terminal_sees_phases_and_a_pipe_sees_none() {
     assert_eq!(doc["ok"], true);
 }
 
-/// verify --full, sync and prune show what they are doing too.
+/// verify --full, sync, prune and restore show what they are doing too.
 #[test]
 fn checks_and_maintenance_show_their_phases() {
     let tv = TestVault::new();
@@ -85,6 +85,9 @@ fn checks_and_maintenance_show_their_phases() {
     );
     let drawn = on_a_terminal(&tv, &["prune"]);
     assert!(drawn.contains("prune mark"), "{drawn:?}");
+    let to = tv.tmp.path().join("restored.git");
+    let drawn = on_a_terminal(&tv, &["restore", "alpha", "--to", to.to_str().unwrap()]);
+    assert!(drawn.contains("alpha walk"), "{drawn:?}");
     // None of it without a terminal.
     let out = tv.run(&["verify", "--full"]);
     ok(&out);

@@ -396,7 +396,8 @@ pub fn restore(ctx: &Ctx, args: RestoreArgs) -> Result<i32> {
     let _lease = vault.read_lease()?;
     let row = restore::select_snapshot(&vault, &args.repo, &selector(&args.select)?)?;
     let keys = ctx.unlock(&vault)?;
-    let mut report = restore::restore_snapshot(&vault, &keys, &row, &args.to)?;
+    let bars = Bars::new(&ctx.out);
+    let mut report = restore::restore_snapshot_watched(&vault, &keys, &row, &args.to, &bars)?;
     if let Some(dir) = &args.metadata_to {
         report.metadata_files = Some(restore::write_metadata(&vault, &keys, &row, dir)?);
     }

@@ -21,6 +21,7 @@ use serde::Serialize;
 use crate::crypto::VaultKeys;
 use crate::git::{self, GitError};
 use crate::index::{IndexError, SnapshotRow};
+use crate::progress::{Progress, Silent, Unit};
 use crate::snapshot::{self, Manifest, Oid, RefSet};
 use crate::store::{ChunkReader, StoreError};
 use crate::vault::Vault;
@@ -197,15 +198,47 @@ pub fn restore_snapshot(
     row: &SnapshotRow,
     to: &Path,
 ) -> Result<RestoreReport, RestoreError> {
+    restore_snapshot_watched(vault, keys, row, to, &Silent)
+}
+
+/// [`restore_snapshot`], telling `progress` of the walk and of the objects written.
+pub fn restore_snapshot_watched(
+    vault: &Vault,
+    keys: &VaultKeys,
+    row: &SnapshotRow,
+    to: &Path,
+    progress: &dyn Progress,
+) -> Result<RestoreReport, RestoreError> {
+    let result = restore_to(vault, keys, row, to, progress);
+    progress.done(&row.repo);
+    result
+}
+
+fn restore_to(
+    vault: &Vault,
+    keys: &VaultKeys,
+    row: &SnapshotRow,
+    to: &Path,
+    progress: &dyn Progress,
+) -> Result<RestoreReport, RestoreError> {
     check_destination(to)?;
     let store = vault.reader(keys).sequential();
     let (manifest, refs) = load_snapshot(&store, row)?;
     let mut source = repository::VaultSource::new(vault, &store);
+    progress.phase(&row.repo, "walk", None, Unit::Objects);
     let reached = repository::walk_snapshot(&mut source, &refs)?;
     let phase = std::time::Instant::now();
     let located = repository::locate(vault.index(), &reached)?;
     let staging = staging_dir(to)?;
-    let result = repository::write(&source, &refs, &manifest, &reached, &located, &staging);
+    let watch = (row.repo.as_str(), progress);
+    let result = repository::write(
+        &source,
+        (&refs, &manifest),
+        &reached,
+        &located,
+        &staging,
+        watch,
+    );
     tracing::info!(seconds = phase.elapsed().as_secs_f64(), "wrote the pack");
     let (objects, lfs_objects) = match result {
         Ok(counts) => counts,

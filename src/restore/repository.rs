@@ -8,6 +8,7 @@ use std::path::Path;
 use crate::git;
 use crate::git::objects::{ObjectSource, Reached, walk};
 use crate::index::Index;
+use crate::progress::{Progress, Unit};
 use crate::snapshot::{Manifest, ObjectKind, Oid, RefSet};
 use crate::store::ChunkReader;
 use crate::vault::Vault;
@@ -103,20 +104,22 @@ pub(super) fn locate(index: &Index, reached: &[Reached]) -> Result<Vec<Located>,
 /// LFS objects. Returns (objects, LFS objects) written.
 pub(super) fn write(
     source: &VaultSource<'_, '_>,
-    refs: &RefSet,
-    manifest: &Manifest,
+    (refs, manifest): (&RefSet, &Manifest),
     reached: &[Reached],
     located: &[Located],
     staging: &Path,
+    (job, progress): (&str, &dyn Progress),
 ) -> Result<(u64, u64), RestoreError> {
     git::write_bare_repository(staging, refs)?;
     let mut iter = located.iter();
     let count = located.len() as u32;
+    progress.phase(job, "write pack", Some(u64::from(count)), Unit::Objects);
     let written = if count == 0 {
         0
     } else {
         git::write_pack(staging, count, || {
             let (_, oid, path_hash) = iter.next()?;
+            progress.advance(job, 1);
             Some(
                 source
                     .read_checked(oid)
