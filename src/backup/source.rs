@@ -5,6 +5,7 @@
 //! source cleanly and says when to resume (repositories done keep their snapshots).
 
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use age::secrecy::SecretString;
 
@@ -49,6 +50,7 @@ pub(super) fn backup_source(
     options: &super::Options,
     expected: Option<usize>,
     (progress, watch): (Events<'_>, &dyn Progress),
+    stop: &AtomicBool,
 ) -> SourceReport {
     let mut report = SourceReport {
         source: source.name.clone(),
@@ -75,6 +77,7 @@ pub(super) fn backup_source(
         shard: options.shard,
         progress,
         watch,
+        stop,
     };
     if let Err(e) = run.run(options.jobs, expected, &mut report) {
         report.error = Some(run.scrub(e.to_string()));
@@ -120,6 +123,8 @@ struct SourceRun<'a, 'v> {
     progress: &'a (dyn Fn(SourceEvent<'_>) + Sync),
     /// Phases and steps of each repository as it goes.
     watch: &'a dyn Progress,
+    /// The session's stop flag: once set, no further repository is started.
+    stop: &'a AtomicBool,
 }
 
 impl SourceRun<'_, '_> {
@@ -212,6 +217,11 @@ impl SourceRun<'_, '_> {
                     RepoStatus::Skipped,
                     Reason::NotAttempted,
                     format!("not attempted: {why}"),
+                ),
+                None if self.stop.load(Ordering::SeqCst) => job.line(
+                    RepoStatus::Skipped,
+                    Reason::NotAttempted,
+                    super::session::STOPPED.into(),
                 ),
                 None => self.attempt(provider.as_mut(), git_origin, job, &stopped),
             };
