@@ -191,8 +191,7 @@ impl<'v> Session<'v> {
             source,
             &self.options,
             expected,
-            (progress, self.progress),
-            self.stop,
+            (progress, self.progress, self.stop),
         );
         self.sources.push(report);
         &self.sources[self.sources.len() - 1]

@@ -41,7 +41,7 @@ type Events<'a> = &'a (dyn Fn(SourceEvent<'_>) + Sync);
 
 /// Backs up every repository (and wiki) of `source` that its filters keep, with metadata.
 /// `expected`: how many repositories the previous run listed, when an empty listing should
-/// fail the source.
+/// fail the source; once `stop` is set no further repository is started.
 pub(super) fn backup_source(
     vault: &Vault,
     keys: &VaultKeys,
@@ -49,8 +49,7 @@ pub(super) fn backup_source(
     source: &SourceConfig,
     options: &super::Options,
     expected: Option<usize>,
-    (progress, watch): (Events<'_>, &dyn Progress),
-    stop: &AtomicBool,
+    (progress, watch, stop): (Events<'_>, &dyn Progress, &AtomicBool),
 ) -> SourceReport {
     let mut report = SourceReport {
         source: source.name.clone(),

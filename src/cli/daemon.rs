@@ -1,0 +1,62 @@
+//! `gitvault daemon`: unlocks the vault once, turns SIGTERM and SIGINT into the daemon's stop
+//! flag, and logs each job run on stderr (one line as it starts and as it ends).
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use anyhow::{Context, Result};
+use gitvault::daemon::JobRun;
+use gitvault::vault::JobConfig;
+
+use super::{Ctx, EXIT_OK};
+
+pub fn daemon(ctx: &Ctx) -> Result<i32> {
+    let vault = ctx.open()?;
+    let keys = ctx.unlock(&vault)?;
+    // The vault is opened again for each run, so that config.toml edits apply to the next.
+    drop(vault);
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(signal, Arc::clone(&stop))
+            .context("installing the signal handlers")?;
+    }
+    let quiet = ctx.out.quiet;
+    let log = |job: &JobConfig, run: Option<&JobRun>| log_run(quiet, job, run);
+    let daemon = gitvault::daemon::Context {
+        dir: &ctx.args_vault,
+        keys: &keys,
+        stop: &stop,
+        on_run: &log,
+    };
+    gitvault::daemon::run(&daemon)?;
+    if !quiet {
+        eprintln!("daemon: stopped");
+    }
+    Ok(EXIT_OK)
+}
+
+/// One line per start and end of a run; a failed run's error and every warning are shown even
+/// under `-q`, since nobody watches a daemon's terminal but its log is read after an alert.
+fn log_run(quiet: bool, job: &JobConfig, run: Option<&JobRun>) {
+    let Some(run) = run else {
+        if !quiet {
+            eprintln!("job {}: started", job.name);
+        }
+        return;
+    };
+    for warning in &run.warnings {
+        eprintln!("job {}: warning: {warning}", run.job);
+    }
+    let catch_up = if run.catch_up { " (catch-up)" } else { "" };
+    match &run.error {
+        Some(e) => eprintln!(
+            "job {}: failed{catch_up} after {:.1}s: {e}",
+            run.job, run.seconds
+        ),
+        None if !quiet || run.exit_code != EXIT_OK => eprintln!(
+            "job {}: finished{catch_up} with exit status {} after {:.1}s",
+            run.job, run.exit_code, run.seconds
+        ),
+        None => {}
+    }
+}
