@@ -66,6 +66,18 @@ pub struct JobRun {
     pub warnings: Vec<String>,
 }
 
+/// What the daemon tells its caller as it goes.
+pub enum Event<'a> {
+    /// When the job runs next; `catch_up`: at once, for a slot missed while no daemon ran.
+    Scheduled {
+        job: &'a JobConfig,
+        next: DateTime<Utc>,
+        catch_up: bool,
+    },
+    Started(&'a JobConfig),
+    Finished(&'a JobRun),
+}
+
 /// A job and when it runs next.
 struct Scheduled {
     job: JobConfig,
@@ -80,8 +92,8 @@ pub struct Context<'a> {
     pub keys: &'a VaultKeys,
     /// Set by the caller (SIGTERM, SIGINT) to end the daemon after the current run.
     pub stop: &'a AtomicBool,
-    /// Told of each run as it starts (`None`) and as it ends.
-    pub on_run: &'a dyn Fn(&JobConfig, Option<&JobRun>),
+    /// Told of each job's next time, and of each run as it starts and ends.
+    pub events: &'a dyn Fn(Event<'_>),
 }
 
 /// Runs the jobs until `ctx.stop` is set; returns once the run in progress (if any) ended.
@@ -105,6 +117,11 @@ pub fn run(ctx: &Context<'_>) -> Result<(), DaemonError> {
         } else {
             next_time(&timetable, &job, now)
         };
+        (ctx.events)(Event::Scheduled {
+            job: &job,
+            next,
+            catch_up,
+        });
         jobs.push(Scheduled {
             job,
             timetable,
@@ -122,13 +139,18 @@ pub fn run(ctx: &Context<'_>) -> Result<(), DaemonError> {
             std::thread::sleep(wait.min(POLL));
             continue;
         }
-        (ctx.on_run)(&due.job, None);
+        (ctx.events)(Event::Started(&due.job));
         record_start(ctx.dir, &due.job.name, Utc::now())?;
         let run = run_job(ctx, &due.job, due.catch_up);
-        (ctx.on_run)(&due.job, Some(&run));
+        (ctx.events)(Event::Finished(&run));
         // From the end of the run: the ticks that fell while it ran are skipped.
         due.next = next_time(&due.timetable, &due.job, Utc::now());
         due.catch_up = false;
+        (ctx.events)(Event::Scheduled {
+            job: &due.job,
+            next: due.next,
+            catch_up: false,
+        });
     }
     Ok(())
 }

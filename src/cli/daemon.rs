@@ -5,8 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
 use anyhow::{Context, Result};
-use gitvault::daemon::JobRun;
-use gitvault::vault::JobConfig;
+use gitvault::daemon::Event;
 
 use super::{Ctx, EXIT_OK};
 
@@ -21,12 +20,15 @@ pub fn daemon(ctx: &Ctx) -> Result<i32> {
             .context("installing the signal handlers")?;
     }
     let quiet = ctx.out.quiet;
-    let log = |job: &JobConfig, run: Option<&JobRun>| log_run(quiet, job, run);
+    if !quiet {
+        eprintln!("daemon: started");
+    }
+    let log = |event: Event<'_>| log_event(quiet, event);
     let daemon = gitvault::daemon::Context {
         dir: &ctx.args_vault,
         keys: &keys,
         stop: &stop,
-        on_run: &log,
+        events: &log,
     };
     gitvault::daemon::run(&daemon)?;
     if !quiet {
@@ -35,14 +37,32 @@ pub fn daemon(ctx: &Ctx) -> Result<i32> {
     Ok(EXIT_OK)
 }
 
-/// One line per start and end of a run; a failed run's error and every warning are shown even
-/// under `-q`, since nobody watches a daemon's terminal but its log is read after an alert.
-fn log_run(quiet: bool, job: &JobConfig, run: Option<&JobRun>) {
-    let Some(run) = run else {
-        if !quiet {
-            eprintln!("job {}: started", job.name);
+/// One line per start and end of a run, and one with the job's next time after each. A failed run's error and every warning are shown even under
+/// `-q`, since nobody watches a daemon's terminal but its log is read after an alert.
+fn log_event(quiet: bool, event: Event<'_>) {
+    let run = match event {
+        Event::Scheduled {
+            job,
+            next,
+            catch_up,
+        } => {
+            if !quiet {
+                let when = if catch_up {
+                    "now, to catch up a missed run".to_string()
+                } else {
+                    next.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                };
+                eprintln!("job {}: next run {when}", job.name);
+            }
+            return;
         }
-        return;
+        Event::Started(job) => {
+            if !quiet {
+                eprintln!("job {}: started", job.name);
+            }
+            return;
+        }
+        Event::Finished(run) => run,
     };
     for warning in &run.warnings {
         eprintln!("job {}: warning: {warning}", run.job);
