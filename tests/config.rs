@@ -83,7 +83,7 @@ fn daemon_jobs_with_a_bad_schedule_or_an_unknown_source_are_problems() {
     let tv = TestVault::new();
     append(
         &tv,
-        "\n[[job]]\nname = \"a\"\nkind = \"backup\"\nschedule = \"every night\"\n\n[[job]]\nname = \"b\"\nkind = \"backup\"\nschedule = \"0 2 * * *\"\nsources = [\"nowhere\"]\nretry = 3\n",
+        "\n[[job]]\nname = \"a\"\nkind = \"backup\"\nschedule = \"every night\"\n\n[[job]]\nname = \"b\"\nkind = \"backup\"\nschedule = \"0 2 * * *\"\nsources = [\"nowhere\"]\nretry = 3\n\n[daemon]\nmetrics_address = \"localhost\"\n",
     );
     let (ok, json) = check(&tv);
     assert!(!ok);
@@ -96,6 +96,7 @@ fn daemon_jobs_with_a_bad_schedule_or_an_unknown_source_are_problems() {
         problems.contains("job b") && problems.contains("nowhere"),
         "{problems}"
     );
+    assert!(problems.contains("daemon.metrics_address"), "{problems}");
     assert_eq!(json["unknown_keys"], serde_json::json!(["job.1.retry"]));
 }
 

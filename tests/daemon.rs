@@ -150,6 +150,17 @@ fn snapshot_repos(tv: &TestVault) -> Vec<String> {
         .collect()
 }
 
+/// A GET on the daemon's endpoint: the status line and headers, and the body.
+fn http_get(address: &str, path: &str) -> (String, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(address).unwrap();
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {address}\r\n\r\n").unwrap();
+    let mut text = String::new();
+    stream.read_to_string(&mut text).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    (head.to_string(), body.to_string())
+}
+
 #[test]
 fn scheduled_backups_ping_write_metrics_and_report_a_broken_source() {
     let tv = TestVault::new();
@@ -167,7 +178,7 @@ fn scheduled_backups_ping_write_metrics_and_report_a_broken_source() {
     append_config(
         &tv,
         &format!(
-            "\n[notify]\nsuccess = \"{}\"\nfailure = \"{}\"\nwebhook = \"{}\"\n",
+            "\n[daemon]\nmetrics_address = \"127.0.0.1:0\"\n\n[notify]\nsuccess = \"{}\"\nfailure = \"{}\"\nwebhook = \"{}\"\n",
             receiver.url("/ok"),
             receiver.url("/fail"),
             receiver.url("/hook")
@@ -188,6 +199,28 @@ fn scheduled_backups_ping_write_metrics_and_report_a_broken_source() {
             && k.ends_with("/alpha}")),
         "{got:?}"
     );
+    // The same over HTTP.
+    let address = daemon
+        .log()
+        .iter()
+        .find_map(|l| {
+            l.strip_prefix("daemon: metrics on http://")?
+                .strip_suffix("/metrics")
+                .map(String::from)
+        })
+        .expect("the metrics address in the log");
+    let (head, body) = http_get(&address, "/metrics");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let served = common::parse_metrics(&body);
+    assert_eq!(served["gitvault_job_exit_code{job=often}"], 0.0);
+    assert_eq!(served["gitvault_command_success{command=backup}"], 1.0);
+    assert!(
+        served
+            .keys()
+            .any(|k| k.starts_with("gitvault_target_packs{")),
+        "{served:?}"
+    );
+    assert!(http_get(&address, "/").0.starts_with("HTTP/1.1 404"));
 
     // The source breaks: the next run fails, pings failure, and the webhook says why.
     std::fs::remove_dir_all(&repo).unwrap();

@@ -41,6 +41,12 @@ pub fn daemon(ctx: &Ctx) -> Result<i32> {
 /// `-q`, since nobody watches a daemon's terminal but its log is read after an alert.
 fn log_event(quiet: bool, event: Event<'_>) {
     let run = match event {
+        Event::Serving(address) => {
+            if !quiet {
+                eprintln!("daemon: metrics on http://{address}/metrics");
+            }
+            return;
+        }
         Event::Scheduled {
             job,
             next,

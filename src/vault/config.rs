@@ -31,6 +31,18 @@ pub struct Config {
     /// What `gitvault daemon` runs, and when (docs/OPERATIONS.md, "The daemon").
     #[serde(default, rename = "job", skip_serializing_if = "Vec::is_empty")]
     pub jobs: Vec<JobConfig>,
+    /// Settings of `gitvault daemon` itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub daemon: Option<DaemonConfig>,
+}
+
+/// `[daemon]`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct DaemonConfig {
+    /// Where the daemon serves Prometheus metrics over HTTP (`GET /metrics`), e.g.
+    /// `127.0.0.1:9184`; none when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics_address: Option<String>,
 }
 
 /// `[[job]]`: one scheduled job of `gitvault daemon`.
@@ -368,6 +380,16 @@ pub fn check_config(text: &str) -> ConfigCheck {
         "job",
         &mut config.jobs.iter().map(|j| j.name.as_str()),
     ));
+    if let Some(address) = config
+        .daemon
+        .as_ref()
+        .and_then(|d| d.metrics_address.as_ref())
+        && address.parse::<std::net::SocketAddr>().is_err()
+    {
+        check.problems.push(format!(
+            "daemon.metrics_address: {address:?} is not an address and port such as 127.0.0.1:9184"
+        ));
+    }
     for job in &config.jobs {
         if let Err(e) = crate::timetable::Timetable::parse(&job.schedule) {
             check.problems.push(format!("job {}: {e}", job.name));

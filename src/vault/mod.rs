@@ -218,6 +218,7 @@ impl Vault {
             }],
             sources: Vec::new(),
             jobs: Vec::new(),
+            daemon: None,
         };
         let local = target::open_target("local", &data_url)?;
         let vault = Vault {
@@ -289,6 +290,7 @@ impl Vault {
                 }],
                 sources: Vec::new(),
                 jobs: Vec::new(),
+                daemon: None,
             },
         };
         vault.save_config()?;

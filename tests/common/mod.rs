@@ -233,10 +233,14 @@ pub fn ok(out: &Output) -> String {
     stdout(out)
 }
 
-/// The samples of a metrics file, parsed by `prometheus-parse`, as name{labels} → value (labels
-/// sorted); `None` while the file does not exist. Every sample must be a gauge.
+/// The samples of a metrics file (`parse_metrics`); `None` while the file does not exist.
 pub fn metrics_samples(path: &Path) -> Option<std::collections::HashMap<String, f64>> {
-    let text = std::fs::read_to_string(path).ok()?;
+    Some(parse_metrics(&std::fs::read_to_string(path).ok()?))
+}
+
+/// A metrics document parsed by `prometheus-parse`, as name{labels} → value (labels sorted).
+/// Every sample must be a gauge.
+pub fn parse_metrics(text: &str) -> std::collections::HashMap<String, f64> {
     let lines = text.lines().map(|l| Ok(l.to_string()));
     let scrape = prometheus_parse::Scrape::parse(lines).expect("a valid exposition");
     let samples = scrape.samples.into_iter().map(|s| {
@@ -248,5 +252,5 @@ pub fn metrics_samples(path: &Path) -> Option<std::collections::HashMap<String, 
         };
         (format!("{}{{{}}}", s.metric, labels.join(",")), value)
     });
-    Some(samples.collect())
+    samples.collect()
 }

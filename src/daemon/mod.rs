@@ -10,15 +10,19 @@
 //! taking repositories, finishes the running ones and commits (`Session::with_stop`); a
 //! maintenance or verify run is left to end, since stopping prune midway only wastes its work.
 
+mod endpoint;
+
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 
 use crate::backup::{self, BackupRequest, BackupRun, RunOutcome};
 use crate::crypto::VaultKeys;
-use crate::notify::{Ending, Notifier, NotifyError};
+use crate::notify::{Ending, Notifier, NotifyError, error_text};
 use crate::timetable::{Timetable, TimetableError, jitter};
 use crate::vault::{JobConfig, JobKind};
 use crate::vault::{Vault, VaultError};
@@ -43,6 +47,12 @@ pub enum DaemonError {
     },
     #[error("no [[job]] in config.toml: nothing to run (docs/OPERATIONS.md, \"The daemon\")")]
     NoJobs,
+    #[error("serving metrics on {address}: {source}")]
+    Metrics {
+        address: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("keeping the daemon's state in {path}: {source}")]
     State {
         path: String,
@@ -68,6 +78,8 @@ pub struct JobRun {
 
 /// What the daemon tells its caller as it goes.
 pub enum Event<'a> {
+    /// `GET /metrics` is served there (`[daemon] metrics_address`).
+    Serving(SocketAddr),
     /// When the job runs next; `catch_up`: at once, for a slot missed while no daemon ran.
     Scheduled {
         job: &'a JobConfig,
@@ -103,6 +115,16 @@ pub fn run(ctx: &Context<'_>) -> Result<(), DaemonError> {
         return Err(DaemonError::NoJobs);
     }
     std::fs::create_dir_all(state_dir(ctx.dir)).map_err(|e| state_error(ctx.dir, e))?;
+    let latest = Arc::new(Mutex::new(endpoint::Latest::default()));
+    if let Some(address) = config.daemon.and_then(|d| d.metrics_address) {
+        let failed = |source| DaemonError::Metrics {
+            address: address.clone(),
+            source,
+        };
+        let listener = std::net::TcpListener::bind(&address).map_err(failed)?;
+        (ctx.events)(Event::Serving(listener.local_addr().map_err(failed)?));
+        endpoint::serve(listener, ctx.dir.to_path_buf(), Arc::clone(&latest));
+    }
     let now = Utc::now();
     let mut jobs = Vec::new();
     for job in config.jobs {
@@ -141,7 +163,7 @@ pub fn run(ctx: &Context<'_>) -> Result<(), DaemonError> {
         }
         (ctx.events)(Event::Started(&due.job));
         record_start(ctx.dir, &due.job.name, Utc::now())?;
-        let run = run_job(ctx, &due.job, due.catch_up);
+        let run = run_job(ctx, &due.job, due.catch_up, &latest);
         (ctx.events)(Event::Finished(&run));
         // From the end of the run: the ticks that fell while it ran are skipped.
         due.next = next_time(&due.timetable, &due.job, Utc::now());
@@ -211,7 +233,12 @@ fn record_start(dir: &Path, job: &str, at: DateTime<Utc>) -> Result<(), DaemonEr
 }
 
 /// One run of `job`: its notifications around it, the job, its metrics after it.
-fn run_job(ctx: &Context<'_>, job: &JobConfig, catch_up: bool) -> JobRun {
+fn run_job(
+    ctx: &Context<'_>,
+    job: &JobConfig,
+    catch_up: bool,
+    latest: &Mutex<endpoint::Latest>,
+) -> JobRun {
     let started = Instant::now();
     let mut warnings = Vec::new();
     let notify = Vault::read_config(ctx.dir).ok().and_then(|c| c.notify);
@@ -246,6 +273,12 @@ fn run_job(ctx: &Context<'_>, job: &JobConfig, catch_up: bool) -> JobRun {
             warnings.push(format!("writing metrics to {}: {e}", path.display()));
         }
     }
+    latest.lock().unwrap_or_else(|e| e.into_inner()).record(
+        &job.name,
+        job.kind.command(),
+        (exit_code, seconds, unix_now()),
+        backup_run,
+    );
     JobRun {
         job: job.name.clone(),
         kind: job.kind,
@@ -265,10 +298,7 @@ fn job_metrics(
     seconds: f64,
     run: Option<&BackupRun>,
 ) -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0);
+    let now = unix_now();
     let mut metrics = crate::metrics::Metrics::default();
     metrics.command(job.kind.command(), exit_code, seconds, now);
     metrics.job(&job.name, exit_code, seconds, now);
@@ -364,17 +394,9 @@ fn backup_job(vault: &Vault, ctx: &Context<'_>, job: &JobConfig) -> Result<Backu
     session.finish().map_err(|e| text(&e))
 }
 
-/// An error with its causes, as one line.
-fn error_text(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
 }
