@@ -384,3 +384,53 @@ fn a_missed_slot_is_caught_up_once_at_start() {
         "{log:?}"
     );
 }
+
+#[test]
+fn maintenance_and_verify_jobs_run_their_commands() {
+    let tv = TestVault::new();
+    let repo = tv.tmp.path().join("alpha.git");
+    run_fixture("rich.sh", &[repo.to_str().unwrap()]);
+    // Every job missed its slot, so each runs once at start, in turn.
+    let mut config = String::from("\n[retention]\nkeep_last = 1\n");
+    for (name, kind, extra) in [
+        ("b", "backup", format!("urls = [{:?}]\n", file_url(&repo))),
+        ("m", "maintenance", String::new()),
+        ("v", "verify", "restore_sample = 1\n".to_string()),
+    ] {
+        config.push_str(&format!(
+            "\n[[job]]\nname = \"{name}\"\nkind = \"{kind}\"\nschedule = \"0 2 * * *\"\n{extra}"
+        ));
+    }
+    append_config(&tv, &config);
+    std::fs::create_dir_all(tv.dir.join("daemon")).unwrap();
+    let long_ago = (chrono::Utc::now() - chrono::Duration::days(3)).to_rfc3339();
+    for name in ["b", "m", "v"] {
+        std::fs::write(tv.dir.join(format!("daemon/{name}.last")), &long_ago).unwrap();
+    }
+    let daemon = Daemon::start(&tv, &[]);
+    wait_for(&daemon, "three catch-up runs", || {
+        daemon.count("(catch-up) with exit status") + daemon.count(": failed") == 3
+    });
+    let (status, log) = daemon.terminate();
+    assert!(status.success(), "{status:?}");
+    for name in ["b", "m", "v"] {
+        assert!(
+            log.iter().any(|l| l.starts_with(&format!(
+                "job {name}: finished (catch-up) with exit status 0"
+            ))),
+            "{log:?}"
+        );
+    }
+    // The verify job left its report, as `gitvault verify` does.
+    let verify_reports = std::fs::read_dir(tv.dir.join("reports"))
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .contains("verify")
+        })
+        .count();
+    assert_eq!(verify_reports, 1);
+}
