@@ -45,6 +45,9 @@ pub enum DaemonError {
         #[source]
         source: TimetableError,
     },
+    // Two jobs of one name would share a state file and their metrics.
+    #[error("two [[job]] tables are named {0}: give each its own name")]
+    SameName(String),
     #[error("no [[job]] in config.toml: nothing to run (docs/OPERATIONS.md, \"The daemon\")")]
     NoJobs,
     #[error("serving metrics on {address}: {source}")]
@@ -117,40 +120,9 @@ pub fn run(ctx: &Context<'_>) -> Result<(), DaemonError> {
     std::fs::create_dir_all(state_dir(ctx.dir)).map_err(|e| state_error(ctx.dir, e))?;
     let latest = Arc::new(Mutex::new(endpoint::Latest::default()));
     if let Some(address) = config.daemon.and_then(|d| d.metrics_address) {
-        let failed = |source| DaemonError::Metrics {
-            address: address.clone(),
-            source,
-        };
-        let listener = std::net::TcpListener::bind(&address).map_err(failed)?;
-        (ctx.events)(Event::Serving(listener.local_addr().map_err(failed)?));
-        endpoint::serve(listener, ctx.dir.to_path_buf(), Arc::clone(&latest));
+        serve_metrics(ctx, &address, &latest)?;
     }
-    let now = Utc::now();
-    let mut jobs = Vec::new();
-    for job in config.jobs {
-        let timetable =
-            Timetable::parse(&job.schedule).map_err(|source| DaemonError::Timetable {
-                job: job.name.clone(),
-                source,
-            })?;
-        let catch_up = timetable.missed(last_run(ctx.dir, &job.name), now);
-        let next = if catch_up {
-            now
-        } else {
-            next_time(&timetable, &job, now)
-        };
-        (ctx.events)(Event::Scheduled {
-            job: &job,
-            next,
-            catch_up,
-        });
-        jobs.push(Scheduled {
-            job,
-            timetable,
-            next,
-            catch_up,
-        });
-    }
+    let mut jobs = schedule(ctx, config.jobs)?;
     while !ctx.stop.load(Ordering::SeqCst) {
         let Some(due) = jobs.iter_mut().min_by_key(|s| s.next) else {
             break;
@@ -175,6 +147,56 @@ pub fn run(ctx: &Context<'_>) -> Result<(), DaemonError> {
         });
     }
     Ok(())
+}
+
+/// Binds `address` and serves `GET /metrics` from `latest` on a thread of its own.
+fn serve_metrics(
+    ctx: &Context<'_>,
+    address: &str,
+    latest: &Arc<Mutex<endpoint::Latest>>,
+) -> Result<(), DaemonError> {
+    let failed = |source| DaemonError::Metrics {
+        address: address.to_string(),
+        source,
+    };
+    let listener = std::net::TcpListener::bind(address).map_err(failed)?;
+    (ctx.events)(Event::Serving(listener.local_addr().map_err(failed)?));
+    endpoint::serve(listener, ctx.dir.to_path_buf(), Arc::clone(latest));
+    Ok(())
+}
+
+/// Each job's first time: now for one that missed its last slot, else its next slot.
+fn schedule(ctx: &Context<'_>, config: Vec<JobConfig>) -> Result<Vec<Scheduled>, DaemonError> {
+    let now = Utc::now();
+    let mut jobs = Vec::new();
+    for job in config {
+        if jobs.iter().any(|s: &Scheduled| s.job.name == job.name) {
+            return Err(DaemonError::SameName(job.name));
+        }
+        let timetable =
+            Timetable::parse(&job.schedule).map_err(|source| DaemonError::Timetable {
+                job: job.name.clone(),
+                source,
+            })?;
+        let catch_up = timetable.missed(last_run(ctx.dir, &job.name), now);
+        let next = if catch_up {
+            now
+        } else {
+            next_time(&timetable, &job, now)
+        };
+        (ctx.events)(Event::Scheduled {
+            job: &job,
+            next,
+            catch_up,
+        });
+        jobs.push(Scheduled {
+            job,
+            timetable,
+            next,
+            catch_up,
+        });
+    }
+    Ok(jobs)
 }
 
 /// The job's next scheduled time after `now`, with its jitter; a schedule with no next time
