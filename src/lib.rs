@@ -59,6 +59,7 @@
 
 pub mod backup;
 pub mod crypto;
+pub mod daemon;
 pub mod git;
 pub mod hooks;
 pub mod index;
@@ -80,6 +81,7 @@ pub mod stats;
 pub mod status;
 pub mod store;
 pub mod target;
+pub mod timetable;
 pub mod vault;
 pub mod verify;
 

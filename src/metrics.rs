@@ -101,6 +101,30 @@ impl Metrics {
         );
     }
 
+    /// How a daemon job's last run ended (`gitvault daemon`): the job's name beside the
+    /// command's own metrics, since two jobs may run one command (two backup schedules).
+    pub fn job(&mut self, job: &str, exit: i32, seconds: f64, now: f64) {
+        let labels = [("job", job)];
+        self.gauge(
+            "gitvault_job_last_run_timestamp_seconds",
+            "When the daemon job last ended (Unix time).",
+            &labels,
+            now,
+        );
+        self.gauge(
+            "gitvault_job_exit_code",
+            "The exit status of the daemon job's last run (0 ok, 1 failed, 3 partly done).",
+            &labels,
+            f64::from(exit),
+        );
+        self.gauge(
+            "gitvault_job_duration_seconds",
+            "How long the daemon job's last run took.",
+            &labels,
+            seconds,
+        );
+    }
+
     /// Every repository's newest snapshot, from the index: the alert "no backup of X for a day"
     /// needs no state of its own.
     pub fn snapshots(&mut self, vault: &Vault, now: f64) {

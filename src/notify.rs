@@ -301,8 +301,9 @@ fn failures(run: &BackupRun) -> Vec<String> {
     repositories.chain(sources).collect()
 }
 
-/// An error with its causes: reqwest's own text is only "error sending request".
-fn error_text(e: &dyn std::error::Error) -> String {
+/// An error with its causes: reqwest's own text is only "error sending request" (the daemon's
+/// run errors use it too).
+pub(crate) fn error_text(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut cause = e.source();
     while let Some(c) = cause {

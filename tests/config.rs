@@ -79,6 +79,28 @@ fn refused_settings_are_problems() {
 }
 
 #[test]
+fn daemon_jobs_with_a_bad_schedule_or_an_unknown_source_are_problems() {
+    let tv = TestVault::new();
+    append(
+        &tv,
+        "\n[[job]]\nname = \"a\"\nkind = \"backup\"\nschedule = \"every night\"\n\n[[job]]\nname = \"b\"\nkind = \"backup\"\nschedule = \"0 2 * * *\"\nsources = [\"nowhere\"]\nretry = 3\n\n[daemon]\nmetrics_address = \"localhost\"\n",
+    );
+    let (ok, json) = check(&tv);
+    assert!(!ok);
+    let problems = json["problems"].to_string();
+    assert!(
+        problems.contains("job a") && problems.contains("every night"),
+        "{problems}"
+    );
+    assert!(
+        problems.contains("job b") && problems.contains("nowhere"),
+        "{problems}"
+    );
+    assert!(problems.contains("daemon.metrics_address"), "{problems}");
+    assert_eq!(json["unknown_keys"], serde_json::json!(["job.1.retry"]));
+}
+
+#[test]
 fn a_file_that_is_not_toml_is_a_problem_and_a_missing_one_an_error() {
     let tv = TestVault::new();
     let path = tv.tmp.path().join("other.toml");

@@ -11,7 +11,14 @@ use std::path::Path;
 
 /// Bottom up. A module may import only modules of a lower layer.
 const LAYERS: &[&[&str]] = &[
-    &["hooks", "redact", "crypto", "policy", "progress"],
+    &[
+        "hooks",
+        "redact",
+        "crypto",
+        "policy",
+        "progress",
+        "timetable",
+    ],
     &["model"],
     &["target", "index"],
     &["store"],
@@ -30,6 +37,8 @@ const LAYERS: &[&[&str]] = &[
     // read a backup run's report and the stats; status reads saved reports of both; notify
     // sends a backup run's report.
     &["verify", "metrics", "status", "notify", "report"],
+    // Runs the operations on schedules, each run with its notifications and metrics.
+    &["daemon"],
 ];
 
 /// DESIGN.md's "no part reaches around another", whatever the layers say.

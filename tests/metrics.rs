@@ -9,26 +9,11 @@ use std::collections::HashMap;
 use common::git_server::{file_url, run_fixture};
 use common::{TestVault, stderr};
 
-/// The samples of a metrics file, parsed by `prometheus-parse`, as name{labels} → value.
+/// The samples of a metrics file; it must hold some.
 fn parse(path: &std::path::Path) -> HashMap<String, f64> {
-    let text = std::fs::read_to_string(path).unwrap();
-    let lines = text.lines().map(|l| Ok(l.to_string()));
-    let scrape = prometheus_parse::Scrape::parse(lines).expect("a valid exposition");
-    assert!(!scrape.samples.is_empty());
-    scrape
-        .samples
-        .into_iter()
-        .map(|s| {
-            let mut labels: Vec<String> =
-                s.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
-            labels.sort();
-            let value = match s.value {
-                prometheus_parse::Value::Gauge(v) | prometheus_parse::Value::Untyped(v) => v,
-                other => panic!("{} is not a gauge: {other:?}", s.metric),
-            };
-            (format!("{}{{{}}}", s.metric, labels.join(",")), value)
-        })
-        .collect()
+    let samples = common::metrics_samples(path).expect("a metrics file");
+    assert!(!samples.is_empty());
+    samples
 }
 
 #[test]

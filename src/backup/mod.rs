@@ -107,8 +107,8 @@ pub enum RepoStatus {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Reason {
-    /// The source stopped (rate limited) before this repository was tried; it counts as
-    /// failed, since nothing of it was backed up.
+    /// The run stopped (rate limited, or asked to stop) before this repository was tried;
+    /// it counts as failed, since nothing of it was backed up.
     NotAttempted,
     /// The same repository was given earlier in this run.
     Repeated,

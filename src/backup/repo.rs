@@ -42,6 +42,7 @@ pub(super) fn backup_repository(
     progress: &dyn Progress,
 ) -> RepoReport {
     let started = Instant::now();
+    crate::hooks::point("backup-repository-started");
     let mut handle = WriterHandle::new(writer);
     let mut report = RepoReport::for_request(request, RepoStatus::Failed);
     let result = run(

@@ -6,6 +6,7 @@
 use std::collections::HashSet;
 use std::path::Path;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde::Serialize;
 
@@ -57,7 +58,13 @@ pub struct Session<'v> {
     /// The shared lock on every target, so that another host's prune waits for this run.
     targets: TargetLock,
     progress: &'v dyn Progress,
+    /// Set when the run must end early (the daemon's SIGTERM): repositories not yet started
+    /// are not attempted, the running ones finish and `finish` commits them.
+    stop: &'v AtomicBool,
 }
+
+/// The stop flag of a session nobody stops.
+static NEVER_STOP: AtomicBool = AtomicBool::new(false);
 
 /// The report of a run: what `gitvault backup --json` prints and DIR/reports/ keeps.
 #[derive(Debug, Serialize)]
@@ -113,12 +120,20 @@ impl<'v> Session<'v> {
             sources: Vec::new(),
             targets,
             progress: &Silent,
+            stop: &NEVER_STOP,
         })
     }
 
     /// Reports each repository's phases (fetch, walk, store) and steps to `progress`.
     pub fn with_progress(mut self, progress: &'v dyn Progress) -> Session<'v> {
         self.progress = progress;
+        self
+    }
+
+    /// Stops taking new repositories once `stop` is set: those not started yet are reported
+    /// as not attempted, the ones running finish, and `finish` still commits the run.
+    pub fn with_stop(mut self, stop: &'v AtomicBool) -> Session<'v> {
+        self.stop = stop;
         self
     }
 
@@ -131,7 +146,11 @@ impl<'v> Session<'v> {
             self.options.jobs,
             || Some(()),
             |(), i, request| {
-                let line = if repeated[i] {
+                let line = if self.stop.load(Ordering::SeqCst) {
+                    let mut line = RepoReport::for_request(request, RepoStatus::Skipped);
+                    line.set(RepoStatus::Skipped, Reason::NotAttempted, STOPPED.into());
+                    line
+                } else if repeated[i] {
                     let mut line = RepoReport::for_request(request, RepoStatus::Skipped);
                     line.set(
                         RepoStatus::Skipped,
@@ -172,7 +191,7 @@ impl<'v> Session<'v> {
             source,
             &self.options,
             expected,
-            (progress, self.progress),
+            (progress, self.progress, self.stop),
         );
         self.sources.push(report);
         &self.sources[self.sources.len() - 1]
@@ -219,6 +238,9 @@ impl<'v> Session<'v> {
         Ok(run)
     }
 }
+
+/// The message of a line the stop flag kept from starting.
+pub(super) const STOPPED: &str = "not attempted: the run was asked to stop";
 
 /// For each request, whether an earlier one names the same repository. Two URLs for one
 /// repository (`…/r` and `…/r.git`) would share a mirror cache and race: the repeat is

@@ -5,6 +5,7 @@
 //! source cleanly and says when to resume (repositories done keep their snapshots).
 
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use age::secrecy::SecretString;
 
@@ -40,7 +41,7 @@ type Events<'a> = &'a (dyn Fn(SourceEvent<'_>) + Sync);
 
 /// Backs up every repository (and wiki) of `source` that its filters keep, with metadata.
 /// `expected`: how many repositories the previous run listed, when an empty listing should
-/// fail the source.
+/// fail the source; once `stop` is set no further repository is started.
 pub(super) fn backup_source(
     vault: &Vault,
     keys: &VaultKeys,
@@ -48,7 +49,7 @@ pub(super) fn backup_source(
     source: &SourceConfig,
     options: &super::Options,
     expected: Option<usize>,
-    (progress, watch): (Events<'_>, &dyn Progress),
+    (progress, watch, stop): (Events<'_>, &dyn Progress, &AtomicBool),
 ) -> SourceReport {
     let mut report = SourceReport {
         source: source.name.clone(),
@@ -75,6 +76,7 @@ pub(super) fn backup_source(
         shard: options.shard,
         progress,
         watch,
+        stop,
     };
     if let Err(e) = run.run(options.jobs, expected, &mut report) {
         report.error = Some(run.scrub(e.to_string()));
@@ -120,6 +122,8 @@ struct SourceRun<'a, 'v> {
     progress: &'a (dyn Fn(SourceEvent<'_>) + Sync),
     /// Phases and steps of each repository as it goes.
     watch: &'a dyn Progress,
+    /// The session's stop flag: once set, no further repository is started.
+    stop: &'a AtomicBool,
 }
 
 impl SourceRun<'_, '_> {
@@ -212,6 +216,11 @@ impl SourceRun<'_, '_> {
                     RepoStatus::Skipped,
                     Reason::NotAttempted,
                     format!("not attempted: {why}"),
+                ),
+                None if self.stop.load(Ordering::SeqCst) => job.line(
+                    RepoStatus::Skipped,
+                    Reason::NotAttempted,
+                    super::session::STOPPED.into(),
                 ),
                 None => self.attempt(provider.as_mut(), git_origin, job, &stopped),
             };

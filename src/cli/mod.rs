@@ -4,6 +4,7 @@
 
 mod chunk;
 mod config;
+mod daemon;
 mod locks;
 mod output;
 mod prompt;
@@ -130,6 +131,10 @@ enum Command {
     /// Is everything backed up? Each repository's newest snapshot and its age, its last
     /// failure, packs a target lacks, the last backup and verify; exit 1 if anything is wrong.
     Status(status::StatusArgs),
+    /// Run the `[[job]]`s of config.toml (backup, forget+prune, verify) on their cron schedules
+    /// until SIGTERM or SIGINT, which lets a running backup finish its current repositories
+    /// and commit before exiting 0. A job whose slot passed while no daemon ran runs at once.
+    Daemon,
     /// Plumbing: store and read raw data in the chunk store (scripts and tests).
     #[command(subcommand)]
     Chunk(chunk::ChunkCommand),
@@ -386,6 +391,7 @@ fn run(ctx: &Ctx, command: Command) -> Result<i32> {
             Ok(EXIT_OK)
         }
         Command::Chunk(cmd) => chunk::run(ctx, cmd),
+        Command::Daemon => daemon::daemon(ctx),
         Command::Status(args) => status::status(ctx, args),
         Command::Backup(args) => repo::backup(ctx, args),
         Command::Source(cmd) => source::run(ctx, cmd),

@@ -28,6 +28,74 @@ pub struct Config {
     /// table a duplicate key.
     #[serde(default, rename = "source", skip_serializing_if = "Vec::is_empty")]
     pub sources: Vec<crate::provider::SourceConfig>,
+    /// What `gitvault daemon` runs, and when (docs/OPERATIONS.md, "The daemon").
+    #[serde(default, rename = "job", skip_serializing_if = "Vec::is_empty")]
+    pub jobs: Vec<JobConfig>,
+    /// Settings of `gitvault daemon` itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub daemon: Option<DaemonConfig>,
+}
+
+/// `[daemon]`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct DaemonConfig {
+    /// Where the daemon serves Prometheus metrics over HTTP (`GET /metrics`), e.g.
+    /// `127.0.0.1:9184`; none when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics_address: Option<String>,
+}
+
+/// `[[job]]`: one scheduled job of `gitvault daemon`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JobConfig {
+    /// Names the job in logs, its state file and its metrics.
+    pub name: String,
+    pub kind: JobKind,
+    /// A cron expression: 5 fields (minute first), or 6-7 with seconds first.
+    pub schedule: String,
+    /// Each run starts up to this many seconds after its scheduled time, at random, so that
+    /// many vaults on one schedule do not hit a provider at the same second.
+    #[serde(default)]
+    pub jitter: u64,
+    /// `backup`: the configured sources to back up (all of them when neither this nor `urls`
+    /// is given).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sources: Vec<String>,
+    /// `backup`: repositories given by URL or path, as `gitvault backup URL…` takes them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub urls: Vec<String>,
+    /// `backup`: repositories backed up at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jobs: Option<usize>,
+    /// `verify`: snapshots restored and checked with git fsck.
+    #[serde(default)]
+    pub restore_sample: usize,
+    /// Prometheus metrics of each run, written there when it ends (textfile format).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics_file: Option<std::path::PathBuf>,
+}
+
+/// What a job does: the command it stands for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobKind {
+    /// `gitvault backup` of the job's sources and URLs.
+    Backup,
+    /// `gitvault forget` by the configured retention policies, then `gitvault prune`.
+    Maintenance,
+    /// `gitvault verify --restore-sample N`.
+    Verify,
+}
+
+impl JobKind {
+    /// The command whose notifications (`[notify] commands`) the job's runs send.
+    pub fn command(self) -> &'static str {
+        match self {
+            JobKind::Backup => "backup",
+            JobKind::Maintenance => "prune",
+            JobKind::Verify => "verify",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -306,6 +374,34 @@ pub fn check_config(text: &str) -> ConfigCheck {
     for t in &config.targets {
         if let Err(e) = crate::target::open_target(&t.name, &t.url) {
             check.problems.push(format!("target {}: {e}", t.name));
+        }
+    }
+    check.problems.extend(twice(
+        "job",
+        &mut config.jobs.iter().map(|j| j.name.as_str()),
+    ));
+    if let Some(address) = config
+        .daemon
+        .as_ref()
+        .and_then(|d| d.metrics_address.as_ref())
+        && address.parse::<std::net::SocketAddr>().is_err()
+    {
+        check.problems.push(format!(
+            "daemon.metrics_address: {address:?} is not an address and port such as 127.0.0.1:9184"
+        ));
+    }
+    for job in &config.jobs {
+        if let Err(e) = crate::timetable::Timetable::parse(&job.schedule) {
+            check.problems.push(format!("job {}: {e}", job.name));
+        }
+        if let Some(missing) = job
+            .sources
+            .iter()
+            .find(|s| !config.sources.iter().any(|c| &c.name == *s))
+        {
+            check
+                .problems
+                .push(format!("job {}: no source is named {missing}", job.name));
         }
     }
     for s in &config.sources {

@@ -26,8 +26,8 @@ mod reports;
 pub mod target_lock;
 
 pub use config::{
-    Config, ConfigCheck, NotifyConfig, NotifyUrlError, PublicParams, StoreConfig, TargetConfig,
-    check_config, resolve_notify_url,
+    Config, ConfigCheck, JobConfig, JobKind, NotifyConfig, NotifyUrlError, PublicParams,
+    StoreConfig, TargetConfig, check_config, resolve_notify_url,
 };
 pub use lock::{ReadLease, WriteLock};
 
@@ -217,6 +217,8 @@ impl Vault {
                 url: data_url.clone(),
             }],
             sources: Vec::new(),
+            jobs: Vec::new(),
+            daemon: None,
         };
         let local = target::open_target("local", &data_url)?;
         let vault = Vault {
@@ -287,6 +289,8 @@ impl Vault {
                     url: target_url.to_string(),
                 }],
                 sources: Vec::new(),
+                jobs: Vec::new(),
+                daemon: None,
             },
         };
         vault.save_config()?;

@@ -5,6 +5,7 @@
 pub mod git_server;
 pub mod lfs_server;
 pub mod provider_api;
+pub mod receiver;
 pub mod s3_server;
 
 use std::io::Read;
@@ -230,4 +231,26 @@ pub fn refs_and_head(repo: &Path) -> String {
 pub fn ok(out: &Output) -> String {
     assert!(out.status.success(), "{}\n{}", stdout(out), stderr(out));
     stdout(out)
+}
+
+/// The samples of a metrics file (`parse_metrics`); `None` while the file does not exist.
+pub fn metrics_samples(path: &Path) -> Option<std::collections::HashMap<String, f64>> {
+    Some(parse_metrics(&std::fs::read_to_string(path).ok()?))
+}
+
+/// A metrics document parsed by `prometheus-parse`, as name{labels} → value (labels sorted).
+/// Every sample must be a gauge.
+pub fn parse_metrics(text: &str) -> std::collections::HashMap<String, f64> {
+    let lines = text.lines().map(|l| Ok(l.to_string()));
+    let scrape = prometheus_parse::Scrape::parse(lines).expect("a valid exposition");
+    let samples = scrape.samples.into_iter().map(|s| {
+        let mut labels: Vec<String> = s.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        labels.sort();
+        let value = match s.value {
+            prometheus_parse::Value::Gauge(v) | prometheus_parse::Value::Untyped(v) => v,
+            other => panic!("{} is not a gauge: {other:?}", s.metric),
+        };
+        (format!("{}{{{}}}", s.metric, labels.join(",")), value)
+    });
+    samples.collect()
 }
