@@ -315,3 +315,65 @@ fn a_closed_stdout_ends_quietly() {
         assert!(!stderr(&out).contains("panicked"), "{}", stderr(&out));
     }
 }
+
+/// SIGTERM (systemd's stop) during `gitvault backup` of several repositories: the repository
+/// in progress finishes and is committed, the rest are reported as not attempted, and the vault
+/// verifies.
+#[test]
+fn sigterm_finishes_the_repository_in_progress_and_commits() {
+    use std::os::unix::process::ExitStatusExt;
+    let tv = TestVault::new();
+    let mut urls = Vec::new();
+    for name in ["one", "two", "three"] {
+        let repo = tv.tmp.path().join(format!("{name}.git"));
+        common::git_server::run_fixture("rich.sh", &[repo.to_str().unwrap()]);
+        urls.push(common::git_server::file_url(&repo));
+    }
+    let release = tv.tmp.path().join("release");
+    let mut args = vec!["--json", "backup", "--jobs", "1"];
+    args.extend(urls.iter().map(String::as_str));
+    let mut child = tv
+        .command(&args)
+        .env(
+            "GITVAULT_TEST_HOOK_PAUSE",
+            format!("backup-repository-started:{}", release.display()),
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    loop {
+        match lines.next() {
+            Some(Ok(line)) if line.contains("backup-repository-started") => break,
+            Some(Ok(_)) => continue,
+            _ => panic!("the backup ended early: {:?}", child.wait()),
+        }
+    }
+    // SIGTERM while the first repository is held at its start, then let it go on.
+    let ok_kill = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(ok_kill.success());
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    std::fs::write(&release, b"").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.signal(),
+        None,
+        "ended by the signal, not by itself"
+    );
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let lines = doc["repositories"].as_array().unwrap();
+    assert_eq!(lines[0]["status"], "changed", "{doc}");
+    for line in &lines[1..] {
+        assert_eq!(line["reason"], "not-attempted", "{doc}");
+    }
+    assert_eq!(out.status.code(), Some(3), "partly done");
+    let verify = tv.run(&["verify"]);
+    assert!(verify.status.success(), "{}", stderr(&verify));
+    let snapshots = tv.run(&["--json", "snapshots"]);
+    let rows: serde_json::Value = serde_json::from_slice(&snapshots.stdout).unwrap();
+    assert_eq!(rows.as_array().unwrap().len(), 1, "{rows}");
+}

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use serde::Serialize;
 
 use gitvault::backup::{self, BackupRequest, RepoStatus};
@@ -164,6 +164,20 @@ fn print_line(ctx: &Ctx, report: &backup::RepoReport) {
     }
 }
 
+/// A flag SIGTERM and SIGINT set: the run then starts no new repository, finishes the ones
+/// in progress and commits (systemd's stop, Ctrl-C). A second signal ends the process at once.
+fn stop_on_signals() -> Result<std::sync::Arc<std::sync::atomic::AtomicBool>> {
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        // Registered first, so it sees the flag as the previous signal left it.
+        signal_hook::flag::register_conditional_shutdown(signal, 130, std::sync::Arc::clone(&stop))
+            .context("installing the signal handlers")?;
+        signal_hook::flag::register(signal, std::sync::Arc::clone(&stop))
+            .context("installing the signal handlers")?;
+    }
+    Ok(stop)
+}
+
 /// `--shard I/N`, or `--shards N` with I from `JOB_COMPLETION_INDEX`.
 fn shard_of(args: &BackupArgs) -> Result<Option<backup::Shard>> {
     if let Some(count) = args.shards {
@@ -195,7 +209,10 @@ pub fn backup(ctx: &Ctx, args: BackupArgs) -> Result<i32> {
         shard,
     };
     let bars = Bars::new(&ctx.out);
-    let mut session = backup::Session::new(&vault, &keys, &lock, options)?.with_progress(&bars);
+    let stop = stop_on_signals()?;
+    let mut session = backup::Session::new(&vault, &keys, &lock, options)?
+        .with_progress(&bars)
+        .with_stop(&stop);
     session.backup_urls(&requests, &|line| bars.println(|| print_line(ctx, line)));
     for source in &sources {
         let bar = bars.add(ctx.out.count_bar(&format!("source {}", source.name)));
