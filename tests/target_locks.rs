@@ -41,6 +41,16 @@ fn vault(s3: bool) -> (TestVault, Option<S3Server>) {
     (tv, server)
 }
 
+/// A child process that a failing assertion must not leave running (stalled at a test hook).
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 fn lock_objects(vault: &Vault) -> usize {
     vault
         .targets()
@@ -254,14 +264,15 @@ fn a_killed_holders_lock_is_seen_as_gone_and_unlocked() {
     let (tv, _server) = vault(false);
     let input = tv.tmp.path().join("input");
     std::fs::write(&input, common::noise(3, 3 << 20)).unwrap();
-    let mut child = tv
+    let child = tv
         .command(&["chunk", "put", input.to_str().unwrap()])
         .env("GITVAULT_TEST_HOOK_STALL", "pack-written")
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut child = KillOnDrop(child);
+    let mut lines = BufReader::new(child.0.stderr.take().unwrap()).lines();
     while let Some(Ok(line)) = lines.next() {
         if line.contains("gitvault-test-hook: pack-written") {
             break;
@@ -270,10 +281,10 @@ fn a_killed_holders_lock_is_seen_as_gone_and_unlocked() {
     let locks = unlock_list(&tv);
     assert_eq!(locks.len(), 1, "{locks:?}");
     assert_eq!(locks[0]["state"], "live");
-    assert_eq!(locks[0]["info"]["pid"], child.id());
+    assert_eq!(locks[0]["info"]["pid"], child.0.id());
     assert_eq!(locks[0]["info"]["kind"], "shared");
-    child.kill().unwrap();
-    child.wait().unwrap();
+    child.0.kill().unwrap();
+    child.0.wait().unwrap();
 
     let locks = unlock_list(&tv);
     assert_eq!(locks[0]["state"], "process-gone", "{locks:?}");
@@ -334,18 +345,19 @@ fn prune_waits_for_another_hosts_writer() {
     // New data, so that B writes a pack (and stalls after it, holding its lock).
     let other = tv.tmp.path().join("other");
     std::fs::write(&other, common::noise(5, 1 << 20)).unwrap();
-    let mut writer = gitvault_b(&["chunk", "put", other.to_str().unwrap()])
+    let writer = gitvault_b(&["chunk", "put", other.to_str().unwrap()])
         .env("GITVAULT_TEST_HOOK_STALL", "pack-written")
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let mut lines = BufReader::new(writer.stderr.take().unwrap()).lines();
+    let mut writer = KillOnDrop(writer);
+    let mut lines = BufReader::new(writer.0.stderr.take().unwrap()).lines();
     loop {
         match lines.next() {
             Some(Ok(line)) if line.contains("gitvault-test-hook: pack-written") => break,
             Some(Ok(_)) => continue,
-            _ => panic!("host B's writer ended early: {:?}", writer.wait()),
+            _ => panic!("host B's writer ended early: {:?}", writer.0.wait()),
         }
     }
 
@@ -358,8 +370,8 @@ fn prune_waits_for_another_hosts_writer() {
     let refused =
         prune(&vault, &keys, &options).expect_err("prune must wait for the other host's writer");
     assert!(refused.to_string().contains("chunk put"), "{refused}");
-    writer.kill().unwrap();
-    writer.wait().unwrap();
+    writer.0.kill().unwrap();
+    writer.0.wait().unwrap();
     prune(&vault, &keys, &options).unwrap();
     assert_eq!(lock_objects(&vault), 1, "only B's abandoned lock is left");
 }
