@@ -177,14 +177,17 @@ pub(crate) fn name_content(item: &mut Value, path: String) {
     }
 }
 
+/// The URL of a repository's wiki: GitHub, Gitea and GitLab keep it beside the repository.
+pub(crate) fn wiki_url(clone_url: &str) -> String {
+    let base = clone_url.strip_suffix(".git").unwrap_or(clone_url);
+    format!("{base}.wiki.git")
+}
+
 /// A repository as GitHub and Gitea describe it.
 pub(crate) fn github_like_repo(v: &Value) -> Option<RepoInfo> {
     let full_name = str_field(v, "full_name")?;
     let clone_url = str_field(v, "clone_url")?;
-    let wiki_url = bool_field(v, "has_wiki").then(|| {
-        let base = clone_url.strip_suffix(".git").unwrap_or(&clone_url);
-        format!("{base}.wiki.git")
-    });
+    let wiki_url = bool_field(v, "has_wiki").then(|| wiki_url(&clone_url));
     Some(RepoInfo {
         short_name: str_field(v, "name").unwrap_or_else(|| full_name.clone()),
         full_name,

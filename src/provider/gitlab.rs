@@ -110,10 +110,8 @@ fn repo_info(v: &Value) -> Option<RepoInfo> {
     let clone_url = str_field(v, "http_url_to_repo")?;
     // Enabled is not created: a wiki nobody wrote has no repository (backup reports it as
     // skipped).
-    let wiki_url = feature_enabled(v, "wiki_access_level", Some("wiki_enabled")).then(|| {
-        let base = clone_url.strip_suffix(".git").unwrap_or(&clone_url);
-        format!("{base}.wiki.git")
-    });
+    let wiki_url = feature_enabled(v, "wiki_access_level", Some("wiki_enabled"))
+        .then(|| common::wiki_url(&clone_url));
     Some(RepoInfo {
         short_name: str_field(v, "path").unwrap_or_else(|| full_name.clone()),
         full_name,
