@@ -118,6 +118,22 @@ impl RefSet {
     }
 }
 
+/// The entries of a map of fixed-size entries after a version byte (the object map and the
+/// LFS map). The error is the caller's own words: `empty` for no bytes at all, `bad` for
+/// another version or a length that is not a whole number of entries.
+pub(crate) fn map_entries<'a>(
+    bytes: &'a [u8],
+    version: u8,
+    entry_len: usize,
+    [empty, bad]: [&'static str; 2],
+) -> Result<std::slice::ChunksExact<'a, u8>, &'static str> {
+    let (found, body) = bytes.split_first().ok_or(empty)?;
+    if *found != version || body.len() % entry_len != 0 {
+        return Err(bad);
+    }
+    Ok(body.chunks_exact(entry_len))
+}
+
 /// Declares a `#[repr(u8)]` enum with explicit discriminants and its `from_u8`, so that the
 /// variant list that stored bytes are read back by is the one the enum is declared with and
 /// cannot drift from it when a variant is added.
