@@ -143,29 +143,25 @@ impl AuthKey {
     }
 }
 
-impl Drop for AuthKey {
-    fn drop(&mut self) {
-        self.0.zeroize();
-    }
+/// Key material: zeroed when dropped, and never printed, so that neither a freed page nor a
+/// `{:?}` in a log or panic message shows the key.
+macro_rules! secret_key {
+    ($($key:ident),+) => {$(
+        impl Drop for $key {
+            fn drop(&mut self) {
+                self.0.zeroize();
+            }
+        }
+
+        impl fmt::Debug for $key {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(concat!(stringify!($key), "(<redacted>)"))
+            }
+        }
+    )+};
 }
 
-impl fmt::Debug for AuthKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("AuthKey(<redacted>)")
-    }
-}
-
-impl Drop for IdKey {
-    fn drop(&mut self) {
-        self.0.zeroize();
-    }
-}
-
-impl fmt::Debug for IdKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("IdKey(<redacted>)")
-    }
-}
+secret_key!(AuthKey, IdKey);
 
 /// The vault's secret material: the identity that decrypts packs and the id key.
 pub struct VaultKeys {

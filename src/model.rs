@@ -118,27 +118,63 @@ impl RefSet {
     }
 }
 
-/// Git object types as stored in the index and object maps (git's own numbering).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-#[repr(u8)]
-pub enum ObjectKind {
-    Commit = 1,
-    Tree = 2,
-    Blob = 3,
-    Tag = 4,
+/// The entries of a map of fixed-size entries after a version byte (the object map and the
+/// LFS map). The error is the caller's own words: `empty` for no bytes at all, `bad` for
+/// another version or a length that is not a whole number of entries.
+pub(crate) fn map_entries<'a>(
+    bytes: &'a [u8],
+    version: u8,
+    entry_len: usize,
+    [empty, bad]: [&'static str; 2],
+) -> Result<std::slice::ChunksExact<'a, u8>, &'static str> {
+    let (found, body) = bytes.split_first().ok_or(empty)?;
+    if *found != version || body.len() % entry_len != 0 {
+        return Err(bad);
+    }
+    Ok(body.chunks_exact(entry_len))
+}
+
+/// Declares a `#[repr(u8)]` enum with explicit discriminants and its `from_u8`, so that the
+/// variant list that stored bytes are read back by is the one the enum is declared with and
+/// cannot drift from it when a variant is added.
+macro_rules! u8_enum {
+    (
+        $(#[$attr:meta])*
+        $vis:vis enum $name:ident, $fvis:vis fn from_u8 {
+            $($(#[$vattr:meta])* $variant:ident = $value:literal,)+
+        }
+    ) => {
+        $(#[$attr])*
+        #[repr(u8)]
+        $vis enum $name {
+            $($(#[$vattr])* $variant = $value,)+
+        }
+
+        impl $name {
+            /// The variant whose stored byte is `v`; `None` for a byte no variant has.
+            $fvis fn from_u8(v: u8) -> Option<$name> {
+                match v {
+                    $($value => Some($name::$variant),)+
+                    _ => None,
+                }
+            }
+        }
+    };
+}
+pub(crate) use u8_enum;
+
+u8_enum! {
+    /// Git object types as stored in the index and object maps (git's own numbering).
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+    pub enum ObjectKind, pub fn from_u8 {
+        Commit = 1,
+        Tree = 2,
+        Blob = 3,
+        Tag = 4,
+    }
 }
 
 impl ObjectKind {
-    pub fn from_u8(v: u8) -> Option<ObjectKind> {
-        match v {
-            1 => Some(ObjectKind::Commit),
-            2 => Some(ObjectKind::Tree),
-            3 => Some(ObjectKind::Blob),
-            4 => Some(ObjectKind::Tag),
-            _ => None,
-        }
-    }
-
     pub fn name(self) -> &'static str {
         match self {
             ObjectKind::Commit => "commit",

@@ -28,3 +28,22 @@ impl Progress for Silent {
     fn advance(&self, _: &str, _: u64) {}
     fn done(&self, _: &str) {}
 }
+
+/// Tells `progress` that `name` is done when dropped, so that an operation's display goes
+/// however it ends: with its result, with an error returned by `?`, or with a panic.
+pub struct Job<'a> {
+    progress: &'a dyn Progress,
+    name: &'a str,
+}
+
+impl<'a> Job<'a> {
+    pub fn new(progress: &'a dyn Progress, name: &'a str) -> Job<'a> {
+        Job { progress, name }
+    }
+}
+
+impl Drop for Job<'_> {
+    fn drop(&mut self) {
+        self.progress.done(self.name);
+    }
+}

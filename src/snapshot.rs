@@ -9,6 +9,7 @@ use chrono::{DateTime, NaiveDate, TimeZone, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::crypto::ChunkId;
+use crate::model::map_entries;
 pub use crate::model::{DamagedRefSet, Head, ObjectEntry, ObjectKind, Oid, RefSet};
 
 #[derive(Debug, thiserror::Error)]
@@ -117,13 +118,10 @@ pub fn push_object_entry(out: &mut Vec<u8>, e: &ObjectEntry) {
 }
 
 pub fn decode_object_map(bytes: &[u8]) -> Result<Vec<ObjectEntry>, SnapshotError> {
-    let (version, body) = bytes
-        .split_first()
-        .ok_or_else(|| SnapshotError::Damaged("empty object map".into()))?;
-    if *version != OBJECT_MAP_VERSION || body.len() % OBJECT_ENTRY_LEN != 0 {
-        return Err(SnapshotError::Damaged("bad object map".into()));
-    }
-    body.chunks_exact(OBJECT_ENTRY_LEN)
+    let words = ["empty object map", "bad object map"];
+    let entries = map_entries(bytes, OBJECT_MAP_VERSION, OBJECT_ENTRY_LEN, words)
+        .map_err(|e| SnapshotError::Damaged(e.into()))?;
+    entries
         .map(|e| {
             let kind = ObjectKind::from_u8(e[20])
                 .ok_or_else(|| SnapshotError::Damaged("bad object kind".into()))?;

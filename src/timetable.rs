@@ -128,16 +128,20 @@ mod tests {
             .unwrap_or_else(|e| panic!("{text}: {e}"))
     }
 
+    /// When `cron` runs next after the time `after`.
+    fn next(cron: &str, after: &str) -> Option<DateTime<Utc>> {
+        let table = Timetable::parse(cron).unwrap_or_else(|e| panic!("{cron}: {e}"));
+        table.next_after(at(after))
+    }
+
     #[test]
     fn five_fields_run_at_second_zero_and_seconds_are_allowed() {
-        let nightly = Timetable::parse("30 2 * * *").unwrap();
         assert_eq!(
-            nightly.next_after(at("2026-12-04T10:00:00Z")),
+            next("30 2 * * *", "2026-12-04T10:00:00Z"),
             Some(at("2026-12-05T02:30:00Z"))
         );
-        let every_second = Timetable::parse("* * * * * *").unwrap();
         assert_eq!(
-            every_second.next_after(at("2026-12-04T10:00:00Z")),
+            next("* * * * * *", "2026-12-04T10:00:00Z"),
             Some(at("2026-12-04T10:00:01Z"))
         );
         assert!(Timetable::parse("every night").is_err());
@@ -155,14 +159,12 @@ mod tests {
         assert_eq!(crontab_weekdays("MON-FRI"), "MON-FRI");
         assert_eq!(crontab_weekdays("0,3"), "1,4");
         // 2026-12-06 is a Sunday.
-        let sundays = Timetable::parse("0 4 * * 0").unwrap();
         assert_eq!(
-            sundays.next_after(at("2026-12-04T10:00:00Z")),
+            next("0 4 * * 0", "2026-12-04T10:00:00Z"),
             Some(at("2026-12-06T04:00:00Z"))
         );
-        let weekdays = Timetable::parse("0 4 * * 1-5").unwrap();
         assert_eq!(
-            weekdays.next_after(at("2026-12-05T10:00:00Z")),
+            next("0 4 * * 1-5", "2026-12-05T10:00:00Z"),
             Some(at("2026-12-07T04:00:00Z"))
         );
     }

@@ -88,6 +88,37 @@ pub struct BackupRequest {
     pub credentials: Option<Credentials>,
 }
 
+/// The configured sources whose names are in `names`; every configured source when `names`
+/// is `None`. The CLI and the daemon's jobs pick what to back up the same way.
+pub fn sources_named(
+    configured: &[crate::provider::SourceConfig],
+    names: Option<&[String]>,
+) -> Vec<crate::provider::SourceConfig> {
+    match names {
+        None => configured.to_vec(),
+        Some(names) => configured
+            .iter()
+            .filter(|s| names.contains(&s.name))
+            .cloned()
+            .collect(),
+    }
+}
+
+/// One request per URL, named `name`, each with the credentials the environment gives.
+pub fn url_requests<'a>(
+    urls: impl IntoIterator<Item = &'a String>,
+    name: Option<&str>,
+) -> Vec<BackupRequest> {
+    let credentials = Credentials::from_environment();
+    urls.into_iter()
+        .map(|url| BackupRequest {
+            url: url.clone(),
+            name: name.map(str::to_string),
+            credentials: credentials.clone(),
+        })
+        .collect()
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum RepoStatus {

@@ -274,31 +274,16 @@ fn what_to_back_up(
     args: &BackupArgs,
 ) -> Result<(Vec<gitvault::provider::SourceConfig>, Vec<BackupRequest>)> {
     let configured = &vault.config().sources;
-    let sources: Vec<_> = if args.urls.is_empty() {
-        if configured.is_empty() {
-            bail!(
-                "nothing to back up: give URLs or paths, or add a source with `gitvault source add`"
-            );
-        }
-        configured.clone()
-    } else {
-        configured
-            .iter()
-            .filter(|s| args.urls.contains(&s.name))
-            .cloned()
-            .collect()
-    };
-    let credentials = Credentials::from_environment();
-    let requests = args
+    if args.urls.is_empty() && configured.is_empty() {
+        bail!("nothing to back up: give URLs or paths, or add a source with `gitvault source add`");
+    }
+    let names = (!args.urls.is_empty()).then_some(args.urls.as_slice());
+    let sources = backup::sources_named(configured, names);
+    let urls = args
         .urls
         .iter()
-        .filter(|u| !sources.iter().any(|s| &s.name == *u))
-        .map(|url| BackupRequest {
-            url: url.clone(),
-            name: args.name.clone(),
-            credentials: credentials.clone(),
-        })
-        .collect();
+        .filter(|u| !sources.iter().any(|s| &s.name == *u));
+    let requests = backup::url_requests(urls, args.name.as_deref());
     Ok((sources, requests))
 }
 

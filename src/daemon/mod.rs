@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 
-use crate::backup::{self, BackupRequest, BackupRun, RunOutcome};
+use crate::backup::{self, BackupRun, RunOutcome};
 use crate::crypto::VaultKeys;
 use crate::notify::{Ending, Notifier, NotifyError, error_text};
 use crate::timetable::{Timetable, TimetableError, jitter};
@@ -378,29 +378,13 @@ fn run_kind(ctx: &Context<'_>, job: &JobConfig) -> Result<(i32, Option<BackupRun
 /// stopped early by the daemon's stop flag.
 fn backup_job(vault: &Vault, ctx: &Context<'_>, job: &JobConfig) -> Result<BackupRun, String> {
     let text = |e: &dyn std::error::Error| error_text(e);
-    let configured = &vault.config().sources;
-    let sources: Vec<_> = if job.sources.is_empty() && job.urls.is_empty() {
-        configured.clone()
-    } else {
-        configured
-            .iter()
-            .filter(|s| job.sources.contains(&s.name))
-            .cloned()
-            .collect()
-    };
+    let everything = job.sources.is_empty() && job.urls.is_empty();
+    let names = (!everything).then_some(job.sources.as_slice());
+    let sources = backup::sources_named(&vault.config().sources, names);
     if sources.is_empty() && job.urls.is_empty() {
         return Err("nothing to back up: the job names no URL and no source is configured".into());
     }
-    let credentials = crate::git::Credentials::from_environment();
-    let requests: Vec<_> = job
-        .urls
-        .iter()
-        .map(|url| BackupRequest {
-            url: url.clone(),
-            name: None,
-            credentials: credentials.clone(),
-        })
-        .collect();
+    let requests = backup::url_requests(&job.urls, None);
     let lock = vault.lock().map_err(|e| text(&e))?;
     let options = backup::Options {
         jobs: job.jobs.unwrap_or(backup::DEFAULT_JOBS),

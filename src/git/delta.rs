@@ -563,43 +563,27 @@ mod tests {
             Err(DeltaError::BadHeader),
             "an endless varint"
         );
-        assert!(matches!(
-            apply_delta(base, &[11, 4, 0x91, 2, 4]),
-            Err(DeltaError::BaseSizeMismatch { .. })
-        ));
-        assert!(matches!(
-            apply_delta(base, &[10, 4, 0x91, 2]),
-            Err(DeltaError::Truncated { .. })
-        ));
-        assert!(matches!(
-            apply_delta(base, &[10, 4, 0x91, 8, 4]),
-            Err(DeltaError::CopyOutOfRange { .. })
-        ));
-        assert!(matches!(
-            apply_delta(base, &[10, 4, 0x91, 0xff, 0xff]),
-            Err(DeltaError::CopyOutOfRange { .. })
-        ));
-        assert!(matches!(
-            apply_delta(base, &[10, 3, 0x91, 2, 4]),
-            Err(DeltaError::ResultOverflow { .. })
-        ));
-        assert!(matches!(
-            apply_delta(base, &[10, 5, 0x91, 2, 4]),
-            Err(DeltaError::ResultSizeMismatch { .. })
-        ));
-        assert!(matches!(
-            apply_delta(base, &[10, 4, 0]),
-            Err(DeltaError::ReservedOpcode { .. })
-        ));
-        assert!(matches!(
-            apply_delta(base, &[10, 4, 5, b'a']),
-            Err(DeltaError::Truncated { .. })
-        ));
+        // Each hostile delta is refused with the error that names what is wrong with it.
+        macro_rules! refused {
+            ($delta:expr, $error:ident) => {
+                assert!(
+                    matches!(apply_delta(base, &$delta), Err(DeltaError::$error { .. })),
+                    "{:?} should be refused as {}",
+                    $delta,
+                    stringify!($error)
+                )
+            };
+        }
+        refused!([11, 4, 0x91, 2, 4], BaseSizeMismatch);
+        refused!([10, 4, 0x91, 2], Truncated);
+        refused!([10, 4, 0x91, 8, 4], CopyOutOfRange);
+        refused!([10, 4, 0x91, 0xff, 0xff], CopyOutOfRange);
+        refused!([10, 3, 0x91, 2, 4], ResultOverflow);
+        refused!([10, 5, 0x91, 2, 4], ResultSizeMismatch);
+        refused!([10, 4, 0], ReservedOpcode);
+        refused!([10, 4, 5, b'a'], Truncated);
         // A huge declared size allocates nothing by itself.
         let huge = [10, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f];
-        assert!(matches!(
-            apply_delta(base, &huge),
-            Err(DeltaError::ResultSizeMismatch { .. })
-        ));
+        refused!(huge, ResultSizeMismatch);
     }
 }

@@ -129,46 +129,46 @@ fn to_refset(remote_refs: &[Ref]) -> RefSet {
     let mut set = RefSet::default();
     let oid = |id: &gix::ObjectId| Oid::from_slice(id.as_slice()).unwrap_or(Oid([0; 20]));
     for r in remote_refs {
-        match r {
+        // Each ref gives its name, what HEAD is if it is HEAD, and the object a mirror keeps
+        // under its name (symbolic refs other than HEAD as the object they point at).
+        let (name, head, object) = match r {
             Ref::Direct {
                 full_ref_name,
                 object,
-            } => {
-                if full_ref_name == "HEAD" {
-                    set.head = Some(Head::Detached(object.to_string()));
-                } else {
-                    set.refs.insert(full_ref_name.to_string(), oid(object));
-                }
-            }
+            } => (
+                full_ref_name,
+                Some(Head::Detached(object.to_string())),
+                Some(object),
+            ),
             Ref::Peeled {
                 full_ref_name, tag, ..
-            } => {
-                set.refs.insert(full_ref_name.to_string(), oid(tag));
-            }
+            } => (full_ref_name, None, Some(tag)),
             Ref::Symbolic {
                 full_ref_name,
                 target,
                 tag,
                 object,
-            } => {
-                if full_ref_name == "HEAD" {
-                    set.head = Some(Head::Symbolic(target.to_string()));
-                } else {
-                    // A mirror keeps symbolic refs other than HEAD as the object they point at.
-                    set.refs.insert(
-                        full_ref_name.to_string(),
-                        oid(tag.as_ref().unwrap_or(object)),
-                    );
-                }
-            }
+            } => (
+                full_ref_name,
+                Some(Head::Symbolic(target.to_string())),
+                Some(tag.as_ref().unwrap_or(object)),
+            ),
             Ref::Unborn {
                 full_ref_name,
                 target,
-            } => {
-                if full_ref_name == "HEAD" {
-                    set.head = Some(Head::Symbolic(target.to_string()));
-                }
+            } => (
+                full_ref_name,
+                Some(Head::Symbolic(target.to_string())),
+                None,
+            ),
+        };
+        match (head, object) {
+            (Some(head), _) if name == "HEAD" => set.head = Some(head),
+            (_, Some(object)) => {
+                set.refs.insert(name.to_string(), oid(object));
             }
+            // An unborn ref other than HEAD has nothing to keep.
+            (_, None) => {}
         }
     }
     set

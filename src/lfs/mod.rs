@@ -21,8 +21,8 @@ use sha2::{Digest, Sha256};
 
 use crate::crypto::ChunkId;
 use crate::git::{BoundCredentials, Credentials};
-use crate::model::Oid;
 pub use crate::model::{LfsEntry, MISSING, Pointer};
+use crate::model::{Oid, map_entries};
 use crate::redact::RedactedUrl;
 
 mod batch;
@@ -105,14 +105,10 @@ pub fn encode_map(entries: &[LfsEntry]) -> Vec<u8> {
 }
 
 pub fn decode_map(bytes: &[u8]) -> Result<Vec<LfsEntry>, LfsError> {
-    let (version, body) = bytes
-        .split_first()
-        .ok_or_else(|| LfsError::BadMap("empty".into()))?;
-    if *version != LFS_MAP_VERSION || body.len() % LFS_ENTRY_LEN != 0 {
-        return Err(LfsError::BadMap("unknown version or length".into()));
-    }
-    Ok(body
-        .chunks_exact(LFS_ENTRY_LEN)
+    let words = ["empty", "unknown version or length"];
+    let entries = map_entries(bytes, LFS_MAP_VERSION, LFS_ENTRY_LEN, words)
+        .map_err(|e| LfsError::BadMap(e.into()))?;
+    Ok(entries
         .map(|e| {
             let mut blob = [0u8; 20];
             blob.copy_from_slice(&e[..20]);

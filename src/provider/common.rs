@@ -5,7 +5,8 @@
 
 use std::collections::HashSet;
 
-use serde_json::Value;
+use age::secrecy::SecretString;
+use serde_json::{Value, json};
 
 use super::http::{ApiClient, Auth, Cache};
 use super::{Export, Listing, MetadataMap, MetadataSink, ProviderError, RepoInfo, SourceConfig};
@@ -32,6 +33,53 @@ pub(crate) fn connect<'i>(
 ) -> Result<ApiClient<'i>, ProviderError> {
     let base = api_base(source, default);
     ApiClient::new(&base, auth, accept, headers, cache, &source.http)
+}
+
+/// The API client, owner and token of a source whose token `auth` turns into the API's
+/// authorization (Gitea and GitLab differ only in that).
+pub(crate) fn token_client<'i>(
+    source: &SourceConfig,
+    cache: Cache<'i>,
+    default: &str,
+    auth: impl Fn(&SecretString) -> Auth,
+) -> Result<(ApiClient<'i>, String, Option<SecretString>), ProviderError> {
+    let token = source.token()?;
+    let auth = token.as_ref().map(auth);
+    let api = connect(source, cache, default, auth, "application/json", vec![])?;
+    Ok((api, source.owner.clone(), token))
+}
+
+/// A pull request's own parts: the pull request, its reviews and the comments of its reviews.
+pub(crate) type PullParts = (Value, Vec<Value>, Vec<Value>);
+
+/// One issue with its comments, or one pull request with its comments, reviews and review
+/// comments, as GitHub and Gitea store them. `comments` is asked only when the item may have
+/// some (a count of 0 spares the request), `pull` only for a pull request.
+pub(crate) fn issue_document<P: ?Sized>(
+    provider: &mut P,
+    number: u64,
+    item: &Value,
+    is_pull: bool,
+    comments: impl FnOnce(&mut P) -> Result<Vec<Value>, ProviderError>,
+    pull: impl FnOnce(&mut P) -> Result<PullParts, ProviderError>,
+) -> Result<(String, Value), ProviderError> {
+    let may_have_comments = item.get("comments").and_then(Value::as_u64).unwrap_or(1) > 0;
+    let comments = if may_have_comments {
+        comments(provider)?
+    } else {
+        Vec::new()
+    };
+    if !is_pull {
+        return Ok((
+            format!("issues/{number}.json"),
+            json!({ "issue": item, "comments": comments }),
+        ));
+    }
+    let (pull, reviews, review_comments) = pull(provider)?;
+    Ok((
+        format!("pulls/{number}.json"),
+        json!({ "pull_request": pull, "comments": comments, "reviews": reviews, "review_comments": review_comments }),
+    ))
 }
 
 /// Stores lists kept whole every run (labels, milestones): the full answer of each
@@ -129,14 +177,17 @@ pub(crate) fn name_content(item: &mut Value, path: String) {
     }
 }
 
+/// The URL of a repository's wiki: GitHub, Gitea and GitLab keep it beside the repository.
+pub(crate) fn wiki_url(clone_url: &str) -> String {
+    let base = clone_url.strip_suffix(".git").unwrap_or(clone_url);
+    format!("{base}.wiki.git")
+}
+
 /// A repository as GitHub and Gitea describe it.
 pub(crate) fn github_like_repo(v: &Value) -> Option<RepoInfo> {
     let full_name = str_field(v, "full_name")?;
     let clone_url = str_field(v, "clone_url")?;
-    let wiki_url = bool_field(v, "has_wiki").then(|| {
-        let base = clone_url.strip_suffix(".git").unwrap_or(&clone_url);
-        format!("{base}.wiki.git")
-    });
+    let wiki_url = bool_field(v, "has_wiki").then(|| wiki_url(&clone_url));
     Some(RepoInfo {
         short_name: str_field(v, "name").unwrap_or_else(|| full_name.clone()),
         full_name,

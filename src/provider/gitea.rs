@@ -11,9 +11,9 @@
 
 use age::secrecy::SecretString;
 use chrono::{DateTime, SecondsFormat, Utc};
-use serde_json::{Value, json};
+use serde_json::Value;
 
-use super::common::{self, connect, github_like_repo, listing, put};
+use super::common::{self, PullParts, github_like_repo, listing, put};
 use super::http::{ApiClient, Auth, Cache, RequestStats, same_origin};
 use super::str_field;
 use super::{
@@ -65,10 +65,8 @@ fn or_empty(result: Result<Vec<Value>, ProviderError>) -> Result<Vec<Value>, Pro
 
 impl<'i> Gitea<'i> {
     pub fn new(source: &SourceConfig, cache: Cache<'i>) -> Result<Self, ProviderError> {
-        let token = source.token()?;
-        let auth = token.as_ref().map(|t| Auth::scheme("token", t));
-        let api = connect(source, cache, DEFAULT_API, auth, "application/json", vec![])?;
-        let owner = source.owner.clone();
+        let (api, owner, token) =
+            common::token_client(source, cache, DEFAULT_API, |t| Auth::scheme("token", t))?;
         Ok(Gitea { api, owner, token })
     }
 
@@ -94,26 +92,8 @@ impl<'i> Gitea<'i> {
         self.api.get_all(url).map_err(rate_limit)
     }
 
-    /// One issue with its comments, or one pull request with its comments, reviews and the
-    /// comments of every review.
-    fn issue_document(
-        &mut self,
-        repo: &RepoInfo,
-        number: u64,
-        item: &Value,
-    ) -> Result<(String, Value), ProviderError> {
-        let comments = if item.get("comments").and_then(Value::as_u64).unwrap_or(1) > 0 {
-            self.get_all(&self.repo_url(repo, &format!("/issues/{number}/comments")))?
-        } else {
-            Vec::new()
-        };
-        // Gitea sends `"pull_request": null` for plain issues.
-        if item.get("pull_request").is_none_or(Value::is_null) {
-            return Ok((
-                format!("issues/{number}.json"),
-                json!({ "issue": item, "comments": comments }),
-            ));
-        }
+    /// A pull request's own parts; its review comments are asked review by review.
+    fn pull_parts(&mut self, repo: &RepoInfo, number: u64) -> Result<PullParts, ProviderError> {
         let pull = self.get_json(&self.repo_url(repo, &format!("/pulls/{number}")))?;
         let reviews =
             self.get_all(&self.repo_url(repo, &format!("/pulls/{number}/reviews?limit={PAGE}")))?;
@@ -129,10 +109,7 @@ impl<'i> Gitea<'i> {
                 &self.repo_url(repo, &format!("/pulls/{number}/reviews/{id}/comments")),
             )?);
         }
-        Ok((
-            format!("pulls/{number}.json"),
-            json!({ "pull_request": pull, "comments": comments, "reviews": reviews, "review_comments": review_comments }),
-        ))
+        Ok((pull, reviews, review_comments))
     }
 
     /// Issues and pull requests changed since the newest one held (see
@@ -152,7 +129,19 @@ impl<'i> Gitea<'i> {
             sink,
             utc_seconds,
             |gitea, url| or_empty(gitea.get_all(url)),
-            |gitea, number, item| gitea.issue_document(repo, number, item),
+            |gitea, number, item| {
+                // Gitea sends `"pull_request": null` for plain issues.
+                let is_pull = !item.get("pull_request").is_none_or(Value::is_null);
+                let comments = format!("/issues/{number}/comments");
+                common::issue_document(
+                    gitea,
+                    number,
+                    item,
+                    is_pull,
+                    |g| g.get_all(&g.repo_url(repo, &comments)),
+                    |g| g.pull_parts(repo, number),
+                )
+            },
         )
     }
 
@@ -239,6 +228,7 @@ impl Provider for Gitea<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn times_in_any_zone_become_utc_seconds() {

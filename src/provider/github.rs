@@ -13,7 +13,8 @@ use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 
 use super::common::{
-    connect, export_issues_since, export_releases, github_like_repo, listing, put, put_lists,
+    self, PullParts, connect, export_issues_since, export_releases, github_like_repo, listing, put,
+    put_lists,
 };
 use super::http::{ApiClient, Auth, Cache, RequestStats};
 use super::str_field;
@@ -180,26 +181,8 @@ impl<'i> GitHub<'i> {
 }
 
 impl GitHub<'_> {
-    /// One issue with its comments, or one pull request with its comments, reviews and review
-    /// comments.
-    fn issue_document(
-        &mut self,
-        repo: &RepoInfo,
-        number: u64,
-        item: &Value,
-    ) -> Result<(String, Value), ProviderError> {
-        let comments = if item.get("comments").and_then(Value::as_u64).unwrap_or(1) > 0 {
-            self.api
-                .get_all(&self.repo_url(repo, &format!("/issues/{number}/comments?per_page=100")))?
-        } else {
-            Vec::new()
-        };
-        if item.get("pull_request").is_none() {
-            return Ok((
-                format!("issues/{number}.json"),
-                json!({ "issue": item, "comments": comments }),
-            ));
-        }
+    /// A pull request's own parts.
+    fn pull_parts(&mut self, repo: &RepoInfo, number: u64) -> Result<PullParts, ProviderError> {
         let pull = self
             .api
             .get_json(&self.repo_url(repo, &format!("/pulls/{number}")))?;
@@ -209,10 +192,7 @@ impl GitHub<'_> {
         let review_comments = self
             .api
             .get_all(&self.repo_url(repo, &format!("/pulls/{number}/comments?per_page=100")))?;
-        Ok((
-            format!("pulls/{number}.json"),
-            json!({ "pull_request": pull, "comments": comments, "reviews": reviews, "review_comments": review_comments }),
-        ))
+        Ok((pull, reviews, review_comments))
     }
 }
 
@@ -305,7 +285,18 @@ impl Provider for GitHub<'_> {
             out.sink,
             |t| Some(t.to_string()),
             |github, url| github.api.get_all(url),
-            |github, number, item| github.issue_document(repo, number, item),
+            |github, number, item| {
+                let is_pull = item.get("pull_request").is_some();
+                let comments = format!("/issues/{number}/comments?per_page=100");
+                common::issue_document(
+                    github,
+                    number,
+                    item,
+                    is_pull,
+                    |g| g.api.get_all(&g.repo_url(repo, &comments)),
+                    |g| g.pull_parts(repo, number),
+                )
+            },
         )?;
 
         let releases = self

@@ -18,7 +18,7 @@ use age::secrecy::SecretString;
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 
-use super::common::{connect, listing, put, put_lists};
+use super::common::{self, listing, put, put_lists};
 use super::http::{ApiClient, Auth, Cache, RequestStats, shown};
 use super::{
     Export, Listing, MetadataMap, MetadataSink, Provider, ProviderError, RepoInfo, SourceConfig,
@@ -110,10 +110,8 @@ fn repo_info(v: &Value) -> Option<RepoInfo> {
     let clone_url = str_field(v, "http_url_to_repo")?;
     // Enabled is not created: a wiki nobody wrote has no repository (backup reports it as
     // skipped).
-    let wiki_url = feature_enabled(v, "wiki_access_level", Some("wiki_enabled")).then(|| {
-        let base = clone_url.strip_suffix(".git").unwrap_or(&clone_url);
-        format!("{base}.wiki.git")
-    });
+    let wiki_url = feature_enabled(v, "wiki_access_level", Some("wiki_enabled"))
+        .then(|| common::wiki_url(&clone_url));
     Some(RepoInfo {
         short_name: str_field(v, "path").unwrap_or_else(|| full_name.clone()),
         full_name,
@@ -130,10 +128,9 @@ fn repo_info(v: &Value) -> Option<RepoInfo> {
 
 impl<'i> GitLab<'i> {
     pub fn new(source: &SourceConfig, cache: Cache<'i>) -> Result<Self, ProviderError> {
-        let token = source.token()?;
-        let auth = token.as_ref().map(|t| Auth::header("PRIVATE-TOKEN", t));
-        let api = connect(source, cache, DEFAULT_API, auth, "application/json", vec![])?;
-        let owner = source.owner.clone();
+        let (api, owner, token) = common::token_client(source, cache, DEFAULT_API, |t| {
+            Auth::header("PRIVATE-TOKEN", t)
+        })?;
         Ok(GitLab { api, owner, token })
     }
 

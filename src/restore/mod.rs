@@ -21,7 +21,7 @@ use serde::Serialize;
 use crate::crypto::VaultKeys;
 use crate::git::{self, GitError};
 use crate::index::{IndexError, SnapshotRow};
-use crate::progress::{Progress, Silent, Unit};
+use crate::progress::{self, Progress, Silent, Unit};
 use crate::snapshot::{self, Manifest, Oid, RefSet};
 use crate::store::{ChunkReader, StoreError};
 use crate::vault::Vault;
@@ -209,18 +209,7 @@ pub fn restore_snapshot_watched(
     to: &Path,
     progress: &dyn Progress,
 ) -> Result<RestoreReport, RestoreError> {
-    let result = restore_to(vault, keys, row, to, progress);
-    progress.done(&row.repo);
-    result
-}
-
-fn restore_to(
-    vault: &Vault,
-    keys: &VaultKeys,
-    row: &SnapshotRow,
-    to: &Path,
-    progress: &dyn Progress,
-) -> Result<RestoreReport, RestoreError> {
+    let _job = progress::Job::new(progress, &row.repo);
     check_destination(to)?;
     let store = vault.reader(keys).sequential();
     let (manifest, refs) = load_snapshot(&store, row)?;

@@ -16,49 +16,22 @@ use crate::crypto::ChunkId;
 use crate::index::IndexError;
 use pack::{Compression, PackError};
 
-/// What a chunk holds. The store only interprets `ChunkList`; the rest is a hint for grouping
-/// and for rebuilding the index from packs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(u8)]
-pub enum ChunkKind {
-    Data = 0,
-    ChunkList = 1,
-    GitCommit = 2,
-    GitTree = 3,
-    GitBlob = 4,
-    GitTag = 5,
-    LfsObject = 6,
-    Manifest = 7,
-    ObjectMap = 8,
-    Metadata = 9,
-    RefSet = 10,
-    /// Written by prune: forgotten manifests (recover skips them) and the object map of live
-    /// objects whose adding snapshots were forgotten. The newest one wins.
-    PruneRecord = 11,
-    /// A snapshot's LFS map (src/lfs.rs).
-    LfsMap = 12,
-}
-
-impl ChunkKind {
-    pub(crate) fn from_u8(v: u8) -> Option<ChunkKind> {
-        use ChunkKind::*;
-        [
-            Data,
-            ChunkList,
-            GitCommit,
-            GitTree,
-            GitBlob,
-            GitTag,
-            LfsObject,
-            Manifest,
-            ObjectMap,
-            Metadata,
-            RefSet,
-            PruneRecord,
-            LfsMap,
-        ]
-        .into_iter()
-        .find(|k| *k as u8 == v)
+crate::model::u8_enum! {
+    /// What a chunk holds. The store only interprets `ChunkList`; the rest is a hint for
+    /// grouping and for rebuilding the index from packs.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum ChunkKind, pub(crate) fn from_u8 {
+        // Grouped by what writes them (rustfmt leaves a macro's body as written): the chunker,
+        // the git object walk, LFS, and the parts of a snapshot.
+        Data = 0, ChunkList = 1,
+        GitCommit = 2, GitTree = 3, GitBlob = 4, GitTag = 5,
+        LfsObject = 6,
+        Manifest = 7, ObjectMap = 8, Metadata = 9, RefSet = 10,
+        /// Written by prune: forgotten manifests (recover skips them) and the object map of
+        /// live objects whose adding snapshots were forgotten. The newest one wins.
+        PruneRecord = 11,
+        /// A snapshot's LFS map (src/lfs.rs).
+        LfsMap = 12,
     }
 }
 

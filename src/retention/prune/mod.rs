@@ -29,7 +29,7 @@ use serde::Serialize;
 
 use crate::crypto::VaultKeys;
 use crate::index::{Index, IndexError, PackRow, SnapshotRow};
-use crate::progress::{Progress, Silent, Unit};
+use crate::progress::{self, Progress, Silent, Unit};
 use crate::store::StoreError;
 use crate::vault::target_lock::{LockKind, LockTiming};
 use crate::vault::{Vault, VaultError};
@@ -130,6 +130,9 @@ pub struct PruneReport {
 
 pub use crate::snapshot::PruneRecord;
 
+/// The name prune's progress goes under.
+const JOB: &str = "prune";
+
 /// How many small packs make prune regroup them.
 const REGROUP_SMALL_PACKS: usize = 4;
 
@@ -149,20 +152,7 @@ pub fn prune_watched(
     options: &PruneOptions,
     progress: &dyn Progress,
 ) -> Result<PruneReport, PruneError> {
-    let result = phases(vault, keys, options, progress);
-    progress.done(JOB);
-    result
-}
-
-/// The name prune's progress goes under.
-const JOB: &str = "prune";
-
-fn phases(
-    vault: &Vault,
-    keys: &VaultKeys,
-    options: &PruneOptions,
-    progress: &dyn Progress,
-) -> Result<PruneReport, PruneError> {
+    let _job = progress::Job::new(progress, JOB);
     let _only_prune = vault.prune_lease()?;
     let index = vault.index();
     check_index_vouched(index, options)?;

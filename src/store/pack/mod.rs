@@ -104,12 +104,7 @@ impl Footer {
 
     pub fn decode(bytes: &[u8]) -> Result<Footer, PackError> {
         let mut r = ByteReader { bytes, pos: 0 };
-        let frame_count = r.u32()? as usize;
-        if frame_count.saturating_mul(FRAME_LEN) > bytes.len() {
-            return Err(PackError::Corrupt(
-                "footer frame count exceeds footer size".into(),
-            ));
-        }
+        let frame_count = r.count(FRAME_LEN, "frame")?;
         let mut frames = Vec::with_capacity(frame_count);
         for _ in 0..frame_count {
             frames.push(FrameInfo {
@@ -118,12 +113,7 @@ impl Footer {
                 raw_len: r.u32()?,
             });
         }
-        let entry_count = r.u32()? as usize;
-        if entry_count.saturating_mul(ENTRY_LEN) > bytes.len() {
-            return Err(PackError::Corrupt(
-                "footer entry count exceeds footer size".into(),
-            ));
-        }
+        let entry_count = r.count(ENTRY_LEN, "entry")?;
         let mut entries = Vec::with_capacity(entry_count);
         for _ in 0..entry_count {
             let id = ChunkId(r.array::<32>()?);
@@ -168,6 +158,17 @@ impl ByteReader<'_> {
         out.copy_from_slice(&self.bytes[self.pos..end]);
         self.pos = end;
         Ok(out)
+    }
+    /// A count of items `item_len` bytes each, refused when that many could not fit in the
+    /// footer: a forged count must not make the decoder reserve memory for them.
+    fn count(&mut self, item_len: usize, what: &str) -> Result<usize, PackError> {
+        let count = self.u32()? as usize;
+        if count.saturating_mul(item_len) > self.bytes.len() {
+            return Err(PackError::Corrupt(format!(
+                "footer {what} count exceeds footer size"
+            )));
+        }
+        Ok(count)
     }
     fn u32(&mut self) -> Result<u32, PackError> {
         Ok(u32::from_le_bytes(self.array()?))

@@ -78,6 +78,24 @@ impl S3Target {
             .unwrap_or("the AWS S3 endpoint")
     }
 
+    /// A request's answer, with a missing object as `None`: for requests where absence is an
+    /// answer rather than a failure.
+    pub(super) fn unless_missing<T, E>(
+        &self,
+        result: Result<T, SdkError<E>>,
+    ) -> Result<Option<T>, Failure>
+    where
+        E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    {
+        match result {
+            Ok(output) => Ok(Some(output)),
+            Err(err) => match self.classify(err) {
+                Failure::NotFound => Ok(None),
+                other => Err(other),
+            },
+        }
+    }
+
     /// Sorts an SDK error into what the caller can act on, with a message saying what happened.
     pub(super) fn classify<E>(&self, err: SdkError<E>) -> Failure
     where

@@ -148,13 +148,7 @@ impl S3Target {
             .key(full_key)
             .send()
             .await;
-        match result {
-            Ok(output) => Ok(Some(output)),
-            Err(err) => match self.classify(err) {
-                Failure::NotFound => Ok(None),
-                other => Err(other),
-            },
-        }
+        self.unless_missing(result)
     }
 
     async fn modified_async(
@@ -259,13 +253,8 @@ impl S3Target {
             .key(full_key)
             .send()
             .await;
-        match result {
-            Ok(_) => Ok(()),
-            Err(err) => match self.classify(err) {
-                Failure::NotFound => Ok(()),
-                other => Err(other),
-            },
-        }
+        // Deleting what is not there leaves what was asked for.
+        self.unless_missing(result).map(|_| ())
     }
 }
 
