@@ -451,7 +451,7 @@ fn planted_key_files(s3: bool) {
     )
     .map(|_| ())
     .unwrap_err();
-    assert!(started.elapsed() < Duration::from_secs(5));
+    assert!(started.elapsed() < Duration::from_secs(30));
     assert!(err.to_string().contains("heavy"), "{err}");
 }
 

@@ -7,7 +7,7 @@ mod common;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::s3_server::S3Server;
 use common::{TestVault, ok, stderr};
@@ -175,11 +175,12 @@ fn refreshed_locks_live_and_abandoned_ones_expire() {
     let bytes = target.get(&key).unwrap();
     drop(held);
     target.put_if_absent(&key, Body::Bytes(&bytes)).unwrap();
-    let started = Instant::now();
+    // The copy expires at most a ttl (plus a second of rounding) after it was written; past
+    // that, a taker that does not wait at all must get through. No timing is asserted.
+    std::thread::sleep(Duration::from_millis(3_500));
     let lock = vault
-        .lock_targets(&keys, LockKind::Shared, "backup", timing(600_000, 10_000))
-        .unwrap();
-    assert!(started.elapsed() < Duration::from_secs(5));
+        .lock_targets(&keys, LockKind::Shared, "backup", quick())
+        .expect("an abandoned lock past its expiry blocks nothing");
     assert!(
         target.get(&key).is_err(),
         "the expired lock was removed by the taker that met it"
