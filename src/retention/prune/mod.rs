@@ -126,6 +126,18 @@ pub struct PruneReport {
     pub packs_unvouched: u64,
     /// Targets the index backup could not be written to; nothing was deleted then.
     pub index_backup_failed: Vec<String>,
+    /// Condemned packs S3 Object Lock still keeps: pending, deleted by a prune after their
+    /// locks run out (docs/OBJECT-LOCK.md).
+    pub packs_locked: u64,
+    pub bytes_locked: u64,
+    /// The earliest date a pending pack's lock runs out.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub locked_until: Option<String>,
+    /// Compaction was due but a locked target does not allow it (`allow_compaction`).
+    pub compaction_skipped_for_locks: bool,
+    /// Lock renewal of what the kept snapshots need, on locked targets.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub locks: Option<crate::vault::LockUpkeep>,
 }
 
 pub use crate::snapshot::PruneRecord;
@@ -170,7 +182,13 @@ pub fn prune_watched(
         Start::regroup_candidates(&small),
     )?;
     crate::hooks::point("prune-marked");
-    let plan = plan::plan(index, &start, &live, &small, options, &mut report)?;
+    let mut plan = plan::plan(index, &start, &live, &small, options, &mut report)?;
+    if !plan.rewrite.is_empty() && !vault.compaction_allowed() {
+        // The packs compaction replaces would stay, locked and paid for, until their locks
+        // run out: storage doubles for the lock period.
+        plan.rewrite.clear();
+        report.compaction_skipped_for_locks = true;
+    }
     if options.dry_run {
         plan::estimate(index, &start, &live, &plan, &mut report)?;
         return Ok(report);
@@ -213,6 +231,11 @@ pub fn prune_watched(
         report.packs_waiting = index.condemned_packs()?.len() as u64;
         report.stored_bytes_after = stored_bytes(index)?;
         return Ok(report);
+    }
+
+    // Locks of what the kept snapshots need are renewed; condemned packs are left to expire.
+    if vault.targets().iter().any(|t| t.lock_policy().is_some()) {
+        report.locks = Some(vault.renew_locks()?);
     }
 
     // 4. Delete.

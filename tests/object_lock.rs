@@ -1,0 +1,285 @@
+//! S3 Object Lock on a target (docs/OBJECT-LOCK.md), against moto's Object Lock: what the
+//! backup host's own credentials cannot delete, prune leaving locked packs pending and deleting
+//! them once their locks run out, renewal of what kept snapshots need, `verify --locks`, and
+//! every earlier guarantee on a locked target. Locks last seconds here (`GITVAULT_LOCK_SECONDS`).
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::{Duration, SystemTime};
+
+use common::s3_server::{RawS3, S3Server};
+use common::{TestVault, git, ok, pack_files, refs_and_head, stderr};
+use serde_json::Value;
+
+/// The lock period of these tests: long enough for a few commands, short enough to wait out.
+const LOCK_SECONDS: u64 = 6;
+
+fn command(tv: &TestVault, args: &[&str]) -> Command {
+    let mut cmd = tv.command(args);
+    cmd.env("GITVAULT_LOCK_SECONDS", LOCK_SECONDS.to_string());
+    cmd
+}
+
+fn run(tv: &TestVault, args: &[&str]) -> Output {
+    command(tv, args).output().unwrap()
+}
+
+fn json(tv: &TestVault, args: &[&str]) -> Value {
+    let mut all = vec!["--json"];
+    all.extend_from_slice(args);
+    serde_json::from_str(&ok(&run(tv, &all))).unwrap()
+}
+
+/// A repository whose every day is an unrelated history, so that forgetting a day leaves its
+/// whole pack dead.
+fn new_day(repo: &Path, day: u32) {
+    if !repo.exists() {
+        std::fs::create_dir_all(repo).unwrap();
+        git(repo, &["init", "-q", "-b", "main"]);
+        git(repo, &["config", "user.email", "t@example.com"]);
+        git(repo, &["config", "user.name", "T"]);
+    } else {
+        git(repo, &["checkout", "-q", "--orphan", &format!("day{day}")]);
+        git(repo, &["rm", "-rqf", "."]);
+    }
+    std::fs::write(
+        repo.join(format!("day{day}.bin")),
+        common::noise(u64::from(day), 300_000),
+    )
+    .unwrap();
+    git(repo, &["add", "."]);
+    git(repo, &["commit", "-qm", &format!("day {day}")]);
+    if day > 1 {
+        git(repo, &["branch", "-qD", "main"]);
+        git(repo, &["branch", "-qm", "main"]);
+    }
+}
+
+fn backup(tv: &TestVault, repo: &Path, day: u32) {
+    let out = command(tv, &["backup", repo.to_str().unwrap(), "--name", "repo"])
+        .env("GITVAULT_NOW", format!("2026-01-{day:02}T12:00:00Z"))
+        .output()
+        .unwrap();
+    ok(&out);
+}
+
+/// Pack keys (`packs/xx/name`) on the vault's local target.
+fn local_packs(tv: &TestVault) -> Vec<String> {
+    let data = tv.data_dir();
+    pack_files(&data)
+        .into_iter()
+        .map(|p| p.strip_prefix(&data).unwrap().to_str().unwrap().to_string())
+        .collect()
+}
+
+fn until(raw: &RawS3, bucket: &str, key: &str) -> SystemTime {
+    let lock = raw
+        .head_lock(bucket, key)
+        .unwrap_or_else(|| panic!("{key} missing"));
+    assert_eq!(lock.mode.as_deref(), Some("COMPLIANCE"), "{key}");
+    lock.until.unwrap_or_else(|| panic!("{key} has no lock"))
+}
+
+fn sleep_until(t: SystemTime) {
+    if let Ok(wait) = t.duration_since(SystemTime::now()) {
+        std::thread::sleep(wait);
+    }
+}
+
+fn restore_matches(tv: &TestVault, to: &Path, want: &str) {
+    ok(&run(tv, &["restore", "repo", "--to", to.to_str().unwrap()]));
+    git(to, &["fsck", "--full", "--strict"]);
+    assert_eq!(refs_and_head(to), want);
+}
+
+#[test]
+fn locked_packs_stay_until_their_locks_run_out_and_live_ones_are_renewed() {
+    let tv = TestVault::new();
+    let moto = S3Server::moto();
+    moto.create_locked_bucket("locked-vault");
+    moto.set_env();
+    let raw = moto.raw_client();
+    let url = moto.url("locked-vault", "gv");
+    ok(&run(
+        &tv,
+        &["target", "add", "s3", &url, "--lock-days", "1"],
+    ));
+    let repo = tv.tmp.path().join("upstream");
+    new_day(&repo, 1);
+    backup(&tv, &repo, 1);
+    let old = local_packs(&tv);
+    new_day(&repo, 2);
+    backup(&tv, &repo, 2);
+    let want = refs_and_head(&repo.join(".git"));
+    let kept: Vec<String> = local_packs(&tv)
+        .into_iter()
+        .filter(|p| !old.contains(p))
+        .collect();
+    assert_eq!(old.len(), 1, "{old:?}");
+    let (doomed, kept) = (format!("gv/{}", old[0]), format!("gv/{}", kept[0]));
+
+    // Everything gitvault wrote is locked; the leases under locks/ are gone for good.
+    let doomed_until = until(&raw, "locked-vault", &doomed);
+    let kept_until = until(&raw, "locked-vault", &kept);
+    until(&raw, "locked-vault", "gv/gitvault.json");
+    assert!(raw.versions("locked-vault", "gv/locks/").is_empty());
+    // The host's own credentials cannot destroy a pack.
+    assert!(raw.destroy("locked-vault", &doomed).is_err());
+    assert_eq!(raw.versions("locked-vault", &doomed).len(), 1);
+
+    // Forgotten, condemned, but locked: pending, nothing deleted, nothing failed.
+    ok(&run(&tv, &["forget", "--keep-last", "1"]));
+    let first = json(&tv, &["prune"]);
+    assert_eq!(first["packs_deleted"], 0, "{first}");
+    assert!(first["packs_locked"].as_u64().unwrap() >= 1, "{first}");
+    assert!(raw.head_lock("locked-vault", &doomed).is_some());
+    assert!(tv.data_dir().join(&old[0]).exists(), "deleted nowhere");
+    let stats = json(&tv, &["stats"]);
+    assert!(
+        stats["pending_deletion_packs"].as_u64().unwrap() >= 1,
+        "{stats}"
+    );
+    assert!(
+        stats["pending_deletion_bytes"].as_u64().unwrap() > 250_000,
+        "{stats}"
+    );
+    assert!(
+        stats["object_lock"]["earliest_live_until"].is_string(),
+        "{stats}"
+    );
+
+    // Past half the period, a prune renews the kept pack's lock and not the doomed one's.
+    sleep_until(kept_until - Duration::from_secs(LOCK_SECONDS / 2) + Duration::from_millis(300));
+    assert!(SystemTime::now() < doomed_until, "the test ran too slowly");
+    let second = json(&tv, &["prune"]);
+    assert!(second["packs_locked"].as_u64().unwrap() >= 1, "{second}");
+    assert!(until(&raw, "locked-vault", &kept) > kept_until, "renewed");
+    assert_eq!(until(&raw, "locked-vault", &doomed), doomed_until);
+
+    // Once its lock has run out, a prune deletes it: every version, on every target.
+    sleep_until(doomed_until + Duration::from_millis(1200));
+    let third = json(&tv, &["prune"]);
+    assert!(third["packs_deleted"].as_u64().unwrap() >= 1, "{third}");
+    assert!(raw.versions("locked-vault", &doomed).is_empty());
+    assert!(!tv.data_dir().join(&old[0]).exists());
+    assert!(raw.head_lock("locked-vault", &kept).is_some());
+    // Only the small prune records that later prunes replaced are still pending.
+    let stats = json(&tv, &["stats"]);
+    assert!(
+        stats["pending_deletion_bytes"].as_u64().unwrap() < 10_000,
+        "{stats}"
+    );
+
+    let report = json(&tv, &["verify", "--full", "--locks"]);
+    assert_eq!(report["ok"], true, "{report}");
+    restore_matches(&tv, &tv.tmp.path().join("restored"), &want);
+}
+
+#[test]
+fn target_add_with_a_lock_needs_a_bucket_with_object_lock() {
+    let tv = TestVault::new();
+    let moto = S3Server::moto();
+    moto.create_bucket("plain-bucket");
+    moto.set_env();
+    let url = moto.url("plain-bucket", "");
+    let out = run(&tv, &["target", "add", "s3", &url, "--lock-days", "7"]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("bucket plain-bucket has no Object Lock configuration"),
+        "{err}"
+    );
+    assert!(err.contains("without --lock-days"), "{err}");
+    assert!(!err.contains(moto.secret_key()), "{err}");
+    let file = format!("file://{}", tv.tmp.path().join("t").display());
+    let out = run(&tv, &["target", "add", "f", &file, "--lock-days", "7"]);
+    assert!(stderr(&out).contains("Object Lock needs an s3:// target"));
+    let list = json(&tv, &["target", "list"]);
+    assert_eq!(list.as_array().unwrap().len(), 1, "nothing added: {list}");
+    // Nothing was written to the plain bucket either.
+    assert!(moto.raw_client().versions("plain-bucket", "").is_empty());
+}
+
+/// sync onto a locked target, verify --full and --locks, recover from it and an exact restore;
+/// then objects whose lock a hostile hand removed or changed are named by `verify --locks`.
+#[test]
+fn a_locked_target_keeps_every_guarantee_and_verify_names_bad_locks() {
+    let tv = TestVault::new();
+    let repo = tv.tmp.path().join("upstream");
+    new_day(&repo, 1);
+    backup(&tv, &repo, 1);
+    let want = refs_and_head(&repo.join(".git"));
+    let moto = S3Server::moto();
+    moto.create_locked_bucket("locked-sync");
+    moto.set_env();
+    let raw = moto.raw_client();
+    let url = moto.url("locked-sync", "");
+    ok(&run(
+        &tv,
+        &["target", "add", "s3", &url, "--lock-days", "1"],
+    ));
+    ok(&run(&tv, &["sync"]));
+    let packs = local_packs(&tv);
+    for key in &packs {
+        until(&raw, "locked-sync", key);
+    }
+    new_day(&repo, 2);
+    backup(&tv, &repo, 2);
+    let want2 = refs_and_head(&repo.join(".git"));
+    assert_ne!(want, want2);
+    let report = json(&tv, &["verify", "--full", "--locks"]);
+    assert_eq!(report["ok"], true, "{report}");
+    assert!(
+        report["locks"]["objects_checked"].as_u64().unwrap() >= 4,
+        "{report}"
+    );
+
+    let into = tv.tmp.path().join("recovered");
+    let out = Command::new(env!("CARGO_BIN_EXE_gitvault"))
+        .args(["--vault", into.to_str().unwrap(), "recover", "--from", &url])
+        .env("GITVAULT_IDENTITY_FILE", &tv.identity_file)
+        .output()
+        .unwrap();
+    ok(&out);
+    let restored = tv.tmp.path().join("from-recovered");
+    let out = Command::new(env!("CARGO_BIN_EXE_gitvault"))
+        .args(["--vault", into.to_str().unwrap(), "restore", "repo", "--to"])
+        .arg(&restored)
+        .env("GITVAULT_IDENTITY_FILE", &tv.identity_file)
+        .output()
+        .unwrap();
+    ok(&out);
+    git(&restored, &["fsck", "--full", "--strict"]);
+    assert_eq!(refs_and_head(&restored), want2);
+
+    // A hostile hand (or a server ignoring the lock headers) leaves a current version
+    // unlocked, or locked in the wrong mode.
+    let unlocked = packs[0].clone();
+    let bytes = std::fs::read(tv.data_dir().join(&unlocked)).unwrap();
+    raw.put("locked-sync", &unlocked, bytes, None);
+    let public = std::fs::read(tv.data_dir().join("gitvault.json")).unwrap();
+    raw.put("locked-sync", "gitvault.json", public, Some("GOVERNANCE"));
+    let out = run(&tv, &["--json", "verify", "--locks"]);
+    assert!(!out.status.success());
+    let report: Value = serde_json::from_str(&common::stdout(&out)).unwrap();
+    let findings = report["locks"]["findings"].as_array().unwrap();
+    let problem = |key: &str| {
+        findings
+            .iter()
+            .find(|f| f["key"] == key)
+            .map(|f| f["problem"].as_str().unwrap().to_string())
+    };
+    assert_eq!(
+        problem(&unlocked).as_deref(),
+        Some("no Object Lock retention"),
+        "{report}"
+    );
+    assert_eq!(
+        problem("gitvault.json").as_deref(),
+        Some("locked in governance mode"),
+        "{report}"
+    );
+    assert_eq!(findings.len(), 2, "{report}");
+}
