@@ -283,3 +283,50 @@ fn a_locked_target_keeps_every_guarantee_and_verify_names_bad_locks() {
     );
     assert_eq!(findings.len(), 2, "{report}");
 }
+
+/// The target itself: single and multipart uploads carry the lock, a lease under `locks/` does
+/// not, a delete is refused while the lock holds and removes every version afterwards.
+#[test]
+fn the_s3_target_locks_uploads_and_refuses_early_deletes() {
+    use gitvault::target::{Body, LockMode, LockPolicy, TargetError, open_locked_target};
+    let moto = S3Server::moto();
+    moto.create_locked_bucket("locked-target");
+    moto.set_env();
+    let raw = moto.raw_client();
+    let policy = LockPolicy {
+        mode: LockMode::Compliance,
+        period: Duration::from_secs(3),
+    };
+    let t = open_locked_target("s3", &moto.url("locked-target", ""), Some(policy)).unwrap();
+    t.put_if_absent("packs/aa/small", Body::Bytes(b"small"))
+        .unwrap();
+    let big = common::noise(3, 17 * 1024 * 1024 + 5);
+    let file = moto.data_dir().parent().unwrap().join("big");
+    std::fs::write(&file, &big).unwrap();
+    t.put_if_absent("packs/bb/big", Body::File(&file)).unwrap();
+    t.put_if_absent("locks/lease", Body::Bytes(b"lease"))
+        .unwrap();
+    let small_until = until(&raw, "locked-target", "packs/aa/small");
+    until(&raw, "locked-target", "packs/bb/big");
+    assert!(
+        t.get("packs/bb/big").unwrap() == big,
+        "multipart round trip"
+    );
+    assert_eq!(
+        raw.head_lock("locked-target", "locks/lease").unwrap().until,
+        None
+    );
+    t.delete("locks/lease").unwrap();
+    assert!(raw.versions("locked-target", "locks/lease").is_empty());
+
+    let refused = t.delete("packs/aa/small").unwrap_err();
+    assert!(
+        matches!(refused, TargetError::Locked { until: Some(_), .. }),
+        "{refused}"
+    );
+    assert_eq!(raw.versions("locked-target", "packs/aa/small").len(), 1);
+    sleep_until(small_until + Duration::from_millis(1200));
+    t.delete("packs/aa/small").unwrap();
+    assert!(raw.versions("locked-target", "packs/aa/small").is_empty());
+    assert_eq!(t.head("packs/aa/small").unwrap(), None);
+}

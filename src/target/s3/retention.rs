@@ -122,6 +122,18 @@ impl S3Target {
         }
         // Only ever later: `needs_renewal` means the lock ends before now + period/2.
         let until = policy.retain_until(now);
+        self.put_retention(policy, full_key, DateTime::from(until))
+            .await?;
+        tracing::debug!(target = %self.name, key = full_key, until = %rfc3339(until), "lock renewed");
+        Ok(Some(until))
+    }
+
+    async fn put_retention(
+        &self,
+        policy: LockPolicy,
+        full_key: &str,
+        until: DateTime,
+    ) -> Result<(), Failure> {
         let mode = match policy.mode {
             LockMode::Compliance => ObjectLockRetentionMode::Compliance,
             LockMode::Governance => ObjectLockRetentionMode::Governance,
@@ -133,14 +145,32 @@ impl S3Target {
             .retention(
                 ObjectLockRetention::builder()
                     .mode(mode)
-                    .retain_until_date(DateTime::from(until))
+                    .retain_until_date(until)
                     .build(),
             )
             .send()
             .await
             .map_err(|e| self.classify(e))?;
-        tracing::debug!(target = %self.name, key = full_key, until = %rfc3339(until), "lock renewed");
-        Ok(Some(until))
+        Ok(())
+    }
+
+    /// After a multipart upload: some servers (moto 5.2) drop the lock headers given when the
+    /// upload started, so the lock is checked and set again where it is missing or shorter.
+    pub(super) async fn ensure_locked(
+        &self,
+        full_key: &str,
+        until: DateTime,
+    ) -> Result<(), Failure> {
+        let Some(policy) = self.lock_for(full_key) else {
+            return Ok(());
+        };
+        let wanted = SystemTime::try_from(until).ok();
+        let found = self.retention_async(full_key).await?.and_then(|r| r.until);
+        if found.is_none() || found < wanted {
+            tracing::debug!(target = %self.name, key = full_key, "the multipart upload came out unlocked; locking it");
+            self.put_retention(policy, full_key, until).await?;
+        }
+        Ok(())
     }
 
     /// Runs `each` over `keys`, `LOCK_BATCH` requests at a time; answers in the keys' order.

@@ -76,11 +76,11 @@ impl S3Target {
             .create_multipart_upload()
             .bucket(&self.config.bucket)
             .key(full_key);
-        if let Some(policy) = self.lock_for(full_key) {
-            let (mode, until) = Self::lock_headers(policy);
+        let lock = self.lock_for(full_key).map(Self::lock_headers);
+        if let Some((mode, until)) = &lock {
             request = request
-                .object_lock_mode(mode)
-                .object_lock_retain_until_date(until);
+                .object_lock_mode(mode.clone())
+                .object_lock_retain_until_date(*until);
         }
         let created = request.send().await.map_err(|e| self.classify(e))?;
         let upload_id = created
@@ -100,6 +100,9 @@ impl S3Target {
                 .upload_id(&upload_id)
                 .send()
                 .await;
+        }
+        if let (Ok(PutOutcome::Created), Some((_, until))) = (&result, lock) {
+            self.ensure_locked(full_key, until).await?;
         }
         result
     }
