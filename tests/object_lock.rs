@@ -330,3 +330,52 @@ fn the_s3_target_locks_uploads_and_refuses_early_deletes() {
     assert!(raw.versions("locked-target", "packs/aa/small").is_empty());
     assert_eq!(t.head("packs/aa/small").unwrap(), None);
 }
+
+/// Compaction would keep the packs it replaces locked (and paid for) for the whole period:
+/// off on a locked target, unless its entry allows it.
+#[test]
+fn compaction_is_off_on_a_locked_target_unless_allowed() {
+    let tv = TestVault::new();
+    let moto = S3Server::moto();
+    moto.create_locked_bucket("locked-compact");
+    moto.set_env();
+    let url = moto.url("locked-compact", "");
+    ok(&run(
+        &tv,
+        &["target", "add", "s3", &url, "--lock-days", "1"],
+    ));
+    let repo = tv.tmp.path().join("upstream");
+    std::fs::create_dir_all(&repo).unwrap();
+    git(&repo, &["init", "-q", "-b", "main"]);
+    git(&repo, &["config", "user.email", "t@example.com"]);
+    git(&repo, &["config", "user.name", "T"]);
+    for day in 1..=4 {
+        std::fs::write(
+            repo.join("log.txt"),
+            format!("day {day}\n").repeat(day as usize),
+        )
+        .unwrap();
+        git(&repo, &["add", "."]);
+        git(&repo, &["commit", "-qm", &format!("day {day}")]);
+        backup(&tv, &repo, day);
+    }
+    let want = refs_and_head(&repo.join(".git"));
+    let refused = json(&tv, &["prune"]);
+    assert_eq!(refused["compaction_skipped_for_locks"], true, "{refused}");
+    assert_eq!(refused["packs_written"], 0, "{refused}");
+
+    let config = tv.dir.join("config.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    let allowed = text.replace(
+        "lock_mode = \"compliance\"",
+        "lock_mode = \"compliance\"\nallow_compaction = true",
+    );
+    assert_ne!(text, allowed);
+    std::fs::write(&config, allowed).unwrap();
+    let done = json(&tv, &["prune"]);
+    assert_eq!(done["compaction_skipped_for_locks"], false, "{done}");
+    assert!(done["packs_compacted"].as_u64().unwrap() >= 4, "{done}");
+    // The replaced packs are condemned but locked: pending, and the vault still restores.
+    assert!(done["packs_locked"].as_u64().unwrap() >= 4, "{done}");
+    restore_matches(&tv, &tv.tmp.path().join("restored"), &want);
+}

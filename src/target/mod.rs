@@ -37,7 +37,7 @@ pub enum TargetError {
     #[error("target {target}: {key} is not a valid object name")]
     BadKey { target: String, key: String },
     /// Object Lock refused a delete: the object stays until its retention date (when known).
-    #[error("target {target}: {key} is under Object Lock{}", until.map(|u| format!(" until {}", rfc3339(u))).unwrap_or_default())]
+    #[error("target {target}: {key} is under Object Lock {}", until.map_or_else(|| "(a version is still locked, or these credentials lack s3:DeleteObjectVersion)".to_string(), |u| format!("until {}", rfc3339(u))))]
     Locked {
         target: String,
         key: String,

@@ -165,6 +165,13 @@ impl TargetConfig {
 
     /// Opens the target this entry describes.
     pub fn open(&self) -> Result<Box<dyn crate::target::Target>, crate::target::TargetError> {
+        if self.lock_days == Some(0) {
+            // A lock of no time would be refused by the server on every upload.
+            return Err(crate::target::TargetError::LockUnsupported {
+                target: self.name.clone(),
+                reason: "lock_days must be at least 1".into(),
+            });
+        }
         crate::target::open_locked_target(&self.name, &self.url, self.lock_policy())
     }
 }
@@ -413,11 +420,6 @@ pub fn check_config(text: &str) -> ConfigCheck {
     for t in &config.targets {
         if let Err(e) = t.open() {
             check.problems.push(format!("target {}: {e}", t.name));
-        }
-        if t.lock_days == Some(0) {
-            check
-                .problems
-                .push(format!("target {}: lock_days must be at least 1", t.name));
         }
         if t.lock_days.is_none() && (t.lock_mode.is_some() || t.allow_compaction) {
             check.problems.push(format!(

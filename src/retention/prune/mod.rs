@@ -223,6 +223,10 @@ pub fn prune_watched(
     crate::hooks::point("prune-recorded");
     decide::apply(index, &start, &live, &condemned, &copies, &mut report)?;
     crate::hooks::point("prune-condemned");
+    // Locks of what the kept snapshots need are renewed; condemned packs are left to expire.
+    if vault.targets().iter().any(|t| t.lock_policy().is_some()) {
+        report.locks = Some(vault.renew_locks()?);
+    }
     // An index backup that no longer needs the condemned packs, before any is deleted: a
     // recover from it never meets a dangling row.
     let failed = crate::vault::index_backup::upload_index_backup(vault, keys, &lock)?;
@@ -231,11 +235,6 @@ pub fn prune_watched(
         report.packs_waiting = index.condemned_packs()?.len() as u64;
         report.stored_bytes_after = stored_bytes(index)?;
         return Ok(report);
-    }
-
-    // Locks of what the kept snapshots need are renewed; condemned packs are left to expire.
-    if vault.targets().iter().any(|t| t.lock_policy().is_some()) {
-        report.locks = Some(vault.renew_locks()?);
     }
 
     // 4. Delete.
