@@ -74,6 +74,18 @@ fn local_packs(tv: &TestVault) -> Vec<String> {
         .collect()
 }
 
+/// A moto server with a bucket that has Object Lock, added to the vault as target `s3` with
+/// `--lock-days 1`; the raw client and the target's URL.
+fn add_locked_target(tv: &TestVault, bucket: &str, prefix: &str) -> (S3Server, RawS3, String) {
+    let moto = S3Server::moto();
+    moto.create_locked_bucket(bucket);
+    moto.set_env();
+    let url = moto.url(bucket, prefix);
+    ok(&run(tv, &["target", "add", "s3", &url, "--lock-days", "1"]));
+    let raw = moto.raw_client();
+    (moto, raw, url)
+}
+
 fn until(raw: &RawS3, bucket: &str, key: &str) -> SystemTime {
     let lock = raw
         .head_lock(bucket, key)
@@ -97,15 +109,7 @@ fn restore_matches(tv: &TestVault, to: &Path, want: &str) {
 #[test]
 fn locked_packs_stay_until_their_locks_run_out_and_live_ones_are_renewed() {
     let tv = TestVault::new();
-    let moto = S3Server::moto();
-    moto.create_locked_bucket("locked-vault");
-    moto.set_env();
-    let raw = moto.raw_client();
-    let url = moto.url("locked-vault", "gv");
-    ok(&run(
-        &tv,
-        &["target", "add", "s3", &url, "--lock-days", "1"],
-    ));
+    let (_moto, raw, _) = add_locked_target(&tv, "locked-vault", "gv");
     let repo = tv.tmp.path().join("upstream");
     new_day(&repo, 1);
     backup(&tv, &repo, 1);
@@ -211,15 +215,7 @@ fn a_locked_target_keeps_every_guarantee_and_verify_names_bad_locks() {
     new_day(&repo, 1);
     backup(&tv, &repo, 1);
     let want = refs_and_head(&repo.join(".git"));
-    let moto = S3Server::moto();
-    moto.create_locked_bucket("locked-sync");
-    moto.set_env();
-    let raw = moto.raw_client();
-    let url = moto.url("locked-sync", "");
-    ok(&run(
-        &tv,
-        &["target", "add", "s3", &url, "--lock-days", "1"],
-    ));
+    let (_moto, raw, url) = add_locked_target(&tv, "locked-sync", "");
     ok(&run(&tv, &["sync"]));
     let packs = local_packs(&tv);
     for key in &packs {
@@ -336,14 +332,7 @@ fn the_s3_target_locks_uploads_and_refuses_early_deletes() {
 #[test]
 fn compaction_is_off_on_a_locked_target_unless_allowed() {
     let tv = TestVault::new();
-    let moto = S3Server::moto();
-    moto.create_locked_bucket("locked-compact");
-    moto.set_env();
-    let url = moto.url("locked-compact", "");
-    ok(&run(
-        &tv,
-        &["target", "add", "s3", &url, "--lock-days", "1"],
-    ));
+    let _moto = add_locked_target(&tv, "locked-compact", "");
     let repo = tv.tmp.path().join("upstream");
     std::fs::create_dir_all(&repo).unwrap();
     git(&repo, &["init", "-q", "-b", "main"]);

@@ -199,13 +199,8 @@ impl S3Server {
         }
     }
 
-    /// An SDK client with this server's credentials, on its own runtime: what someone holding
-    /// the backup host's S3 keys could do, outside gitvault.
-    pub fn raw_client(&self) -> RawS3 {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("a runtime for the raw S3 client");
+    /// An aws-sdk-s3 client with this server's credentials, for requests gitvault never makes.
+    pub fn sdk_client(&self) -> aws_sdk_s3::Client {
         let creds = aws_sdk_s3::config::Credentials::new(
             &self.access_key,
             &self.secret_key,
@@ -226,8 +221,18 @@ impl S3Server {
                 aws_sdk_s3::config::ResponseChecksumValidation::WhenRequired,
             )
             .build();
+        aws_sdk_s3::Client::from_conf(conf)
+    }
+
+    /// [`S3Server::sdk_client`] on its own runtime, blocking: what someone holding the backup
+    /// host's S3 keys could do, outside gitvault.
+    pub fn raw_client(&self) -> RawS3 {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime for the raw S3 client");
         RawS3 {
-            client: aws_sdk_s3::Client::from_conf(conf),
+            client: self.sdk_client(),
             runtime,
         }
     }
