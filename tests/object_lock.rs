@@ -100,6 +100,23 @@ fn sleep_until(t: SystemTime) {
     }
 }
 
+/// The binary on another vault directory (a recovered one), with the test identity.
+fn in_vault(tv: &TestVault, dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_gitvault"))
+        .arg("--vault")
+        .arg(dir)
+        .args(args)
+        .env("GITVAULT_IDENTITY_FILE", &tv.identity_file)
+        .env("GITVAULT_LOCK_SECONDS", LOCK_SECONDS.to_string())
+        .output()
+        .unwrap()
+}
+
+fn ok_output(out: &Output) -> &Output {
+    ok(out);
+    out
+}
+
 fn restore_matches(tv: &TestVault, to: &Path, want: &str) {
     ok(&run(tv, &["restore", "repo", "--to", to.to_str().unwrap()]));
     git(to, &["fsck", "--full", "--strict"]);
@@ -232,23 +249,29 @@ fn a_locked_target_keeps_every_guarantee_and_verify_names_bad_locks() {
         "{report}"
     );
 
+    // recover without the policy warns (the target's files are locked); with it, the new
+    // vault's own writes are locked too.
     let into = tv.tmp.path().join("recovered");
-    let out = Command::new(env!("CARGO_BIN_EXE_gitvault"))
-        .args(["--vault", into.to_str().unwrap(), "recover", "--from", &url])
-        .env("GITVAULT_IDENTITY_FILE", &tv.identity_file)
-        .output()
-        .unwrap();
-    ok(&out);
+    let out = in_vault(&tv, &into, &["recover", "--from", &url]);
+    assert!(stderr(ok_output(&out)).contains("no --lock-days was given"));
+    let into = tv.tmp.path().join("recovered-locked");
+    let out = in_vault(&tv, &into, &["recover", "--from", &url, "--lock-days", "1"]);
+    assert!(!stderr(ok_output(&out)).contains("no --lock-days"));
     let restored = tv.tmp.path().join("from-recovered");
-    let out = Command::new(env!("CARGO_BIN_EXE_gitvault"))
-        .args(["--vault", into.to_str().unwrap(), "restore", "repo", "--to"])
-        .arg(&restored)
-        .env("GITVAULT_IDENTITY_FILE", &tv.identity_file)
-        .output()
-        .unwrap();
-    ok(&out);
+    let to = restored.to_str().unwrap();
+    ok(&in_vault(&tv, &into, &["restore", "repo", "--to", to]));
     git(&restored, &["fsck", "--full", "--strict"]);
     assert_eq!(refs_and_head(&restored), want2);
+    new_day(&repo, 3);
+    let path = repo.to_str().unwrap();
+    ok(&in_vault(&tv, &into, &["backup", path, "--name", "repo"]));
+    let out = in_vault(&tv, &into, &["--json", "verify", "--locks"]);
+    let report: Value = serde_json::from_str(&ok(&out)).unwrap();
+    assert_eq!(
+        report["locks"]["findings"],
+        serde_json::json!([]),
+        "{report}"
+    );
 
     // A hostile hand (or a server ignoring the lock headers) leaves a current version
     // unlocked, or locked in the wrong mode.

@@ -39,6 +39,14 @@ pub enum LockModeArg {
     Governance,
 }
 
+/// The mode `--lock-mode` names, compliance when not given.
+pub fn lock_mode(arg: Option<LockModeArg>) -> LockMode {
+    match arg {
+        Some(LockModeArg::Governance) => LockMode::Governance,
+        _ => LockMode::Compliance,
+    }
+}
+
 #[derive(Serialize)]
 struct TargetRow {
     name: String,
@@ -62,10 +70,7 @@ pub fn run(ctx: &Ctx, cmd: TargetCommand) -> Result<i32> {
             let lock = vault.lock()?;
             let entry = TargetConfig {
                 lock_days,
-                lock_mode: lock_days.map(|_| match lock_mode {
-                    Some(LockModeArg::Governance) => LockMode::Governance,
-                    _ => LockMode::Compliance,
-                }),
+                lock_mode: lock_days.map(|_| self::lock_mode(lock_mode)),
                 allow_compaction,
                 ..TargetConfig::new(&name, &url)
             };

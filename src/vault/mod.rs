@@ -245,13 +245,12 @@ impl Vault {
     pub fn create_recovered(
         dir: &Path,
         params: &PublicParams,
-        target_name: &str,
-        target_url: &str,
+        target: TargetConfig,
         key_files: &[(String, Vec<u8>)],
     ) -> Result<PathBuf, VaultError> {
         if params.format != FORMAT_VERSION {
             return Err(VaultError::UnsupportedFormat {
-                path: target_url.to_string(),
+                path: target.url.clone(),
                 found: params.format,
                 known: FORMAT_VERSION,
             });
@@ -284,7 +283,7 @@ impl Vault {
                 store: StoreConfig::default(),
                 retention: None,
                 notify: None,
-                targets: vec![TargetConfig::new(target_name, target_url)],
+                targets: vec![target],
                 sources: Vec::new(),
                 jobs: Vec::new(),
                 daemon: None,
