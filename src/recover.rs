@@ -80,11 +80,12 @@ fn bad_target(url: &str, reason: impl Into<String>) -> VaultError {
     }
 }
 
-pub fn recover(
-    dir: &Path,
+/// The target to recover from, its entry in the new config, and whether its files are locked
+/// while no lock policy was given (a locked target recovered without its policy would get
+/// unlocked writes from now on).
+fn open_source(
     options: &RecoverOptions<'_>,
-    unlock: &Unlock,
-) -> Result<RecoverReport, VaultError> {
+) -> Result<(Box<dyn Target>, TargetConfig, bool), VaultError> {
     let entry = TargetConfig {
         lock_days: options.lock_days,
         lock_mode: options.lock_mode,
@@ -94,12 +95,24 @@ pub fn recover(
     if source.lock_policy().is_some() {
         source.check_lock_support()?;
     }
-    // A locked target recovered without its policy would get unlocked writes from now on.
-    let lock_policy_missing = source.lock_policy().is_none()
+    let policy_missing = source.lock_policy().is_none()
         && matches!(
             source.retentions(&[PUBLIC_FILE.to_string()]).pop(),
             Some(Ok(Some(found))) if found.until.is_some()
         );
+    let entry = TargetConfig {
+        url: source.url().to_string(),
+        ..entry
+    };
+    Ok((source, entry, policy_missing))
+}
+
+pub fn recover(
+    dir: &Path,
+    options: &RecoverOptions<'_>,
+    unlock: &Unlock,
+) -> Result<RecoverReport, VaultError> {
+    let (source, entry, lock_policy_missing) = open_source(options)?;
     let params = read_public_params(source.as_ref(), options.url)?;
     let (keys, key_files) = unlock_from_target(source.as_ref(), &params, unlock)?;
     let fingerprint = keys.fingerprint(&params.vault_id);
@@ -113,10 +126,6 @@ pub fn recover(
             ),
         ));
     }
-    let entry = TargetConfig {
-        url: source.url().to_string(),
-        ..entry
-    };
     let vault_dir = Vault::create_recovered(dir, &params, entry, &key_files)?;
     let vault = Vault::open(&vault_dir)?;
     vault

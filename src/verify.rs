@@ -95,12 +95,7 @@ pub fn run_watched(
 ) -> Result<VerifyReport, VerifyError> {
     let targets = replicas::verify_watched(vault, keys, options.full, &lock, progress)?;
     // Under the writer lock, so that a prune cannot condemn what is being renewed meanwhile.
-    let locked = vault.targets().iter().any(|t| t.lock_policy().is_some());
-    let lock_renewal = if locked {
-        Some(vault.renew_locks()?)
-    } else {
-        None
-    };
+    let lock_renewal = vault.renew_locks_if_any()?;
     drop(lock);
     let locks = if options.locks {
         Some(vault.check_locks()?)

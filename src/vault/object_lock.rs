@@ -65,6 +65,15 @@ fn public_files(target: &dyn Target) -> Vec<String> {
 }
 
 impl Vault {
+    /// [`Vault::renew_locks`] when any target has a lock policy.
+    pub fn renew_locks_if_any(&self) -> Result<Option<LockUpkeep>, VaultError> {
+        if self.targets.iter().any(|t| t.lock_policy().is_some()) {
+            self.renew_locks().map(Some)
+        } else {
+            Ok(None)
+        }
+    }
+
     /// Renews the locks of everything that must stay on each locked target.
     pub fn renew_locks(&self) -> Result<LockUpkeep, VaultError> {
         let mut upkeep = LockUpkeep::default();

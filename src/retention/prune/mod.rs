@@ -183,12 +183,7 @@ pub fn prune_watched(
     )?;
     crate::hooks::point("prune-marked");
     let mut plan = plan::plan(index, &start, &live, &small, options, &mut report)?;
-    if !plan.rewrite.is_empty() && !vault.compaction_allowed() {
-        // The packs compaction replaces would stay, locked and paid for, until their locks
-        // run out: storage doubles for the lock period.
-        plan.rewrite.clear();
-        report.compaction_skipped_for_locks = true;
-    }
+    plan.respect_locks(vault, &mut report);
     if options.dry_run {
         plan::estimate(index, &start, &live, &plan, &mut report)?;
         return Ok(report);
@@ -224,9 +219,7 @@ pub fn prune_watched(
     decide::apply(index, &start, &live, &condemned, &copies, &mut report)?;
     crate::hooks::point("prune-condemned");
     // Locks of what the kept snapshots need are renewed; condemned packs are left to expire.
-    if vault.targets().iter().any(|t| t.lock_policy().is_some()) {
-        report.locks = Some(vault.renew_locks()?);
-    }
+    report.locks = vault.renew_locks_if_any()?;
     // An index backup that no longer needs the condemned packs, before any is deleted: a
     // recover from it never meets a dangling row.
     let failed = crate::vault::index_backup::upload_index_backup(vault, keys, &lock)?;

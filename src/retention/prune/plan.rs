@@ -25,6 +25,17 @@ pub(super) struct Plan {
     pub(super) rewrite: Vec<i64>,
 }
 
+impl Plan {
+    /// No compaction on a locked target that does not allow it: the packs it replaces would
+    /// stay, locked and paid for, until their locks run out (storage doubles for the period).
+    pub(super) fn respect_locks(&mut self, vault: &crate::vault::Vault, report: &mut PruneReport) {
+        if !self.rewrite.is_empty() && !vault.compaction_allowed() {
+            self.rewrite.clear();
+            report.compaction_skipped_for_locks = true;
+        }
+    }
+}
+
 /// Measures every judged pack's live share and chooses the packs to empty and to rewrite.
 pub(super) fn plan(
     index: &Index,
