@@ -14,7 +14,7 @@ use common::{TestVault, git, ok, pack_files, refs_and_head, stderr};
 use serde_json::Value;
 
 /// The lock period of these tests: long enough for a few commands, short enough to wait out.
-const LOCK_SECONDS: u64 = 6;
+const LOCK_SECONDS: u64 = 10;
 
 fn command(tv: &TestVault, args: &[&str]) -> Command {
     let mut cmd = tv.command(args);
