@@ -301,6 +301,43 @@ fn a_locked_target_keeps_every_guarantee_and_verify_names_bad_locks() {
         "{report}"
     );
     assert_eq!(findings.len(), 2, "{report}");
+
+    // A plain delete with the host's credentials only hides a pack behind a delete marker:
+    // verify sees it missing, sync puts it back, and the locked version was there all along.
+    let hidden = local_packs(&tv)
+        .into_iter()
+        .find(|p| *p != unlocked)
+        .unwrap();
+    raw.hide("locked-sync", &hidden);
+    let out = run(&tv, &["--json", "verify"]);
+    assert!(!out.status.success(), "a hidden pack is missing");
+    assert_eq!(raw.versions("locked-sync", &hidden).len(), 1);
+    ok(&run(&tv, &["sync"]));
+    assert_eq!(raw.versions("locked-sync", &hidden).len(), 2);
+    until(&raw, "locked-sync", &hidden);
+    ok(&run(&tv, &["verify", "--full"]));
+}
+
+/// A server without Object Lock (s3s-fs) cannot take a locked target.
+#[test]
+fn target_add_with_a_lock_is_refused_by_a_server_without_object_lock() {
+    let tv = TestVault::new();
+    let server = S3Server::s3s_fs();
+    server.create_bucket("no-lock-here");
+    server.set_env();
+    let url = server.url("no-lock-here", "");
+    let out = run(&tv, &["target", "add", "s3", &url, "--lock-days", "7"]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("cannot hold locked objects"), "{err}");
+    assert!(err.contains("does not support Object Lock"), "{err}");
+    assert!(!err.contains(server.secret_key()), "{err}");
+    assert!(
+        std::fs::read_dir(server.data_dir().join("no-lock-here"))
+            .unwrap()
+            .next()
+            .is_none()
+    );
 }
 
 /// The target itself: single and multipart uploads carry the lock, a lease under `locks/` does

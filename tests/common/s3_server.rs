@@ -404,6 +404,13 @@ impl RawS3 {
         Ok(())
     }
 
+    /// A plain DeleteObject: on a versioned bucket it only adds a delete marker.
+    pub fn hide(&self, bucket: &str, key: &str) {
+        self.runtime
+            .block_on(self.client.delete_object().bucket(bucket).key(key).send())
+            .expect("raw DeleteObject");
+    }
+
     /// Writes a new current version of `key` without a lock, or with `mode` for a minute.
     pub fn put(&self, bucket: &str, key: &str, body: Vec<u8>, mode: Option<&str>) {
         let mut request = self.client.put_object().bucket(bucket).key(key);
