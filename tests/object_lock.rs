@@ -170,6 +170,19 @@ fn locked_packs_stay_until_their_locks_run_out_and_live_ones_are_renewed() {
         stats["object_lock"]["earliest_live_until"].is_string(),
         "{stats}"
     );
+    let metrics = tv.tmp.path().join("gitvault.prom");
+    ok(&run(
+        &tv,
+        &["--metrics-file", metrics.to_str().unwrap(), "stats"],
+    ));
+    let samples = common::metrics_samples(&metrics).unwrap();
+    let expiry = samples["gitvault_object_lock_earliest_live_expiry_timestamp_seconds{}"];
+    let kept_secs = kept_until
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!((expiry - kept_secs).abs() <= 1.0, "{expiry} vs {kept_secs}");
+    assert!(samples["gitvault_pending_deletion_bytes{}"] > 250_000.0);
 
     // Past half the period, a prune renews the kept pack's lock and not the doomed one's.
     sleep_until(kept_until - Duration::from_secs(LOCK_SECONDS / 2) + Duration::from_millis(300));
