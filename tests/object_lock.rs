@@ -170,6 +170,18 @@ fn locked_packs_stay_until_their_locks_run_out_and_live_ones_are_renewed() {
         stats["object_lock"]["earliest_live_until"].is_string(),
         "{stats}"
     );
+    // status: the first live lock is known and far enough; under a policy of 1,000 s the
+    // same date is within a quarter period: renewals are overdue, exit 1.
+    let status = json(&tv, &["status"]);
+    assert_eq!(status["targets"][1]["lock_expiring"], false, "{status}");
+    assert!(status["targets"][1]["lock_expires"].is_string(), "{status}");
+    let out = command(&tv, &["--json", "status"])
+        .env("GITVAULT_LOCK_SECONDS", "1000")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let status: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(status["targets"][1]["lock_expiring"], true, "{status}");
     let metrics = tv.tmp.path().join("gitvault.prom");
     ok(&run(
         &tv,

@@ -172,19 +172,34 @@ impl Vault {
             .all(|t| t.lock_days.is_none() || t.allow_compaction)
     }
 
-    /// The earliest date any live pack's lock runs out, as far as the index knows, and how
-    /// many live pack copies on locked targets have no known date yet.
-    pub fn earliest_live_lock(&self) -> Result<(Option<String>, u64), VaultError> {
-        let mut earliest: Option<i64> = None;
+    /// The earliest date a live pack's lock on `target` runs out, as far as the index knows,
+    /// and how many live pack copies there have no known date yet.
+    pub fn live_lock_on(
+        &self,
+        target: &str,
+    ) -> Result<(Option<SystemTime>, u64), crate::index::IndexError> {
+        let mut earliest = None;
         let mut unknown = 0;
-        for target in self.targets.iter().filter(|t| t.lock_policy().is_some()) {
-            for (_, until) in self.index.live_pack_locks(target.name())? {
-                match until {
-                    Some(u) => earliest = Some(earliest.map_or(u, |e| e.min(u))),
-                    None => unknown += 1,
-                }
+        for (_, until) in self.index.live_pack_locks(target)? {
+            match until {
+                Some(u) => earliest = earlier(earliest, from_millis(u)),
+                None => unknown += 1,
             }
         }
-        Ok((earliest.map(|ms| rfc3339(from_millis(ms))), unknown))
+        Ok((earliest, unknown))
+    }
+
+    /// [`Vault::live_lock_on`] over every locked target.
+    pub fn earliest_live_lock(&self) -> Result<(Option<String>, u64), VaultError> {
+        let mut earliest = None;
+        let mut unknown = 0;
+        for target in self.targets.iter().filter(|t| t.lock_policy().is_some()) {
+            let (first, none) = self.live_lock_on(target.name())?;
+            if let Some(first) = first {
+                earliest = earlier(earliest, first);
+            }
+            unknown += none;
+        }
+        Ok((earliest.map(rfc3339), unknown))
     }
 }
