@@ -406,6 +406,20 @@ fn the_s3_target_locks_uploads_and_refuses_early_deletes() {
         "{refused}"
     );
     assert_eq!(raw.versions("locked-target", "packs/aa/small").len(), 1);
+    // Governance mode is written as asked, and gitvault never bypasses it.
+    let governance = LockPolicy {
+        mode: LockMode::Governance,
+        ..policy
+    };
+    let g = open_locked_target("g", &moto.url("locked-target", "g"), Some(governance)).unwrap();
+    g.put_if_absent("keys/k.age", Body::Bytes(b"k")).unwrap();
+    let lock = raw.head_lock("locked-target", "g/keys/k.age").unwrap();
+    assert_eq!(lock.mode.as_deref(), Some("GOVERNANCE"));
+    assert!(matches!(
+        g.delete("keys/k.age"),
+        Err(TargetError::Locked { .. })
+    ));
+
     sleep_until(small_until + Duration::from_millis(1200));
     t.delete("packs/aa/small").unwrap();
     assert!(raw.versions("locked-target", "packs/aa/small").is_empty());
