@@ -152,6 +152,10 @@ fn locked_packs_stay_until_their_locks_run_out_and_live_ones_are_renewed() {
 
     // Forgotten, condemned, but locked: pending, nothing deleted, nothing failed.
     ok(&run(&tv, &["forget", "--keep-last", "1"]));
+    let dry = json(&tv, &["prune", "--dry-run"]);
+    assert!(dry["packs_emptied"].as_u64().unwrap() >= 1, "{dry}");
+    assert_eq!(dry["packs_locked"], dry["packs_emptied"], "{dry}");
+    assert_eq!(dry["bytes_freed"], 0, "{dry}");
     let first = json(&tv, &["prune"]);
     assert_eq!(first["packs_deleted"], 0, "{first}");
     assert!(first["packs_locked"].as_u64().unwrap() >= 1, "{first}");
@@ -451,6 +455,7 @@ fn compaction_is_off_on_a_locked_target_unless_allowed() {
     let refused = json(&tv, &["prune"]);
     assert_eq!(refused["compaction_skipped_for_locks"], true, "{refused}");
     assert_eq!(refused["packs_written"], 0, "{refused}");
+    assert_eq!(refused["packs_compacted"], 0, "{refused}");
 
     let config = tv.dir.join("config.toml");
     let text = std::fs::read_to_string(&config).unwrap();

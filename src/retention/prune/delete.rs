@@ -87,6 +87,25 @@ fn note_locked(report: &mut PruneReport, until: &str, size: u64) {
     }
 }
 
+/// Counts the packs (name, size) Object Lock still keeps as pending; their bytes.
+pub(super) fn count_locked<'a>(
+    vault: &Vault,
+    packs: impl Iterator<Item = (&'a str, u64)>,
+    report: &mut PruneReport,
+) -> Result<u64, PruneError> {
+    if vault.targets().iter().all(|t| t.lock_policy().is_none()) {
+        return Ok(0);
+    }
+    let mut bytes = 0;
+    for (name, size) in packs {
+        if let Some(until) = locked_until(vault, name)? {
+            note_locked(report, &until, size);
+            bytes += size;
+        }
+    }
+    Ok(bytes)
+}
+
 /// The date Object Lock keeps a pack until on some locked target, if it still does.
 fn locked_until(vault: &Vault, name: &str) -> Result<Option<String>, PruneError> {
     let key = [pack_key(name)];

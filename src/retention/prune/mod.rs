@@ -185,7 +185,7 @@ pub fn prune_watched(
     let mut plan = plan::plan(index, &start, &live, &small, options, &mut report)?;
     plan.respect_locks(vault, &mut report);
     if options.dry_run {
-        plan::estimate(index, &start, &live, &plan, &mut report)?;
+        plan::estimate(vault, &start, &live, &plan, &mut report)?;
         return Ok(report);
     }
 
