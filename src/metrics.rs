@@ -285,6 +285,27 @@ impl Metrics {
                 t.missing_packs as f64,
             );
         }
+        self.gauge(
+            "gitvault_pending_deletion_bytes",
+            "Bytes of condemned packs not deleted yet (grace period or S3 Object Lock).",
+            &[],
+            stats.pending_deletion_bytes as f64,
+        );
+        // Alert when this comes near: the locks of live packs are not being renewed (no prune
+        // or verify ran for half the lock period, or renewals fail).
+        let earliest = stats
+            .object_lock
+            .as_ref()
+            .and_then(|l| l.earliest_live_until.as_deref())
+            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok());
+        if let Some(t) = earliest {
+            self.gauge(
+                "gitvault_object_lock_earliest_live_expiry_timestamp_seconds",
+                "When the first S3 Object Lock of a live pack runs out (Unix time).",
+                &[],
+                t.timestamp() as f64,
+            );
+        }
     }
 }
 

@@ -16,7 +16,7 @@ use crate::snapshot::{self, Manifest};
 use crate::store::pack::{FinishedPack, PackError, Provenance, read_footer, verify_pack};
 use crate::store::{ChunkKind, ChunkReader, pack_key, pack_name_from_key};
 use crate::target::{self, Target};
-use crate::vault::{PUBLIC_FILE, PublicParams, Vault, VaultError};
+use crate::vault::{PUBLIC_FILE, PublicParams, TargetConfig, Vault, VaultError};
 
 #[derive(Debug, Serialize)]
 pub struct RecoverReport {
@@ -43,6 +43,9 @@ pub struct RecoverReport {
     pub fingerprint_checked: bool,
     pub snapshots_recovered: u64,
     pub snapshots_total: u64,
+    /// The target's files are under S3 Object Lock but no lock policy was given: the new
+    /// vault's writes there are not locked until `lock_days` is set.
+    pub lock_policy_missing: bool,
 }
 
 pub struct RecoverOptions<'a> {
@@ -56,6 +59,10 @@ pub struct RecoverOptions<'a> {
     pub expect_vault: Option<&'a str>,
     /// Told of the packs whose footers are read (`progress::Silent` for none).
     pub progress: &'a dyn Progress,
+    /// The target's Object Lock policy in the new vault (docs/OBJECT-LOCK.md): it is not
+    /// stored on the target, so it must be given again.
+    pub lock_days: Option<u32>,
+    pub lock_mode: Option<target::LockMode>,
 }
 
 /// Fingerprints compare without their dashes and case.
@@ -73,12 +80,39 @@ fn bad_target(url: &str, reason: impl Into<String>) -> VaultError {
     }
 }
 
+/// The target to recover from, its entry in the new config, and whether its files are locked
+/// while no lock policy was given (a locked target recovered without its policy would get
+/// unlocked writes from now on).
+fn open_source(
+    options: &RecoverOptions<'_>,
+) -> Result<(Box<dyn Target>, TargetConfig, bool), VaultError> {
+    let entry = TargetConfig {
+        lock_days: options.lock_days,
+        lock_mode: options.lock_mode,
+        ..TargetConfig::new(options.target_name, options.url)
+    };
+    let source = entry.open()?;
+    if source.lock_policy().is_some() {
+        source.check_lock_support()?;
+    }
+    let policy_missing = source.lock_policy().is_none()
+        && matches!(
+            source.retentions(&[PUBLIC_FILE.to_string()]).pop(),
+            Some(Ok(Some(found))) if found.until.is_some()
+        );
+    let entry = TargetConfig {
+        url: source.url().to_string(),
+        ..entry
+    };
+    Ok((source, entry, policy_missing))
+}
+
 pub fn recover(
     dir: &Path,
     options: &RecoverOptions<'_>,
     unlock: &Unlock,
 ) -> Result<RecoverReport, VaultError> {
-    let source = target::open_target(options.target_name, options.url)?;
+    let (source, entry, lock_policy_missing) = open_source(options)?;
     let params = read_public_params(source.as_ref(), options.url)?;
     let (keys, key_files) = unlock_from_target(source.as_ref(), &params, unlock)?;
     let fingerprint = keys.fingerprint(&params.vault_id);
@@ -92,8 +126,7 @@ pub fn recover(
             ),
         ));
     }
-    let vault_dir =
-        Vault::create_recovered(dir, &params, options.target_name, source.url(), &key_files)?;
+    let vault_dir = Vault::create_recovered(dir, &params, entry, &key_files)?;
     let vault = Vault::open(&vault_dir)?;
     vault
         .index()
@@ -122,6 +155,7 @@ pub fn recover(
         fingerprint_checked: options.expect_vault.is_some(),
         snapshots_recovered: 0,
         snapshots_total: 0,
+        lock_policy_missing,
     };
     let manifests = rebuild_from_footers(
         &vault,

@@ -26,6 +26,21 @@ pub struct Stats {
     pub local_garbage_bytes: u64,
     /// A writer holds the lock: unreferenced packs may be in flight rather than garbage.
     pub writer_active: bool,
+    /// Packs prune condemned that are not deleted yet: waiting for the grace period or for
+    /// their Object Lock to run out.
+    pub pending_deletion_packs: u64,
+    pub pending_deletion_bytes: u64,
+    /// Targets with Object Lock only: the earliest date a live pack's lock runs out (as last
+    /// read or renewed by prune or verify).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub object_lock: Option<LockStats>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct LockStats {
+    pub earliest_live_until: Option<String>,
+    /// Live pack copies whose lock date no prune or verify has read yet.
+    pub live_packs_unchecked: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -100,7 +115,20 @@ pub fn collect(vault: &Vault) -> Result<Stats, VaultError> {
             local_garbage_bytes += entry.metadata().map(|m| m.len()).unwrap_or(0);
         }
     }
+    let pending = vault.index().condemned_sizes()?;
+    let object_lock = if vault.targets().iter().any(|t| t.lock_policy().is_some()) {
+        let (earliest_live_until, live_packs_unchecked) = vault.earliest_live_lock()?;
+        Some(LockStats {
+            earliest_live_until,
+            live_packs_unchecked,
+        })
+    } else {
+        None
+    };
     Ok(Stats {
+        pending_deletion_packs: pending.len() as u64,
+        pending_deletion_bytes: pending.iter().map(|(_, size)| size).sum(),
+        object_lock,
         logical_bytes: totals.logical_bytes,
         unique_bytes: totals.unique_bytes,
         stored_bytes: totals.stored_bytes,

@@ -15,7 +15,8 @@ use crate::vault::Vault;
 #[derive(Debug, Serialize)]
 pub struct Status {
     /// Nothing is older than the maximum age, no repository's last run failed, the last
-    /// verify passed (or none ran), and every target holds every pack.
+    /// verify passed (or none ran), every target holds every pack, and no live pack's Object
+    /// Lock is about to run out.
     pub ok: bool,
     pub repositories: Vec<RepositoryStatus>,
     pub targets: Vec<TargetStatus>,
@@ -50,6 +51,12 @@ pub struct TargetStatus {
     pub target: String,
     /// Packs the index knows that this target does not hold (`gitvault sync` copies them).
     pub packs_missing: u64,
+    /// S3 Object Lock: when the first live pack's lock here runs out, as last read or renewed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lock_expires: Option<String>,
+    /// That date is within a quarter of the lock period: renewals (prune, verify) have not run
+    /// or failed, and the past is about to become deletable.
+    pub lock_expiring: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -166,9 +173,19 @@ pub fn collect(
         .iter()
         .map(|t| {
             let held = index.packs_on_target(t.name())?.len() as u64;
+            let (lock_expires, lock_expiring) = match t.lock_policy() {
+                Some(policy) => {
+                    let first = vault.live_lock_on(t.name())?.0;
+                    let soon = std::time::SystemTime::from(now) + policy.period / 4;
+                    (first, first.is_some_and(|f| f < soon))
+                }
+                None => (None, false),
+            };
             Ok(TargetStatus {
                 target: t.name().to_string(),
                 packs_missing: packs.saturating_sub(held),
+                lock_expires: lock_expires.map(crate::target::rfc3339),
+                lock_expiring,
             })
         })
         .collect::<Result<Vec<_>, IndexError>>()?;
@@ -177,7 +194,9 @@ pub fn collect(
     let ok = repositories
         .iter()
         .all(|r| !r.stale && r.last_problem.is_none())
-        && targets.iter().all(|t| t.packs_missing == 0)
+        && targets
+            .iter()
+            .all(|t| t.packs_missing == 0 && !t.lock_expiring)
         && last_verify.as_ref().is_none_or(|v| v.ok);
     Ok(Status {
         ok,

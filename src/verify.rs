@@ -43,6 +43,8 @@ pub struct VerifyOptions {
     pub full: bool,
     /// How many snapshots, picked at random, to restore and check.
     pub restore_sample: usize,
+    /// Read the Object Lock of every object on locked targets (`--locks`).
+    pub locks: bool,
 }
 
 /// The answer, as `gitvault verify --json` prints it.
@@ -53,6 +55,13 @@ pub struct VerifyReport {
     pub restored: Vec<SampleResult>,
     /// `"<repo> <snapshot id>: LFS object <oid>"`, one line per object missing from the vault.
     pub lfs_missing: Vec<String>,
+    /// Lock renewal on locked targets (every verify does it: docs/OBJECT-LOCK.md).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lock_renewal: Option<crate::vault::LockUpkeep>,
+    /// `--locks`: objects whose lock is missing, in the wrong mode, shorter than the policy or
+    /// expired while still needed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub locks: Option<crate::vault::LockCheck>,
 }
 
 /// One restored sample.
@@ -85,17 +94,29 @@ pub fn run_watched(
     progress: &dyn Progress,
 ) -> Result<VerifyReport, VerifyError> {
     let targets = replicas::verify_watched(vault, keys, options.full, &lock, progress)?;
+    // Under the writer lock, so that a prune cannot condemn what is being renewed meanwhile.
+    let lock_renewal = vault.renew_locks_if_any()?;
     drop(lock);
+    let locks = if options.locks {
+        Some(vault.check_locks()?)
+    } else {
+        None
+    };
     let all = vault.index().snapshots(None, None, None)?;
     let lfs_missing = lfs_missing(vault, keys, &all);
     let restored = restore_samples(vault, keys, &all, options.restore_sample, progress)?;
-    let ok =
-        restored.iter().all(|r| r.ok) && targets.iter().all(|t| t.ok()) && lfs_missing.is_empty();
+    let ok = restored.iter().all(|r| r.ok)
+        && targets.iter().all(|t| t.ok())
+        && lfs_missing.is_empty()
+        && lock_renewal.as_ref().is_none_or(|r| r.failed == 0)
+        && locks.as_ref().is_none_or(|l| l.findings.is_empty());
     let report = VerifyReport {
         ok,
         targets,
         restored,
         lfs_missing,
+        lock_renewal,
+        locks,
     };
     // `gitvault status` shows the last verify's result.
     if let Err(e) = vault.save_report("verify", &report) {

@@ -79,6 +79,33 @@ fn refused_settings_are_problems() {
 }
 
 #[test]
+fn object_lock_settings_need_an_s3_target_and_a_period() {
+    let tv = TestVault::new();
+    append(
+        &tv,
+        "\n[[target]]\nname = \"disk\"\nurl = \"file:///tmp/x\"\nlock_days = 3\n\n[[target]]\nname = \"zero\"\nurl = \"s3://bucket-a/\"\nlock_days = 0\n\n[[target]]\nname = \"half\"\nurl = \"s3://bucket-b/\"\nlock_mode = \"governance\"\n",
+    );
+    let (ok, json) = check(&tv);
+    assert!(!ok);
+    let problems = json["problems"].to_string();
+    assert!(
+        problems.contains("target disk") && problems.contains("Object Lock needs an s3:// target"),
+        "{problems}"
+    );
+    assert!(
+        problems.contains(
+            "target zero: target zero cannot hold locked objects: lock_days must be at least 1"
+        ),
+        "{problems}"
+    );
+    assert!(
+        problems.contains("target half: lock_mode and allow_compaction need lock_days"),
+        "{problems}"
+    );
+    assert_eq!(json["unknown_keys"], serde_json::json!([]));
+}
+
+#[test]
 fn daemon_jobs_with_a_bad_schedule_or_an_unknown_source_are_problems() {
     let tv = TestVault::new();
     append(

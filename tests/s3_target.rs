@@ -176,28 +176,12 @@ fn conditional_multipart_completion_is_honoured() {
     both_servers(|server| {
         server.create_bucket(BUCKET);
         let kind = server.kind;
-        let env = server.env();
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .unwrap();
         rt.block_on(async {
-            let creds =
-                aws_sdk_s3::config::Credentials::new(&env[0].1, &env[1].1, None, None, "test");
-            let conf = aws_sdk_s3::config::Builder::new()
-                .behavior_version_latest()
-                .region(aws_sdk_s3::config::Region::new("us-east-1"))
-                .endpoint_url(server.endpoint())
-                .force_path_style(true)
-                .credentials_provider(creds)
-                .request_checksum_calculation(
-                    aws_sdk_s3::config::RequestChecksumCalculation::WhenRequired,
-                )
-                .response_checksum_validation(
-                    aws_sdk_s3::config::ResponseChecksumValidation::WhenRequired,
-                )
-                .build();
-            let client = aws_sdk_s3::Client::from_conf(conf);
+            let client = server.sdk_client();
             let mut uploads = Vec::new();
             for fill in [1u8, 2u8] {
                 let id = client

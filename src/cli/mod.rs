@@ -339,6 +339,8 @@ fn run(ctx: &Ctx, command: Command) -> Result<i32> {
                 target_name: "origin".to_string(),
                 footers_only: false,
                 expect_vault,
+                lock_days: None,
+                lock_mode: None,
             },
         ),
         Command::Init {

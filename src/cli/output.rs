@@ -133,6 +133,31 @@ pub fn stats_table(s: &gitvault::stats::Stats) -> String {
     );
     let _ = writeln!(t, "chunks:            {}", s.chunks);
     let _ = writeln!(t, "packs:             {}", s.packs);
+    if s.pending_deletion_packs > 0 {
+        let _ = writeln!(
+            t,
+            "pending deletion:  {} packs, {} (condemned; grace period or Object Lock)",
+            s.pending_deletion_packs,
+            bytes(s.pending_deletion_bytes)
+        );
+    }
+    if let Some(lock) = &s.object_lock {
+        let _ = writeln!(
+            t,
+            "Object Lock:       live packs locked until {} at the earliest{}",
+            lock.earliest_live_until
+                .as_deref()
+                .unwrap_or("- (not read yet)"),
+            if lock.live_packs_unchecked > 0 {
+                format!(
+                    " ({} copies not read yet: run prune or verify)",
+                    lock.live_packs_unchecked
+                )
+            } else {
+                String::new()
+            }
+        );
+    }
     if s.local_garbage_files > 0 {
         let _ = writeln!(
             t,

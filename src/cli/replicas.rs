@@ -22,6 +22,13 @@ pub struct RecoverArgs {
     /// another (a planted vault).
     #[arg(long, value_name = "FINGERPRINT")]
     pub expect_vault: Option<String>,
+    /// The target's S3 Object Lock period, as `target add --lock-days` set it (the target does
+    /// not store it): later writes there are locked too.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub lock_days: Option<u32>,
+    /// The lock mode that goes with --lock-days (compliance by default).
+    #[arg(long, value_enum, requires = "lock_days")]
+    pub lock_mode: Option<super::target::LockModeArg>,
 }
 
 pub fn sync(ctx: &Ctx) -> Result<i32> {
@@ -69,6 +76,10 @@ pub fn recover(ctx: &Ctx, args: RecoverArgs) -> Result<i32> {
             footers_only: args.footers_only,
             expect_vault: args.expect_vault.as_deref(),
             progress: &bars,
+            lock_days: args.lock_days,
+            lock_mode: args
+                .lock_days
+                .map(|_| super::target::lock_mode(args.lock_mode)),
         },
         &unlock,
     )?;
@@ -77,6 +88,11 @@ pub fn recover(ctx: &Ctx, args: RecoverArgs) -> Result<i32> {
         eprintln!(
             "warning: the vault's key files and gitvault.json were trusted as found on the target (fingerprint {}); compare it with the one `init` printed, or pass --expect-vault",
             report.fingerprint
+        );
+    }
+    if report.lock_policy_missing {
+        eprintln!(
+            "warning: the target's files are under S3 Object Lock, but no --lock-days was given: this vault's writes there are not locked until `lock_days` is set in its [[target]] entry (docs/OBJECT-LOCK.md)"
         );
     }
     for (backup, reason) in &report.index_backups_ignored {

@@ -108,6 +108,10 @@ pub struct VerifyArgs {
     /// compare their refs with the manifest.
     #[arg(long, default_value_t = 0)]
     pub restore_sample: usize,
+    /// On targets with Object Lock: read every object's lock (one HEAD request each) and name
+    /// those whose lock is missing, in the wrong mode, shorter than the policy, or expired.
+    #[arg(long)]
+    pub locks: bool,
 }
 
 fn selector(args: &SelectArgs) -> Result<Selector> {
@@ -451,6 +455,7 @@ pub fn verify(ctx: &Ctx, args: VerifyArgs) -> Result<i32> {
     let options = gitvault::verify::VerifyOptions {
         full,
         restore_sample: args.restore_sample,
+        locks: args.locks,
     };
     let bars = Bars::new(&ctx.out);
     let out = gitvault::verify::run_watched(&vault, &keys, lock, &options, &bars)?;
@@ -505,6 +510,30 @@ fn verify_text(out: &gitvault::verify::VerifyReport, full: bool) -> String {
     }
     for m in &out.lfs_missing {
         t.push_str(&format!("FAIL {m}\n"));
+    }
+    if let Some(r) = &out.lock_renewal {
+        t.push_str(&format!(
+            "{} Object Lock: {} locks checked, {} not renewed; live packs locked until {} at the earliest\n",
+            if r.failed == 0 { "ok  " } else { "FAIL" },
+            r.checked,
+            r.failed,
+            r.earliest_live_until.as_deref().unwrap_or("-"),
+        ));
+    }
+    if let Some(l) = &out.locks {
+        t.push_str(&format!(
+            "{} {} objects' locks read, {} fall short\n",
+            if l.findings.is_empty() {
+                "ok  "
+            } else {
+                "FAIL"
+            },
+            l.objects_checked,
+            l.findings.len()
+        ));
+        for f in &l.findings {
+            t.push_str(&format!("     {} {}: {}\n", f.target, f.key, f.problem));
+        }
     }
     for r in &out.restored {
         t.push_str(&format!(

@@ -181,6 +181,27 @@ pub fn prune(ctx: &Ctx, args: PruneArgs) -> Result<i32> {
                 ));
             }
         }
+        if report.packs_locked > 0 {
+            text.push_str(&format!(
+                "{} condemned packs ({}) are under Object Lock until {} at the earliest: pending, a later prune deletes them\n",
+                report.packs_locked,
+                super::output::bytes(report.bytes_locked),
+                report.locked_until.as_deref().unwrap_or("?"),
+            ));
+        }
+        if report.compaction_skipped_for_locks {
+            text.push_str(
+                "compaction skipped: a target has Object Lock (allow it with allow_compaction = true)\n",
+            );
+        }
+        if let Some(locks) = &report.locks {
+            text.push_str(&format!(
+                "Object Lock: {} locks checked, {} not renewed; live packs locked until {} at the earliest\n",
+                locks.checked,
+                locks.failed,
+                locks.earliest_live_until.as_deref().unwrap_or("-"),
+            ));
+        }
         for failure in &report.index_backup_failed {
             text.push_str(&format!(
                 "index backup not written ({failure}): condemned packs are deleted by a later prune\n"

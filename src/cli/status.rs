@@ -68,6 +68,18 @@ pub fn status(ctx: &Ctx, args: StatusArgs) -> Result<i32> {
                     " (run `gitvault sync`)"
                 }
             ));
+            if let Some(expires) = &target.lock_expires {
+                t.push_str(&format!(
+                    "{} target {}: live packs locked until {expires}{}\n",
+                    if target.lock_expiring { "FAIL" } else { "ok  " },
+                    target.target,
+                    if target.lock_expiring {
+                        " (soon: run `gitvault prune` or `gitvault verify` to renew)"
+                    } else {
+                        ""
+                    }
+                ));
+            }
         }
         for (what, run) in [
             ("backup", &status.last_backup),

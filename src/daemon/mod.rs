@@ -366,6 +366,7 @@ fn run_kind(ctx: &Context<'_>, job: &JobConfig) -> Result<(i32, Option<BackupRun
             let options = crate::verify::VerifyOptions {
                 full: false,
                 restore_sample: job.restore_sample,
+                locks: false,
             };
             let report =
                 crate::verify::run(&vault, ctx.keys, lock, &options).map_err(|e| text(&e))?;

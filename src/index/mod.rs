@@ -15,6 +15,7 @@ use crate::crypto::ChunkId;
 use crate::model::{LfsEntry, ObjectEntry, ObjectKind, Oid};
 
 mod http_cache;
+mod locks;
 mod objects;
 mod packs;
 mod prune;
@@ -144,6 +145,11 @@ const MIGRATIONS: &[&str] = &[
         value TEXT NOT NULL
     ) WITHOUT ROWID;
     INSERT INTO meta (key, value) VALUES ('origin', 'before-authentication');
+    ",
+    // v4: S3 Object Lock. When each copy of a pack is locked until, as last read or renewed
+    // (NULL: not known yet), so that renewal asks the target only about locks running out.
+    "
+    ALTER TABLE pack_targets ADD COLUMN lock_until_ms INTEGER;
     ",
 ];
 

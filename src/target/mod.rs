@@ -6,12 +6,16 @@
 //! compression) is blocking, and an S3 target runs its async client on its own runtime.
 
 mod file;
+mod lock;
 mod s3;
 
 use std::io::{self, Read, Seek, SeekFrom};
 use std::path::Path;
 
 pub use file::FileTarget;
+pub use lock::{
+    LOCK_SECONDS_ENV, LockMode, LockPolicy, LockProblem, Retention, lock_applies, rfc3339,
+};
 pub use s3::S3Target;
 
 use crate::crypto::ReadSeek;
@@ -32,6 +36,15 @@ pub enum TargetError {
     BadUrl { url: String, reason: String },
     #[error("target {target}: {key} is not a valid object name")]
     BadKey { target: String, key: String },
+    /// Object Lock refused a delete: the object stays until its retention date (when known).
+    #[error("target {target}: {key} is under Object Lock {}", until.map_or_else(|| "(a version is still locked, or these credentials lack s3:DeleteObjectVersion)".to_string(), |u| format!("until {}", rfc3339(u))))]
+    Locked {
+        target: String,
+        key: String,
+        until: Option<std::time::SystemTime>,
+    },
+    #[error("target {target} cannot hold locked objects: {reason}")]
+    LockUnsupported { target: String, reason: String },
 }
 
 /// What a create-only upload did.
@@ -90,6 +103,35 @@ pub trait Target: Send + Sync {
         Ok(0)
     }
 
+    /// The Object Lock policy every object this target writes gets (`None`: no locks).
+    fn lock_policy(&self) -> Option<LockPolicy> {
+        None
+    }
+
+    /// Checks that objects written here can be locked (`target add --lock-days`).
+    fn check_lock_support(&self) -> Result<(), TargetError> {
+        Err(TargetError::LockUnsupported {
+            target: self.name().to_string(),
+            reason: "Object Lock needs an s3:// target".into(),
+        })
+    }
+
+    /// The lock each object carries (`None`: the object is missing), one answer per key.
+    fn retentions(&self, keys: &[String]) -> Vec<Result<Option<Retention>, TargetError>> {
+        keys.iter()
+            .map(|_| Ok(Some(Retention::default())))
+            .collect()
+    }
+
+    /// Extends the lock of each object that [`LockPolicy::needs_renewal`], never shortening
+    /// one; answers with the date each object is now kept until (`None`: missing or unlocked).
+    fn renew_locks(
+        &self,
+        keys: &[String],
+    ) -> Vec<Result<Option<std::time::SystemTime>, TargetError>> {
+        keys.iter().map(|_| Ok(None)).collect()
+    }
+
     /// A seekable reader over one object. The default reads through `get_range` in blocks;
     /// local targets return the file itself.
     fn open(&self, key: &str) -> Result<Box<dyn ReadSeek + '_>, TargetError> {
@@ -110,6 +152,15 @@ pub trait Target: Send + Sync {
 
 /// Opens the target a URL names. `name` is the user's label for it.
 pub fn open_target(name: &str, url: &str) -> Result<Box<dyn Target>, TargetError> {
+    open_locked_target(name, url, None)
+}
+
+/// Opens a target that writes every object (but the leases under `locks/`) with `lock`.
+pub fn open_locked_target(
+    name: &str,
+    url: &str,
+    lock: Option<LockPolicy>,
+) -> Result<Box<dyn Target>, TargetError> {
     let bad = |reason: &str| TargetError::BadUrl {
         url: url.to_string(),
         reason: reason.to_string(),
@@ -120,9 +171,12 @@ pub fn open_target(name: &str, url: &str) -> Result<Box<dyn Target>, TargetError
             let path = parsed
                 .to_file_path()
                 .map_err(|_| bad("a file:// URL needs an absolute local path"))?;
+            if lock.is_some() {
+                return Err(bad("Object Lock needs an s3:// target"));
+            }
             Ok(Box::new(FileTarget::new(name, path)))
         }
-        "s3" => Ok(Box::new(S3Target::open(name, url)?)),
+        "s3" => Ok(Box::new(S3Target::open(name, url)?.with_lock(lock))),
         other => Err(bad(&format!(
             "unknown scheme `{other}` (use file:// or s3://)"
         ))),

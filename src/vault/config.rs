@@ -128,6 +128,52 @@ impl Default for StoreConfig {
 pub struct TargetConfig {
     pub name: String,
     pub url: String,
+    /// S3 Object Lock: every object but the leases under `locks/` is written locked for this
+    /// many days, and kept locked while it is needed (docs/OBJECT-LOCK.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lock_days: Option<u32>,
+    /// `compliance` (the default: nobody can shorten or remove a lock) or `governance`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lock_mode: Option<crate::target::LockMode>,
+    /// Lets prune compact packs on a locked target, where the old packs stay (and cost) until
+    /// their locks run out.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_compaction: bool,
+}
+
+impl TargetConfig {
+    pub fn new(name: &str, url: &str) -> TargetConfig {
+        TargetConfig {
+            name: name.to_string(),
+            url: url.to_string(),
+            lock_days: None,
+            lock_mode: None,
+            allow_compaction: false,
+        }
+    }
+
+    /// The lock the target writes with (`GITVAULT_LOCK_SECONDS` overrides the days in tests).
+    pub fn lock_policy(&self) -> Option<crate::target::LockPolicy> {
+        self.lock_days.map(|days| {
+            crate::target::LockPolicy::from_days(
+                days,
+                self.lock_mode
+                    .unwrap_or(crate::target::LockMode::Compliance),
+            )
+        })
+    }
+
+    /// Opens the target this entry describes.
+    pub fn open(&self) -> Result<Box<dyn crate::target::Target>, crate::target::TargetError> {
+        if self.lock_days == Some(0) {
+            // A lock of no time would be refused by the server on every upload.
+            return Err(crate::target::TargetError::LockUnsupported {
+                target: self.name.clone(),
+                reason: "lock_days must be at least 1".into(),
+            });
+        }
+        crate::target::open_locked_target(&self.name, &self.url, self.lock_policy())
+    }
 }
 
 /// `[notify]`: where to report that a command started and how it ended. The URLs are kept as
@@ -372,8 +418,14 @@ pub fn check_config(text: &str) -> ConfigCheck {
         &mut config.sources.iter().map(|s| s.name.as_str()),
     ));
     for t in &config.targets {
-        if let Err(e) = crate::target::open_target(&t.name, &t.url) {
+        if let Err(e) = t.open() {
             check.problems.push(format!("target {}: {e}", t.name));
+        }
+        if t.lock_days.is_none() && (t.lock_mode.is_some() || t.allow_compaction) {
+            check.problems.push(format!(
+                "target {}: lock_mode and allow_compaction need lock_days",
+                t.name
+            ));
         }
     }
     check.problems.extend(twice(

@@ -22,6 +22,7 @@ mod config;
 pub mod index_backup;
 mod keys;
 mod lock;
+mod object_lock;
 mod reports;
 mod settings;
 pub mod target_lock;
@@ -31,6 +32,7 @@ pub use config::{
     StoreConfig, TargetConfig, check_config, resolve_notify_url,
 };
 pub use lock::{ReadLease, WriteLock};
+pub use object_lock::{LockCheck, LockFinding, LockUpkeep};
 
 use crate::crypto::{self, CryptoError, KeyProtection, VaultKeys};
 use crate::index::{Index, IndexError};
@@ -213,10 +215,7 @@ impl Vault {
             store: StoreConfig::default(),
             retention: None,
             notify: None,
-            targets: vec![TargetConfig {
-                name: "local".into(),
-                url: data_url.clone(),
-            }],
+            targets: vec![TargetConfig::new("local", &data_url)],
             sources: Vec::new(),
             jobs: Vec::new(),
             daemon: None,
@@ -246,13 +245,12 @@ impl Vault {
     pub fn create_recovered(
         dir: &Path,
         params: &PublicParams,
-        target_name: &str,
-        target_url: &str,
+        target: TargetConfig,
         key_files: &[(String, Vec<u8>)],
     ) -> Result<PathBuf, VaultError> {
         if params.format != FORMAT_VERSION {
             return Err(VaultError::UnsupportedFormat {
-                path: target_url.to_string(),
+                path: target.url.clone(),
                 found: params.format,
                 known: FORMAT_VERSION,
             });
@@ -285,10 +283,7 @@ impl Vault {
                 store: StoreConfig::default(),
                 retention: None,
                 notify: None,
-                targets: vec![TargetConfig {
-                    name: target_name.to_string(),
-                    url: target_url.to_string(),
-                }],
+                targets: vec![target],
                 sources: Vec::new(),
                 jobs: Vec::new(),
                 daemon: None,
@@ -345,7 +340,7 @@ impl Vault {
         let targets = config
             .targets
             .iter()
-            .map(|t| target::open_target(&t.name, &t.url))
+            .map(TargetConfig::open)
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Vault {
             dir: dir.to_path_buf(),

@@ -10,8 +10,19 @@ impl Vault {
         &mut self,
         name: &str,
         url: &str,
+        lock: &WriteLock,
+    ) -> Result<(), VaultError> {
+        self.add_configured_target(TargetConfig::new(name, url), lock)
+    }
+
+    /// [`Vault::add_target`] with the entry's Object Lock settings: the bucket must have Object
+    /// Lock enabled, which is checked before anything is written.
+    pub fn add_configured_target(
+        &mut self,
+        entry: TargetConfig,
         _lock: &WriteLock,
     ) -> Result<(), VaultError> {
+        let name = entry.name.as_str();
         if name.is_empty()
             || !name
                 .bytes()
@@ -22,11 +33,20 @@ impl Vault {
         if self.config.targets.iter().any(|t| t.name == name) {
             return Err(VaultError::TargetExists(name.to_string()));
         }
-        let target = target::open_target(name, url)?;
+        if entry.lock_days == Some(0) {
+            return Err(VaultError::BadConfig {
+                path: format!("target {name}"),
+                reason: "--lock-days must be at least 1".into(),
+            });
+        }
+        let target = entry.open()?;
+        if target.lock_policy().is_some() {
+            target.check_lock_support()?;
+        }
         self.prepare_target(target.as_ref())?;
         self.config.targets.push(TargetConfig {
-            name: name.to_string(),
             url: target.url().to_string(),
+            ..entry
         });
         self.save_config()?;
         self.targets.push(target);

@@ -20,7 +20,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 
 use crate::crypto::{AuthKey, VaultKeys};
-use crate::target::{self, Body, Target, TargetError};
+use crate::target::{Body, Target, TargetError};
 
 use super::Vault;
 
@@ -471,7 +471,7 @@ impl Vault {
             .config()
             .targets
             .iter()
-            .map(|t| target::open_target(&t.name, &t.url))
+            .map(|t| t.open())
             .collect::<Result<Vec<_>, _>>()?;
         let refresher = Refresher {
             targets,

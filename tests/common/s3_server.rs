@@ -31,8 +31,9 @@ pub struct S3Server {
     secret_key: String,
     access_key_env: String,
     secret_key_env: String,
-    /// Recreated when a moto server comes back (its buckets lived in memory).
-    buckets: Mutex<Vec<String>>,
+    /// Recreated when a moto server comes back (its buckets lived in memory); `true`: with
+    /// Object Lock.
+    buckets: Mutex<Vec<(String, bool)>>,
 }
 
 static INSTANCES: AtomicUsize = AtomicUsize::new(0);
@@ -126,8 +127,8 @@ impl S3Server {
         self.wait_until_up();
         if self.kind == S3Kind::Moto {
             let buckets = self.buckets.lock().map(|b| b.clone()).unwrap_or_default();
-            for bucket in buckets {
-                self.create_bucket_on_server(&bucket);
+            for (bucket, locked) in buckets {
+                self.create_bucket_on_server(&bucket, locked);
             }
         }
     }
@@ -160,13 +161,23 @@ impl S3Server {
     }
 
     pub fn create_bucket(&self, name: &str) {
-        self.create_bucket_on_server(name);
+        self.create_bucket_on_server(name, false);
         if let Ok(mut buckets) = self.buckets.lock() {
-            buckets.push(name.to_string());
+            buckets.push((name.to_string(), false));
         }
     }
 
-    fn create_bucket_on_server(&self, name: &str) {
+    /// A bucket with S3 Object Lock enabled (and so versioning), on moto only: s3s-fs has no
+    /// Object Lock.
+    pub fn create_locked_bucket(&self, name: &str) {
+        assert_eq!(self.kind, S3Kind::Moto, "only moto has Object Lock");
+        self.create_bucket_on_server(name, true);
+        if let Ok(mut buckets) = self.buckets.lock() {
+            buckets.push((name.to_string(), true));
+        }
+    }
+
+    fn create_bucket_on_server(&self, name: &str, locked: bool) {
         match self.kind {
             // s3s-fs treats every directory under its root as a bucket.
             S3Kind::S3sFs => {
@@ -174,12 +185,55 @@ impl S3Server {
             }
             // moto checks no signature, so a bare HTTP PUT creates the bucket.
             S3Kind::Moto => {
-                let status = http_put(self.port, &format!("/{name}"));
+                let header = if locked {
+                    "x-amz-bucket-object-lock-enabled: true\r\n"
+                } else {
+                    ""
+                };
+                let status = http_put(self.port, &format!("/{name}"), header);
                 assert!(
                     status == 200,
                     "moto did not create bucket {name}: HTTP {status}"
                 );
             }
+        }
+    }
+
+    /// An aws-sdk-s3 client with this server's credentials, for requests gitvault never makes.
+    pub fn sdk_client(&self) -> aws_sdk_s3::Client {
+        let creds = aws_sdk_s3::config::Credentials::new(
+            &self.access_key,
+            &self.secret_key,
+            None,
+            None,
+            "test",
+        );
+        let conf = aws_sdk_s3::config::Builder::new()
+            .behavior_version_latest()
+            .region(aws_sdk_s3::config::Region::new("us-east-1"))
+            .endpoint_url(self.endpoint())
+            .force_path_style(true)
+            .credentials_provider(creds)
+            .request_checksum_calculation(
+                aws_sdk_s3::config::RequestChecksumCalculation::WhenRequired,
+            )
+            .response_checksum_validation(
+                aws_sdk_s3::config::ResponseChecksumValidation::WhenRequired,
+            )
+            .build();
+        aws_sdk_s3::Client::from_conf(conf)
+    }
+
+    /// [`S3Server::sdk_client`] on its own runtime, blocking: what someone holding the backup
+    /// host's S3 keys could do, outside gitvault.
+    pub fn raw_client(&self) -> RawS3 {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime for the raw S3 client");
+        RawS3 {
+            client: self.sdk_client(),
+            runtime,
         }
     }
 
@@ -263,15 +317,16 @@ fn program(name: &str) -> PathBuf {
         })
 }
 
-/// A minimal HTTP/1.1 PUT with an empty body; returns the status code.
-fn http_put(port: u16, path: &str) -> u16 {
+/// A minimal HTTP/1.1 PUT with an empty body and `headers` (each ending in CRLF); returns the
+/// status code.
+fn http_put(port: u16, path: &str, headers: &str) -> u16 {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect to the S3 server");
     stream
         .set_read_timeout(Some(Duration::from_secs(30)))
         .expect("socket timeout");
     write!(
         stream,
-        "PUT {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        "PUT {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n{headers}Content-Length: 0\r\nConnection: close\r\n\r\n"
     )
     .expect("send the PUT");
     let mut response = String::new();
@@ -281,4 +336,96 @@ fn http_put(port: u16, path: &str) -> u16 {
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or(0)
+}
+
+/// What an object's current version carries, read with HeadObject (moto 5.2 answers
+/// GetObjectRetention with a 500).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawLock {
+    pub mode: Option<String>,
+    pub until: Option<std::time::SystemTime>,
+}
+
+/// Plain S3 requests with the target's credentials, bypassing gitvault.
+pub struct RawS3 {
+    client: aws_sdk_s3::Client,
+    runtime: tokio::runtime::Runtime,
+}
+
+impl RawS3 {
+    /// The lock of `key`'s current version, or `None` when there is no current version.
+    pub fn head_lock(&self, bucket: &str, key: &str) -> Option<RawLock> {
+        let out = self
+            .runtime
+            .block_on(self.client.head_object().bucket(bucket).key(key).send())
+            .ok()?;
+        Some(RawLock {
+            mode: out.object_lock_mode().map(|m| m.as_str().to_string()),
+            until: out
+                .object_lock_retain_until_date()
+                .and_then(|t| std::time::SystemTime::try_from(*t).ok()),
+        })
+    }
+
+    /// Every version id stored under exactly `key` (delete markers left out).
+    pub fn versions(&self, bucket: &str, key: &str) -> Vec<String> {
+        let out = self
+            .runtime
+            .block_on(
+                self.client
+                    .list_object_versions()
+                    .bucket(bucket)
+                    .prefix(key)
+                    .send(),
+            )
+            .expect("ListObjectVersions");
+        out.versions()
+            .iter()
+            .filter(|v| v.key() == Some(key))
+            .filter_map(|v| v.version_id().map(str::to_string))
+            .collect()
+    }
+
+    /// Deletes every version of `key`, as an attacker erasing data would (a plain delete only
+    /// hides it behind a delete marker); the first refusal is returned.
+    pub fn destroy(&self, bucket: &str, key: &str) -> Result<(), String> {
+        for version in self.versions(bucket, key) {
+            self.runtime
+                .block_on(
+                    self.client
+                        .delete_object()
+                        .bucket(bucket)
+                        .key(key)
+                        .version_id(version)
+                        .send(),
+                )
+                .map_err(|e| format!("{e:?}"))?;
+        }
+        Ok(())
+    }
+
+    /// A plain DeleteObject: on a versioned bucket it only adds a delete marker.
+    pub fn hide(&self, bucket: &str, key: &str) {
+        self.runtime
+            .block_on(self.client.delete_object().bucket(bucket).key(key).send())
+            .expect("raw DeleteObject");
+    }
+
+    /// Writes a new current version of `key` without a lock, or with `mode` for a minute.
+    pub fn put(&self, bucket: &str, key: &str, body: Vec<u8>, mode: Option<&str>) {
+        let mut request = self.client.put_object().bucket(bucket).key(key);
+        if let Some(mode) = mode {
+            let until = std::time::SystemTime::now() + Duration::from_secs(60);
+            use base64::Engine;
+            use md5::Digest;
+            let md5 = base64::engine::general_purpose::STANDARD.encode(md5::Md5::digest(&body));
+            request = request
+                .object_lock_mode(mode.into())
+                .object_lock_retain_until_date(until.into())
+                .content_md5(md5);
+        }
+        self.runtime
+            .block_on(request.body(body.into()).send())
+            .expect("raw PutObject");
+    }
 }

@@ -82,6 +82,10 @@ pub(super) fn collect_unindexed(
             Ok(()) | Err(crate::target::TargetError::NotFound { .. }) => {
                 report.unindexed_deleted += 1
             }
+            // Under Object Lock until its date: a later prune deletes it.
+            Err(e @ crate::target::TargetError::Locked { .. }) => {
+                tracing::debug!(target = target.name(), pack = %name, error = %e, "unindexed pack still locked")
+            }
             Err(e) => {
                 tracing::warn!(target = target.name(), pack = %name, error = %e, "unindexed pack not deleted")
             }

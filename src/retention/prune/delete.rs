@@ -3,9 +3,10 @@
 //! the index. A pack already gone counts as deleted.
 
 use std::collections::{HashMap, HashSet};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use crate::store::pack_key;
+use crate::target::{TargetError, rfc3339};
 use crate::vault::Vault;
 
 use super::regroup::Compacted;
@@ -51,7 +52,23 @@ pub(super) fn delete_condemned(
             report.packs_spared += 1;
             continue;
         }
-        delete_everywhere(vault, &name)?;
+        // Checked on every target before deleting anywhere, so that a pending pack stays
+        // whole on all of them.
+        if let Some(until) = locked_until(vault, &name)? {
+            note_locked(report, &until, sizes.get(&name).copied().unwrap_or(0));
+            continue;
+        }
+        match delete_everywhere(vault, &name) {
+            Err(PruneError::Delete {
+                source: TargetError::Locked { until, .. },
+                ..
+            }) => {
+                let until = until.map_or_else(|| "an unknown date".into(), rfc3339);
+                note_locked(report, &until, sizes.get(&name).copied().unwrap_or(0));
+                continue;
+            }
+            other => other?,
+        }
         index.drop_pack(&name)?;
         report.packs_deleted += 1;
         freed += sizes.get(&name).copied().unwrap_or(0) as i64;
@@ -59,6 +76,56 @@ pub(super) fn delete_condemned(
     drop(readers);
     report.bytes_freed = freed;
     Ok(())
+}
+
+/// A condemned pack S3 Object Lock keeps: pending until a later prune.
+fn note_locked(report: &mut PruneReport, until: &str, size: u64) {
+    report.packs_locked += 1;
+    report.bytes_locked += size;
+    if report.locked_until.as_deref().is_none_or(|u| until < u) {
+        report.locked_until = Some(until.to_string());
+    }
+}
+
+/// Counts the packs (name, size) Object Lock still keeps as pending; their bytes.
+pub(super) fn count_locked<'a>(
+    vault: &Vault,
+    packs: impl Iterator<Item = (&'a str, u64)>,
+    report: &mut PruneReport,
+) -> Result<u64, PruneError> {
+    if vault.targets().iter().all(|t| t.lock_policy().is_none()) {
+        return Ok(0);
+    }
+    let mut bytes = 0;
+    for (name, size) in packs {
+        if let Some(until) = locked_until(vault, name)? {
+            note_locked(report, &until, size);
+            bytes += size;
+        }
+    }
+    Ok(bytes)
+}
+
+/// The date Object Lock keeps a pack until on some locked target, if it still does.
+fn locked_until(vault: &Vault, name: &str) -> Result<Option<String>, PruneError> {
+    let key = [pack_key(name)];
+    let now = SystemTime::now();
+    let mut latest: Option<SystemTime> = None;
+    for target in vault.targets().iter().filter(|t| t.lock_policy().is_some()) {
+        let found = target
+            .retentions(&key)
+            .pop()
+            .unwrap_or(Ok(None))
+            .map_err(|source| PruneError::Delete {
+                pack: name.to_string(),
+                target: target.name().to_string(),
+                source,
+            })?;
+        if let Some(until) = found.and_then(|r| r.until).filter(|u| *u > now) {
+            latest = Some(latest.map_or(until, |l| l.max(until)));
+        }
+    }
+    Ok(latest.map(rfc3339))
 }
 
 /// Deletes one pack from every target; one already gone is fine.

@@ -126,6 +126,18 @@ pub struct PruneReport {
     pub packs_unvouched: u64,
     /// Targets the index backup could not be written to; nothing was deleted then.
     pub index_backup_failed: Vec<String>,
+    /// Condemned packs S3 Object Lock still keeps: pending, deleted by a prune after their
+    /// locks run out (docs/OBJECT-LOCK.md).
+    pub packs_locked: u64,
+    pub bytes_locked: u64,
+    /// The earliest date a pending pack's lock runs out.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub locked_until: Option<String>,
+    /// Compaction was due but a locked target does not allow it (`allow_compaction`).
+    pub compaction_skipped_for_locks: bool,
+    /// Lock renewal of what the kept snapshots need, on locked targets.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub locks: Option<crate::vault::LockUpkeep>,
 }
 
 pub use crate::snapshot::PruneRecord;
@@ -170,9 +182,10 @@ pub fn prune_watched(
         Start::regroup_candidates(&small),
     )?;
     crate::hooks::point("prune-marked");
-    let plan = plan::plan(index, &start, &live, &small, options, &mut report)?;
+    let mut plan = plan::plan(index, &start, &live, &small, options, &mut report)?;
+    plan.respect_locks(vault, &mut report);
     if options.dry_run {
-        plan::estimate(index, &start, &live, &plan, &mut report)?;
+        plan::estimate(vault, &start, &live, &plan, &mut report)?;
         return Ok(report);
     }
 
@@ -205,6 +218,8 @@ pub fn prune_watched(
     crate::hooks::point("prune-recorded");
     decide::apply(index, &start, &live, &condemned, &copies, &mut report)?;
     crate::hooks::point("prune-condemned");
+    // Locks of what the kept snapshots need are renewed; condemned packs are left to expire.
+    report.locks = vault.renew_locks_if_any()?;
     // An index backup that no longer needs the condemned packs, before any is deleted: a
     // recover from it never meets a dangling row.
     let failed = crate::vault::index_backup::upload_index_backup(vault, keys, &lock)?;

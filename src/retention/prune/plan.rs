@@ -25,6 +25,18 @@ pub(super) struct Plan {
     pub(super) rewrite: Vec<i64>,
 }
 
+impl Plan {
+    /// No compaction on a locked target that does not allow it: the packs it replaces would
+    /// stay, locked and paid for, until their locks run out (storage doubles for the period).
+    pub(super) fn respect_locks(&mut self, vault: &crate::vault::Vault, report: &mut PruneReport) {
+        if !self.rewrite.is_empty() && !vault.compaction_allowed() {
+            self.rewrite.clear();
+            report.packs_compacted = 0;
+            report.compaction_skipped_for_locks = true;
+        }
+    }
+}
+
 /// Measures every judged pack's live share and chooses the packs to empty and to rewrite.
 pub(super) fn plan(
     index: &Index,
@@ -93,20 +105,28 @@ pub(super) fn plan(
 }
 
 /// A dry run's answer: what deleting the emptied packs and rewriting the others would free.
+/// Packs still under Object Lock would be pending, not freed (one lock read each).
 pub(super) fn estimate(
-    index: &Index,
+    vault: &crate::vault::Vault,
     start: &Start,
     live: &Live,
     plan: &Plan,
     report: &mut PruneReport,
-) -> Result<(), IndexError> {
+) -> Result<(), super::PruneError> {
+    let index = vault.index();
     report.dead_objects = index.count_dead_objects(&|o| live.walked(o))?;
     let size: HashMap<i64, u64> = start.packs.iter().map(|p| (p.id, p.size)).collect();
+    let emptied = plan.emptied.iter().filter_map(|id| {
+        let name = start.names.get(id)?;
+        Some((name.as_str(), size.get(id).copied().unwrap_or(0)))
+    });
+    let locked = super::delete::count_locked(vault, emptied, report)?;
     let freed: u64 = plan
         .emptied
         .iter()
         .map(|id| size.get(id).copied().unwrap_or(0))
-        .sum();
+        .sum::<u64>()
+        - locked;
     let compacted: u64 = plan
         .rewrite
         .iter()

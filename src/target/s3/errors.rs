@@ -11,6 +11,8 @@ pub(super) enum Failure {
     PreconditionFailed,
     /// A range that starts at or past the end of the object.
     RangeNotSatisfiable,
+    /// Object Lock keeps the object (until this date, when known).
+    Locked(Option<std::time::SystemTime>),
     Other(io::ErrorKind, String),
 }
 
@@ -41,6 +43,11 @@ impl S3Target {
                 io::ErrorKind::UnexpectedEof,
                 "range outside the object (416)".into(),
             ),
+            Failure::Locked(until) => TargetError::Locked {
+                target: self.name.clone(),
+                key: key.to_string(),
+                until,
+            },
             Failure::Other(kind, message) => self.io_error(op, key, kind, message),
         }
     }

@@ -34,6 +34,7 @@ use errors::{Failure, answered_200_unreadably, error_chain};
 
 mod address;
 mod errors;
+mod retention;
 mod upload;
 
 /// Bodies larger than this go up in parts: a failed part is retried alone, and no single request
@@ -67,6 +68,8 @@ pub struct S3Target {
     /// The secret key when we read it ourselves, only to scrub it from error text.
     secret: Option<Zeroizing<String>>,
     list_page_size: i32,
+    /// Object Lock for every upload but the leases under `locks/` (docs/OBJECT-LOCK.md).
+    lock: Option<crate::target::LockPolicy>,
     runtime: tokio::runtime::Runtime,
 }
 
@@ -105,6 +108,7 @@ impl S3Target {
             unusable,
             secret,
             list_page_size: LIST_PAGE_SIZE,
+            lock: None,
             runtime,
         })
     }
@@ -317,7 +321,38 @@ impl Target for S3Target {
 
     fn delete(&self, key: &str) -> Result<(), TargetError> {
         let full = self.full_key(key)?;
+        // On a locked (versioned) bucket a plain delete only adds a delete marker: the data,
+        // a lease under `locks/` included, would stay and be paid for forever.
+        if self.lock.is_some() {
+            return self.run("delete", key, self.delete_versions_async(&full));
+        }
         self.run("delete", key, self.delete_async(&full))
+    }
+
+    fn lock_policy(&self) -> Option<crate::target::LockPolicy> {
+        self.lock
+    }
+
+    fn check_lock_support(&self) -> Result<(), TargetError> {
+        self.run("check Object Lock of", "", self.check_lock_async())?
+            .map_err(|reason| TargetError::LockUnsupported {
+                target: self.name.clone(),
+                reason,
+            })
+    }
+
+    fn retentions(
+        &self,
+        keys: &[String],
+    ) -> Vec<Result<Option<crate::target::Retention>, TargetError>> {
+        self.retentions_batched(keys)
+    }
+
+    fn renew_locks(
+        &self,
+        keys: &[String],
+    ) -> Vec<Result<Option<std::time::SystemTime>, TargetError>> {
+        self.renew_batched(keys)
     }
 }
 

@@ -2,6 +2,8 @@
 //! retried alone, `PARTS_IN_FLIGHT` at a time). Create-only puts send `If-None-Match: *` on the
 //! single put or on the multipart completion, so a name is written at most once.
 
+use std::path::Path;
+
 use super::*;
 
 impl S3Target {
@@ -12,19 +14,41 @@ impl S3Target {
         body: Body<'_>,
         create_only: bool,
     ) -> Result<PutOutcome, Failure> {
-        let stream = match body {
-            Body::Bytes(bytes) => ByteStream::from(bytes.to_vec()),
+        let lock = self.lock_for(full_key);
+        let (stream, md5) = match (body, lock) {
+            (Body::Bytes(bytes), None) => (ByteStream::from(bytes.to_vec()), None),
             // Streams from disk, and can be reopened when the SDK retries.
-            Body::File(path) => ByteStream::from_path(path)
-                .await
-                .map_err(|e| Self::other(format!("reading {}: {e}", path.display())))?,
+            (Body::File(path), None) => (
+                ByteStream::from_path(path)
+                    .await
+                    .map_err(|e| Self::other(format!("reading {}: {e}", path.display())))?,
+                None,
+            ),
+            // A locked upload needs its MD5 first; single uploads are at most 16 MiB.
+            (body, Some(_)) => {
+                let bytes = match body {
+                    Body::Bytes(bytes) => bytes.to_vec(),
+                    Body::File(path) => tokio::fs::read(path)
+                        .await
+                        .map_err(|e| Self::other(format!("reading {}: {e}", path.display())))?,
+                };
+                let md5 = retention::content_md5(&bytes);
+                (ByteStream::from(bytes), Some(md5))
+            }
         };
         let mut request = self
             .client
             .put_object()
             .bucket(&self.config.bucket)
             .key(full_key)
+            .set_content_md5(md5)
             .body(stream);
+        if let Some(policy) = lock {
+            let (mode, until) = Self::lock_headers(policy);
+            request = request
+                .object_lock_mode(mode)
+                .object_lock_retain_until_date(until);
+        }
         if create_only {
             request = request.if_none_match("*");
         }
@@ -47,14 +71,18 @@ impl S3Target {
         size: u64,
         create_only: bool,
     ) -> Result<PutOutcome, Failure> {
-        let created = self
+        let mut request = self
             .client
             .create_multipart_upload()
             .bucket(&self.config.bucket)
-            .key(full_key)
-            .send()
-            .await
-            .map_err(|e| self.classify(e))?;
+            .key(full_key);
+        let lock = self.lock_for(full_key).map(Self::lock_headers);
+        if let Some((mode, until)) = &lock {
+            request = request
+                .object_lock_mode(mode.clone())
+                .object_lock_retain_until_date(*until);
+        }
+        let created = request.send().await.map_err(|e| self.classify(e))?;
         let upload_id = created
             .upload_id()
             .ok_or_else(|| Self::other("the server started a multipart upload without an id"))?
@@ -72,6 +100,9 @@ impl S3Target {
                 .upload_id(&upload_id)
                 .send()
                 .await;
+        }
+        if let (Ok(PutOutcome::Created), Some((_, until))) = (&result, lock) {
+            self.ensure_locked(full_key, until).await?;
         }
         result
     }
@@ -95,6 +126,7 @@ impl S3Target {
             let offset = index * part_size;
             let len = part_size.min(size - offset);
             let source = PartSource::new(body, offset, len);
+            let locked = self.lock_for(full_key).is_some();
             let request = self
                 .client
                 .upload_part()
@@ -103,8 +135,9 @@ impl S3Target {
                 .upload_id(upload_id)
                 .part_number((index + 1) as i32);
             in_flight.spawn(async move {
-                let stream = source.stream().await?;
+                let (stream, md5) = source.stream(locked).await?;
                 let output = request
+                    .set_content_md5(md5)
                     .body(stream)
                     .customize()
                     .config_override(upload_timeouts())
@@ -254,17 +287,43 @@ impl PartSource {
         }
     }
 
-    /// Reads a file part straight from disk (and again on a retry), never the whole file.
-    pub(super) async fn stream(self) -> Result<ByteStream, PartError> {
+    /// Reads a file part straight from disk (and again on a retry), never the whole file. A
+    /// part of a locked upload is read into memory first: it needs its Content-MD5.
+    pub(super) async fn stream(
+        self,
+        locked: bool,
+    ) -> Result<(ByteStream, Option<String>), PartError> {
+        let read_error = |path: &Path, e: &dyn std::fmt::Display| {
+            PartError::Read(format!("reading {}: {e}", path.display()))
+        };
         match self {
-            PartSource::Bytes(bytes) => Ok(ByteStream::from(bytes)),
+            PartSource::Bytes(bytes) => {
+                let md5 = locked.then(|| retention::content_md5(&bytes));
+                Ok((ByteStream::from(bytes), md5))
+            }
+            PartSource::File { path, offset, len } if locked => {
+                use tokio::io::{AsyncReadExt, AsyncSeekExt};
+                let mut file = tokio::fs::File::open(&path)
+                    .await
+                    .map_err(|e| read_error(&path, &e))?;
+                file.seek(std::io::SeekFrom::Start(offset))
+                    .await
+                    .map_err(|e| read_error(&path, &e))?;
+                let mut bytes = vec![0; usize::try_from(len).unwrap_or(usize::MAX)];
+                file.read_exact(&mut bytes)
+                    .await
+                    .map_err(|e| read_error(&path, &e))?;
+                let md5 = retention::content_md5(&bytes);
+                Ok((ByteStream::from(bytes), Some(md5)))
+            }
             PartSource::File { path, offset, len } => ByteStream::read_from()
                 .path(&path)
                 .offset(offset)
                 .length(Length::Exact(len))
                 .build()
                 .await
-                .map_err(|e| PartError::Read(format!("reading {}: {e}", path.display()))),
+                .map(|stream| (stream, None))
+                .map_err(|e| read_error(&path, &e)),
         }
     }
 }
