@@ -172,6 +172,19 @@ fn daily_edits_cost_their_size_and_every_day_restores_exactly() {
     let verify = json(&tv, &["verify", "--full"], None);
     assert_eq!(verify["ok"], true, "{verify}");
 
+    // A vault recovered from the target alone reads the chains the same way.
+    let recovered = TestVault {
+        tmp: tempfile::tempdir().unwrap(),
+        dir: tv.tmp.path().join("recovered"),
+        identity_file: tv.identity_file.clone(),
+        identity: tv.identity.clone(),
+    };
+    let from = format!("file://{}", tv.data_dir().display());
+    ok(&recovered.run(&["recover", "--from", &from]));
+    for n in [2, 18, 22] {
+        check_day(&recovered, n, &refs, &contents);
+    }
+
     // Forget every day but the last: the versions its deltas are stored against belong to
     // forgotten snapshots only, and must stay. Then compaction regroups what is left.
     json(&tv, &["forget", "--keep-last", "1"], None);
