@@ -9,6 +9,9 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use common::{TestVault, git, noise, ok, pack_files, refs_and_head, stderr};
+use gitvault::ChunkKind;
+use gitvault::store::DeltaBase;
+use gitvault::store::delta::MAX_DEPTH;
 use serde_json::Value;
 
 /// A working repository and the bare one the backups read over `file://`.
@@ -281,4 +284,125 @@ fn prune_keeps_a_base_that_only_forgotten_snapshots_reach() {
     assert_eq!(refs_and_head(&to), want);
     let verify = json(&tv, &["verify", "--full"], None);
     assert_eq!(verify["ok"], true, "{verify}");
+}
+
+/// The store alone: forty versions each stored against the one before read back byte for
+/// byte; chains stay within the writer's limit; versions that gain nothing from a delta (too
+/// small, unrelated, already stored whole) are stored whole.
+#[test]
+fn delta_chains_round_trip_and_stay_short() {
+    let tv = TestVault::new();
+    let vault = tv.open();
+    let keys = tv.keys(&vault);
+    let lock = vault.lock().unwrap();
+    let mut store = vault.store(&keys, &lock);
+    let mut lines = text(9, 1500);
+    let first = join(&lines);
+    let mut ids = vec![store.put(ChunkKind::GitBlob, &first).unwrap()];
+    let mut versions = vec![first];
+    for n in 1..40 {
+        let at = (n * 37) % lines.len();
+        lines[at] = format!("version {n}");
+        let data = join(&lines);
+        store.flush().unwrap();
+        let prev = *ids.last().unwrap();
+        let depth = store.delta_depth(&prev).unwrap().unwrap();
+        let base = DeltaBase {
+            id: prev,
+            depth,
+            content: versions.last().unwrap(),
+        };
+        ids.push(store.put_against(ChunkKind::GitBlob, &data, &base).unwrap());
+        versions.push(data);
+    }
+    store.flush().unwrap();
+    let reader = vault.reader(&keys);
+    for (id, want) in ids.iter().zip(&versions) {
+        assert!(reader.get(id).unwrap() == *want);
+        let depth = reader.delta_depth(id).unwrap().unwrap();
+        assert!(depth <= MAX_DEPTH, "depth {depth}");
+    }
+    assert!(
+        ids.iter()
+            .skip(1)
+            .all(|id| reader.delta_depth(id).unwrap() != Some(0))
+    );
+
+    let last = DeltaBase {
+        id: *ids.last().unwrap(),
+        depth: reader.delta_depth(ids.last().unwrap()).unwrap().unwrap(),
+        content: versions.last().unwrap(),
+    };
+    let unrelated = join(&text(10, 1500));
+    let tiny = b"tiny".to_vec();
+    for data in [&unrelated, &tiny, &versions[0]] {
+        let id = store.put_against(ChunkKind::GitBlob, data, &last).unwrap();
+        store.flush().unwrap();
+        assert_eq!(store.delta_depth(&id).unwrap(), Some(0), "stored whole");
+        assert!(store.get(&id).unwrap() == *data);
+    }
+    assert_eq!(
+        store
+            .put_against(ChunkKind::GitBlob, &versions[0], &last)
+            .unwrap(),
+        ids[0]
+    );
+}
+
+/// Delta chunks as FORMAT.md describes them, written by hand: one whose delta does not fit its
+/// base, a truncated one, one whose base is not in the vault, one that misstates its depth and
+/// a chain longer than a reader follows are refused with the chunk named; a chain just short of the limit reads.
+#[test]
+fn broken_delta_chunks_are_refused() {
+    let tv = TestVault::new();
+    let vault = tv.open();
+    let keys = tv.keys(&vault);
+    let lock = vault.lock().unwrap();
+    let mut store = vault.store(&keys, &lock);
+    let content = noise(4, 100);
+    let base = store.put(ChunkKind::GitBlob, &content).unwrap();
+    let doc = |depth: u8, base: &gitvault::crypto::ChunkId, delta: &[u8]| {
+        let mut d = vec![1u8, depth];
+        d.extend_from_slice(&base.0);
+        d.extend_from_slice(delta);
+        d
+    };
+    // Base size 100, result 100, COPY offset 0 size 100.
+    let copy_all = [100u8, 100, 0x90, 100];
+    let mut chain = vec![base];
+    for depth in 1..=70 {
+        let next = store
+            .put_chunk(
+                ChunkKind::Delta,
+                &doc(depth, chain.last().unwrap(), &copy_all),
+            )
+            .unwrap();
+        chain.push(next);
+    }
+    let wrong_size = store
+        .put_chunk(ChunkKind::Delta, &doc(1, &base, &[99u8, 99, 0x90, 99]))
+        .unwrap();
+    let truncated = store.put_chunk(ChunkKind::Delta, &[1u8, 1, 2, 3]).unwrap();
+    let orphan = store
+        .put_chunk(
+            ChunkKind::Delta,
+            &doc(1, &gitvault::crypto::ChunkId([9; 32]), &copy_all),
+        )
+        .unwrap();
+    let misdeclared = store
+        .put_chunk(ChunkKind::Delta, &doc(1, &chain[5], &copy_all))
+        .unwrap();
+    store.flush().unwrap();
+
+    let reader = vault.reader(&keys);
+    assert!(reader.get(&chain[60]).unwrap() == content);
+    let refused = |id, what: &str| {
+        let err = reader.get(id).unwrap_err().to_string();
+        assert!(err.contains(what), "{err}");
+    };
+    refused(&chain[70], "longer than 64");
+    refused(&wrong_size, "does not apply");
+    refused(&truncated, "truncated");
+    refused(&orphan, "not in the vault");
+    refused(&misdeclared, "depth 1 over a base of depth 5");
 }

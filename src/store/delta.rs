@@ -4,8 +4,9 @@
 //!
 //! The delta chunk's id is the keyed hash of its own bytes (base id, depth and delta), so it is
 //! authenticated like any chunk; the content it stands for is the base's content with the delta
-//! applied, and is as authentic as the base. Readers follow at most [`MAX_HOPS`] links, which
-//! also ends any cycle; writers keep chains at most [`MAX_DEPTH`] long.
+//! applied, and is as authentic as the base. Each delta chunk declares its depth (its base's plus
+//! one); readers check it and refuse chains deeper than [`MAX_HOPS`], so a chain is refused
+//! or read the same whatever is cached. Writers keep chains at most [`MAX_DEPTH`] long.
 //!
 //! Resolving a chain reads its bases, often from other packs than the one being read in order:
 //! results are kept in a small cache bounded by bytes, so that a restore, which reads the
@@ -19,8 +20,7 @@ use crate::crypto::ChunkId;
 /// Longest chain a writer makes: a read of the newest version then resolves at most this many
 /// deltas (from the cache, usually).
 pub const MAX_DEPTH: u8 = 16;
-/// Longest chain a reader follows (chains written by older writers may be longer than
-/// `MAX_DEPTH` is today; a cycle can only be a bug, and ends here).
+/// Deepest chain a reader follows (room for writers whose `MAX_DEPTH` grows later).
 pub const MAX_HOPS: usize = 64;
 /// Bytes of resolved contents a reader keeps.
 pub(crate) const RESOLVED_CACHE_BYTES: usize = 16 << 20;
@@ -64,9 +64,10 @@ impl<'a> DeltaChunk<'a> {
     }
 }
 
-/// Resolved contents by chunk id, oldest dropped first once over the budget.
+/// Resolved contents (with their delta depth) by chunk id, oldest dropped first once over the
+/// budget.
 pub(crate) struct ResolvedCache {
-    map: HashMap<ChunkId, Arc<Vec<u8>>>,
+    map: HashMap<ChunkId, (u8, Arc<Vec<u8>>)>,
     order: VecDeque<ChunkId>,
     bytes: usize,
     budget: usize,
@@ -82,22 +83,22 @@ impl ResolvedCache {
         }
     }
 
-    pub(crate) fn get(&self, id: &ChunkId) -> Option<Arc<Vec<u8>>> {
+    pub(crate) fn get(&self, id: &ChunkId) -> Option<(u8, Arc<Vec<u8>>)> {
         self.map.get(id).cloned()
     }
 
-    pub(crate) fn put(&mut self, id: ChunkId, content: Arc<Vec<u8>>) {
+    pub(crate) fn put(&mut self, id: ChunkId, depth: u8, content: Arc<Vec<u8>>) {
         if content.len() > self.budget || self.map.contains_key(&id) {
             return;
         }
         self.bytes += content.len();
-        self.map.insert(id, content);
+        self.map.insert(id, (depth, content));
         self.order.push_back(id);
         while self.bytes > self.budget {
             let Some(old) = self.order.pop_front() else {
                 break;
             };
-            if let Some(gone) = self.map.remove(&old) {
+            if let Some((_, gone)) = self.map.remove(&old) {
                 self.bytes -= gone.len();
             }
         }
@@ -126,13 +127,13 @@ mod tests {
     #[test]
     fn resolved_cache_is_bounded_by_bytes() {
         let mut cache = ResolvedCache::new(10);
-        cache.put(ChunkId([1; 32]), Arc::new(vec![0; 6]));
-        cache.put(ChunkId([2; 32]), Arc::new(vec![0; 4]));
+        cache.put(ChunkId([1; 32]), 0, Arc::new(vec![0; 6]));
+        cache.put(ChunkId([2; 32]), 0, Arc::new(vec![0; 4]));
         assert!(cache.get(&ChunkId([1; 32])).is_some());
-        cache.put(ChunkId([3; 32]), Arc::new(vec![0; 5]));
+        cache.put(ChunkId([3; 32]), 0, Arc::new(vec![0; 5]));
         assert!(cache.get(&ChunkId([1; 32])).is_none());
         assert!(cache.get(&ChunkId([2; 32])).is_some() && cache.get(&ChunkId([3; 32])).is_some());
-        cache.put(ChunkId([4; 32]), Arc::new(vec![0; 11]));
+        cache.put(ChunkId([4; 32]), 0, Arc::new(vec![0; 11]));
         assert!(
             cache.get(&ChunkId([4; 32])).is_none(),
             "larger than the budget"

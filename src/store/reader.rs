@@ -186,8 +186,9 @@ impl<'v> ChunkReader<'v> {
         Ok(Some(doc.base))
     }
 
-    /// The content a delta chunk stands for: its base's content (resolved the same way, at
-    /// most `MAX_HOPS` deep) with its delta applied.
+    /// The content a delta chunk stands for: its base's content (resolved the same way) with
+    /// its delta applied. The depth each delta declares must be its base's plus one and at
+    /// most `MAX_HOPS`, so whether a chain is refused does not depend on what is cached.
     fn resolve(
         &self,
         id: &ChunkId,
@@ -195,35 +196,47 @@ impl<'v> ChunkReader<'v> {
         data: &[u8],
         hops: usize,
     ) -> Result<Arc<Vec<u8>>, StoreError> {
-        if let Some(hit) = self.resolved.lock().ok().and_then(|c| c.get(id)) {
+        if let Some((_, hit)) = self.resolved.lock().ok().and_then(|c| c.get(id)) {
             return Ok(hit);
         }
         let doc = DeltaChunk::decode(data).map_err(|reason| corrupt(id, loc, reason))?;
-        if hops >= MAX_HOPS {
+        if doc.depth as usize > MAX_HOPS || hops >= MAX_HOPS {
             return Err(corrupt(
                 id,
                 loc,
                 format!("delta chain longer than {MAX_HOPS}"),
             ));
         }
-        let base = self.base_content(&doc.base, hops + 1)?;
+        let (base_depth, base) = self.base_content(&doc.base, hops + 1)?;
+        if base_depth as usize + 1 != doc.depth as usize {
+            return Err(corrupt(
+                id,
+                loc,
+                format!(
+                    "declares delta depth {} over a base of depth {base_depth}",
+                    doc.depth
+                ),
+            ));
+        }
         let content = crate::delta::apply_delta(&base, doc.delta)
             .map_err(|e| corrupt(id, loc, format!("its delta does not apply: {e}")))?;
         let content = Arc::new(content);
         if let Ok(mut c) = self.resolved.lock() {
-            c.put(*id, content.clone());
+            c.put(*id, doc.depth, content.clone());
         }
         Ok(content)
     }
 
-    /// A delta base's content, kept for the next version of its path.
-    fn base_content(&self, id: &ChunkId, hops: usize) -> Result<Arc<Vec<u8>>, StoreError> {
+    /// A delta base's depth and content, kept for the next version of its path.
+    fn base_content(&self, id: &ChunkId, hops: usize) -> Result<(u8, Arc<Vec<u8>>), StoreError> {
         if let Some(hit) = self.resolved.lock().ok().and_then(|c| c.get(id)) {
             return Ok(hit);
         }
         let (loc, data) = self.read_chunk_with(id, true)?;
         if loc.kind == ChunkKind::Delta as u8 {
-            return self.resolve(id, &loc, &data, hops);
+            let content = self.resolve(id, &loc, &data, hops)?;
+            let depth = DeltaChunk::decode(&data).map(|d| d.depth).unwrap_or(0);
+            return Ok((depth, content));
         }
         let content = if loc.kind == ChunkKind::ChunkList as u8 {
             let mut whole = Vec::new();
@@ -234,9 +247,9 @@ impl<'v> ChunkReader<'v> {
         };
         let content = Arc::new(content);
         if let Ok(mut c) = self.resolved.lock() {
-            c.put(*id, content.clone());
+            c.put(*id, 0, content.clone());
         }
-        Ok(content)
+        Ok((0, content))
     }
 
     /// The kind and bytes of one stored chunk, checked against its id.
