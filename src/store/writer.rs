@@ -203,12 +203,16 @@ impl<'v> ChunkStore<'v> {
             d if d < MAX_DEPTH => (base.id, d, base.content),
             // A chain at its limit branches from its middle: a delta against an older version
             // is larger, but far smaller than storing this version whole.
-            _ => match self.shallower(base.id)? {
-                Some((id, depth)) => {
-                    older = self.reader.get(&id)?;
-                    (id, depth, older.as_slice())
-                }
-                None => return self.put(kind, data),
+            // A base that does not read back only costs the delta.
+            _ => match self.shallower(base.id) {
+                Ok(Some((id, depth))) => match self.reader.get(&id) {
+                    Ok(content) => {
+                        older = content;
+                        (id, depth, older.as_slice())
+                    }
+                    Err(_) => return self.put(kind, data),
+                },
+                Ok(None) | Err(_) => return self.put(kind, data),
             },
         };
         // A delta must save at least half of the content to be worth a second read.
