@@ -8,7 +8,7 @@
 use std::hint::black_box;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use gitvault::git::delta::{DeltaEncoder, apply_delta};
+use gitvault::delta::{DeltaEncoder, apply_delta};
 
 const LEN: usize = 200_000;
 

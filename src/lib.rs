@@ -60,6 +60,7 @@
 pub mod backup;
 pub mod crypto;
 pub mod daemon;
+pub mod delta;
 pub mod git;
 pub mod hooks;
 pub mod index;

@@ -8,7 +8,7 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 
 use common::git;
-use gitvault::git::delta::{self, DeltaError, apply_delta};
+use gitvault::delta::{self, DeltaError, apply_delta};
 use gitvault::git::packfile::{PackWriter, write_idx};
 use gitvault::snapshot::{ObjectKind, Oid};
 use proptest::prelude::*;

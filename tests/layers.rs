@@ -14,6 +14,7 @@ const LAYERS: &[&[&str]] = &[
     &[
         "hooks",
         "redact",
+        "delta",
         "crypto",
         "policy",
         "progress",

@@ -11,12 +11,13 @@ use super::writer::{PendingSnapshot, Writer, WriterHandle};
 use super::{BackupError, BackupRequest, Reason, RepoReport, RepoStatus, lfs, metadata};
 use crate::crypto::{ChunkId, VaultKeys};
 use crate::git::objects::{ObjectSource, Reached, walk};
+use crate::git::previous::previous_versions;
 use crate::git::{self, CacheReader, Credentials, FetchResult, RemoteSpec};
 use crate::index::SnapshotRow;
 use crate::progress::{Progress, Unit};
 use crate::provider::{Provider, ProviderError, RepoInfo};
 use crate::snapshot::{self, Manifest, ObjectEntry, ObjectKind, Oid, RefSet};
-use crate::store::ChunkKind;
+use crate::store::{ChunkKind, DeltaBase};
 use crate::vault::Vault;
 
 /// A blob that is an LFS pointer, and what it points to.
@@ -317,6 +318,7 @@ fn ingest(
         objects = reached.len(),
         "walked new objects"
     );
+    let bases = previous_versions(&mut source, &reached)?;
     let phase = Instant::now();
     let mut pointers = Vec::new();
     progress.phase(job, "store", Some(reached.len() as u64), Unit::Objects);
@@ -329,7 +331,10 @@ fn ingest(
             {
                 pointers.push((r.oid, p));
             }
-            let chunk = w.store.put(kind.chunk_kind(), &data)?;
+            let chunk = match bases.get(&r.path_hash).filter(|b| **b != r.oid) {
+                Some(base) => put_against(vault, &reader, w, base, kind, &data)?,
+                None => w.store.put(kind.chunk_kind(), &data)?,
+            };
             entries.push(ObjectEntry {
                 oid: r.oid,
                 kind,
@@ -341,6 +346,41 @@ fn ingest(
     })?;
     tracing::info!(seconds = phase.elapsed().as_secs_f64(), "stored objects");
     Ok((entries, pointers))
+}
+
+/// Stores a new version of a path as a delta against `base`, the version the vault holds (read
+/// from the mirror cache, which has it); whole when the base cannot serve (a chunk list, a
+/// chain at its limit, or a base that does not read back).
+fn put_against(
+    vault: &Vault,
+    reader: &CacheReader,
+    w: &mut Writer<'_>,
+    base: &Oid,
+    kind: ObjectKind,
+    data: &[u8],
+) -> Result<ChunkId, BackupError> {
+    let stored = match vault.index().git_object_chunk(base)? {
+        Some(object) if object.kind == kind => object.chunk,
+        _ => return Ok(w.store.put(kind.chunk_kind(), data)?),
+    };
+    let depth = match w.store.delta_depth(&stored) {
+        Ok(Some(depth)) => depth,
+        Ok(None) => return Ok(w.store.put(kind.chunk_kind(), data)?),
+        Err(e) => {
+            tracing::debug!(base = %base, error = %e, "delta base unreadable; storing whole");
+            return Ok(w.store.put(kind.chunk_kind(), data)?);
+        }
+    };
+    let content = match reader.read(base) {
+        Ok((k, content)) if k == kind => content,
+        _ => return Ok(w.store.put(kind.chunk_kind(), data)?),
+    };
+    let base = DeltaBase {
+        id: stored,
+        depth,
+        content: &content,
+    };
+    Ok(w.store.put_against(kind.chunk_kind(), data, &base)?)
 }
 
 /// The manifest stored under `id`, if it reads back.

@@ -5,9 +5,9 @@
 //! This module knows nothing of packs of the vault or targets: the backup and restore modules
 //! connect it to the chunk store.
 
-pub mod delta;
 pub mod objects;
 pub mod packfile;
+pub mod previous;
 mod remote;
 mod write;
 

@@ -199,7 +199,7 @@ pub trait ObjectSource {
     fn known(&mut self, oid: &Oid) -> Result<bool, Self::Error>;
 }
 
-fn path_hash(parent: u64, name: &[u8]) -> u64 {
+pub(crate) fn path_hash(parent: u64, name: &[u8]) -> u64 {
     let mut h = blake3::Hasher::new();
     h.update(&parent.to_le_bytes());
     h.update(name);

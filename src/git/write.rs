@@ -1,5 +1,5 @@
 //! Writing a restored bare repository: one pack with deltas and its index, written in one
-//! pass from the objects the caller streams in (`git::packfile`, `git::delta`), then refs and
+//! pass from the objects the caller streams in (`git::packfile`, `crate::delta`), then refs and
 //! HEAD written by hand.
 
 use std::collections::{HashMap, VecDeque};
@@ -7,8 +7,8 @@ use std::io::BufWriter;
 use std::path::Path;
 
 use super::GitError;
-use super::delta::DeltaEncoder;
 use super::packfile::{PackWriter, write_idx};
+use crate::delta::DeltaEncoder;
 use crate::model::{Head, ObjectKind, Oid, RefSet};
 
 fn write_err(e: impl std::fmt::Display) -> GitError {

@@ -5,19 +5,20 @@
 //! The split is by authority: a `ChunkReader` needs only the keys and writes nothing; a
 //! `ChunkStore` writes (under the vault's write lock) and holds a reader for what it reads.
 
+pub mod delta;
 pub mod pack;
 mod reader;
 mod writer;
 
 pub use reader::ChunkReader;
-pub use writer::ChunkStore;
+pub use writer::{ChunkStore, DeltaBase};
 
 use crate::crypto::ChunkId;
 use crate::index::IndexError;
 use pack::{Compression, PackError};
 
 crate::model::u8_enum! {
-    /// What a chunk holds. The store only interprets `ChunkList`; the rest is a hint for
+    /// What a chunk holds. The store only interprets `ChunkList` and `Delta`; the rest is a hint for
     /// grouping and for rebuilding the index from packs.
     #[derive(Debug, Clone, Copy, PartialEq, Eq)]
     pub enum ChunkKind, pub(crate) fn from_u8 {
@@ -32,6 +33,9 @@ crate::model::u8_enum! {
         PruneRecord = 11,
         /// A snapshot's LFS map (src/lfs.rs).
         LfsMap = 12,
+        /// A git delta against another chunk (`store::delta`); what it stands for is read
+        /// back by `ChunkReader::get`.
+        Delta = 13,
     }
 }
 
@@ -128,6 +132,8 @@ pub struct WriteReport {
     pub chunks_deduplicated: u64,
     pub raw_bytes_added: u64,
     pub logical_bytes: u64,
+    /// Chunks stored as deltas against an earlier version of their path.
+    pub deltas: u64,
     /// Packs that missed a target while the policy was still met: (pack, target, error).
     pub lagging: Vec<(String, String, String)>,
 }

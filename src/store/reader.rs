@@ -9,6 +9,7 @@ use std::collections::HashSet;
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 
+use super::delta::{DeltaChunk, MAX_HOPS, RESOLVED_CACHE_BYTES, ResolvedCache};
 use super::pack::PackReader;
 use super::{ChunkKind, ChunkList, StoreError, pack_key};
 use crate::crypto::{ChunkId, VaultKeys};
@@ -76,6 +77,10 @@ pub struct ChunkReader<'v> {
     /// fails as "not durable yet" rather than "unknown". Empty for a reader of its own.
     pub(super) unflushed: HashSet<ChunkId>,
     cache: Mutex<FrameCache>,
+    /// The frame read last for a delta chunk's base: bases lie in other packs than the chunks
+    /// read in order, which would otherwise push the frame being read out of `cache`.
+    base_frames: Mutex<FrameCache>,
+    resolved: Mutex<ResolvedCache>,
 }
 
 impl<'v> ChunkReader<'v> {
@@ -90,6 +95,8 @@ impl<'v> ChunkReader<'v> {
             keys,
             unflushed: HashSet::new(),
             cache: Mutex::new(FrameCache::new(FRAME_CACHE_BYTES)),
+            base_frames: Mutex::new(FrameCache::new(0)),
+            resolved: Mutex::new(ResolvedCache::new(RESOLVED_CACHE_BYTES)),
         }
     }
 
@@ -123,6 +130,11 @@ impl<'v> ChunkReader<'v> {
     /// Streams what `ChunkStore::put` stored into `out`; returns the byte count.
     pub fn get_to(&self, id: &ChunkId, out: &mut dyn Write) -> Result<u64, StoreError> {
         let (loc, data) = self.read_chunk(id)?;
+        if loc.kind == ChunkKind::Delta as u8 {
+            let content = self.resolve(id, &loc, &data, 0)?;
+            out.write_all(&content).map_err(StoreError::Output)?;
+            return Ok(content.len() as u64);
+        }
         if loc.kind != ChunkKind::ChunkList as u8 {
             out.write_all(&data).map_err(StoreError::Output)?;
             return Ok(data.len() as u64);
@@ -144,8 +156,113 @@ impl<'v> ChunkReader<'v> {
         Ok(total)
     }
 
+    /// The depth of a delta chunk (0 for a chunk stored whole), or None for a chunk list,
+    /// which is no delta base.
+    pub fn delta_depth(&self, id: &ChunkId) -> Result<Option<u8>, StoreError> {
+        let Some(loc) = self.index.chunk(id)? else {
+            return Err(StoreError::UnknownChunk(*id));
+        };
+        match loc.kind {
+            k if k == ChunkKind::ChunkList as u8 => Ok(None),
+            k if k == ChunkKind::Delta as u8 => {
+                let (loc, data) = self.read_chunk_with(id, true)?;
+                let doc = DeltaChunk::decode(&data).map_err(|reason| corrupt(id, &loc, reason))?;
+                Ok(Some(doc.depth))
+            }
+            _ => Ok(Some(0)),
+        }
+    }
+
+    /// The base of a delta chunk, or None for any other chunk (prune keeps bases alive).
+    pub fn delta_base(&self, id: &ChunkId) -> Result<Option<ChunkId>, StoreError> {
+        let Some(loc) = self.index.chunk(id)? else {
+            return Err(StoreError::UnknownChunk(*id));
+        };
+        if loc.kind != ChunkKind::Delta as u8 {
+            return Ok(None);
+        }
+        let (loc, data) = self.read_chunk_with(id, true)?;
+        let doc = DeltaChunk::decode(&data).map_err(|reason| corrupt(id, &loc, reason))?;
+        Ok(Some(doc.base))
+    }
+
+    /// The content a delta chunk stands for: its base's content (resolved the same way) with
+    /// its delta applied. The depth each delta declares must be its base's plus one and at
+    /// most `MAX_HOPS`, so whether a chain is refused does not depend on what is cached.
+    fn resolve(
+        &self,
+        id: &ChunkId,
+        loc: &ChunkLocation,
+        data: &[u8],
+        hops: usize,
+    ) -> Result<Arc<Vec<u8>>, StoreError> {
+        if let Some((_, hit)) = self.resolved.lock().ok().and_then(|c| c.get(id)) {
+            return Ok(hit);
+        }
+        let doc = DeltaChunk::decode(data).map_err(|reason| corrupt(id, loc, reason))?;
+        if doc.depth as usize > MAX_HOPS || hops >= MAX_HOPS {
+            return Err(corrupt(
+                id,
+                loc,
+                format!("delta chain longer than {MAX_HOPS}"),
+            ));
+        }
+        let (base_depth, base) = self.base_content(&doc.base, hops + 1)?;
+        if base_depth as usize + 1 != doc.depth as usize {
+            return Err(corrupt(
+                id,
+                loc,
+                format!(
+                    "declares delta depth {} over a base of depth {base_depth}",
+                    doc.depth
+                ),
+            ));
+        }
+        let content = crate::delta::apply_delta(&base, doc.delta)
+            .map_err(|e| corrupt(id, loc, format!("its delta does not apply: {e}")))?;
+        let content = Arc::new(content);
+        if let Ok(mut c) = self.resolved.lock() {
+            c.put(*id, doc.depth, content.clone());
+        }
+        Ok(content)
+    }
+
+    /// A delta base's depth and content, kept for the next version of its path.
+    fn base_content(&self, id: &ChunkId, hops: usize) -> Result<(u8, Arc<Vec<u8>>), StoreError> {
+        if let Some(hit) = self.resolved.lock().ok().and_then(|c| c.get(id)) {
+            return Ok(hit);
+        }
+        let (loc, data) = self.read_chunk_with(id, true)?;
+        if loc.kind == ChunkKind::Delta as u8 {
+            let content = self.resolve(id, &loc, &data, hops)?;
+            let depth = DeltaChunk::decode(&data).map(|d| d.depth).unwrap_or(0);
+            return Ok((depth, content));
+        }
+        let content = if loc.kind == ChunkKind::ChunkList as u8 {
+            let mut whole = Vec::new();
+            self.get_to(id, &mut whole)?;
+            whole
+        } else {
+            data
+        };
+        let content = Arc::new(content);
+        if let Ok(mut c) = self.resolved.lock() {
+            c.put(*id, 0, content.clone());
+        }
+        Ok((0, content))
+    }
+
     /// The kind and bytes of one stored chunk, checked against its id.
     pub(crate) fn read_chunk(&self, id: &ChunkId) -> Result<(ChunkLocation, Vec<u8>), StoreError> {
+        self.read_chunk_with(id, false)
+    }
+
+    /// `read_chunk`, keeping the frame in the base cache when `base` (see `base_frames`).
+    fn read_chunk_with(
+        &self,
+        id: &ChunkId,
+        base: bool,
+    ) -> Result<(ChunkLocation, Vec<u8>), StoreError> {
         let Some(loc) = self.index.chunk(id)? else {
             return Err(if self.unflushed.contains(id) {
                 StoreError::NotDurable(*id)
@@ -153,7 +270,7 @@ impl<'v> ChunkReader<'v> {
                 StoreError::UnknownChunk(*id)
             });
         };
-        let frame = self.frame(&loc, id)?;
+        let frame = self.frame(&loc, id, base)?;
         let start = loc.offset as usize;
         let end = start + loc.len as usize;
         // `frame` checked the chunk already; a frame that passed holds it.
@@ -182,15 +299,22 @@ impl<'v> ChunkReader<'v> {
     /// The frame that holds chunk `id`, from the cache or the first target whose copy holds
     /// the chunk's true bytes: a target that serves other bytes under a pack's name (damage or
     /// forgery) is reported and the next one is asked.
-    fn frame(&self, loc: &ChunkLocation, id: &ChunkId) -> Result<Arc<Vec<u8>>, StoreError> {
+    fn frame(
+        &self,
+        loc: &ChunkLocation,
+        id: &ChunkId,
+        base: bool,
+    ) -> Result<Arc<Vec<u8>>, StoreError> {
         let key = (loc.pack_id, loc.frame.offset);
-        if let Some(frame) = self.cache.lock().ok().and_then(|mut c| c.get(key))
-            && self.check_chunk(&frame, loc, id).is_ok()
-        {
-            return Ok(frame);
+        for cache in [&self.cache, &self.base_frames] {
+            if let Some(frame) = cache.lock().ok().and_then(|mut c| c.get(key))
+                && self.check_chunk(&frame, loc, id).is_ok()
+            {
+                return Ok(frame);
+            }
         }
-        let mut buffer = self
-            .cache
+        let cache = if base { &self.base_frames } else { &self.cache };
+        let mut buffer = cache
             .lock()
             .map(|mut c| c.make_room(loc.frame.raw_len as usize))
             .unwrap_or_default();
@@ -218,7 +342,7 @@ impl<'v> ChunkReader<'v> {
             match attempt {
                 Ok(()) => {
                     let frame = Arc::new(std::mem::take(&mut buffer));
-                    if let Ok(mut c) = self.cache.lock() {
+                    if let Ok(mut c) = cache.lock() {
                         c.put(key, frame.clone());
                     }
                     return Ok(frame);
@@ -246,6 +370,14 @@ impl<'v> ChunkReader<'v> {
                 reasons: broken.join("; "),
             })
         }
+    }
+}
+
+fn corrupt(id: &ChunkId, loc: &ChunkLocation, reason: String) -> StoreError {
+    StoreError::CorruptChunk {
+        chunk: *id,
+        pack: loc.pack_name.clone(),
+        reason,
     }
 }
 

@@ -12,12 +12,24 @@ use std::path::PathBuf;
 
 use fastcdc::v2020::{FastCDC, Normalization, StreamCDC};
 
+use super::delta::{DeltaChunk, MAX_DEPTH};
 use super::pack::{FinishedPack, PackWriter};
 use super::{ChunkKind, ChunkList, ChunkReader, StoreError, StoreSettings, WriteReport, pack_key};
 use crate::crypto::{ChunkId, VaultKeys};
 use crate::hooks;
 use crate::index::Index;
 use crate::target::{Body, Target, TargetError};
+
+/// Objects smaller than this are stored whole: a delta would save next to nothing.
+const MIN_DELTA_TARGET: usize = 64;
+
+/// A chunk a new version may be stored against: its id, its delta depth
+/// (`ChunkReader::delta_depth`) and its content.
+pub struct DeltaBase<'a> {
+    pub id: ChunkId,
+    pub depth: u8,
+    pub content: &'a [u8],
+}
 
 /// Writes chunks of one vault, and reads them through the `ChunkReader` it holds (it derefs to
 /// it, so a store serves wherever a reader is wanted). Writing needs the vault's write lock
@@ -170,6 +182,72 @@ impl<'v> ChunkStore<'v> {
             self.finish_pack()?;
         }
         Ok(())
+    }
+
+    /// Stores `data` (one chunk's worth: no cutting) as a delta against `base`, the previous
+    /// version of its path, when that is much smaller and the chain stays short; else whole.
+    /// Content already in the vault whole is not stored again. Returns the id `get` takes.
+    pub fn put_against(
+        &mut self,
+        kind: ChunkKind,
+        data: &[u8],
+        base: &DeltaBase<'_>,
+    ) -> Result<ChunkId, StoreError> {
+        let whole = self.reader.keys.id_key().chunk_id(data);
+        let eligible = data.len() <= self.settings.cdc.min as usize
+            && data.len() >= MIN_DELTA_TARGET
+            && !self.contains(&whole)?;
+        let older;
+        let (id, depth, content) = match base.depth {
+            _ if !eligible => return self.put(kind, data),
+            d if d < MAX_DEPTH => (base.id, d, base.content),
+            // A chain at its limit branches from its middle: a delta against an older version
+            // is larger, but far smaller than storing this version whole.
+            // A base that does not read back only costs the delta.
+            _ => match self.shallower(base.id) {
+                Ok(Some((id, depth))) => match self.reader.get(&id) {
+                    Ok(content) => {
+                        older = content;
+                        (id, depth, older.as_slice())
+                    }
+                    Err(_) => return self.put(kind, data),
+                },
+                Ok(None) | Err(_) => return self.put(kind, data),
+            },
+        };
+        // A delta must save at least half of the content to be worth a second read.
+        let Some(delta) = crate::delta::encode_within(content, data, data.len() / 2) else {
+            return self.put(kind, data);
+        };
+        let doc = DeltaChunk {
+            depth: depth + 1,
+            base: id,
+            delta: &delta,
+        }
+        .encode();
+        self.pending_logical += data.len() as u64;
+        self.report.logical_bytes += data.len() as u64;
+        self.report.deltas += 1;
+        self.put_chunk(ChunkKind::Delta, &doc)
+    }
+
+    /// The first chunk down the chain of bases under `id` whose depth is at most half the
+    /// limit, with that depth.
+    fn shallower(&self, id: ChunkId) -> Result<Option<(ChunkId, u8)>, StoreError> {
+        let mut id = id;
+        for _ in 0..super::delta::MAX_HOPS {
+            let Some(depth) = self.reader.delta_depth(&id)? else {
+                return Ok(None);
+            };
+            if depth <= MAX_DEPTH / 2 {
+                return Ok(Some((id, depth)));
+            }
+            match self.reader.delta_base(&id)? {
+                Some(base) => id = base,
+                None => return Ok(None),
+            }
+        }
+        Ok(None)
     }
 
     /// Stores one chunk as it is (no cutting).

@@ -33,6 +33,8 @@ pub(super) struct Live {
     /// Non-object chunks seen (manifests, maps, documents): exact, so that each is expanded
     /// once.
     others: HashSet<ChunkId>,
+    /// Delta chunks whose bases are marked: exact, so that each chain is followed once.
+    deltas: HashSet<ChunkId>,
     /// WALKED: reached from a kept snapshot's refs; MAPPED: listed by a kept object map.
     pub(super) objects: HashMap<Oid, u8>,
     /// Packs to be regrouped: the walk records the grouping keys of their objects' chunks.
@@ -177,6 +179,49 @@ impl Live {
                 self.chunks.insert(prefix(part));
                 self.keys.insert(prefix(part), key);
             }
+        }
+        if object.chunk_kind == ChunkKind::Delta as u8 {
+            self.delta_bases(store, object.chunk, key)?;
+        }
+        Ok(())
+    }
+
+    /// Marks the chain of bases under a delta chunk: restore reads through all of them, so
+    /// they live as long as the delta does, whatever became of the snapshots that added them.
+    /// Each delta is expanded once; a base to regroup goes next to the versions stored
+    /// against it.
+    fn delta_bases(
+        &mut self,
+        store: &ChunkReader<'_>,
+        delta: ChunkId,
+        key: GroupKey,
+    ) -> Result<(), StoreError> {
+        let mut next = Some(delta);
+        let mut hops = 0;
+        while let Some(id) = next.take() {
+            if !self.deltas.insert(id) {
+                break;
+            }
+            let Some(base) = store.delta_base(&id)? else {
+                break;
+            };
+            hops += 1;
+            if hops > crate::store::delta::MAX_HOPS {
+                return Err(StoreError::CorruptChunk {
+                    chunk: delta,
+                    pack: String::new(),
+                    reason: "its chain of delta bases does not end".into(),
+                });
+            }
+            self.chunks.insert(prefix(&base));
+            self.keys.entry(prefix(&base)).or_insert(key);
+            if let Some(parts) = store.list_parts(&base)? {
+                for part in &parts {
+                    self.chunks.insert(prefix(part));
+                    self.keys.entry(prefix(part)).or_insert(key);
+                }
+            }
+            next = Some(base);
         }
         Ok(())
     }
