@@ -71,7 +71,7 @@ impl ApiClient<'_> {
         method: reqwest::Method,
         first: &str,
         accept: &str,
-        etag: Option<&str>,
+        extra: Extra<'_>,
         auth: Option<&Auth>,
         purpose: Purpose,
     ) -> Result<Response, Failure> {
@@ -126,8 +126,14 @@ impl ApiClient<'_> {
             if own && let Some(auth) = auth.or(self.auth.as_ref()) {
                 request = request.header(auth.name, auth.value.expose_secret());
             }
-            if own && let Some(tag) = etag {
-                request = request.header(IF_NONE_MATCH, tag);
+            match extra {
+                Extra::IfNoneMatch(tag) if own => request = request.header(IF_NONE_MATCH, tag),
+                Extra::Json(body) => {
+                    request = request
+                        .header(reqwest::header::CONTENT_TYPE, "application/json")
+                        .body(body.to_vec());
+                }
+                _ => {}
             }
             self.stats.requests += 1;
             let response = request
