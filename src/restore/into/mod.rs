@@ -1,0 +1,496 @@
+//! `restore REPO --to-source NAME`: a snapshot recreated in a hosting account (GitHub or
+//! Gitea/Forgejo) instead of on disk. In order: the repository (created, or found when
+//! `--into-existing`), every ref (read-only namespaces under `refs/gitvault/`) and the LFS
+//! objects, then labels, milestones, and issues in number order with their comments, pull
+//! requests as issues, closed states last per issue.
+//!
+//! Every creation is recorded in a ledger under the vault (`ledger`) right after it succeeds,
+//! and announced there before it is sent, so a run stopped anywhere (a rate limit, an error,
+//! a kill) continues on the next run without creating anything twice. Nothing here retries a
+//! write: `provider::create` sends each once, and what is unknown is asked of the destination.
+
+mod git;
+mod ledger;
+mod plan;
+
+use std::path::PathBuf;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use crate::crypto::VaultKeys;
+use crate::index::SnapshotRow;
+use crate::progress::Silent;
+use crate::provider::ProviderError;
+use crate::provider::SourceConfig;
+use crate::provider::create::{Destination, IssueSpec, RepoSpec, valid_repo_name};
+use crate::provider::str_field;
+use crate::vault::Vault;
+
+use super::{RestoreError, load_snapshot, restore_snapshot_watched};
+pub use git::pushed_name;
+use ledger::{IssueDone, Ledger, Pending, ledger_path};
+use plan::{ItemKind, Plan};
+
+/// What the user asked for.
+#[derive(Debug, Clone)]
+pub struct IntoOptions {
+    pub source: SourceConfig,
+    /// The account to create the repository under (default: the source's owner).
+    pub owner: Option<String>,
+    /// The new repository's name (default: the original's).
+    pub name: Option<String>,
+    pub dry_run: bool,
+    pub into_existing: bool,
+    pub public: bool,
+}
+
+/// What a restore into an account planned and did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct IntoReport {
+    pub repo: String,
+    pub snapshot: String,
+    pub time: DateTime<Utc>,
+    pub source: String,
+    pub destination: String,
+    pub dry_run: bool,
+    /// A ledger of an earlier run of the same restore was found and continued.
+    pub resumed: bool,
+    /// The destination repository exists and was not made by this restore.
+    pub exists: bool,
+    pub clone_url: Option<String>,
+    pub plan: PlanCounts,
+    pub created: Created,
+    pub lfs_uploaded: Option<u64>,
+    /// Every issue got the number it had in the original.
+    pub numbers_match: bool,
+    pub ledger: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct PlanCounts {
+    pub branches: usize,
+    pub tags: usize,
+    /// Refs of read-only namespaces (`refs/pull/*`…), pushed under `refs/gitvault/`.
+    pub moved_refs: usize,
+    pub other_refs: usize,
+    pub labels: usize,
+    pub milestones: usize,
+    pub issues: usize,
+    pub pull_requests_as_issues: usize,
+    pub placeholders: usize,
+    pub comments: usize,
+}
+
+/// What this run created (an earlier run's creations are not counted again).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Created {
+    pub repository: bool,
+    pub labels: usize,
+    pub milestones: usize,
+    pub issues: usize,
+    pub comments: usize,
+    pub closed: usize,
+}
+
+/// The last path component of a vault repository name (`host/acme/api` → `api`).
+fn short_name(repo: &str) -> &str {
+    repo.rsplit('/').next().unwrap_or(repo)
+}
+
+/// Restores snapshot `row` into the account of `opts.source`, or with `dry_run` says what
+/// that would do.
+pub fn restore_into(
+    vault: &Vault,
+    keys: &VaultKeys,
+    row: &SnapshotRow,
+    opts: &IntoOptions,
+) -> Result<IntoReport, RestoreError> {
+    let name = opts
+        .name
+        .clone()
+        .unwrap_or_else(|| short_name(&row.repo).to_string());
+    if !valid_repo_name(&name) {
+        return Err(RestoreError::BadName(name));
+    }
+    let dest = Destination::open(&opts.source, opts.owner.as_deref())?;
+    let target = format!("{}/{name}", dest.owner());
+    let store = vault.reader(keys);
+    let (manifest, refs) = load_snapshot(&store, row)?;
+    let plan = Plan::read(&store, &manifest, &refs)?;
+    let path = ledger_path(vault.dir(), &opts.source.name, &target, &row.id);
+    let found = Ledger::load(&path)?;
+    let mut report = planned(row, opts, &target, &plan, &refs);
+    report.resumed = found.is_some();
+    report.ledger = path.display().to_string();
+    let ledger = found.unwrap_or_else(|| Ledger {
+        source: opts.source.name.clone(),
+        target: target.clone(),
+        snapshot: row.id.clone(),
+        ..Ledger::default()
+    });
+    let mut run = Run {
+        dest,
+        ledger,
+        path,
+        name,
+        report,
+    };
+    if opts.dry_run {
+        if run.ledger.repo.is_none() {
+            let existing = run.dest.find_repo(&run.name).map_err(|e| run.stopped(e))?;
+            run.report.exists = existing.is_some();
+        }
+        return Ok(run.report);
+    }
+    run.resolve_pending(&plan)?;
+    run.repository(&plan, opts)?;
+    run.git(vault, keys, row, &refs)?;
+    run.default_branch(&plan)?;
+    run.labels(&plan)?;
+    run.milestones(&plan)?;
+    run.issues(&plan)?;
+    run.report.numbers_match = run.ledger.issues.iter().all(|(n, d)| *n == d.number);
+    Ok(run.report)
+}
+
+fn planned(
+    row: &SnapshotRow,
+    opts: &IntoOptions,
+    target: &str,
+    plan: &Plan,
+    refs: &crate::snapshot::RefSet,
+) -> IntoReport {
+    let (branches, tags, moved_refs, other_refs) = git::ref_counts(refs);
+    IntoReport {
+        repo: row.repo.clone(),
+        snapshot: row.id.clone(),
+        time: row.time,
+        source: opts.source.name.clone(),
+        destination: target.to_string(),
+        dry_run: opts.dry_run,
+        plan: PlanCounts {
+            branches,
+            tags,
+            moved_refs,
+            other_refs,
+            labels: plan.labels.len(),
+            milestones: plan.milestones.len(),
+            issues: plan.count(ItemKind::Issue),
+            pull_requests_as_issues: plan.count(ItemKind::Pull),
+            placeholders: plan.count(ItemKind::Placeholder),
+            comments: plan.comments(),
+        },
+        ..IntoReport::default()
+    }
+}
+
+/// One restore under way: the destination, the ledger and where it is kept.
+struct Run<'i> {
+    dest: Destination<'i>,
+    ledger: Ledger,
+    path: PathBuf,
+    name: String,
+    report: IntoReport,
+}
+
+impl Run<'_> {
+    fn stopped(&self, error: ProviderError) -> RestoreError {
+        RestoreError::Into {
+            target: self.ledger.target.clone(),
+            error,
+        }
+    }
+
+    fn save(&self) -> Result<(), RestoreError> {
+        self.ledger.save(&self.path)
+    }
+
+    fn repo_name(&self) -> String {
+        self.ledger
+            .repo
+            .as_ref()
+            .map(|r| r.full_name.clone())
+            .unwrap_or_else(|| self.ledger.target.clone())
+    }
+
+    /// One write: announced in the ledger, sent, and on success left for the caller to
+    /// record (with [`Run::done`]).
+    fn create<T>(
+        &mut self,
+        pending: Pending,
+        write: impl FnOnce(&mut Destination<'_>, &str) -> Result<T, ProviderError>,
+    ) -> Result<T, RestoreError> {
+        self.ledger.pending = Some(pending);
+        self.save()?;
+        let repo = self.repo_name();
+        write(&mut self.dest, &repo).map_err(|e| self.stopped(e))
+    }
+
+    fn done(&mut self) -> Result<(), RestoreError> {
+        self.ledger.pending = None;
+        self.save()
+    }
+
+    /// Asks the destination what became of a write whose answer never came.
+    fn resolve_pending(&mut self, plan: &Plan) -> Result<(), RestoreError> {
+        let Some(pending) = self.ledger.pending.clone() else {
+            return Ok(());
+        };
+        tracing::info!(
+            ?pending,
+            "asking the destination what became of the last write"
+        );
+        let repo = self.repo_name();
+        let found: Result<(), ProviderError> = (|| {
+            match &pending {
+                Pending::Repo => {
+                    if let Some(r) = self.dest.find_repo(&self.name)? {
+                        self.ledger.repo = Some(r);
+                        self.ledger.created_repo = true;
+                    }
+                }
+                Pending::Label(name) => {
+                    if let Some((_, id)) = self
+                        .dest
+                        .labels(&repo)?
+                        .into_iter()
+                        .find(|(n, _)| n == name)
+                    {
+                        self.ledger.labels.insert(name.clone(), id);
+                    }
+                }
+                Pending::Milestone(orig) => {
+                    let title = plan
+                        .milestones
+                        .iter()
+                        .find(|m| m.get("number").and_then(|n| n.as_u64()) == Some(*orig))
+                        .and_then(|m| str_field(m, "title"));
+                    let there = self.dest.milestones(&repo)?;
+                    if let Some((_, id)) =
+                        there.into_iter().find(|(t, _)| Some(t) == title.as_ref())
+                    {
+                        self.ledger.milestones.insert(*orig, id);
+                    }
+                }
+                Pending::Issue(n) => {
+                    let title = plan.items.get(n).map(|i| i.title.clone());
+                    if let Some(issue) = self.dest.issue(&repo, *n)?
+                        && str_field(&issue, "title") == title
+                    {
+                        self.ledger.issues.insert(
+                            *n,
+                            IssueDone {
+                                number: *n,
+                                ..IssueDone::default()
+                            },
+                        );
+                        self.refresh_issue(&repo, *n)?;
+                    }
+                }
+                Pending::Comment(n) | Pending::Close(n) => self.refresh_issue(&repo, *n)?,
+            }
+            Ok(())
+        })();
+        found.map_err(|e| self.stopped(e))?;
+        self.done()
+    }
+
+    /// Reads the comment count and state of an issue this restore created.
+    fn refresh_issue(&mut self, repo: &str, orig: u64) -> Result<(), ProviderError> {
+        let Some(mut done) = self.ledger.issues.get(&orig).copied() else {
+            return Ok(());
+        };
+        done.comments = self.dest.comment_count(repo, done.number)?;
+        if let Some(issue) = self.dest.issue(repo, done.number)? {
+            done.closed = str_field(&issue, "state").as_deref() == Some("closed");
+        }
+        self.ledger.issues.insert(orig, done);
+        Ok(())
+    }
+
+    /// Creates the repository, or takes the existing one when this restore made it or the
+    /// user said `--into-existing`.
+    fn repository(&mut self, plan: &Plan, opts: &IntoOptions) -> Result<(), RestoreError> {
+        if let Some(repo) = &self.ledger.repo {
+            self.report.clone_url = Some(repo.clone_url.clone());
+            return Ok(());
+        }
+        let existing = self
+            .dest
+            .find_repo(&self.name)
+            .map_err(|e| self.stopped(e))?;
+        if let Some(repo) = existing {
+            if !opts.into_existing {
+                return Err(RestoreError::Exists(repo.full_name));
+            }
+            self.report.exists = true;
+            self.report.clone_url = Some(repo.clone_url.clone());
+            self.ledger.repo = Some(repo);
+            return self.save();
+        }
+        let spec = RepoSpec {
+            name: self.name.clone(),
+            description: str_field(&plan.settings, "description").filter(|d| !d.is_empty()),
+            private: !opts.public,
+            has_wiki: plan.settings.get("has_wiki").and_then(|v| v.as_bool()) == Some(true),
+        };
+        let repo = self.create(Pending::Repo, |d, _| d.create_repo(&spec))?;
+        self.report.clone_url = Some(repo.clone_url.clone());
+        self.report.created.repository = true;
+        self.ledger.repo = Some(repo);
+        self.ledger.created_repo = true;
+        self.done()
+    }
+
+    /// Writes the snapshot into a work directory beside the ledger, pushes it and its LFS
+    /// objects, and removes the work directory.
+    fn git(
+        &mut self,
+        vault: &Vault,
+        keys: &VaultKeys,
+        row: &SnapshotRow,
+        refs: &crate::snapshot::RefSet,
+    ) -> Result<(), RestoreError> {
+        if self.ledger.git_pushed {
+            self.report.lfs_uploaded = self.ledger.lfs_uploaded;
+            return Ok(());
+        }
+        let Some(repo) = self.ledger.repo.clone() else {
+            return Ok(());
+        };
+        let work = self.path.with_extension("git");
+        let _ = std::fs::remove_dir_all(&work);
+        let result = (|| {
+            restore_snapshot_watched(vault, keys, row, &work, &Silent)?;
+            git::move_read_only_refs(&work, refs)?;
+            let credentials = self.dest.git_credentials();
+            git::push_repository(&work, &repo.clone_url, credentials.as_ref())
+        })();
+        let _ = std::fs::remove_dir_all(&work);
+        let uploaded = result?;
+        self.ledger.git_pushed = true;
+        self.ledger.lfs_uploaded = Some(uploaded);
+        self.report.lfs_uploaded = Some(uploaded);
+        self.save()
+    }
+
+    /// Points the default branch where the original's was, once the branches exist.
+    fn default_branch(&mut self, plan: &Plan) -> Result<(), RestoreError> {
+        let Some(want) = str_field(&plan.settings, "default_branch") else {
+            return Ok(());
+        };
+        let Some(repo) = self.ledger.repo.clone() else {
+            return Ok(());
+        };
+        if repo.default_branch.as_deref() == Some(want.as_str()) {
+            return Ok(());
+        }
+        self.dest
+            .set_default_branch(&repo.full_name, &want)
+            .map_err(|e| self.stopped(e))?;
+        if let Some(r) = &mut self.ledger.repo {
+            r.default_branch = Some(want);
+        }
+        self.save()
+    }
+
+    fn labels(&mut self, plan: &Plan) -> Result<(), RestoreError> {
+        for label in &plan.labels {
+            let Some(name) = str_field(label, "name") else {
+                continue;
+            };
+            if self.ledger.labels.contains_key(&name) {
+                continue;
+            }
+            let id = self.create(Pending::Label(name.clone()), |d, repo| {
+                d.create_label(repo, label)
+            })?;
+            self.ledger.labels.insert(name, id);
+            self.report.created.labels += 1;
+            self.done()?;
+        }
+        Ok(())
+    }
+
+    fn milestones(&mut self, plan: &Plan) -> Result<(), RestoreError> {
+        for m in &plan.milestones {
+            let Some(orig) = m.get("number").and_then(|n| n.as_u64()) else {
+                continue;
+            };
+            if self.ledger.milestones.contains_key(&orig) {
+                continue;
+            }
+            let id = self.create(Pending::Milestone(orig), |d, repo| {
+                d.create_milestone(repo, m)
+            })?;
+            self.ledger.milestones.insert(orig, id);
+            self.report.created.milestones += 1;
+            self.done()?;
+        }
+        Ok(())
+    }
+
+    /// Issues in number order, each with its comments and then its state.
+    fn issues(&mut self, plan: &Plan) -> Result<(), RestoreError> {
+        for (&n, item) in &plan.items {
+            let mut done = match self.ledger.issues.get(&n) {
+                Some(d) => *d,
+                None => {
+                    let labels: Vec<String> = item
+                        .labels
+                        .iter()
+                        .filter(|l| self.ledger.labels.contains_key(*l))
+                        .cloned()
+                        .collect();
+                    let spec = IssueSpec {
+                        title: item.title.clone(),
+                        body: item.body.clone(),
+                        labels: labels.iter().map(|l| self.ledger.labels[l]).collect(),
+                        label_names: labels,
+                        milestone: item
+                            .milestone
+                            .and_then(|m| self.ledger.milestones.get(&m).copied()),
+                    };
+                    let number =
+                        self.create(Pending::Issue(n), |d, repo| d.create_issue(repo, &spec))?;
+                    if number != n {
+                        tracing::warn!(
+                            original = n,
+                            created = number,
+                            "the destination gave the issue another number"
+                        );
+                    }
+                    let d = IssueDone {
+                        number,
+                        ..IssueDone::default()
+                    };
+                    self.ledger.issues.insert(n, d);
+                    self.report.created.issues += 1;
+                    self.done()?;
+                    d
+                }
+            };
+            while done.comments < item.comments.len() {
+                let body = &item.comments[done.comments];
+                self.create(Pending::Comment(n), |d, repo| {
+                    d.create_comment(repo, done.number, body)
+                })?;
+                done.comments += 1;
+                self.ledger.issues.insert(n, done);
+                self.report.created.comments += 1;
+                self.done()?;
+            }
+            if item.closed && !done.closed {
+                self.create(Pending::Close(n), |d, repo| {
+                    d.close_issue(repo, done.number)
+                })?;
+                done.closed = true;
+                self.ledger.issues.insert(n, done);
+                self.report.created.closed += 1;
+                self.done()?;
+            }
+        }
+        Ok(())
+    }
+}
