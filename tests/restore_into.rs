@@ -1,0 +1,316 @@
+//! `restore REPO --to-source NAME`: a repository backed up from the GitHub fixture
+//! (tests/fixtures/github_api.py, with its write endpoints in github_writes.py) recreated in
+//! another account of it: the fixture's state afterwards compared field by field with the
+//! original's, a run stopped by a rate limit and resumed, hostile answers and names.
+
+mod common;
+
+use std::path::Path;
+use std::process::Output;
+
+use common::git_server::HttpGitServer;
+use common::provider_api::{
+    FixtureApi, add_source, assert_not_in_files, git_base, run_backup, serve_repositories,
+};
+use common::{TestVault, stderr, stdout};
+use serde_json::{Value, json};
+
+const TOKEN: &str = "ghp_restoreIntoToken0123456789abcd";
+const TOKEN_ENV: &str = "GITVAULT_TEST_GH_TOKEN";
+
+/// A vault holding a backup of acme/repo-000 (issues #1 and #2, pull request #3, two labels,
+/// a milestone; git refs incl. refs/pull/1/head), and a source `dest` for alice's account on
+/// the same fixture, whose writes are not paced.
+struct World {
+    tv: TestVault,
+    api: FixtureApi,
+    root: std::path::PathBuf,
+    repo: String,
+    _git: HttpGitServer,
+}
+
+fn world(dest_http: &str) -> World {
+    let tv = TestVault::new();
+    let root = tv.tmp.path().join("served");
+    serve_repositories(&root, &["acme/repo-000.git".to_string()]);
+    let git = HttpGitServer::start(&root, Some(("x-access-token", TOKEN)));
+    let base = git_base(&git);
+    let args = [
+        "--generate-org",
+        "acme",
+        "--repos",
+        "1",
+        "--git-base",
+        &base,
+        "--git-root",
+        root.to_str().unwrap(),
+        "--token",
+        TOKEN,
+    ];
+    let bearer = format!("Bearer {TOKEN}");
+    let api = FixtureApi::start("github", &args, "", ("Authorization", &bearer));
+    add_source(&tv, &api, TOKEN_ENV, "acme", "acme", &[]);
+    let (code, _, err) = run_backup(&tv, TOKEN_ENV, TOKEN, &[]);
+    assert_eq!(code, Some(0), "{err}");
+    add_source(&tv, &api, TOKEN_ENV, "dest", "alice", &[]);
+    let config = tv.dir.join("config.toml");
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str(&format!(
+        "\n[source.http]\ncreate_interval_ms = 0\n{dest_http}"
+    ));
+    std::fs::write(&config, text).unwrap();
+    let repo = format!("{}/acme/repo-000", base.trim_start_matches("http://"));
+    World {
+        tv,
+        api,
+        root,
+        repo,
+        _git: git,
+    }
+}
+
+impl World {
+    /// `gitvault --json restore REPO --to-source dest <extra…>`; the token must not show.
+    fn restore(&self, extra: &[&str]) -> (Output, Value) {
+        let mut args = vec!["--json", "restore", &self.repo, "--to-source", "dest"];
+        args.extend_from_slice(extra);
+        let out = self
+            .tv
+            .command(&args)
+            .env(TOKEN_ENV, TOKEN)
+            .output()
+            .unwrap();
+        let text = format!("{}{}", stdout(&out), stderr(&out));
+        assert!(!text.contains(TOKEN), "the token leaked into the output");
+        let doc = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        (out, doc)
+    }
+
+    fn mode(&self, mode: Value) {
+        self.api.control("mode", mode);
+    }
+
+    fn list(&self, path: &str) -> Vec<Value> {
+        let sep = if path.contains('?') { '&' } else { '?' };
+        match self.api.get(&format!("{path}{sep}per_page=100")) {
+            Value::Array(items) => items,
+            other => panic!("{path}: {other}"),
+        }
+    }
+}
+
+/// Every ref of a bare repository: `oid name` lines.
+fn refs(repo: &Path) -> Vec<String> {
+    let text = common::git(repo, &["for-each-ref", "--format=%(objectname) %(refname)"]);
+    text.lines().map(str::to_string).collect()
+}
+
+/// The restored alice/repo-000 against acme/repo-000, field by field, and exactly one copy of
+/// everything.
+fn assert_same(w: &World) {
+    let (orig, new) = ("/repos/acme/repo-000", "/repos/alice/repo-000");
+    let repo = w.api.get(new);
+    assert_eq!(repo["private"], true);
+    let original = w.api.get(orig);
+    assert_eq!(repo["description"], original["description"]);
+    assert_eq!(repo["default_branch"], original["default_branch"]);
+    let pick = |items: Vec<Value>, keys: &[&str]| -> Vec<Value> {
+        items
+            .iter()
+            .map(|i| Value::Array(keys.iter().map(|k| i[*k].clone()).collect()))
+            .collect()
+    };
+    let label_keys = ["name", "color", "description"];
+    assert_eq!(
+        pick(w.list(&format!("{new}/labels")), &label_keys),
+        pick(w.list(&format!("{orig}/labels")), &label_keys)
+    );
+    let ms_keys = ["number", "title", "state", "description", "due_on"];
+    assert_eq!(
+        pick(w.list(&format!("{new}/milestones?state=all")), &ms_keys),
+        pick(w.list(&format!("{orig}/milestones?state=all")), &ms_keys)
+    );
+    let originals = w.list(&format!("{orig}/issues?state=all&direction=asc"));
+    let restored = w.list(&format!("{new}/issues?state=all&direction=asc"));
+    assert_eq!(restored.len(), originals.len(), "one copy of every issue");
+    for (o, r) in originals.iter().zip(&restored) {
+        let n = o["number"].as_u64().unwrap();
+        assert_eq!(r["number"], n);
+        assert_eq!(r["title"], o["title"], "#{n}");
+        assert_eq!(r["state"], o["state"], "#{n}");
+        let by = format!(
+            "*Opened by @{} on {}*\n\n",
+            o["user"]["login"].as_str().unwrap(),
+            o["created_at"].as_str().unwrap()
+        );
+        let body = r["body"].as_str().unwrap();
+        assert!(body.starts_with(&by), "#{n}: {body}");
+        assert!(body.contains(o["body"].as_str().unwrap()), "#{n}: {body}");
+        let names = |i: &Value| -> Vec<Value> {
+            i["labels"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|l| l["name"].clone())
+                .collect()
+        };
+        assert_eq!(names(r), names(o), "#{n}");
+        assert_eq!(r["milestone"]["title"], o["milestone"]["title"], "#{n}");
+        let comments = w.list(&format!("{new}/issues/{n}/comments"));
+        let original_comments = w.list(&format!("{orig}/issues/{n}/comments"));
+        if o.get("pull_request").is_none() {
+            assert_eq!(comments.len(), original_comments.len(), "#{n}");
+        } else {
+            // Its comments, then its review and its review comment.
+            assert!(body.contains("Pull request #3 from `feature-x`"), "{body}");
+            assert_eq!(comments.len(), original_comments.len() + 2, "#{n}");
+            let review_comment = comments[2]["body"].as_str().unwrap();
+            assert!(
+                review_comment.starts_with("*Review comment on `src/lib.rs` line 2 by @alice on ")
+                    && review_comment.ends_with("*\n\nNice touch."),
+                "{review_comment}"
+            );
+            assert!(
+                comments[1]["body"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with("*Review (APPROVED) by @alice")
+            );
+        }
+        for (c, oc) in comments.iter().zip(&original_comments) {
+            let by = format!(
+                "*Comment by @{} on {}*\n\n{}",
+                oc["user"]["login"].as_str().unwrap(),
+                oc["created_at"].as_str().unwrap(),
+                oc["body"].as_str().unwrap()
+            );
+            assert_eq!(c["body"], by.as_str(), "#{n}");
+        }
+    }
+    // Every ref, the read-only ones under refs/gitvault/.
+    let want: Vec<String> = refs(&w.root.join("acme/repo-000.git"))
+        .iter()
+        .map(|l| l.replace(" refs/pull/", " refs/gitvault/pull/"))
+        .collect();
+    let mut got = refs(&w.root.join("alice/repo-000.git"));
+    let mut want_sorted = want.clone();
+    got.sort();
+    want_sorted.sort();
+    assert_eq!(got, want_sorted);
+    assert!(
+        got.iter()
+            .any(|l| l.ends_with(" refs/gitvault/pull/1/head"))
+    );
+}
+
+#[test]
+fn a_github_repository_restored_into_another_account_then_a_dry_run_finds_it() {
+    let w = world("");
+    let (out, plan) = w.restore(&["--dry-run"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(plan["exists"], false, "{plan}");
+    let counts = &plan["plan"];
+    assert_eq!(counts["issues"], 2, "{plan}");
+    assert_eq!(counts["pull_requests_as_issues"], 1);
+    assert_eq!(counts["placeholders"], 0);
+    assert_eq!(counts["labels"], 2);
+    assert_eq!(counts["milestones"], 1);
+    assert_eq!(counts["comments"], 5);
+    assert_eq!(counts["moved_refs"], 1);
+    assert_eq!(counts["branches"], 3);
+    assert!(
+        w.api
+            .fetch(&format!("{}/repos/alice/repo-000", w.api.url()))
+            .status()
+            == 404
+    );
+
+    let (out, report) = w.restore(&[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(report["created"]["repository"], true, "{report}");
+    assert_eq!(report["created"]["issues"], 3);
+    assert_eq!(report["created"]["comments"], 5);
+    assert_eq!(report["numbers_match"], true);
+    assert_same(&w);
+
+    // Run again: nothing is created twice.
+    let (out, again) = w.restore(&[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(again["resumed"], true);
+    assert_eq!(again["created"]["issues"], 0, "{again}");
+    assert_eq!(again["created"]["comments"], 0);
+    assert_same(&w);
+
+    // Another name that is taken: the dry run says so, the restore refuses.
+    let before = w.list("/repos/alice/dotfiles/issues?state=all");
+    let (out, plan) = w.restore(&["--name", "dotfiles", "--dry-run"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert_eq!(plan["exists"], true);
+    let (out, _) = w.restore(&["--name", "dotfiles"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("exists already"), "{}", stderr(&out));
+    assert_eq!(w.list("/repos/alice/dotfiles/issues?state=all"), before);
+    assert_not_in_files(&w.tv.dir, TOKEN);
+}
+
+#[test]
+fn a_restore_stopped_by_a_rate_limit_resumes_to_one_copy_of_everything() {
+    let w = world("");
+    // The repository, two labels, the milestone and issue #1 pass; its comment meets the limit.
+    w.mode(json!({ "creations_before_limit": 5, "reset_in": 3600 }));
+    let (out, _) = w.restore(&[]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("rate limited until"), "{err}");
+    assert!(err.contains("continues where this one stopped"), "{err}");
+    w.mode(json!({ "clear": true }));
+    assert_eq!(w.list("/repos/alice/repo-000/issues?state=all").len(), 1);
+
+    let (out, report) = w.restore(&[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(report["resumed"], true);
+    assert_eq!(report["created"]["repository"], false);
+    assert_eq!(report["created"]["labels"], 0);
+    assert_eq!(report["created"]["issues"], 2, "{report}");
+    assert_eq!(report["created"]["comments"], 5);
+    assert_same(&w);
+    assert_not_in_files(&w.tv.dir, TOKEN);
+}
+
+#[test]
+fn hostile_answers_and_names_leave_nothing_inconsistent() {
+    let w = world("max_answer_bytes = 1048576\n");
+    for name in ["../acme", "a/b", ".git", "x.git"] {
+        let (out, _) = w.restore(&["--name", name]);
+        assert!(!out.status.success());
+        assert!(
+            stderr(&out).contains("not a repository name"),
+            "{}",
+            stderr(&out)
+        );
+    }
+    assert!(!w.tv.dir.join("restore-into").exists());
+
+    // The repository is created but the answer is too large, then not JSON: each run stops
+    // with a clear error, and the next asks the server what became of the write.
+    w.mode(json!({ "create_answer": "huge" }));
+    let (out, _) = w.restore(&[]);
+    assert!(
+        stderr(&out).contains("larger than 1048576 bytes"),
+        "{}",
+        stderr(&out)
+    );
+    w.mode(json!({ "create_answer": "garbage" }));
+    let (out, _) = w.restore(&[]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("unexpected answer"),
+        "{}",
+        stderr(&out)
+    );
+    w.mode(json!({ "create_answer": null }));
+    let (out, _) = w.restore(&[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_same(&w);
+    assert_not_in_files(&w.tv.dir, TOKEN);
+}
