@@ -72,16 +72,26 @@ fn world(dest_http: &str) -> World {
 impl World {
     /// `gitvault --json restore REPO --to-source dest <extra…>`; the token must not show.
     fn restore(&self, extra: &[&str]) -> (Output, Value) {
-        let mut args = vec!["--json", "restore", &self.repo, "--to-source", "dest"];
+        self.restore_to("dest", (TOKEN_ENV, TOKEN), extra)
+    }
+
+    /// `gitvault --json restore REPO --to-source <source> <extra…>` with `token` in its
+    /// variable; no token may show.
+    fn restore_to(&self, source: &str, token: (&str, &str), extra: &[&str]) -> (Output, Value) {
+        let mut args = vec!["--json", "restore", &self.repo, "--to-source", source];
         args.extend_from_slice(extra);
         let out = self
             .tv
             .command(&args)
             .env(TOKEN_ENV, TOKEN)
+            .env(token.0, token.1)
             .output()
             .unwrap();
         let text = format!("{}{}", stdout(&out), stderr(&out));
-        assert!(!text.contains(TOKEN), "the token leaked into the output");
+        assert!(
+            !text.contains(TOKEN) && !text.contains(token.1),
+            "a token leaked into the output"
+        );
         let doc = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
         (out, doc)
     }
@@ -105,35 +115,80 @@ fn refs(repo: &Path) -> Vec<String> {
     text.lines().map(str::to_string).collect()
 }
 
-/// The restored alice/repo-000 against acme/repo-000, field by field, and exactly one copy of
-/// everything.
+/// The restored alice/repo-000 on the GitHub fixture against acme/repo-000.
 fn assert_same(w: &World) {
-    let (orig, new) = ("/repos/acme/repo-000", "/repos/alice/repo-000");
-    let repo = w.api.get(new);
+    let restored = |path: &str| w.list(&format!("/repos/alice/repo-000{path}"));
+    assert_restored(w, &w.api.get("/repos/alice/repo-000"), &restored);
+}
+
+/// A restored repository (its repository object, and `restored` listing what is under it
+/// on its API) against acme/repo-000, field by field, and exactly one copy of everything.
+fn assert_restored(w: &World, repo: &Value, restored: &dyn Fn(&str) -> Vec<Value>) {
+    let orig = "/repos/acme/repo-000";
     assert_eq!(repo["private"], true);
     let original = w.api.get(orig);
     assert_eq!(repo["description"], original["description"]);
     assert_eq!(repo["default_branch"], original["default_branch"]);
     let pick = |items: Vec<Value>, keys: &[&str]| -> Vec<Value> {
-        items
+        let mut rows: Vec<Value> = items
             .iter()
-            .map(|i| Value::Array(keys.iter().map(|k| i[*k].clone()).collect()))
-            .collect()
+            .map(|i| Value::Array(keys.iter().map(|k| instant(&i[*k])).collect()))
+            .collect();
+        rows.sort_by_key(|r| r.to_string());
+        rows
     };
     let label_keys = ["name", "color", "description"];
     assert_eq!(
-        pick(w.list(&format!("{new}/labels")), &label_keys),
+        pick(restored("/labels"), &label_keys),
         pick(w.list(&format!("{orig}/labels")), &label_keys)
     );
-    let ms_keys = ["number", "title", "state", "description", "due_on"];
+    let ms_keys = ["title", "state", "description", "due_on"];
     assert_eq!(
-        pick(w.list(&format!("{new}/milestones?state=all")), &ms_keys),
+        pick(restored("/milestones?state=all"), &ms_keys),
         pick(w.list(&format!("{orig}/milestones?state=all")), &ms_keys)
     );
     let originals = w.list(&format!("{orig}/issues?state=all&direction=asc"));
-    let restored = w.list(&format!("{new}/issues?state=all&direction=asc"));
+    let mut restored_issues = restored("/issues?state=all");
+    restored_issues.sort_by_key(|i| i["number"].as_u64());
+    let restored_comments = |n: u64| restored(&format!("/issues/{n}/comments"));
+    compare_issues(w, &originals, &restored_issues, &restored_comments);
+    // Every ref, the read-only ones under refs/gitvault/.
+    let want: Vec<String> = refs(&w.root.join("acme/repo-000.git"))
+        .iter()
+        .map(|l| l.replace(" refs/pull/", " refs/gitvault/pull/"))
+        .collect();
+    let mut got = refs(&w.root.join("alice/repo-000.git"));
+    let mut want_sorted = want.clone();
+    got.sort();
+    want_sorted.sort();
+    assert_eq!(got, want_sorted);
+    assert!(
+        got.iter()
+            .any(|l| l.ends_with(" refs/gitvault/pull/1/head"))
+    );
+}
+
+/// A time in any zone as UTC seconds, anything else as it is (Gitea renders times in its
+/// server's zone).
+fn instant(v: &Value) -> Value {
+    match v
+        .as_str()
+        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+    {
+        Some(t) => Value::from(t.timestamp()),
+        None => v.clone(),
+    }
+}
+
+fn compare_issues(
+    w: &World,
+    originals: &[Value],
+    restored: &[Value],
+    restored_comments: &dyn Fn(u64) -> Vec<Value>,
+) {
+    let orig = "/repos/acme/repo-000";
     assert_eq!(restored.len(), originals.len(), "one copy of every issue");
-    for (o, r) in originals.iter().zip(&restored) {
+    for (o, r) in originals.iter().zip(restored) {
         let n = o["number"].as_u64().unwrap();
         assert_eq!(r["number"], n);
         assert_eq!(r["title"], o["title"], "#{n}");
@@ -156,7 +211,7 @@ fn assert_same(w: &World) {
         };
         assert_eq!(names(r), names(o), "#{n}");
         assert_eq!(r["milestone"]["title"], o["milestone"]["title"], "#{n}");
-        let comments = w.list(&format!("{new}/issues/{n}/comments"));
+        let comments = restored_comments(n);
         let original_comments = w.list(&format!("{orig}/issues/{n}/comments"));
         if o.get("pull_request").is_none() {
             assert_eq!(comments.len(), original_comments.len(), "#{n}");
@@ -187,20 +242,6 @@ fn assert_same(w: &World) {
             assert_eq!(c["body"], by.as_str(), "#{n}");
         }
     }
-    // Every ref, the read-only ones under refs/gitvault/.
-    let want: Vec<String> = refs(&w.root.join("acme/repo-000.git"))
-        .iter()
-        .map(|l| l.replace(" refs/pull/", " refs/gitvault/pull/"))
-        .collect();
-    let mut got = refs(&w.root.join("alice/repo-000.git"));
-    let mut want_sorted = want.clone();
-    got.sort();
-    want_sorted.sort();
-    assert_eq!(got, want_sorted);
-    assert!(
-        got.iter()
-            .any(|l| l.ends_with(" refs/gitvault/pull/1/head"))
-    );
 }
 
 #[test]
@@ -312,5 +353,46 @@ fn hostile_answers_and_names_leave_nothing_inconsistent() {
     let (out, _) = w.restore(&[]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert_same(&w);
+    assert_not_in_files(&w.tv.dir, TOKEN);
+}
+
+#[test]
+fn a_github_repository_restored_into_a_gitea_account() {
+    const GITEA_TOKEN: &str = "gitea0123456789restoreIntoTokenabcdef";
+    const GITEA_ENV: &str = "GITVAULT_TEST_GITEA_TOKEN";
+    let w = world("");
+    // Gitea takes the token as the password of any user name: gitvault sends `gitvault`.
+    let git = HttpGitServer::start(&w.root, Some(("gitvault", GITEA_TOKEN)));
+    let args = [
+        "--repos",
+        "0",
+        "--git-base",
+        &git_base(&git),
+        "--git-root",
+        w.root.to_str().unwrap(),
+        "--token",
+        GITEA_TOKEN,
+    ];
+    let auth = format!("token {GITEA_TOKEN}");
+    let gitea = FixtureApi::start("gitea", &args, "/api/v1", ("Authorization", &auth));
+    add_source(&w.tv, &gitea, GITEA_ENV, "gitea", "alice", &[]);
+    let config = w.tv.dir.join("config.toml");
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str("\n[source.http]\ncreate_interval_ms = 0\n");
+    std::fs::write(&config, text).unwrap();
+
+    let (out, report) = w.restore_to("gitea", (GITEA_ENV, GITEA_TOKEN), &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(report["created"]["issues"], 3, "{report}");
+    assert_eq!(report["numbers_match"], true);
+    let restored = |path: &str| {
+        let sep = if path.contains('?') { '&' } else { '?' };
+        match gitea.get(&format!("/repos/alice/repo-000{path}{sep}limit=50")) {
+            Value::Array(items) => items,
+            other => panic!("{path}: {other}"),
+        }
+    };
+    assert_restored(&w, &gitea.get("/repos/alice/repo-000"), &restored);
+    assert_not_in_files(&w.tv.dir, GITEA_TOKEN);
     assert_not_in_files(&w.tv.dir, TOKEN);
 }
