@@ -30,16 +30,27 @@ struct World {
 }
 
 fn world(dest_http: &str) -> World {
+    world_of(&["acme/repo-000.git"], dest_http)
+}
+
+/// [`world`] with the fixture's first repositories, served at `paths` (`--repos` of them).
+fn world_of(paths: &[&str], dest_http: &str) -> World {
     let tv = TestVault::new();
     let root = tv.tmp.path().join("served");
-    serve_repositories(&root, &["acme/repo-000.git".to_string()]);
+    let served: Vec<String> = paths.iter().map(|p| p.to_string()).collect();
+    serve_repositories(&root, &served);
+    let count = paths
+        .iter()
+        .filter(|p| !p.ends_with(".wiki.git"))
+        .count()
+        .to_string();
     let git = HttpGitServer::start(&root, Some(("x-access-token", TOKEN)));
     let base = git_base(&git);
     let args = [
         "--generate-org",
         "acme",
         "--repos",
-        "1",
+        &count,
         "--git-base",
         &base,
         "--git-root",
@@ -395,4 +406,45 @@ fn a_github_repository_restored_into_a_gitea_account() {
     assert_restored(&w, &gitea.get("/repos/alice/repo-000"), &restored);
     assert_not_in_files(&w.tv.dir, GITEA_TOKEN);
     assert_not_in_files(&w.tv.dir, TOKEN);
+}
+
+#[test]
+fn the_wiki_of_the_restored_snapshot_goes_along() {
+    let mut w = world_of(
+        &[
+            "acme/repo-000.git",
+            "acme/repo-001.git",
+            "acme/repo-001.wiki.git",
+        ],
+        "",
+    );
+    w.repo = w.repo.replace("repo-000", "repo-001");
+    let first = w.tv.run(&["--json", "snapshots", &w.repo]);
+    let first: Value = serde_json::from_slice(&first.stdout).unwrap();
+    let first = first[0]["id"].as_str().unwrap().to_string();
+    // A wiki ref that only the second backup holds.
+    common::git(
+        &w.root.join("acme/repo-001.wiki.git"),
+        &["update-ref", "refs/heads/wiki-only", "refs/heads/dev"],
+    );
+    let (code, _, err) = run_backup(&w.tv, TOKEN_ENV, TOKEN, &["acme"]);
+    assert_eq!(code, Some(0), "{err}");
+
+    let (out, report) = w.restore(&[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(report["wiki"], "pushed", "{report}");
+    let mut want = refs(&w.root.join("acme/repo-001.wiki.git"));
+    let mut got = refs(&w.root.join("alice/repo-001.wiki.git"));
+    want.sort();
+    got.sort();
+    assert_eq!(got, want);
+    assert!(got.iter().any(|l| l.ends_with(" refs/heads/wiki-only")));
+
+    // The first snapshot brings the wiki as it was then.
+    let (out, report) = w.restore(&["--snapshot", &first, "--name", "older"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(report["wiki"], "pushed", "{report}");
+    let older = refs(&w.root.join("alice/older.wiki.git"));
+    assert_eq!(older.len(), want.len() - 1, "{older:?}");
+    assert!(!older.iter().any(|l| l.ends_with(" refs/heads/wiki-only")));
 }

@@ -27,6 +27,8 @@ pub struct Ledger {
     pub git_pushed: bool,
     #[serde(default)]
     pub lfs_uploaded: Option<u64>,
+    #[serde(default)]
+    pub wiki_pushed: bool,
     /// Label name → the destination's id.
     #[serde(default)]
     pub labels: BTreeMap<String, u64>,

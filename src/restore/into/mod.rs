@@ -62,6 +62,8 @@ pub struct IntoReport {
     pub plan: PlanCounts,
     pub created: Created,
     pub lfs_uploaded: Option<u64>,
+    /// What became of the wiki, when the vault holds one: `pushed`, or why not.
+    pub wiki: Option<String>,
     /// Every issue got the number it had in the original.
     pub numbers_match: bool,
     pub ledger: String,
@@ -146,12 +148,27 @@ pub fn restore_into(
     run.resolve_pending(&plan)?;
     run.repository(&plan, opts)?;
     run.git(vault, keys, row, &refs)?;
+    run.wiki(vault, keys, row)?;
     run.default_branch(&plan)?;
     run.labels(&plan)?;
     run.milestones(&plan)?;
     run.issues(&plan)?;
     run.report.numbers_match = run.ledger.issues.iter().all(|(n, d)| *n == d.number);
     Ok(run.report)
+}
+
+/// The wiki's snapshot as it was while `row` was its repository's newest: the newest taken
+/// before the repository's next snapshot (they are backed up one after the other).
+fn wiki_snapshot(vault: &Vault, row: &SnapshotRow) -> Result<Option<SnapshotRow>, RestoreError> {
+    let wiki = format!("{}.wiki", row.repo);
+    let after = row.time + chrono::Duration::milliseconds(1);
+    let next = vault
+        .index()
+        .snapshots(Some(&row.repo), Some(after), None)?;
+    let until = next
+        .first()
+        .map(|n| n.time - chrono::Duration::milliseconds(1));
+    Ok(vault.index().snapshot_as_of(&wiki, until)?)
 }
 
 fn planned(
@@ -373,6 +390,48 @@ impl Run<'_> {
         self.ledger.lfs_uploaded = Some(uploaded);
         self.report.lfs_uploaded = Some(uploaded);
         self.save()
+    }
+
+    /// Pushes the wiki as it was while this snapshot was the newest, when the vault holds
+    /// one. A failure does not stop the restore: GitHub has no wiki repository until its
+    /// first page is made in the web interface, so it is reported for the user to retry.
+    fn wiki(
+        &mut self,
+        vault: &Vault,
+        keys: &VaultKeys,
+        row: &SnapshotRow,
+    ) -> Result<(), RestoreError> {
+        let (Some(repo), false) = (self.ledger.repo.clone(), self.ledger.wiki_pushed) else {
+            if self.ledger.wiki_pushed {
+                self.report.wiki = Some("pushed".into());
+            }
+            return Ok(());
+        };
+        let Some(wiki_row) = wiki_snapshot(vault, row)? else {
+            return Ok(());
+        };
+        let work = self.path.with_extension("wiki.git");
+        let _ = std::fs::remove_dir_all(&work);
+        let url = Destination::wiki_url(&repo.clone_url);
+        let result =
+            restore_snapshot_watched(vault, keys, &wiki_row, &work, &Silent).and_then(|_| {
+                let credentials = self.dest.git_credentials();
+                super::push::push_all_refs(&work, &url, credentials.as_ref())
+            });
+        let _ = std::fs::remove_dir_all(&work);
+        match result {
+            Ok(_) => {
+                self.ledger.wiki_pushed = true;
+                self.report.wiki = Some("pushed".into());
+                self.save()
+            }
+            Err(e) => {
+                let why = self.dest.scrub(&e.to_string());
+                tracing::warn!(error = %why, "the wiki was not pushed");
+                self.report.wiki = Some(format!("not pushed: {why}"));
+                Ok(())
+            }
+        }
     }
 
     /// Points the default branch where the original's was, once the branches exist.
