@@ -11,6 +11,7 @@
 
 mod git;
 mod ledger;
+mod metadata;
 mod plan;
 
 use std::path::PathBuf;
@@ -23,13 +24,13 @@ use crate::index::SnapshotRow;
 use crate::progress::Silent;
 use crate::provider::ProviderError;
 use crate::provider::SourceConfig;
-use crate::provider::create::{Destination, IssueSpec, RepoSpec, valid_repo_name};
+use crate::provider::create::{Destination, RepoSpec, valid_repo_name};
 use crate::provider::str_field;
 use crate::vault::Vault;
 
 use super::{RestoreError, load_snapshot, restore_snapshot_watched};
 pub use git::pushed_name;
-use ledger::{IssueDone, Ledger, Pending, ledger_path};
+use ledger::{Ledger, Pending, ledger_path};
 use plan::{ItemKind, Plan};
 
 /// What the user asked for.
@@ -249,83 +250,6 @@ impl Run<'_> {
         self.save()
     }
 
-    /// Asks the destination what became of a write whose answer never came.
-    fn resolve_pending(&mut self, plan: &Plan) -> Result<(), RestoreError> {
-        let Some(pending) = self.ledger.pending.clone() else {
-            return Ok(());
-        };
-        tracing::info!(
-            ?pending,
-            "asking the destination what became of the last write"
-        );
-        let repo = self.repo_name();
-        let found: Result<(), ProviderError> = (|| {
-            match &pending {
-                Pending::Repo => {
-                    if let Some(r) = self.dest.find_repo(&self.name)? {
-                        self.ledger.repo = Some(r);
-                        self.ledger.created_repo = true;
-                    }
-                }
-                Pending::Label(name) => {
-                    if let Some((_, id)) = self
-                        .dest
-                        .labels(&repo)?
-                        .into_iter()
-                        .find(|(n, _)| n == name)
-                    {
-                        self.ledger.labels.insert(name.clone(), id);
-                    }
-                }
-                Pending::Milestone(orig) => {
-                    let title = plan
-                        .milestones
-                        .iter()
-                        .find(|m| m.get("number").and_then(|n| n.as_u64()) == Some(*orig))
-                        .and_then(|m| str_field(m, "title"));
-                    let there = self.dest.milestones(&repo)?;
-                    if let Some((_, id)) =
-                        there.into_iter().find(|(t, _)| Some(t) == title.as_ref())
-                    {
-                        self.ledger.milestones.insert(*orig, id);
-                    }
-                }
-                Pending::Issue(n) => {
-                    let title = plan.items.get(n).map(|i| i.title.clone());
-                    if let Some(issue) = self.dest.issue(&repo, *n)?
-                        && str_field(&issue, "title") == title
-                    {
-                        self.ledger.issues.insert(
-                            *n,
-                            IssueDone {
-                                number: *n,
-                                ..IssueDone::default()
-                            },
-                        );
-                        self.refresh_issue(&repo, *n)?;
-                    }
-                }
-                Pending::Comment(n) | Pending::Close(n) => self.refresh_issue(&repo, *n)?,
-            }
-            Ok(())
-        })();
-        found.map_err(|e| self.stopped(e))?;
-        self.done()
-    }
-
-    /// Reads the comment count and state of an issue this restore created.
-    fn refresh_issue(&mut self, repo: &str, orig: u64) -> Result<(), ProviderError> {
-        let Some(mut done) = self.ledger.issues.get(&orig).copied() else {
-            return Ok(());
-        };
-        done.comments = self.dest.comment_count(repo, done.number)?;
-        if let Some(issue) = self.dest.issue(repo, done.number)? {
-            done.closed = str_field(&issue, "state").as_deref() == Some("closed");
-        }
-        self.ledger.issues.insert(orig, done);
-        Ok(())
-    }
-
     /// Creates the repository, or takes the existing one when this restore made it or the
     /// user said `--into-existing`.
     fn repository(&mut self, plan: &Plan, opts: &IntoOptions) -> Result<(), RestoreError> {
@@ -452,104 +376,5 @@ impl Run<'_> {
             r.default_branch = Some(want);
         }
         self.save()
-    }
-
-    fn labels(&mut self, plan: &Plan) -> Result<(), RestoreError> {
-        for label in &plan.labels {
-            let Some(name) = str_field(label, "name") else {
-                continue;
-            };
-            if self.ledger.labels.contains_key(&name) {
-                continue;
-            }
-            let id = self.create(Pending::Label(name.clone()), |d, repo| {
-                d.create_label(repo, label)
-            })?;
-            self.ledger.labels.insert(name, id);
-            self.report.created.labels += 1;
-            self.done()?;
-        }
-        Ok(())
-    }
-
-    fn milestones(&mut self, plan: &Plan) -> Result<(), RestoreError> {
-        for m in &plan.milestones {
-            let Some(orig) = m.get("number").and_then(|n| n.as_u64()) else {
-                continue;
-            };
-            if self.ledger.milestones.contains_key(&orig) {
-                continue;
-            }
-            let id = self.create(Pending::Milestone(orig), |d, repo| {
-                d.create_milestone(repo, m)
-            })?;
-            self.ledger.milestones.insert(orig, id);
-            self.report.created.milestones += 1;
-            self.done()?;
-        }
-        Ok(())
-    }
-
-    /// Issues in number order, each with its comments and then its state.
-    fn issues(&mut self, plan: &Plan) -> Result<(), RestoreError> {
-        for (&n, item) in &plan.items {
-            let mut done = match self.ledger.issues.get(&n) {
-                Some(d) => *d,
-                None => {
-                    let labels: Vec<String> = item
-                        .labels
-                        .iter()
-                        .filter(|l| self.ledger.labels.contains_key(*l))
-                        .cloned()
-                        .collect();
-                    let spec = IssueSpec {
-                        title: item.title.clone(),
-                        body: item.body.clone(),
-                        labels: labels.iter().map(|l| self.ledger.labels[l]).collect(),
-                        label_names: labels,
-                        milestone: item
-                            .milestone
-                            .and_then(|m| self.ledger.milestones.get(&m).copied()),
-                    };
-                    let number =
-                        self.create(Pending::Issue(n), |d, repo| d.create_issue(repo, &spec))?;
-                    if number != n {
-                        tracing::warn!(
-                            original = n,
-                            created = number,
-                            "the destination gave the issue another number"
-                        );
-                    }
-                    let d = IssueDone {
-                        number,
-                        ..IssueDone::default()
-                    };
-                    self.ledger.issues.insert(n, d);
-                    self.report.created.issues += 1;
-                    self.done()?;
-                    d
-                }
-            };
-            while done.comments < item.comments.len() {
-                let body = &item.comments[done.comments];
-                self.create(Pending::Comment(n), |d, repo| {
-                    d.create_comment(repo, done.number, body)
-                })?;
-                done.comments += 1;
-                self.ledger.issues.insert(n, done);
-                self.report.created.comments += 1;
-                self.done()?;
-            }
-            if item.closed && !done.closed {
-                self.create(Pending::Close(n), |d, repo| {
-                    d.close_issue(repo, done.number)
-                })?;
-                done.closed = true;
-                self.ledger.issues.insert(n, done);
-                self.report.created.closed += 1;
-                self.done()?;
-            }
-        }
-        Ok(())
     }
 }
