@@ -39,6 +39,13 @@ fn world_of(paths: &[&str], dest_http: &str) -> World {
     let root = tv.tmp.path().join("served");
     let served: Vec<String> = paths.iter().map(|p| p.to_string()).collect();
     serve_repositories(&root, &served);
+    // The head branch of the fixture's pull request #3, so that it can be opened again.
+    for path in paths.iter().filter(|p| !p.ends_with(".wiki.git")) {
+        common::git(
+            &root.join(path),
+            &["update-ref", "refs/heads/feature-x", "refs/heads/feature"],
+        );
+    }
     let count = paths
         .iter()
         .filter(|p| !p.ends_with(".wiki.git"))
@@ -227,7 +234,8 @@ fn compare_issues(
         if o.get("pull_request").is_none() {
             assert_eq!(comments.len(), original_comments.len(), "#{n}");
         } else {
-            // Its comments, then its review and its review comment.
+            // A pull request again; its comments, then its review and its review comment.
+            assert!(r["pull_request"].is_object(), "#{n}: {r}");
             assert!(body.contains("Pull request #3 from `feature-x`"), "{body}");
             assert_eq!(comments.len(), original_comments.len() + 2, "#{n}");
             let review_comment = comments[2]["body"].as_str().unwrap();
@@ -263,13 +271,14 @@ fn a_github_repository_restored_into_another_account_then_a_dry_run_finds_it() {
     assert_eq!(plan["exists"], false, "{plan}");
     let counts = &plan["plan"];
     assert_eq!(counts["issues"], 2, "{plan}");
-    assert_eq!(counts["pull_requests_as_issues"], 1);
+    assert_eq!(counts["pull_requests"], 1);
+    assert_eq!(counts["pull_requests_as_issues"], 0);
     assert_eq!(counts["placeholders"], 0);
     assert_eq!(counts["labels"], 2);
     assert_eq!(counts["milestones"], 1);
     assert_eq!(counts["comments"], 5);
     assert_eq!(counts["moved_refs"], 1);
-    assert_eq!(counts["branches"], 3);
+    assert_eq!(counts["branches"], 4);
     assert!(
         w.api
             .fetch(&format!("{}/repos/alice/repo-000", w.api.url()))
@@ -280,10 +289,15 @@ fn a_github_repository_restored_into_another_account_then_a_dry_run_finds_it() {
     let (out, report) = w.restore(&[]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(report["created"]["repository"], true, "{report}");
-    assert_eq!(report["created"]["issues"], 3);
+    assert_eq!(report["created"]["issues"], 2);
+    assert_eq!(report["created"]["pull_requests"], 1);
     assert_eq!(report["created"]["comments"], 5);
     assert_eq!(report["numbers_match"], true);
     assert_same(&w);
+    let pull = w.api.get("/repos/alice/repo-000/pulls/3");
+    assert_eq!(pull["head"]["ref"], "feature-x", "{pull}");
+    assert_eq!(pull["base"]["ref"], "main");
+    assert_eq!(pull["state"], "closed");
 
     // Run again: nothing is created twice.
     let (out, again) = w.restore(&[]);
@@ -323,7 +337,8 @@ fn a_restore_stopped_by_a_rate_limit_resumes_to_one_copy_of_everything() {
     assert_eq!(report["resumed"], true);
     assert_eq!(report["created"]["repository"], false);
     assert_eq!(report["created"]["labels"], 0);
-    assert_eq!(report["created"]["issues"], 2, "{report}");
+    assert_eq!(report["created"]["issues"], 1, "{report}");
+    assert_eq!(report["created"]["pull_requests"], 1, "{report}");
     assert_eq!(report["created"]["comments"], 5);
     assert_same(&w);
     assert_not_in_files(&w.tv.dir, TOKEN);
@@ -394,8 +409,13 @@ fn a_github_repository_restored_into_a_gitea_account() {
 
     let (out, report) = w.restore_to("gitea", (GITEA_ENV, GITEA_TOKEN), &[]);
     assert!(out.status.success(), "{}", stderr(&out));
-    assert_eq!(report["created"]["issues"], 3, "{report}");
+    assert_eq!(report["created"]["issues"], 2, "{report}");
+    assert_eq!(report["created"]["pull_requests"], 1, "{report}");
     assert_eq!(report["numbers_match"], true);
+    let pull = gitea.get("/repos/alice/repo-000/pulls/3");
+    assert_eq!(pull["head"]["ref"], "feature-x", "{pull}");
+    assert_eq!(pull["base"]["ref"], "main");
+    assert_eq!(pull["state"], "closed");
     let restored = |path: &str| {
         let sep = if path.contains('?') { '&' } else { '?' };
         match gitea.get(&format!("/repos/alice/repo-000{path}{sep}limit=50")) {
@@ -422,11 +442,19 @@ fn the_wiki_of_the_restored_snapshot_goes_along() {
     let first = w.tv.run(&["--json", "snapshots", &w.repo]);
     let first: Value = serde_json::from_slice(&first.stdout).unwrap();
     let first = first[0]["id"].as_str().unwrap().to_string();
-    // A wiki ref that only the second backup holds.
+    // A wiki ref that only the second backup holds; and pull request #3's head merged, so
+    // that the destination refuses it as a pull request (no commits between).
     common::git(
         &w.root.join("acme/repo-001.wiki.git"),
         &["update-ref", "refs/heads/wiki-only", "refs/heads/dev"],
     );
+    common::git(
+        &w.root.join("acme/repo-001.git"),
+        &["update-ref", "refs/heads/feature-x", "refs/heads/main"],
+    );
+    // Runs are far apart beside the seconds between a repository and its wiki in one run:
+    // the wiki restored is the one nearest in time.
+    std::thread::sleep(std::time::Duration::from_secs(2));
     let (code, _, err) = run_backup(&w.tv, TOKEN_ENV, TOKEN, &["acme"]);
     assert_eq!(code, Some(0), "{err}");
 
@@ -439,6 +467,17 @@ fn the_wiki_of_the_restored_snapshot_goes_along() {
     got.sort();
     assert_eq!(got, want);
     assert!(got.iter().any(|l| l.ends_with(" refs/heads/wiki-only")));
+    assert_eq!(report["plan"]["pull_requests"], 1, "{report}");
+    assert_eq!(report["created"]["pull_requests"], 0, "{report}");
+    assert_eq!(report["created"]["issues"], 3, "{report}");
+    let third = w.api.get("/repos/alice/repo-001/issues/3");
+    assert!(third.get("pull_request").is_none(), "{third}");
+    assert!(
+        third["body"]
+            .as_str()
+            .unwrap()
+            .contains("Pull request #3 from `feature-x`")
+    );
 
     // The first snapshot brings the wiki as it was then.
     let (out, report) = w.restore(&["--snapshot", &first, "--name", "older"]);

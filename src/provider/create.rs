@@ -305,10 +305,65 @@ impl<'i> Destination<'i> {
             .map(drop)
     }
 
-    pub fn close_issue(&mut self, repo: &str, number: u64) -> Result<(), ProviderError> {
-        let url = self.repo_url(repo, &format!("/issues/{number}"));
+    /// Closes an issue, or a pull request (`pull`), which both providers close by its own
+    /// endpoint.
+    pub fn close(&mut self, repo: &str, number: u64, pull: bool) -> Result<(), ProviderError> {
+        let kind = if pull { "pulls" } else { "issues" };
+        let url = self.repo_url(repo, &format!("/{kind}/{number}"));
         self.write(Method::PATCH, &url, &json!({ "state": "closed" }))
             .map(drop)
+    }
+
+    /// Opens a pull request from branch `head` into `base`; returns its number, or `None`
+    /// when the provider will not have it as a pull request (no commits between the branches,
+    /// one already open for them: 422 or 409), so that the caller makes an issue instead.
+    pub fn create_pull(
+        &mut self,
+        repo: &str,
+        spec: &IssueSpec,
+        head: &str,
+        base: &str,
+    ) -> Result<Option<u64>, ProviderError> {
+        let mut body =
+            json!({ "title": spec.title, "body": spec.body, "head": head, "base": base });
+        if self.flavor == Flavor::Gitea {
+            body["labels"] = json!(spec.labels);
+            if let Some(m) = spec.milestone {
+                body["milestone"] = json!(m);
+            }
+        }
+        let url = self.repo_url(repo, "/pulls");
+        match self.write(Method::POST, &url, &body) {
+            Ok(answer) => id_of(&answer, "number").map(Some),
+            Err(ProviderError::Http {
+                status: 409 | 422,
+                message,
+                ..
+            }) => {
+                tracing::info!(%head, %base, %message, "not accepted as a pull request");
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Sets the labels and milestone of a pull request GitHub opened without them (its
+    /// endpoint takes neither). Setting the same again changes nothing, so a repeat is safe.
+    pub fn label_pull(
+        &mut self,
+        repo: &str,
+        number: u64,
+        spec: &IssueSpec,
+    ) -> Result<(), ProviderError> {
+        if self.flavor == Flavor::Gitea {
+            return Ok(());
+        }
+        let mut body = json!({ "labels": spec.label_names });
+        if let Some(m) = spec.milestone {
+            body["milestone"] = json!(m);
+        }
+        let url = self.repo_url(repo, &format!("/issues/{number}"));
+        self.write(Method::PATCH, &url, &body).map(drop)
     }
 
     /// A list URL with the provider's page size.

@@ -47,6 +47,16 @@ pub struct IssueDone {
     pub number: u64,
     pub comments: usize,
     pub closed: bool,
+    /// Made as a pull request (closed through the pull request endpoint).
+    #[serde(default)]
+    pub pull: bool,
+    /// Its labels and milestone are set (GitHub opens pull requests without them).
+    #[serde(default = "yes")]
+    pub labelled: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// A write sent whose outcome is not known.

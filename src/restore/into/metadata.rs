@@ -9,7 +9,7 @@ use crate::provider::str_field;
 use super::super::RestoreError;
 use super::Run;
 use super::ledger::{IssueDone, Pending};
-use super::plan::Plan;
+use super::plan::{Item, Plan};
 
 impl Run<'_> {
     /// Asks the destination what became of a write whose answer never came.
@@ -58,10 +58,15 @@ impl Run<'_> {
                     if let Some(issue) = self.dest.issue(&repo, *n)?
                         && str_field(&issue, "title") == title
                     {
+                        // Both providers show a pull request as an issue with a
+                        // `pull_request` object; its labels are set again (idempotent).
+                        let pull = issue.get("pull_request").is_some_and(|p| !p.is_null());
                         self.ledger.issues.insert(
                             *n,
                             IssueDone {
                                 number: *n,
+                                pull,
+                                labelled: !pull,
                                 ..IssueDone::default()
                             },
                         );
@@ -130,41 +135,19 @@ impl Run<'_> {
         for (&n, item) in &plan.items {
             let mut done = match self.ledger.issues.get(&n) {
                 Some(d) => *d,
-                None => {
-                    let labels: Vec<String> = item
-                        .labels
-                        .iter()
-                        .filter(|l| self.ledger.labels.contains_key(*l))
-                        .cloned()
-                        .collect();
-                    let spec = IssueSpec {
-                        title: item.title.clone(),
-                        body: item.body.clone(),
-                        labels: labels.iter().map(|l| self.ledger.labels[l]).collect(),
-                        label_names: labels,
-                        milestone: item
-                            .milestone
-                            .and_then(|m| self.ledger.milestones.get(&m).copied()),
-                    };
-                    let number =
-                        self.create(Pending::Issue(n), |d, repo| d.create_issue(repo, &spec))?;
-                    if number != n {
-                        tracing::warn!(
-                            original = n,
-                            created = number,
-                            "the destination gave the issue another number"
-                        );
-                    }
-                    let d = IssueDone {
-                        number,
-                        ..IssueDone::default()
-                    };
-                    self.ledger.issues.insert(n, d);
-                    self.report.created.issues += 1;
-                    self.done()?;
-                    d
-                }
+                None => self.create_item(n, item)?,
             };
+            if !done.labelled {
+                // Idempotent (it sets, not adds): no pending mark is needed.
+                let spec = self.spec(item);
+                let repo = self.repo_name();
+                self.dest
+                    .label_pull(&repo, done.number, &spec)
+                    .map_err(|e| self.stopped(e))?;
+                done.labelled = true;
+                self.ledger.issues.insert(n, done);
+                self.save()?;
+            }
             while done.comments < item.comments.len() {
                 let body = &item.comments[done.comments];
                 self.create(Pending::Comment(n), |d, repo| {
@@ -177,7 +160,7 @@ impl Run<'_> {
             }
             if item.closed && !done.closed {
                 self.create(Pending::Close(n), |d, repo| {
-                    d.close_issue(repo, done.number)
+                    d.close(repo, done.number, done.pull)
                 })?;
                 done.closed = true;
                 self.ledger.issues.insert(n, done);
@@ -186,5 +169,70 @@ impl Run<'_> {
             }
         }
         Ok(())
+    }
+
+    /// What the destination is asked to create for `item`: labels and milestone as it names
+    /// them (those it has; a label the backup lacked is dropped).
+    fn spec(&self, item: &Item) -> IssueSpec {
+        let labels: Vec<String> = item
+            .labels
+            .iter()
+            .filter(|l| self.ledger.labels.contains_key(*l))
+            .cloned()
+            .collect();
+        IssueSpec {
+            title: item.title.clone(),
+            body: item.body.clone(),
+            labels: labels
+                .iter()
+                .filter_map(|l| self.ledger.labels.get(l).copied())
+                .collect(),
+            label_names: labels,
+            milestone: item
+                .milestone
+                .and_then(|m| self.ledger.milestones.get(&m).copied()),
+        }
+    }
+
+    /// Creates item `n`: a pull request when its branches were restored and the destination
+    /// takes it, else an issue.
+    fn create_item(&mut self, n: u64, item: &Item) -> Result<IssueDone, RestoreError> {
+        let spec = self.spec(item);
+        let mut pull = None;
+        if let Some((head, base)) = &item.branches {
+            pull = self.create(Pending::Issue(n), |d, repo| {
+                d.create_pull(repo, &spec, head, base)
+            })?;
+        }
+        let done = match pull {
+            Some(number) => {
+                self.report.created.pull_requests += 1;
+                IssueDone {
+                    number,
+                    pull: true,
+                    ..IssueDone::default()
+                }
+            }
+            None => {
+                let number =
+                    self.create(Pending::Issue(n), |d, repo| d.create_issue(repo, &spec))?;
+                self.report.created.issues += 1;
+                IssueDone {
+                    number,
+                    labelled: true,
+                    ..IssueDone::default()
+                }
+            }
+        };
+        if done.number != n {
+            tracing::warn!(
+                original = n,
+                created = done.number,
+                "the destination gave the issue another number"
+            );
+        }
+        self.ledger.issues.insert(n, done);
+        self.done()?;
+        Ok(done)
     }
 }

@@ -80,6 +80,9 @@ pub struct PlanCounts {
     pub labels: usize,
     pub milestones: usize,
     pub issues: usize,
+    /// Pull requests whose head and base branches the snapshot holds: opened as pull
+    /// requests where the destination takes them (else as issues).
+    pub pull_requests: usize,
     pub pull_requests_as_issues: usize,
     pub placeholders: usize,
     pub comments: usize,
@@ -92,6 +95,7 @@ pub struct Created {
     pub labels: usize,
     pub milestones: usize,
     pub issues: usize,
+    pub pull_requests: usize,
     pub comments: usize,
     pub closed: usize,
 }
@@ -158,18 +162,22 @@ pub fn restore_into(
     Ok(run.report)
 }
 
-/// The wiki's snapshot as it was while `row` was its repository's newest: the newest taken
-/// before the repository's next snapshot (they are backed up one after the other).
+/// The wiki's snapshot of the backup run that took `row`: a run backs up a repository and its
+/// wiki side by side (in either order, seconds apart; runs are hours apart), so the wiki
+/// snapshot nearest in time, before or after.
 fn wiki_snapshot(vault: &Vault, row: &SnapshotRow) -> Result<Option<SnapshotRow>, RestoreError> {
     let wiki = format!("{}.wiki", row.repo);
-    let after = row.time + chrono::Duration::milliseconds(1);
-    let next = vault
+    let before = vault.index().snapshot_as_of(&wiki, Some(row.time))?;
+    let after = vault
         .index()
-        .snapshots(Some(&row.repo), Some(after), None)?;
-    let until = next
-        .first()
-        .map(|n| n.time - chrono::Duration::milliseconds(1));
-    Ok(vault.index().snapshot_as_of(&wiki, until)?)
+        .snapshots(Some(&wiki), Some(row.time), None)?
+        .into_iter()
+        .next();
+    let distance = |s: &SnapshotRow| (s.time - row.time).num_milliseconds().abs();
+    Ok(match (before, after) {
+        (Some(b), Some(a)) => Some(if distance(&a) < distance(&b) { a } else { b }),
+        (b, a) => b.or(a),
+    })
 }
 
 fn planned(
@@ -195,7 +203,8 @@ fn planned(
             labels: plan.labels.len(),
             milestones: plan.milestones.len(),
             issues: plan.count(ItemKind::Issue),
-            pull_requests_as_issues: plan.count(ItemKind::Pull),
+            pull_requests: plan.pulls_with_branches(),
+            pull_requests_as_issues: plan.count(ItemKind::Pull) - plan.pulls_with_branches(),
             placeholders: plan.count(ItemKind::Placeholder),
             comments: plan.comments(),
         },

@@ -38,6 +38,9 @@ pub struct Item {
     pub milestone: Option<u64>,
     pub closed: bool,
     pub comments: Vec<String>,
+    /// A pull request's head and base branches, when the snapshot holds both (and the head
+    /// was not in a fork): it can be opened as a pull request again.
+    pub branches: Option<(String, String)>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
@@ -96,7 +99,9 @@ impl Plan {
                         .refs
                         .contains_key(&head)
                         .then(|| super::pushed_name(&head));
-                    plan.items.insert(n, pull_item(n, &doc, kept.as_deref()));
+                    let mut item = pull_item(n, &doc, kept.as_deref());
+                    item.branches = branches(&doc["pull_request"], refs);
+                    plan.items.insert(n, item);
                 }
                 _ => {}
             }
@@ -112,6 +117,10 @@ impl Plan {
 
     pub fn count(&self, kind: ItemKind) -> usize {
         self.items.values().filter(|i| i.kind == kind).count()
+    }
+
+    pub fn pulls_with_branches(&self) -> usize {
+        self.items.values().filter(|i| i.branches.is_some()).count()
     }
 
     pub fn comments(&self) -> usize {
@@ -187,6 +196,7 @@ fn issue_item(doc: &Value) -> Item {
         milestone: issue.get("milestone").and_then(|m| number(m, "number")),
         closed: str_field(issue, "state").as_deref() == Some("closed"),
         comments: comment_texts(doc),
+        branches: None,
     }
 }
 
@@ -262,7 +272,21 @@ fn pull_item(n: u64, doc: &Value, kept_at: Option<&str>) -> Item {
         milestone: pr.get("milestone").and_then(|m| number(m, "number")),
         closed: str_field(pr, "state").as_deref() == Some("closed"),
         comments,
+        branches: None,
     }
+}
+
+/// The head and base branch names of a pull request, when both are branches of the
+/// snapshot and the head is in the same repository as the base (not in a fork).
+fn branches(pr: &Value, refs: &RefSet) -> Option<(String, String)> {
+    let name = |side: &str| str_field(&pr[side], "ref");
+    let (head, base) = (name("head")?, name("base")?);
+    let repo = |side: &str| pr[side].get("repo").and_then(|r| str_field(r, "full_name"));
+    if repo("head") != repo("base") {
+        return None;
+    }
+    let held = |b: &str| refs.refs.contains_key(&format!("refs/heads/{b}"));
+    (head != base && held(&head) && held(&base)).then_some((head, base))
 }
 
 /// Reviews carry their time as `submitted_at`.
