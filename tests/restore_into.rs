@@ -136,12 +136,18 @@ fn refs(repo: &Path) -> Vec<String> {
 /// The restored alice/repo-000 on the GitHub fixture against acme/repo-000.
 fn assert_same(w: &World) {
     let restored = |path: &str| w.list(&format!("/repos/alice/repo-000{path}"));
-    assert_restored(w, &w.api.get("/repos/alice/repo-000"), &restored);
+    let download = |url: &str| w.api.fetch(url).bytes().unwrap().to_vec();
+    assert_restored(w, &w.api.get("/repos/alice/repo-000"), &restored, &download);
 }
 
 /// A restored repository (its repository object, and `restored` listing what is under it
 /// on its API) against acme/repo-000, field by field, and exactly one copy of everything.
-fn assert_restored(w: &World, repo: &Value, restored: &dyn Fn(&str) -> Vec<Value>) {
+fn assert_restored(
+    w: &World,
+    repo: &Value,
+    restored: &dyn Fn(&str) -> Vec<Value>,
+    download: &dyn Fn(&str) -> Vec<u8>,
+) {
     let orig = "/repos/acme/repo-000";
     assert_eq!(repo["private"], true);
     let original = w.api.get(orig);
@@ -170,6 +176,7 @@ fn assert_restored(w: &World, repo: &Value, restored: &dyn Fn(&str) -> Vec<Value
     restored_issues.sort_by_key(|i| i["number"].as_u64());
     let restored_comments = |n: u64| restored(&format!("/issues/{n}/comments"));
     compare_issues(w, &originals, &restored_issues, &restored_comments);
+    compare_releases(w, &restored("/releases"), download);
     // Every ref, the read-only ones under refs/gitvault/.
     let want: Vec<String> = refs(&w.root.join("acme/repo-000.git"))
         .iter()
@@ -184,6 +191,36 @@ fn assert_restored(w: &World, repo: &Value, restored: &dyn Fn(&str) -> Vec<Value
         got.iter()
             .any(|l| l.ends_with(" refs/gitvault/pull/1/head"))
     );
+}
+
+/// Releases: tag, name, attributed body, and every asset's name and bytes.
+fn compare_releases(w: &World, restored: &[Value], download: &dyn Fn(&str) -> Vec<u8>) {
+    let originals = w.list("/repos/acme/repo-000/releases");
+    assert_eq!(restored.len(), originals.len(), "one copy of every release");
+    for o in &originals {
+        let tag = &o["tag_name"];
+        let r = restored.iter().find(|r| r["tag_name"] == *tag).unwrap();
+        assert_eq!(r["name"], o["name"]);
+        let by = format!(
+            "*Released by @{} on {}*\n\n{}",
+            o["author"]["login"].as_str().unwrap(),
+            o["published_at"].as_str().unwrap(),
+            o["body"].as_str().unwrap()
+        );
+        assert_eq!(r["body"], by.as_str());
+        let assets = |v: &Value| v["assets"].as_array().unwrap().clone();
+        assert_eq!(assets(r).len(), assets(o).len(), "{tag}");
+        for (ra, oa) in assets(r).iter().zip(&assets(o)) {
+            assert_eq!(ra["name"], oa["name"]);
+            let bytes = |a: &Value| a["browser_download_url"].as_str().unwrap().to_string();
+            let original = w.api.fetch(&bytes(oa)).bytes().unwrap().to_vec();
+            assert_eq!(original.len() as u64, oa["size"].as_u64().unwrap());
+            assert!(
+                download(&bytes(ra)) == original,
+                "{tag}: the asset's bytes differ"
+            );
+        }
+    }
 }
 
 /// A time in any zone as UTC seconds, anything else as it is (Gitea renders times in its
@@ -277,6 +314,8 @@ fn a_github_repository_restored_into_another_account_then_a_dry_run_finds_it() {
     assert_eq!(counts["labels"], 2);
     assert_eq!(counts["milestones"], 1);
     assert_eq!(counts["comments"], 5);
+    assert_eq!(counts["releases"], 1);
+    assert_eq!(counts["assets"], 1);
     assert_eq!(counts["moved_refs"], 1);
     assert_eq!(counts["branches"], 4);
     assert!(
@@ -292,6 +331,8 @@ fn a_github_repository_restored_into_another_account_then_a_dry_run_finds_it() {
     assert_eq!(report["created"]["issues"], 2);
     assert_eq!(report["created"]["pull_requests"], 1);
     assert_eq!(report["created"]["comments"], 5);
+    assert_eq!(report["created"]["releases"], 1);
+    assert_eq!(report["created"]["assets"], 1);
     assert_eq!(report["numbers_match"], true);
     assert_same(&w);
     let pull = w.api.get("/repos/alice/repo-000/pulls/3");
@@ -312,6 +353,26 @@ fn a_github_repository_restored_into_another_account_then_a_dry_run_finds_it() {
     let (out, plan) = w.restore(&["--name", "dotfiles", "--dry-run"]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert_eq!(plan["exists"], true);
+    let text =
+        w.tv.command(&[
+            "restore",
+            &w.repo,
+            "--to-source",
+            "dest",
+            "--name",
+            "dotfiles",
+            "--dry-run",
+        ])
+        .env(TOKEN_ENV, TOKEN)
+        .output()
+        .unwrap();
+    let text = stdout(&text);
+    assert!(text.contains("would restore"), "{text}");
+    assert!(text.contains("1 releases with 1 assets"), "{text}");
+    assert!(
+        text.contains("conflict: alice/dotfiles exists already"),
+        "{text}"
+    );
     let (out, _) = w.restore(&["--name", "dotfiles"]);
     assert!(!out.status.success());
     assert!(stderr(&out).contains("exists already"), "{}", stderr(&out));
@@ -332,14 +393,28 @@ fn a_restore_stopped_by_a_rate_limit_resumes_to_one_copy_of_everything() {
     w.mode(json!({ "clear": true }));
     assert_eq!(w.list("/repos/alice/repo-000/issues?state=all").len(), 1);
 
+    // Again, stopped at the release's asset this time: the comment of #1, #2 with its
+    // comment and state, pull request #3 (opened, labelled, three comments, closed) and the
+    // release pass.
+    w.mode(json!({ "creations_before_limit": 11, "reset_in": 3600 }));
+    let (out, report) = w.restore(&[]);
+    assert!(!out.status.success(), "{report}");
+    w.mode(json!({ "clear": true }));
+    let releases = w.list("/repos/alice/repo-000/releases");
+    assert_eq!(releases.len(), 1);
+    assert_eq!(releases[0]["assets"].as_array().unwrap().len(), 0);
+
     let (out, report) = w.restore(&[]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(report["resumed"], true);
-    assert_eq!(report["created"]["repository"], false);
-    assert_eq!(report["created"]["labels"], 0);
-    assert_eq!(report["created"]["issues"], 1, "{report}");
-    assert_eq!(report["created"]["pull_requests"], 1, "{report}");
-    assert_eq!(report["created"]["comments"], 5);
+    let created = &report["created"];
+    assert_eq!(created["repository"], false);
+    assert_eq!(created["labels"], 0);
+    assert_eq!(created["issues"], 0, "{report}");
+    assert_eq!(created["pull_requests"], 0, "{report}");
+    assert_eq!(created["comments"], 0);
+    assert_eq!(created["releases"], 0);
+    assert_eq!(created["assets"], 1);
     assert_same(&w);
     assert_not_in_files(&w.tv.dir, TOKEN);
 }
@@ -423,7 +498,13 @@ fn a_github_repository_restored_into_a_gitea_account() {
             other => panic!("{path}: {other}"),
         }
     };
-    assert_restored(&w, &gitea.get("/repos/alice/repo-000"), &restored);
+    let download = |url: &str| gitea.fetch(url).bytes().unwrap().to_vec();
+    assert_restored(
+        &w,
+        &gitea.get("/repos/alice/repo-000"),
+        &restored,
+        &download,
+    );
     assert_not_in_files(&w.tv.dir, GITEA_TOKEN);
     assert_not_in_files(&w.tv.dir, TOKEN);
 }

@@ -64,8 +64,16 @@ fn text(r: &IntoReport) -> String {
         p.branches, p.tags, p.moved_refs, p.other_refs
     ));
     t.push_str(&format!(
-        "  metadata: {} labels, {} milestones, {} issues, {} pull requests as issues, {} placeholders, {} comments\n",
-        p.labels, p.milestones, p.issues, p.pull_requests_as_issues, p.placeholders, p.comments
+        "  metadata: {} labels, {} milestones, {} issues, {} pull requests ({} more as issues), {} placeholders, {} comments, {} releases with {} assets\n",
+        p.labels,
+        p.milestones,
+        p.issues,
+        p.pull_requests,
+        p.pull_requests_as_issues,
+        p.placeholders,
+        p.comments,
+        p.releases,
+        p.assets
     ));
     if r.exists {
         t.push_str(&format!(
@@ -81,17 +89,29 @@ fn text(r: &IntoReport) -> String {
     if !r.dry_run {
         let c = &r.created;
         t.push_str(&format!(
-            "  created: {}{} labels, {} milestones, {} issues, {} comments, {} closed{}\n",
+            "  created: {}{} labels, {} milestones, {} issues, {} pull requests, {} comments, {} closed, {} releases, {} assets{}\n",
             if c.repository { "the repository, " } else { "" },
             c.labels,
             c.milestones,
             c.issues,
+            c.pull_requests,
             c.comments,
             c.closed,
+            c.releases,
+            c.assets,
             r.lfs_uploaded
                 .map(|n| format!(", {n} LFS objects uploaded"))
                 .unwrap_or_default()
         ));
+        if let Some(wiki) = &r.wiki {
+            t.push_str(&format!("  wiki: {wiki}\n"));
+        }
+        if !r.skipped_releases.is_empty() {
+            t.push_str(&format!(
+                "  releases the destination refused (their tag is missing): {}\n",
+                r.skipped_releases.join(", ")
+            ));
+        }
         if !r.numbers_match {
             t.push_str("  note: some issues got other numbers than in the original\n");
         }

@@ -182,6 +182,8 @@ enum Extra<'a> {
     Nothing,
     IfNoneMatch(&'a str),
     Json(&'a [u8]),
+    /// A file's bytes with their content type (a release asset upload).
+    Upload(&'a std::path::Path, &'a str),
 }
 
 /// An answer kept for conditional requests: its ETag, `Link` header and body.

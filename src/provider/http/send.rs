@@ -82,9 +82,12 @@ impl ApiClient<'_> {
                 shown(first)
             )))
         })?;
+        // An upload sends an asset's bytes: it has an asset's time, and no answer comes
+        // before they are all sent, so the read timeout cannot bound it.
+        let upload = matches!(extra, Extra::Upload(..));
         let deadline = Duration::from_secs(match purpose {
-            Purpose::Api => self.settings.request_deadline,
-            Purpose::Asset => self.settings.asset_deadline,
+            Purpose::Api if !upload => self.settings.request_deadline,
+            _ => self.settings.asset_deadline,
         });
         let started = Instant::now();
         for _hop in 0..10 {
@@ -115,7 +118,11 @@ impl ApiClient<'_> {
             let mut request = self
                 .http
                 .request(method.clone(), url.as_str())
-                .timeout(remaining.min(Duration::from_secs(self.settings.read_timeout.max(1))))
+                .timeout(if upload {
+                    remaining
+                } else {
+                    remaining.min(Duration::from_secs(self.settings.read_timeout.max(1)))
+                })
                 .header(USER_AGENT, concat!("gitvault/", env!("CARGO_PKG_VERSION")))
                 .header(ACCEPT, accept);
             for (name, value) in &self.extra_headers {
@@ -132,6 +139,14 @@ impl ApiClient<'_> {
                     request = request
                         .header(reqwest::header::CONTENT_TYPE, "application/json")
                         .body(body.to_vec());
+                }
+                Extra::Upload(path, content_type) => {
+                    let file = std::fs::File::open(path).map_err(|e| {
+                        fatal(ProviderError::Store(format!("{}: {e}", path.display())))
+                    })?;
+                    request = request
+                        .header(reqwest::header::CONTENT_TYPE, content_type)
+                        .body(reqwest::blocking::Body::from(file));
                 }
                 _ => {}
             }

@@ -16,19 +16,36 @@ impl ApiClient<'_> {
     ) -> Result<Value, ProviderError> {
         let bytes = serde_json::to_vec(body)
             .map_err(|e| ProviderError::BadResponse(format!("{}: {e}", shown(url))))?;
+        self.send(method, url, Extra::Json(&bytes))
+    }
+
+    /// POSTs the bytes of the file at `path` as `content_type` (an upload) and reads the
+    /// JSON answer.
+    pub fn send_file(
+        &mut self,
+        url: &str,
+        path: &std::path::Path,
+        content_type: &str,
+    ) -> Result<Value, ProviderError> {
+        self.send(
+            reqwest::Method::POST,
+            url,
+            Extra::Upload(path, content_type),
+        )
+    }
+
+    fn send(
+        &mut self,
+        method: reqwest::Method,
+        url: &str,
+        extra: Extra<'_>,
+    ) -> Result<Value, ProviderError> {
         self.pace();
         let answer = loop {
             self.wait_for_gate();
             let started = Instant::now();
             let once = self
-                .try_send(
-                    method.clone(),
-                    url,
-                    self.accept,
-                    Extra::Json(&bytes),
-                    None,
-                    Purpose::Api,
-                )
+                .try_send(method.clone(), url, self.accept, extra, None, Purpose::Api)
                 .and_then(|response| self.read_answer(url, response, started));
             match once {
                 Ok(body) => break body,

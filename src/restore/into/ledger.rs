@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::provider::create::CreatedRepo;
+use crate::provider::create::{CreatedRelease, CreatedRepo};
 
 use super::super::{RestoreError, io_err};
 
@@ -38,6 +38,10 @@ pub struct Ledger {
     /// Original issue number → what became of it.
     #[serde(default)]
     pub issues: BTreeMap<u64, IssueDone>,
+    /// Tag → the release made for it (with the assets uploaded so far), or `None` when the
+    /// destination refused it.
+    #[serde(default)]
+    pub releases: BTreeMap<String, Option<CreatedRelease>>,
     #[serde(default)]
     pub pending: Option<Pending>,
 }
@@ -69,6 +73,10 @@ pub enum Pending {
     Issue(u64),
     Comment(u64),
     Close(u64),
+    /// A release, by tag.
+    Release(String),
+    /// An asset of the release of a tag, by name.
+    Asset(String, String),
 }
 
 /// Where the ledger of one restore lives: its name is a hash of what identifies the restore,

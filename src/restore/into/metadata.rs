@@ -74,6 +74,11 @@ impl Run<'_> {
                     }
                 }
                 Pending::Comment(n) | Pending::Close(n) => self.refresh_issue(&repo, *n)?,
+                Pending::Release(tag) | Pending::Asset(tag, _) => {
+                    if let Some(made) = self.dest.release_by_tag(&repo, tag)? {
+                        self.ledger.releases.insert(tag.clone(), Some(made));
+                    }
+                }
             }
             Ok(())
         })();

@@ -13,6 +13,7 @@ mod git;
 mod ledger;
 mod metadata;
 mod plan;
+mod releases;
 
 use std::path::PathBuf;
 
@@ -65,6 +66,8 @@ pub struct IntoReport {
     pub lfs_uploaded: Option<u64>,
     /// What became of the wiki, when the vault holds one: `pushed`, or why not.
     pub wiki: Option<String>,
+    /// Tags whose release the destination refused (its tag missing, nothing to make it from).
+    pub skipped_releases: Vec<String>,
     /// Every issue got the number it had in the original.
     pub numbers_match: bool,
     pub ledger: String,
@@ -86,6 +89,8 @@ pub struct PlanCounts {
     pub pull_requests_as_issues: usize,
     pub placeholders: usize,
     pub comments: usize,
+    pub releases: usize,
+    pub assets: usize,
 }
 
 /// What this run created (an earlier run's creations are not counted again).
@@ -98,6 +103,8 @@ pub struct Created {
     pub pull_requests: usize,
     pub comments: usize,
     pub closed: usize,
+    pub releases: usize,
+    pub assets: usize,
 }
 
 /// The last path component of a vault repository name (`host/acme/api` → `api`).
@@ -158,6 +165,7 @@ pub fn restore_into(
     run.labels(&plan)?;
     run.milestones(&plan)?;
     run.issues(&plan)?;
+    run.releases(&plan, &store)?;
     run.report.numbers_match = run.ledger.issues.iter().all(|(n, d)| *n == d.number);
     Ok(run.report)
 }
@@ -207,6 +215,13 @@ fn planned(
             pull_requests_as_issues: plan.count(ItemKind::Pull) - plan.pulls_with_branches(),
             placeholders: plan.count(ItemKind::Placeholder),
             comments: plan.comments(),
+            releases: plan.releases.len(),
+            assets: plan
+                .releases
+                .iter()
+                .filter_map(|r| r["assets"].as_array())
+                .map(Vec::len)
+                .sum(),
         },
         ..IntoReport::default()
     }

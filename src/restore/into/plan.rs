@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 
 use serde_json::Value;
 
+use crate::crypto::ChunkId;
 use crate::provider::str_field;
 use crate::store::ChunkReader;
 
@@ -25,6 +26,10 @@ pub struct Plan {
     pub milestones: Vec<Value>,
     /// By original number, 1 to the highest; gaps are placeholders.
     pub items: BTreeMap<u64, Item>,
+    /// Releases, oldest first (so that the newest is the latest there too).
+    pub releases: Vec<Value>,
+    /// The stored bytes of every other document (release assets) by path.
+    pub files: BTreeMap<String, ChunkId>,
 }
 
 /// One issue to create: its text, what it carries, and the comments that follow it.
@@ -75,21 +80,25 @@ impl Plan {
                 (1..=MAX_NUMBER).contains(&n).then_some(n)
             };
             let (issue, pull) = (parsed("issues/"), parsed("pulls/"));
+            let release = path.starts_with("releases/") && path.ends_with(".json");
             let wanted = matches!(
                 path.as_str(),
                 "settings.json" | "labels.json" | "milestones.json"
             ) || issue.is_some()
-                || pull.is_some();
+                || pull.is_some()
+                || release;
+            let id: ChunkId = id.parse().map_err(|e: String| damaged(e))?;
             if !wanted {
+                plan.files.insert(path.clone(), id);
                 continue;
             }
-            let id = id.parse().map_err(|e: String| damaged(e))?;
             let doc: Value = serde_json::from_slice(&store.get(&id)?)
                 .map_err(|e| damaged(format!("{path}: {e}")))?;
             match (path.as_str(), issue, pull) {
                 ("settings.json", ..) => plan.settings = doc,
                 ("labels.json", ..) => plan.labels = list(doc),
                 ("milestones.json", ..) => plan.milestones = list(doc),
+                _ if release => plan.releases.push(doc),
                 (_, Some(n), _) => {
                     plan.items.insert(n, issue_item(&doc));
                 }
@@ -107,6 +116,12 @@ impl Plan {
             }
         }
         plan.milestones.sort_by_key(|m| number(m, "number"));
+        plan.releases.sort_by_key(|r| {
+            (
+                str_field(r, "created_at").unwrap_or_default(),
+                number(r, "id"),
+            )
+        });
         if let Some(&max) = plan.items.keys().next_back() {
             for n in 1..max {
                 plan.items.entry(n).or_insert_with(|| placeholder(n));

@@ -9,7 +9,7 @@ use reqwest::Method;
 use serde_json::{Value, json};
 
 use super::common::{self, connect};
-use super::http::{ApiClient, Auth};
+use super::http::{ApiClient, Auth, HttpSettings};
 use super::{ProviderError, SourceConfig, str_field};
 
 /// Which API a destination speaks.
@@ -54,7 +54,13 @@ pub struct Destination<'i> {
     owner: String,
     token: Option<SecretString>,
     origin: super::GitOrigin,
+    /// For a second client on github.com's upload host.
+    auth: Option<Auth>,
+    settings: HttpSettings,
 }
+
+mod releases;
+pub use releases::CreatedRelease;
 
 /// Repository names a restore creates: what GitHub and Gitea both accept, nothing that could
 /// climb out of a path or a URL segment.
@@ -100,7 +106,7 @@ impl<'i> Destination<'i> {
             Flavor::GitHub => vec![("X-GitHub-Api-Version", "2022-11-28")],
             Flavor::Gitea => vec![],
         };
-        let api = connect(source, None, default, auth, accept, headers)?;
+        let api = connect(source, None, default, auth.clone(), accept, headers)?;
         let owner = owner.unwrap_or(&source.owner).to_string();
         if !valid_repo_name(&owner) {
             return Err(ProviderError::BadSource {
@@ -114,6 +120,8 @@ impl<'i> Destination<'i> {
             owner,
             token,
             origin: source.git_origin()?,
+            auth,
+            settings: source.http.clone(),
         })
     }
 
