@@ -8,7 +8,8 @@ mod common;
 use std::path::Path;
 use std::process::Output;
 
-use common::git_server::HttpGitServer;
+use common::git_server::{HttpGitServer, run_fixture};
+use common::lfs_server::LfsServer;
 use common::provider_api::{
     FixtureApi, add_source, assert_not_in_files, git_base, run_backup, serve_repositories,
 };
@@ -30,28 +31,43 @@ struct World {
 }
 
 fn world(dest_http: &str) -> World {
-    world_of(&["acme/repo-000.git"], dest_http)
+    world_of(&["acme/repo-000.git"], dest_http, None)
 }
 
 /// [`world`] with the fixture's first repositories, served at `paths` (`--repos` of them).
-fn world_of(paths: &[&str], dest_http: &str) -> World {
+/// With `lfs`, acme/repo-000 is tests/fixtures/lfs.sh's repository, whose objects are on that
+/// LFS server, which the git server also serves at every repository's `/info/lfs`.
+fn world_of(paths: &[&str], dest_http: &str, lfs: Option<&LfsServer>) -> World {
     let tv = TestVault::new();
     let root = tv.tmp.path().join("served");
     let served: Vec<String> = paths.iter().map(|p| p.to_string()).collect();
     serve_repositories(&root, &served);
-    // The head branch of the fixture's pull request #3, so that it can be opened again.
+    if let Some(lfs) = lfs {
+        let bare = root.join("acme/repo-000.git");
+        std::fs::remove_dir_all(&bare).unwrap();
+        let endpoint = lfs.endpoint("acme", "repo-000");
+        run_fixture("lfs.sh", &[bare.to_str().unwrap(), &endpoint]);
+    }
+    // The head branch of the fixture's pull request #3, so that it can be opened again (the
+    // LFS repository has no `feature`).
     for path in paths.iter().filter(|p| !p.ends_with(".wiki.git")) {
-        common::git(
-            &root.join(path),
-            &["update-ref", "refs/heads/feature-x", "refs/heads/feature"],
-        );
+        if lfs.is_none() {
+            common::git(
+                &root.join(path),
+                &["update-ref", "refs/heads/feature-x", "refs/heads/feature"],
+            );
+        }
     }
     let count = paths
         .iter()
         .filter(|p| !p.ends_with(".wiki.git"))
         .count()
         .to_string();
-    let git = HttpGitServer::start(&root, Some(("x-access-token", TOKEN)));
+    let git = HttpGitServer::start_with_lfs_proxy(
+        &root,
+        Some(("x-access-token", TOKEN)),
+        lfs.map(LfsServer::port),
+    );
     let base = git_base(&git);
     let args = [
         "--generate-org",
@@ -518,6 +534,7 @@ fn the_wiki_of_the_restored_snapshot_goes_along() {
             "acme/repo-001.wiki.git",
         ],
         "",
+        None,
     );
     w.repo = w.repo.replace("repo-000", "repo-001");
     let first = w.tv.run(&["--json", "snapshots", &w.repo]);
@@ -567,4 +584,27 @@ fn the_wiki_of_the_restored_snapshot_goes_along() {
     let older = refs(&w.root.join("alice/older.wiki.git"));
     assert_eq!(older.len(), want.len() - 1, "{older:?}");
     assert!(!older.iter().any(|l| l.ends_with(" refs/heads/wiki-only")));
+}
+
+#[test]
+fn lfs_objects_are_uploaded_to_the_new_repository() {
+    let tmp = tempfile::tempdir().unwrap();
+    let lfs = LfsServer::start(&tmp.path().join("lfs-storage"));
+    let w = world_of(&["acme/repo-000.git"], "", Some(&lfs));
+    let held = lfs.objects();
+    assert_eq!(held.len(), 5, "{held:?}");
+    let (out, report) = w.restore(&[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(report["lfs_uploaded"], 5, "{report}");
+    // Through the new repository's own endpoint (`<clone URL>/info/lfs`), not the one the
+    // restored .lfsconfig names.
+    for object in &held {
+        let oid = object.file_name().unwrap().to_str().unwrap();
+        let copy = lfs.object_path("alice", "repo-000", oid);
+        assert_eq!(
+            std::fs::read(&copy).unwrap(),
+            std::fs::read(object).unwrap()
+        );
+    }
+    assert_not_in_files(&w.tv.dir, TOKEN);
 }
