@@ -9,7 +9,7 @@ use gitvault::index::SnapshotRow;
 use gitvault::restore::into::{IntoOptions, IntoReport, restore_into};
 
 use super::repo::RestoreArgs;
-use super::{Ctx, EXIT_FAILED, EXIT_OK};
+use super::{Ctx, EXIT_FAILED, EXIT_OK, EXIT_PARTIAL};
 
 pub fn run(
     ctx: &Ctx,
@@ -34,9 +34,19 @@ pub fn run(
     };
     let report = restore_into(vault, keys, row, &opts)?;
     ctx.out.print(&report, || text(&report));
-    // A dry run that finds the name taken says so in its exit code, for scripts.
+    // A dry run that finds the name taken says so in its exit code, for scripts; so does a
+    // restore that left something behind (a wiki not pushed, releases refused).
     let refused = report.dry_run && report.exists && !args.into_existing;
-    Ok(if refused { EXIT_FAILED } else { EXIT_OK })
+    let partial = !report.dry_run
+        && (report.wiki.as_deref().is_some_and(|w| w != "pushed")
+            || !report.skipped_releases.is_empty());
+    Ok(if refused {
+        EXIT_FAILED
+    } else if partial {
+        EXIT_PARTIAL
+    } else {
+        EXIT_OK
+    })
 }
 
 fn text(r: &IntoReport) -> String {
