@@ -203,14 +203,19 @@ fn assignees_line(v: &Value) -> String {
 fn issue_item(doc: &Value) -> Item {
     let issue = &doc["issue"];
     let body = format!("{}{}", text(issue, "body"), assignees_line(issue));
+    item(ItemKind::Issue, issue, &body, comment_texts(doc))
+}
+
+/// An issue or pull request object (`v`) with the text of its body and its comments.
+fn item(kind: ItemKind, v: &Value, body: &str, comments: Vec<String>) -> Item {
     Item {
-        kind: ItemKind::Issue,
-        title: text(issue, "title"),
-        body: attributed(issue, "Opened", &body),
-        labels: names(issue),
-        milestone: issue.get("milestone").and_then(|m| number(m, "number")),
-        closed: str_field(issue, "state").as_deref() == Some("closed"),
-        comments: comment_texts(doc),
+        kind,
+        title: text(v, "title"),
+        body: attributed(v, "Opened", body),
+        labels: names(v),
+        milestone: v.get("milestone").and_then(|m| number(m, "number")),
+        closed: str_field(v, "state").as_deref() == Some("closed"),
+        comments,
         branches: None,
     }
 }
@@ -279,16 +284,7 @@ fn pull_item(n: u64, doc: &Value, kept_at: Option<&str>) -> Item {
             &text(rc, "body"),
         ));
     }
-    Item {
-        kind: ItemKind::Pull,
-        title: text(pr, "title"),
-        body: attributed(pr, "Opened", &body),
-        labels: names(pr),
-        milestone: pr.get("milestone").and_then(|m| number(m, "number")),
-        closed: str_field(pr, "state").as_deref() == Some("closed"),
-        comments,
-        branches: None,
-    }
+    item(ItemKind::Pull, pr, &body, comments)
 }
 
 /// The head and base branch names of a pull request, when both are branches of the
