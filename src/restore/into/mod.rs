@@ -161,7 +161,7 @@ pub fn restore_into(
     run.repository(&plan, opts)?;
     run.git(vault, keys, row, &refs)?;
     run.wiki(vault, keys, row)?;
-    run.default_branch(&plan)?;
+    run.default_branch(&plan, &refs)?;
     run.labels(&plan)?;
     run.milestones(&plan)?;
     run.issues(&plan)?;
@@ -383,8 +383,15 @@ impl Run<'_> {
     }
 
     /// Points the default branch where the original's was, once the branches exist.
-    fn default_branch(&mut self, plan: &Plan) -> Result<(), RestoreError> {
-        let Some(want) = str_field(&plan.settings, "default_branch") else {
+    fn default_branch(
+        &mut self,
+        plan: &Plan,
+        refs: &crate::snapshot::RefSet,
+    ) -> Result<(), RestoreError> {
+        // A branch the snapshot does not hold would be refused (422) and stop the restore.
+        let Some(want) = str_field(&plan.settings, "default_branch")
+            .filter(|b| refs.refs.contains_key(&format!("refs/heads/{b}")))
+        else {
             return Ok(());
         };
         let Some(repo) = self.ledger.repo.clone() else {
