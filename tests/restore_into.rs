@@ -608,3 +608,68 @@ fn lfs_objects_are_uploaded_to_the_new_repository() {
     }
     assert_not_in_files(&w.tv.dir, TOKEN);
 }
+
+#[test]
+fn a_gitlab_backup_brings_its_git_data_and_says_its_metadata_stays_behind() {
+    const GL_TOKEN: &str = "glpat-restoreIntoToken1234567890";
+    const GL_ENV: &str = "GITVAULT_TEST_GL_TOKEN";
+    let tv = TestVault::new();
+    let root = tv.tmp.path().join("served");
+    serve_repositories(&root, &["acme/proj-000.git".to_string()]);
+    let gl_git = HttpGitServer::start(&root, Some(("oauth2", GL_TOKEN)));
+    let args = [
+        "--group",
+        "acme",
+        "--projects",
+        "1",
+        "--git-base",
+        &git_base(&gl_git),
+        "--token",
+        GL_TOKEN,
+    ];
+    let gitlab = FixtureApi::start("gitlab", &args, "/api/v4", ("PRIVATE-TOKEN", GL_TOKEN));
+    add_source(&tv, &gitlab, GL_ENV, "gl", "acme", &[]);
+    let (code, _, err) = run_backup(&tv, GL_ENV, GL_TOKEN, &[]);
+    assert_eq!(code, Some(0), "{err}");
+
+    let gh_git = HttpGitServer::start(&root, Some(("x-access-token", TOKEN)));
+    let args = [
+        "--generate-org",
+        "acme",
+        "--repos",
+        "0",
+        "--git-base",
+        &git_base(&gh_git),
+        "--git-root",
+        root.to_str().unwrap(),
+        "--token",
+        TOKEN,
+    ];
+    let bearer = format!("Bearer {TOKEN}");
+    let github = FixtureApi::start("github", &args, "", ("Authorization", &bearer));
+    add_source(&tv, &github, TOKEN_ENV, "dest", "alice", &[]);
+    let repo = format!(
+        "{}/acme/proj-000",
+        git_base(&gl_git).trim_start_matches("http://")
+    );
+    let out = tv
+        .command(&["--json", "restore", &repo, "--to-source", "dest"])
+        .env(TOKEN_ENV, TOKEN)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let skipped = report["metadata_skipped"].as_str().unwrap();
+    assert!(skipped.contains("gitlab backup"), "{report}");
+    assert_eq!(report["created"]["issues"], 0);
+    let mut want: Vec<String> = refs(&root.join("acme/proj-000.git"))
+        .iter()
+        .map(|l| l.replace(" refs/pull/", " refs/gitvault/pull/"))
+        .collect();
+    let mut got = refs(&root.join("alice/proj-000.git"));
+    want.sort();
+    got.sort();
+    assert_eq!(got, want);
+    assert_not_in_files(&tv.dir, TOKEN);
+    assert_not_in_files(&tv.dir, GL_TOKEN);
+}

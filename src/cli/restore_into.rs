@@ -39,7 +39,8 @@ pub fn run(
     let refused = report.dry_run && report.exists && !args.into_existing;
     let partial = !report.dry_run
         && (report.wiki.as_deref().is_some_and(|w| w != "pushed")
-            || !report.skipped_releases.is_empty());
+            || !report.skipped_releases.is_empty()
+            || report.metadata_skipped.is_some());
     Ok(if refused {
         EXIT_FAILED
     } else if partial {
@@ -85,6 +86,9 @@ fn text(r: &IntoReport) -> String {
         p.releases,
         p.assets
     ));
+    if let Some(why) = &r.metadata_skipped {
+        t.push_str(&format!("  note: {why}\n"));
+    }
     if r.exists {
         t.push_str(&format!(
             "  conflict: {} exists already{}\n",

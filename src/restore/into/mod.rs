@@ -66,6 +66,9 @@ pub struct IntoReport {
     pub lfs_uploaded: Option<u64>,
     /// What became of the wiki, when the vault holds one: `pushed`, or why not.
     pub wiki: Option<String>,
+    /// Why the snapshot's metadata was not recreated (a GitLab or Bitbucket backup: only
+    /// GitHub's and Gitea's documents are read so far); the git data still is.
+    pub metadata_skipped: Option<String>,
     /// Tags whose release the destination refused (its tag missing, nothing to make it from).
     pub skipped_releases: Vec<String>,
     /// Every issue got the number it had in the original.
@@ -223,6 +226,9 @@ fn planned(
                 .map(Vec::len)
                 .sum(),
         },
+        metadata_skipped: plan.unreadable.as_ref().map(|p| {
+            format!("the metadata of a {p} backup is not recreated yet (GitHub and Gitea only)")
+        }),
         ..IntoReport::default()
     }
 }

@@ -30,6 +30,9 @@ pub struct Plan {
     pub releases: Vec<Value>,
     /// The stored bytes of every other document (release assets) by path.
     pub files: BTreeMap<String, ChunkId>,
+    /// The provider of metadata this restore cannot read yet (its documents have other
+    /// shapes than GitHub's and Gitea's): none of it is recreated.
+    pub unreadable: Option<String>,
 }
 
 /// One issue to create: its text, what it carries, and the comments that follow it.
@@ -70,6 +73,10 @@ impl Plan {
             return Ok(plan);
         };
         let map = read_metadata_map(store, map_id)?;
+        if !matches!(map.provider.as_str(), "github" | "gitea") {
+            plan.unreadable = Some(map.provider);
+            return Ok(plan);
+        }
         for (path, id) in &map.documents {
             let parsed = |name: &str| -> Option<u64> {
                 let n = path
