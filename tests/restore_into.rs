@@ -169,6 +169,8 @@ fn assert_restored(
     let original = w.api.get(orig);
     assert_eq!(repo["description"], original["description"]);
     assert_eq!(repo["default_branch"], original["default_branch"]);
+    assert_eq!(repo["topics"], original["topics"]);
+    assert!(!repo["topics"].as_array().unwrap().is_empty());
     let pick = |items: Vec<Value>, keys: &[&str]| -> Vec<Value> {
         let mut rows: Vec<Value> = items
             .iter()
@@ -399,8 +401,9 @@ fn a_github_repository_restored_into_another_account_then_a_dry_run_finds_it() {
 #[test]
 fn a_restore_stopped_by_a_rate_limit_resumes_to_one_copy_of_everything() {
     let w = world("");
-    // The repository, two labels, the milestone and issue #1 pass; its comment meets the limit.
-    w.mode(json!({ "creations_before_limit": 5, "reset_in": 3600 }));
+    // The repository, its topics, two labels, the milestone and issue #1 pass; its comment
+    // meets the limit.
+    w.mode(json!({ "creations_before_limit": 6, "reset_in": 3600 }));
     let (out, _) = w.restore(&[]);
     assert!(!out.status.success());
     let err = stderr(&out);

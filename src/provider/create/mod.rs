@@ -216,6 +216,16 @@ impl<'i> Destination<'i> {
             .map(drop)
     }
 
+    /// Replaces the repository's topics (idempotent: the same list again changes nothing).
+    pub fn set_topics(&mut self, repo: &str, topics: &[String]) -> Result<(), ProviderError> {
+        let body = match self.flavor {
+            Flavor::GitHub => json!({ "names": topics }),
+            Flavor::Gitea => json!({ "topics": topics }),
+        };
+        let url = self.repo_url(repo, "/topics");
+        self.write(Method::PUT, &url, &body).map(drop)
+    }
+
     /// Every label of `repo` as (name, id).
     pub fn labels(&mut self, repo: &str) -> Result<Vec<(String, u64)>, ProviderError> {
         let url = self.list_url(repo, "/labels");

@@ -54,6 +54,10 @@ impl ApiClient<'_> {
             }
         };
         self.last_write = Some(Instant::now());
+        // 204 No Content (Gitea's answer to a PUT of topics) has nothing to read.
+        if answer.is_empty() {
+            return Ok(Value::Null);
+        }
         serde_json::from_slice(&answer)
             .map_err(|e| ProviderError::BadResponse(format!("{}: {e}", shown(url))))
     }

@@ -29,6 +29,8 @@ pub struct Ledger {
     pub lfs_uploaded: Option<u64>,
     #[serde(default)]
     pub wiki_pushed: bool,
+    #[serde(default)]
+    pub topics_set: bool,
     /// Label name → the destination's id.
     #[serde(default)]
     pub labels: BTreeMap<String, u64>,

@@ -165,6 +165,7 @@ pub fn restore_into(
     run.git(vault, keys, row, &refs)?;
     run.wiki(vault, keys, row)?;
     run.default_branch(&plan, &refs)?;
+    run.topics(&plan)?;
     run.labels(&plan)?;
     run.milestones(&plan)?;
     run.issues(&plan)?;
@@ -386,6 +387,25 @@ impl Run<'_> {
                 Ok(())
             }
         }
+    }
+
+    /// The original's topics, set once (the call replaces the list, so a repeat is harmless).
+    fn topics(&mut self, plan: &Plan) -> Result<(), RestoreError> {
+        let topics: Vec<String> = plan.settings["topics"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|t| t.as_str().map(str::to_string))
+            .collect();
+        if topics.is_empty() || self.ledger.topics_set {
+            return Ok(());
+        }
+        let repo = self.repo_name();
+        self.dest
+            .set_topics(&repo, &topics)
+            .map_err(|e| self.stopped(e))?;
+        self.ledger.topics_set = true;
+        self.save()
     }
 
     /// Points the default branch where the original's was, once the branches exist.
