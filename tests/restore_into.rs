@@ -470,6 +470,19 @@ fn hostile_answers_and_names_leave_nothing_inconsistent() {
         stderr(&out)
     );
     w.mode(json!({ "create_answer": null }));
+    // A second run at once would send the same next write: it is refused while one holds
+    // the ledger's lock.
+    let (_, plan) = w.restore(&["--dry-run"]);
+    let ledger = std::path::PathBuf::from(plan["ledger"].as_str().unwrap());
+    let held = std::fs::File::create(ledger.with_extension("lock")).unwrap();
+    held.lock().unwrap();
+    let (out, _) = w.restore(&[]);
+    assert!(
+        stderr(&out).contains("another restore into alice/repo-000 is running"),
+        "{}",
+        stderr(&out)
+    );
+    drop(held);
     let (out, _) = w.restore(&[]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert_same(&w);

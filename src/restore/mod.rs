@@ -88,6 +88,8 @@ pub enum RestoreError {
         target: String,
         error: crate::provider::ProviderError,
     },
+    #[error("another restore into {0} is running; wait for it to end")]
+    Busy(String),
     #[error(transparent)]
     Provider(#[from] crate::provider::ProviderError),
     #[error(transparent)]

@@ -29,7 +29,7 @@ use crate::provider::create::{Destination, RepoSpec, valid_repo_name};
 use crate::provider::str_field;
 use crate::vault::Vault;
 
-use super::{RestoreError, load_snapshot, restore_snapshot_watched};
+use super::{RestoreError, io_err, load_snapshot, restore_snapshot_watched};
 pub use git::pushed_name;
 use ledger::{Ledger, Pending, ledger_path};
 use plan::{ItemKind, Plan};
@@ -160,6 +160,7 @@ pub fn restore_into(
         }
         return Ok(run.report);
     }
+    let _lock = lock(&run.path, &run.ledger.target)?;
     run.resolve_pending(&plan)?;
     run.repository(&plan, opts)?;
     run.git(vault, keys, row, &refs)?;
@@ -190,6 +191,24 @@ fn wiki_snapshot(vault: &Vault, row: &SnapshotRow) -> Result<Option<SnapshotRow>
         (Some(b), Some(a)) => Some(if distance(&a) < distance(&b) { a } else { b }),
         (b, a) => b.or(a),
     })
+}
+
+/// One run at a time per ledger: two would both send the next write. An `flock`, which
+/// dies with its process, so a killed run leaves nothing to clean up.
+fn lock(ledger: &std::path::Path, target: &str) -> Result<std::fs::File, RestoreError> {
+    let path = ledger.with_extension("lock");
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(io_err(format!("creating {}", dir.display())))?;
+    }
+    let file =
+        std::fs::File::create(&path).map_err(io_err(format!("creating {}", path.display())))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(RestoreError::Busy(target.to_string())),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(io_err(format!("locking {}", path.display()))(e))
+        }
+    }
 }
 
 fn planned(
