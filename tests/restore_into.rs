@@ -452,6 +452,33 @@ fn hostile_answers_and_names_leave_nothing_inconsistent() {
     }
     assert!(!w.tv.dir.join("restore-into").exists());
 
+    // A clone URL off the source's git origin is never pushed to (the token goes along).
+    let api_url = w.api.api_url();
+    let out = w.tv.run(&[
+        "source",
+        "add",
+        "elsewhere",
+        "--provider",
+        "github",
+        "--owner",
+        "alice",
+        "--api-url",
+        &api_url,
+        "--token-env",
+        TOKEN_ENV,
+        "--git-url",
+        "http://127.0.0.1:9",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let (out, _) = w.restore_to("elsewhere", (TOKEN_ENV, TOKEN), &["--name", "other"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("is not on the source's git origin"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(refs(&w.root.join("alice/other.git")).is_empty());
+
     // The repository is created but the answer is too large, then not JSON: each run stops
     // with a clear error, and the next asks the server what became of the write.
     w.mode(json!({ "create_answer": "huge" }));
