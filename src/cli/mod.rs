@@ -10,6 +10,7 @@ mod output;
 mod prompt;
 mod replicas;
 mod repo;
+mod restore_into;
 mod retention;
 mod source;
 mod status;

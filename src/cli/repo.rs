@@ -84,10 +84,10 @@ pub struct RestoreArgs {
     #[command(flatten)]
     pub select: SelectArgs,
     /// Where to write the bare repository (must not exist or be empty).
-    #[arg(long)]
-    pub to: PathBuf,
+    #[arg(long, required_unless_present = "to_source")]
+    pub to: Option<PathBuf>,
     /// After restoring, mirror-push to this (empty) remote; credentials as for backup.
-    #[arg(long)]
+    #[arg(long, requires = "to")]
     pub push: Option<String>,
     /// The LFS endpoint the restored LFS objects are uploaded to after the push (default: the
     /// push URL's `<url>.git/info/lfs`, as git-lfs would use).
@@ -95,8 +95,30 @@ pub struct RestoreArgs {
     pub push_lfs_url: Option<String>,
     /// Also write the snapshot's platform metadata (issues, pull requests, releases…) as
     /// readable JSON files under this directory.
-    #[arg(long)]
+    #[arg(long, requires = "to")]
     pub metadata_to: Option<PathBuf>,
+    /// Recreate the repository in the account of this configured source (GitHub or Gitea):
+    /// the repository, every ref, LFS objects, labels, milestones, issues with comments, pull
+    /// requests as issues. Stopped runs continue where they stopped when run again.
+    #[arg(long, conflicts_with = "to", value_name = "SOURCE")]
+    pub to_source: Option<String>,
+    /// With --to-source: the account to create the repository under (default: the source's
+    /// owner).
+    #[arg(long, requires = "to_source")]
+    pub owner: Option<String>,
+    /// With --to-source: the new repository's name (default: the original's).
+    #[arg(long, requires = "to_source")]
+    pub name: Option<String>,
+    /// With --to-source: print what would be created and any conflict, change nothing.
+    #[arg(long, requires = "to_source")]
+    pub dry_run: bool,
+    /// With --to-source: push into a repository of that name that exists already (refused
+    /// otherwise). Nothing there is deleted or overwritten; diverged branches are refused.
+    #[arg(long, requires = "to_source")]
+    pub into_existing: bool,
+    /// With --to-source: create the repository public (default: private).
+    #[arg(long, requires = "to_source")]
+    pub public: bool,
 }
 
 #[derive(clap::Args)]
@@ -402,17 +424,20 @@ pub fn restore(ctx: &Ctx, args: RestoreArgs) -> Result<i32> {
     let _lease = vault.read_lease()?;
     let row = restore::select_snapshot(&vault, &args.repo, &selector(&args.select)?)?;
     let keys = ctx.unlock(&vault)?;
+    let Some(to) = &args.to else {
+        return super::restore_into::run(ctx, &vault, &keys, &row, &args);
+    };
     let bars = Bars::new(&ctx.out);
-    let mut report = restore::restore_snapshot_watched(&vault, &keys, &row, &args.to, &bars)?;
+    let mut report = restore::restore_snapshot_watched(&vault, &keys, &row, to, &bars)?;
     if let Some(dir) = &args.metadata_to {
         report.metadata_files = Some(restore::write_metadata(&vault, &keys, &row, dir)?);
     }
     if let Some(url) = &args.push {
         let credentials = Credentials::from_environment();
-        report.pushed_to = Some(restore::push_mirror(&args.to, url, credentials.as_ref())?);
+        report.pushed_to = Some(restore::push_mirror(to, url, credentials.as_ref())?);
         if report.lfs_objects > 0 {
             report.lfs_uploaded = Some(restore::push_lfs(
-                &args.to,
+                to,
                 url,
                 args.push_lfs_url.as_deref(),
                 credentials.as_ref(),

@@ -5,6 +5,7 @@
 
 pub mod bitbucket;
 mod common;
+pub mod create;
 pub mod gitea;
 pub mod github;
 pub mod gitlab;

@@ -70,7 +70,7 @@ pub fn write_metadata(
     Ok(written)
 }
 
-fn read_metadata_map(
+pub(super) fn read_metadata_map(
     store: &ChunkReader<'_>,
     map_id: &str,
 ) -> Result<crate::provider::MetadataMap, RestoreError> {

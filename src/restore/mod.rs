@@ -9,6 +9,7 @@
 //! restored repository to a remote, `check` proves a restore right (`verify --restore-sample`).
 
 mod check;
+pub mod into;
 mod metadata;
 mod push;
 mod repository;
@@ -72,6 +73,25 @@ pub enum RestoreError {
         snapshot: String,
         reason: String,
     },
+    #[error(
+        "`{0}` is not a repository name a restore creates (letters, digits, `-`, `_` and `.`, at most 100, not starting with `.` or ending in `.git`)"
+    )]
+    BadName(String),
+    #[error(
+        "{0} exists already; restore under another --name, or add --into-existing to push into it"
+    )]
+    Exists(String),
+    #[error(
+        "restoring into {target}: {error}. What was created is recorded under the vault: the same command continues where this one stopped"
+    )]
+    Into {
+        target: String,
+        error: crate::provider::ProviderError,
+    },
+    #[error("another restore into {0} is running; wait for it to end")]
+    Busy(String),
+    #[error(transparent)]
+    Provider(#[from] crate::provider::ProviderError),
     #[error(transparent)]
     Git(#[from] GitError),
     #[error(transparent)]

@@ -46,12 +46,34 @@ pub fn push_mirror(
     url: &str,
     credentials: Option<&Credentials>,
 ) -> Result<String, RestoreError> {
+    push(repo, url, credentials, &["--mirror"], &[])
+}
+
+/// Pushes every ref of `repo` to the same name, deleting nothing on the remote (a restore into
+/// an existing repository must not remove what is there; a repeated push is a no-op).
+pub fn push_all_refs(
+    repo: &Path,
+    url: &str,
+    credentials: Option<&Credentials>,
+) -> Result<String, RestoreError> {
+    push(repo, url, credentials, &[], &["refs/*:refs/*"])
+}
+
+fn push(
+    repo: &Path,
+    url: &str,
+    credentials: Option<&Credentials>,
+    options: &[&str],
+    refspecs: &[&str],
+) -> Result<String, RestoreError> {
     let spec = git::parse_remote(url)?;
     let mut cmd = Command::new("git");
     cmd.arg("-C")
         .arg(repo)
-        .args(["push", "--mirror", "--quiet"])
-        .arg(&spec.fetch_url);
+        .args(["push", "--quiet"])
+        .args(options)
+        .arg(&spec.fetch_url)
+        .args(refspecs);
     cmd.env("GIT_TERMINAL_PROMPT", "0");
     let creds = credentials.cloned().or(spec.url_credentials);
     if let Some(c) = &creds

@@ -39,6 +39,7 @@ use limits::{Bounded, Cut};
 
 mod limits;
 mod send;
+mod write;
 
 /// The limits and timeouts of a source's API client: `[source.http]` in config.toml, every
 /// key optional. The defaults suit github.com and large self-hosted instances; see
@@ -70,6 +71,9 @@ pub struct HttpSettings {
     pub secondary_wait: u64,
     /// The longest pause a rate limit may cause before the source stops for this run.
     pub max_wait: u64,
+    /// Milliseconds between two writes when restoring into an account (GitHub asks for a
+    /// second between content-creating requests).
+    pub create_interval_ms: u64,
 }
 
 impl Default for HttpSettings {
@@ -87,6 +91,7 @@ impl Default for HttpSettings {
             max_list_bytes: 1 << 30,
             secondary_wait: 60,
             max_wait: 900,
+            create_interval_ms: 1000,
         }
     }
 }
@@ -170,6 +175,17 @@ enum Purpose {
     Asset,
 }
 
+/// What a request carries besides its headers: a cached answer's ETag (a conditional GET) or
+/// a JSON body (a write).
+#[derive(Clone, Copy)]
+enum Extra<'a> {
+    Nothing,
+    IfNoneMatch(&'a str),
+    Json(&'a [u8]),
+    /// A file's bytes with their content type (a release asset upload).
+    Upload(&'a std::path::Path, &'a str),
+}
+
 /// An answer kept for conditional requests: its ETag, `Link` header and body.
 #[derive(Debug, Clone)]
 pub struct CachedAnswer {
@@ -208,6 +224,8 @@ pub struct ApiClient<'i> {
     secondary_strikes: u32,
     /// Time this client spent paused by rate limits.
     waited: Duration,
+    /// When the last write ended, for pacing the next.
+    last_write: Option<Instant>,
     pub stats: RequestStats,
 }
 
@@ -294,6 +312,7 @@ impl<'i> ApiClient<'i> {
             settings: settings.clone(),
             secondary_strikes: 0,
             waited: Duration::ZERO,
+            last_write: None,
             stats: RequestStats::default(),
         })
     }
@@ -345,7 +364,7 @@ impl<'i> ApiClient<'i> {
                 reqwest::Method::GET,
                 url,
                 c.accept,
-                etag,
+                etag.map_or(Extra::Nothing, Extra::IfNoneMatch),
                 None,
                 Purpose::Api,
             )?;
@@ -434,7 +453,7 @@ impl<'i> ApiClient<'i> {
                 reqwest::Method::GET,
                 url,
                 "application/octet-stream",
-                None,
+                Extra::Nothing,
                 None,
                 Purpose::Asset,
             )
@@ -484,7 +503,7 @@ impl<'i> ApiClient<'i> {
                 method.clone(),
                 url,
                 c.accept,
-                None,
+                Extra::Nothing,
                 Some(auth),
                 Purpose::Api,
             )?;

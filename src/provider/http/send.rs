@@ -71,7 +71,7 @@ impl ApiClient<'_> {
         method: reqwest::Method,
         first: &str,
         accept: &str,
-        etag: Option<&str>,
+        extra: Extra<'_>,
         auth: Option<&Auth>,
         purpose: Purpose,
     ) -> Result<Response, Failure> {
@@ -82,9 +82,12 @@ impl ApiClient<'_> {
                 shown(first)
             )))
         })?;
+        // An upload sends an asset's bytes: it has an asset's time, and no answer comes
+        // before they are all sent, so the read timeout cannot bound it.
+        let upload = matches!(extra, Extra::Upload(..));
         let deadline = Duration::from_secs(match purpose {
-            Purpose::Api => self.settings.request_deadline,
-            Purpose::Asset => self.settings.asset_deadline,
+            Purpose::Api if !upload => self.settings.request_deadline,
+            _ => self.settings.asset_deadline,
         });
         let started = Instant::now();
         for _hop in 0..10 {
@@ -115,7 +118,11 @@ impl ApiClient<'_> {
             let mut request = self
                 .http
                 .request(method.clone(), url.as_str())
-                .timeout(remaining.min(Duration::from_secs(self.settings.read_timeout.max(1))))
+                .timeout(if upload {
+                    remaining
+                } else {
+                    remaining.min(Duration::from_secs(self.settings.read_timeout.max(1)))
+                })
                 .header(USER_AGENT, concat!("gitvault/", env!("CARGO_PKG_VERSION")))
                 .header(ACCEPT, accept);
             for (name, value) in &self.extra_headers {
@@ -126,8 +133,22 @@ impl ApiClient<'_> {
             if own && let Some(auth) = auth.or(self.auth.as_ref()) {
                 request = request.header(auth.name, auth.value.expose_secret());
             }
-            if own && let Some(tag) = etag {
-                request = request.header(IF_NONE_MATCH, tag);
+            match extra {
+                Extra::IfNoneMatch(tag) if own => request = request.header(IF_NONE_MATCH, tag),
+                Extra::Json(body) => {
+                    request = request
+                        .header(reqwest::header::CONTENT_TYPE, "application/json")
+                        .body(body.to_vec());
+                }
+                Extra::Upload(path, content_type) => {
+                    let file = std::fs::File::open(path).map_err(|e| {
+                        fatal(ProviderError::Store(format!("{}: {e}", path.display())))
+                    })?;
+                    request = request
+                        .header(reqwest::header::CONTENT_TYPE, content_type)
+                        .body(reqwest::blocking::Body::from(file));
+                }
+                _ => {}
             }
             self.stats.requests += 1;
             let response = request
