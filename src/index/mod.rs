@@ -381,4 +381,51 @@ mod tests {
         drop(index);
         assert!(matches!(Index::open(&path), Err(IndexError::TooNew { .. })));
     }
+
+    /// The lookups restore and prune make per object stay compiled between calls.
+    #[test]
+    fn hot_lookups_are_not_recompiled() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = Index::open(&dir.path().join("index.sqlite")).unwrap();
+        {
+            let conn = index.conn();
+            conn.execute(
+                "INSERT INTO packs (id, name, size, raw_bytes, chunk_count, created_at)
+                 VALUES (1, 'p', 1, 1, 1, 0)",
+                [],
+            )
+            .unwrap();
+            for i in 0..20u8 {
+                conn.execute(
+                    "INSERT INTO chunks (id, kind, pack_id, frame_offset, frame_clen,
+                     frame_rawlen, offset, length) VALUES (?1, 4, 1, 0, 1, 1, 0, 1)",
+                    [vec![i; 32]],
+                )
+                .unwrap();
+                conn.execute(
+                    "INSERT INTO git_objects (oid, kind, chunk) VALUES (?1, 3, ?2)",
+                    [vec![i; 20], vec![i; 32]],
+                )
+                .unwrap();
+            }
+        }
+        for i in 0..20u8 {
+            let id = crate::crypto::ChunkId([i; 32]);
+            assert_eq!(index.chunk(&id).unwrap().unwrap().pack_name, "p");
+            let oid = crate::model::Oid([i; 20]);
+            assert_eq!(index.git_object_chunk(&oid).unwrap().unwrap().chunk, id);
+        }
+        assert!(
+            index
+                .git_object_chunk(&crate::model::Oid([99; 20]))
+                .unwrap()
+                .is_none()
+        );
+        let conn = index.conn();
+        for sql in [packs::CHUNK_SQL, objects::GIT_OBJECT_CHUNK_SQL] {
+            let stmt = conn.prepare_cached(sql).unwrap();
+            let recompiled = stmt.get_status(rusqlite::StatementStatus::RePrepare);
+            assert_eq!(recompiled, 0, "{sql}");
+        }
+    }
 }
