@@ -48,7 +48,9 @@ impl Index {
     pub fn git_object_chunk(&self, oid: &Oid) -> Result<Option<ObjectChunk>, IndexError> {
         let conn = self.conn();
         let mut stmt = conn.prepare_cached(GIT_OBJECT_CHUNK_SQL)?;
-        let row: Option<(u8, Vec<u8>, Option<u8>, Option<i64>)> = stmt
+        // (object kind, chunk id, chunk kind, pack id); the last two are NULL without a chunk row.
+        type Row = (u8, Vec<u8>, Option<u8>, Option<i64>);
+        let row: Option<Row> = stmt
             .query_row(params![&oid.0[..]], |r| {
                 Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
             })
