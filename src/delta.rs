@@ -202,6 +202,10 @@ pub struct DeltaEncoder {
     starts: Vec<u32>,
     blocks: Vec<Block>,
     scratch: Vec<(u32, Block)>,
+    /// The counting sort's bucket boundaries, its blocks in bucket order, and fill positions.
+    counts: Vec<u32>,
+    sorted: Vec<Block>,
+    fill: Vec<u32>,
     shift: u32,
 }
 
@@ -306,31 +310,35 @@ impl DeltaEncoder {
             previous = Some(h);
             self.scratch.push((bucket, block));
         }
-        // Ascending offsets within each bucket after a stable sort by bucket.
-        self.scratch.reverse();
-        self.scratch.sort_by_key(|&(bucket, _)| bucket);
+        // A counting sort by bucket (the scratch list runs from the end of the base, so it is
+        // walked backwards to keep each bucket's blocks ascending by offset): linear, where a
+        // comparison sort was a tenth of a restore's time.
+        self.counts.clear();
+        self.counts.resize(buckets + 1, 0);
+        for &(bucket, _) in &self.scratch {
+            self.counts[bucket as usize + 1] += 1;
+        }
+        for b in 1..self.counts.len() {
+            self.counts[b] += self.counts[b - 1];
+        }
+        self.sorted.clear();
+        self.sorted.resize(self.scratch.len(), Block::default());
+        self.fill.clear();
+        self.fill.extend_from_slice(&self.counts[..buckets]);
+        for &(bucket, block) in self.scratch.iter().rev() {
+            let at = &mut self.fill[bucket as usize];
+            self.sorted[*at as usize] = block;
+            *at += 1;
+        }
         self.starts.resize(buckets + 1, 0);
-        let mut run_start = 0;
-        while run_start < self.scratch.len() {
-            let bucket = self.scratch[run_start].0;
-            let mut run_end = run_start;
-            while run_end < self.scratch.len() && self.scratch[run_end].0 == bucket {
-                run_end += 1;
-            }
-            let run = &self.scratch[run_start..run_end];
+        for b in 0..buckets {
+            let run = &self.sorted[self.counts[b] as usize..self.counts[b + 1] as usize];
             // An over-full bucket keeps an even spread over the base, as git's culling does.
             let keep = run.len().min(BUCKET_LIMIT);
             for k in 0..keep {
-                self.blocks.push(run[k * run.len() / keep].1);
+                self.blocks.push(run[k * run.len() / keep]);
             }
-            self.starts[bucket as usize + 1] = self.blocks.len() as u32;
-            run_start = run_end;
-        }
-        // Empty buckets inherit the end of the previous one.
-        for b in 1..self.starts.len() {
-            if self.starts[b] < self.starts[b - 1] {
-                self.starts[b] = self.starts[b - 1];
-            }
+            self.starts[b + 1] = self.blocks.len() as u32;
         }
     }
 

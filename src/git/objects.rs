@@ -190,6 +190,20 @@ impl GroupKey {
     }
 }
 
+/// A git object's id: SHA-1 of `<type> <len>\0` and the content. Plain SHA-1, without the
+/// collision detection gix uses: what is hashed here came out of the vault, whose keyed ids
+/// authenticate it already, so the id only has to agree with git's (and this is a tenth of a
+/// restore's time with detection).
+pub fn object_id(kind: ObjectKind, data: &[u8]) -> Oid {
+    use sha1::{Digest, Sha1};
+    let mut h = Sha1::new();
+    h.update(format!("{} {}\0", kind.name(), data.len()).as_bytes());
+    h.update(data);
+    let mut out = [0u8; 20];
+    out.copy_from_slice(&h.finalize());
+    Oid(out)
+}
+
 /// Where the walk reads objects from.
 pub trait ObjectSource {
     type Error: From<ObjectError>;
@@ -319,6 +333,22 @@ pub fn walk_visit<S: ObjectSource>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn object_ids_agree_with_git() {
+        assert_eq!(
+            object_id(ObjectKind::Blob, b"").to_hex(),
+            "e69de29bb2d1d6434b8b29ae775ad8c2e48c5391"
+        );
+        assert_eq!(
+            object_id(ObjectKind::Tree, b"").to_hex(),
+            "4b825dc642cb6eb9a060e54bf8d69288fbee4904"
+        );
+        assert_eq!(
+            object_id(ObjectKind::Blob, b"hello\n").to_hex(),
+            "ce013625030ba8dba906f756967f9e9ca394464a"
+        );
+    }
 
     #[test]
     fn parses_commit_headers() {

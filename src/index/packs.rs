@@ -164,6 +164,12 @@ pub(super) fn chunk_id_from(bytes: &[u8]) -> ChunkId {
     ChunkId(id)
 }
 
+/// No JOIN, for the reason given at `objects::GIT_OBJECT_CHUNK_SQL`.
+pub(crate) const CHUNK_SQL: &str =
+    "SELECT c.kind, c.pack_id, (SELECT p.name FROM packs p WHERE p.id = c.pack_id),
+            c.frame_offset, c.frame_clen, c.frame_rawlen, c.offset, c.length
+     FROM chunks c WHERE c.id = ?1";
+
 impl Index {
     pub fn has_chunk(&self, id: &ChunkId) -> Result<bool, IndexError> {
         let conn = self.conn();
@@ -173,10 +179,7 @@ impl Index {
 
     pub fn chunk(&self, id: &ChunkId) -> Result<Option<ChunkLocation>, IndexError> {
         let conn = self.conn();
-        let mut stmt = conn.prepare_cached(
-            "SELECT c.kind, c.pack_id, p.name, c.frame_offset, c.frame_clen, c.frame_rawlen, c.offset, c.length
-             FROM chunks c JOIN packs p ON p.id = c.pack_id WHERE c.id = ?1",
-        )?;
+        let mut stmt = conn.prepare_cached(CHUNK_SQL)?;
         Ok(stmt
             .query_row(params![&id.0[..]], |r| {
                 Ok(ChunkLocation {

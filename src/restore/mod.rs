@@ -231,6 +231,7 @@ pub fn restore_snapshot_watched(
 ) -> Result<RestoreReport, RestoreError> {
     let _job = progress::Job::new(progress, &row.repo);
     check_destination(to)?;
+    let _read = vault.index().read_snapshot()?;
     let store = vault.reader(keys).sequential();
     let (manifest, refs) = load_snapshot(&store, row)?;
     let mut source = repository::VaultSource::new(vault, &store);

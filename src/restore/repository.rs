@@ -28,21 +28,10 @@ impl VaultSource<'_, '_> {
             .git_object(oid)?
             .ok_or(RestoreError::MissingObject { oid: *oid })?;
         let data = self.store.get(&chunk)?;
-        let id = gix::objs::compute_hash(gix::hash::Kind::Sha1, gix_kind(kind), &data)
-            .map_err(|_| RestoreError::BadObject { oid: *oid })?;
-        if id.as_slice() != oid.0 {
+        if git::objects::object_id(kind, &data) != *oid {
             return Err(RestoreError::BadObject { oid: *oid });
         }
         Ok((kind, data))
-    }
-}
-
-fn gix_kind(kind: ObjectKind) -> gix::objs::Kind {
-    match kind {
-        ObjectKind::Commit => gix::objs::Kind::Commit,
-        ObjectKind::Tree => gix::objs::Kind::Tree,
-        ObjectKind::Blob => gix::objs::Kind::Blob,
-        ObjectKind::Tag => gix::objs::Kind::Tag,
     }
 }
 
@@ -100,6 +89,9 @@ pub(super) fn locate(index: &Index, reached: &[Reached]) -> Result<Vec<Located>,
     Ok(located)
 }
 
+/// Objects read ahead of the pack writer.
+const READ_AHEAD: usize = 64;
+
 /// Writes the bare repository into `staging`: refs, one pack of the located objects, and the
 /// LFS objects. Returns (objects, LFS objects) written.
 pub(super) fn write(
@@ -111,25 +103,38 @@ pub(super) fn write(
     (job, progress): (&str, &dyn Progress),
 ) -> Result<(u64, u64), RestoreError> {
     git::write_bare_repository(staging, refs)?;
-    let mut iter = located.iter();
     let count = located.len() as u32;
     progress.phase(job, "write pack", Some(u64::from(count)), Unit::Objects);
     let written = if count == 0 {
         0
     } else {
-        git::write_pack(staging, count, || {
-            let (_, oid, path_hash) = iter.next()?;
-            progress.advance(job, 1);
-            Some(
-                source
-                    .read_checked(oid)
-                    .map(|(kind, data)| git::PackObject {
-                        oid: *oid,
-                        kind,
-                        data,
-                        path_hash: *path_hash,
-                    }),
-            )
+        // Reading (decryption, decompression, deltas of the vault, hashing) runs on a thread
+        // of its own while this one delta-encodes and deflates: the two halves take about the
+        // same time. The channel bounds what is read ahead.
+        std::thread::scope(|scope| {
+            let (tx, rx) = std::sync::mpsc::sync_channel(READ_AHEAD);
+            scope.spawn(move || {
+                for (_, oid, path_hash) in located {
+                    let object = source
+                        .read_checked(oid)
+                        .map(|(kind, data)| git::PackObject {
+                            oid: *oid,
+                            kind,
+                            data,
+                            path_hash: *path_hash,
+                        });
+                    let failed = object.is_err();
+                    // A closed channel: the writer stopped (an error of its own).
+                    if tx.send(object).is_err() || failed {
+                        break;
+                    }
+                }
+            });
+            git::write_pack(staging, count, || {
+                let object = rx.recv().ok()?;
+                progress.advance(job, 1);
+                Some(object)
+            })
         })??
     };
     let lfs_written = write_lfs_objects(
