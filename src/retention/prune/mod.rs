@@ -56,6 +56,10 @@ pub enum PruneError {
         "this index was built before gitvault authenticated what it reads from targets, and may have been recovered from a forged index backup; prune trusts it only when told: run `gitvault recover` again into a new directory, or `gitvault prune --trust-index` if this index was made by `init` on this host or recovered from a target you trust"
     )]
     IndexNotVouched,
+    #[error(
+        "{0} packs vanished from the targets while this prune ran: another host pruned meanwhile; nothing was changed, run prune again"
+    )]
+    PrunedElsewhere(usize),
     #[error("deleting condemned pack {pack} from {target}: {source}")]
     Delete {
         pack: String,
@@ -138,6 +142,8 @@ pub struct PruneReport {
     /// Lock renewal of what the kept snapshots need, on locked targets.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub locks: Option<crate::vault::LockUpkeep>,
+    /// What the catch-up before the mark found of other hosts' writes.
+    pub caught_up: crate::vault::CatchUpReport,
 }
 
 pub use crate::snapshot::PruneRecord;
@@ -168,8 +174,12 @@ pub fn prune_watched(
     let _only_prune = vault.prune_lease()?;
     let index = vault.index();
     check_index_vouched(index, options)?;
+    // Other hosts' snapshots and packs join the index before the start set is taken: the mark
+    // then keeps what every host's snapshots need, not only this host's (docs/PRUNE.md).
+    let caught_up = vault.catch_up(keys, progress)?;
     let start = Start::take(index)?;
     let mut report = start.report(options.dry_run);
+    report.caught_up = caught_up;
     let small = start.small_packs(vault.store_settings().pack_size);
 
     // 1. Mark.
@@ -209,6 +219,13 @@ pub fn prune_watched(
         },
     )?;
     crate::hooks::point("prune-locked");
+    // What other hosts committed since the first catch-up is marked below like a local backup
+    // that ran meanwhile; a pack gone meanwhile means another host pruned, and this run's
+    // start set is stale.
+    let late = vault.catch_up(keys, progress)?;
+    if !late.packs_vanished.is_empty() {
+        return Err(PruneError::PrunedElsewhere(late.packs_vanished.len()));
+    }
     report.garbage_files_removed = collect::collect_garbage(vault);
     collect::collect_unindexed(vault, keys, &mut report)?;
     decide::mark_new_snapshots(vault, &reader, &start, &mut live)?;
