@@ -265,6 +265,13 @@ fn a_backup_after_another_hosts_prune_stores_deleted_objects_again() {
     assert_restores(&b, "fork", &fork.refs());
     assert_restores(&b, "repo", &up.refs());
     ok(&b.run(&["verify", "--full"]));
+    // B's git object rows are what a host joining now rebuilds from the packs: no row of an
+    // object A's prune judged dead is left to cut a later walk short.
+    assert_eq!(object_rows(&b), object_rows(&hosts.join()));
+}
+
+fn object_rows(host: &TestVault) -> u64 {
+    host.open().index().count_dead_objects(&|_| false).unwrap()
 }
 
 /// B reads A's compaction copy while its source still waits out prune's grace period; when
@@ -306,6 +313,7 @@ fn rows_move_to_a_copy_read_before_its_source_went() {
     assert_restores(&b, "repo", &up.refs());
     ok(&b.run(&["verify", "--full"]));
     assert!(late["chunks_moved"].as_u64().unwrap() > 0, "{late}");
+    assert_eq!(object_rows(&b), object_rows(&hosts.join()));
 }
 
 /// A hostile target: a pack not sealed with the vault's key is ignored and reported; an old
@@ -356,11 +364,10 @@ fn forged_packs_and_replayed_manifests_are_ignored() {
     )
     .unwrap();
     let forged = w.finish().unwrap();
-    s3.put(
-        &gitvault::store::pack_key(&forged.name),
-        Body::File(&forged.path),
-    )
-    .unwrap();
+    for target in vault.targets() {
+        let key = gitvault::store::pack_key(&forged.name);
+        target.put(&key, Body::File(&forged.path)).unwrap();
+    }
 
     for host in [a, &b] {
         let caught = json(host, &["catch-up"]);

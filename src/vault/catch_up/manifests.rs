@@ -5,6 +5,7 @@ use std::collections::HashSet;
 
 use crate::crypto::{ChunkId, VaultKeys};
 use crate::index::NewSnapshot;
+use crate::model::Oid;
 use crate::snapshot::{self, Manifest};
 use crate::store::ChunkReader;
 use crate::vault::{Vault, VaultError};
@@ -161,4 +162,57 @@ fn record_snapshot(
         new_lfs: &lfs_present,
     })?;
     Ok(())
+}
+
+/// After another host's prune deleted objects this index knew, an object that prune judged
+/// dead can keep its row here (its chunk sat in a pack the prune spared) while objects it
+/// reaches went: a backup cutting its walk at it would refer to what is gone (the closure
+/// invariant, docs/ARCHITECTURE.md). The live objects are exactly those the snapshots' object
+/// maps and the newest prune record's map list, as `recover` rebuilds them: every other row
+/// goes. Reads every object map, so it runs only when a vanished pack took objects; a map
+/// that does not read leaves every row in place (a restore needs them). Returns the rows
+/// dropped.
+pub(super) fn keep_only_listed_objects(vault: &Vault, keys: &VaultKeys) -> Result<u64, VaultError> {
+    let store = vault.reader(keys);
+    let mut maps: Vec<ChunkId> = Vec::new();
+    for row in vault.index().snapshots(None, None, None)? {
+        match store
+            .get(&row.manifest)
+            .map_err(|e| e.to_string())
+            .and_then(|b| Manifest::decode(&b).map_err(|e| e.to_string()))
+        {
+            Ok(m) => maps.extend(
+                m.object_maps
+                    .iter()
+                    .filter_map(|id| id.parse::<ChunkId>().ok()),
+            ),
+            Err(e) => {
+                tracing::warn!(manifest = %row.manifest, error = %e, "manifest unreadable; object rows left as they are");
+                return Ok(0);
+            }
+        }
+    }
+    let record = snapshot::newest_prune_record(vault.index(), &store)
+        .ok()
+        .flatten()
+        .and_then(|(_, r)| r.orphan_objects)
+        .and_then(|m| m.parse::<ChunkId>().ok());
+    maps.extend(record);
+    let mut live: HashSet<Oid> = HashSet::new();
+    for map in maps {
+        match store
+            .get(&map)
+            .map_err(|e| e.to_string())
+            .and_then(|b| snapshot::decode_object_map(&b).map_err(|e| e.to_string()))
+        {
+            Ok(entries) => live.extend(entries.into_iter().map(|e| e.oid)),
+            Err(e) => {
+                tracing::warn!(map = %map, error = %e, "object map unreadable; object rows left as they are");
+                return Ok(0);
+            }
+        }
+    }
+    Ok(vault
+        .index()
+        .drop_git_objects_except(&|oid| live.contains(oid))?)
 }

@@ -19,6 +19,7 @@ use crate::store::{ChunkKind, pack_key, pack_name_from_key};
 use super::{Vault, VaultError};
 
 mod manifests;
+use manifests::keep_only_listed_objects;
 pub(crate) use manifests::{apply_prune_record, record_manifests};
 
 /// What reading the footers of packs the index lacked found.
@@ -55,6 +56,9 @@ pub struct CatchUpReport {
     pub snapshots_forgotten: u64,
     /// Snapshots other hosts made, now in the index.
     pub snapshots_added: u64,
+    /// New packs on fewer targets than the replication policy asks: left out until they are
+    /// (`gitvault sync` copies them; prune collects those of failed runs).
+    pub packs_short_of_replicas: Vec<String>,
     /// Targets whose listing failed: vanished packs are not judged without every listing.
     pub targets_unlisted: Vec<String>,
 }
@@ -106,11 +110,23 @@ impl Vault {
         } else {
             Vec::new()
         };
-        let new: Vec<String> = listed
-            .keys()
-            .filter(|name| !known_names.contains(name.as_str()))
-            .cloned()
-            .collect();
+        // A pack on fewer targets than the replication policy asks is not deduplicated
+        // against (invariant 2): a run still uploading it, or one that failed for that reason.
+        let required = match self.store_settings().min_replicas {
+            0 => self.targets().len(),
+            n => n.min(self.targets().len()),
+        };
+        let mut new = Vec::new();
+        for (name, pack) in &listed {
+            if known_names.contains(name.as_str()) {
+                continue;
+            }
+            if pack.holders.len() < required {
+                report.packs_short_of_replicas.push(name.clone());
+            } else {
+                new.push(name.clone());
+            }
+        }
         if new.is_empty() && vanished.is_empty() {
             return Ok(report);
         }
@@ -134,6 +150,9 @@ impl Vault {
             let gone = index.drop_vanished_packs(&names)?;
             report.chunks_dropped = gone.chunks;
             report.objects_dropped = gone.objects;
+            if gone.objects > 0 {
+                report.objects_dropped += keep_only_listed_objects(self, keys)?;
+            }
             report.snapshots_dropped = gone.snapshots;
             report.packs_vanished = names;
         }
