@@ -130,6 +130,7 @@ impl Vault {
         if new.is_empty() && vanished.is_empty() {
             return Ok(report);
         }
+        let _job = crate::progress::Job::new(progress, JOB);
         let moving_from: HashSet<i64> = vanished.iter().map(|(id, _)| *id).collect();
         let (manifests, moved) = adopt_packs(
             self,
@@ -325,6 +326,9 @@ pub(crate) fn adopt_packs(
     (job, progress): (&str, &dyn Progress),
     scan: &mut FooterScan,
 ) -> Result<(Vec<ChunkId>, u64), VaultError> {
+    if names.is_empty() {
+        return Ok((Vec::new(), 0));
+    }
     let index = vault.index();
     let auth = keys.auth_key();
     let mut manifests = Vec::new();
