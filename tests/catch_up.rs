@@ -6,12 +6,11 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 use common::s3_server::S3Server;
 use common::{TestVault, git, noise, ok, refs_and_head, stderr};
 use gitvault::crypto::IdKey;
-use gitvault::store::pack::{Compression, PackWriter};
 use gitvault::target::Body;
 use serde_json::Value;
 
@@ -93,15 +92,16 @@ impl Upstream {
     /// A copy of this repository as it is now (a fork another host backs up).
     fn fork(&self, root: &Path, name: &str) -> Upstream {
         let dir = root.join(name);
-        let out = Command::new("git")
-            .args(["clone", "-q", "--mirror", self.path()])
-            .arg(dir.join(".git"))
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+        let mirror = dir.join(".git");
+        git(
+            root,
+            &[
+                "clone",
+                "-q",
+                "--mirror",
+                self.path(),
+                mirror.to_str().unwrap(),
+            ],
         );
         git(&dir, &["config", "--bool", "core.bare", "false"]);
         Upstream { dir }
@@ -347,23 +347,12 @@ fn forged_packs_and_replayed_manifests_are_ignored() {
     }
     // A forger with the public key but not the vault's authentication key.
     let forger = IdKey::generate().unwrap();
-    let mut w = PackWriter::create(
+    let forged = common::write_pack(
         a.tmp.path(),
-        &keys.identity().to_public(),
+        &keys,
         &forger.auth_key(),
-        Compression {
-            level: 3,
-            frame_size: 1 << 20,
-        },
-    )
-    .unwrap();
-    w.add(
-        gitvault::ChunkId([9; 32]),
-        gitvault::ChunkKind::Data as u8,
-        b"forged",
-    )
-    .unwrap();
-    let forged = w.finish().unwrap();
+        &[(gitvault::ChunkId([9; 32]), 0, b"forged")],
+    );
     for target in vault.targets() {
         let key = gitvault::store::pack_key(&forged.name);
         target.put(&key, Body::File(&forged.path)).unwrap();

@@ -287,20 +287,13 @@ fn forged_and_replayed_packs(s3: bool) {
     // under a key of its own.
     let manifest = vault.index().snapshots(Some("alpha"), None, None).unwrap()[0].manifest;
     let forger = IdKey::generate().unwrap();
-    let mut w = PackWriter::create(
-        f.tv.tmp.path(),
-        &keys.identity().to_public(),
-        &forger.auth_key(),
-        Compression {
-            level: 3,
-            frame_size: 1 << 20,
-        },
-    )
-    .unwrap();
     let lie = br#"{"format":1,"repo":"alpha","time":"2026-12-01T00:00:00Z","source":"x","refset":"00","ref_count":0,"head":null,"object_maps":[],"objects_added":0}"#;
-    w.add(manifest, gitvault::ChunkKind::Manifest as u8, lie)
-        .unwrap();
-    let forged = w.finish().unwrap();
+    let forged = common::write_pack(
+        f.tv.tmp.path(),
+        &keys,
+        &forger.auth_key(),
+        &[(manifest, gitvault::ChunkKind::Manifest as u8, lie)],
+    );
     let forged_key = gitvault::store::pack_key(&forged.name);
     f.target.put(&forged_key, Body::File(&forged.path)).unwrap();
 

@@ -22,8 +22,8 @@ mod prune;
 mod snapshots;
 
 pub use http_cache::CachedResponse;
-use objects::OID_PAGE;
 pub use objects::ObjectChunk;
+use objects::{OID_PAGE, drop_objects_not};
 pub use packs::{
     ChunkLocation, ChunkRow, Committed, FrameInfo, PackEntry, PackRecord, PackRow, Provenance,
     VanishedCounts,

@@ -254,3 +254,23 @@ pub fn parse_metrics(text: &str) -> std::collections::HashMap<String, f64> {
     });
     samples.collect()
 }
+
+/// A pack of `chunks` (id, kind, bytes) encrypted to the vault's public key, its footer sealed
+/// under `auth`: the vault's own for a genuine pack, another key for a forger's.
+pub fn write_pack(
+    dir: &Path,
+    keys: &VaultKeys,
+    auth: &gitvault::crypto::AuthKey,
+    chunks: &[(gitvault::ChunkId, u8, &[u8])],
+) -> gitvault::store::pack::FinishedPack {
+    use gitvault::store::pack::{Compression, PackWriter};
+    let compression = Compression {
+        level: 3,
+        frame_size: 1 << 20,
+    };
+    let mut w = PackWriter::create(dir, &keys.identity().to_public(), auth, compression).unwrap();
+    for (id, kind, bytes) in chunks {
+        w.add(*id, *kind, bytes).unwrap();
+    }
+    w.finish().unwrap()
+}
