@@ -274,6 +274,36 @@ fn object_rows(host: &TestVault) -> u64 {
     host.open().index().count_dead_objects(&|_| false).unwrap()
 }
 
+/// A backup on B runs between A's mark and A's decision (A holds no target lock yet) and
+/// refers to objects A's mark found dead: A's second catch-up, under its exclusive lock,
+/// brings B's snapshot in and marks it, so the pack holding them is spared.
+#[test]
+fn a_backup_on_another_host_between_mark_and_decision_is_kept() {
+    let hosts = Hosts::new();
+    let a = &hosts.a;
+    let up = Upstream::new(a.tmp.path(), "upstream");
+    let fork = two_days(a, &up);
+    let b = hosts.join();
+    ok(&a.run(&["forget", "--keep-last", "1"]));
+    let release = a.tmp.path().join("release-marked");
+    let prune = common::spawn_paused(a.command(&["--json", "prune"]), "prune-marked", &release);
+    backup(&b, &fork, "fork", 3);
+    std::fs::write(&release, b"").unwrap();
+    let out = prune.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    ok(&b.run(&["catch-up"]));
+    assert_restores(&b, "fork", &fork.refs());
+    assert_restores(a, "fork", &fork.refs());
+    ok(&a.run(&["verify", "--full"]));
+    ok(&b.run(&["verify", "--full"]));
+    assert!(report["packs_spared"].as_u64().unwrap() >= 1, "{report}");
+}
+
 /// B reads A's compaction copy while its source still waits out prune's grace period; when
 /// the source is deleted, B's rows move to the copy it already knew (its footer is read again).
 #[test]
