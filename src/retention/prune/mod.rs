@@ -179,7 +179,12 @@ pub fn prune_watched(
     check_index_vouched(index, options)?;
     // Other hosts' snapshots and packs join the index before the start set is taken: the mark
     // then keeps what every host's snapshots need, not only this host's (docs/PRUNE.md).
-    let caught_up = vault.catch_up(keys, progress)?;
+    let caught_up = {
+        // The catch-up writes the index, so it holds the writer lock like any writer (a
+        // running local backup finishes first); the mark that follows needs none.
+        let _writer = vault.lock_waiting(options.lock_wait)?;
+        vault.catch_up(keys, progress)?
+    };
     let start = Start::take(index)?;
     let mut report = start.report(options.dry_run);
     report.caught_up = caught_up;
