@@ -1,7 +1,7 @@
 //! `gitvault prune`: reclaims what no snapshot needs. docs/PRUNE.md states the protocol and why
 //! it cannot lose a kept snapshot, even with backups running and prune killed at any point.
 //!
-//! 0. **Catch up** (no lock): other hosts' packs and snapshots join the index, packs their
+//! 0. **Catch up** (writer lock, briefly): other hosts' packs and snapshots join the index, packs their
 //!    prunes deleted leave it (`Vault::catch_up`); repeated under the exclusive target lock
 //!    before deciding.
 //! 1. **Mark** (no lock): everything the snapshots recorded at the start reach — manifests, ref
@@ -157,7 +157,8 @@ const JOB: &str = "prune";
 /// How many small packs make prune regroup them.
 const REGROUP_SMALL_PACKS: usize = 4;
 
-/// The four phases of docs/PRUNE.md, in order; only the third holds the writer lock.
+/// The catch-up and the four phases of docs/PRUNE.md, in order; only the catch-up and the third
+/// phase hold the writer lock.
 pub fn prune(
     vault: &Vault,
     keys: &VaultKeys,
