@@ -1,9 +1,9 @@
 //! `gitvault prune`: reclaims what no snapshot needs. docs/PRUNE.md states the protocol and why
 //! it cannot lose a kept snapshot, even with backups running and prune killed at any point.
 //!
-//! 0. **Catch up** (writer lock, briefly): other hosts' packs and snapshots join the index, packs their
-//!    prunes deleted leave it (`Vault::catch_up`); repeated under the exclusive target lock
-//!    before deciding.
+//! 0. **Catch up** (writer lock, briefly): other hosts' packs and snapshots join the index,
+//!    packs their prunes deleted leave it (`Vault::catch_up`); repeated under the exclusive
+//!    target lock before deciding.
 //! 1. **Mark** (no lock): everything the snapshots recorded at the start reach — manifests, ref
 //!    sets, object maps, metadata maps and documents, and every git object reachable from their
 //!    refs (walked through the vault) with its chunk.
