@@ -25,6 +25,12 @@ struct Hosts {
 
 impl Hosts {
     fn new() -> Hosts {
+        Hosts::with_local_target(false)
+    }
+
+    /// With `keep_local`, A keeps the private target `init` made (DIR/data), which no other
+    /// host sees: the hosts' target sets differ.
+    fn with_local_target(keep_local: bool) -> Hosts {
         let a = TestVault::new();
         let server = S3Server::moto();
         server.create_bucket("shared");
@@ -34,8 +40,9 @@ impl Hosts {
         let files_url = format!("file://{}", files_dir.display());
         ok(&a.run(&["target", "add", "s3", &s3_url]));
         ok(&a.run(&["target", "add", "files", &files_url]));
-        // The default target lives in A's directory: no other host could see it.
-        ok(&a.run(&["target", "remove", "local"]));
+        if !keep_local {
+            ok(&a.run(&["target", "remove", "local"]));
+        }
         Hosts {
             a,
             s3_url,
@@ -165,7 +172,8 @@ fn two_days(host: &TestVault, up: &Upstream) -> Upstream {
 
 #[test]
 fn hosts_see_each_others_snapshots_and_restore_them() {
-    let hosts = Hosts::new();
+    // A also has a private target: B's packs are short of A's policy (every target) but read.
+    let hosts = Hosts::with_local_target(true);
     let a = &hosts.a;
     let alpha = Upstream::new(a.tmp.path(), "alpha");
     alpha.commit("a.txt", b"alpha\n");
@@ -186,6 +194,9 @@ fn hosts_see_each_others_snapshots_and_restore_them() {
     let caught = json(a, &["catch-up"]);
     assert_eq!(caught["snapshots_added"], 1, "{caught}");
     assert!(caught["packs_scanned"].as_u64().unwrap() >= 1, "{caught}");
+    // Every pack B wrote is on two of A's three targets, and read all the same.
+    let short = caught["packs_short_of_replicas"].as_array().unwrap().len() as u64;
+    assert_eq!(short, caught["packs_scanned"].as_u64().unwrap(), "{caught}");
     assert_eq!(snapshot_repos(a), ["alpha", "beta"]);
     assert_restores(a, "beta", &beta.refs());
     // Nothing new: quiet, and no footer read.
@@ -198,6 +209,9 @@ fn hosts_see_each_others_snapshots_and_restore_them() {
     backup(a, &alpha, "alpha", 3);
     assert_eq!(json(&b, &["catch-up"])["snapshots_added"], 1);
     assert_restores(&b, "alpha", &alpha.refs());
+    // B's packs reach A's private target with `sync`.
+    assert_eq!(a.run(&["verify"]).status.code(), Some(1));
+    ok(&a.run(&["sync"]));
     ok(&a.run(&["verify", "--full"]));
     ok(&b.run(&["verify", "--full"]));
 }

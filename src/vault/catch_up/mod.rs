@@ -56,8 +56,9 @@ pub struct CatchUpReport {
     pub snapshots_forgotten: u64,
     /// Snapshots other hosts made, now in the index.
     pub snapshots_added: u64,
-    /// New packs on fewer targets than the replication policy asks: left out until they are
-    /// (`gitvault sync` copies them; prune collects those of failed runs).
+    /// New packs on fewer targets than the replication policy asks (another host's target
+    /// set differs, a run still uploading, or one that failed for that reason): recorded
+    /// where they are; `gitvault sync` copies them to the other targets.
     pub packs_short_of_replicas: Vec<String>,
     /// Targets whose listing failed: vanished packs are not judged without every listing.
     pub targets_unlisted: Vec<String>,
@@ -110,8 +111,9 @@ impl Vault {
         } else {
             Vec::new()
         };
-        // A pack on fewer targets than the replication policy asks is not deduplicated
-        // against (invariant 2): a run still uploading it, or one that failed for that reason.
+        // Every new pack is read, however few targets hold it: one left out could hold the
+        // manifest of a snapshot prune must mark (hosts need not share every target). Those
+        // short of the replication policy are named, for `verify` and `sync` to repair.
         let required = match self.store_settings().min_replicas {
             0 => self.targets().len(),
             n => n.min(self.targets().len()),
@@ -123,9 +125,8 @@ impl Vault {
             }
             if pack.holders.len() < required {
                 report.packs_short_of_replicas.push(name.clone());
-            } else {
-                new.push(name.clone());
             }
+            new.push(name.clone());
         }
         if new.is_empty() && vanished.is_empty() {
             return Ok(report);
