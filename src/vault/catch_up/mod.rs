@@ -152,14 +152,15 @@ impl Vault {
             let gone = index.drop_vanished_packs(&names)?;
             report.chunks_dropped = gone.chunks;
             report.objects_dropped = gone.objects;
-            if gone.objects > 0 {
-                report.objects_dropped += keep_only_listed_objects(self, keys)?;
-            }
             report.snapshots_dropped = gone.snapshots;
             report.packs_vanished = names;
         }
         let (forgotten, dropped) = apply_prune_record(self, keys)?;
         report.snapshots_forgotten = dropped;
+        // After the forgotten snapshots went: their object maps must not keep rows alive.
+        if report.objects_dropped > 0 {
+            report.objects_dropped += keep_only_listed_objects(self, keys)?;
+        }
         report.snapshots_added = record_manifests(self, keys, manifests, &forgotten)?;
         if report.changed() {
             tracing::info!(
