@@ -4,18 +4,18 @@
 //! and every snapshot manifest found there becomes a snapshot again (invariant 1: the packs are
 //! the truth).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::path::Path;
 
 use serde::Serialize;
 
 use crate::crypto::{ChunkId, CryptoError, Unlock, VaultKeys};
-use crate::index::NewSnapshot;
-use crate::progress::{Progress, Unit};
-use crate::snapshot::{self, Manifest};
-use crate::store::pack::{FinishedPack, PackError, Provenance, read_footer, verify_pack};
-use crate::store::{ChunkKind, ChunkReader, pack_key, pack_name_from_key};
+use crate::progress::Progress;
+use crate::store::pack_name_from_key;
 use crate::target::{self, Target};
+use crate::vault::catch_up::{
+    FooterScan, ListedPack, Listing, adopt_packs, apply_prune_record, record_manifests,
+};
 use crate::vault::{PUBLIC_FILE, PublicParams, TargetConfig, Vault, VaultError};
 
 #[derive(Debug, Serialize)]
@@ -25,15 +25,9 @@ pub struct RecoverReport {
     pub target: String,
     /// The index backup the index was restored from, if any could be read.
     pub index_backup: Option<String>,
-    /// Packs whose footers were read because the index did not know them.
-    pub packs_scanned: u64,
-    pub packs_unreadable: Vec<String>,
-    /// Packs that decrypt but were not written with this vault's keys (forged, or replays of
-    /// another pack's footer): ignored, never deleted.
-    pub packs_forged: Vec<String>,
-    /// Packs written before footers were authenticated (format 1): recorded, but prune does
-    /// not delete them until `verify --full` has checked their every chunk.
-    pub packs_legacy: u64,
+    /// What the footers of the target's packs gave.
+    #[serde(flatten)]
+    pub footers: FooterScan,
     /// Index backups passed over, with the reason (forged, renamed, format 1, unreadable).
     pub index_backups_ignored: Vec<(String, String)>,
     /// The fingerprint of the vault that was opened (compare with the one `init` printed).
@@ -146,10 +140,7 @@ pub fn recover(
         vault_id: params.vault_id.clone(),
         target: target.url().to_string(),
         index_backup,
-        packs_scanned: 0,
-        packs_unreadable: Vec::new(),
-        packs_forged: Vec::new(),
-        packs_legacy: 0,
+        footers: FooterScan::default(),
         index_backups_ignored: ignored,
         fingerprint,
         fingerprint_checked: options.expect_vault.is_some(),
@@ -157,22 +148,9 @@ pub fn recover(
         snapshots_total: 0,
         lock_policy_missing,
     };
-    let manifests = rebuild_from_footers(
-        &vault,
-        target.as_ref(),
-        (&keys, options.progress),
-        &mut report,
-    )?;
-    let forgotten = apply_prune_record(&vault, &keys, options.url)?;
-    // One manifest can sit in several packs (a compaction copy beside its condemned original,
-    // a crash between uploads, a replay): one snapshot each.
-    let mut manifests: Vec<ChunkId> = manifests
-        .into_iter()
-        .filter(|m| !forgotten.contains(m))
-        .collect();
-    manifests.sort();
-    manifests.dedup();
-    report.snapshots_recovered = recover_snapshots(&vault, &keys, manifests)?;
+    let manifests = rebuild_from_footers(&vault, &keys, options.progress, &mut report)?;
+    let (forgotten, _) = apply_prune_record(&vault, &keys)?;
+    report.snapshots_recovered = record_manifests(&vault, &keys, manifests, &forgotten)?;
     report.snapshots_total = vault.index().snapshots(None, None, None)?.len() as u64;
     Ok(report)
 }
@@ -193,40 +171,6 @@ fn read_public_params(source: &dyn Target, url: &str) -> Result<PublicParams, Va
             .map_err(|e| bad_target(url, format!("its {PUBLIC_FILE} is unreadable: {e}"))),
         Err(e) => Err(bad_target(url, format!("no gitvault vault there ({e})"))),
     }
-}
-
-/// The newest prune record says which manifests were forgotten (their packs may still hold
-/// them: their snapshots are deleted again) and maps the live objects whose adding snapshots
-/// are gone (recorded). Returns the forgotten manifests.
-fn apply_prune_record(
-    vault: &Vault,
-    keys: &VaultKeys,
-    url: &str,
-) -> Result<HashSet<ChunkId>, VaultError> {
-    let store = vault.reader(keys);
-    let record = snapshot::newest_prune_record(vault.index(), &store)
-        .map(|found| found.map(|(_, record)| record))
-        .map_err(|e| bad_target(url, e.to_string()))?;
-    let forgotten: HashSet<ChunkId> = record
-        .as_ref()
-        .map(|r| r.forgotten.iter().filter_map(|m| m.parse().ok()).collect())
-        .unwrap_or_default();
-    if !forgotten.is_empty() {
-        let forgotten: Vec<ChunkId> = forgotten.iter().copied().collect();
-        vault.index().delete_snapshots(&forgotten)?;
-    }
-    if let Some(map) = record.as_ref().and_then(|r| r.orphan_objects.as_ref()) {
-        let entries = map
-            .parse::<ChunkId>()
-            .map_err(|e| e.to_string())
-            .and_then(|id| store.get(&id).map_err(|e| e.to_string()))
-            .and_then(|b| snapshot::decode_object_map(&b).map_err(|e| e.to_string()));
-        match entries {
-            Ok(entries) => vault.index().add_git_objects(&entries)?,
-            Err(e) => tracing::warn!(error = %e, "the prune record's object map is unreadable"),
-        }
-    }
-    Ok(forgotten)
 }
 
 /// A key file's name on the target and its bytes.
@@ -328,255 +272,46 @@ fn import_index_backup(
     None
 }
 
-/// Packs that share a footer. Two packs with one footer are a pack and a replay of it
-/// (another file made from its bytes): recording the replay's chunks could make prune think
-/// the genuine pack redundant. Both are then read whole, and only packs whose every byte
-/// checks are kept. Footers are recorded as they are read (a vault's footers together can be
-/// gigabytes); a rejected first pack is taken out again.
-struct Replays<'a> {
-    target: &'a dyn Target,
-    keys: &'a VaultKeys,
-    /// Footer digest → the pack recorded with it.
-    seen: HashMap<[u8; 32], String>,
-    /// Packs read whole, and whether they checked.
-    checked: HashMap<String, bool>,
-}
-
-impl Replays<'_> {
-    fn check_whole(&mut self, name: &str) -> bool {
-        if let Some(ok) = self.checked.get(name) {
-            return *ok;
-        }
-        let result = self
-            .target
-            .get(&pack_key(name))
-            .map_err(|e| e.to_string())
-            .and_then(|bytes| {
-                verify_pack(self.keys.identity(), self.keys.id_key(), name, &bytes)
-                    .map_err(|e| e.to_string())
-            });
-        if let Err(reason) = &result {
-            tracing::warn!(pack = %name, %reason, "a pack sharing its footer with another does not check: ignored");
-        }
-        self.checked.insert(name.to_string(), result.is_ok());
-        result.is_ok()
-    }
-
-    /// Whether pack `name`, sealed with `seal`, may be recorded. A first pack with the same
-    /// footer that does not check is taken out of the index again.
-    fn admit(
-        &mut self,
-        index: &crate::index::Index,
-        name: &str,
-        seal: &crate::store::pack::FooterSeal,
-        report: &mut RecoverReport,
-    ) -> Result<bool, VaultError> {
-        if let Some(first) = self.seen.get(&seal.digest()).cloned() {
-            tracing::warn!(pack = %name, other = %first, "two packs carry one footer; both are checked in full");
-            if !self.check_whole(&first) {
-                index.unrecord_pack(&first)?;
-                if !seal.is_authenticated() {
-                    report.packs_legacy = report.packs_legacy.saturating_sub(1);
-                }
-                report.packs_forged.push(first);
-                self.seen.remove(&seal.digest());
-            }
-            if !self.check_whole(name) {
-                report.packs_forged.push(name.to_string());
-                return Ok(false);
-            }
-        }
-        self.seen
-            .entry(seal.digest())
-            .or_insert_with(|| name.to_string());
-        Ok(true)
-    }
-}
-
-/// Records presence of every listed pack; reads the footer of each pack the index lacks.
-/// Returns the manifest chunks found in those footers.
+/// Records presence of every pack the target lists and reads the footer of each pack the
+/// index lacks. Returns the manifest chunks found in those footers.
 fn rebuild_from_footers(
     vault: &Vault,
-    target: &dyn Target,
-    (keys, progress): (&VaultKeys, &dyn Progress),
+    keys: &VaultKeys,
+    progress: &dyn Progress,
     report: &mut RecoverReport,
 ) -> Result<Vec<ChunkId>, VaultError> {
     let index = vault.index();
     index.clear_presence()?;
-    let auth = keys.auth_key();
-    let mut manifests = Vec::new();
-    let mut replays = Replays {
-        target,
-        keys,
-        seen: HashMap::new(),
-        checked: HashMap::new(),
-    };
-    let listing = target.list("packs/")?;
-    progress.phase(
-        "recover",
-        "read pack footers",
-        Some(listing.len() as u64),
-        Unit::Packs,
-    );
-    for listed in listing {
-        progress.advance("recover", 1);
+    let target = vault
+        .targets()
+        .first()
+        .ok_or_else(|| bad_target(&report.target, "the recovered vault has no target"))?;
+    let mut listing = Listing::new();
+    let mut unknown = Vec::new();
+    for listed in target.list("packs/")? {
         let Some(name) = pack_name_from_key(&listed.key) else {
             continue;
         };
         if index.pack_id(name)?.is_some() {
             index.set_presence(name, target.name(), true)?;
-            continue;
-        }
-        report.packs_scanned += 1;
-        let footer = target
-            .open(&pack_key(name))
-            .map_err(|e| PackError::Io(std::io::Error::other(e.to_string())))
-            .and_then(|input| read_footer(keys.identity(), &auth, input));
-        let (footer, seal) = match footer {
-            Ok(f) => f,
-            Err(PackError::Forged(reason)) => {
-                tracing::warn!(pack = %name, %reason, "pack not written by this vault; ignored");
-                report.packs_forged.push(name.to_string());
-                continue;
-            }
-            Err(reason) => {
-                tracing::warn!(pack = %name, %reason, "pack footer unreadable");
-                report.packs_unreadable.push(name.to_string());
-                continue;
-            }
-        };
-        if !replays.admit(index, name, &seal, report)? {
-            continue;
-        }
-        let provenance = if seal.is_authenticated() {
-            Provenance::Authenticated
         } else {
-            report.packs_legacy += 1;
-            Provenance::Legacy
-        };
-        manifests.extend(
-            footer
-                .entries
-                .iter()
-                .filter(|e| e.kind == ChunkKind::Manifest as u8)
-                .map(|e| e.id),
+            unknown.push(name.to_string());
+        }
+        listing.insert(
+            name.to_string(),
+            ListedPack {
+                name: name.to_string(),
+                size: listed.size,
+                holders: vec![0],
+            },
         );
-        let pack = FinishedPack {
-            name: name.to_string(),
-            path: Default::default(),
-            size: listed.size,
-            raw_bytes: footer.frames.iter().map(|f| u64::from(f.raw_len)).sum(),
-            footer,
-            provenance,
-        };
-        index.commit_pack(&pack.record(), &[target.name().to_string()], 0)?;
     }
+    let (manifests, _) = adopt_packs(
+        vault,
+        keys,
+        (&listing, &unknown, &HashSet::new()),
+        ("recover", progress),
+        &mut report.footers,
+    )?;
     Ok(manifests)
-}
-
-/// Turns manifests found in packs into snapshot rows (oldest first), with the objects their
-/// object maps name.
-fn recover_snapshots(
-    vault: &Vault,
-    keys: &VaultKeys,
-    manifests: Vec<ChunkId>,
-) -> Result<u64, VaultError> {
-    let store = vault.reader(keys);
-    let found = readable_manifests(vault, &store, manifests)?;
-    let mut recovered = 0;
-    for (id, manifest) in found {
-        record_snapshot(vault, &store, id, &manifest)?;
-        recovered += 1;
-    }
-    Ok(recovered)
-}
-
-/// The manifests not yet recorded that can be read and are not dated in the future, oldest
-/// first.
-fn readable_manifests(
-    vault: &Vault,
-    store: &ChunkReader<'_>,
-    manifests: Vec<ChunkId>,
-) -> Result<Vec<(ChunkId, Manifest)>, VaultError> {
-    let mut found = Vec::new();
-    for id in manifests {
-        if vault.index().has_snapshot(&id)? {
-            continue;
-        }
-        match store
-            .get(&id)
-            .map_err(|e| e.to_string())
-            .and_then(|b| Manifest::decode(&b).map_err(|e| e.to_string()))
-        {
-            Ok(m) => found.push((id, m)),
-            Err(e) => tracing::warn!(manifest = %id, error = %e, "manifest unreadable"),
-        }
-    }
-    // A manifest from the future would become every repository's "newest" snapshot and the
-    // anchor of `--keep-within`; a clock can be wrong by minutes, not days.
-    let horizon = chrono::Utc::now() + chrono::Duration::days(1);
-    found.retain(|(id, m)| {
-        let ok = m.time <= horizon;
-        if !ok {
-            tracing::warn!(manifest = %id, time = %m.time, "manifest dated in the future; ignored");
-        }
-        ok
-    });
-    found.sort_by_key(|(_, m)| m.time);
-    Ok(found)
-}
-
-/// One snapshot row for `manifest`, with the objects of its readable object maps and the LFS
-/// objects whose bytes came back with the packs.
-fn record_snapshot(
-    vault: &Vault,
-    store: &ChunkReader<'_>,
-    id: ChunkId,
-    manifest: &Manifest,
-) -> Result<(), VaultError> {
-    let mut objects = Vec::new();
-    for map in &manifest.object_maps {
-        let Ok(map_id) = map.parse::<ChunkId>() else {
-            continue;
-        };
-        match store
-            .get(&map_id)
-            .map_err(|e| e.to_string())
-            .and_then(|b| snapshot::decode_object_map(&b).map_err(|e| e.to_string()))
-        {
-            Ok(entries) => objects.extend(entries),
-            Err(e) => tracing::warn!(manifest = %id, error = %e, "object map unreadable"),
-        }
-    }
-    let refset = manifest
-        .refset_id()
-        .map_err(|e| bad_target("manifest", e.to_string()))?;
-    let lfs = manifest
-        .lfs
-        .as_ref()
-        .and_then(|m| m.parse::<ChunkId>().ok())
-        .and_then(|id| store.get(&id).ok())
-        .and_then(|b| crate::lfs::decode_map(&b).ok())
-        .unwrap_or_default();
-    let mut lfs_present = Vec::with_capacity(lfs.len());
-    for e in lfs {
-        if vault.index().has_chunk(&e.chunk)? {
-            lfs_present.push(e);
-        }
-    }
-    vault.index().insert_snapshot(&NewSnapshot {
-        repo: &manifest.repo,
-        time: manifest.time,
-        manifest: id,
-        refset,
-        head: manifest.head.as_ref().map(|h| match h {
-            snapshot::Head::Symbolic(t) => t.clone(),
-            snapshot::Head::Detached(o) => o.clone(),
-        }),
-        ref_count: manifest.ref_count as u64,
-        source: &manifest.source,
-        new_objects: &objects,
-        new_lfs: &lfs_present,
-    })?;
-    Ok(())
 }

@@ -287,20 +287,13 @@ fn forged_and_replayed_packs(s3: bool) {
     // under a key of its own.
     let manifest = vault.index().snapshots(Some("alpha"), None, None).unwrap()[0].manifest;
     let forger = IdKey::generate().unwrap();
-    let mut w = PackWriter::create(
-        f.tv.tmp.path(),
-        &keys.identity().to_public(),
-        &forger.auth_key(),
-        Compression {
-            level: 3,
-            frame_size: 1 << 20,
-        },
-    )
-    .unwrap();
     let lie = br#"{"format":1,"repo":"alpha","time":"2026-12-01T00:00:00Z","source":"x","refset":"00","ref_count":0,"head":null,"object_maps":[],"objects_added":0}"#;
-    w.add(manifest, gitvault::ChunkKind::Manifest as u8, lie)
-        .unwrap();
-    let forged = w.finish().unwrap();
+    let forged = common::write_pack(
+        f.tv.tmp.path(),
+        &keys,
+        &forger.auth_key(),
+        &[(manifest, gitvault::ChunkKind::Manifest as u8, lie)],
+    );
     let forged_key = gitvault::store::pack_key(&forged.name);
     f.target.put(&forged_key, Body::File(&forged.path)).unwrap();
 
@@ -608,11 +601,13 @@ fn prune_judges_only_packs_it_can_vouch_for() {
     assert_eq!(refs_and_head(&to), refs_and_head(&repo));
 }
 
-/// Uploads of killed runs (day-old packs no index row names) are deleted by prune when this
-/// vault wrote them and none holds a manifest; a pack it cannot vouch for, or a set of packs
-/// holding a snapshot it never recorded, is left in place.
+/// Packs no index row names are read by prune's catch-up (issue 17): those this vault wrote
+/// (authenticated) join the index and are judged like any pack, so uploads of killed runs,
+/// old or fresh, go with their dead chunks (a run still going would hold a lock, and its
+/// snapshot would be marked before the decision), even one holding a manifest that does not
+/// read; a pack it cannot vouch for is reported and left in place.
 #[test]
-fn prune_collects_only_unindexed_packs_it_wrote() {
+fn prune_judges_unindexed_packs_it_wrote_and_leaves_forged_ones() {
     let tv = TestVault::new();
     let repo = tv.tmp.path().join("repo.git");
     run_fixture("rich.sh", &[repo.to_str().unwrap()]);
@@ -662,16 +657,24 @@ fn prune_collects_only_unindexed_packs_it_wrote() {
     drop(vault);
 
     let doc = json(&tv.run(&["--json", "prune"]));
-    assert_eq!(doc["unindexed_deleted"], 1, "{doc}");
-    assert!(!killed_upload.exists());
-    assert!(fresh_upload.exists() && forged.exists());
+    assert_eq!(doc["caught_up"]["packs_scanned"], 3, "{doc}");
+    assert_eq!(doc["packs_deleted"], 2, "{doc}");
+    assert!(!killed_upload.exists() && !fresh_upload.exists());
+    assert!(
+        forged.exists(),
+        "a pack this vault cannot vouch for is never deleted"
+    );
+    let forged_name = forged.file_name().unwrap().to_str().unwrap();
+    assert_eq!(doc["caught_up"]["packs_forged"][0], forged_name, "{doc}");
+    assert_eq!(doc["unindexed_kept"][0], forged_name, "{doc}");
 
-    // A day-old pack with a manifest among the unknown ones: all are left.
+    // A day-old pack whose manifest does not read is no snapshot: it goes too.
     let other_killed = plant(&ours, 3, 4, Some(day_old));
     let with_manifest = plant(&ours, gitvault::ChunkKind::Manifest as u8, 5, Some(day_old));
     let doc = json(&tv.run(&["--json", "prune"]));
-    assert_eq!(doc["unindexed_deleted"], 0, "{doc}");
-    assert!(other_killed.exists() && with_manifest.exists());
+    assert_eq!(doc["caught_up"]["snapshots_added"], 0, "{doc}");
+    assert!(!other_killed.exists() && !with_manifest.exists(), "{doc}");
+    assert!(forged.exists());
     let to = tv.tmp.path().join("restored");
     ok(&tv.run(&["restore", "r", "--to", to.to_str().unwrap()]));
     fsck(&to);

@@ -24,8 +24,8 @@ const LAYERS: &[&[&str]] = &[
     &["target", "index"],
     &["store"],
     &["git"],
-    &["lfs", "provider"],
-    &["snapshot", "vault"],
+    &["lfs", "provider", "snapshot"],
+    &["vault"],
     &[
         "backup",
         "restore",

@@ -207,31 +207,7 @@ fn forget_then_prune_frees_what_only_forgotten_snapshots_used() {
 
 /// Starts `gitvault prune` paused at `point`; returns it once it has reached the point.
 fn paused_prune(tv: &TestVault, point: &str, release: &Path) -> Child {
-    let mut child = tv
-        .command(&["--json", "prune"])
-        .env(
-            "GITVAULT_TEST_HOOK_PAUSE",
-            format!("{point}:{}", release.display()),
-        )
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut err = BufReader::new(child.stderr.take().unwrap());
-    let mut line = String::new();
-    loop {
-        line.clear();
-        assert!(
-            err.read_line(&mut line).unwrap() > 0,
-            "prune ended before {point}"
-        );
-        if line.contains(&format!("gitvault-test-hook: {point}")) {
-            break;
-        }
-    }
-    // Keep draining stderr so the child never blocks on a full pipe.
-    std::thread::spawn(move || std::io::copy(&mut err, &mut std::io::sink()));
-    child
+    common::spawn_paused(tv.command(&["--json", "prune"]), point, release)
 }
 
 #[test]

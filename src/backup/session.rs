@@ -110,6 +110,9 @@ impl<'v> Session<'v> {
             "backup",
             LockTiming::from_environment(),
         )?;
+        // Under the shared lock and before any dedup lookup: packs another host's prune
+        // deleted leave the index, so nothing is deduplicated against them.
+        vault.catch_up(keys, &Silent)?;
         Ok(Session {
             vault,
             keys,

@@ -1,9 +1,10 @@
-//! `gitvault unlock`: the locks other hosts (or killed processes) left on the targets.
+//! Living with other hosts on shared targets: `gitvault unlock` (the locks other hosts or
+//! killed processes left) and `gitvault catch-up` (their packs and snapshots).
 
 use anyhow::Result;
 use clap::Args;
 
-use gitvault::vault::target_lock::{FoundLock, LockState};
+use gitvault::vault::target_lock::{FoundLock, LockKind, LockState, LockTiming};
 
 use super::{Ctx, EXIT_OK};
 
@@ -50,6 +51,48 @@ pub fn unlock(ctx: &Ctx, args: UnlockArgs) -> Result<i32> {
             } else {
                 "no stale locks\n"
             });
+        }
+        t
+    });
+    Ok(EXIT_OK)
+}
+
+/// Brings the index up to date with what other hosts wrote to the targets, under the writer
+/// lock and a shared target lock (no prune deletes meanwhile). Quiet when nothing changed.
+pub fn catch_up(ctx: &Ctx) -> Result<i32> {
+    let vault = ctx.open()?;
+    let keys = ctx.unlock(&vault)?;
+    let _lock = vault.lock()?;
+    let _shared = vault.lock_targets(
+        &keys,
+        LockKind::Shared,
+        "catch-up",
+        LockTiming::from_environment(),
+    )?;
+    let bars = super::output::Bars::new(&ctx.out);
+    let report = vault.catch_up(&keys, &bars)?;
+    drop(bars);
+    ctx.out.print(&report, || {
+        let mut t = String::new();
+        if report.changed() {
+            t.push_str(&format!(
+                "caught up: {} new packs, {} vanished; {} snapshots added, {} forgotten, {} dropped with their packs\n",
+                report.footers.packs_scanned,
+                report.packs_vanished.len(),
+                report.snapshots_added,
+                report.snapshots_forgotten,
+                report.snapshots_dropped,
+            ));
+        }
+        let f = &report.footers;
+        if !f.packs_forged.is_empty() || !f.packs_unreadable.is_empty() {
+            t.push_str(&format!(
+                "ignored: {} packs not written by this vault ({}), {} unreadable ({})\n",
+                f.packs_forged.len(),
+                f.packs_forged.join(", "),
+                f.packs_unreadable.len(),
+                f.packs_unreadable.join(", "),
+            ));
         }
         t
     });

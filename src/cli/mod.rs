@@ -142,6 +142,11 @@ enum Command {
     /// Remove stale locks from the targets (expired, or left by a process gone from this host);
     /// --list shows every lock, --remove-all removes live ones too.
     Unlock(locks::UnlockArgs),
+    /// Bring this host's index up to date with what other hosts wrote to the targets (their
+    /// packs and snapshots, packs their prunes deleted): one LIST per target, footers read only
+    /// of packs new here. Backups and prune do it themselves; run it before `snapshots`,
+    /// `restore` or `verify` to see other hosts' snapshots. Prints nothing when nothing changed.
+    CatchUp,
     /// Merge backup run reports (files, or vault directories for their newest) into one
     /// summary: the shards of a sharded account. Exit 1 unless every run was ok and no
     /// repository was backed up twice.
@@ -409,6 +414,7 @@ fn run(ctx: &Ctx, command: Command) -> Result<i32> {
         Command::Config(cmd) => config::run(ctx, cmd),
         Command::Report { paths } => report(ctx, &paths),
         Command::Unlock(args) => locks::unlock(ctx, args),
+        Command::CatchUp => locks::catch_up(ctx),
         Command::Completions { shell } => {
             let mut cmd = Args::command();
             let mut script = Vec::new();

@@ -98,11 +98,11 @@ pub fn recover(ctx: &Ctx, args: RecoverArgs) -> Result<i32> {
     for (backup, reason) in &report.index_backups_ignored {
         eprintln!("warning: index backup {backup} ignored: {reason}");
     }
-    if !report.packs_forged.is_empty() {
+    if !report.footers.packs_forged.is_empty() {
         eprintln!(
             "warning: {} packs on the target were not written with this vault's keys and were ignored (left in place): {}",
-            report.packs_forged.len(),
-            report.packs_forged.join(", ")
+            report.footers.packs_forged.len(),
+            report.footers.packs_forged.join(", ")
         );
     }
     ctx.out.print(&report, || {
@@ -114,21 +114,21 @@ pub fn recover(ctx: &Ctx, args: RecoverArgs) -> Result<i32> {
             report.fingerprint,
             if report.fingerprint_checked { " (as expected)" } else { " (not checked)" },
             report.index_backup.as_deref().unwrap_or("none usable"),
-            report.packs_scanned,
-            report.packs_unreadable.len(),
-            report.packs_forged.len(),
+            report.footers.packs_scanned,
+            report.footers.packs_unreadable.len(),
+            report.footers.packs_forged.len(),
             report.snapshots_total,
             report.snapshots_recovered
         );
-        if report.packs_legacy > 0 {
+        if report.footers.packs_legacy > 0 {
             text.push_str(&format!(
                 "  {} packs are from before footers were authenticated: prune keeps them until `gitvault verify --full` has checked them\n",
-                report.packs_legacy
+                report.footers.packs_legacy
             ));
         }
         text
     });
-    Ok(if report.packs_unreadable.is_empty() {
+    Ok(if report.footers.packs_unreadable.is_empty() {
         EXIT_OK
     } else {
         EXIT_FAILED

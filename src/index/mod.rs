@@ -22,9 +22,12 @@ mod prune;
 mod snapshots;
 
 pub use http_cache::CachedResponse;
-use objects::OID_PAGE;
 pub use objects::ObjectChunk;
-pub use packs::{ChunkLocation, ChunkRow, FrameInfo, PackEntry, PackRecord, PackRow, Provenance};
+use objects::{OID_PAGE, drop_objects_not};
+pub use packs::{
+    ChunkLocation, ChunkRow, Committed, FrameInfo, PackEntry, PackRecord, PackRow, Provenance,
+    VanishedCounts,
+};
 use packs::{chunk_id_from, chunk_row, record_pack};
 pub use prune::{PruneChanges, PruneCounts};
 pub use snapshots::{NewSnapshot, SnapshotRow};

@@ -144,9 +144,45 @@ impl Index {
         Ok(dead)
     }
 
+    /// Deletes every git object row `live` rejects, in one transaction; returns how many went.
+    pub fn drop_git_objects_except(&self, live: &dyn Fn(&Oid) -> bool) -> Result<u64, IndexError> {
+        let conn = self.conn();
+        let tx = conn.unchecked_transaction()?;
+        let dropped = drop_objects_not(&tx, live)?;
+        tx.commit()?;
+        Ok(dropped)
+    }
+
     pub fn has_git_object(&self, oid: &Oid) -> Result<bool, IndexError> {
         let conn = self.conn();
         let mut stmt = conn.prepare_cached("SELECT 1 FROM git_objects WHERE oid = ?1")?;
         Ok(stmt.exists(params![&oid.0[..]])?)
     }
+}
+
+/// Deletes the git object rows `live` rejects inside `tx`, page by page (never all ids in
+/// memory); returns how many went.
+pub(super) fn drop_objects_not(
+    tx: &rusqlite::Transaction<'_>,
+    live: &dyn Fn(&Oid) -> bool,
+) -> Result<u64, IndexError> {
+    let mut page =
+        tx.prepare_cached("SELECT oid FROM git_objects WHERE oid > ?1 ORDER BY oid LIMIT ?2")?;
+    let mut drop = tx.prepare_cached("DELETE FROM git_objects WHERE oid = ?1")?;
+    let mut after: Vec<u8> = Vec::new();
+    let mut dropped = 0;
+    loop {
+        let oids: Vec<Vec<u8>> = page
+            .query_map(params![after, OID_PAGE], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        let Some(last) = oids.last() else { break };
+        after = last.clone();
+        for oid in &oids {
+            if Oid::from_slice(oid).is_none_or(|o| !live(&o)) {
+                drop.execute(params![oid])?;
+                dropped += 1;
+            }
+        }
+    }
+    Ok(dropped)
 }

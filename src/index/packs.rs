@@ -1,6 +1,26 @@
 //! Packs, where they are (`pack_targets`), and the chunks they hold.
 
+use std::collections::HashSet;
+
 use super::*;
+
+/// What [`Index::commit_pack_moving`] recorded.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Committed {
+    pub pack_id: i64,
+    /// Chunk rows added (chunks the index did not know).
+    pub inserted: u64,
+    /// Chunk rows moved here out of vanished packs.
+    pub moved: u64,
+}
+
+/// What [`Index::drop_vanished_packs`] removed.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct VanishedCounts {
+    pub chunks: u64,
+    pub objects: u64,
+    pub snapshots: u64,
+}
 
 /// Where a frame lies in the pack's plaintext.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -215,26 +235,121 @@ impl Index {
         targets: &[String],
         logical_bytes: u64,
     ) -> Result<i64, IndexError> {
+        Ok(self
+            .commit_pack_moving(pack, targets, logical_bytes, (&HashSet::new(), true))?
+            .pack_id)
+    }
+
+    /// [`Index::commit_pack`] for a pack another host wrote (catch-up): a chunk whose row
+    /// points into one of the packs `moving_from` (gone from every target) takes its place in
+    /// this pack instead of keeping its first location. Without `add_new`, only such rows
+    /// move and no chunk is added (a pack the index knows, read again for its copies).
+    pub fn commit_pack_moving(
+        &self,
+        pack: &PackRecord<'_>,
+        targets: &[String],
+        logical_bytes: u64,
+        (moving_from, add_new): (&HashSet<i64>, bool),
+    ) -> Result<Committed, IndexError> {
         // The vault lock guarantees one writer; an unchecked transaction lets readers share `&Index`.
         let conn = self.conn();
         let tx = conn.unchecked_transaction()?;
         let pack_id = record_pack(&tx, pack, targets)?;
+        let (mut inserted, mut moved) = (0, 0);
         {
             let mut insert = tx.prepare_cached(
                 "INSERT OR IGNORE INTO chunks (id, kind, pack_id, frame_offset, frame_clen, frame_rawlen, offset, length)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
             )?;
+            let mut holder = tx.prepare_cached("SELECT pack_id FROM chunks WHERE id = ?1")?;
+            let mut repoint = tx.prepare_cached(
+                "UPDATE chunks SET pack_id = ?2, frame_offset = ?3, frame_clen = ?4, frame_rawlen = ?5,
+                     offset = ?6, length = ?7
+                 WHERE id = ?1",
+            )?;
             for e in pack.entries {
                 let (frame, clen, rawlen, offset, len) = pack.placement(e)?;
                 let id = &e.id.0[..];
-                insert.execute(params![
-                    id, e.kind, pack_id, frame, clen, rawlen, offset, len
-                ])?;
+                if add_new
+                    && insert.execute(params![
+                        id, e.kind, pack_id, frame, clen, rawlen, offset, len
+                    ])? > 0
+                {
+                    inserted += 1;
+                    continue;
+                }
+                if moving_from.is_empty() {
+                    continue;
+                }
+                let now: Option<i64> = holder.query_row(params![id], |r| r.get(0)).optional()?;
+                if now.is_some_and(|now| moving_from.contains(&now)) {
+                    repoint.execute(params![id, pack_id, frame, clen, rawlen, offset, len])?;
+                    moved += 1;
+                }
             }
         }
         add_counter(&tx, "logical_bytes", logical_bytes)?;
         tx.commit()?;
-        Ok(pack_id)
+        Ok(Committed {
+            pack_id,
+            inserted,
+            moved,
+        })
+    }
+
+    /// Packs whose footers list chunks whose rows point elsewhere (copies, duplicates another
+    /// host wrote at the same time) or are gone (dead): the only packs that can hold another
+    /// copy of a chunk.
+    pub fn packs_with_foreign_chunks(&self) -> Result<Vec<String>, IndexError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT p.name FROM packs p
+             WHERE p.chunk_count > (SELECT COUNT(*) FROM chunks c WHERE c.pack_id = p.id)
+             ORDER BY p.name",
+        )?;
+        let rows = stmt.query_map([], |r| r.get(0))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Takes packs gone from every target (another host's prune deleted them) out of the
+    /// index, in one transaction, with what depended on them: chunk rows still pointing into
+    /// them, LFS and git object rows whose chunk is gone (so that backups store those objects
+    /// again rather than deduplicate against nothing) and snapshots whose manifest is gone.
+    pub fn drop_vanished_packs(&self, names: &[String]) -> Result<VanishedCounts, IndexError> {
+        let conn = self.conn();
+        let tx = conn.unchecked_transaction()?;
+        let mut counts = VanishedCounts::default();
+        {
+            let mut chunks = tx.prepare_cached(
+                "DELETE FROM chunks WHERE pack_id IN (SELECT id FROM packs WHERE name = ?1)",
+            )?;
+            let mut presence = tx.prepare_cached(
+                "DELETE FROM pack_targets WHERE pack_id IN (SELECT id FROM packs WHERE name = ?1)",
+            )?;
+            let mut pack = tx.prepare_cached("DELETE FROM packs WHERE name = ?1")?;
+            let mut condemned = tx.prepare_cached("DELETE FROM condemned_packs WHERE name = ?1")?;
+            for name in names {
+                counts.chunks += chunks.execute(params![name])? as u64;
+                presence.execute(params![name])?;
+                pack.execute(params![name])?;
+                condemned.execute(params![name])?;
+            }
+        }
+        if counts.chunks > 0 {
+            let gone = |table: &str, column: &str| {
+                tx.execute(
+                    &format!(
+                        "DELETE FROM {table} WHERE NOT EXISTS (SELECT 1 FROM chunks c WHERE c.id = {table}.{column})"
+                    ),
+                    [],
+                )
+            };
+            gone("lfs_objects", "chunk")?;
+            counts.objects = gone("git_objects", "chunk")? as u64;
+            counts.snapshots = gone("snapshots", "manifest")? as u64;
+        }
+        tx.commit()?;
+        Ok(counts)
     }
 
     pub fn add_logical_bytes(&self, bytes: u64) -> Result<(), IndexError> {

@@ -62,24 +62,7 @@ impl Index {
                     }
                 }
             }
-            let mut page = tx.prepare_cached(
-                "SELECT oid FROM git_objects WHERE oid > ?1 ORDER BY oid LIMIT ?2",
-            )?;
-            let mut drop_object = tx.prepare_cached("DELETE FROM git_objects WHERE oid = ?1")?;
-            let mut after: Vec<u8> = Vec::new();
-            loop {
-                let oids: Vec<Vec<u8>> = page
-                    .query_map(params![after, OID_PAGE], |r| r.get(0))?
-                    .collect::<Result<_, _>>()?;
-                let Some(last) = oids.last() else { break };
-                after = last.clone();
-                for oid in &oids {
-                    if Oid::from_slice(oid).is_none_or(|o| !(changes.object_live)(&o)) {
-                        drop_object.execute(params![oid])?;
-                        counts.dead_objects += 1;
-                    }
-                }
-            }
+            counts.dead_objects = drop_objects_not(&tx, changes.object_live)?;
         }
         for (pack, targets) in changes.compacted {
             let pack_id = record_pack(&tx, pack, targets)?;

@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 use age::secrecy::SecretString;
 use serde::Serialize;
 
+pub mod catch_up;
 mod config;
 pub mod index_backup;
 mod keys;
@@ -27,6 +28,7 @@ mod reports;
 mod settings;
 pub mod target_lock;
 
+pub use catch_up::CatchUpReport;
 pub use config::{
     Config, ConfigCheck, JobConfig, JobKind, NotifyConfig, NotifyUrlError, PublicParams,
     StoreConfig, TargetConfig, check_config, resolve_notify_url,

@@ -254,3 +254,53 @@ pub fn parse_metrics(text: &str) -> std::collections::HashMap<String, f64> {
     });
     samples.collect()
 }
+
+/// A pack of `chunks` (id, kind, bytes) encrypted to the vault's public key, its footer sealed
+/// under `auth`: the vault's own for a genuine pack, another key for a forger's.
+pub fn write_pack(
+    dir: &Path,
+    keys: &VaultKeys,
+    auth: &gitvault::crypto::AuthKey,
+    chunks: &[(gitvault::ChunkId, u8, &[u8])],
+) -> gitvault::store::pack::FinishedPack {
+    use gitvault::store::pack::{Compression, PackWriter};
+    let compression = Compression {
+        level: 3,
+        frame_size: 1 << 20,
+    };
+    let mut w = PackWriter::create(dir, &keys.identity().to_public(), auth, compression).unwrap();
+    for (id, kind, bytes) in chunks {
+        w.add(*id, *kind, bytes).unwrap();
+    }
+    w.finish().unwrap()
+}
+
+/// Spawns `cmd` paused at the test hook `point` until `release` exists; returns it once it has
+/// reached the point (its stdout piped, its stderr drained).
+pub fn spawn_paused(mut cmd: Command, point: &str, release: &Path) -> std::process::Child {
+    use std::io::BufRead;
+    let mut child = cmd
+        .env(
+            "GITVAULT_TEST_HOOK_PAUSE",
+            format!("{point}:{}", release.display()),
+        )
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    loop {
+        line.clear();
+        assert!(
+            err.read_line(&mut line).unwrap() > 0,
+            "the process ended before {point}"
+        );
+        if line.contains(&format!("gitvault-test-hook: {point}")) {
+            break;
+        }
+    }
+    // Keep draining stderr so the child never blocks on a full pipe.
+    std::thread::spawn(move || std::io::copy(&mut err, &mut std::io::sink()));
+    child
+}

@@ -1,6 +1,9 @@
 //! `gitvault prune`: reclaims what no snapshot needs. docs/PRUNE.md states the protocol and why
 //! it cannot lose a kept snapshot, even with backups running and prune killed at any point.
 //!
+//! 0. **Catch up** (writer lock, briefly): other hosts' packs and snapshots join the index,
+//!    packs their prunes deleted leave it (`Vault::catch_up`); repeated under the exclusive
+//!    target lock before deciding.
 //! 1. **Mark** (no lock): everything the snapshots recorded at the start reach — manifests, ref
 //!    sets, object maps, metadata maps and documents, and every git object reachable from their
 //!    refs (walked through the vault) with its chunk.
@@ -56,6 +59,10 @@ pub enum PruneError {
         "this index was built before gitvault authenticated what it reads from targets, and may have been recovered from a forged index backup; prune trusts it only when told: run `gitvault recover` again into a new directory, or `gitvault prune --trust-index` if this index was made by `init` on this host or recovered from a target you trust"
     )]
     IndexNotVouched,
+    #[error(
+        "{0} packs vanished from the targets while this prune ran: another host pruned meanwhile; nothing was changed, run prune again"
+    )]
+    PrunedElsewhere(usize),
     #[error("deleting condemned pack {pack} from {target}: {source}")]
     Delete {
         pack: String,
@@ -138,6 +145,8 @@ pub struct PruneReport {
     /// Lock renewal of what the kept snapshots need, on locked targets.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub locks: Option<crate::vault::LockUpkeep>,
+    /// What the catch-up before the mark found of other hosts' writes.
+    pub caught_up: crate::vault::CatchUpReport,
 }
 
 pub use crate::snapshot::PruneRecord;
@@ -148,7 +157,8 @@ const JOB: &str = "prune";
 /// How many small packs make prune regroup them.
 const REGROUP_SMALL_PACKS: usize = 4;
 
-/// The four phases of docs/PRUNE.md, in order; only the third holds the writer lock.
+/// The catch-up and the four phases of docs/PRUNE.md, in order; only the catch-up and the third
+/// phase hold the writer lock.
 pub fn prune(
     vault: &Vault,
     keys: &VaultKeys,
@@ -168,8 +178,17 @@ pub fn prune_watched(
     let _only_prune = vault.prune_lease()?;
     let index = vault.index();
     check_index_vouched(index, options)?;
+    // Other hosts' snapshots and packs join the index before the start set is taken: the mark
+    // then keeps what every host's snapshots need, not only this host's (docs/PRUNE.md).
+    let caught_up = {
+        // The catch-up writes the index, so it holds the writer lock like any writer (a
+        // running local backup finishes first); the mark that follows needs none.
+        let _writer = vault.lock_waiting(options.lock_wait)?;
+        vault.catch_up(keys, progress)?
+    };
     let start = Start::take(index)?;
     let mut report = start.report(options.dry_run);
+    report.caught_up = caught_up;
     let small = start.small_packs(vault.store_settings().pack_size);
 
     // 1. Mark.
@@ -209,6 +228,13 @@ pub fn prune_watched(
         },
     )?;
     crate::hooks::point("prune-locked");
+    // What other hosts committed since the first catch-up is marked below like a local backup
+    // that ran meanwhile; a pack gone meanwhile means another host pruned, and this run's
+    // start set is stale.
+    let late = vault.catch_up(keys, progress)?;
+    if !late.packs_vanished.is_empty() {
+        return Err(PruneError::PrunedElsewhere(late.packs_vanished.len()));
+    }
     report.garbage_files_removed = collect::collect_garbage(vault);
     collect::collect_unindexed(vault, keys, &mut report)?;
     decide::mark_new_snapshots(vault, &reader, &start, &mut live)?;

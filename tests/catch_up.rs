@@ -1,0 +1,418 @@
+//! Several hosts on one vault (issue 17): each host's index catches up with what the others
+//! wrote (their packs and snapshots) and with what their prunes deleted, and a prune on one
+//! host keeps what every host's snapshots need. Hosts are vault directories sharing a moto
+//! (S3) target and a file:// target, driven through the real binary.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+use common::s3_server::S3Server;
+use common::{TestVault, git, noise, ok, refs_and_head, stderr};
+use gitvault::crypto::IdKey;
+use gitvault::target::Body;
+use serde_json::Value;
+
+/// Host A (made by `init`, its targets the shared ones only) and the shared targets.
+struct Hosts {
+    a: TestVault,
+    s3_url: String,
+    files_url: String,
+    files_dir: PathBuf,
+    _server: S3Server,
+}
+
+impl Hosts {
+    fn new() -> Hosts {
+        Hosts::with_local_target(false)
+    }
+
+    /// With `keep_local`, A keeps the private target `init` made (DIR/data), which no other
+    /// host sees: the hosts' target sets differ.
+    fn with_local_target(keep_local: bool) -> Hosts {
+        let a = TestVault::new();
+        let server = S3Server::moto();
+        server.create_bucket("shared");
+        server.set_env();
+        let s3_url = server.url("shared", "vault");
+        let files_dir = a.tmp.path().join("shared-files");
+        let files_url = format!("file://{}", files_dir.display());
+        ok(&a.run(&["target", "add", "s3", &s3_url]));
+        ok(&a.run(&["target", "add", "files", &files_url]));
+        if !keep_local {
+            ok(&a.run(&["target", "remove", "local"]));
+        }
+        Hosts {
+            a,
+            s3_url,
+            files_url,
+            files_dir,
+            _server: server,
+        }
+    }
+
+    /// Another host joins with `init --join` and adds the file:// target too.
+    fn join(&self) -> TestVault {
+        let tmp = tempfile::tempdir().unwrap();
+        let host = TestVault {
+            dir: tmp.path().join("vault"),
+            tmp,
+            identity_file: self.a.identity_file.clone(),
+            identity: self.a.identity.clone(),
+        };
+        ok(&host.run(&["init", "--join", &self.s3_url]));
+        ok(&host.run(&["target", "add", "files", &self.files_url]));
+        host
+    }
+}
+
+/// A repository the tests commit to.
+struct Upstream {
+    dir: PathBuf,
+}
+
+impl Upstream {
+    fn new(root: &Path, name: &str) -> Upstream {
+        let dir = root.join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        git(&dir, &["init", "-q", "-b", "main"]);
+        git(&dir, &["config", "user.email", "t@example.com"]);
+        git(&dir, &["config", "user.name", "T"]);
+        Upstream { dir }
+    }
+
+    fn commit(&self, file: &str, bytes: &[u8]) {
+        std::fs::write(self.dir.join(file), bytes).unwrap();
+        git(&self.dir, &["add", file]);
+        git(&self.dir, &["commit", "-q", "-m", file]);
+    }
+
+    fn path(&self) -> &str {
+        self.dir.to_str().unwrap()
+    }
+
+    fn refs(&self) -> String {
+        refs_and_head(&self.dir.join(".git"))
+    }
+
+    /// A copy of this repository as it is now (a fork another host backs up).
+    fn fork(&self, root: &Path, name: &str) -> Upstream {
+        let dir = root.join(name);
+        let mirror = dir.join(".git");
+        git(
+            root,
+            &[
+                "clone",
+                "-q",
+                "--mirror",
+                self.path(),
+                mirror.to_str().unwrap(),
+            ],
+        );
+        git(&dir, &["config", "--bool", "core.bare", "false"]);
+        Upstream { dir }
+    }
+}
+
+fn backup(host: &TestVault, up: &Upstream, name: &str, day: u32) -> Value {
+    let out = host
+        .command(&["--json", "backup", up.path(), "--name", name])
+        .env("GITVAULT_NOW", format!("2026-11-{day:02}T12:00:00Z"))
+        .output()
+        .unwrap();
+    serde_json::from_str(&ok(&out)).unwrap()
+}
+
+fn json(host: &TestVault, args: &[&str]) -> Value {
+    let mut all = vec!["--json"];
+    all.extend_from_slice(args);
+    serde_json::from_str(&ok(&host.run(&all))).unwrap()
+}
+
+fn snapshot_repos(host: &TestVault) -> Vec<String> {
+    let mut repos: Vec<String> = json(host, &["snapshots"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["repo"].as_str().unwrap().to_string())
+        .collect();
+    repos.sort();
+    repos
+}
+
+fn restore(host: &TestVault, repo: &str) -> Output {
+    let to = host.tmp.path().join(format!("restored-{repo}"));
+    let _ = std::fs::remove_dir_all(&to);
+    host.run(&["restore", repo, "--to", to.to_str().unwrap()])
+}
+
+/// The newest snapshot of `repo` restores with exactly `want`'s refs and passes fsck.
+fn assert_restores(host: &TestVault, repo: &str, want: &str) {
+    ok(&restore(host, repo));
+    let to = host.tmp.path().join(format!("restored-{repo}"));
+    git(&to, &["fsck", "--full", "--strict"]);
+    assert_eq!(refs_and_head(&to), want, "{repo}");
+}
+
+/// Day 1: `main` and a branch `tmp` with a 1 MiB blob; day 2: `tmp` deleted, `main` grows.
+/// Returns the refs of day 1 (with `tmp`).
+fn two_days(host: &TestVault, up: &Upstream) -> Upstream {
+    up.commit("a.txt", b"first\n");
+    git(&up.dir, &["checkout", "-q", "-b", "tmp"]);
+    up.commit("tmp.bin", &noise(7, 1 << 20));
+    git(&up.dir, &["checkout", "-q", "main"]);
+    backup(host, up, "repo", 1);
+    let fork = up.fork(host.tmp.path(), "fork-of-day-1");
+    git(&up.dir, &["branch", "-q", "-D", "tmp"]);
+    up.commit("c.txt", b"third\n");
+    backup(host, up, "repo", 2);
+    fork
+}
+
+#[test]
+fn hosts_see_each_others_snapshots_and_restore_them() {
+    // A also has a private target: B's packs are short of A's policy (every target) but read.
+    let hosts = Hosts::with_local_target(true);
+    let a = &hosts.a;
+    let alpha = Upstream::new(a.tmp.path(), "alpha");
+    alpha.commit("a.txt", b"alpha\n");
+    backup(a, &alpha, "alpha", 1);
+
+    let b = hosts.join();
+    assert_eq!(
+        snapshot_repos(&b),
+        ["alpha"],
+        "joining brings A's snapshots"
+    );
+    let beta = Upstream::new(b.tmp.path(), "beta");
+    beta.commit("b.bin", &noise(3, 300_000));
+    backup(&b, &beta, "beta", 2);
+
+    // Nothing of B's is known to A until it catches up; then B's snapshot restores exactly.
+    assert_eq!(snapshot_repos(a), ["alpha"]);
+    let caught = json(a, &["catch-up"]);
+    assert_eq!(caught["snapshots_added"], 1, "{caught}");
+    assert!(caught["packs_scanned"].as_u64().unwrap() >= 1, "{caught}");
+    // Every pack B wrote is on two of A's three targets, and read all the same.
+    let short = caught["packs_short_of_replicas"].as_array().unwrap().len() as u64;
+    assert_eq!(short, caught["packs_scanned"].as_u64().unwrap(), "{caught}");
+    assert_eq!(snapshot_repos(a), ["alpha", "beta"]);
+    assert_restores(a, "beta", &beta.refs());
+    // Nothing new: quiet, and no footer read.
+    let again = a.run(&["catch-up"]);
+    assert_eq!(ok(&again), "", "{}", stderr(&again));
+    assert_eq!(json(a, &["catch-up"])["packs_scanned"], 0);
+
+    // A's next backup makes B see it too (B catches up at its own next backup or command).
+    alpha.commit("a2.txt", b"more\n");
+    backup(a, &alpha, "alpha", 3);
+    assert_eq!(json(&b, &["catch-up"])["snapshots_added"], 1);
+    assert_restores(&b, "alpha", &alpha.refs());
+    // B's packs reach A's private target with `sync`.
+    assert_eq!(a.run(&["verify"]).status.code(), Some(1));
+    ok(&a.run(&["sync"]));
+    ok(&a.run(&["verify", "--full"]));
+    ok(&b.run(&["verify", "--full"]));
+}
+
+/// B's snapshot of a fork deduplicates against A's chunks; A forgets its own snapshot that
+/// added them and prunes: the prune's catch-up makes its mark keep what B's snapshot needs.
+#[test]
+fn prune_on_one_host_keeps_what_another_hosts_snapshots_need() {
+    let hosts = Hosts::new();
+    let a = &hosts.a;
+    let b = hosts.join();
+    let up = Upstream::new(a.tmp.path(), "upstream");
+    let fork = two_days(a, &up);
+    let before = common::tree_size(&hosts.files_dir);
+    let run = backup(&b, &fork, "fork", 3);
+    let grown = common::tree_size(&hosts.files_dir) - before;
+    assert!(
+        grown < 200_000,
+        "B stored {grown} bytes: it did not dedup against A ({run})"
+    );
+
+    // A forgets the day-1 snapshot (the only one of its own reaching `tmp.bin`) and prunes.
+    let forgot = json(a, &["forget", "--keep-last", "1", "--repo", "repo"]);
+    assert_eq!(forgot["removed"], 1, "{forgot}");
+    let pruned = json(a, &["prune"]);
+
+    // B still restores its fork exactly, and both hosts' vaults check out in full.
+    ok(&b.run(&["catch-up"]));
+    assert_restores(&b, "fork", &fork.refs());
+    assert_restores(a, "fork", &fork.refs());
+    assert_restores(a, "repo", &up.refs());
+    ok(&a.run(&["verify", "--full"]));
+    ok(&b.run(&["verify", "--full"]));
+    // It was the prune's catch-up that told A of B's snapshot.
+    assert_eq!(pruned["caught_up"]["snapshots_added"], 1, "{pruned}");
+}
+
+/// After A's prune deleted the packs holding a forgotten snapshot's objects, B (which knew
+/// them) stores them again when it backs them up, instead of deduplicating against nothing.
+#[test]
+fn a_backup_after_another_hosts_prune_stores_deleted_objects_again() {
+    let hosts = Hosts::new();
+    let a = &hosts.a;
+    let up = Upstream::new(a.tmp.path(), "upstream");
+    let fork = two_days(a, &up);
+    let b = hosts.join();
+    assert_eq!(snapshot_repos(&b), ["repo", "repo"]);
+
+    ok(&a.run(&["forget", "--keep-last", "1"]));
+    let pruned = json(a, &["prune"]);
+    assert!(pruned["packs_deleted"].as_u64().unwrap() >= 1, "{pruned}");
+
+    let before = common::tree_size(&hosts.files_dir);
+    backup(&b, &fork, "fork", 3);
+    let grown = common::tree_size(&hosts.files_dir) - before;
+    assert!(
+        grown > 1_000_000,
+        "B stored only {grown} bytes: tmp.bin was deduplicated away"
+    );
+    assert_eq!(
+        snapshot_repos(&b),
+        ["fork", "repo"],
+        "the forgotten snapshot left B too"
+    );
+    assert_restores(&b, "fork", &fork.refs());
+    assert_restores(&b, "repo", &up.refs());
+    ok(&b.run(&["verify", "--full"]));
+    // B's git object rows are what a host joining now rebuilds from the packs: no row of an
+    // object A's prune judged dead is left to cut a later walk short.
+    assert_eq!(object_rows(&b), object_rows(&hosts.join()));
+}
+
+fn object_rows(host: &TestVault) -> u64 {
+    host.open().index().count_dead_objects(&|_| false).unwrap()
+}
+
+/// A backup on B runs between A's mark and A's decision (A holds no target lock yet) and
+/// refers to objects A's mark found dead: A's second catch-up, under its exclusive lock,
+/// brings B's snapshot in and marks it, so the pack holding them is spared.
+#[test]
+fn a_backup_on_another_host_between_mark_and_decision_is_kept() {
+    let hosts = Hosts::new();
+    let a = &hosts.a;
+    let up = Upstream::new(a.tmp.path(), "upstream");
+    let fork = two_days(a, &up);
+    let b = hosts.join();
+    ok(&a.run(&["forget", "--keep-last", "1"]));
+    let release = a.tmp.path().join("release-marked");
+    let prune = common::spawn_paused(a.command(&["--json", "prune"]), "prune-marked", &release);
+    backup(&b, &fork, "fork", 3);
+    std::fs::write(&release, b"").unwrap();
+    let out = prune.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    ok(&b.run(&["catch-up"]));
+    assert_restores(&b, "fork", &fork.refs());
+    assert_restores(a, "fork", &fork.refs());
+    ok(&a.run(&["verify", "--full"]));
+    ok(&b.run(&["verify", "--full"]));
+    assert!(report["packs_spared"].as_u64().unwrap() >= 1, "{report}");
+}
+
+/// B reads A's compaction copy while its source still waits out prune's grace period; when
+/// the source is deleted, B's rows move to the copy it already knew (its footer is read again).
+#[test]
+fn rows_move_to_a_copy_read_before_its_source_went() {
+    let hosts = Hosts::new();
+    let a = &hosts.a;
+    let up = Upstream::new(a.tmp.path(), "upstream");
+    two_days(a, &up);
+    let b = hosts.join();
+    ok(&a.run(&["forget", "--keep-last", "1"]));
+    let pruned = json(a, &["prune", "--grace", "1d"]);
+    assert!(pruned["packs_compacted"].as_u64().unwrap() >= 1, "{pruned}");
+    assert_eq!(pruned["packs_deleted"], 0, "{pruned}");
+    let early = json(&b, &["catch-up"]);
+    assert!(early["packs_scanned"].as_u64().unwrap() >= 1, "{early}");
+    assert_eq!(
+        early["packs_vanished"].as_array().unwrap().len(),
+        0,
+        "{early}"
+    );
+
+    // What the next prune's delete phase does once the grace period is over (a prune now
+    // would regroup again and give B a new copy to read: not the case under test).
+    let vault = a.open();
+    let condemned = vault.index().condemned_packs().unwrap();
+    assert!(!condemned.is_empty());
+    for (name, _) in &condemned {
+        for target in vault.targets() {
+            target.delete(&gitvault::store::pack_key(name)).unwrap();
+        }
+    }
+    let late = json(&b, &["catch-up"]);
+    assert!(
+        !late["packs_vanished"].as_array().unwrap().is_empty(),
+        "{late}"
+    );
+    assert_restores(&b, "repo", &up.refs());
+    ok(&b.run(&["verify", "--full"]));
+    assert!(late["chunks_moved"].as_u64().unwrap() > 0, "{late}");
+    assert_eq!(object_rows(&b), object_rows(&hosts.join()));
+}
+
+/// A hostile target: a pack not sealed with the vault's key is ignored and reported; an old
+/// pack replayed after a prune forgot its snapshot does not bring the snapshot back.
+#[test]
+fn forged_packs_and_replayed_manifests_are_ignored() {
+    let hosts = Hosts::new();
+    let a = &hosts.a;
+    let b = hosts.join();
+    let up = Upstream::new(a.tmp.path(), "upstream");
+    two_days(a, &up);
+    let vault = a.open();
+    let keys = a.keys(&vault);
+    let s3 = &vault.targets()[0];
+    let old: Vec<(String, Vec<u8>)> = s3
+        .list("packs/")
+        .unwrap()
+        .into_iter()
+        .map(|l| (l.key.clone(), s3.get(&l.key).unwrap()))
+        .collect();
+    ok(&a.run(&["forget", "--keep-last", "1"]));
+    ok(&a.run(&["prune"]));
+
+    // Replay every old pack (authentic footers, the day-1 manifest among them) on both targets.
+    for target in vault.targets() {
+        for (key, bytes) in &old {
+            let path = a.tmp.path().join("replay");
+            std::fs::write(&path, bytes).unwrap();
+            target.put(key, Body::File(&path)).unwrap();
+        }
+    }
+    // A forger with the public key but not the vault's authentication key.
+    let forger = IdKey::generate().unwrap();
+    let forged = common::write_pack(
+        a.tmp.path(),
+        &keys,
+        &forger.auth_key(),
+        &[(gitvault::ChunkId([9; 32]), 0, b"forged")],
+    );
+    for target in vault.targets() {
+        let key = gitvault::store::pack_key(&forged.name);
+        target.put(&key, Body::File(&forged.path)).unwrap();
+    }
+
+    for host in [a, &b] {
+        let caught = json(host, &["catch-up"]);
+        let forged_list = caught["packs_forged"].as_array().unwrap();
+        assert_eq!(forged_list.len(), 1, "{caught}");
+        assert_eq!(forged_list[0], forged.name.as_str());
+        let snaps = json(host, &["snapshots"]);
+        assert_eq!(
+            snaps.as_array().unwrap().len(),
+            1,
+            "a forgotten manifest came back: {snaps}"
+        );
+        assert_restores(host, "repo", &up.refs());
+    }
+}
