@@ -232,11 +232,17 @@ pub fn restore_snapshot_watched(
     let _job = progress::Job::new(progress, &row.repo);
     check_destination(to)?;
     let _read = vault.index().read_snapshot()?;
-    let store = vault.reader(keys).sequential();
-    let (manifest, refs) = load_snapshot(&store, row)?;
-    let mut source = repository::VaultSource::new(vault, &store);
+    // The walk goes back and forth between the frames of commits and of trees (cargo: every
+    // commit's trees lie in other frames than the commit), so it reads through the default
+    // frame cache; the pack is then written in frame order through a reader that keeps one.
+    let walker = vault.reader(keys);
+    let (manifest, refs) = load_snapshot(&walker, row)?;
     progress.phase(&row.repo, "walk", None, Unit::Objects);
-    let reached = repository::walk_snapshot(&mut source, &refs)?;
+    let reached =
+        repository::walk_snapshot(&mut repository::VaultSource::new(vault, &walker), &refs)?;
+    drop(walker);
+    let store = vault.reader(keys).sequential();
+    let source = repository::VaultSource::new(vault, &store);
     let phase = std::time::Instant::now();
     let located = repository::locate(vault.index(), &reached)?;
     let staging = staging_dir(to)?;
