@@ -60,15 +60,7 @@ impl Destination<'_> {
             body["description"] = Value::String(d.clone());
         }
         let answer = self.write(Method::POST, &self.api.url("/projects"), &body)?;
-        let repo = self.read_repo(&answer)?;
-        let expected = format!("{}/{}", self.owner, spec.name);
-        if !repo.full_name.eq_ignore_ascii_case(&expected) {
-            return Err(ProviderError::BadResponse(format!(
-                "asked for {expected}, the server created {}",
-                repo.full_name
-            )));
-        }
-        Ok(repo)
+        self.created_repo(&answer, &spec.name)
     }
 
     /// Changes project settings (`default_branch`, `topics`): a PUT of the project.
@@ -207,11 +199,7 @@ impl Destination<'_> {
         number: u64,
     ) -> Result<Option<Value>, ProviderError> {
         let url = self.gitlab_url(repo, &format!("/merge_requests/{number}"));
-        match self.api.get_json(&url) {
-            Ok(v) => Ok(Some(v)),
-            Err(ProviderError::NotFound(_)) => Ok(None),
-            Err(e) => Err(e),
-        }
+        self.get_optional(&url)
     }
 
     /// A release from a backed-up one. GitLab keys releases by tag, so the tag stands where
@@ -244,11 +232,7 @@ impl Destination<'_> {
         tag: &str,
     ) -> Result<Option<CreatedRelease>, ProviderError> {
         let url = self.gitlab_url(repo, &format!("/releases/{}", encode(tag)));
-        match self.api.get_json(&url) {
-            Ok(v) => Ok(Some(read_release(&v))),
-            Err(ProviderError::NotFound(_)) => Ok(None),
-            Err(e) => Err(e),
-        }
+        Ok(self.get_optional(&url)?.map(|v| read_release(&v)))
     }
 
     /// An asset: the file uploaded to the project (`multipart` field `file`), then linked

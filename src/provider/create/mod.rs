@@ -160,14 +160,34 @@ impl<'i> Destination<'i> {
         }
     }
 
-    /// The repository `name` of the owner, if it exists.
-    pub fn find_repo(&mut self, name: &str) -> Result<Option<CreatedRepo>, ProviderError> {
-        let url = self.repo_url(&format!("{}/{name}", self.owner), "");
-        match self.api.get_json(&url) {
-            Ok(v) => self.read_repo(&v).map(Some),
+    /// What is at `url`, or `None` when it is not there (404).
+    fn get_optional(&mut self, url: &str) -> Result<Option<Value>, ProviderError> {
+        match self.api.get_json(url) {
+            Ok(v) => Ok(Some(v)),
             Err(ProviderError::NotFound(_)) => Ok(None),
             Err(e) => Err(e),
         }
+    }
+
+    /// The repository `name` of the owner, if it exists.
+    pub fn find_repo(&mut self, name: &str) -> Result<Option<CreatedRepo>, ProviderError> {
+        let url = self.repo_url(&format!("{}/{name}", self.owner), "");
+        self.get_optional(&url)?
+            .map(|v| self.read_repo(&v))
+            .transpose()
+    }
+
+    /// A created repository's answer, checked to be the one asked for.
+    fn created_repo(&self, answer: &Value, name: &str) -> Result<CreatedRepo, ProviderError> {
+        let repo = self.read_repo(answer)?;
+        let expected = format!("{}/{name}", self.owner);
+        if !repo.full_name.eq_ignore_ascii_case(&expected) {
+            return Err(ProviderError::BadResponse(format!(
+                "asked for {expected}, the server created {}",
+                repo.full_name
+            )));
+        }
+        Ok(repo)
     }
 
     /// Creates the repository: under the authenticated user when the owner is that user,
@@ -195,15 +215,7 @@ impl<'i> Destination<'i> {
         let answer = self
             .api
             .send_json(Method::POST, &self.api.url(&path), &body)?;
-        let repo = self.read_repo(&answer)?;
-        let expected = format!("{}/{}", self.owner, spec.name);
-        if !repo.full_name.eq_ignore_ascii_case(&expected) {
-            return Err(ProviderError::BadResponse(format!(
-                "asked for {expected}, the server created {}",
-                repo.full_name
-            )));
-        }
-        Ok(repo)
+        self.created_repo(&answer, &spec.name)
     }
 
     /// A repository object from the server, its clone URL checked against the source's git
@@ -328,14 +340,8 @@ impl<'i> Destination<'i> {
         if pull && self.flavor == Flavor::GitLab {
             return self.gitlab_merge_request(repo, number);
         }
-        match self
-            .api
-            .get_json(&self.repo_url(repo, &format!("/issues/{number}")))
-        {
-            Ok(v) => Ok(Some(v)),
-            Err(ProviderError::NotFound(_)) => Ok(None),
-            Err(e) => Err(e),
-        }
+        let url = self.repo_url(repo, &format!("/issues/{number}"));
+        self.get_optional(&url)
     }
 
     /// Creates an issue; returns its number.

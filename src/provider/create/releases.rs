@@ -58,11 +58,9 @@ impl Destination<'_> {
         }
         let tag = url::form_urlencoded::byte_serialize(tag.as_bytes()).collect::<String>();
         let url = self.repo_url(repo, &format!("/releases/tags/{tag}"));
-        match self.api.get_json(&url) {
-            Ok(v) => read_release(&v).map(Some),
-            Err(ProviderError::NotFound(_)) => Ok(None),
-            Err(e) => Err(e),
-        }
+        self.get_optional(&url)?
+            .map(|v| read_release(&v))
+            .transpose()
     }
 
     /// Creates a release from a backed-up one, with `body` as its text; `None` when the
