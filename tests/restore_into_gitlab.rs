@@ -526,6 +526,15 @@ fn a_gitlab_project_restored_into_another_namespace_keeps_its_metadata() {
             .iter()
             .any(|l| l.ends_with(" refs/gitvault/merge-requests/1/head"))
     );
+
+    // Into a subgroup: --owner names it by its full path.
+    let (out, report) = w.restore(&["--owner", "acme/platform", "--name", "copy"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(report["destination"], "acme/platform/copy", "{report}");
+    let copy = w
+        .gitlab
+        .get("/projects/acme%2Fplatform%2Fcopy/issues?state=all");
+    assert_eq!(copy.as_array().unwrap().len(), 2, "{copy}");
 }
 
 #[test]
@@ -609,4 +618,64 @@ fn hostile_answers_stop_the_restore_and_nothing_goes_to_another_origin() {
     assert_eq!(w.restored("repo-000", "/labels").len(), 2);
     assert_eq!(w.restored("repo-000", "/issues?state=all").len(), 3);
     assert_eq!(w.restored("repo-000", "/merge_requests?state=all").len(), 1);
+}
+
+#[test]
+fn every_lost_answer_is_found_again_and_nothing_is_made_twice() {
+    let w = from_github();
+    // Every third write takes effect but its answer is lost: each run stops at one, and the
+    // next asks GitLab what became of it (a project, label, milestone, issue, merge request,
+    // note, close, release, upload or link in turn).
+    w.gitlab.control("mode", json!({"garbage_every": 3}));
+    let mut runs = 0;
+    loop {
+        runs += 1;
+        let (out, _) = w.restore(&[]);
+        if out.status.success() {
+            break;
+        }
+        assert!(
+            stderr(&out).contains("unexpected answer"),
+            "{}",
+            stderr(&out)
+        );
+        assert!(runs < 60, "no progress");
+    }
+    assert!(runs > 5, "{runs}");
+    w.gitlab.control("mode", json!({"garbage_every": null}));
+    let orig = "/repos/acme/repo-000";
+    assert_eq!(w.restored("repo-000", "/labels").len(), 2);
+    let milestones = w.restored("repo-000", "/milestones");
+    let original_ms = w.github(&format!("{orig}/milestones?state=all"));
+    assert_eq!(milestones.len(), original_ms.len());
+    for (m, o) in milestones.iter().zip(&original_ms) {
+        assert_eq!(m["state"] == "closed", o["state"] == "closed", "{m}");
+    }
+    let issues = w.restored("repo-000", "/issues?state=all");
+    assert_eq!(issues.len(), 3);
+    assert_eq!(w.restored("repo-000", "/merge_requests?state=all").len(), 1);
+    for n in 1..=2 {
+        let comments = w.github(&format!("{orig}/issues/{n}/comments"));
+        assert_eq!(
+            notes(&w, "repo-000", "issues", n).len(),
+            comments.len(),
+            "#{n}"
+        );
+    }
+    let comments = w.github(&format!("{orig}/issues/3/comments"));
+    assert_eq!(
+        notes(&w, "repo-000", "merge_requests", 1).len(),
+        comments.len() + 2
+    );
+    let releases = w.restored("repo-000", "/releases");
+    let original_releases = w.github(&format!("{orig}/releases"));
+    assert_eq!(releases.len(), original_releases.len());
+    for o in &original_releases {
+        let r = releases
+            .iter()
+            .find(|r| r["tag_name"] == o["tag_name"])
+            .unwrap();
+        let links = r["assets"]["links"].as_array().unwrap().len();
+        assert_eq!(links, o["assets"].as_array().unwrap().len(), "{r}");
+    }
 }

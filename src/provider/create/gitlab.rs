@@ -89,11 +89,23 @@ impl Destination<'_> {
         }
         let answer = self.write(Method::POST, &self.gitlab_url(repo, "/milestones"), &body)?;
         let id = id_of(&answer, "id")?;
-        if str_field(m, "state").as_deref() == Some("closed") {
-            let url = self.gitlab_url(repo, &format!("/milestones/{id}"));
-            self.write(Method::PUT, &url, &json!({ "state_event": "close" }))?;
-        }
+        self.gitlab_finish_milestone(repo, id, m)?;
         Ok(id)
+    }
+
+    /// Closes milestone `id` when the original `m` was closed (a repeat changes nothing).
+    pub(super) fn gitlab_finish_milestone(
+        &mut self,
+        repo: &str,
+        id: u64,
+        m: &Value,
+    ) -> Result<(), ProviderError> {
+        if str_field(m, "state").as_deref() != Some("closed") {
+            return Ok(());
+        }
+        let url = self.gitlab_url(repo, &format!("/milestones/{id}"));
+        self.write(Method::PUT, &url, &json!({ "state_event": "close" }))
+            .map(drop)
     }
 
     /// The fields an issue and a merge request share.

@@ -329,6 +329,20 @@ impl<'i> Destination<'i> {
         id_of(&answer, self.milestone_key())
     }
 
+    /// Brings a milestone found after a lost answer to the original's state: GitLab makes a
+    /// closed one in two writes (elsewhere one write did all).
+    pub fn finish_milestone(
+        &mut self,
+        repo: &str,
+        id: u64,
+        m: &Value,
+    ) -> Result<(), ProviderError> {
+        match self.flavor {
+            Flavor::GitLab => self.gitlab_finish_milestone(repo, id, m),
+            _ => Ok(()),
+        }
+    }
+
     /// Issue `number` of `repo` (a merge request with `pull` on GitLab, whose merge requests
     /// are numbered apart), if it exists.
     pub fn issue(

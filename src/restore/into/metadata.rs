@@ -97,6 +97,11 @@ impl Run<'_> {
                     if let Some((_, id)) =
                         there.into_iter().find(|(t, _)| Some(t) == title.as_ref())
                     {
+                        // GitLab closes a milestone by a second write, which may not
+                        // have been sent.
+                        if let Some(m) = plan.milestones.iter().find(|m| m["number"] == *orig) {
+                            self.dest.finish_milestone(&repo, id, m)?;
+                        }
                         self.ledger.milestones.insert(*orig, id);
                     }
                 }
