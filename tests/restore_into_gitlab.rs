@@ -8,7 +8,8 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
-use common::git_server::HttpGitServer;
+use common::git_server::{HttpGitServer, run_fixture};
+use common::lfs_server::LfsServer;
 use common::provider_api::{
     FixtureApi, add_source, assert_not_in_files, git_base, run_backup, serve_repositories,
 };
@@ -39,8 +40,16 @@ fn set_unpaced(tv: &TestVault) {
     std::fs::write(&config, text).unwrap();
 }
 
-fn gitlab_fixture(root: &Path, projects: &str) -> (FixtureApi, HttpGitServer) {
-    let git = HttpGitServer::start(root, Some(("oauth2", GL_TOKEN)));
+fn gitlab_fixture(
+    root: &Path,
+    projects: &str,
+    lfs: Option<&LfsServer>,
+) -> (FixtureApi, HttpGitServer) {
+    let git = HttpGitServer::start_with_lfs_proxy(
+        root,
+        Some(("oauth2", GL_TOKEN)),
+        lfs.map(LfsServer::port),
+    );
     let args = [
         "--group",
         "acme",
@@ -60,15 +69,31 @@ fn gitlab_fixture(root: &Path, projects: &str) -> (FixtureApi, HttpGitServer) {
 /// acme/repo-000 backed up from the GitHub fixture (issues #1 and #2, pull request #3 from
 /// feature-x, two labels, a milestone, releases with assets).
 fn from_github() -> World {
+    from_github_with(None)
+}
+
+/// [`from_github`]; with `lfs`, acme/repo-000 is tests/fixtures/lfs.sh's repository, whose
+/// objects are on that LFS server, which both git servers serve at every `/info/lfs`.
+fn from_github_with(lfs: Option<&LfsServer>) -> World {
     let tv = TestVault::new();
     let root = tv.tmp.path().join("served");
     serve_repositories(&root, &["acme/repo-000.git".to_string()]);
     let original = root.join("acme/repo-000.git");
-    common::git(
-        &original,
-        &["update-ref", "refs/heads/feature-x", "refs/heads/feature"],
+    if let Some(lfs) = lfs {
+        std::fs::remove_dir_all(&original).unwrap();
+        let endpoint = lfs.endpoint("acme", "repo-000");
+        run_fixture("lfs.sh", &[original.to_str().unwrap(), &endpoint]);
+    } else {
+        common::git(
+            &original,
+            &["update-ref", "refs/heads/feature-x", "refs/heads/feature"],
+        );
+    }
+    let gh_git = HttpGitServer::start_with_lfs_proxy(
+        &root,
+        Some(("x-access-token", GH_TOKEN)),
+        lfs.map(LfsServer::port),
     );
-    let gh_git = HttpGitServer::start(&root, Some(("x-access-token", GH_TOKEN)));
     let base = git_base(&gh_git);
     let args = [
         "--generate-org",
@@ -87,7 +112,7 @@ fn from_github() -> World {
     add_source(&tv, &github, GH_ENV, "acme", "acme", &[]);
     let (code, _, err) = run_backup(&tv, GH_ENV, GH_TOKEN, &[]);
     assert_eq!(code, Some(0), "{err}");
-    let (gitlab, gl_git) = gitlab_fixture(&root, "0");
+    let (gitlab, gl_git) = gitlab_fixture(&root, "0", lfs);
     add_source(&tv, &gitlab, GL_ENV, "gl", "alice", &[]);
     set_unpaced(&tv);
     let repo = format!("{}/acme/repo-000", base.trim_start_matches("http://"));
@@ -116,7 +141,7 @@ fn from_gitlab() -> World {
     ] {
         common::git(&original, &["update-ref", name, to]);
     }
-    let (gitlab, git) = gitlab_fixture(&root, "1");
+    let (gitlab, git) = gitlab_fixture(&root, "1", None);
     add_source(&tv, &gitlab, GL_ENV, "acme", "acme", &[]);
     let (code, _, err) = run_backup(&tv, GL_ENV, GL_TOKEN, &[]);
     assert_eq!(code, Some(0), "{err}");
@@ -678,4 +703,63 @@ fn every_lost_answer_is_found_again_and_nothing_is_made_twice() {
         let links = r["assets"]["links"].as_array().unwrap().len();
         assert_eq!(links, o["assets"].as_array().unwrap().len(), "{r}");
     }
+}
+
+#[test]
+fn lfs_objects_go_to_the_new_projects_lfs_endpoint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let lfs = LfsServer::start(&tmp.path().join("lfs-storage"));
+    let w = from_github_with(Some(&lfs));
+    let held = lfs.objects();
+    assert_eq!(held.len(), 5, "{held:?}");
+    let (out, report) = w.restore(&[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(report["lfs_uploaded"], 5, "{report}");
+    for object in &held {
+        let oid = object.file_name().unwrap().to_str().unwrap();
+        let copy = lfs.object_path("alice", "repo-000", oid);
+        assert_eq!(
+            std::fs::read(&copy).unwrap(),
+            std::fs::read(object).unwrap()
+        );
+    }
+}
+
+#[test]
+fn a_gitlab_wiki_goes_along_into_the_new_project() {
+    let tv = TestVault::new();
+    let root = tv.tmp.path().join("served");
+    let served = [
+        "acme/proj-000.git",
+        "acme/platform/proj-001.git",
+        "acme/platform/proj-001.wiki.git",
+    ];
+    serve_repositories(&root, &served.map(String::from));
+    let (gitlab, git) = gitlab_fixture(&root, "2", None);
+    add_source(&tv, &gitlab, GL_ENV, "acme", "acme", &[]);
+    let (code, _, err) = run_backup(&tv, GL_ENV, GL_TOKEN, &[]);
+    assert_eq!(code, Some(0), "{err}");
+    add_source(&tv, &gitlab, GL_ENV, "gl", "alice", &[]);
+    set_unpaced(&tv);
+    let repo = format!(
+        "{}/acme/platform/proj-001",
+        git_base(&git).trim_start_matches("http://")
+    );
+    let w = World {
+        tv,
+        source: None,
+        gitlab,
+        root,
+        repo,
+        _git: vec![git],
+    };
+    let (out, report) = w.restore(&[]);
+    // The release's tag is not in this repository: refused, named, exit 3.
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert_eq!(report["skipped_releases"], json!(["v1.0.0"]), "{report}");
+    assert_eq!(report["wiki"], "pushed", "{report}");
+    assert_eq!(
+        refs(&w.root.join("alice/proj-001.wiki.git")),
+        refs(&w.root.join("acme/platform/proj-001.wiki.git"))
+    );
 }
