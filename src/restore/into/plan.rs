@@ -122,26 +122,7 @@ impl Plan {
                 (_, Some(n), _) => {
                     plan.items.insert(n, issue_item(&doc));
                 }
-                (_, _, Some(n)) => {
-                    let (head, reference) = match gitlab {
-                        true => (
-                            format!("refs/merge-requests/{n}/head"),
-                            format!("Merge request !{n}"),
-                        ),
-                        false => (format!("refs/pull/{n}/head"), format!("Pull request #{n}")),
-                    };
-                    let kept = refs
-                        .refs
-                        .contains_key(&head)
-                        .then(|| super::pushed_name(&head));
-                    let mut item = pull_item(&reference, &doc, kept.as_deref());
-                    item.branches = branches(&doc["pull_request"], refs);
-                    let items = match gitlab {
-                        true => &mut plan.merge_requests,
-                        false => &mut plan.items,
-                    };
-                    items.insert(n, item);
-                }
+                (_, _, Some(n)) => plan.add_pull(n, &doc, refs, gitlab),
                 _ => {}
             }
         }
@@ -158,6 +139,31 @@ impl Plan {
             }
         }
         Ok(plan)
+    }
+
+    /// Pull request (or GitLab merge request) `n`, with the branches it can be opened from
+    /// again and where its head ref is kept.
+    fn add_pull(&mut self, n: u64, doc: &Value, refs: &RefSet, gitlab: bool) {
+        let (head, reference) = if gitlab {
+            (
+                format!("refs/merge-requests/{n}/head"),
+                format!("Merge request !{n}"),
+            )
+        } else {
+            (format!("refs/pull/{n}/head"), format!("Pull request #{n}"))
+        };
+        let kept = refs
+            .refs
+            .contains_key(&head)
+            .then(|| super::pushed_name(&head));
+        let mut item = pull_item(&reference, doc, kept.as_deref());
+        item.branches = branches(&doc["pull_request"], refs);
+        let items = if gitlab {
+            &mut self.merge_requests
+        } else {
+            &mut self.items
+        };
+        items.insert(n, item);
     }
 
     fn all(&self) -> impl Iterator<Item = &Item> {
