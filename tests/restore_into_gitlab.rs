@@ -552,6 +552,22 @@ fn a_gitlab_project_restored_into_another_namespace_keeps_its_metadata() {
             .any(|l| l.ends_with(" refs/gitvault/merge-requests/1/head"))
     );
 
+    // The original's own name is taken: the plan says so, the restore refuses.
+    let (out, plan) = w.restore(&["--owner", "acme", "--dry-run"]);
+    assert!(!out.status.success());
+    assert_eq!(plan["exists"], true, "{plan}");
+    let (out, _) = w.restore(&["--owner", "acme"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("acme/proj-000"), "{}", stderr(&out));
+    assert_eq!(
+        w.gitlab
+            .get("/projects/acme%2Fproj-000/issues?state=all")
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+
     // Into a subgroup: --owner names it by its full path.
     let (out, report) = w.restore(&["--owner", "acme/platform", "--name", "copy"]);
     assert!(out.status.success(), "{}", stderr(&out));
