@@ -130,27 +130,33 @@ fn from_github_with(lfs: Option<&LfsServer>) -> World {
 /// feature-x, labels bug and enhancement, milestone %1, release v1.0.0 with a link), restored
 /// into alice's namespace of the same instance.
 fn from_gitlab() -> World {
+    from_gitlab_with(&["acme/proj-000.git"], "1", "acme/proj-000", &|root| {
+        let original = root.join("acme/proj-000.git");
+        for (name, to) in [
+            ("refs/heads/feature-x", "refs/heads/feature"),
+            ("refs/merge-requests/1/head", "refs/heads/feature"),
+            ("refs/tags/v1.0.0", "refs/heads/main"),
+        ] {
+            common::git(&original, &["update-ref", name, to]);
+        }
+    })
+}
+
+/// The GitLab fixture's first `projects` projects served at `served` (changed by `prepare`
+/// before the backup) and backed up; the one at `path` is the one restored.
+fn from_gitlab_with(served: &[&str], projects: &str, path: &str, prepare: &dyn Fn(&Path)) -> World {
     let tv = TestVault::new();
     let root = tv.tmp.path().join("served");
-    serve_repositories(&root, &["acme/proj-000.git".to_string()]);
-    let original = root.join("acme/proj-000.git");
-    for (name, to) in [
-        ("refs/heads/feature-x", "refs/heads/feature"),
-        ("refs/merge-requests/1/head", "refs/heads/feature"),
-        ("refs/tags/v1.0.0", "refs/heads/main"),
-    ] {
-        common::git(&original, &["update-ref", name, to]);
-    }
-    let (gitlab, git) = gitlab_fixture(&root, "1", None);
+    let served: Vec<String> = served.iter().map(|p| p.to_string()).collect();
+    serve_repositories(&root, &served);
+    prepare(&root);
+    let (gitlab, git) = gitlab_fixture(&root, projects, None);
     add_source(&tv, &gitlab, GL_ENV, "acme", "acme", &[]);
     let (code, _, err) = run_backup(&tv, GL_ENV, GL_TOKEN, &[]);
     assert_eq!(code, Some(0), "{err}");
     add_source(&tv, &gitlab, GL_ENV, "gl", "alice", &[]);
     set_unpaced(&tv);
-    let repo = format!(
-        "{}/acme/proj-000",
-        git_base(&git).trim_start_matches("http://")
-    );
+    let repo = format!("{}/{path}", git_base(&git).trim_start_matches("http://"));
     World {
         tv,
         source: None,
@@ -743,32 +749,12 @@ fn lfs_objects_go_to_the_new_projects_lfs_endpoint() {
 
 #[test]
 fn a_gitlab_wiki_goes_along_into_the_new_project() {
-    let tv = TestVault::new();
-    let root = tv.tmp.path().join("served");
     let served = [
         "acme/proj-000.git",
         "acme/platform/proj-001.git",
         "acme/platform/proj-001.wiki.git",
     ];
-    serve_repositories(&root, &served.map(String::from));
-    let (gitlab, git) = gitlab_fixture(&root, "2", None);
-    add_source(&tv, &gitlab, GL_ENV, "acme", "acme", &[]);
-    let (code, _, err) = run_backup(&tv, GL_ENV, GL_TOKEN, &[]);
-    assert_eq!(code, Some(0), "{err}");
-    add_source(&tv, &gitlab, GL_ENV, "gl", "alice", &[]);
-    set_unpaced(&tv);
-    let repo = format!(
-        "{}/acme/platform/proj-001",
-        git_base(&git).trim_start_matches("http://")
-    );
-    let w = World {
-        tv,
-        source: None,
-        gitlab,
-        root,
-        repo,
-        _git: vec![git],
-    };
+    let w = from_gitlab_with(&served, "2", "acme/platform/proj-001", &|_| {});
     let (out, report) = w.restore(&[]);
     // The release's tag is not in this repository: refused, named, exit 3.
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
