@@ -765,3 +765,47 @@ fn a_gitlab_wiki_goes_along_into_the_new_project() {
         refs(&w.root.join("acme/platform/proj-001.wiki.git"))
     );
 }
+
+#[test]
+fn a_label_the_destination_has_already_is_used_not_made_twice() {
+    let w = from_github();
+    let post = |path: &str, body: Value| -> Value {
+        let url = format!("{}{path}", w.gitlab.api_url());
+        let r = common::provider_api::client()
+            .post(url)
+            .header("PRIVATE-TOKEN", GL_TOKEN)
+            .json(&body)
+            .send()
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 201);
+        r.json().unwrap()
+    };
+    post("/projects", json!({"name": "seeded", "namespace_id": 2011}));
+    let original = w.github("/repos/acme/repo-000/labels");
+    let name = original[0]["name"].clone();
+    post(
+        "/projects/alice%2Fseeded/labels",
+        json!({"name": name, "color": "#000000"}),
+    );
+    let (out, report) = w.restore(&["--name", "seeded", "--into-existing"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(report["created"]["labels"], original.len() - 1, "{report}");
+    let labels = w.restored("seeded", "/labels");
+    assert_eq!(labels.len(), original.len());
+    let issue = w.restored("seeded", "/issues?state=all");
+    let with_label = issue
+        .iter()
+        .filter(|i| i["labels"].as_array().unwrap().contains(&name));
+    let originals = w.github("/repos/acme/repo-000/issues?state=all");
+    let want = originals
+        .iter()
+        .filter(|i| i.get("pull_request").is_none())
+        .filter(|i| {
+            i["labels"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|l| l["name"] == name)
+        });
+    assert_eq!(with_label.count(), want.count());
+}

@@ -277,7 +277,12 @@ impl<'i> Destination<'i> {
             .collect())
     }
 
-    pub fn create_label(&mut self, repo: &str, label: &Value) -> Result<u64, ProviderError> {
+    /// Creates a label; its id, and whether it was made (not found there already).
+    pub fn create_label(
+        &mut self,
+        repo: &str,
+        label: &Value,
+    ) -> Result<(u64, bool), ProviderError> {
         let color = str_field(label, "color").unwrap_or_else(|| "ededed".into());
         let color = color.trim_start_matches('#');
         let body = json!({
@@ -285,8 +290,20 @@ impl<'i> Destination<'i> {
             "color": match self.flavor { Flavor::GitHub => color.to_string(), _ => format!("#{color}") },
             "description": str_field(label, "description").unwrap_or_default(),
         });
-        let answer = self.write(Method::POST, &self.repo_url(repo, "/labels"), &body)?;
-        id_of(&answer, "id")
+        let url = self.repo_url(repo, "/labels");
+        match self.write(Method::POST, &url, &body) {
+            Ok(answer) => id_of(&answer, "id").map(|id| (id, true)),
+            // A GitLab project in a group sees the group's labels: one of the same name is
+            // there already (409), and serves as well.
+            Err(ProviderError::Http { status: 409, .. }) if self.flavor == Flavor::GitLab => {
+                let name = str_field(label, "name").unwrap_or_default();
+                let there = self.labels(repo)?.into_iter().find(|(n, _)| *n == name);
+                there.map(|(_, id)| (id, false)).ok_or_else(|| {
+                    ProviderError::BadResponse(format!("label {name}: 409, yet not listed"))
+                })
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Every milestone of `repo` as (title, the value issues name it by).

@@ -186,11 +186,11 @@ impl Run<'_> {
             if self.ledger.labels.contains_key(&name) {
                 continue;
             }
-            let id = self.create(Pending::Label(name.clone()), |d, repo| {
+            let (id, made) = self.create(Pending::Label(name.clone()), |d, repo| {
                 d.create_label(repo, label)
             })?;
             self.ledger.labels.insert(name, id);
-            self.report.created.labels += 1;
+            self.report.created.labels += usize::from(made);
             self.done()?;
         }
         Ok(())
