@@ -60,7 +60,11 @@ impl Destination<'_> {
             body["description"] = Value::String(d.clone());
         }
         let answer = self.write(Method::POST, &self.api.url("/projects"), &body)?;
-        self.created_repo(&answer, &spec.name)
+        let mut repo = self.created_repo(&answer, &spec.name)?;
+        // An empty project's default branch is the instance's default name until the first
+        // push picks one: unknown until then, so it is always set after the push.
+        repo.default_branch = None;
+        Ok(repo)
     }
 
     /// Changes project settings (`default_branch`, `topics`): a PUT of the project.
@@ -266,7 +270,24 @@ impl Destination<'_> {
             .ok_or_else(|| ProviderError::BadResponse("upload answer: no full_path".into()))?;
         // An upload is served on the instance's own origin, beside the API.
         let origin = super::super::http::shown_origin(self.api.base());
-        let link = json!({ "name": name, "url": format!("{origin}{path}"), "link_type": "other" });
+        let target = format!("{origin}{path}");
+        self.create_release_link(repo, release, name, &target, "other")
+    }
+
+    /// A link of a GitLab release (`link_type` other, runbook, image or package).
+    pub fn create_release_link(
+        &mut self,
+        repo: &str,
+        release: &CreatedRelease,
+        name: &str,
+        target: &str,
+        link_type: &str,
+    ) -> Result<(), ProviderError> {
+        let link_type = match link_type {
+            "runbook" | "image" | "package" => link_type,
+            _ => "other",
+        };
+        let link = json!({ "name": name, "url": target, "link_type": link_type });
         let url = self.gitlab_url(
             repo,
             &format!("/releases/{}/assets/links", encode(&release.upload_url)),

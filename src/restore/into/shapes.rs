@@ -14,7 +14,7 @@
 //! | diff notes with `position.new_path`, `new_line` | review comments with `path`, `line` |
 //! | approvals' `approved_by` | reviews in state `APPROVED` |
 //! | `source_branch` / `target_branch`, project ids | `head` / `base` with `ref`, `repo` |
-//! | release `description`, `released_at`, `commit.id`, links | `body` (links listed in it), `published_at`, `target_commitish` |
+//! | release `description`, `released_at`, `commit.id`, `assets.links` | `body`, `published_at`, `target_commitish`, `links` (recreated on GitLab, listed in the text elsewhere) |
 
 use serde_json::{Value, json};
 
@@ -164,22 +164,22 @@ pub fn merge_request_document(doc: &Value) -> Value {
             "review_comments": review_comments })
 }
 
-/// A release; its links (GitLab's assets are URLs elsewhere) listed in its text.
+/// A release, with its links (GitLab's assets are URLs, often outside GitLab) as `links`.
 pub fn release(v: &Value) -> Value {
-    let mut body = text(v, "description");
-    let links: Vec<String> = v["assets"]["links"]
+    let links: Vec<Value> = v["assets"]["links"]
         .as_array()
         .into_iter()
         .flatten()
-        .map(|l| format!("- [{}]({})", text(l, "name"), text(l, "url")))
+        .map(|l| {
+            json!({ "name": text(l, "name"), "url": text(l, "url"),
+                    "link_type": str_field(l, "link_type").unwrap_or_else(|| "other".into()) })
+        })
         .collect();
-    if !links.is_empty() {
-        body = format!("{body}\n\nAssets:\n{}", links.join("\n"));
-    }
     json!({
         "tag_name": text(v, "tag_name"),
         "name": text(v, "name"),
-        "body": body,
+        "body": text(v, "description"),
+        "links": links,
         "created_at": v.get("created_at").cloned().unwrap_or(Value::Null),
         "published_at": v.get("released_at").cloned().unwrap_or(Value::Null),
         "author": person(&v["author"]),
