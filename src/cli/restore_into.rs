@@ -129,6 +129,11 @@ fn text(r: &IntoReport) -> String {
         if !r.numbers_match {
             t.push_str("  note: some issues got other numbers than in the original\n");
         }
+        if !r.merge_request_numbers_match {
+            t.push_str(
+                "  note: merge requests got other numbers than in the original (GitLab numbers them apart from issues)\n",
+            );
+        }
     }
     t
 }

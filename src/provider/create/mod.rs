@@ -1,6 +1,7 @@
 //! Creating things in an account, for restoring into it: a repository, labels, milestones,
-//! issues, comments, and closing issues, on GitHub and on Gitea/Forgejo (whose API follows
-//! GitHub's, with ids where GitHub takes names and numbers). Each call is one write, paced
+//! issues, comments, and closing issues, on GitHub, on Gitea/Forgejo (whose API follows
+//! GitHub's, with ids where GitHub takes names and numbers) and on GitLab (`gitlab`: its own
+//! shapes, behind the same calls). Each call is one write, paced
 //! and never retried once it may have reached the server (`http::write`); whoever calls keeps
 //! track of what was created and asks [`Destination`] what exists when unsure.
 
@@ -17,6 +18,7 @@ use super::{ProviderError, SourceConfig, str_field};
 pub enum Flavor {
     GitHub,
     Gitea,
+    GitLab,
 }
 
 /// A repository in the destination account.
@@ -59,6 +61,8 @@ pub struct Destination<'i> {
     settings: HttpSettings,
 }
 
+mod gitlab;
+mod lookup;
 mod releases;
 pub use releases::CreatedRelease;
 
@@ -77,7 +81,8 @@ pub fn valid_repo_name(name: &str) -> bool {
 }
 
 impl<'i> Destination<'i> {
-    /// The destination of a GitHub or Gitea source; `owner` replaces the source's.
+    /// The destination of a GitHub, Gitea or GitLab source; `owner` replaces the source's
+    /// (on GitLab a group's full path, `acme/platform`, or a user name).
     pub fn open(source: &SourceConfig, owner: Option<&str>) -> Result<Self, ProviderError> {
         source.validate()?;
         let token = source.token()?;
@@ -94,6 +99,12 @@ impl<'i> Destination<'i> {
                 "token",
                 "application/json",
             ),
+            "gitlab" => (
+                Flavor::GitLab,
+                super::gitlab::DEFAULT_API,
+                "",
+                "application/json",
+            ),
             other => {
                 return Err(ProviderError::BadSource {
                     name: source.name.clone(),
@@ -101,14 +112,19 @@ impl<'i> Destination<'i> {
                 });
             }
         };
-        let auth = token.as_ref().map(|t| Auth::scheme(scheme, t));
+        let auth = token.as_ref().map(|t| match flavor {
+            Flavor::GitLab => Auth::header("PRIVATE-TOKEN", t),
+            _ => Auth::scheme(scheme, t),
+        });
         let headers = match flavor {
             Flavor::GitHub => vec![("X-GitHub-Api-Version", "2022-11-28")],
-            Flavor::Gitea => vec![],
+            Flavor::Gitea | Flavor::GitLab => vec![],
         };
         let api = connect(source, None, default, auth.clone(), accept, headers)?;
         let owner = owner.unwrap_or(&source.owner).to_string();
-        if !valid_repo_name(&owner) {
+        // GitLab's groups nest: every part of the path is a name.
+        let nests = flavor == Flavor::GitLab && owner.split('/').all(valid_repo_name);
+        if !valid_repo_name(&owner) && !nests {
             return Err(ProviderError::BadSource {
                 name: source.name.clone(),
                 reason: format!("`{owner}` is not an account name"),
@@ -139,22 +155,39 @@ impl<'i> Destination<'i> {
     }
 
     fn repo_url(&self, full_name: &str, rest: &str) -> String {
-        self.api.url(&format!("/repos/{full_name}{rest}"))
+        match self.flavor {
+            Flavor::GitLab => self.gitlab_url(full_name, rest),
+            _ => self.api.url(&format!("/repos/{full_name}{rest}")),
+        }
     }
 
     /// The repository `name` of the owner, if it exists.
     pub fn find_repo(&mut self, name: &str) -> Result<Option<CreatedRepo>, ProviderError> {
         let url = self.repo_url(&format!("{}/{name}", self.owner), "");
-        match self.api.get_json(&url) {
-            Ok(v) => self.read_repo(&v).map(Some),
-            Err(ProviderError::NotFound(_)) => Ok(None),
-            Err(e) => Err(e),
+        self.get_optional(&url)?
+            .map(|v| self.read_repo(&v))
+            .transpose()
+    }
+
+    /// A created repository's answer, checked to be the one asked for.
+    fn created_repo(&self, answer: &Value, name: &str) -> Result<CreatedRepo, ProviderError> {
+        let repo = self.read_repo(answer)?;
+        let expected = format!("{}/{name}", self.owner);
+        if !repo.full_name.eq_ignore_ascii_case(&expected) {
+            return Err(ProviderError::BadResponse(format!(
+                "asked for {expected}, the server created {}",
+                repo.full_name
+            )));
         }
+        Ok(repo)
     }
 
     /// Creates the repository: under the authenticated user when the owner is that user,
     /// else under the organisation.
     pub fn create_repo(&mut self, spec: &RepoSpec) -> Result<CreatedRepo, ProviderError> {
+        if self.flavor == Flavor::GitLab {
+            return self.gitlab_create_project(spec);
+        }
         let me = self.api.get_json(&self.api.url("/user"))?;
         let is_me = str_field(&me, "login").is_some_and(|l| l.eq_ignore_ascii_case(&self.owner));
         let path = if is_me {
@@ -174,23 +207,19 @@ impl<'i> Destination<'i> {
         let answer = self
             .api
             .send_json(Method::POST, &self.api.url(&path), &body)?;
-        let repo = self.read_repo(&answer)?;
-        let expected = format!("{}/{}", self.owner, spec.name);
-        if !repo.full_name.eq_ignore_ascii_case(&expected) {
-            return Err(ProviderError::BadResponse(format!(
-                "asked for {expected}, the server created {}",
-                repo.full_name
-            )));
-        }
-        Ok(repo)
+        self.created_repo(&answer, &spec.name)
     }
 
     /// A repository object from the server, its clone URL checked against the source's git
     /// origin: the token goes with the push, so the URL must not lead anywhere else.
     fn read_repo(&self, v: &Value) -> Result<CreatedRepo, ProviderError> {
         let bad = |what: &str| ProviderError::BadResponse(format!("repository answer: {what}"));
-        let full_name = str_field(v, "full_name").ok_or_else(|| bad("no full_name"))?;
-        let clone_url = str_field(v, "clone_url").ok_or_else(|| bad("no clone_url"))?;
+        let (name_key, url_key) = match self.flavor {
+            Flavor::GitLab => ("path_with_namespace", "http_url_to_repo"),
+            _ => ("full_name", "clone_url"),
+        };
+        let full_name = str_field(v, name_key).ok_or_else(|| bad(&format!("no {name_key}")))?;
+        let clone_url = str_field(v, url_key).ok_or_else(|| bad(&format!("no {url_key}")))?;
         if let Some(why) = self.origin.refusal(&clone_url) {
             return Err(ProviderError::Refused(format!(
                 "clone URL of {full_name}: {why}"
@@ -210,6 +239,9 @@ impl<'i> Destination<'i> {
 
     /// Sets the default branch once the branches are pushed.
     pub fn set_default_branch(&mut self, repo: &str, branch: &str) -> Result<(), ProviderError> {
+        if self.flavor == Flavor::GitLab {
+            return self.gitlab_edit_project(repo, &json!({ "default_branch": branch }));
+        }
         let url = self.repo_url(repo, "");
         self.api
             .send_json(Method::PATCH, &url, &json!({ "default_branch": branch }))
@@ -221,6 +253,7 @@ impl<'i> Destination<'i> {
         let body = match self.flavor {
             Flavor::GitHub => json!({ "names": topics }),
             Flavor::Gitea => json!({ "topics": topics }),
+            Flavor::GitLab => return self.gitlab_edit_project(repo, &json!({ "topics": topics })),
         };
         let url = self.repo_url(repo, "/topics");
         self.write(Method::PUT, &url, &body).map(drop)
@@ -236,21 +269,43 @@ impl<'i> Destination<'i> {
             .collect())
     }
 
-    pub fn create_label(&mut self, repo: &str, label: &Value) -> Result<u64, ProviderError> {
+    /// Creates a label; its id, and whether it was made (not found there already).
+    pub fn create_label(
+        &mut self,
+        repo: &str,
+        label: &Value,
+    ) -> Result<(u64, bool), ProviderError> {
         let color = str_field(label, "color").unwrap_or_else(|| "ededed".into());
         let color = color.trim_start_matches('#');
         let body = json!({
             "name": str_field(label, "name").unwrap_or_default(),
-            "color": match self.flavor { Flavor::GitHub => color.to_string(), Flavor::Gitea => format!("#{color}") },
+            "color": match self.flavor { Flavor::GitHub => color.to_string(), _ => format!("#{color}") },
             "description": str_field(label, "description").unwrap_or_default(),
         });
-        let answer = self.write(Method::POST, &self.repo_url(repo, "/labels"), &body)?;
-        id_of(&answer, "id")
+        let url = self.repo_url(repo, "/labels");
+        match self.write(Method::POST, &url, &body) {
+            Ok(answer) => id_of(&answer, "id").map(|id| (id, true)),
+            // A GitLab project in a group sees the group's labels: one of the same name is
+            // there already (409), and serves as well.
+            Err(ProviderError::Http { status: 409, .. }) if self.flavor == Flavor::GitLab => {
+                let name = str_field(label, "name").unwrap_or_default();
+                let there = self.labels(repo)?.into_iter().find(|(n, _)| *n == name);
+                there.map(|(_, id)| (id, false)).ok_or_else(|| {
+                    ProviderError::BadResponse(format!("label {name}: 409, yet not listed"))
+                })
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Every milestone of `repo` as (title, the value issues name it by).
     pub fn milestones(&mut self, repo: &str) -> Result<Vec<(String, u64)>, ProviderError> {
-        let url = self.list_url(repo, "/milestones?state=all");
+        // GitLab lists every state by default and knows no `all`.
+        let rest = match self.flavor {
+            Flavor::GitLab => "/milestones",
+            _ => "/milestones?state=all",
+        };
+        let url = self.list_url(repo, rest);
         let items = self.api.get_all(&url)?;
         let key = self.milestone_key();
         Ok(items
@@ -259,15 +314,18 @@ impl<'i> Destination<'i> {
             .collect())
     }
 
-    /// GitHub names milestones by number, Gitea by id.
+    /// GitHub names milestones by number, Gitea and GitLab by id.
     fn milestone_key(&self) -> &'static str {
         match self.flavor {
             Flavor::GitHub => "number",
-            Flavor::Gitea => "id",
+            Flavor::Gitea | Flavor::GitLab => "id",
         }
     }
 
     pub fn create_milestone(&mut self, repo: &str, m: &Value) -> Result<u64, ProviderError> {
+        if self.flavor == Flavor::GitLab {
+            return self.gitlab_create_milestone(repo, m);
+        }
         let mut body = json!({
             "title": str_field(m, "title").unwrap_or_default(),
             "state": if str_field(m, "state").as_deref() == Some("closed") { "closed" } else { "open" },
@@ -280,24 +338,29 @@ impl<'i> Destination<'i> {
         id_of(&answer, self.milestone_key())
     }
 
-    /// Whether issue `number` exists in `repo`, and its comment count and state.
-    pub fn issue(&mut self, repo: &str, number: u64) -> Result<Option<Value>, ProviderError> {
-        match self
-            .api
-            .get_json(&self.repo_url(repo, &format!("/issues/{number}")))
-        {
-            Ok(v) => Ok(Some(v)),
-            Err(ProviderError::NotFound(_)) => Ok(None),
-            Err(e) => Err(e),
+    /// Brings a milestone found after a lost answer to the original's state: GitLab makes a
+    /// closed one in two writes (elsewhere one write did all).
+    pub fn finish_milestone(
+        &mut self,
+        repo: &str,
+        id: u64,
+        m: &Value,
+    ) -> Result<(), ProviderError> {
+        match self.flavor {
+            Flavor::GitLab => self.gitlab_finish_milestone(repo, id, m),
+            _ => Ok(()),
         }
     }
 
     /// Creates an issue; returns its number.
     pub fn create_issue(&mut self, repo: &str, spec: &IssueSpec) -> Result<u64, ProviderError> {
+        if self.flavor == Flavor::GitLab {
+            return self.gitlab_create_issue(repo, spec);
+        }
         let mut body = json!({ "title": spec.title, "body": spec.body });
         match self.flavor {
             Flavor::GitHub => body["labels"] = json!(spec.label_names),
-            Flavor::Gitea => body["labels"] = json!(spec.labels),
+            Flavor::Gitea | Flavor::GitLab => body["labels"] = json!(spec.labels),
         }
         if let Some(m) = spec.milestone {
             body["milestone"] = json!(m);
@@ -306,18 +369,16 @@ impl<'i> Destination<'i> {
         id_of(&answer, "number")
     }
 
-    /// How many comments issue `number` has.
-    pub fn comment_count(&mut self, repo: &str, number: u64) -> Result<usize, ProviderError> {
-        let url = self.list_url(repo, &format!("/issues/{number}/comments"));
-        Ok(self.api.get_all(&url)?.len())
-    }
-
     pub fn create_comment(
         &mut self,
         repo: &str,
         number: u64,
+        pull: bool,
         body: &str,
     ) -> Result<(), ProviderError> {
+        if self.flavor == Flavor::GitLab {
+            return self.gitlab_create_note(repo, number, pull, body);
+        }
         let url = self.repo_url(repo, &format!("/issues/{number}/comments"));
         self.write(Method::POST, &url, &json!({ "body": body }))
             .map(drop)
@@ -326,6 +387,9 @@ impl<'i> Destination<'i> {
     /// Closes an issue, or a pull request (`pull`), which both providers close by its own
     /// endpoint.
     pub fn close(&mut self, repo: &str, number: u64, pull: bool) -> Result<(), ProviderError> {
+        if self.flavor == Flavor::GitLab {
+            return self.gitlab_close(repo, number, pull);
+        }
         let kind = if pull { "pulls" } else { "issues" };
         let url = self.repo_url(repo, &format!("/{kind}/{number}"));
         self.write(Method::PATCH, &url, &json!({ "state": "closed" }))
@@ -342,6 +406,9 @@ impl<'i> Destination<'i> {
         head: &str,
         base: &str,
     ) -> Result<Option<u64>, ProviderError> {
+        if self.flavor == Flavor::GitLab {
+            return self.gitlab_create_merge_request(repo, spec, head, base);
+        }
         let mut body =
             json!({ "title": spec.title, "body": spec.body, "head": head, "base": base });
         if self.flavor == Flavor::Gitea {
@@ -373,7 +440,7 @@ impl<'i> Destination<'i> {
         number: u64,
         spec: &IssueSpec,
     ) -> Result<(), ProviderError> {
-        if self.flavor == Flavor::Gitea {
+        if self.flavor != Flavor::GitHub {
             return Ok(());
         }
         let mut body = json!({ "labels": spec.label_names });
@@ -390,13 +457,15 @@ impl<'i> Destination<'i> {
         let size = match self.flavor {
             Flavor::GitHub => "per_page=100",
             Flavor::Gitea => "limit=50",
+            Flavor::GitLab => "per_page=100",
         };
         self.repo_url(repo, &format!("{rest}{sep}{size}"))
     }
 
     fn write(&mut self, method: Method, url: &str, body: &Value) -> Result<Value, ProviderError> {
         let answer = self.api.send_json(method, url, body);
-        // Gitea answers a bare 429 when it limits: stop like a rate limit, to resume later.
+        // Gitea answers a bare 429 when it limits (and GitLab's Retry-After may be past what
+        // the client waits): stop like a rate limit, to resume later.
         match answer {
             Err(ProviderError::Http { status: 429, .. }) => Err(ProviderError::RateLimited {
                 until: chrono::Utc::now() + chrono::Duration::minutes(10),
@@ -410,6 +479,8 @@ impl<'i> Destination<'i> {
         let username = match self.flavor {
             Flavor::GitHub => "x-access-token",
             Flavor::Gitea => "gitvault",
+            // GitLab takes any name with a token; `oauth2` is the one its documentation uses.
+            Flavor::GitLab => "oauth2",
         };
         self.token.clone().map(|secret| crate::git::Credentials {
             username: username.into(),

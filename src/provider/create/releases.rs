@@ -1,6 +1,7 @@
 //! Releases and their assets in the destination. GitHub takes an asset's bytes as the body of
 //! a POST to the release's `upload_url` (on github.com, the uploads.github.com host); Gitea as
-//! the `attachment` field of a multipart form at the release's assets endpoint.
+//! the `attachment` field of a multipart form at the release's assets endpoint; GitLab as the
+//! `file` field of one at the project's uploads, then linked from the release.
 
 use std::io::{Read, Write};
 use std::path::Path;
@@ -52,13 +53,14 @@ impl Destination<'_> {
         repo: &str,
         tag: &str,
     ) -> Result<Option<CreatedRelease>, ProviderError> {
+        if self.flavor == Flavor::GitLab {
+            return self.gitlab_release_by_tag(repo, tag);
+        }
         let tag = url::form_urlencoded::byte_serialize(tag.as_bytes()).collect::<String>();
         let url = self.repo_url(repo, &format!("/releases/tags/{tag}"));
-        match self.api.get_json(&url) {
-            Ok(v) => read_release(&v).map(Some),
-            Err(ProviderError::NotFound(_)) => Ok(None),
-            Err(e) => Err(e),
-        }
+        self.get_optional(&url)?
+            .map(|v| read_release(&v))
+            .transpose()
     }
 
     /// Creates a release from a backed-up one, with `body` as its text; `None` when the
@@ -69,6 +71,9 @@ impl Destination<'_> {
         release: &Value,
         body: &str,
     ) -> Result<Option<CreatedRelease>, ProviderError> {
+        if self.flavor == Flavor::GitLab {
+            return self.gitlab_create_release(repo, release, body);
+        }
         let tag = str_field(release, "tag_name").unwrap_or_default();
         let mut create = json!({
             "tag_name": tag,
@@ -116,16 +121,24 @@ impl Destination<'_> {
                 let client = uploads.as_mut().unwrap_or(&mut self.api);
                 client.send_file(&url, bytes, content_type).map(drop)
             }
-            Flavor::Gitea => {
-                let url = self.repo_url(
-                    repo,
-                    &format!("/releases/{}/assets?name={encoded}", release.id),
-                );
+            Flavor::Gitea | Flavor::GitLab => {
                 let boundary = format!("gitvault-{}", blake3::hash(name.as_bytes()).to_hex());
-                multipart(bytes, scratch, &boundary, name, content_type)
+                let field = match self.flavor {
+                    Flavor::GitLab => "file",
+                    _ => "attachment",
+                };
+                multipart(bytes, scratch, &boundary, field, name, content_type)
                     .map_err(|e| ProviderError::Store(format!("{}: {e}", scratch.display())))?;
-                let form = format!("multipart/form-data; boundary={boundary}");
-                let sent = self.api.send_file(&url, scratch, &form).map(drop);
+                let sent = if self.flavor == Flavor::GitLab {
+                    self.gitlab_upload_asset(repo, release, name, scratch, &boundary)
+                } else {
+                    let url = self.repo_url(
+                        repo,
+                        &format!("/releases/{}/assets?name={encoded}", release.id),
+                    );
+                    let form = format!("multipart/form-data; boundary={boundary}");
+                    self.api.send_file(&url, scratch, &form).map(drop)
+                };
                 let _ = std::fs::remove_file(scratch);
                 sent
             }
@@ -157,11 +170,13 @@ impl Destination<'_> {
     }
 }
 
-/// Writes `bytes` as the `attachment` field of a multipart form to `out`.
+/// Writes `bytes` as the `field` of a multipart form to `out` (Gitea's `attachment`,
+/// GitLab's `file`).
 fn multipart(
     bytes: &Path,
     out: &Path,
     boundary: &str,
+    field: &str,
     name: &str,
     content_type: &str,
 ) -> std::io::Result<()> {
@@ -172,7 +187,7 @@ fn multipart(
     let mut file = std::io::BufWriter::new(std::fs::File::create(out)?);
     write!(
         file,
-        "--{boundary}\r\nContent-Disposition: form-data; name=\"attachment\"; filename=\"{safe}\"\r\nContent-Type: {content_type}\r\n\r\n"
+        "--{boundary}\r\nContent-Disposition: form-data; name=\"{field}\"; filename=\"{safe}\"\r\nContent-Type: {content_type}\r\n\r\n"
     )?;
     let mut input = std::fs::File::open(bytes)?;
     let mut buffer = vec![0; 1 << 16];

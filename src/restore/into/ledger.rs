@@ -40,6 +40,10 @@ pub struct Ledger {
     /// Original issue number → what became of it.
     #[serde(default)]
     pub issues: BTreeMap<u64, IssueDone>,
+    /// Original merge request number → what became of it: GitLab numbers merge requests
+    /// apart from issues (a GitLab backup, or pull requests opened again on GitLab).
+    #[serde(default)]
+    pub merge_requests: BTreeMap<u64, IssueDone>,
     /// Tag → the release made for it (with the assets uploaded so far), or `None` when the
     /// destination refused it.
     #[serde(default)]
@@ -75,6 +79,10 @@ pub enum Pending {
     Issue(u64),
     Comment(u64),
     Close(u64),
+    /// The same three for an original merge request number.
+    MergeRequest(u64),
+    MergeRequestComment(u64),
+    MergeRequestClose(u64),
     /// A release, by tag.
     Release(String),
     /// An asset of the release of a tag, by name.

@@ -1,5 +1,5 @@
-//! `restore REPO --to-source NAME`: a snapshot recreated in a hosting account (GitHub or
-//! Gitea/Forgejo) instead of on disk. In order: the repository (created, or found when
+//! `restore REPO --to-source NAME`: a snapshot recreated in a hosting account (GitHub,
+//! Gitea/Forgejo or GitLab) instead of on disk. In order: the repository (created, or found when
 //! `--into-existing`), every ref (read-only namespaces under `refs/gitvault/`) and the LFS
 //! objects, then labels, milestones, and issues in number order with their comments, pull
 //! requests as issues, closed states last per issue.
@@ -14,6 +14,7 @@ mod ledger;
 mod metadata;
 mod plan;
 mod releases;
+mod shapes;
 
 use std::path::PathBuf;
 
@@ -25,7 +26,7 @@ use crate::index::SnapshotRow;
 use crate::progress::Silent;
 use crate::provider::ProviderError;
 use crate::provider::SourceConfig;
-use crate::provider::create::{Destination, RepoSpec, valid_repo_name};
+use crate::provider::create::{Destination, Flavor, RepoSpec, valid_repo_name};
 use crate::provider::str_field;
 use crate::vault::Vault;
 
@@ -66,13 +67,16 @@ pub struct IntoReport {
     pub lfs_uploaded: Option<u64>,
     /// What became of the wiki, when the vault holds one: `pushed`, or why not.
     pub wiki: Option<String>,
-    /// Why the snapshot's metadata was not recreated (a GitLab or Bitbucket backup: only
-    /// GitHub's and Gitea's documents are read so far); the git data still is.
+    /// Why the snapshot's metadata was not recreated (a Bitbucket backup: only GitHub's,
+    /// Gitea's and GitLab's documents are read so far); the git data still is.
     pub metadata_skipped: Option<String>,
     /// Tags whose release the destination refused (its tag missing, nothing to make it from).
     pub skipped_releases: Vec<String>,
     /// Every issue got the number it had in the original.
     pub numbers_match: bool,
+    /// Every merge request got the number it had in the original (GitLab numbers them
+    /// apart from issues; true when there are none).
+    pub merge_request_numbers_match: bool,
     pub ledger: String,
 }
 
@@ -134,7 +138,10 @@ pub fn restore_into(
     let target = format!("{}/{name}", dest.owner());
     let store = vault.reader(keys);
     let (manifest, refs) = load_snapshot(&store, row)?;
-    let plan = Plan::read(&store, &manifest, &refs)?;
+    let mut plan = Plan::read(&store, &manifest, &refs)?;
+    if dest.flavor() == Flavor::GitLab {
+        plan.number_merge_requests_apart();
+    }
     let path = ledger_path(vault.dir(), &opts.source.name, &target, &row.id);
     let found = Ledger::load(&path)?;
     let mut report = planned(row, opts, &target, &plan, &refs);
@@ -172,6 +179,8 @@ pub fn restore_into(
     run.issues(&plan)?;
     run.releases(&plan, &store)?;
     run.report.numbers_match = run.ledger.issues.iter().all(|(n, d)| *n == d.number);
+    run.report.merge_request_numbers_match =
+        (run.ledger.merge_requests.iter()).all(|(n, d)| d.pull && *n == d.number);
     Ok(run.report)
 }
 
@@ -247,7 +256,9 @@ fn planned(
                 .sum(),
         },
         metadata_skipped: plan.unreadable.as_ref().map(|p| {
-            format!("the metadata of a {p} backup is not recreated yet (GitHub and Gitea only)")
+            format!(
+                "the metadata of a {p} backup is not recreated yet (GitHub, Gitea and GitLab only)"
+            )
         }),
         ..IntoReport::default()
     }

@@ -1,7 +1,10 @@
 //! What a snapshot's metadata becomes in the destination: labels, milestones, and one issue
 //! per original number (a pull request becomes an issue that says what it was; a number the
 //! backup does not hold becomes a closed placeholder, so later numbers still match), each
-//! body and comment opened by a line naming the original author and time.
+//! body and comment opened by a line naming the original author and time. GitLab numbers
+//! merge requests apart from issues: a GitLab backup's merge requests, and pull requests to be
+//! opened again on GitLab, are a second sequence (`merge_requests`). A GitLab backup's
+//! documents are read through `shapes`, which maps them to the shapes used here.
 
 use std::collections::BTreeMap;
 
@@ -12,6 +15,7 @@ use crate::provider::str_field;
 use crate::store::ChunkReader;
 
 use super::super::{RestoreError, metadata::read_metadata_map};
+use super::shapes;
 use crate::snapshot::{Manifest, RefSet, SnapshotError};
 
 /// Numbers above this are refused: a forged or damaged metadata map must not make a restore
@@ -26,12 +30,15 @@ pub struct Plan {
     pub milestones: Vec<Value>,
     /// By original number, 1 to the highest; gaps are placeholders.
     pub items: BTreeMap<u64, Item>,
+    /// Merge requests by original number, numbered apart from issues (no placeholders: a
+    /// destination cannot be made to skip a merge request number).
+    pub merge_requests: BTreeMap<u64, Item>,
     /// Releases, oldest first (so that the newest is the latest there too).
     pub releases: Vec<Value>,
     /// The stored bytes of every other document (release assets) by path.
     pub files: BTreeMap<String, ChunkId>,
-    /// The provider of metadata this restore cannot read yet (its documents have other
-    /// shapes than GitHub's and Gitea's): none of it is recreated.
+    /// The provider of metadata this restore cannot read yet (Bitbucket's documents): none
+    /// of it is recreated.
     pub unreadable: Option<String>,
 }
 
@@ -73,10 +80,11 @@ impl Plan {
             return Ok(plan);
         };
         let map = read_metadata_map(store, map_id)?;
-        if !matches!(map.provider.as_str(), "github" | "gitea") {
+        if !matches!(map.provider.as_str(), "github" | "gitea" | "gitlab") {
             plan.unreadable = Some(map.provider);
             return Ok(plan);
         }
+        let gitlab = map.provider == "gitlab";
         for (path, id) in &map.documents {
             let parsed = |name: &str| -> Option<u64> {
                 let n = path
@@ -101,6 +109,11 @@ impl Plan {
             }
             let doc: Value = serde_json::from_slice(&store.get(&id)?)
                 .map_err(|e| damaged(format!("{path}: {e}")))?;
+            let doc = if gitlab {
+                from_gitlab(path, doc, issue, pull)
+            } else {
+                doc
+            };
             match (path.as_str(), issue, pull) {
                 ("settings.json", ..) => plan.settings = doc,
                 ("labels.json", ..) => plan.labels = list(doc),
@@ -109,16 +122,7 @@ impl Plan {
                 (_, Some(n), _) => {
                     plan.items.insert(n, issue_item(&doc));
                 }
-                (_, _, Some(n)) => {
-                    let head = format!("refs/pull/{n}/head");
-                    let kept = refs
-                        .refs
-                        .contains_key(&head)
-                        .then(|| super::pushed_name(&head));
-                    let mut item = pull_item(n, &doc, kept.as_deref());
-                    item.branches = branches(&doc["pull_request"], refs);
-                    plan.items.insert(n, item);
-                }
+                (_, _, Some(n)) => plan.add_pull(n, &doc, refs, gitlab),
                 _ => {}
             }
         }
@@ -137,16 +141,81 @@ impl Plan {
         Ok(plan)
     }
 
+    /// Pull request (or GitLab merge request) `n`, with the branches it can be opened from
+    /// again and where its head ref is kept.
+    fn add_pull(&mut self, n: u64, doc: &Value, refs: &RefSet, gitlab: bool) {
+        let (head, reference) = if gitlab {
+            (
+                format!("refs/merge-requests/{n}/head"),
+                format!("Merge request !{n}"),
+            )
+        } else {
+            (format!("refs/pull/{n}/head"), format!("Pull request #{n}"))
+        };
+        let kept = refs
+            .refs
+            .contains_key(&head)
+            .then(|| super::pushed_name(&head));
+        let mut item = pull_item(&reference, doc, kept.as_deref());
+        item.branches = branches(&doc["pull_request"], refs);
+        let items = if gitlab {
+            &mut self.merge_requests
+        } else {
+            &mut self.items
+        };
+        items.insert(n, item);
+    }
+
+    fn all(&self) -> impl Iterator<Item = &Item> {
+        self.items.values().chain(self.merge_requests.values())
+    }
+
     pub fn count(&self, kind: ItemKind) -> usize {
-        self.items.values().filter(|i| i.kind == kind).count()
+        self.all().filter(|i| i.kind == kind).count()
     }
 
     pub fn pulls_with_branches(&self) -> usize {
-        self.items.values().filter(|i| i.branches.is_some()).count()
+        self.all().filter(|i| i.branches.is_some()).count()
     }
 
     pub fn comments(&self) -> usize {
-        self.items.values().map(|i| i.comments.len()).sum()
+        self.all().map(|i| i.comments.len()).sum()
+    }
+
+    /// For a destination that numbers merge requests apart (GitLab): every pull request to
+    /// be opened again moves to `merge_requests`, and a closed issue that points to it keeps
+    /// its number in the issues, so that the issues after it keep theirs.
+    pub fn number_merge_requests_apart(&mut self) {
+        for (&n, item) in self.items.iter_mut() {
+            let Some((head, base)) = item.branches.clone() else {
+                continue;
+            };
+            let pointer = Item {
+                kind: ItemKind::Placeholder,
+                title: format!("#{n}: {}", item.title),
+                body: format!(
+                    "*#{n} was a pull request from `{head}` into `{base}`; it is recreated as a merge request, which GitLab numbers apart from issues. This issue keeps the numbers of the issues after it equal to the original's.*"
+                ),
+                closed: true,
+                ..Item::default()
+            };
+            self.merge_requests
+                .insert(n, std::mem::replace(item, pointer));
+        }
+    }
+}
+
+/// A GitLab backup's document in the shape the rest of this file reads.
+fn from_gitlab(path: &str, doc: Value, issue: Option<u64>, pull: Option<u64>) -> Value {
+    let each = |doc: Value, f: fn(&Value) -> Value| Value::Array(list(doc).iter().map(f).collect());
+    match (path, issue, pull) {
+        ("settings.json", ..) => shapes::settings(&doc),
+        ("labels.json", ..) => each(doc, shapes::label),
+        ("milestones.json", ..) => each(doc, shapes::milestone),
+        (_, Some(_), _) => shapes::issue_document(&doc),
+        (_, _, Some(_)) => shapes::merge_request_document(&doc),
+        _ if path.starts_with("releases/") => shapes::release(&doc),
+        _ => doc,
     }
 }
 
@@ -238,7 +307,7 @@ fn comment_texts(doc: &Value) -> Vec<String> {
 
 /// A pull request recreated as an issue: what it merged, from where, and its reviews and
 /// review comments (with their file and line) as comments after its own.
-fn pull_item(n: u64, doc: &Value, kept_at: Option<&str>) -> Item {
+fn pull_item(reference: &str, doc: &Value, kept_at: Option<&str>) -> Item {
     let pr = &doc["pull_request"];
     let side = |key: &str| {
         let part = &pr[key];
@@ -253,18 +322,21 @@ fn pull_item(n: u64, doc: &Value, kept_at: Option<&str>) -> Item {
         Some(at) => format!("merged on {at}"),
         None => text(pr, "state"),
     };
-    let stats = format!(
-        "{} commits, +{} −{} in {} files",
-        number(pr, "commits").unwrap_or(0),
-        number(pr, "additions").unwrap_or(0),
-        number(pr, "deletions").unwrap_or(0),
-        number(pr, "changed_files").unwrap_or(0)
-    );
+    // GitLab's merge requests carry no such counts.
+    let stats = match number(pr, "commits") {
+        Some(commits) => format!(
+            "; {commits} commits, +{} −{} in {} files",
+            number(pr, "additions").unwrap_or(0),
+            number(pr, "deletions").unwrap_or(0),
+            number(pr, "changed_files").unwrap_or(0)
+        ),
+        None => String::new(),
+    };
     let kept = kept_at
         .map(|r| format!(" Its head is kept at {r}."))
         .unwrap_or_default();
     let what = format!(
-        "Pull request #{n} from {} into {}, {outcome}; {stats}.{kept}",
+        "{reference} from {} into {}, {outcome}{stats}.{kept}",
         side("head"),
         side("base")
     );
@@ -345,7 +417,7 @@ mod tests {
             "reviews": [{"user": {"login": "alice"}, "body": "", "state": "APPROVED", "submitted_at": "2023-01-08T01:00:00Z"}],
             "review_comments": [{"user": {"login": "alice"}, "body": "Nit.", "path": "src/a.rs", "line": 3, "created_at": "2023-01-08T02:00:00Z"}],
         });
-        let item = super::pull_item(3, &doc, Some("refs/gitvault/pull/3/head"));
+        let item = super::pull_item("Pull request #3", &doc, Some("refs/gitvault/pull/3/head"));
         assert!(item.closed);
         assert_eq!(item.labels, ["bug"]);
         assert_eq!(item.milestone, Some(1));

@@ -5,6 +5,7 @@
 
 use serde_json::Value;
 
+use crate::provider::create::Flavor;
 use crate::provider::str_field;
 use crate::store::ChunkReader;
 
@@ -13,8 +14,9 @@ use super::Run;
 use super::ledger::Pending;
 use super::plan::Plan;
 
-/// A release's text: who published it and when in the original, then its own.
-fn release_body(release: &Value) -> String {
+/// A release's text: who published it and when in the original, then its own; then the
+/// links of a GitLab release when the destination cannot have them as links.
+fn release_body(release: &Value, links_as_text: bool) -> String {
     let login = release
         .get("author")
         .and_then(|a| str_field(a, "login"))
@@ -23,7 +25,28 @@ fn release_body(release: &Value) -> String {
         .or_else(|| str_field(release, "created_at"))
         .unwrap_or_else(|| "an unknown time".into());
     let body = str_field(release, "body").unwrap_or_default();
-    format!("*Released by @{login} on {when}*\n\n{body}")
+    let links: Vec<String> = links(release)
+        .map(|(name, url, _)| format!("- [{name}]({url})"))
+        .collect();
+    if links.is_empty() || !links_as_text {
+        return format!("*Released by @{login} on {when}*\n\n{body}");
+    }
+    format!(
+        "*Released by @{login} on {when}*\n\n{body}\n\nAssets:\n{}",
+        links.join("\n")
+    )
+}
+
+/// The links of a GitLab release: (name, URL, link type).
+fn links(release: &Value) -> impl Iterator<Item = (String, String, String)> + '_ {
+    release["links"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|l| {
+            let kind = str_field(l, "link_type").unwrap_or_else(|| "other".into());
+            Some((str_field(l, "name")?, str_field(l, "url")?, kind))
+        })
 }
 
 impl Run<'_> {
@@ -39,7 +62,7 @@ impl Run<'_> {
             let made = match self.ledger.releases.get(&tag) {
                 Some(made) => made.clone(),
                 None => {
-                    let body = release_body(release);
+                    let body = release_body(release, self.dest.flavor() != Flavor::GitLab);
                     let made = self.create(Pending::Release(tag.clone()), |d, repo| {
                         d.create_release(repo, release, &body)
                     })?;
@@ -52,9 +75,34 @@ impl Run<'_> {
                 }
             };
             match made {
-                Some(_) => self.assets(plan, store, &tag, release)?,
+                Some(_) => {
+                    self.assets(plan, store, &tag, release)?;
+                    if self.dest.flavor() == Flavor::GitLab {
+                        self.links(&tag, release)?;
+                    }
+                }
                 None => self.report.skipped_releases.push(tag),
             }
+        }
+        Ok(())
+    }
+
+    /// A GitLab release's links, recreated as links (their URLs are data, never fetched).
+    fn links(&mut self, tag: &str, release: &Value) -> Result<(), RestoreError> {
+        for (name, url, kind) in links(release) {
+            let Some(Some(mut made)) = self.ledger.releases.get(tag).cloned() else {
+                return Ok(());
+            };
+            if made.assets.contains(&name) {
+                continue;
+            }
+            self.create(Pending::Asset(tag.to_string(), name.clone()), |d, repo| {
+                d.create_release_link(repo, &made, &name, &url, &kind)
+            })?;
+            made.assets.push(name);
+            self.ledger.releases.insert(tag.to_string(), Some(made));
+            self.report.created.assets += 1;
+            self.done()?;
         }
         Ok(())
     }
@@ -108,5 +156,26 @@ impl Run<'_> {
             self.done()?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    #[test]
+    fn a_gitlab_releases_links_are_text_where_they_cannot_be_links() {
+        let release = json!({
+            "author": {"login": "alice"}, "published_at": "2023-01-10T00:00:00Z",
+            "body": "First.", "links": [{"name": "a.tar.gz", "url": "https://dl.example.com/a"}],
+        });
+        assert_eq!(
+            super::release_body(&release, true),
+            "*Released by @alice on 2023-01-10T00:00:00Z*\n\nFirst.\n\nAssets:\n- [a.tar.gz](https://dl.example.com/a)"
+        );
+        assert_eq!(
+            super::release_body(&release, false),
+            "*Released by @alice on 2023-01-10T00:00:00Z*\n\nFirst."
+        );
     }
 }
