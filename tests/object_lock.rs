@@ -13,8 +13,10 @@ use common::s3_server::{RawS3, S3Server};
 use common::{TestVault, git, ok, pack_files, refs_and_head, stderr};
 use serde_json::Value;
 
-/// The lock period of these tests: long enough for a few commands, short enough to wait out.
-const LOCK_SECONDS: u64 = 10;
+/// The lock period of these tests: long enough for a few commands on a slow, loaded machine
+/// (the renewal test needs eight commands to finish within half of it), short enough to wait
+/// out.
+const LOCK_SECONDS: u64 = 30;
 
 fn command(tv: &TestVault, args: &[&str]) -> Command {
     let mut cmd = tv.command(args);
@@ -385,6 +387,13 @@ fn the_s3_target_locks_uploads_and_refuses_early_deletes() {
     let t = open_locked_target("s3", &moto.url("locked-target", ""), Some(policy)).unwrap();
     t.put_if_absent("packs/aa/small", Body::Bytes(b"small"))
         .unwrap();
+    // Refused at once, before anything slow (the multipart upload below) eats the 3 s.
+    let refused = t.delete("packs/aa/small").unwrap_err();
+    assert!(
+        matches!(refused, TargetError::Locked { until: Some(_), .. }),
+        "{refused}"
+    );
+    assert_eq!(raw.versions("locked-target", "packs/aa/small").len(), 1);
     let big = common::noise(3, 17 * 1024 * 1024 + 5);
     let file = moto.data_dir().parent().unwrap().join("big");
     std::fs::write(&file, &big).unwrap();
@@ -404,12 +413,6 @@ fn the_s3_target_locks_uploads_and_refuses_early_deletes() {
     t.delete("locks/lease").unwrap();
     assert!(raw.versions("locked-target", "locks/lease").is_empty());
 
-    let refused = t.delete("packs/aa/small").unwrap_err();
-    assert!(
-        matches!(refused, TargetError::Locked { until: Some(_), .. }),
-        "{refused}"
-    );
-    assert_eq!(raw.versions("locked-target", "packs/aa/small").len(), 1);
     // Governance mode is written as asked, and gitvault never bypasses it.
     let governance = LockPolicy {
         mode: LockMode::Governance,
