@@ -339,11 +339,26 @@ fn rows_move_to_a_copy_read_before_its_source_went() {
         "{early}"
     );
 
-    // What the next prune's delete phase does once the grace period is over (a prune now
-    // would regroup again and give B a new copy to read: not the case under test).
+    // What the next prune does once the grace period is over: it writes its prune record and
+    // deletes the condemned packs (a real prune now would regroup again and give B a new copy
+    // to read: not the case under test).
     let vault = a.open();
     let condemned = vault.index().condemned_packs().unwrap();
     assert!(!condemned.is_empty());
+    {
+        let keys = a.keys(&vault);
+        let lock = vault.lock().unwrap();
+        let mut store = vault.store(&keys, &lock);
+        let (_, mut record) = gitvault::snapshot::newest_prune_record(vault.index(), &store)
+            .unwrap()
+            .unwrap();
+        record.time = chrono::Utc::now();
+        let bytes = serde_json::to_vec(&record).unwrap();
+        store
+            .put_chunk(gitvault::ChunkKind::PruneRecord, &bytes)
+            .unwrap();
+        store.flush().unwrap();
+    }
     for (name, _) in &condemned {
         for target in vault.targets() {
             target.delete(&gitvault::store::pack_key(name)).unwrap();
@@ -415,4 +430,52 @@ fn forged_packs_and_replayed_manifests_are_ignored() {
         );
         assert_restores(host, "repo", &up.refs());
     }
+}
+
+/// A pack gone from every target with no prune record to explain it is damage, not another
+/// host's prune: catch-up (by itself and at the next backup) keeps it in the index and says
+/// so, and `verify` goes on reporting it, instead of the snapshots that need it silently
+/// leaving the index.
+#[test]
+fn a_pack_deleted_without_a_prune_stays_reported() {
+    let tv = TestVault::new();
+    let up = Upstream::new(tv.tmp.path(), "upstream");
+    up.commit("a.txt", b"first\n");
+    backup(&tv, &up, "repo", 1);
+    let before = common::pack_files(&tv.data_dir());
+    up.commit("b.bin", &noise(5, 200_000));
+    backup(&tv, &up, "repo", 2);
+    let added: Vec<PathBuf> = common::pack_files(&tv.data_dir())
+        .into_iter()
+        .filter(|p| !before.contains(p))
+        .collect();
+    let gone = added
+        .iter()
+        .max_by_key(|p| std::fs::metadata(p).unwrap().len())
+        .unwrap();
+    std::fs::remove_file(gone).unwrap();
+    let name = gone.file_name().unwrap().to_string_lossy().to_string();
+
+    let out = tv.run(&["--json", "catch-up"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["packs_missing"][0], name.as_str(), "{report}");
+    assert_eq!(report["packs_vanished"].as_array().unwrap().len(), 0);
+    assert_eq!(snapshot_repos(&tv), ["repo", "repo"], "no snapshot left");
+
+    up.commit("c.txt", b"third\n");
+    backup(&tv, &up, "repo", 3);
+    assert_eq!(snapshot_repos(&tv), ["repo", "repo", "repo"]);
+    let verify = tv.run(&["verify"]);
+    assert_eq!(
+        verify.status.code(),
+        Some(1),
+        "verify still sees the damage"
+    );
+    assert!(
+        String::from_utf8_lossy(&verify.stdout).contains(&name[..16])
+            || stderr(&verify).contains(&name[..16]),
+        "{}",
+        String::from_utf8_lossy(&verify.stdout)
+    );
 }

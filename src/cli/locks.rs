@@ -6,7 +6,7 @@ use clap::Args;
 
 use gitvault::vault::target_lock::{FoundLock, LockKind, LockState, LockTiming};
 
-use super::{Ctx, EXIT_OK};
+use super::{Ctx, EXIT_FAILED, EXIT_OK};
 
 #[derive(Args)]
 pub struct UnlockArgs {
@@ -84,6 +84,13 @@ pub fn catch_up(ctx: &Ctx) -> Result<i32> {
                 report.snapshots_dropped,
             ));
         }
+        if !report.packs_missing.is_empty() {
+            t.push_str(&format!(
+                "MISSING: {} packs are on no target and no prune explains it ({}); they stay in the index: run `gitvault verify`\n",
+                report.packs_missing.len(),
+                report.packs_missing.join(", "),
+            ));
+        }
         let f = &report.footers;
         if !f.packs_forged.is_empty() || !f.packs_unreadable.is_empty() {
             t.push_str(&format!(
@@ -96,5 +103,9 @@ pub fn catch_up(ctx: &Ctx) -> Result<i32> {
         }
         t
     });
-    Ok(EXIT_OK)
+    Ok(if report.packs_missing.is_empty() {
+        EXIT_OK
+    } else {
+        EXIT_FAILED
+    })
 }

@@ -72,8 +72,11 @@ pub(super) fn write_prune_record(
         orphan_objects,
     };
     let bytes = serde_json::to_vec(&record).unwrap_or_default();
-    store.put_chunk(ChunkKind::PruneRecord, &bytes)?;
+    let id = store.put_chunk(ChunkKind::PruneRecord, &bytes)?;
     store.flush()?;
+    // This host's own prune explains no pack missing later (it updates its index itself):
+    // only another host's newer record may (`Vault::catch_up`).
+    index.set_meta(crate::vault::catch_up::SEEN_PRUNE_RECORD, &id.to_hex())?;
     // The object map may have been deduplicated against a chunk the mark found dead (the
     // previous record's identical map): what the new record names must stay.
     if let Some(map) = &record.orphan_objects

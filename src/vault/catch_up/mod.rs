@@ -42,8 +42,13 @@ pub struct CatchUpReport {
     /// Packs new to this host (other hosts' backups and compactions).
     #[serde(flatten)]
     pub footers: FooterScan,
-    /// Packs the index listed that no target holds any more (another host's prune).
+    /// Packs the index listed that no target holds any more, after another host's prune (a
+    /// prune record this host had not seen): they leave the index.
     pub packs_vanished: Vec<String>,
+    /// Packs the index lists that no target holds any more, with no new prune record to
+    /// explain it: damage or deletion by someone else. They stay in the index, so that
+    /// `verify` reports them and reads fail naming them; `sync` cannot repair them.
+    pub packs_missing: Vec<String>,
     /// Chunk rows of vanished packs that moved to a copy in a new pack.
     pub chunks_moved: u64,
     /// Chunk rows of vanished packs with no copy in a new pack: gone from the index.
@@ -69,6 +74,7 @@ impl CatchUpReport {
     pub fn changed(&self) -> bool {
         self.footers.packs_scanned > 0
             || !self.packs_vanished.is_empty()
+            || !self.packs_missing.is_empty()
             || self.snapshots_forgotten > 0
     }
 }
@@ -84,6 +90,24 @@ pub(crate) struct ListedPack {
 pub(crate) type Listing = BTreeMap<String, ListedPack>;
 
 const JOB: &str = "catch-up";
+
+/// `meta` key: the newest prune record this host has seen (its own or caught up with). A pack
+/// gone from every target counts as pruned only when a newer record appeared since: another
+/// host pruned. Without one, its absence is damage, and the index keeps the pack to say so.
+pub const SEEN_PRUNE_RECORD: &str = "seen_prune_record";
+
+/// The id of the newest readable prune record; None when there is none or it cannot be read
+/// (a damaged vault: then nothing counts as explained).
+fn newest_prune_record_id(vault: &Vault, keys: &VaultKeys) -> Option<String> {
+    let store = vault.reader(keys);
+    match crate::snapshot::newest_prune_record(vault.index(), &store) {
+        Ok(found) => found.map(|(id, _)| id.to_hex()),
+        Err(e) => {
+            tracing::warn!(error = %e, "the prune records cannot be read");
+            None
+        }
+    }
+}
 
 impl Vault {
     /// Brings the index up to date with the targets: one LIST of `packs/` per target, and no
@@ -141,7 +165,17 @@ impl Vault {
             &mut report.footers,
         )?;
         report.chunks_moved = moved;
-        if !vanished.is_empty() {
+        let newest_record = newest_prune_record_id(self, keys);
+        let seen = index.meta(SEEN_PRUNE_RECORD)?;
+        let explained = newest_record.is_some() && newest_record != seen;
+        if !vanished.is_empty() && !explained {
+            let names: Vec<String> = vanished.iter().map(|(_, n)| n.clone()).collect();
+            tracing::warn!(
+                packs = %names.join(", "),
+                "packs are missing from every target and no prune explains it; they stay in the index (run `gitvault verify`)"
+            );
+            report.packs_missing = names;
+        } else if !vanished.is_empty() {
             report.chunks_moved +=
                 move_to_known_copies(self, keys, &listed, &vanished, &moving_from)?;
             let names: Vec<String> = vanished.into_iter().map(|(_, n)| n).collect();
@@ -155,7 +189,19 @@ impl Vault {
             report.snapshots_dropped = gone.snapshots;
             report.packs_vanished = names;
         }
-        let (forgotten, dropped) = apply_prune_record(self, keys)?;
+        if let Some(id) = &newest_record {
+            index.set_meta(SEEN_PRUNE_RECORD, id)?;
+        }
+        // A prune record in a missing pack must not stop every later backup: without it,
+        // nothing is forgotten here, which keeps more, never less.
+        let (forgotten, dropped) = match apply_prune_record(self, keys) {
+            Ok(applied) => applied,
+            Err(e) if !report.packs_missing.is_empty() => {
+                tracing::warn!(error = %e, "the newest prune record is unreadable; not applied");
+                (HashSet::new(), 0)
+            }
+            Err(e) => return Err(e),
+        };
         report.snapshots_forgotten = dropped;
         // After the forgotten snapshots went: their object maps must not keep rows alive.
         if report.objects_dropped > 0 {
