@@ -48,12 +48,33 @@ impl S3Server {
         S3Server::start(S3Kind::S3sFs)
     }
 
+    /// Starts a server on a free port. The port is free when chosen, but another test's
+    /// server may take it before this one binds: then this server exits and the port answers
+    /// for the other one (until that one stops). Such a start is retried on a new port.
     fn start(kind: S3Kind) -> S3Server {
+        let mut attempt = 0;
+        loop {
+            let mut server = S3Server::prepare(kind);
+            match server.launch() {
+                Ok(()) => return server,
+                Err(reason) if attempt < 4 => {
+                    eprintln!(
+                        "{kind:?} did not start on port {}, retrying: {reason}",
+                        server.port
+                    );
+                    attempt += 1;
+                }
+                Err(reason) => panic!("{reason}"),
+            }
+        }
+    }
+
+    fn prepare(kind: S3Kind) -> S3Server {
         let tmp = tempfile::tempdir().expect("temporary directory for an S3 server");
         let port = free_port();
         let n = INSTANCES.fetch_add(1, Ordering::SeqCst);
         let tag = format!("{}_{n}_{port}", std::process::id());
-        let mut server = S3Server {
+        let server = S3Server {
             kind,
             port,
             tmp,
@@ -66,7 +87,6 @@ impl S3Server {
             buckets: Mutex::new(Vec::new()),
         };
         std::fs::create_dir_all(server.data_dir()).expect("S3 server data directory");
-        server.start_again();
         server
     }
 
@@ -98,6 +118,12 @@ impl S3Server {
     /// Starts the server on the same port and data directory, and waits until it answers.
     /// moto comes back empty: its buckets are recreated, their objects are gone.
     pub fn start_again(&mut self) {
+        if let Err(reason) = self.launch() {
+            panic!("{reason}");
+        }
+    }
+
+    fn launch(&mut self) -> Result<(), String> {
         self.stop();
         let log = std::fs::File::create(self.log_path()).expect("S3 server log file");
         let log_err = log.try_clone().expect("S3 server log file");
@@ -124,40 +150,52 @@ impl S3Server {
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {:?}: {e}", self.kind));
         self.child = Some(child);
-        self.wait_until_up();
+        self.wait_until_up()?;
         if self.kind == S3Kind::Moto {
             let buckets = self.buckets.lock().map(|b| b.clone()).unwrap_or_default();
             for (bucket, locked) in buckets {
                 self.create_bucket_on_server(&bucket, locked);
             }
         }
+        Ok(())
     }
 
-    fn wait_until_up(&mut self) {
+    /// Waits until the port answers while this server's process still runs (an answer from
+    /// another process holding the port does not count).
+    fn wait_until_up(&mut self) -> Result<(), String> {
         let deadline = Instant::now() + STARTUP_TIMEOUT;
         let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
         loop {
             if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
-                return;
+                // A server that failed to bind exits at once: give it the time to.
+                std::thread::sleep(Duration::from_millis(300));
+                self.exited()?;
+                return Ok(());
             }
-            if let Some(child) = self.child.as_mut()
-                && let Ok(Some(status)) = child.try_wait()
-            {
-                panic!(
-                    "{:?} exited with {status} on port {}:\n{}",
-                    self.kind,
-                    self.port,
-                    std::fs::read_to_string(self.log_path()).unwrap_or_default()
-                );
-            }
+            self.exited()?;
             if Instant::now() > deadline {
-                panic!(
+                return Err(format!(
                     "{:?} did not answer on port {} in time",
                     self.kind, self.port
-                );
+                ));
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    fn exited(&mut self) -> Result<(), String> {
+        if let Some(child) = self.child.as_mut()
+            && let Ok(Some(status)) = child.try_wait()
+        {
+            self.child = None;
+            return Err(format!(
+                "{:?} exited with {status} on port {}:\n{}",
+                self.kind,
+                self.port,
+                std::fs::read_to_string(self.log_path()).unwrap_or_default()
+            ));
+        }
+        Ok(())
     }
 
     pub fn create_bucket(&self, name: &str) {
