@@ -110,7 +110,7 @@ fn daemon_jobs_with_a_bad_schedule_or_an_unknown_source_are_problems() {
     let tv = TestVault::new();
     append(
         &tv,
-        "\n[[job]]\nname = \"a\"\nkind = \"backup\"\nschedule = \"every night\"\n\n[[job]]\nname = \"b\"\nkind = \"backup\"\nschedule = \"0 2 * * *\"\nsources = [\"nowhere\"]\nretry = 3\n\n[daemon]\nmetrics_address = \"localhost\"\n",
+        "\n[[job]]\nname = \"a\"\nkind = \"backup\"\nschedule = \"every night\"\n\n[[job]]\nname = \"b\"\nkind = \"backup\"\nschedule = \"0 2 * * *\"\nsources = [\"nowhere\"]\nretry = 3\n\n[[job]]\nname = \"c\"\nkind = \"verify\"\nschedule = \"0 2 * * *\"\ntimezone = \"Mars/Olympus\"\n\n[daemon]\nmetrics_address = \"localhost\"\ntimezone = \"Europe/Berlin\"\n",
     );
     let (ok, json) = check(&tv);
     assert!(!ok);
@@ -121,6 +121,10 @@ fn daemon_jobs_with_a_bad_schedule_or_an_unknown_source_are_problems() {
     );
     assert!(
         problems.contains("job b") && problems.contains("nowhere"),
+        "{problems}"
+    );
+    assert!(
+        problems.contains("job c") && problems.contains("Mars/Olympus"),
         "{problems}"
     );
     assert!(problems.contains("daemon.metrics_address"), "{problems}");
