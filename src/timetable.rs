@@ -263,6 +263,11 @@ mod tests {
             berlin.last_at_or_before(at("2026-12-04T10:00:00Z")),
             Some(at("2026-12-04T01:30:00Z"))
         );
+        // 01:40 UTC is 02:40 in Berlin: today's 02:30 has passed, in UTC terms too.
+        assert_eq!(
+            berlin.last_at_or_before(at("2026-12-05T01:40:00Z")),
+            Some(at("2026-12-05T01:30:00Z"))
+        );
         // 2026-03-29: 02:00 becomes 03:00; 02:30 runs at 03:30 local (01:30 UTC).
         assert_eq!(
             berlin.next_after(at("2026-03-28T12:00:00Z")),
