@@ -4,30 +4,11 @@
 
 mod common;
 
-use std::process::Command;
-
 use common::git_server::{file_url, run_fixture};
 use common::{TestVault, ok, stderr};
 
-/// Runs `gitvault args…` under a pseudo-terminal; returns everything it drew.
 fn on_a_terminal(tv: &TestVault, args: &[&str]) -> String {
-    let mut line = format!(
-        "'{}' --vault '{}'",
-        env!("CARGO_BIN_EXE_gitvault"),
-        tv.dir.display()
-    );
-    for a in args {
-        line.push_str(&format!(" '{a}'"));
-    }
-    let out = Command::new("script")
-        .args(["-q", "-f", "-e", "-c", &line, "/dev/null"])
-        .env("GITVAULT_IDENTITY_FILE", &tv.identity_file)
-        .env("TERM", "xterm")
-        .env_remove("NO_COLOR")
-        .output()
-        .expect("script (util-linux) runs a command under a pseudo-terminal");
-    assert!(out.status.success(), "{}", stderr(&out));
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    common::on_a_terminal(tv, args, None)
 }
 
 #[test]
@@ -92,4 +73,34 @@ fn checks_and_maintenance_show_their_phases() {
     let out = tv.run(&["verify", "--full"]);
     ok(&out);
     assert!(!stderr(&out).contains("verify --full"), "{}", stderr(&out));
+}
+
+/// A run of several repositories shows a total line, and each target a line with the bytes
+/// uploaded to it.
+#[test]
+fn a_run_shows_a_total_and_each_targets_uploads() {
+    let tv = TestVault::new();
+    let second = tv.tmp.path().join("second");
+    ok(&tv.run(&["target", "add", "second", &file_url(&second)]));
+    let alpha = tv.tmp.path().join("alpha.git");
+    let beta = tv.tmp.path().join("beta.git");
+    run_fixture("rich.sh", &[alpha.to_str().unwrap()]);
+    run_fixture("rich.sh", &[beta.to_str().unwrap()]);
+    let (a, b) = (file_url(&alpha), file_url(&beta));
+    // Held once the first pack is on both targets, until both lines show its bytes.
+    let uploaded = |drawn: &str| {
+        common::shows_nonzero(drawn, "target local upload ")
+            && common::shows_nonzero(drawn, "target second upload ")
+    };
+    let drawn = common::on_a_terminal(&tv, &["backup", &a, &b], Some(("pack-uploaded", &uploaded)));
+    assert!(drawn.contains("total ["), "{drawn:?}");
+    assert!(drawn.contains("/2 repositories"), "{drawn:?}");
+    // Without a terminal: none of it.
+    run_fixture("evolve.sh", &[alpha.to_str().unwrap(), "add-commit"]);
+    let out = tv.run(&["backup", &a, &b]);
+    ok(&out);
+    let all = format!("{}{}", common::stdout(&out), stderr(&out));
+    for p in ["target local upload", "total [", "\u{1b}["] {
+        assert!(!all.contains(p), "{p:?} without a terminal: {all}");
+    }
 }

@@ -115,7 +115,15 @@ fn run(
         )?
     };
     let previous = previous.as_ref().map(|p| &p.manifest);
-    let lfs = lfs::backup_lfs(vault, handle, &remote, &fetched.refs, previous, pointers)?;
+    let lfs = lfs::backup_lfs(
+        vault,
+        handle,
+        &remote,
+        &fetched.refs,
+        previous,
+        pointers,
+        (&report.repo, progress),
+    )?;
     report.lfs_objects_stored = lfs.stored.len() as u64;
     report.lfs_missing = lfs.missing;
     let object_maps = store_object_map(handle, &new_objects)?;

@@ -242,9 +242,11 @@ impl gitvault::progress::Progress for Bars {
             Unit::Objects => "{pos}/{len} objects {per_sec}",
             Unit::Packs => "{pos}/{len} packs",
         };
-        let template = match total {
-            Some(_) => format!("{{spinner}} {{prefix}} {{msg}} [{{bar:20}}] {counts}"),
-            None => "{spinner} {prefix} {msg}…".to_string(),
+        let template = match (total, unit) {
+            (Some(_), _) => format!("{{spinner}} {{prefix}} {{msg}} [{{bar:20}}] {counts}"),
+            // Bytes without a known end (a target's uploads): how many so far, and how fast.
+            (None, Unit::Bytes) => "{spinner} {prefix} {msg} {bytes} {bytes_per_sec}".to_string(),
+            (None, _) => "{spinner} {prefix} {msg}…".to_string(),
         };
         if let Ok(style) = indicatif::ProgressStyle::with_template(&template) {
             bar.set_style(style.progress_chars("=> "));
