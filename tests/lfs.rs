@@ -344,6 +344,7 @@ fn lfs_transfers_show_objects_and_bytes_on_a_terminal() {
     common::on_a_terminal(
         &tv,
         &["backup", &w.url, "--name", "repo"],
+        &[],
         Some(("lfs-download-started", &download)),
     );
     let lfs = w.lfs.as_ref().unwrap();
@@ -367,6 +368,7 @@ fn lfs_transfers_show_objects_and_bytes_on_a_terminal() {
             "--push-lfs-url",
             &lfs.endpoint("org", "pushed"),
         ],
+        &[],
         Some(("lfs-upload-started", &upload)),
     );
     let uploaded = lfs

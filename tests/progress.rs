@@ -8,7 +8,7 @@ use common::git_server::{file_url, run_fixture};
 use common::{TestVault, ok, stderr};
 
 fn on_a_terminal(tv: &TestVault, args: &[&str]) -> String {
-    common::on_a_terminal(tv, args, None)
+    common::on_a_terminal(tv, args, &[], None)
 }
 
 #[test]
@@ -92,7 +92,12 @@ fn a_run_shows_a_total_and_each_targets_uploads() {
         common::shows_nonzero(drawn, "target local upload ")
             && common::shows_nonzero(drawn, "target second upload ")
     };
-    let drawn = common::on_a_terminal(&tv, &["backup", &a, &b], Some(("pack-uploaded", &uploaded)));
+    let drawn = common::on_a_terminal(
+        &tv,
+        &["backup", &a, &b],
+        &[],
+        Some(("pack-uploaded", &uploaded)),
+    );
     assert!(drawn.contains("total ["), "{drawn:?}");
     assert!(drawn.contains("/2 repositories"), "{drawn:?}");
     // Without a terminal: none of it.
@@ -103,4 +108,27 @@ fn a_run_shows_a_total_and_each_targets_uploads() {
     for p in ["target local upload", "total [", "\u{1b}["] {
         assert!(!all.contains(p), "{p:?} without a terminal: {all}");
     }
+}
+
+/// Log lines are coloured on a terminal, and not when NO_COLOR is set (no-color.org).
+#[test]
+fn no_color_turns_colours_off() {
+    let tv = TestVault::new();
+    let repo = tv.tmp.path().join("alpha.git");
+    run_fixture("rich.sh", &[repo.to_str().unwrap()]);
+    let url = file_url(&repo);
+    // An SGR sequence (`ESC [ 34 m`); the bars' own cursor moves (`ESC [ 2 K`) are not colour.
+    let coloured = |drawn: &str| {
+        drawn.split('\u{1b}').skip(1).any(|seq| {
+            seq.strip_prefix('[').is_some_and(|rest| {
+                let params = rest.trim_start_matches(|c: char| c.is_ascii_digit() || c == ';');
+                params.starts_with('m') && params.len() < rest.len()
+            })
+        })
+    };
+    let drawn = common::on_a_terminal(&tv, &["-vv", "backup", &url], &[], None);
+    assert!(drawn.contains("DEBUG") && coloured(&drawn), "{drawn:?}");
+    run_fixture("evolve.sh", &[repo.to_str().unwrap(), "add-commit"]);
+    let drawn = common::on_a_terminal(&tv, &["-vv", "backup", &url], &[("NO_COLOR", "1")], None);
+    assert!(drawn.contains("DEBUG") && !coloured(&drawn), "{drawn:?}");
 }

@@ -311,8 +311,13 @@ pub type DrawnTest = dyn Fn(&str) -> bool;
 /// Runs `gitvault args…` on `tv` under a pseudo-terminal (util-linux `script`) and returns
 /// everything it drew. With `held`: the process pauses at that test hook point until what it
 /// drew satisfies `until` (polled, with a generous deadline, since a busy machine draws late),
-/// so that a short phase is seen for sure.
-pub fn on_a_terminal(tv: &TestVault, args: &[&str], held: Option<(&str, &DrawnTest)>) -> String {
+/// so that a short phase is seen for sure. `env` is added to the command's environment.
+pub fn on_a_terminal(
+    tv: &TestVault,
+    args: &[&str],
+    env: &[(&str, &str)],
+    held: Option<(&str, &DrawnTest)>,
+) -> String {
     use std::sync::{Arc, Mutex};
     let mut line = format!(
         "'{}' --vault '{}'",
@@ -329,6 +334,7 @@ pub fn on_a_terminal(tv: &TestVault, args: &[&str], held: Option<(&str, &DrawnTe
         .env("GITVAULT_IDENTITY_FILE", &tv.identity_file)
         .env("TERM", "xterm")
         .env_remove("NO_COLOR")
+        .envs(env.iter().copied())
         .stdout(std::process::Stdio::piped());
     if let Some((point, _)) = held {
         cmd.env(
