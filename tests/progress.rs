@@ -132,3 +132,30 @@ fn no_color_turns_colours_off() {
     let drawn = common::on_a_terminal(&tv, &["-vv", "backup", &url], &[("NO_COLOR", "1")], None);
     assert!(drawn.contains("DEBUG") && !coloured(&drawn), "{drawn:?}");
 }
+
+/// The fetch counts the objects of the pack it receives, out of the total the pack's header
+/// gives (gix's own counters).
+#[test]
+fn the_fetch_counts_received_objects() {
+    let tv = TestVault::new();
+    let repo = tv.tmp.path().join("alpha.git");
+    run_fixture("rich.sh", &[repo.to_str().unwrap()]);
+    // `alpha fetch [====] N/N objects`, N > 0: every object of the pack counted.
+    let all_counted = |drawn: &str| {
+        drawn.split("alpha fetch [").skip(1).any(|rest| {
+            let counts = rest
+                .split_once("] ")
+                .and_then(|(_, r)| r.split_once(" objects"))
+                .and_then(|(c, _)| c.split_once('/'))
+                .map(|(n, of)| (n.parse::<u64>(), of.parse::<u64>()));
+            matches!(counts, Some((Ok(n), Ok(of))) if n == of && of > 0)
+        })
+    };
+    let drawn = common::on_a_terminal(
+        &tv,
+        &["backup", &file_url(&repo), "--name", "alpha"],
+        &[],
+        Some(("fetch-received", &all_counted)),
+    );
+    assert!(drawn.contains("changed"), "{drawn:?}");
+}
