@@ -110,9 +110,10 @@ fn a_run_shows_a_total_and_each_targets_uploads() {
     }
 }
 
-/// Log lines are coloured on a terminal, and not when NO_COLOR is set (no-color.org).
+/// Log lines are coloured on a terminal, and not when NO_COLOR is set (no-color.org); either
+/// way each starts on a line of its own, above the bars, not inside one.
 #[test]
-fn no_color_turns_colours_off() {
+fn log_lines_are_coloured_unless_no_color_and_never_inside_a_bar() {
     let tv = TestVault::new();
     let repo = tv.tmp.path().join("alpha.git");
     run_fixture("rich.sh", &[repo.to_str().unwrap()]);
@@ -126,11 +127,47 @@ fn no_color_turns_colours_off() {
             })
         })
     };
+    // Each log record (`2026-…Z DEBUG …`) starts where a line starts (after a newline, or
+    // after the bars were cleared back to the line's start), not after a bar's text.
+    let records_start_lines = |drawn: &str| {
+        let text = without_escapes(drawn);
+        let starts: Vec<usize> = text
+            .match_indices(" DEBUG ")
+            // The timestamp's date: ten characters before its `T`.
+            .filter_map(|(at, _)| text[..at].rfind('T').and_then(|t| t.checked_sub(10)))
+            .collect();
+        !starts.is_empty()
+            && starts
+                .iter()
+                .all(|&at| at == 0 || matches!(text.as_bytes()[at - 1], b'\n' | b'\r'))
+    };
     let drawn = common::on_a_terminal(&tv, &["-vv", "backup", &url], &[], None);
     assert!(drawn.contains("DEBUG") && coloured(&drawn), "{drawn:?}");
+    assert!(records_start_lines(&drawn), "{drawn:?}");
     run_fixture("evolve.sh", &[repo.to_str().unwrap(), "add-commit"]);
     let drawn = common::on_a_terminal(&tv, &["-vv", "backup", &url], &[("NO_COLOR", "1")], None);
     assert!(drawn.contains("DEBUG") && !coloured(&drawn), "{drawn:?}");
+    assert!(records_start_lines(&drawn), "{drawn:?}");
+}
+
+/// `text` without its terminal control sequences (`ESC [ params letter`).
+fn without_escapes(text: &str) -> String {
+    let mut out = String::new();
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            if chars.next() == Some('[') {
+                for c in chars.by_ref() {
+                    if c.is_ascii_alphabetic() {
+                        break;
+                    }
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// The fetch counts the objects of the pack it receives, out of the total the pack's header

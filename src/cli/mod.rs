@@ -209,7 +209,7 @@ pub fn main() -> i32 {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("gitvault={level}")));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(output::LogLine::default)
         .with_target(false)
         .with_ansi(colour_allowed())
         .init();
