@@ -90,7 +90,10 @@ pub fn verify_watched(
         };
         let job = format!("target {}", target.name());
         if full {
-            progress.phase(&job, "verify --full", Some(packs.len() as u64), Unit::Packs);
+            // In bytes, since each pack is downloaded and rehashed: the line shows how fast.
+            let bytes = packs.iter().map(|p| p.size).sum();
+            let phase = format!("verify --full ({} packs)", packs.len());
+            progress.phase(&job, &phase, Some(bytes), Unit::Bytes);
         }
         for pack in &packs {
             let present = match listed.get(&pack.name) {
@@ -107,7 +110,7 @@ pub fn verify_watched(
             vault
                 .index()
                 .set_presence(&pack.name, target.name(), present)?;
-            progress.advance(&job, 1);
+            progress.advance(&job, pack.size);
         }
         progress.done(&job);
         let known: std::collections::HashSet<&str> =

@@ -54,7 +54,10 @@ fn checks_and_maintenance_show_their_phases() {
     ok(&tv.run(&["backup", &file_url(&repo), "--name", "alpha"]));
 
     let drawn = on_a_terminal(&tv, &["verify", "--full"]);
-    assert!(drawn.contains("target local verify --full"), "{drawn:?}");
+    assert!(
+        drawn.contains("target local verify --full (1 packs)"),
+        "{drawn:?}"
+    );
     let second = tv.tmp.path().join("second");
     ok(&tv.run(&["target", "add", "second", &file_url(&second)]));
     let drawn = on_a_terminal(&tv, &["sync"]);
