@@ -46,6 +46,19 @@ struct World {
     bare: std::path::PathBuf,
 }
 
+impl World {
+    /// A new empty bare repository beside the server's, to push a restore to.
+    fn empty_bare(&self, name: &str) -> std::path::PathBuf {
+        let path = self.tmp.path().join(name);
+        ok(&git_in(
+            self.tmp.path(),
+            self.tmp.path(),
+            &["init", "-q", "--bare", path.to_str().unwrap()],
+        ));
+        path
+    }
+}
+
 fn world(extra: &[&str]) -> World {
     let tmp = tempfile::tempdir().unwrap();
     let lfs = LfsServer::start(&tmp.path().join("lfs-storage"));
@@ -104,12 +117,7 @@ fn lfs_objects_of_every_branch_and_tag_round_trip() {
 
     // Restored and pushed to a new home: git to a bare repository, LFS to its own endpoint.
     let lfs = w.lfs.as_ref().unwrap();
-    let pushed = w.tmp.path().join("pushed.git");
-    ok(&git_in(
-        w.tmp.path(),
-        w.tmp.path(),
-        &["init", "-q", "--bare", pushed.to_str().unwrap()],
-    ));
+    let pushed = w.empty_bare("pushed.git");
     let again = tv.tmp.path().join("again.git");
     let out = tv.run(&[
         "--json",
@@ -348,12 +356,7 @@ fn lfs_transfers_show_objects_and_bytes_on_a_terminal() {
         Some(("lfs-download-started", &download)),
     );
     let lfs = w.lfs.as_ref().unwrap();
-    let pushed = w.tmp.path().join("pushed.git");
-    ok(&git_in(
-        w.tmp.path(),
-        w.tmp.path(),
-        &["init", "-q", "--bare", pushed.to_str().unwrap()],
-    ));
+    let pushed = w.empty_bare("pushed.git");
     let restored = tv.tmp.path().join("restored.git");
     let upload = shows("repo lfs upload");
     common::on_a_terminal(
