@@ -22,7 +22,7 @@ mod prune;
 mod snapshots;
 
 pub use http_cache::CachedResponse;
-pub use objects::ObjectChunk;
+pub use objects::{GIT_OBJECT_SQL, ObjectChunk};
 use objects::{OID_PAGE, drop_objects_not};
 pub use packs::{
     ChunkLocation, ChunkRow, Committed, FrameInfo, PackEntry, PackRecord, PackRow, Provenance,
@@ -55,11 +55,21 @@ const DERIVED_INDEXES: &[(&str, &str)] = &[
         "chunks_by_pack",
         "CREATE INDEX IF NOT EXISTS chunks_by_pack ON chunks(pack_id)",
     ),
+    // Only the kinds `chunks_of_kind` looks for: indexing every chunk's kind cost 44 bytes a
+    // git object (a fifth of the index) for a few thousand manifests.
     (
-        "chunks_by_kind",
-        "CREATE INDEX IF NOT EXISTS chunks_by_kind ON chunks(kind)",
+        "chunks_by_rare_kind",
+        "CREATE INDEX IF NOT EXISTS chunks_by_rare_kind ON chunks(kind) WHERE kind IN (7, 11)",
     ),
 ];
+
+/// The chunk kinds `chunks_by_rare_kind` holds: `store::ChunkKind::Manifest` and
+/// `PruneRecord` (the index is below the store; a store test checks the numbers).
+pub const INDEXED_CHUNK_KINDS: [u8; 2] = [7, 11];
+
+/// The schema version whose migration rewrites `git_objects` (and so leaves a file worth
+/// compacting once).
+const FOOTPRINT_VERSION: i64 = 5;
 
 /// Each entry moves the schema from version i to i+1. Never edit a shipped entry: add one.
 const MIGRATIONS: &[&str] = &[
@@ -154,6 +164,27 @@ const MIGRATIONS: &[&str] = &[
     "
     ALTER TABLE pack_targets ADD COLUMN lock_until_ms INTEGER;
     ",
+    // v5: a smaller index (docs/PERFORMANCE.md, "Index footprint"). A git object names its
+    // chunk by the chunk id's first 8 bytes when exactly that chunk has them, else by the
+    // whole id (see `objects::CHUNK_REF`); the full index of chunk kinds gives way to a
+    // partial one (`DERIVED_INDEXES`). Rows are copied in id order, which fills pages.
+    "
+    DROP INDEX IF EXISTS chunks_by_kind;
+    CREATE TABLE git_objects_v5 (
+        oid BLOB PRIMARY KEY,
+        kind INTEGER NOT NULL,
+        chunk BLOB NOT NULL
+    ) WITHOUT ROWID;
+    INSERT INTO git_objects_v5 (oid, kind, chunk)
+        SELECT g.oid, g.kind,
+            CASE WHEN (SELECT min(c.id) = g.chunk AND max(c.id) = g.chunk FROM chunks c
+                       WHERE c.id BETWEEN substr(g.chunk, 1, 8)
+                           AND CAST(substr(g.chunk, 1, 8) || X'FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFF' AS BLOB))
+                 THEN substr(g.chunk, 1, 8) ELSE g.chunk END
+        FROM git_objects g ORDER BY g.oid;
+    DROP TABLE git_objects;
+    ALTER TABLE git_objects_v5 RENAME TO git_objects;
+    ",
 ];
 
 /// Where an index's contents came from (`meta.origin`).
@@ -243,6 +274,11 @@ impl Index {
             tx.execute_batch(sql)?;
             tx.pragma_update(None, "user_version", i as i64 + 1)?;
             tx.commit()?;
+        }
+        if (1..FOOTPRINT_VERSION).contains(&found) {
+            // The rewritten tables left their old pages free inside the file: give them back
+            // once (VACUUM cannot run inside the migration's transaction).
+            self.conn().execute_batch("VACUUM")?;
         }
         Ok(())
     }
@@ -439,9 +475,11 @@ mod tests {
                     [vec![i; 32]],
                 )
                 .unwrap();
+                // Half by the whole chunk id, half by its first 8 bytes.
+                let chunk = vec![i; if i % 2 == 0 { 32 } else { 8 }];
                 conn.execute(
                     "INSERT INTO git_objects (oid, kind, chunk) VALUES (?1, 3, ?2)",
-                    [vec![i; 20], vec![i; 32]],
+                    [vec![i; 20], chunk],
                 )
                 .unwrap();
             }
@@ -451,6 +489,7 @@ mod tests {
             assert_eq!(index.chunk(&id).unwrap().unwrap().pack_name, "p");
             let oid = crate::model::Oid([i; 20]);
             assert_eq!(index.git_object_chunk(&oid).unwrap().unwrap().chunk, id);
+            assert_eq!(index.git_object(&oid).unwrap().unwrap().1, id);
         }
         assert!(
             index
@@ -459,10 +498,173 @@ mod tests {
                 .is_none()
         );
         let conn = index.conn();
-        for sql in [packs::CHUNK_SQL, objects::GIT_OBJECT_CHUNK_SQL] {
+        for sql in [
+            packs::CHUNK_SQL,
+            GIT_OBJECT_SQL,
+            objects::GIT_OBJECT_CHUNK_SQL,
+        ] {
             let stmt = conn.prepare_cached(sql).unwrap();
             let recompiled = stmt.get_status(rusqlite::StatementStatus::RePrepare);
             assert_eq!(recompiled, 0, "{sql}");
         }
+    }
+
+    fn id_with_prefix(prefix: u8, rest: u8) -> ChunkId {
+        let mut id = [rest; 32];
+        id[..8].copy_from_slice(&[prefix; 8]);
+        ChunkId(id)
+    }
+
+    fn entry(id: ChunkId) -> PackEntry {
+        PackEntry {
+            id,
+            kind: 4,
+            frame: 0,
+            offset: 0,
+            len: 1,
+        }
+    }
+
+    fn commit(index: &Index, name: &str, ids: &[ChunkId]) {
+        let frames = [FrameInfo {
+            offset: 0,
+            compressed_len: 1,
+            raw_len: 1,
+        }];
+        let entries: Vec<PackEntry> = ids.iter().copied().map(entry).collect();
+        let record = PackRecord {
+            name,
+            size: 1,
+            raw_bytes: 1,
+            provenance: Provenance::Written,
+            frames: &frames,
+            entries: &entries,
+        };
+        index.commit_pack(&record, &["t".to_string()], 0).unwrap();
+    }
+
+    fn object(i: u8, chunk: ChunkId) -> ObjectEntry {
+        ObjectEntry {
+            oid: Oid([i; 20]),
+            kind: ObjectKind::Blob,
+            chunk,
+        }
+    }
+
+    /// Bytes stored for each git object's chunk reference, by object id.
+    fn ref_widths(index: &Index) -> Vec<(u8, usize)> {
+        let conn = index.conn();
+        let mut stmt = conn
+            .prepare("SELECT oid, length(chunk) FROM git_objects ORDER BY oid")
+            .unwrap();
+        stmt.query_map([], |r| Ok((r.get::<_, Vec<u8>>(0)?[0], r.get(1)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    }
+
+    /// A chunk whose first 8 bytes another chunk already has makes the references to that
+    /// chunk whole: no object ever resolves to the wrong chunk, whatever the order of writes.
+    #[test]
+    fn chunks_sharing_a_prefix_are_told_apart() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = Index::open(&dir.path().join("index.sqlite")).unwrap();
+        // b sorts before a: a range lookup that did not tell them apart would find b.
+        let (a, b, c) = (
+            id_with_prefix(1, 2),
+            id_with_prefix(1, 1),
+            id_with_prefix(3, 3),
+        );
+        commit(&index, "p1", &[a, c]);
+        index
+            .add_git_objects(&[object(1, a), object(3, c)])
+            .unwrap();
+        assert_eq!(ref_widths(&index), [(1, 8), (3, 8)]);
+
+        // b arrives in another pack: object 1 must keep naming a, not b.
+        commit(&index, "p2", &[b]);
+        index.add_git_objects(&[object(2, b)]).unwrap();
+        assert_eq!(ref_widths(&index), [(1, 32), (2, 32), (3, 8)]);
+        for (i, want) in [(1, a), (2, b), (3, c)] {
+            let oid = Oid([i; 20]);
+            assert_eq!(index.git_object(&oid).unwrap().unwrap().1, want);
+            assert_eq!(index.git_object_chunk(&oid).unwrap().unwrap().chunk, want);
+            assert!(index.has_git_object(&oid).unwrap());
+        }
+        let all = index.git_objects_after(&Oid([0; 20]), 10).unwrap();
+        let chunks: Vec<ChunkId> = all.iter().map(|e| e.chunk).collect();
+        assert_eq!(chunks, [a, b, c]);
+
+        // p1 gone: the objects of a and c go, b's stays.
+        let gone = index.drop_vanished_packs(&["p1".to_string()]).unwrap();
+        assert_eq!(gone.objects, 2);
+        assert!(!index.has_git_object(&Oid([1; 20])).unwrap());
+        assert_eq!(index.git_object(&Oid([2; 20])).unwrap().unwrap().1, b);
+        assert!(!index.has_git_object(&Oid([3; 20])).unwrap());
+        // Nothing else has b's prefix now, but its reference stays whole (still exact).
+        assert_eq!(ref_widths(&index), [(2, 32)]);
+    }
+
+    /// An index of schema version 4 (full chunk ids, every chunk's kind indexed) opens as
+    /// version 5 with the same answers.
+    #[test]
+    fn a_version_4_index_is_migrated() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("index.sqlite");
+        let (a, b, c, missing) = (
+            id_with_prefix(1, 1),
+            id_with_prefix(1, 2),
+            id_with_prefix(3, 3),
+            id_with_prefix(4, 4),
+        );
+        {
+            let conn = Connection::open(&path).unwrap();
+            for sql in &MIGRATIONS[..4] {
+                conn.execute_batch(sql).unwrap();
+            }
+            conn.pragma_update(None, "user_version", 4).unwrap();
+            conn.execute(
+                "INSERT INTO packs (id, name, size, raw_bytes, chunk_count, created_at)
+                 VALUES (1, 'p', 1, 1, 3, 0)",
+                [],
+            )
+            .unwrap();
+            for (id, kind) in [(a, 4u8), (b, 4), (c, 7)] {
+                conn.execute(
+                    "INSERT INTO chunks (id, kind, pack_id, frame_offset, frame_clen,
+                     frame_rawlen, offset, length) VALUES (?1, ?2, 1, 0, 1, 1, 0, 1)",
+                    params![&id.0[..], kind],
+                )
+                .unwrap();
+            }
+            for (i, chunk) in [(1u8, a), (2, b), (3, c), (4, missing)] {
+                conn.execute(
+                    "INSERT INTO git_objects (oid, kind, chunk) VALUES (?1, 3, ?2)",
+                    params![&[i; 20][..], &chunk.0[..]],
+                )
+                .unwrap();
+            }
+        }
+        let index = Index::open(&path).unwrap();
+        assert_eq!(index.schema_version().unwrap(), SCHEMA_VERSION);
+        assert_eq!(ref_widths(&index), [(1, 32), (2, 32), (3, 8), (4, 32)]);
+        for (i, want) in [(1, a), (2, b), (3, c), (4, missing)] {
+            let (kind, chunk) = index.git_object(&Oid([i; 20])).unwrap().unwrap();
+            assert_eq!((kind, chunk), (ObjectKind::Blob, want));
+        }
+        assert!(index.git_object_chunk(&Oid([4; 20])).unwrap().is_none());
+        assert_eq!(index.chunks_of_kind(7).unwrap(), [c]);
+        assert_eq!(index.chunks_of_kind(4).unwrap(), [a, b]);
+        let names: Vec<String> = {
+            let conn = index.conn();
+            let mut stmt = conn
+                .prepare("SELECT name FROM sqlite_schema WHERE type = 'index' AND name LIKE 'chunks_by%' ORDER BY name")
+                .unwrap();
+            stmt.query_map([], |r| r.get(0))
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap()
+        };
+        assert_eq!(names, ["chunks_by_pack", "chunks_by_rare_kind"]);
     }
 }

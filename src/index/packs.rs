@@ -267,7 +267,10 @@ impl Index {
                      offset = ?6, length = ?7
                  WHERE id = ?1",
             )?;
-            for e in pack.entries {
+            // In id order, for the reason given in `insert_snapshot`.
+            let mut in_order: Vec<&PackEntry> = pack.entries.iter().collect();
+            in_order.sort_unstable_by_key(|e| e.id.0);
+            for e in in_order {
                 let (frame, clen, rawlen, offset, len) = pack.placement(e)?;
                 let id = &e.id.0[..];
                 if add_new
@@ -275,6 +278,7 @@ impl Index {
                         id, e.kind, pack_id, frame, clen, rawlen, offset, len
                     ])? > 0
                 {
+                    objects::widen_refs_sharing_prefix(&tx, &e.id)?;
                     inserted += 1;
                     continue;
                 }
@@ -345,7 +349,14 @@ impl Index {
                 )
             };
             gone("lfs_objects", "chunk")?;
-            counts.objects = gone("git_objects", "chunk")? as u64;
+            counts.objects = tx.execute(
+                concat!(
+                    "DELETE FROM git_objects AS g WHERE NOT EXISTS (SELECT 1 FROM chunks c WHERE ",
+                    objects::chunk_of_object!(),
+                    ")"
+                ),
+                [],
+            )? as u64;
             counts.snapshots = gone("snapshots", "manifest")? as u64;
         }
         tx.commit()?;
@@ -500,9 +511,18 @@ impl Index {
     }
 
     /// The ids of every chunk of one kind (manifests, prune records).
+    /// Quick for manifests and prune records (`chunks_by_rare_kind`); any other kind is a
+    /// scan of every chunk.
     pub fn chunks_of_kind(&self, kind: u8) -> Result<Vec<ChunkId>, IndexError> {
         let conn = self.conn();
-        let mut stmt = conn.prepare_cached("SELECT id FROM chunks WHERE kind = ?1")?;
+        // The repeated condition lets SQLite use the partial index: it cannot know a bound
+        // value before planning.
+        let rare = INDEXED_CHUNK_KINDS.contains(&kind);
+        let mut stmt = conn.prepare_cached(if rare {
+            "SELECT id FROM chunks WHERE kind = ?1 AND kind IN (7, 11)"
+        } else {
+            "SELECT id FROM chunks WHERE kind = ?1"
+        })?;
         let rows = stmt.query_map(params![kind], |r| {
             let id: Vec<u8> = r.get(0)?;
             Ok(chunk_id_from(&id))
