@@ -424,3 +424,73 @@ fn parallel_urls_back_up_each_repository_once() {
     let snapshots: serde_json::Value = serde_json::from_str(&snapshots).unwrap();
     assert_eq!(snapshots.as_array().unwrap().len(), 2, "{snapshots}");
 }
+
+/// Rewrites a vault's index into the layout of schema version 4 (before the footprint
+/// work): git objects naming their chunks by whole ids, every chunk's kind indexed.
+fn downgrade_index_to_v4(tv: &TestVault) {
+    let conn = rusqlite::Connection::open(tv.dir.join("index.sqlite")).unwrap();
+    conn.execute_batch(
+        "DROP INDEX chunks_by_rare_kind;
+         CREATE INDEX chunks_by_kind ON chunks(kind);
+         CREATE TABLE git_objects_v4 (
+             oid BLOB PRIMARY KEY,
+             kind INTEGER NOT NULL,
+             chunk BLOB NOT NULL
+         ) WITHOUT ROWID;
+         INSERT INTO git_objects_v4 SELECT g.oid, g.kind,
+             (SELECT c.id FROM chunks c WHERE c.id BETWEEN g.chunk
+                 AND CAST(g.chunk || X'FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFF' AS BLOB))
+             FROM git_objects g;
+         DROP TABLE git_objects;
+         ALTER TABLE git_objects_v4 RENAME TO git_objects;
+         PRAGMA user_version = 4;",
+    )
+    .unwrap();
+}
+
+/// How many git object rows name their chunk by how many bytes.
+fn chunk_ref_widths(tv: &TestVault) -> Vec<(i64, i64)> {
+    let conn = rusqlite::Connection::open(tv.dir.join("index.sqlite")).unwrap();
+    let mut stmt = conn
+        .prepare("SELECT length(chunk), count(*) FROM git_objects GROUP BY 1 ORDER BY 1")
+        .unwrap();
+    stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+}
+
+#[test]
+fn an_index_of_the_previous_schema_is_migrated_and_restores_exactly() {
+    let tv = TestVault::new();
+    let rich = make_repo(tv.tmp.path(), "rich", &[]);
+    let url = file_url(&rich);
+    let first = backup(&tv, &url, "rich", None);
+    let objects = first["repositories"][0]["objects_added"].as_u64().unwrap() as i64;
+    assert!(objects > 10, "{first}");
+    downgrade_index_to_v4(&tv);
+    assert_eq!(chunk_ref_widths(&tv), [(32, objects)]);
+
+    // Restore opens (and migrates) the index, then finds every object through it.
+    let to = tv.tmp.path().join("restored");
+    restore(&tv, "rich", &[], &to);
+    fsck(&to);
+    assert_eq!(refs_and_head(&to), refs_and_head(&rich));
+    assert_eq!(chunk_ref_widths(&tv), [(8, objects)]);
+    let conn = rusqlite::Connection::open(tv.dir.join("index.sqlite")).unwrap();
+    let version: i64 = conn
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .unwrap();
+    assert_eq!(version, 5);
+
+    // The migrated index still knows what the vault has: the next backup adds the new
+    // commit only, and the result restores exactly.
+    evolve(&rich, "add-commit");
+    let doc = backup(&tv, &url, "rich", None);
+    let added = doc["repositories"][0]["objects_added"].as_u64().unwrap();
+    assert!((3..=6).contains(&added), "{doc}");
+    let again = tv.tmp.path().join("restored-again");
+    restore(&tv, "rich", &[], &again);
+    fsck(&again);
+    assert_eq!(refs_and_head(&again), refs_and_head(&rich));
+}
