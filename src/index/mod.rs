@@ -28,7 +28,7 @@ pub use packs::{
     ChunkLocation, ChunkRow, Committed, FrameInfo, PackEntry, PackRecord, PackRow, Provenance,
     VanishedCounts,
 };
-use packs::{chunk_id_from, chunk_row, record_pack};
+use packs::{chunk_id_from, chunk_row, in_pack, note_in_pack, record_pack};
 pub use prune::{PruneChanges, PruneCounts};
 pub use snapshots::{NewSnapshot, SnapshotRow};
 
@@ -51,10 +51,6 @@ pub enum IndexError {
 /// Secondary indexes that index backups leave out (a third of the file, and random ids do not
 /// compress) and `open` recreates.
 const DERIVED_INDEXES: &[(&str, &str)] = &[
-    (
-        "chunks_by_pack",
-        "CREATE INDEX IF NOT EXISTS chunks_by_pack ON chunks(pack_id)",
-    ),
     // Only the kinds `chunks_of_kind` looks for: indexing every chunk's kind cost 44 bytes a
     // git object (a fifth of the index) for a few thousand manifests.
     (
@@ -166,10 +162,20 @@ const MIGRATIONS: &[&str] = &[
     ",
     // v5: a smaller index (docs/PERFORMANCE.md, "Index footprint"). A git object names its
     // chunk by the chunk id's first 8 bytes when exactly that chunk has them, else by the
-    // whole id (see `objects::CHUNK_REF`); the full index of chunk kinds gives way to a
-    // partial one (`DERIVED_INDEXES`). Rows are copied in id order, which fills pages.
+    // whole id (see `objects::chunk_ref`); the full index of chunk kinds gives way to a
+    // partial one (`DERIVED_INDEXES`); the index of chunks by pack (which repeated each whole
+    // id) to `pack_chunks` (see `packs::in_pack`). Rows are copied in key order, which fills
+    // pages.
     "
     DROP INDEX IF EXISTS chunks_by_kind;
+    DROP INDEX IF EXISTS chunks_by_pack;
+    CREATE TABLE pack_chunks (
+        pack_id INTEGER NOT NULL,
+        prefix BLOB NOT NULL,
+        PRIMARY KEY (pack_id, prefix)
+    ) WITHOUT ROWID;
+    INSERT INTO pack_chunks (pack_id, prefix)
+        SELECT DISTINCT pack_id, substr(id, 1, 8) FROM chunks ORDER BY 1, 2;
     CREATE TABLE git_objects_v5 (
         oid BLOB PRIMARY KEY,
         kind INTEGER NOT NULL,
@@ -414,6 +420,7 @@ impl Index {
         let copy = Connection::open(path)?;
         copy.execute_batch(
             "DELETE FROM git_objects; DELETE FROM lfs_objects; DELETE FROM chunks;
+             DELETE FROM pack_chunks;
              DELETE FROM pack_targets; DELETE FROM packs; DELETE FROM snapshots;
              DELETE FROM repos;",
         )?;
@@ -665,6 +672,67 @@ mod tests {
                 .collect::<Result<_, _>>()
                 .unwrap()
         };
-        assert_eq!(names, ["chunks_by_pack", "chunks_by_rare_kind"]);
+        assert_eq!(names, ["chunks_by_rare_kind"]);
+        let mut in_pack: Vec<ChunkId> = index
+            .chunks_of_pack(1, |_| true)
+            .unwrap()
+            .iter()
+            .map(|c| c.id)
+            .collect();
+        in_pack.sort_unstable_by_key(|c| c.0);
+        assert_eq!(in_pack, [a, b, c]);
+    }
+
+    /// `pack_chunks` keeps a moved chunk's old (pack, prefix) row: every per-pack question
+    /// still answers by where each chunk row points now.
+    #[test]
+    fn chunks_of_a_pack_follow_moves() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = Index::open(&dir.path().join("index.sqlite")).unwrap();
+        let (a, c) = (id_with_prefix(1, 1), id_with_prefix(3, 3));
+        commit(&index, "p1", &[a, c]);
+        let p1 = index.pack_id("p1").unwrap().unwrap();
+        let frames = [FrameInfo {
+            offset: 0,
+            compressed_len: 1,
+            raw_len: 1,
+        }];
+        let entries = [entry(a)];
+        let p2 = index
+            .commit_pack_moving(
+                &PackRecord {
+                    name: "p2",
+                    size: 1,
+                    raw_bytes: 1,
+                    provenance: Provenance::Written,
+                    frames: &frames,
+                    entries: &entries,
+                },
+                &["t".to_string()],
+                0,
+                (&std::collections::HashSet::from([p1]), false),
+            )
+            .unwrap();
+        assert_eq!(p2.moved, 1);
+        let ids = |pack: i64| -> Vec<ChunkId> {
+            index
+                .chunks_of_pack(pack, |_| true)
+                .unwrap()
+                .iter()
+                .map(|c| c.id)
+                .collect()
+        };
+        assert_eq!(ids(p1), [c]);
+        assert_eq!(ids(p2.pack_id), [a]);
+        assert!(index.all_chunks_of_pack(p1, |row| row.id == c).unwrap());
+        assert_eq!(index.chunks_in_pack("p1").unwrap(), 1);
+        assert_eq!(index.packs_with_foreign_chunks().unwrap(), ["p1"]);
+        index.unrecord_pack("p1").unwrap();
+        assert!(!index.has_chunk(&c).unwrap());
+        assert_eq!(index.chunk(&a).unwrap().unwrap().pack_name, "p2");
+        assert_eq!(ids(p2.pack_id), [a]);
+        let gone = index.drop_vanished_packs(&["p2".to_string()]).unwrap();
+        assert_eq!(gone.chunks, 1);
+        assert_eq!(index.totals().unwrap().chunks, 0);
     }
 }
