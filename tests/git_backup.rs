@@ -426,11 +426,27 @@ fn parallel_urls_back_up_each_repository_once() {
 }
 
 /// Rewrites a vault's index into the layout of schema version 4 (before the footprint
-/// work): git objects naming their chunks by whole ids, chunks indexed by kind and by pack.
+/// work): git objects naming their chunks by whole ids, each chunk row with its frame's
+/// lengths, chunks indexed by kind and by pack.
 fn downgrade_index_to_v4(tv: &TestVault) {
     let conn = rusqlite::Connection::open(tv.dir.join("index.sqlite")).unwrap();
     conn.execute_batch(
-        "DROP INDEX chunks_by_rare_kind;
+        "CREATE TABLE chunks_v4 (
+             id BLOB PRIMARY KEY,
+             kind INTEGER NOT NULL,
+             pack_id INTEGER NOT NULL REFERENCES packs(id),
+             frame_offset INTEGER NOT NULL,
+             frame_clen INTEGER NOT NULL,
+             frame_rawlen INTEGER NOT NULL,
+             offset INTEGER NOT NULL,
+             length INTEGER NOT NULL
+         ) WITHOUT ROWID;
+         INSERT INTO chunks_v4 SELECT c.id, c.kind, c.pack_id, c.frame_offset, f.clen, f.rawlen,
+             c.offset, c.length
+             FROM chunks c JOIN frames f ON f.pack_id = c.pack_id AND f.offset = c.frame_offset;
+         DROP TABLE chunks;
+         ALTER TABLE chunks_v4 RENAME TO chunks;
+         DROP TABLE frames;
          CREATE INDEX chunks_by_kind ON chunks(kind);
          DROP TABLE pack_chunks;
          CREATE INDEX chunks_by_pack ON chunks(pack_id);

@@ -164,11 +164,32 @@ const MIGRATIONS: &[&str] = &[
     // chunk by the chunk id's first 8 bytes when exactly that chunk has them, else by the
     // whole id (see `objects::chunk_ref`); the full index of chunk kinds gives way to a
     // partial one (`DERIVED_INDEXES`); the index of chunks by pack (which repeated each whole
-    // id) to `pack_chunks` (see `packs::in_pack`). Rows are copied in key order, which fills
-    // pages.
+    // id) to `pack_chunks` (see `packs::in_pack`); each frame's lengths move from every chunk
+    // row to one `frames` row. Rows are copied in key order, which fills pages.
     "
     DROP INDEX IF EXISTS chunks_by_kind;
     DROP INDEX IF EXISTS chunks_by_pack;
+    CREATE TABLE frames (
+        pack_id INTEGER NOT NULL,
+        offset INTEGER NOT NULL,
+        clen INTEGER NOT NULL,
+        rawlen INTEGER NOT NULL,
+        PRIMARY KEY (pack_id, offset)
+    ) WITHOUT ROWID;
+    INSERT OR IGNORE INTO frames (pack_id, offset, clen, rawlen)
+        SELECT DISTINCT pack_id, frame_offset, frame_clen, frame_rawlen FROM chunks ORDER BY 1, 2;
+    CREATE TABLE chunks_v5 (
+        id BLOB PRIMARY KEY,
+        kind INTEGER NOT NULL,
+        pack_id INTEGER NOT NULL REFERENCES packs(id),
+        frame_offset INTEGER NOT NULL,
+        offset INTEGER NOT NULL,
+        length INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    INSERT INTO chunks_v5 (id, kind, pack_id, frame_offset, offset, length)
+        SELECT id, kind, pack_id, frame_offset, offset, length FROM chunks ORDER BY id;
+    DROP TABLE chunks;
+    ALTER TABLE chunks_v5 RENAME TO chunks;
     CREATE TABLE pack_chunks (
         pack_id INTEGER NOT NULL,
         prefix BLOB NOT NULL,
@@ -420,7 +441,7 @@ impl Index {
         let copy = Connection::open(path)?;
         copy.execute_batch(
             "DELETE FROM git_objects; DELETE FROM lfs_objects; DELETE FROM chunks;
-             DELETE FROM pack_chunks;
+             DELETE FROM pack_chunks; DELETE FROM frames;
              DELETE FROM pack_targets; DELETE FROM packs; DELETE FROM snapshots;
              DELETE FROM repos;",
         )?;
@@ -475,10 +496,15 @@ mod tests {
                 [],
             )
             .unwrap();
+            conn.execute(
+                "INSERT INTO frames (pack_id, offset, clen, rawlen) VALUES (1, 0, 1, 1)",
+                [],
+            )
+            .unwrap();
             for i in 0..20u8 {
                 conn.execute(
-                    "INSERT INTO chunks (id, kind, pack_id, frame_offset, frame_clen,
-                     frame_rawlen, offset, length) VALUES (?1, 4, 1, 0, 1, 1, 0, 1)",
+                    "INSERT INTO chunks (id, kind, pack_id, frame_offset, offset, length)
+                     VALUES (?1, 4, 1, 0, 0, 1)",
                     [vec![i; 32]],
                 )
                 .unwrap();
@@ -639,7 +665,7 @@ mod tests {
             for (id, kind) in [(a, 4u8), (b, 4), (c, 7)] {
                 conn.execute(
                     "INSERT INTO chunks (id, kind, pack_id, frame_offset, frame_clen,
-                     frame_rawlen, offset, length) VALUES (?1, ?2, 1, 0, 1, 1, 0, 1)",
+                     frame_rawlen, offset, length) VALUES (?1, ?2, 1, 10, 20, 30, 5, 1)",
                     params![&id.0[..], kind],
                 )
                 .unwrap();
@@ -660,6 +686,16 @@ mod tests {
             assert_eq!((kind, chunk), (ObjectKind::Blob, want));
         }
         assert!(index.git_object_chunk(&Oid([4; 20])).unwrap().is_none());
+        let at = index.chunk(&b).unwrap().unwrap();
+        let frame = FrameInfo {
+            offset: 10,
+            compressed_len: 20,
+            raw_len: 30,
+        };
+        assert_eq!(
+            (at.pack_name.as_str(), at.frame, at.offset),
+            ("p", frame, 5)
+        );
         assert_eq!(index.chunks_of_kind(7).unwrap(), [c]);
         assert_eq!(index.chunks_of_kind(4).unwrap(), [a, b]);
         let names: Vec<String> = {

@@ -84,20 +84,14 @@ pub struct PackRecord<'a> {
 }
 
 impl PackRecord<'_> {
-    /// Where a footer entry's chunk lies, as a chunk row records it: frame offset, frame
-    /// compressed and raw length, offset in the frame, length. The footer was checked when it
+    /// Where a footer entry's chunk lies, as a chunk row records it: frame offset, offset in
+    /// the frame, length (the frame's lengths are in `frames`). The footer was checked when it
     /// was decoded; a record built by hand may still name a missing frame.
-    pub(super) fn placement(&self, e: &PackEntry) -> Result<(u64, u32, u32, u32, u32), IndexError> {
+    pub(super) fn placement(&self, e: &PackEntry) -> Result<(u64, u32, u32), IndexError> {
         let frame = self.frames.get(e.frame as usize).ok_or_else(|| {
             IndexError::Inconsistent(format!("pack {} names a missing frame", self.name))
         })?;
-        Ok((
-            frame.offset,
-            frame.compressed_len,
-            frame.raw_len,
-            e.offset,
-            e.len,
-        ))
+        Ok((frame.offset, e.offset, e.len))
     }
 }
 
@@ -161,6 +155,14 @@ pub(super) fn record_pack(
     for t in targets {
         presence.execute(params![pack_id, t])?;
     }
+    // Keyed by offset, not by the footer's frame index: an index migrated from v4 knew only
+    // the offsets of the frames its chunk rows pointed into.
+    let mut frame = tx.prepare_cached(
+        "INSERT OR IGNORE INTO frames (pack_id, offset, clen, rawlen) VALUES (?1, ?2, ?3, ?4)",
+    )?;
+    for f in pack.frames {
+        frame.execute(params![pack_id, f.offset, f.compressed_len, f.raw_len])?;
+    }
     Ok(pack_id)
 }
 
@@ -220,6 +222,10 @@ pub(super) fn note_in_pack(
 const FORGET_PACK_CHUNKS_SQL: &str =
     "DELETE FROM pack_chunks WHERE pack_id IN (SELECT id FROM packs WHERE name = ?1)";
 
+/// Forgets the frames of the pack called `?1` (the pack row goes too).
+const FORGET_FRAMES_SQL: &str =
+    "DELETE FROM frames WHERE pack_id IN (SELECT id FROM packs WHERE name = ?1)";
+
 /// Deletes the chunk rows pointing into the pack called `?1`.
 const DELETE_CHUNKS_OF_PACK_SQL: &str = concat!(
     "DELETE FROM chunks WHERE id IN (SELECT c.id FROM ",
@@ -236,7 +242,10 @@ pub(super) const CHUNKS_OF_PACK_SQL: &str = concat!(
 /// No JOIN, for the reason given at `objects::GIT_OBJECT_CHUNK_SQL`.
 pub(crate) const CHUNK_SQL: &str =
     "SELECT c.kind, c.pack_id, (SELECT p.name FROM packs p WHERE p.id = c.pack_id),
-            c.frame_offset, c.frame_clen, c.frame_rawlen, c.offset, c.length
+            c.frame_offset,
+            (SELECT f.clen FROM frames f WHERE f.pack_id = c.pack_id AND f.offset = c.frame_offset),
+            (SELECT f.rawlen FROM frames f WHERE f.pack_id = c.pack_id AND f.offset = c.frame_offset),
+            c.offset, c.length
      FROM chunks c WHERE c.id = ?1";
 
 impl Index {
@@ -307,25 +316,21 @@ impl Index {
         let (mut inserted, mut moved) = (0, 0);
         {
             let mut insert = tx.prepare_cached(
-                "INSERT OR IGNORE INTO chunks (id, kind, pack_id, frame_offset, frame_clen, frame_rawlen, offset, length)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                "INSERT OR IGNORE INTO chunks (id, kind, pack_id, frame_offset, offset, length)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             )?;
             let mut holder = tx.prepare_cached("SELECT pack_id FROM chunks WHERE id = ?1")?;
             let mut repoint = tx.prepare_cached(
-                "UPDATE chunks SET pack_id = ?2, frame_offset = ?3, frame_clen = ?4, frame_rawlen = ?5,
-                     offset = ?6, length = ?7
+                "UPDATE chunks SET pack_id = ?2, frame_offset = ?3, offset = ?4, length = ?5
                  WHERE id = ?1",
             )?;
             // In id order, for the reason given in `insert_snapshot`.
             let mut in_order: Vec<&PackEntry> = pack.entries.iter().collect();
             in_order.sort_unstable_by_key(|e| e.id.0);
             for e in in_order {
-                let (frame, clen, rawlen, offset, len) = pack.placement(e)?;
+                let (frame, offset, len) = pack.placement(e)?;
                 let id = &e.id.0[..];
-                if add_new
-                    && insert.execute(params![
-                        id, e.kind, pack_id, frame, clen, rawlen, offset, len
-                    ])? > 0
+                if add_new && insert.execute(params![id, e.kind, pack_id, frame, offset, len])? > 0
                 {
                     objects::widen_refs_sharing_prefix(&tx, &e.id)?;
                     note_in_pack(&tx, pack_id, &e.id)?;
@@ -337,7 +342,7 @@ impl Index {
                 }
                 let now: Option<i64> = holder.query_row(params![id], |r| r.get(0)).optional()?;
                 if now.is_some_and(|now| moving_from.contains(&now)) {
-                    repoint.execute(params![id, pack_id, frame, clen, rawlen, offset, len])?;
+                    repoint.execute(params![id, pack_id, frame, offset, len])?;
                     note_in_pack(&tx, pack_id, &e.id)?;
                     moved += 1;
                 }
@@ -378,6 +383,7 @@ impl Index {
         {
             let mut chunks = tx.prepare_cached(DELETE_CHUNKS_OF_PACK_SQL)?;
             let mut pack_chunks = tx.prepare_cached(FORGET_PACK_CHUNKS_SQL)?;
+            let mut frames = tx.prepare_cached(FORGET_FRAMES_SQL)?;
             let mut presence = tx.prepare_cached(
                 "DELETE FROM pack_targets WHERE pack_id IN (SELECT id FROM packs WHERE name = ?1)",
             )?;
@@ -386,6 +392,7 @@ impl Index {
             for name in names {
                 counts.chunks += chunks.execute(params![name])? as u64;
                 pack_chunks.execute(params![name])?;
+                frames.execute(params![name])?;
                 presence.execute(params![name])?;
                 pack.execute(params![name])?;
                 condemned.execute(params![name])?;
@@ -607,6 +614,7 @@ impl Index {
             params![name],
         )?;
         tx.execute(FORGET_PACK_CHUNKS_SQL, params![name])?;
+        tx.execute(FORGET_FRAMES_SQL, params![name])?;
         tx.execute("DELETE FROM packs WHERE name = ?1", params![name])?;
         tx.execute("DELETE FROM condemned_packs WHERE name = ?1", params![name])?;
         tx.commit()?;

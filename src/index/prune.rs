@@ -80,15 +80,14 @@ impl Index {
             // A chunk moves only out of a condemned pack; elsewhere the copy is a duplicate
             // (and its pack, pointed into by nothing, is condemned below).
             let mut repoint = tx.prepare_cached(
-                "UPDATE chunks SET pack_id = ?2, frame_offset = ?3, frame_clen = ?4, frame_rawlen = ?5,
-                     offset = ?6, length = ?7
+                "UPDATE chunks SET pack_id = ?2, frame_offset = ?3, offset = ?4, length = ?5
                  WHERE id = ?1 AND pack_id IN
                      (SELECT p.id FROM packs p JOIN condemned_packs c ON c.name = p.name)",
             )?;
             for e in pack.entries {
-                let (frame, clen, rawlen, offset, len) = pack.placement(e)?;
+                let (frame, offset, len) = pack.placement(e)?;
                 let id = &e.id.0[..];
-                if repoint.execute(params![id, pack_id, frame, clen, rawlen, offset, len])? > 0 {
+                if repoint.execute(params![id, pack_id, frame, offset, len])? > 0 {
                     note_in_pack(&tx, pack_id, &e.id)?;
                 }
             }
