@@ -107,6 +107,12 @@ fn bench(c: &mut Criterion) {
             black_box(index.git_object(&oid(objects + i)).expect("a lookup"))
         })
     });
+    g.bench_function("Index::chunk", |b| {
+        b.iter(|| {
+            i = (i + 7919) % objects;
+            black_box(index.chunk(&entries[i].chunk).expect("a lookup"))
+        })
+    });
     g.bench_function("oid hash alone", |b| {
         b.iter(|| {
             i = (i + 7919) % objects;
