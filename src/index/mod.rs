@@ -48,8 +48,7 @@ pub enum IndexError {
     Inconsistent(String),
 }
 
-/// Secondary indexes that index backups leave out (a third of the file, and random ids do not
-/// compress) and `open` recreates.
+/// Secondary indexes that index backups leave out and `open` recreates.
 const DERIVED_INDEXES: &[(&str, &str)] = &[
     // Only the kinds `chunks_of_kind` looks for: indexing every chunk's kind cost 44 bytes a
     // git object (a fifth of the index) for a few thousand manifests.
