@@ -522,6 +522,7 @@ mod tests {
             let oid = crate::model::Oid([i; 20]);
             assert_eq!(index.git_object_chunk(&oid).unwrap().unwrap().chunk, id);
             assert_eq!(index.git_object(&oid).unwrap().unwrap().1, id);
+            assert_eq!(index.git_object_place(&oid).unwrap(), Some(Some((1, 0, 0))));
         }
         assert!(
             index
@@ -534,6 +535,7 @@ mod tests {
             packs::CHUNK_SQL,
             GIT_OBJECT_SQL,
             objects::GIT_OBJECT_CHUNK_SQL,
+            objects::GIT_OBJECT_PLACE_SQL,
         ] {
             let stmt = conn.prepare_cached(sql).unwrap();
             let recompiled = stmt.get_status(rusqlite::StatementStatus::RePrepare);
@@ -685,6 +687,12 @@ mod tests {
             assert_eq!((kind, chunk), (ObjectKind::Blob, want));
         }
         assert!(index.git_object_chunk(&Oid([4; 20])).unwrap().is_none());
+        assert_eq!(index.git_object_place(&Oid([4; 20])).unwrap(), Some(None));
+        assert_eq!(
+            index.git_object_place(&Oid([2; 20])).unwrap(),
+            Some(Some((1, 10, 5)))
+        );
+        assert_eq!(index.git_object_place(&Oid([9; 20])).unwrap(), None);
         let at = index.chunk(&b).unwrap().unwrap();
         let frame = FrameInfo {
             offset: 10,

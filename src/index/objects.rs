@@ -88,6 +88,19 @@ pub(crate) const GIT_OBJECT_CHUNK_SQL: &str = concat!(
      FROM git_objects g WHERE g.oid = ?1"
 );
 
+pub(crate) const GIT_OBJECT_PLACE_SQL: &str = concat!(
+    "SELECT (SELECT c.pack_id FROM chunks c WHERE ",
+    chunk_of_object!(),
+    "),
+        (SELECT c.frame_offset FROM chunks c WHERE ",
+    chunk_of_object!(),
+    "),
+        (SELECT c.offset FROM chunks c WHERE ",
+    chunk_of_object!(),
+    ")
+     FROM git_objects g WHERE g.oid = ?1"
+);
+
 /// The smallest and largest chunk id beginning with `id`'s first 8 bytes.
 fn prefix_range(id: &[u8; 32]) -> ([u8; 32], [u8; 32]) {
     let mut lo = [0u8; 32];
@@ -140,6 +153,28 @@ impl Index {
                 Ok(Some((kind, chunk)))
             }
         }
+    }
+
+    /// Where the object's chunk lies, as (pack id, frame offset, offset in the frame), in one
+    /// statement (restore orders its reads by it): `None` without the object, `Some(None)`
+    /// when its chunk is gone.
+    #[allow(clippy::type_complexity)]
+    pub fn git_object_place(
+        &self,
+        oid: &Oid,
+    ) -> Result<Option<Option<(i64, u64, u32)>>, IndexError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(GIT_OBJECT_PLACE_SQL)?;
+        type Row = (Option<i64>, Option<u64>, Option<u32>);
+        let row: Option<Row> = stmt
+            .query_row(params![&oid.0[..]], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })
+            .optional()?;
+        Ok(row.map(|place| match place {
+            (Some(pack), Some(frame), Some(offset)) => Some((pack, frame, offset)),
+            _ => None,
+        }))
     }
 
     /// The object's chunk with the chunk's row: one call where prune's mark would otherwise
