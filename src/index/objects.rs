@@ -74,31 +74,25 @@ pub const GIT_OBJECT_SQL: &str = concat!(
     "), g.chunk) FROM git_objects g WHERE g.oid = ?1"
 );
 
+/// Columns of the chunk row a git object row (alias `g`) names, one scalar subquery each.
+macro_rules! chunk_columns {
+    ($($col:literal),+) => {
+        concat!($(
+            "(SELECT c.", $col, " FROM chunks c WHERE ", chunk_of_object!(), "), ",
+        )+)
+    };
+}
+
 pub(crate) const GIT_OBJECT_CHUNK_SQL: &str = concat!(
-    "SELECT g.kind,
-        (SELECT c.id FROM chunks c WHERE ",
-    chunk_of_object!(),
-    "),
-        (SELECT c.kind FROM chunks c WHERE ",
-    chunk_of_object!(),
-    "),
-        (SELECT c.pack_id FROM chunks c WHERE ",
-    chunk_of_object!(),
-    ")
-     FROM git_objects g WHERE g.oid = ?1"
+    "SELECT ",
+    chunk_columns!("id", "kind", "pack_id"),
+    "g.kind FROM git_objects g WHERE g.oid = ?1"
 );
 
 pub(crate) const GIT_OBJECT_PLACE_SQL: &str = concat!(
-    "SELECT (SELECT c.pack_id FROM chunks c WHERE ",
-    chunk_of_object!(),
-    "),
-        (SELECT c.frame_offset FROM chunks c WHERE ",
-    chunk_of_object!(),
-    "),
-        (SELECT c.offset FROM chunks c WHERE ",
-    chunk_of_object!(),
-    ")
-     FROM git_objects g WHERE g.oid = ?1"
+    "SELECT ",
+    chunk_columns!("pack_id", "frame_offset", "offset"),
+    "g.kind FROM git_objects g WHERE g.oid = ?1"
 );
 
 /// The smallest and largest chunk id beginning with `id`'s first 8 bytes.
@@ -187,7 +181,7 @@ impl Index {
         type Row = (u8, Option<Vec<u8>>, Option<u8>, Option<i64>);
         let row: Option<Row> = stmt
             .query_row(params![&oid.0[..]], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+                Ok((r.get(3)?, r.get(0)?, r.get(1)?, r.get(2)?))
             })
             .optional()?;
         let Some((kind, Some(chunk), Some(chunk_kind), Some(pack_id))) = row else {
