@@ -22,13 +22,13 @@ mod prune;
 mod snapshots;
 
 pub use http_cache::CachedResponse;
-pub use objects::ObjectChunk;
+pub use objects::{GIT_OBJECT_SQL, ObjectChunk};
 use objects::{OID_PAGE, drop_objects_not};
 pub use packs::{
     ChunkLocation, ChunkRow, Committed, FrameInfo, PackEntry, PackRecord, PackRow, Provenance,
     VanishedCounts,
 };
-use packs::{chunk_id_from, chunk_row, record_pack};
+use packs::{chunk_id_from, chunk_row, in_pack, note_in_pack, record_pack};
 pub use prune::{PruneChanges, PruneCounts};
 pub use snapshots::{NewSnapshot, SnapshotRow};
 
@@ -48,18 +48,23 @@ pub enum IndexError {
     Inconsistent(String),
 }
 
-/// Secondary indexes that index backups leave out (a third of the file, and random ids do not
-/// compress) and `open` recreates.
+/// Secondary indexes that index backups leave out and `open` recreates.
 const DERIVED_INDEXES: &[(&str, &str)] = &[
+    // Only the kinds `chunks_of_kind` looks for: indexing every chunk's kind cost 44 bytes a
+    // git object (a fifth of the index) for a few thousand manifests.
     (
-        "chunks_by_pack",
-        "CREATE INDEX IF NOT EXISTS chunks_by_pack ON chunks(pack_id)",
-    ),
-    (
-        "chunks_by_kind",
-        "CREATE INDEX IF NOT EXISTS chunks_by_kind ON chunks(kind)",
+        "chunks_by_rare_kind",
+        "CREATE INDEX IF NOT EXISTS chunks_by_rare_kind ON chunks(kind) WHERE kind IN (7, 11)",
     ),
 ];
+
+/// The chunk kinds `chunks_by_rare_kind` holds: `store::ChunkKind::Manifest` and
+/// `PruneRecord` (the index is below the store; a store test checks the numbers).
+pub const INDEXED_CHUNK_KINDS: [u8; 2] = [7, 11];
+
+/// The schema version whose migration rewrites `git_objects` (and so leaves a file worth
+/// compacting once).
+const FOOTPRINT_VERSION: i64 = 5;
 
 /// Each entry moves the schema from version i to i+1. Never edit a shipped entry: add one.
 const MIGRATIONS: &[&str] = &[
@@ -154,6 +159,58 @@ const MIGRATIONS: &[&str] = &[
     "
     ALTER TABLE pack_targets ADD COLUMN lock_until_ms INTEGER;
     ",
+    // v5: a smaller index (docs/PERFORMANCE.md, "Index footprint"). A git object names its
+    // chunk by the chunk id's first 8 bytes when exactly that chunk has them, else by the
+    // whole id (see `objects::chunk_ref`); the full index of chunk kinds gives way to a
+    // partial one (`DERIVED_INDEXES`); the index of chunks by pack (which repeated each whole
+    // id) to `pack_chunks` (see `packs::in_pack`); each frame's lengths move from every chunk
+    // row to one `frames` row. Rows are copied in key order, which fills pages.
+    "
+    DROP INDEX IF EXISTS chunks_by_kind;
+    DROP INDEX IF EXISTS chunks_by_pack;
+    CREATE TABLE frames (
+        pack_id INTEGER NOT NULL,
+        offset INTEGER NOT NULL,
+        clen INTEGER NOT NULL,
+        rawlen INTEGER NOT NULL,
+        PRIMARY KEY (pack_id, offset)
+    ) WITHOUT ROWID;
+    INSERT OR IGNORE INTO frames (pack_id, offset, clen, rawlen)
+        SELECT DISTINCT pack_id, frame_offset, frame_clen, frame_rawlen FROM chunks ORDER BY 1, 2;
+    CREATE TABLE chunks_v5 (
+        id BLOB PRIMARY KEY,
+        kind INTEGER NOT NULL,
+        pack_id INTEGER NOT NULL REFERENCES packs(id),
+        frame_offset INTEGER NOT NULL,
+        offset INTEGER NOT NULL,
+        length INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    INSERT INTO chunks_v5 (id, kind, pack_id, frame_offset, offset, length)
+        SELECT id, kind, pack_id, frame_offset, offset, length FROM chunks ORDER BY id;
+    DROP TABLE chunks;
+    ALTER TABLE chunks_v5 RENAME TO chunks;
+    CREATE TABLE pack_chunks (
+        pack_id INTEGER NOT NULL,
+        prefix BLOB NOT NULL,
+        PRIMARY KEY (pack_id, prefix)
+    ) WITHOUT ROWID;
+    INSERT INTO pack_chunks (pack_id, prefix)
+        SELECT DISTINCT pack_id, substr(id, 1, 8) FROM chunks ORDER BY 1, 2;
+    CREATE TABLE git_objects_v5 (
+        oid BLOB PRIMARY KEY,
+        kind INTEGER NOT NULL,
+        chunk BLOB NOT NULL
+    ) WITHOUT ROWID;
+    INSERT INTO git_objects_v5 (oid, kind, chunk)
+        SELECT g.oid, g.kind,
+            CASE WHEN (SELECT min(c.id) = g.chunk AND max(c.id) = g.chunk FROM chunks c
+                       WHERE c.id BETWEEN substr(g.chunk, 1, 8)
+                           AND CAST(substr(g.chunk, 1, 8) || X'FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFF' AS BLOB))
+                 THEN substr(g.chunk, 1, 8) ELSE g.chunk END
+        FROM git_objects g ORDER BY g.oid;
+    DROP TABLE git_objects;
+    ALTER TABLE git_objects_v5 RENAME TO git_objects;
+    ",
 ];
 
 /// Where an index's contents came from (`meta.origin`).
@@ -243,6 +300,11 @@ impl Index {
             tx.execute_batch(sql)?;
             tx.pragma_update(None, "user_version", i as i64 + 1)?;
             tx.commit()?;
+        }
+        if (1..FOOTPRINT_VERSION).contains(&found) {
+            // The rewritten tables left their old pages free inside the file: give them back
+            // once (VACUUM cannot run inside the migration's transaction).
+            self.conn().execute_batch("VACUUM")?;
         }
         Ok(())
     }
@@ -378,6 +440,7 @@ impl Index {
         let copy = Connection::open(path)?;
         copy.execute_batch(
             "DELETE FROM git_objects; DELETE FROM lfs_objects; DELETE FROM chunks;
+             DELETE FROM pack_chunks; DELETE FROM frames;
              DELETE FROM pack_targets; DELETE FROM packs; DELETE FROM snapshots;
              DELETE FROM repos;",
         )?;
@@ -432,16 +495,23 @@ mod tests {
                 [],
             )
             .unwrap();
+            conn.execute(
+                "INSERT INTO frames (pack_id, offset, clen, rawlen) VALUES (1, 0, 1, 1)",
+                [],
+            )
+            .unwrap();
             for i in 0..20u8 {
                 conn.execute(
-                    "INSERT INTO chunks (id, kind, pack_id, frame_offset, frame_clen,
-                     frame_rawlen, offset, length) VALUES (?1, 4, 1, 0, 1, 1, 0, 1)",
+                    "INSERT INTO chunks (id, kind, pack_id, frame_offset, offset, length)
+                     VALUES (?1, 4, 1, 0, 0, 1)",
                     [vec![i; 32]],
                 )
                 .unwrap();
+                // Half by the whole chunk id, half by its first 8 bytes.
+                let chunk = vec![i; if i % 2 == 0 { 32 } else { 8 }];
                 conn.execute(
                     "INSERT INTO git_objects (oid, kind, chunk) VALUES (?1, 3, ?2)",
-                    [vec![i; 20], vec![i; 32]],
+                    [vec![i; 20], chunk],
                 )
                 .unwrap();
             }
@@ -451,6 +521,8 @@ mod tests {
             assert_eq!(index.chunk(&id).unwrap().unwrap().pack_name, "p");
             let oid = crate::model::Oid([i; 20]);
             assert_eq!(index.git_object_chunk(&oid).unwrap().unwrap().chunk, id);
+            assert_eq!(index.git_object(&oid).unwrap().unwrap().1, id);
+            assert_eq!(index.git_object_place(&oid).unwrap(), Some(Some((1, 0, 0))));
         }
         assert!(
             index
@@ -459,10 +531,251 @@ mod tests {
                 .is_none()
         );
         let conn = index.conn();
-        for sql in [packs::CHUNK_SQL, objects::GIT_OBJECT_CHUNK_SQL] {
+        for sql in [
+            packs::CHUNK_SQL,
+            GIT_OBJECT_SQL,
+            objects::GIT_OBJECT_CHUNK_SQL,
+            objects::GIT_OBJECT_PLACE_SQL,
+        ] {
             let stmt = conn.prepare_cached(sql).unwrap();
             let recompiled = stmt.get_status(rusqlite::StatementStatus::RePrepare);
             assert_eq!(recompiled, 0, "{sql}");
         }
+    }
+
+    fn id_with_prefix(prefix: u8, rest: u8) -> ChunkId {
+        let mut id = [rest; 32];
+        id[..8].copy_from_slice(&[prefix; 8]);
+        ChunkId(id)
+    }
+
+    fn entry(id: ChunkId) -> PackEntry {
+        PackEntry {
+            id,
+            kind: 4,
+            frame: 0,
+            offset: 0,
+            len: 1,
+        }
+    }
+
+    fn commit(index: &Index, name: &str, ids: &[ChunkId]) {
+        let frames = [FrameInfo {
+            offset: 0,
+            compressed_len: 1,
+            raw_len: 1,
+        }];
+        let entries: Vec<PackEntry> = ids.iter().copied().map(entry).collect();
+        let record = PackRecord {
+            name,
+            size: 1,
+            raw_bytes: 1,
+            provenance: Provenance::Written,
+            frames: &frames,
+            entries: &entries,
+        };
+        index.commit_pack(&record, &["t".to_string()], 0).unwrap();
+    }
+
+    fn object(i: u8, chunk: ChunkId) -> ObjectEntry {
+        ObjectEntry {
+            oid: Oid([i; 20]),
+            kind: ObjectKind::Blob,
+            chunk,
+        }
+    }
+
+    /// Bytes stored for each git object's chunk reference, by object id.
+    fn ref_widths(index: &Index) -> Vec<(u8, usize)> {
+        let conn = index.conn();
+        let mut stmt = conn
+            .prepare("SELECT oid, length(chunk) FROM git_objects ORDER BY oid")
+            .unwrap();
+        stmt.query_map([], |r| Ok((r.get::<_, Vec<u8>>(0)?[0], r.get(1)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    }
+
+    /// A chunk whose first 8 bytes another chunk already has makes the references to that
+    /// chunk whole: no object ever resolves to the wrong chunk, whatever the order of writes.
+    #[test]
+    fn chunks_sharing_a_prefix_are_told_apart() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = Index::open(&dir.path().join("index.sqlite")).unwrap();
+        // b sorts before a: a range lookup that did not tell them apart would find b.
+        let (a, b, c) = (
+            id_with_prefix(1, 2),
+            id_with_prefix(1, 1),
+            id_with_prefix(3, 3),
+        );
+        commit(&index, "p1", &[a, c]);
+        index
+            .add_git_objects(&[object(1, a), object(3, c)])
+            .unwrap();
+        assert_eq!(ref_widths(&index), [(1, 8), (3, 8)]);
+
+        // b arrives in another pack: object 1 must keep naming a, not b.
+        commit(&index, "p2", &[b]);
+        index.add_git_objects(&[object(2, b)]).unwrap();
+        assert_eq!(ref_widths(&index), [(1, 32), (2, 32), (3, 8)]);
+        for (i, want) in [(1, a), (2, b), (3, c)] {
+            let oid = Oid([i; 20]);
+            assert_eq!(index.git_object(&oid).unwrap().unwrap().1, want);
+            assert_eq!(index.git_object_chunk(&oid).unwrap().unwrap().chunk, want);
+            assert!(index.has_git_object(&oid).unwrap());
+        }
+        let all = index.git_objects_after(&Oid([0; 20]), 10).unwrap();
+        let chunks: Vec<ChunkId> = all.iter().map(|e| e.chunk).collect();
+        assert_eq!(chunks, [a, b, c]);
+
+        // p1 gone: the objects of a and c go, b's stays.
+        let gone = index.drop_vanished_packs(&["p1".to_string()]).unwrap();
+        assert_eq!(gone.objects, 2);
+        assert!(!index.has_git_object(&Oid([1; 20])).unwrap());
+        assert_eq!(index.git_object(&Oid([2; 20])).unwrap().unwrap().1, b);
+        assert!(!index.has_git_object(&Oid([3; 20])).unwrap());
+        // Nothing else has b's prefix now, but its reference stays whole (still exact).
+        assert_eq!(ref_widths(&index), [(2, 32)]);
+    }
+
+    /// An index of schema version 4 (full chunk ids, every chunk's kind indexed) opens as
+    /// version 5 with the same answers.
+    #[test]
+    fn a_version_4_index_is_migrated() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("index.sqlite");
+        let (a, b, c, missing) = (
+            id_with_prefix(1, 1),
+            id_with_prefix(1, 2),
+            id_with_prefix(3, 3),
+            id_with_prefix(4, 4),
+        );
+        {
+            let conn = Connection::open(&path).unwrap();
+            for sql in &MIGRATIONS[..4] {
+                conn.execute_batch(sql).unwrap();
+            }
+            conn.pragma_update(None, "user_version", 4).unwrap();
+            conn.execute(
+                "INSERT INTO packs (id, name, size, raw_bytes, chunk_count, created_at)
+                 VALUES (1, 'p', 1, 1, 3, 0)",
+                [],
+            )
+            .unwrap();
+            for (id, kind) in [(a, 4u8), (b, 4), (c, 7)] {
+                conn.execute(
+                    "INSERT INTO chunks (id, kind, pack_id, frame_offset, frame_clen,
+                     frame_rawlen, offset, length) VALUES (?1, ?2, 1, 10, 20, 30, 5, 1)",
+                    params![&id.0[..], kind],
+                )
+                .unwrap();
+            }
+            for (i, chunk) in [(1u8, a), (2, b), (3, c), (4, missing)] {
+                conn.execute(
+                    "INSERT INTO git_objects (oid, kind, chunk) VALUES (?1, 3, ?2)",
+                    params![&[i; 20][..], &chunk.0[..]],
+                )
+                .unwrap();
+            }
+        }
+        let index = Index::open(&path).unwrap();
+        assert_eq!(index.schema_version().unwrap(), SCHEMA_VERSION);
+        assert_eq!(ref_widths(&index), [(1, 32), (2, 32), (3, 8), (4, 32)]);
+        for (i, want) in [(1, a), (2, b), (3, c), (4, missing)] {
+            let (kind, chunk) = index.git_object(&Oid([i; 20])).unwrap().unwrap();
+            assert_eq!((kind, chunk), (ObjectKind::Blob, want));
+        }
+        assert!(index.git_object_chunk(&Oid([4; 20])).unwrap().is_none());
+        assert_eq!(index.git_object_place(&Oid([4; 20])).unwrap(), Some(None));
+        assert_eq!(
+            index.git_object_place(&Oid([2; 20])).unwrap(),
+            Some(Some((1, 10, 5)))
+        );
+        assert_eq!(index.git_object_place(&Oid([9; 20])).unwrap(), None);
+        let at = index.chunk(&b).unwrap().unwrap();
+        let frame = FrameInfo {
+            offset: 10,
+            compressed_len: 20,
+            raw_len: 30,
+        };
+        assert_eq!(
+            (at.pack_name.as_str(), at.frame, at.offset),
+            ("p", frame, 5)
+        );
+        assert_eq!(index.chunks_of_kind(7).unwrap(), [c]);
+        assert_eq!(index.chunks_of_kind(4).unwrap(), [a, b]);
+        let names: Vec<String> = {
+            let conn = index.conn();
+            let mut stmt = conn
+                .prepare("SELECT name FROM sqlite_schema WHERE type = 'index' AND name LIKE 'chunks_by%' ORDER BY name")
+                .unwrap();
+            stmt.query_map([], |r| r.get(0))
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap()
+        };
+        assert_eq!(names, ["chunks_by_rare_kind"]);
+        let mut in_pack: Vec<ChunkId> = index
+            .chunks_of_pack(1, |_| true)
+            .unwrap()
+            .iter()
+            .map(|c| c.id)
+            .collect();
+        in_pack.sort_unstable_by_key(|c| c.0);
+        assert_eq!(in_pack, [a, b, c]);
+    }
+
+    /// `pack_chunks` keeps a moved chunk's old (pack, prefix) row: every per-pack question
+    /// still answers by where each chunk row points now.
+    #[test]
+    fn chunks_of_a_pack_follow_moves() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = Index::open(&dir.path().join("index.sqlite")).unwrap();
+        let (a, c) = (id_with_prefix(1, 1), id_with_prefix(3, 3));
+        commit(&index, "p1", &[a, c]);
+        let p1 = index.pack_id("p1").unwrap().unwrap();
+        let frames = [FrameInfo {
+            offset: 0,
+            compressed_len: 1,
+            raw_len: 1,
+        }];
+        let entries = [entry(a)];
+        let p2 = index
+            .commit_pack_moving(
+                &PackRecord {
+                    name: "p2",
+                    size: 1,
+                    raw_bytes: 1,
+                    provenance: Provenance::Written,
+                    frames: &frames,
+                    entries: &entries,
+                },
+                &["t".to_string()],
+                0,
+                (&std::collections::HashSet::from([p1]), false),
+            )
+            .unwrap();
+        assert_eq!(p2.moved, 1);
+        let ids = |pack: i64| -> Vec<ChunkId> {
+            index
+                .chunks_of_pack(pack, |_| true)
+                .unwrap()
+                .iter()
+                .map(|c| c.id)
+                .collect()
+        };
+        assert_eq!(ids(p1), [c]);
+        assert_eq!(ids(p2.pack_id), [a]);
+        assert!(index.all_chunks_of_pack(p1, |row| row.id == c).unwrap());
+        assert_eq!(index.chunks_in_pack("p1").unwrap(), 1);
+        assert_eq!(index.packs_with_foreign_chunks().unwrap(), ["p1"]);
+        index.unrecord_pack("p1").unwrap();
+        assert!(!index.has_chunk(&c).unwrap());
+        assert_eq!(index.chunk(&a).unwrap().unwrap().pack_name, "p2");
+        assert_eq!(ids(p2.pack_id), [a]);
+        let gone = index.drop_vanished_packs(&["p2".to_string()]).unwrap();
+        assert_eq!(gone.chunks, 1);
+        assert_eq!(index.totals().unwrap().chunks, 0);
     }
 }

@@ -13,19 +13,125 @@ pub struct ObjectChunk {
 
 pub(super) const OID_PAGE: i64 = 10_000;
 
+// How a git object names its chunk (schema v5): `git_objects.chunk` holds the chunk id's first
+// 8 bytes when the index has exactly one chunk with those bytes and it is that chunk, else the
+// whole 32-byte id. Both are found by one range over the chunks' primary key: an 8-byte value
+// sorts before every id it begins, and `|| FF…` after. Collisions are kept exact rather than
+// made unlikely: a chunk whose first 8 bytes another chunk already has widens every reference
+// to that other chunk to its whole id first (`widen_refs_sharing_prefix`, the only insert of
+// chunk rows being `Index::commit_pack_moving`). Object ids stay whole: the backup skips an
+// object the index has, and a repository's author chooses its object ids.
+
+/// The chunk rows (alias `c`) a git object row (alias `g`) names: exactly one, or none when
+/// the chunk is gone.
+macro_rules! chunk_of_object {
+    () => {
+        "c.id BETWEEN g.chunk AND CAST(g.chunk || X'FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFF' AS BLOB)"
+    };
+}
+pub(super) use chunk_of_object;
+
+/// What `git_objects.chunk` stores for the whole chunk id bound as `$p`.
+macro_rules! chunk_ref {
+    ($p:literal) => {
+        concat!(
+            "CASE WHEN (SELECT min(c.id) = ",
+            $p,
+            " AND max(c.id) = ",
+            $p,
+            " FROM chunks c
+                 WHERE c.id BETWEEN substr(",
+            $p,
+            ", 1, 8)
+                     AND CAST(substr(",
+            $p,
+            ", 1, 8) || X'FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFF' AS BLOB))
+             THEN substr(",
+            $p,
+            ", 1, 8) ELSE ",
+            $p,
+            " END"
+        )
+    };
+}
+
+/// Records a git object (`?1` id, `?2` kind, `?3` whole chunk id) unless the index has it.
+pub(super) const INSERT_GIT_OBJECT_SQL: &str = concat!(
+    "INSERT OR IGNORE INTO git_objects (oid, kind, chunk) VALUES (?1, ?2, ",
+    chunk_ref!("?3"),
+    ")"
+);
+
+/// The git object's kind and whole chunk id (its stored reference when the chunk is gone).
 /// Scalar subqueries, not a JOIN: SQLite marks a JOIN's statement as depending on the bound
 /// value (constant propagation), and a statement returned to rusqlite's cache with its
 /// bindings cleared is then compiled again on every use (measured: 23 % of a restore's time
-/// when `chunk` was written as a JOIN). `tests::hot_lookups_are_not_recompiled` checks both.
-pub(crate) const GIT_OBJECT_CHUNK_SQL: &str = "SELECT g.kind, g.chunk,
-        (SELECT c.kind FROM chunks c WHERE c.id = g.chunk),
-        (SELECT c.pack_id FROM chunks c WHERE c.id = g.chunk)
-     FROM git_objects g WHERE g.oid = ?1";
+/// when `chunk` was written as a JOIN). `tests::hot_lookups_are_not_recompiled` checks these.
+#[doc(hidden)]
+pub const GIT_OBJECT_SQL: &str = concat!(
+    "SELECT g.kind, coalesce((SELECT c.id FROM chunks c WHERE ",
+    chunk_of_object!(),
+    "), g.chunk) FROM git_objects g WHERE g.oid = ?1"
+);
+
+/// Columns of the chunk row a git object row (alias `g`) names, one scalar subquery each.
+macro_rules! chunk_columns {
+    ($($col:literal),+) => {
+        concat!($(
+            "(SELECT c.", $col, " FROM chunks c WHERE ", chunk_of_object!(), "), ",
+        )+)
+    };
+}
+
+pub(crate) const GIT_OBJECT_CHUNK_SQL: &str = concat!(
+    "SELECT ",
+    chunk_columns!("id", "kind", "pack_id"),
+    "g.kind FROM git_objects g WHERE g.oid = ?1"
+);
+
+pub(crate) const GIT_OBJECT_PLACE_SQL: &str = concat!(
+    "SELECT ",
+    chunk_columns!("pack_id", "frame_offset", "offset"),
+    "g.kind FROM git_objects g WHERE g.oid = ?1"
+);
+
+/// The smallest and largest chunk id beginning with `id`'s first 8 bytes.
+fn prefix_range(id: &[u8; 32]) -> ([u8; 32], [u8; 32]) {
+    let mut lo = [0u8; 32];
+    lo[..8].copy_from_slice(&id[..8]);
+    let mut hi = [0xFFu8; 32];
+    hi[..8].copy_from_slice(&id[..8]);
+    (lo, hi)
+}
+
+/// Before chunk `id` gets its row: git objects naming another chunk by the 8 bytes `id`
+/// begins with name it by its whole id from now on. Runs a scan of `git_objects` only when
+/// two chunk ids share their first 8 bytes (never, short of a 64-bit collision of keyed
+/// hashes); the lookup before it is one range probe.
+pub(super) fn widen_refs_sharing_prefix(
+    tx: &rusqlite::Transaction<'_>,
+    id: &ChunkId,
+) -> Result<(), IndexError> {
+    let (lo, hi) = prefix_range(&id.0);
+    let mut namesakes =
+        tx.prepare_cached("SELECT id FROM chunks WHERE id BETWEEN ?1 AND ?2 AND id <> ?3")?;
+    let others: Vec<Vec<u8>> = namesakes
+        .query_map(params![&lo[..], &hi[..], &id.0[..]], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    if others.is_empty() {
+        return Ok(());
+    }
+    let mut widen = tx.prepare_cached("UPDATE git_objects SET chunk = ?2 WHERE chunk = ?1")?;
+    for other in others {
+        widen.execute(params![&id.0[..8], other])?;
+    }
+    Ok(())
+}
 
 impl Index {
     pub fn git_object(&self, oid: &Oid) -> Result<Option<(ObjectKind, ChunkId)>, IndexError> {
         let conn = self.conn();
-        let mut stmt = conn.prepare_cached("SELECT kind, chunk FROM git_objects WHERE oid = ?1")?;
+        let mut stmt = conn.prepare_cached(GIT_OBJECT_SQL)?;
         let row: Option<(u8, Vec<u8>)> = stmt
             .query_row(params![&oid.0[..]], |r| Ok((r.get(0)?, r.get(1)?)))
             .optional()?;
@@ -36,11 +142,33 @@ impl Index {
                     IndexError::Inconsistent(format!("object {oid} has unknown kind {kind}"))
                 })?;
                 let chunk = ChunkId::from_slice(&chunk).ok_or_else(|| {
-                    IndexError::Inconsistent(format!("object {oid} has a bad chunk id"))
+                    IndexError::Inconsistent(format!("object {oid} names a chunk that is gone"))
                 })?;
                 Ok(Some((kind, chunk)))
             }
         }
+    }
+
+    /// Where the object's chunk lies, as (pack id, frame offset, offset in the frame), in one
+    /// statement (restore orders its reads by it): `None` without the object, `Some(None)`
+    /// when its chunk is gone.
+    #[allow(clippy::type_complexity)]
+    pub fn git_object_place(
+        &self,
+        oid: &Oid,
+    ) -> Result<Option<Option<(i64, u64, u32)>>, IndexError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(GIT_OBJECT_PLACE_SQL)?;
+        type Row = (Option<i64>, Option<u64>, Option<u32>);
+        let row: Option<Row> = stmt
+            .query_row(params![&oid.0[..]], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })
+            .optional()?;
+        Ok(row.map(|place| match place {
+            (Some(pack), Some(frame), Some(offset)) => Some((pack, frame, offset)),
+            _ => None,
+        }))
     }
 
     /// The object's chunk with the chunk's row: one call where prune's mark would otherwise
@@ -48,14 +176,15 @@ impl Index {
     pub fn git_object_chunk(&self, oid: &Oid) -> Result<Option<ObjectChunk>, IndexError> {
         let conn = self.conn();
         let mut stmt = conn.prepare_cached(GIT_OBJECT_CHUNK_SQL)?;
-        // (object kind, chunk id, chunk kind, pack id); the last two are NULL without a chunk row.
-        type Row = (u8, Vec<u8>, Option<u8>, Option<i64>);
+        // (object kind, chunk id, chunk kind, pack id); the last three are NULL without a
+        // chunk row.
+        type Row = (u8, Option<Vec<u8>>, Option<u8>, Option<i64>);
         let row: Option<Row> = stmt
             .query_row(params![&oid.0[..]], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+                Ok((r.get(3)?, r.get(0)?, r.get(1)?, r.get(2)?))
             })
             .optional()?;
-        let Some((kind, chunk, Some(chunk_kind), Some(pack_id))) = row else {
+        let Some((kind, Some(chunk), Some(chunk_kind), Some(pack_id))) = row else {
             return Ok(None);
         };
         let kind = ObjectKind::from_u8(kind).ok_or_else(|| {
@@ -76,10 +205,12 @@ impl Index {
         let conn = self.conn();
         let tx = conn.unchecked_transaction()?;
         {
-            let mut insert = tx.prepare_cached(
+            let mut insert = tx.prepare_cached(concat!(
                 "INSERT OR IGNORE INTO git_objects (oid, kind, chunk)
-                 SELECT ?1, ?2, ?3 WHERE EXISTS (SELECT 1 FROM chunks WHERE id = ?3)",
-            )?;
+                 SELECT ?1, ?2, ",
+                chunk_ref!("?3"),
+                " WHERE EXISTS (SELECT 1 FROM chunks WHERE id = ?3)"
+            ))?;
             for e in entries {
                 insert.execute(params![&e.oid.0[..], e.kind as u8, &e.chunk.0[..]])?;
             }
@@ -107,9 +238,11 @@ impl Index {
         limit: usize,
     ) -> Result<Vec<ObjectEntry>, IndexError> {
         let conn = self.conn();
-        let mut stmt = conn.prepare_cached(
-            "SELECT oid, kind, chunk FROM git_objects WHERE oid > ?1 ORDER BY oid LIMIT ?2",
-        )?;
+        let mut stmt = conn.prepare_cached(concat!(
+            "SELECT g.oid, g.kind, coalesce((SELECT c.id FROM chunks c WHERE ",
+            chunk_of_object!(),
+            "), g.chunk) FROM git_objects g WHERE g.oid > ?1 ORDER BY g.oid LIMIT ?2"
+        ))?;
         let rows = stmt.query_map(params![&after.0[..], limit as i64], |r| {
             let oid: Vec<u8> = r.get(0)?;
             let kind: u8 = r.get(1)?;

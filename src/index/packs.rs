@@ -84,20 +84,14 @@ pub struct PackRecord<'a> {
 }
 
 impl PackRecord<'_> {
-    /// Where a footer entry's chunk lies, as a chunk row records it: frame offset, frame
-    /// compressed and raw length, offset in the frame, length. The footer was checked when it
+    /// Where a footer entry's chunk lies, as a chunk row records it: frame offset, offset in
+    /// the frame, length (the frame's lengths are in `frames`). The footer was checked when it
     /// was decoded; a record built by hand may still name a missing frame.
-    pub(super) fn placement(&self, e: &PackEntry) -> Result<(u64, u32, u32, u32, u32), IndexError> {
+    pub(super) fn placement(&self, e: &PackEntry) -> Result<(u64, u32, u32), IndexError> {
         let frame = self.frames.get(e.frame as usize).ok_or_else(|| {
             IndexError::Inconsistent(format!("pack {} names a missing frame", self.name))
         })?;
-        Ok((
-            frame.offset,
-            frame.compressed_len,
-            frame.raw_len,
-            e.offset,
-            e.len,
-        ))
+        Ok((frame.offset, e.offset, e.len))
     }
 }
 
@@ -161,6 +155,14 @@ pub(super) fn record_pack(
     for t in targets {
         presence.execute(params![pack_id, t])?;
     }
+    // Keyed by offset, not by the footer's frame index: an index migrated from v4 knew only
+    // the offsets of the frames its chunk rows pointed into.
+    let mut frame = tx.prepare_cached(
+        "INSERT OR IGNORE INTO frames (pack_id, offset, clen, rawlen) VALUES (?1, ?2, ?3, ?4)",
+    )?;
+    for f in pack.frames {
+        frame.execute(params![pack_id, f.offset, f.compressed_len, f.raw_len])?;
+    }
     Ok(pack_id)
 }
 
@@ -184,10 +186,66 @@ pub(super) fn chunk_id_from(bytes: &[u8]) -> ChunkId {
     ChunkId(id)
 }
 
+// Which chunks lie in which pack: `pack_chunks` holds (pack, first 8 bytes of the chunk id)
+// for every chunk row, and may hold more: rows of chunks since deleted or moved to another
+// pack stay until their pack goes. Every query through it therefore checks the chunk row's
+// own `pack_id`. (An index on `chunks(pack_id)` held each whole id again: 44 bytes a chunk,
+// against 17.)
+
+/// The chunk rows (alias `c`) in the pack whose id is bound as `$p`.
+macro_rules! in_pack {
+    ($p:literal) => {
+        concat!(
+            "pack_chunks pc JOIN chunks c ON c.id BETWEEN pc.prefix
+                 AND CAST(pc.prefix || X'FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFF' AS BLOB)
+             WHERE pc.pack_id = ",
+            $p,
+            " AND c.pack_id = ",
+            $p
+        )
+    };
+}
+pub(super) use in_pack;
+
+/// Records that chunk `id` lies in pack `pack_id` (`in_pack`).
+pub(super) fn note_in_pack(
+    tx: &rusqlite::Transaction<'_>,
+    pack_id: i64,
+    id: &ChunkId,
+) -> Result<(), IndexError> {
+    tx.prepare_cached("INSERT OR IGNORE INTO pack_chunks (pack_id, prefix) VALUES (?1, ?2)")?
+        .execute(params![pack_id, &id.0[..8]])?;
+    Ok(())
+}
+
+/// Forgets which chunks lay in the pack called `?1` (the pack row goes too).
+const FORGET_PACK_CHUNKS_SQL: &str =
+    "DELETE FROM pack_chunks WHERE pack_id IN (SELECT id FROM packs WHERE name = ?1)";
+
+/// Forgets the frames of the pack called `?1` (the pack row goes too).
+const FORGET_FRAMES_SQL: &str =
+    "DELETE FROM frames WHERE pack_id IN (SELECT id FROM packs WHERE name = ?1)";
+
+/// Deletes the chunk rows pointing into the pack called `?1`.
+const DELETE_CHUNKS_OF_PACK_SQL: &str = concat!(
+    "DELETE FROM chunks WHERE id IN (SELECT c.id FROM ",
+    in_pack!("(SELECT id FROM packs WHERE name = ?1)"),
+    ")"
+);
+
+/// The chunk rows (`chunk_row`) in the pack whose id is bound as `?1`.
+pub(super) const CHUNKS_OF_PACK_SQL: &str = concat!(
+    "SELECT c.id, c.kind, c.pack_id, c.length, c.frame_offset, c.offset FROM ",
+    in_pack!("?1")
+);
+
 /// No JOIN, for the reason given at `objects::GIT_OBJECT_CHUNK_SQL`.
 pub(crate) const CHUNK_SQL: &str =
     "SELECT c.kind, c.pack_id, (SELECT p.name FROM packs p WHERE p.id = c.pack_id),
-            c.frame_offset, c.frame_clen, c.frame_rawlen, c.offset, c.length
+            c.frame_offset,
+            (SELECT f.clen FROM frames f WHERE f.pack_id = c.pack_id AND f.offset = c.frame_offset),
+            (SELECT f.rawlen FROM frames f WHERE f.pack_id = c.pack_id AND f.offset = c.frame_offset),
+            c.offset, c.length
      FROM chunks c WHERE c.id = ?1";
 
 impl Index {
@@ -258,23 +316,24 @@ impl Index {
         let (mut inserted, mut moved) = (0, 0);
         {
             let mut insert = tx.prepare_cached(
-                "INSERT OR IGNORE INTO chunks (id, kind, pack_id, frame_offset, frame_clen, frame_rawlen, offset, length)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                "INSERT OR IGNORE INTO chunks (id, kind, pack_id, frame_offset, offset, length)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             )?;
             let mut holder = tx.prepare_cached("SELECT pack_id FROM chunks WHERE id = ?1")?;
             let mut repoint = tx.prepare_cached(
-                "UPDATE chunks SET pack_id = ?2, frame_offset = ?3, frame_clen = ?4, frame_rawlen = ?5,
-                     offset = ?6, length = ?7
+                "UPDATE chunks SET pack_id = ?2, frame_offset = ?3, offset = ?4, length = ?5
                  WHERE id = ?1",
             )?;
-            for e in pack.entries {
-                let (frame, clen, rawlen, offset, len) = pack.placement(e)?;
+            // In id order, for the reason given in `insert_snapshot`.
+            let mut in_order: Vec<&PackEntry> = pack.entries.iter().collect();
+            in_order.sort_unstable_by_key(|e| e.id.0);
+            for e in in_order {
+                let (frame, offset, len) = pack.placement(e)?;
                 let id = &e.id.0[..];
-                if add_new
-                    && insert.execute(params![
-                        id, e.kind, pack_id, frame, clen, rawlen, offset, len
-                    ])? > 0
+                if add_new && insert.execute(params![id, e.kind, pack_id, frame, offset, len])? > 0
                 {
+                    objects::widen_refs_sharing_prefix(&tx, &e.id)?;
+                    note_in_pack(&tx, pack_id, &e.id)?;
                     inserted += 1;
                     continue;
                 }
@@ -283,7 +342,8 @@ impl Index {
                 }
                 let now: Option<i64> = holder.query_row(params![id], |r| r.get(0)).optional()?;
                 if now.is_some_and(|now| moving_from.contains(&now)) {
-                    repoint.execute(params![id, pack_id, frame, clen, rawlen, offset, len])?;
+                    repoint.execute(params![id, pack_id, frame, offset, len])?;
+                    note_in_pack(&tx, pack_id, &e.id)?;
                     moved += 1;
                 }
             }
@@ -302,11 +362,12 @@ impl Index {
     /// copy of a chunk.
     pub fn packs_with_foreign_chunks(&self) -> Result<Vec<String>, IndexError> {
         let conn = self.conn();
-        let mut stmt = conn.prepare(
+        let mut stmt = conn.prepare(concat!(
             "SELECT p.name FROM packs p
-             WHERE p.chunk_count > (SELECT COUNT(*) FROM chunks c WHERE c.pack_id = p.id)
-             ORDER BY p.name",
-        )?;
+             WHERE p.chunk_count > (SELECT COUNT(*) FROM ",
+            in_pack!("p.id"),
+            ") ORDER BY p.name"
+        ))?;
         let rows = stmt.query_map([], |r| r.get(0))?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
@@ -320,9 +381,9 @@ impl Index {
         let tx = conn.unchecked_transaction()?;
         let mut counts = VanishedCounts::default();
         {
-            let mut chunks = tx.prepare_cached(
-                "DELETE FROM chunks WHERE pack_id IN (SELECT id FROM packs WHERE name = ?1)",
-            )?;
+            let mut chunks = tx.prepare_cached(DELETE_CHUNKS_OF_PACK_SQL)?;
+            let mut pack_chunks = tx.prepare_cached(FORGET_PACK_CHUNKS_SQL)?;
+            let mut frames = tx.prepare_cached(FORGET_FRAMES_SQL)?;
             let mut presence = tx.prepare_cached(
                 "DELETE FROM pack_targets WHERE pack_id IN (SELECT id FROM packs WHERE name = ?1)",
             )?;
@@ -330,6 +391,8 @@ impl Index {
             let mut condemned = tx.prepare_cached("DELETE FROM condemned_packs WHERE name = ?1")?;
             for name in names {
                 counts.chunks += chunks.execute(params![name])? as u64;
+                pack_chunks.execute(params![name])?;
+                frames.execute(params![name])?;
                 presence.execute(params![name])?;
                 pack.execute(params![name])?;
                 condemned.execute(params![name])?;
@@ -345,7 +408,14 @@ impl Index {
                 )
             };
             gone("lfs_objects", "chunk")?;
-            counts.objects = gone("git_objects", "chunk")? as u64;
+            counts.objects = tx.execute(
+                concat!(
+                    "DELETE FROM git_objects AS g WHERE NOT EXISTS (SELECT 1 FROM chunks c WHERE ",
+                    objects::chunk_of_object!(),
+                    ")"
+                ),
+                [],
+            )? as u64;
             counts.snapshots = gone("snapshots", "manifest")? as u64;
         }
         tx.commit()?;
@@ -465,9 +535,7 @@ impl Index {
         mut keep: impl FnMut(&ChunkRow) -> bool,
     ) -> Result<Vec<ChunkRow>, IndexError> {
         let conn = self.conn();
-        let mut stmt = conn.prepare_cached(
-            "SELECT id, kind, pack_id, length, frame_offset, offset FROM chunks WHERE pack_id = ?1",
-        )?;
+        let mut stmt = conn.prepare_cached(CHUNKS_OF_PACK_SQL)?;
         let mut rows = stmt.query(params![pack_id])?;
         let mut out = Vec::new();
         while let Some(r) = rows.next()? {
@@ -487,9 +555,7 @@ impl Index {
         mut f: impl FnMut(&ChunkRow) -> bool,
     ) -> Result<bool, IndexError> {
         let conn = self.conn();
-        let mut stmt = conn.prepare_cached(
-            "SELECT id, kind, pack_id, length, frame_offset, offset FROM chunks WHERE pack_id = ?1",
-        )?;
+        let mut stmt = conn.prepare_cached(CHUNKS_OF_PACK_SQL)?;
         let mut rows = stmt.query(params![pack_id])?;
         while let Some(r) = rows.next()? {
             if !f(&chunk_row(r)?) {
@@ -500,9 +566,18 @@ impl Index {
     }
 
     /// The ids of every chunk of one kind (manifests, prune records).
+    /// Quick for manifests and prune records (`chunks_by_rare_kind`); any other kind is a
+    /// scan of every chunk.
     pub fn chunks_of_kind(&self, kind: u8) -> Result<Vec<ChunkId>, IndexError> {
         let conn = self.conn();
-        let mut stmt = conn.prepare_cached("SELECT id FROM chunks WHERE kind = ?1")?;
+        // The repeated condition lets SQLite use the partial index: it cannot know a bound
+        // value before planning.
+        let rare = INDEXED_CHUNK_KINDS.contains(&kind);
+        let mut stmt = conn.prepare_cached(if rare {
+            "SELECT id FROM chunks WHERE kind = ?1 AND kind IN (7, 11)"
+        } else {
+            "SELECT id FROM chunks WHERE kind = ?1"
+        })?;
         let rows = stmt.query_map(params![kind], |r| {
             let id: Vec<u8> = r.get(0)?;
             Ok(chunk_id_from(&id))
@@ -513,7 +588,10 @@ impl Index {
     /// How many chunk rows still point into a pack (a condemned pack must have none).
     pub fn chunks_in_pack(&self, name: &str) -> Result<u64, IndexError> {
         Ok(self.conn().query_row(
-            "SELECT COUNT(*) FROM chunks c JOIN packs p ON p.id = c.pack_id WHERE p.name = ?1",
+            concat!(
+                "SELECT COUNT(*) FROM ",
+                in_pack!("(SELECT id FROM packs WHERE name = ?1)")
+            ),
             params![name],
             |r| r.get(0),
         )?)
@@ -523,10 +601,8 @@ impl Index {
     /// Takes a pack out of the index with every chunk row pointing into it (recover found it
     /// to be a replay after recording it).
     pub fn unrecord_pack(&self, name: &str) -> Result<(), IndexError> {
-        self.conn().execute(
-            "DELETE FROM chunks WHERE pack_id IN (SELECT id FROM packs WHERE name = ?1)",
-            params![name],
-        )?;
+        self.conn()
+            .execute(DELETE_CHUNKS_OF_PACK_SQL, params![name])?;
         self.drop_pack(name)
     }
 
@@ -537,6 +613,8 @@ impl Index {
             "DELETE FROM pack_targets WHERE pack_id IN (SELECT id FROM packs WHERE name = ?1)",
             params![name],
         )?;
+        tx.execute(FORGET_PACK_CHUNKS_SQL, params![name])?;
+        tx.execute(FORGET_FRAMES_SQL, params![name])?;
         tx.execute("DELETE FROM packs WHERE name = ?1", params![name])?;
         tx.execute("DELETE FROM condemned_packs WHERE name = ?1", params![name])?;
         tx.commit()?;

@@ -39,22 +39,33 @@ impl Index {
             for name in changes.condemned {
                 condemn.execute(params![name, now])?;
             }
-            // Pack by pack and page by page (the pack index holds each row's id too, so a
-            // page is a range scan): the dead rows are never all in memory.
+            // Pack by pack and page by page (a page of `pack_chunks` is a range scan, each of
+            // its prefixes a lookup): the dead rows are never all in memory.
             let mut in_pack = tx.prepare_cached(
+                "SELECT prefix FROM pack_chunks WHERE pack_id = ?1 AND prefix > ?2
+                 ORDER BY prefix LIMIT ?3",
+            )?;
+            let mut with_prefix = tx.prepare_cached(
                 "SELECT id, kind, pack_id, length, frame_offset, offset FROM chunks
-                 WHERE pack_id = ?1 AND id > ?2 ORDER BY id LIMIT ?3",
+                 WHERE id BETWEEN ?1 AND CAST(?1 || X'FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFF' AS BLOB)
+                     AND pack_id = ?2",
             )?;
             let mut drop_chunk = tx.prepare_cached("DELETE FROM chunks WHERE id = ?1")?;
             let mut drop_lfs = tx.prepare_cached("DELETE FROM lfs_objects WHERE chunk = ?1")?;
             for pack in changes.judged_packs {
                 let mut after: Vec<u8> = Vec::new();
                 loop {
-                    let rows: Vec<ChunkRow> = in_pack
-                        .query_map(params![pack, after, OID_PAGE], chunk_row)?
+                    let prefixes: Vec<Vec<u8>> = in_pack
+                        .query_map(params![pack, after, OID_PAGE], |r| r.get(0))?
                         .collect::<Result<_, _>>()?;
-                    let Some(last) = rows.last() else { break };
-                    after = last.id.0.to_vec();
+                    let Some(last) = prefixes.last() else { break };
+                    after = last.clone();
+                    let mut rows: Vec<ChunkRow> = Vec::new();
+                    for prefix in &prefixes {
+                        for row in with_prefix.query_map(params![prefix, pack], chunk_row)? {
+                            rows.push(row?);
+                        }
+                    }
                     for row in rows.iter().filter(|r| (changes.chunk_dead)(r)) {
                         drop_chunk.execute(params![&row.id.0[..]])?;
                         drop_lfs.execute(params![&row.id.0[..]])?;
@@ -69,25 +80,30 @@ impl Index {
             // A chunk moves only out of a condemned pack; elsewhere the copy is a duplicate
             // (and its pack, pointed into by nothing, is condemned below).
             let mut repoint = tx.prepare_cached(
-                "UPDATE chunks SET pack_id = ?2, frame_offset = ?3, frame_clen = ?4, frame_rawlen = ?5,
-                     offset = ?6, length = ?7
+                "UPDATE chunks SET pack_id = ?2, frame_offset = ?3, offset = ?4, length = ?5
                  WHERE id = ?1 AND pack_id IN
                      (SELECT p.id FROM packs p JOIN condemned_packs c ON c.name = p.name)",
             )?;
             for e in pack.entries {
-                let (frame, clen, rawlen, offset, len) = pack.placement(e)?;
+                let (frame, offset, len) = pack.placement(e)?;
                 let id = &e.id.0[..];
-                repoint.execute(params![id, pack_id, frame, clen, rawlen, offset, len])?;
+                if repoint.execute(params![id, pack_id, frame, offset, len])? > 0 {
+                    note_in_pack(&tx, pack_id, &e.id)?;
+                }
             }
         }
         // A pack nothing points into holds nothing a snapshot can reach: an unused compaction
         // copy, or a pack whose rows all went.
         counts.unreferenced_packs = tx.execute(
-            "INSERT OR IGNORE INTO condemned_packs (name, since_ms)
-             SELECT p.name, ?1 FROM packs p
-             WHERE NOT EXISTS (SELECT 1 FROM chunks c WHERE c.pack_id = p.id)
-               AND p.provenance >= 1
-               AND NOT EXISTS (SELECT 1 FROM condemned_packs d WHERE d.name = p.name)",
+            concat!(
+                "INSERT OR IGNORE INTO condemned_packs (name, since_ms)
+                 SELECT p.name, ?1 FROM packs p
+                 WHERE NOT EXISTS (SELECT 1 FROM ",
+                in_pack!("p.id"),
+                ")
+                   AND p.provenance >= 1
+                   AND NOT EXISTS (SELECT 1 FROM condemned_packs d WHERE d.name = p.name)"
+            ),
             params![now],
         )? as u64;
         tx.commit()?;

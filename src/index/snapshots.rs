@@ -79,10 +79,12 @@ impl Index {
             |r| r.get(0),
         )?;
         {
-            let mut insert = tx.prepare_cached(
-                "INSERT OR IGNORE INTO git_objects (oid, kind, chunk) VALUES (?1, ?2, ?3)",
-            )?;
-            for o in snap.new_objects {
+            let mut insert = tx.prepare_cached(objects::INSERT_GIT_OBJECT_SQL)?;
+            // In id order: appended runs fill the table's pages where random order leaves
+            // them a third empty (a first backup's index is the size of a vacuumed one).
+            let mut in_order: Vec<&ObjectEntry> = snap.new_objects.iter().collect();
+            in_order.sort_unstable_by_key(|o| o.oid.0);
+            for o in in_order {
                 insert.execute(params![&o.oid.0[..], o.kind as u8, &o.chunk.0[..]])?;
             }
         }

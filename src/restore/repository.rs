@@ -76,12 +76,9 @@ pub(super) type Located = ((i64, u64, u32), Oid, u64);
 pub(super) fn locate(index: &Index, reached: &[Reached]) -> Result<Vec<Located>, RestoreError> {
     let mut located = Vec::with_capacity(reached.len());
     for r in reached {
-        let (_, chunk) = index
-            .git_object(&r.oid)?
-            .ok_or(RestoreError::MissingObject { oid: r.oid })?;
         let place = index
-            .chunk(&chunk)?
-            .map(|l| (l.pack_id, l.frame.offset, l.offset))
+            .git_object_place(&r.oid)?
+            .ok_or(RestoreError::MissingObject { oid: r.oid })?
             .unwrap_or((i64::MAX, 0, 0));
         located.push((place, r.oid, r.path_hash));
     }

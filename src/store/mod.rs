@@ -205,6 +205,14 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_index_indexes_the_kinds_it_is_asked_for() {
+        assert_eq!(
+            crate::index::INDEXED_CHUNK_KINDS,
+            [ChunkKind::Manifest as u8, ChunkKind::PruneRecord as u8]
+        );
+    }
+
+    #[test]
     fn pack_keys_round_trip() {
         let name = "ab".to_string() + &"0".repeat(62);
         assert_eq!(pack_name_from_key(&pack_key(&name)), Some(name.as_str()));
