@@ -18,6 +18,7 @@ use super::{ChunkKind, ChunkList, ChunkReader, StoreError, StoreSettings, WriteR
 use crate::crypto::{ChunkId, VaultKeys};
 use crate::hooks;
 use crate::index::Index;
+use crate::progress::{Progress, Silent, Unit};
 use crate::target::{Body, Target, TargetError};
 
 /// Objects smaller than this are stored whole: a delta would save next to nothing.
@@ -48,6 +49,8 @@ pub struct ChunkStore<'v> {
     /// repoints their chunks) under the writer lock.
     defer_index: bool,
     unindexed: Vec<(FinishedPack, Vec<String>)>,
+    /// Told of each target's uploaded bytes (`target NAME` jobs).
+    uploads: &'v dyn Progress,
 }
 
 impl<'v> ChunkStore<'v> {
@@ -75,7 +78,17 @@ impl<'v> ChunkStore<'v> {
             report: WriteReport::default(),
             defer_index: false,
             unindexed: Vec::new(),
+            uploads: &Silent,
         }
+    }
+
+    /// Shows each target's uploads on `progress` as a job `target NAME`, from now until the
+    /// store is dropped.
+    pub fn watch_uploads(&mut self, progress: &'v dyn Progress) {
+        for t in self.reader.targets {
+            progress.phase(&upload_job(t.as_ref()), "upload", None, Unit::Bytes);
+        }
+        self.uploads = progress;
     }
 
     pub fn report(&self) -> &WriteReport {
@@ -334,8 +347,12 @@ impl<'v> ChunkStore<'v> {
                 .iter()
                 .map(|t| {
                     let key = &key;
+                    let uploads = self.uploads;
                     s.spawn(move || {
                         let r = t.put_if_absent(key, Body::File(&pack.path)).map(|_| ());
+                        if r.is_ok() {
+                            uploads.advance(&upload_job(t.as_ref()), pack.size);
+                        }
                         (t.name().to_string(), r)
                     })
                 })
@@ -409,7 +426,15 @@ impl Drop for ChunkStore<'_> {
         if let Some(w) = self.writer.take() {
             w.discard();
         }
+        for t in self.reader.targets {
+            self.uploads.done(&upload_job(t.as_ref()));
+        }
     }
+}
+
+/// The progress job of a target's uploads.
+fn upload_job(target: &dyn Target) -> String {
+    format!("target {}", target.name())
 }
 
 fn upload_panicked() -> TargetError {
