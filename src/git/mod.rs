@@ -364,6 +364,14 @@ impl CacheReader {
         })
     }
 
+    /// For a pass that reads each object once: no cache of whole objects (git's delta bases
+    /// are still cached), which would only hold memory.
+    pub fn open_for_one_pass(cache: &Path) -> Result<CacheReader, GitError> {
+        let mut repo = open_or_init_cache(cache)?;
+        repo.object_cache_size(None);
+        Ok(CacheReader { repo })
+    }
+
     pub fn read(&self, oid: &Oid) -> Result<(ObjectKind, Vec<u8>), GitError> {
         let id = gix::ObjectId::from_bytes_or_panic(&oid.0);
         let object = self
