@@ -61,6 +61,7 @@ pub mod backup;
 pub mod crypto;
 pub mod daemon;
 pub mod delta;
+pub mod flow;
 pub mod git;
 pub mod hooks;
 pub mod index;

@@ -13,6 +13,7 @@ use std::path::Path;
 const LAYERS: &[&[&str]] = &[
     &[
         "hooks",
+        "flow",
         "redact",
         "delta",
         "crypto",

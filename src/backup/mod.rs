@@ -51,6 +51,9 @@ pub enum BackupError {
         #[source]
         source: std::io::Error,
     },
+    /// The thread reading the mirror cache ended without an error of its own: it panicked.
+    #[error("the thread reading the mirror cache stopped early")]
+    ReaderStopped,
     #[error(
         "metadata: rate limited until {until}; run again after that time to resume (the git snapshot was kept)"
     )]
@@ -70,7 +73,7 @@ impl BackupError {
     fn reason(&self) -> Reason {
         match self {
             BackupError::Git(GitError::NotFound(_)) => Reason::NotFound,
-            BackupError::Git(_) => Reason::Git,
+            BackupError::Git(_) | BackupError::ReaderStopped => Reason::Git,
             BackupError::RateLimited { .. } => Reason::RateLimited,
             BackupError::Lfs(_) | BackupError::LfsFile { .. } => Reason::Lfs,
             BackupError::Store(_)

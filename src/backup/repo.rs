@@ -303,6 +303,10 @@ impl ObjectSource for CacheSource<'_> {
     }
 }
 
+/// Objects, and bytes of them, read ahead of the store.
+const READ_AHEAD: usize = 256;
+const READ_AHEAD_BYTES: usize = 32 << 20;
+
 /// Stores every object reachable from the refs that the vault lacks; returns their entries
 /// and the LFS pointers among them.
 fn ingest(
@@ -312,61 +316,121 @@ fn ingest(
     refs: &RefSet,
     (job, progress): (&str, &dyn Progress),
 ) -> Result<(Vec<ObjectEntry>, Vec<PointerBlob>), BackupError> {
-    let reader = CacheReader::open(cache)?;
-    let mut tips: Vec<Oid> = refs.refs.values().copied().collect();
-    tips.sort();
-    tips.dedup();
-    let mut source = CacheSource {
-        cache: &reader,
-        vault,
+    let (reached, bases) = {
+        let reader = CacheReader::open(cache)?;
+        let mut tips: Vec<Oid> = refs.refs.values().copied().collect();
+        tips.sort();
+        tips.dedup();
+        let mut source = CacheSource {
+            cache: &reader,
+            vault,
+        };
+        let phase = Instant::now();
+        progress.phase(job, "walk", None, Unit::Objects);
+        let mut reached = walk(&mut source, &tips)?;
+        reached.sort_by_key(Reached::group_key);
+        tracing::info!(
+            seconds = phase.elapsed().as_secs_f64(),
+            objects = reached.len(),
+            "walked new objects"
+        );
+        let bases = previous_versions(&mut source, &reached)?;
+        // Dropped here: the reading thread opens its own, and two would map the cache's packs
+        // (and fill an object cache) twice.
+        (reached, bases)
     };
-    let phase = Instant::now();
-    progress.phase(job, "walk", None, Unit::Objects);
-    let mut reached = walk(&mut source, &tips)?;
-    reached.sort_by_key(Reached::group_key);
-    tracing::info!(
-        seconds = phase.elapsed().as_secs_f64(),
-        objects = reached.len(),
-        "walked new objects"
-    );
-    let bases = previous_versions(&mut source, &reached)?;
     let phase = Instant::now();
     let mut pointers = Vec::new();
     progress.phase(job, "store", Some(reached.len() as u64), Unit::Objects);
-    let entries = handle.with(|w| -> Result<_, BackupError> {
-        let mut entries = Vec::with_capacity(reached.len());
-        for r in &reached {
-            let (kind, data) = reader.read(&r.oid)?;
-            if kind == ObjectKind::Blob
-                && let Some(p) = crate::lfs::parse_pointer(&data)
-            {
-                pointers.push((r.oid, p));
-            }
-            let chunk = match bases.get(&r.path_hash).filter(|b| **b != r.oid) {
-                Some(base) => put_against(vault, &reader, w, base, kind, &data)?,
-                None => w.store.put(kind.chunk_kind(), &data)?,
+    // Reading from the mirror cache (inflating, resolving git's deltas) runs on a thread of
+    // its own while this one hashes, compresses, encrypts and indexes.
+    let (tx, rx) = crate::flow::bounded(READ_AHEAD, READ_AHEAD_BYTES);
+    let entries = std::thread::scope(|scope| {
+        let (reached, bases) = (&reached, &bases);
+        scope.spawn(move || {
+            let reader = match CacheReader::open_for_one_pass(cache) {
+                Ok(reader) => reader,
+                Err(e) => {
+                    let _ = tx.send(Err(e), 0);
+                    return;
+                }
             };
-            entries.push(ObjectEntry {
-                oid: r.oid,
-                kind,
-                chunk,
-            });
-            progress.advance(job, 1);
-        }
-        Ok(entries)
+            for r in reached {
+                let object = read_with_base(&reader, r, bases);
+                let size = object.as_ref().map_or(0, CacheObject::size);
+                let failed = object.is_err();
+                // A closed channel: the store stopped (an error of its own).
+                if tx.send(object, size).is_err() || failed {
+                    break;
+                }
+            }
+        });
+        handle.with(|w| -> Result<_, BackupError> {
+            let mut entries = Vec::with_capacity(reached.len());
+            for r in reached {
+                let object = rx.recv().ok_or(BackupError::ReaderStopped)??;
+                let (kind, data) = (object.kind, &object.data);
+                if kind == ObjectKind::Blob
+                    && let Some(p) = crate::lfs::parse_pointer(data)
+                {
+                    pointers.push((r.oid, p));
+                }
+                let chunk = match &object.base {
+                    Some((base, content)) => put_against(vault, w, base, content, kind, data)?,
+                    None => w.store.put(kind.chunk_kind(), data)?,
+                };
+                entries.push(ObjectEntry {
+                    oid: r.oid,
+                    kind,
+                    chunk,
+                });
+                progress.advance(job, 1);
+            }
+            Ok(entries)
+        })
     })?;
     tracing::info!(seconds = phase.elapsed().as_secs_f64(), "stored objects");
     Ok((entries, pointers))
 }
 
-/// Stores a new version of a path as a delta against `base`, the version the vault holds (read
-/// from the mirror cache, which has it); whole when the base cannot serve (a chunk list, a
-/// chain at its limit, or a base that does not read back).
+/// An object read from the mirror cache, with the content of the previous version of its
+/// path when there is one of the same kind.
+struct CacheObject {
+    kind: ObjectKind,
+    data: Vec<u8>,
+    base: Option<(Oid, Vec<u8>)>,
+}
+
+impl CacheObject {
+    fn size(&self) -> usize {
+        self.data.len() + self.base.as_ref().map_or(0, |(_, b)| b.len())
+    }
+}
+
+fn read_with_base(
+    reader: &CacheReader,
+    r: &Reached,
+    bases: &std::collections::HashMap<u64, Oid>,
+) -> Result<CacheObject, git::GitError> {
+    let (kind, data) = reader.read(&r.oid)?;
+    let base = bases
+        .get(&r.path_hash)
+        .filter(|b| **b != r.oid)
+        .and_then(|b| match reader.read(b) {
+            Ok((k, content)) if k == kind => Some((*b, content)),
+            _ => None,
+        });
+    Ok(CacheObject { kind, data, base })
+}
+
+/// Stores a new version of a path as a delta against `base` (whose content the mirror cache
+/// gave), the version the vault holds; whole when the base cannot serve (not stored as that
+/// kind, a chunk list, a chain at its limit, or a base that does not read back).
 fn put_against(
     vault: &Vault,
-    reader: &CacheReader,
     w: &mut Writer<'_>,
     base: &Oid,
+    content: &[u8],
     kind: ObjectKind,
     data: &[u8],
 ) -> Result<ChunkId, BackupError> {
@@ -382,14 +446,10 @@ fn put_against(
             return Ok(w.store.put(kind.chunk_kind(), data)?);
         }
     };
-    let content = match reader.read(base) {
-        Ok((k, content)) if k == kind => content,
-        _ => return Ok(w.store.put(kind.chunk_kind(), data)?),
-    };
     let base = DeltaBase {
         id: stored,
         depth,
-        content: &content,
+        content,
     };
     Ok(w.store.put_against(kind.chunk_kind(), data, &base)?)
 }

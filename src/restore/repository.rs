@@ -86,8 +86,9 @@ pub(super) fn locate(index: &Index, reached: &[Reached]) -> Result<Vec<Located>,
     Ok(located)
 }
 
-/// Objects read ahead of the pack writer.
+/// Objects, and bytes of them, read ahead of the pack writer.
 const READ_AHEAD: usize = 64;
+const READ_AHEAD_BYTES: usize = 32 << 20;
 
 /// Writes the bare repository into `staging`: refs, one pack of the located objects, and the
 /// LFS objects. Returns (objects, LFS objects) written.
@@ -109,7 +110,7 @@ pub(super) fn write(
         // of its own while this one delta-encodes and deflates: the two halves take about the
         // same time. The channel bounds what is read ahead.
         std::thread::scope(|scope| {
-            let (tx, rx) = std::sync::mpsc::sync_channel(READ_AHEAD);
+            let (tx, rx) = crate::flow::bounded(READ_AHEAD, READ_AHEAD_BYTES);
             scope.spawn(move || {
                 for (_, oid, path_hash) in located {
                     let object = source
@@ -120,15 +121,16 @@ pub(super) fn write(
                             data,
                             path_hash: *path_hash,
                         });
+                    let size = object.as_ref().map_or(0, |o| o.data.len());
                     let failed = object.is_err();
                     // A closed channel: the writer stopped (an error of its own).
-                    if tx.send(object).is_err() || failed {
+                    if tx.send(object, size).is_err() || failed {
                         break;
                     }
                 }
             });
             git::write_pack(staging, count, || {
-                let object = rx.recv().ok()?;
+                let object = rx.recv()?;
                 progress.advance(job, 1);
                 Some(object)
             })
