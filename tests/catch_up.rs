@@ -131,7 +131,16 @@ fn json(host: &TestVault, args: &[&str]) -> Value {
 }
 
 fn snapshot_repos(host: &TestVault) -> Vec<String> {
-    let mut repos: Vec<String> = json(host, &["snapshots"])
+    repos_listed(host, &["snapshots"])
+}
+
+/// `snapshots` as this host's index has them, without catching up first.
+fn snapshot_repos_local(host: &TestVault) -> Vec<String> {
+    repos_listed(host, &["--no-catch-up", "snapshots"])
+}
+
+fn repos_listed(host: &TestVault, args: &[&str]) -> Vec<String> {
+    let mut repos: Vec<String> = json(host, args)
         .as_array()
         .unwrap()
         .iter()
@@ -190,7 +199,7 @@ fn hosts_see_each_others_snapshots_and_restore_them() {
     backup(&b, &beta, "beta", 2);
 
     // Nothing of B's is known to A until it catches up; then B's snapshot restores exactly.
-    assert_eq!(snapshot_repos(a), ["alpha"]);
+    assert_eq!(snapshot_repos_local(a), ["alpha"]);
     let caught = json(a, &["catch-up"]);
     assert_eq!(caught["snapshots_added"], 1, "{caught}");
     assert!(caught["packs_scanned"].as_u64().unwrap() >= 1, "{caught}");
@@ -233,8 +242,19 @@ fn prune_on_one_host_keeps_what_another_hosts_snapshots_need() {
         "B stored {grown} bytes: it did not dedup against A ({run})"
     );
 
-    // A forgets the day-1 snapshot (the only one of its own reaching `tmp.bin`) and prunes.
-    let forgot = json(a, &["forget", "--keep-last", "1", "--repo", "repo"]);
+    // A forgets the day-1 snapshot (the only one of its own reaching `tmp.bin`) and prunes;
+    // the forget does not catch up, so that it is the prune's own catch-up under test.
+    let forgot = json(
+        a,
+        &[
+            "--no-catch-up",
+            "forget",
+            "--keep-last",
+            "1",
+            "--repo",
+            "repo",
+        ],
+    );
     assert_eq!(forgot["removed"], 1, "{forgot}");
     let pruned = json(a, &["prune"]);
 
@@ -478,4 +498,78 @@ fn a_pack_deleted_without_a_prune_stays_reported() {
         "{}",
         String::from_utf8_lossy(&verify.stdout)
     );
+}
+
+/// Read commands catch up by themselves: B sees and restores A's new snapshots through
+/// `snapshots`, `ls` and `restore` alone. While another process of B's host holds its writer
+/// lock (a local backup), they skip the catch-up and show B's index as it is, and say why.
+#[test]
+fn read_commands_catch_up_by_themselves() {
+    let hosts = Hosts::new();
+    let a = &hosts.a;
+    let b = hosts.join();
+    let alpha = Upstream::new(a.tmp.path(), "alpha");
+    alpha.commit("a.txt", b"alpha\n");
+    backup(a, &alpha, "alpha", 1);
+
+    assert!(
+        snapshot_repos_local(&b).is_empty(),
+        "--no-catch-up reads the index only"
+    );
+    assert_eq!(snapshot_repos(&b), ["alpha"], "`snapshots` caught up");
+
+    alpha.commit("b.bin", &noise(11, 200_000));
+    let day2 = backup(a, &alpha, "alpha", 2);
+    let id = day2["repositories"][0]["snapshot"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // B's writer lock is busy: the local picture, and an info-level word on why.
+    let vault = b.open();
+    let held = vault.lock().unwrap();
+    let busy = b.run(&["-v", "--json", "snapshots"]);
+    let listed: Value = serde_json::from_slice(&busy.stdout).unwrap();
+    assert_eq!(listed.as_array().unwrap().len(), 1, "{listed}");
+    assert!(
+        stderr(&busy).contains("not catching up"),
+        "{}",
+        stderr(&busy)
+    );
+    drop(held);
+
+    let ls = json(&b, &["ls", "alpha"]);
+    assert_eq!(ls["snapshot"].as_str(), Some(id.as_str()), "{ls}");
+    assert_restores(&b, "alpha", &alpha.refs());
+    // Caught up: an unchanged target costs a listing and reads no footer.
+    assert_eq!(json(&b, &["catch-up"])["packs_scanned"], 0);
+    ok(&b.run(&["verify"]));
+}
+
+/// A pack deleted behind the hosts' backs, with no prune record: the catch-up `verify` and
+/// `snapshots` make by themselves keeps it in the index, so `verify` fails naming it, every
+/// time, and the snapshots needing it stay listed.
+#[test]
+fn verify_keeps_failing_on_a_pack_missing_after_an_automatic_catch_up() {
+    let hosts = Hosts::new();
+    let a = &hosts.a;
+    let b = hosts.join();
+    let up = Upstream::new(a.tmp.path(), "upstream");
+    up.commit("a.txt", b"first\n");
+    backup(a, &up, "repo", 1);
+    assert_eq!(snapshot_repos(&b), ["repo"]);
+    let vault = a.open();
+    let packs = vault.index().packs().unwrap();
+    let gone = &packs.iter().max_by_key(|p| p.size).unwrap().name;
+    for target in vault.targets() {
+        target.delete(&gitvault::store::pack_key(gone)).unwrap();
+    }
+    for host in [a, &b] {
+        for _ in 0..2 {
+            let verify = host.run(&["verify"]);
+            assert_eq!(verify.status.code(), Some(1), "{}", stderr(&verify));
+            let text = String::from_utf8_lossy(&verify.stdout);
+            assert!(text.contains(&gone[..16]), "{text}");
+            assert_eq!(snapshot_repos(host), ["repo"]);
+        }
+    }
 }

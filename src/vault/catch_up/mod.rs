@@ -18,7 +18,9 @@ use crate::store::{ChunkKind, pack_key, pack_name_from_key};
 
 use super::{Vault, VaultError};
 
+mod auto;
 mod manifests;
+pub use auto::AutoCatchUp;
 use manifests::keep_only_listed_objects;
 pub(crate) use manifests::{apply_prune_record, record_manifests};
 
