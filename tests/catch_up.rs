@@ -573,3 +573,44 @@ fn verify_keeps_failing_on_a_pack_missing_after_an_automatic_catch_up() {
         }
     }
 }
+
+/// A backup after a pack went missing (no prune record) does not count on it: day 2's commit,
+/// tree and blob lived only there, so day 3's backup walks past the known commit, stores them
+/// again, and stores day 3's version of the blob whole rather than as a delta against day 2's.
+/// Day 3's snapshot restores exactly; the missing pack is still reported.
+#[test]
+fn a_backup_stores_again_what_only_a_missing_pack_held() {
+    let tv = TestVault::new();
+    let up = Upstream::new(tv.tmp.path(), "upstream");
+    up.commit("a.txt", b"first\n");
+    backup(&tv, &up, "repo", 1);
+    let before = common::pack_files(&tv.data_dir());
+    let mut blob = noise(5, 200_000);
+    up.commit("b.bin", &blob);
+    backup(&tv, &up, "repo", 2);
+    for pack in common::pack_files(&tv.data_dir()) {
+        if !before.contains(&pack) {
+            std::fs::remove_file(pack).unwrap();
+        }
+    }
+    blob.extend_from_slice(b"one more line\n");
+    up.commit("b.bin", &blob);
+    let run = backup(&tv, &up, "repo", 3);
+    assert_restores(&tv, "repo", &up.refs());
+    // Day 3's three objects and day 2's three again.
+    assert_eq!(run["repositories"][0]["objects_added"], 6, "{run}");
+    let verify = tv.run(&["verify"]);
+    assert_eq!(
+        verify.status.code(),
+        Some(1),
+        "the missing pack is still reported"
+    );
+    // The next backup is back to incremental: what it needs is in the new packs.
+    up.commit("d.txt", b"fourth\n");
+    let run = backup(&tv, &up, "repo", 4);
+    assert!(
+        run["repositories"][0]["objects_added"].as_u64().unwrap() <= 3,
+        "{run}"
+    );
+    assert_restores(&tv, "repo", &up.refs());
+}

@@ -280,6 +280,9 @@ fn judge(
 struct CacheSource<'a> {
     cache: &'a CacheReader,
     vault: &'a Vault,
+    /// Packs are missing from every target: the closure of a known object may pass through
+    /// one, so nothing is skipped (each object is then judged by itself in `ingest`).
+    damaged: bool,
 }
 
 impl ObjectSource for CacheSource<'_> {
@@ -288,7 +291,16 @@ impl ObjectSource for CacheSource<'_> {
         Ok(self.cache.read(oid)?)
     }
     fn known(&mut self, oid: &Oid) -> Result<bool, BackupError> {
-        Ok(self.vault.index().has_git_object(oid)?)
+        Ok(!self.damaged && self.vault.index().has_git_object(oid)?)
+    }
+}
+
+/// With packs missing: whether the vault's copy of `oid` reads back without them (its
+/// chunk, a delta's bases, a chunk list's parts); if not, it is stored again.
+fn held_intact(vault: &Vault, w: &Writer<'_>, oid: &Oid) -> Result<bool, BackupError> {
+    match vault.index().git_object(oid)? {
+        Some((_, chunk)) => Ok(w.store.intact(&chunk, w.store.avoided())?),
+        None => Ok(false),
     }
 }
 
@@ -305,9 +317,11 @@ fn ingest(
     let mut tips: Vec<Oid> = refs.refs.values().copied().collect();
     tips.sort();
     tips.dedup();
+    let damaged = handle.with(|w| !w.store.avoided().is_empty());
     let mut source = CacheSource {
         cache: &reader,
         vault,
+        damaged,
     };
     let phase = Instant::now();
     progress.phase(job, "walk", None, Unit::Objects);
@@ -318,13 +332,22 @@ fn ingest(
         objects = reached.len(),
         "walked new objects"
     );
-    let bases = previous_versions(&mut source, &reached)?;
+    // No deltas while packs are missing: a base's chain could pass through one.
+    let bases = if damaged {
+        Default::default()
+    } else {
+        previous_versions(&mut source, &reached)?
+    };
     let phase = Instant::now();
     let mut pointers = Vec::new();
     progress.phase(job, "store", Some(reached.len() as u64), Unit::Objects);
     let entries = handle.with(|w| -> Result<_, BackupError> {
         let mut entries = Vec::with_capacity(reached.len());
         for r in &reached {
+            if damaged && held_intact(vault, w, &r.oid)? {
+                progress.advance(job, 1);
+                continue;
+            }
             let (kind, data) = reader.read(&r.oid)?;
             if kind == ObjectKind::Blob
                 && let Some(p) = crate::lfs::parse_pointer(&data)

@@ -33,6 +33,10 @@ pub struct NewSnapshot<'a> {
     pub new_objects: &'a [ObjectEntry],
     /// LFS objects stored for this snapshot (recorded with it, like its git objects).
     pub new_lfs: &'a [LfsEntry],
+    /// The snapshot's objects replace the rows of the same objects (else rows stay as they
+    /// are): while packs are missing, a backup stores again objects whose rows point into
+    /// them, and the new copies must be the ones read.
+    pub replace_objects: bool,
 }
 
 pub(super) const SNAPSHOT_COLUMNS: &str =
@@ -79,9 +83,12 @@ impl Index {
             |r| r.get(0),
         )?;
         {
-            let mut insert = tx.prepare_cached(
-                "INSERT OR IGNORE INTO git_objects (oid, kind, chunk) VALUES (?1, ?2, ?3)",
-            )?;
+            let mut insert = tx.prepare_cached(if snap.replace_objects {
+                "INSERT INTO git_objects (oid, kind, chunk) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (oid) DO UPDATE SET kind = excluded.kind, chunk = excluded.chunk"
+            } else {
+                "INSERT OR IGNORE INTO git_objects (oid, kind, chunk) VALUES (?1, ?2, ?3)"
+            })?;
             for o in snap.new_objects {
                 insert.execute(params![&o.oid.0[..], o.kind as u8, &o.chunk.0[..]])?;
             }
