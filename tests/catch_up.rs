@@ -614,3 +614,88 @@ fn a_backup_stores_again_what_only_a_missing_pack_held() {
     );
     assert_restores(&tv, "repo", &up.refs());
 }
+
+fn backup_command(host: &TestVault, up: &Upstream, name: &str, day: u32) -> std::process::Command {
+    let mut cmd = host.command(&["--json", "backup", up.path(), "--name", name]);
+    cmd.env("GITVAULT_NOW", format!("2026-11-{day:02}T12:00:00Z"));
+    cmd
+}
+
+fn succeeded(child: std::process::Child) -> Value {
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// A prune on host A while hosts B and C are backing up forks whose objects A's own snapshots
+/// no longer need: B and C started (and caught up) before A's mark and commit after it, while
+/// A waits for their shared locks; A's catch-up under its exclusive lock brings their
+/// snapshots into the mark. No snapshot of any host is lost. (With prune's catch-ups disabled,
+/// the pack holding `tmp.bin` is deleted and B's and C's restores fail.)
+#[test]
+fn a_prune_while_two_other_hosts_back_up_loses_no_snapshot() {
+    let hosts = Hosts::new();
+    let a = &hosts.a;
+    let up = Upstream::new(a.tmp.path(), "upstream");
+    let fork_b = two_days(a, &up);
+    let fork_c = fork_b.fork(a.tmp.path(), "fork-c");
+    fork_c.commit("c.txt", b"C's own\n");
+    let b = hosts.join();
+    let c = hosts.join();
+    let forgot = json(a, &["forget", "--keep-last", "1"]);
+    assert_eq!(forgot["removed"], 1, "{forgot}");
+
+    // B and C stop after writing their first pack, before uploading it and committing.
+    let release_writers = a.tmp.path().join("release-writers");
+    let writer_b = common::spawn_paused(
+        backup_command(&b, &fork_b, "fork-b", 3),
+        "pack-written",
+        &release_writers,
+    );
+    let writer_c = common::spawn_paused(
+        backup_command(&c, &fork_c, "fork-c", 3),
+        "pack-written",
+        &release_writers,
+    );
+    let release_prune = a.tmp.path().join("release-prune");
+    let prune = common::spawn_paused(
+        a.command(&["--json", "prune"]),
+        "prune-marked",
+        &release_prune,
+    );
+    // A goes on to wait for the exclusive lock while B and C hold shared ones; whether it got
+    // there before they go on does not matter to the outcome.
+    std::fs::write(&release_prune, b"").unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    std::fs::write(&release_writers, b"").unwrap();
+    let ran_b = succeeded(writer_b);
+    let ran_c = succeeded(writer_c);
+    let pruned = succeeded(prune);
+
+    assert_restores(&b, "fork-b", &fork_b.refs());
+    assert_restores(&c, "fork-c", &fork_c.refs());
+    for host in [a, &b, &c] {
+        assert_eq!(snapshot_repos(host), ["fork-b", "fork-c", "repo"]);
+        assert_restores(host, "repo", &up.refs());
+        assert_restores(host, "fork-b", &fork_b.refs());
+        assert_restores(host, "fork-c", &fork_c.refs());
+        ok(&host.run(&["verify", "--full"]));
+    }
+    let ids = |run: &Value| {
+        run["repositories"][0]["snapshot"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let listed = json(a, &["snapshots"]).to_string();
+    assert!(
+        listed.contains(&ids(&ran_b)) && listed.contains(&ids(&ran_c)),
+        "{listed}"
+    );
+    // The pack holding what only B's and C's snapshots need was spared, not deleted.
+    assert!(pruned["packs_spared"].as_u64().unwrap() >= 1, "{pruned}");
+}
