@@ -156,8 +156,17 @@ fn now_secs() -> u64 {
         .unwrap_or(0)
 }
 
-/// This machine's name, as locks record it.
+/// This machine's name, as locks record it: `GITVAULT_HOST` when set (containers that share
+/// one host name, or give each run a new one), else the kernel's. A lock whose host name is
+/// this one and whose process is gone counts as stale at once; any other waits for its expiry.
 pub fn host_name() -> String {
+    if let Some(name) = std::env::var("GITVAULT_HOST")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+    {
+        return name;
+    }
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
         .ok()
