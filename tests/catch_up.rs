@@ -699,3 +699,57 @@ fn a_prune_while_two_other_hosts_back_up_loses_no_snapshot() {
     // The pack holding what only B's and C's snapshots need was spared, not deleted.
     assert!(pruned["packs_spared"].as_u64().unwrap() >= 1, "{pruned}");
 }
+
+/// Two hosts back up the same repository at the same moment (A is held after writing its
+/// first pack, with B started meanwhile): B waits for A's lease on the repository, catches up
+/// and stores none of what A stored. Both snapshots exist and restore, and the shared target
+/// grew by the repository's size plus less than one pack, not twice it. (Without the lease,
+/// B stores every object again.)
+#[test]
+fn two_hosts_backing_up_one_repository_at_once_store_it_once() {
+    let hosts = Hosts::new();
+    let a = &hosts.a;
+    let b = hosts.join();
+    let pack = 1u64 << 20;
+    for host in [a, &b] {
+        host.set_store_option("pack_size", pack);
+    }
+    let up = Upstream::new(a.tmp.path(), "upstream");
+    for i in 0..6 {
+        up.commit(&format!("f{i}.bin"), &noise(20 + i, 1 << 20));
+    }
+    let before = common::tree_size(&hosts.files_dir);
+    let release = a.tmp.path().join("release-a");
+    let first = common::spawn_paused(backup_command(a, &up, "repo", 1), "pack-written", &release);
+    let second = backup_command(&b, &up, "repo", 2)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // B meets A's lease (or, without leases, stores everything) while A is held; how far it
+    // got before A goes on does not change what must hold.
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    std::fs::write(&release, b"").unwrap();
+    let ran_a = succeeded(first);
+    let ran_b = succeeded(second);
+    let grown = common::tree_size(&hosts.files_dir) - before;
+    assert!(
+        grown < 6 * (1 << 20) + pack,
+        "the target grew by {grown} bytes for 6 MiB of incompressible data: stored twice"
+    );
+    let id = |run: &Value| {
+        run["repositories"][0]["snapshot"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    for host in [a, &b] {
+        let listed = json(host, &["snapshots", "repo"]).to_string();
+        assert!(
+            listed.contains(&id(&ran_a)) && listed.contains(&id(&ran_b)),
+            "{listed}"
+        );
+        assert_restores(host, "repo", &up.refs());
+        ok(&host.run(&["verify", "--full"]));
+    }
+}

@@ -19,6 +19,7 @@ use crate::provider::{Provider, ProviderError, RepoInfo};
 use crate::snapshot::{self, Manifest, ObjectEntry, ObjectKind, Oid, RefSet};
 use crate::store::{ChunkKind, DeltaBase};
 use crate::vault::Vault;
+use crate::vault::target_lock::LockTiming;
 
 /// A blob that is an LFS pointer, and what it points to.
 pub(super) type PointerBlob = (Oid, crate::lfs::Pointer);
@@ -102,7 +103,21 @@ fn run(
     let fetched = fetch(keys, &remote, previous.as_ref(), report)?;
     let refset_bytes = fetched.refs.encode();
     let refset = keys.id_key().chunk_id(&refset_bytes);
-    let unchanged = previous.as_ref().is_some_and(|p| p.refset == refset);
+    let mut unchanged = previous.as_ref().is_some_and(|p| p.refset == refset);
+    let mut previous = previous;
+    // Held until this repository's snapshot is durable (`record` flushes changed ones).
+    let _lease = if unchanged {
+        None
+    } else {
+        let lease = vault.lease_repository(keys, &remote.name, LockTiming::from_environment())?;
+        if lease.waited {
+            // Another host stored this repository meanwhile: what it stored is not new.
+            handle.with(|_| vault.catch_up(keys, &crate::progress::Silent))?;
+            previous = vault.index().snapshot_as_of(&remote.name, None)?;
+            unchanged = previous.as_ref().is_some_and(|p| p.refset == refset);
+        }
+        Some(lease)
+    };
     let (new_objects, pointers) = if unchanged {
         Default::default()
     } else {
