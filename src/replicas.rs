@@ -90,7 +90,10 @@ pub fn verify_watched(
         };
         let job = format!("target {}", target.name());
         if full {
-            progress.phase(&job, "verify --full", Some(packs.len() as u64), Unit::Packs);
+            // In bytes, since each pack is downloaded and rehashed: the line shows how fast.
+            let bytes = packs.iter().map(|p| p.size).sum();
+            let phase = format!("verify --full ({} packs)", packs.len());
+            progress.phase(&job, &phase, Some(bytes), Unit::Bytes);
         }
         for pack in &packs {
             let present = match listed.get(&pack.name) {
@@ -107,7 +110,7 @@ pub fn verify_watched(
             vault
                 .index()
                 .set_presence(&pack.name, target.name(), present)?;
-            progress.advance(&job, 1);
+            progress.advance(&job, pack.size);
         }
         progress.done(&job);
         let known: std::collections::HashSet<&str> =
@@ -205,7 +208,10 @@ pub fn sync_watched(
             }
         };
         let job = format!("target {}", target.name());
-        progress.phase(&job, "sync", Some(packs.len() as u64), Unit::Packs);
+        // In bytes, so that the line shows how fast copies go; checked packs count at once.
+        let bytes = packs.iter().map(|p| p.size).sum();
+        let phase = format!("sync ({} packs)", packs.len());
+        progress.phase(&job, &phase, Some(bytes), Unit::Bytes);
         for pack in &packs {
             let recorded = vault.index().pack_targets_by_name(&pack.name)?;
             let healthy_here = listed.get(&pack.name) == Some(&pack.size)
@@ -213,7 +219,7 @@ pub fn sync_watched(
             if !healthy_here {
                 copy_pack(vault, &listings, ti, pack, &recorded, &mut report)?;
             }
-            progress.advance(&job, 1);
+            progress.advance(&job, pack.size);
         }
         progress.done(&job);
         reports.push(report);

@@ -1,6 +1,10 @@
-//! When a scheduled job runs: cron expressions (the `cron` crate) read in UTC, with an
-//! optional seconds field, and the random delay (jitter) added to each run. Pure: the daemon
-//! asks it for times and does the waiting itself.
+//! When a scheduled job runs: cron expressions (the `cron` crate) with an optional seconds
+//! field, read on the wall clock of a time zone (UTC unless configured), and the random delay
+//! (jitter) added to each run. Pure: the daemon asks it for times and does the waiting itself.
+//!
+//! Time zones as cron daemons treat them: a wall-clock time skipped when clocks go forward
+//! runs at the same distance after the gap (02:30 becomes 03:30), and one that comes twice
+//! when they go back runs once, at its first pass.
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -14,19 +18,34 @@ pub enum TimetableError {
          from the second): {reason}"
     )]
     Invalid { expression: String, reason: String },
+    #[error(
+        "timezone {zone:?} is not a time zone name such as \"Europe/Berlin\" or \"UTC\": {reason}"
+    )]
+    Zone { zone: String, reason: String },
 }
 
-/// A parsed cron expression.
+/// A parsed cron expression and the time zone whose wall clock it is read on.
 #[derive(Debug, Clone)]
 pub struct Timetable {
     schedule: cron::Schedule,
+    zone: jiff::tz::TimeZone,
+    /// The zone as configured (`None`: UTC by default).
+    zone_name: Option<String>,
 }
 
 impl Timetable {
     /// Reads `expression`. The crate wants the seconds field first; the common 5-field form
     /// (what crontab and Kubernetes take) is read as running at second 0, with crontab's
     /// day-of-week numbers (0 or 7 Sunday), where the crate counts 1 (Sunday) to 7.
-    pub fn parse(expression: &str) -> Result<Timetable, TimetableError> {
+    /// `zone` is an IANA name (`Europe/Berlin`); `None` is UTC.
+    pub fn parse(expression: &str, zone_name: Option<&str>) -> Result<Timetable, TimetableError> {
+        let zone = match zone_name {
+            None => jiff::tz::TimeZone::UTC,
+            Some(name) => jiff::tz::TimeZone::get(name).map_err(|e| TimetableError::Zone {
+                zone: name.to_string(),
+                reason: e.to_string(),
+            })?,
+        };
         let parts: Vec<&str> = expression.split_whitespace().collect();
         let fields = parts.len();
         let full = if fields == 5 {
@@ -52,18 +71,62 @@ impl Timetable {
         if schedule.after(&Utc::now()).next().is_none() {
             return Err(invalid("it never runs".into()));
         }
-        Ok(Timetable { schedule })
+        Ok(Timetable {
+            schedule,
+            zone,
+            zone_name: zone_name.map(str::to_string),
+        })
+    }
+
+    /// The time zone as configured; `None` for the default, UTC.
+    pub fn zone_name(&self) -> Option<&str> {
+        self.zone_name.as_deref()
     }
 
     /// The first scheduled time strictly after `t`.
     pub fn next_after(&self, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
-        self.schedule.after(&t).next()
+        // A wall-clock time of the repeated hour maps to its first pass, which may lie before
+        // `t`: those are passed over.
+        self.schedule
+            .after(&self.wall(t))
+            .filter_map(|w| self.instant(w))
+            .find(|i| *i > t)
     }
 
     /// The last scheduled time at or before `t`.
     pub fn last_at_or_before(&self, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
-        let just_after = t + chrono::Duration::milliseconds(1);
-        self.schedule.after(&just_after).next_back()
+        let just_after = self.wall(t) + chrono::Duration::milliseconds(1);
+        self.schedule
+            .after(&just_after)
+            .rev()
+            .filter_map(|w| self.instant(w))
+            .find(|i| *i <= t)
+    }
+
+    /// `t` on the zone's wall clock, written as a UTC time (what the cron crate reads).
+    fn wall(&self, t: DateTime<Utc>) -> DateTime<Utc> {
+        let offset = jiff::Timestamp::new(t.timestamp(), 0)
+            .map(|ts| self.zone.to_offset(ts).seconds())
+            .unwrap_or(0);
+        t + chrono::Duration::seconds(offset.into())
+    }
+
+    /// The instant a wall-clock time (written as UTC) stands for in the zone: after a gap,
+    /// shifted by the gap; in a fold, its first pass.
+    fn instant(&self, wall: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        use chrono::{Datelike, Timelike};
+        let civil = jiff::civil::DateTime::new(
+            i16::try_from(wall.year()).ok()?,
+            i8::try_from(wall.month()).ok()?,
+            i8::try_from(wall.day()).ok()?,
+            i8::try_from(wall.hour()).ok()?,
+            i8::try_from(wall.minute()).ok()?,
+            i8::try_from(wall.second()).ok()?,
+            0,
+        )
+        .ok()?;
+        let ts = self.zone.to_ambiguous_timestamp(civil).compatible().ok()?;
+        DateTime::from_timestamp(ts.as_second(), 0)
     }
 
     /// A run last done at `last` (`None`: never) missed a scheduled time before `now`: the
@@ -130,7 +193,7 @@ mod tests {
 
     /// When `cron` runs next after the time `after`.
     fn next(cron: &str, after: &str) -> Option<DateTime<Utc>> {
-        let table = Timetable::parse(cron).unwrap_or_else(|e| panic!("{cron}: {e}"));
+        let table = Timetable::parse(cron, None).unwrap_or_else(|e| panic!("{cron}: {e}"));
         table.next_after(at(after))
     }
 
@@ -144,9 +207,9 @@ mod tests {
             next("* * * * * *", "2026-12-04T10:00:00Z"),
             Some(at("2026-12-04T10:00:01Z"))
         );
-        assert!(Timetable::parse("every night").is_err());
-        assert!(Timetable::parse("* * *").is_err());
-        assert!(Timetable::parse("0 0 30 2 *").is_err());
+        assert!(Timetable::parse("every night", None).is_err());
+        assert!(Timetable::parse("* * *", None).is_err());
+        assert!(Timetable::parse("0 0 30 2 *", None).is_err());
     }
 
     #[test]
@@ -171,7 +234,7 @@ mod tests {
 
     #[test]
     fn a_missed_slot_is_caught_up_once() {
-        let nightly = Timetable::parse("0 2 * * *").unwrap();
+        let nightly = Timetable::parse("0 2 * * *", None).unwrap();
         let now = at("2026-12-04T10:00:00Z");
         assert_eq!(
             nightly.last_at_or_before(now),
@@ -182,6 +245,51 @@ mod tests {
         assert!(!nightly.missed(Some(at("2026-12-04T02:00:05Z")), now));
         // A vault never run by the daemon waits for its first slot.
         assert!(!nightly.missed(None, now));
+    }
+
+    #[test]
+    fn a_time_zone_moves_the_slots_with_its_clock() {
+        let berlin = Timetable::parse("30 2 * * *", Some("Europe/Berlin")).unwrap();
+        // Winter: UTC+1; summer: UTC+2.
+        assert_eq!(
+            berlin.next_after(at("2026-12-04T10:00:00Z")),
+            Some(at("2026-12-05T01:30:00Z"))
+        );
+        assert_eq!(
+            berlin.next_after(at("2026-07-01T10:00:00Z")),
+            Some(at("2026-07-02T00:30:00Z"))
+        );
+        assert_eq!(
+            berlin.last_at_or_before(at("2026-12-04T10:00:00Z")),
+            Some(at("2026-12-04T01:30:00Z"))
+        );
+        // 01:40 UTC is 02:40 in Berlin: today's 02:30 has passed, in UTC terms too.
+        assert_eq!(
+            berlin.last_at_or_before(at("2026-12-05T01:40:00Z")),
+            Some(at("2026-12-05T01:30:00Z"))
+        );
+        // 2026-03-29: 02:00 becomes 03:00; 02:30 runs at 03:30 local (01:30 UTC).
+        assert_eq!(
+            berlin.next_after(at("2026-03-28T12:00:00Z")),
+            Some(at("2026-03-29T01:30:00Z"))
+        );
+        // 2026-10-25: 03:00 becomes 02:00; 02:30 comes twice and runs once, at its first pass
+        // (00:30 UTC); the next run is the day after.
+        assert_eq!(
+            berlin.next_after(at("2026-10-24T12:00:00Z")),
+            Some(at("2026-10-25T00:30:00Z"))
+        );
+        assert_eq!(
+            berlin.next_after(at("2026-10-25T00:30:00Z")),
+            Some(at("2026-10-26T01:30:00Z"))
+        );
+        assert!(Timetable::parse("30 2 * * *", Some("Mars/Olympus")).is_err());
+        assert_eq!(
+            Timetable::parse("30 2 * * *", Some("UTC"))
+                .unwrap()
+                .next_after(at("2026-12-04T10:00:00Z")),
+            Some(at("2026-12-05T02:30:00Z"))
+        );
     }
 
     #[test]

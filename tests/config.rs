@@ -110,7 +110,7 @@ fn daemon_jobs_with_a_bad_schedule_or_an_unknown_source_are_problems() {
     let tv = TestVault::new();
     append(
         &tv,
-        "\n[[job]]\nname = \"a\"\nkind = \"backup\"\nschedule = \"every night\"\n\n[[job]]\nname = \"b\"\nkind = \"backup\"\nschedule = \"0 2 * * *\"\nsources = [\"nowhere\"]\nretry = 3\n\n[daemon]\nmetrics_address = \"localhost\"\n",
+        "\n[[job]]\nname = \"a\"\nkind = \"backup\"\nschedule = \"every night\"\n\n[[job]]\nname = \"b\"\nkind = \"backup\"\nschedule = \"0 2 * * *\"\nsources = [\"nowhere\"]\nretry = 3\n\n[[job]]\nname = \"c\"\nkind = \"verify\"\nschedule = \"0 2 * * *\"\ntimezone = \"Mars/Olympus\"\n\n[daemon]\nmetrics_address = \"localhost\"\ntimezone = \"Europe/Berlin\"\n",
     );
     let (ok, json) = check(&tv);
     assert!(!ok);
@@ -121,6 +121,10 @@ fn daemon_jobs_with_a_bad_schedule_or_an_unknown_source_are_problems() {
     );
     assert!(
         problems.contains("job b") && problems.contains("nowhere"),
+        "{problems}"
+    );
+    assert!(
+        problems.contains("job c") && problems.contains("Mars/Olympus"),
         "{problems}"
     );
     assert!(problems.contains("daemon.metrics_address"), "{problems}");
@@ -187,4 +191,36 @@ fn the_reference_example_reads_clean() {
         path.to_str().unwrap(),
     ]);
     assert!(!out.status.success());
+}
+
+/// Every environment variable the program reads is in docs/CONFIG.md's table.
+#[test]
+fn every_environment_variable_is_documented() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let doc = std::fs::read_to_string(format!("{root}/docs/CONFIG.md")).unwrap();
+    let mut read = std::collections::BTreeSet::new();
+    for path in common::files_under(std::path::Path::new(&format!("{root}/src"))) {
+        if path.extension().is_none_or(|e| e != "rs") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        // `env = "X"` (clap), `var("X")`, `var_os("X")`, `…_ENV: &str = "X"`.
+        for opener in ["env = \"", "var(\"", "var_os(\"", "_ENV: &str = \""] {
+            for (at, _) in text.match_indices(opener) {
+                let name: String = text[at + opener.len()..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_uppercase() || *c == '_')
+                    .collect();
+                if !name.is_empty() && text[at + opener.len() + name.len()..].starts_with('"') {
+                    read.insert(name);
+                }
+            }
+        }
+    }
+    assert!(read.contains("GITVAULT_VAULT"), "{read:?}");
+    let missing: Vec<_> = read
+        .iter()
+        .filter(|v| !doc.contains(&format!("`{v}`")))
+        .collect();
+    assert!(missing.is_empty(), "not in docs/CONFIG.md: {missing:?}");
 }

@@ -434,3 +434,91 @@ fn maintenance_and_verify_jobs_run_their_commands() {
         .count();
     assert_eq!(verify_reports, 1);
 }
+
+/// A second daemon on the same vault (started by mistake, or an old one still stopping) skips
+/// a job's slot while the first runs it, rather than running it at once beside it.
+#[test]
+fn two_daemons_on_one_vault_never_run_one_job_at_once() {
+    let tv = TestVault::new();
+    let repo = tv.tmp.path().join("alpha.git");
+    run_fixture("rich.sh", &[repo.to_str().unwrap()]);
+    append_config(&tv, &every_second(&[&repo], ""));
+    let release = tv.tmp.path().join("release");
+    let first = Daemon::held_at_first_repository(&tv, &release);
+    let second = Daemon::start(&tv, &[]);
+    wait_for(&second, "the second daemon to skip a slot", || {
+        second.count("job often: skipped: another daemon") >= 2
+    });
+    assert_eq!(second.count("job often: started"), 0, "{:?}", second.log());
+    let (status, log) = second.terminate();
+    assert!(status.success(), "{status:?}\n{}", log.join("\n"));
+    std::fs::write(&release, b"").unwrap();
+    wait_for(&first, "the held run to end", || {
+        first.count("job often: finished with exit status 0") >= 1
+    });
+    let (status, log) = first.terminate();
+    assert!(status.success(), "{status:?}\n{}", log.join("\n"));
+}
+
+/// SIGHUP reads config.toml again once the running job has ended (it is not cut short, and
+/// the daemon does not die of the signal); a config that does not read keeps the jobs.
+#[test]
+fn sighup_reloads_the_jobs_after_the_running_one_ends() {
+    let tv = TestVault::new();
+    let alpha = tv.tmp.path().join("alpha.git");
+    let beta = tv.tmp.path().join("beta.git");
+    run_fixture("rich.sh", &[alpha.to_str().unwrap()]);
+    run_fixture("rich.sh", &[beta.to_str().unwrap()]);
+    let config = tv.dir.join("config.toml");
+    let original = std::fs::read_to_string(&config).unwrap();
+    append_config(&tv, &every_second(&[&alpha], ""));
+    let release = tv.tmp.path().join("release");
+    let daemon = Daemon::held_at_first_repository(&tv, &release);
+    let pid = i32::try_from(daemon.child.id()).unwrap();
+
+    // While the run is held: a second job, and SIGHUP.
+    let second = format!(
+        "\n[[job]]\nname = \"second\"\nkind = \"backup\"\nschedule = \"* * * * * *\"\ntimezone = \"Europe/Berlin\"\nurls = [{:?}]\n",
+        file_url(&beta)
+    );
+    std::fs::write(
+        &config,
+        format!("{original}{}{second}", every_second(&[&alpha], "")),
+    )
+    .unwrap();
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGHUP) }, 0);
+    std::fs::write(&release, b"").unwrap();
+    wait_for(&daemon, "the reload", || {
+        daemon.count("daemon: config.toml reloaded, 2 job(s)") == 1
+    });
+    // The held run ended as it would have, before the reload.
+    let log = daemon.log();
+    let finished = log
+        .iter()
+        .position(|l| l.starts_with("job often: finished with exit status 0"));
+    let reloaded = log.iter().position(|l| l.contains("reloaded"));
+    assert!(finished.is_some() && finished < reloaded, "{log:?}");
+    wait_for(&daemon, "a run of the new job", || {
+        daemon.count("job second: finished with exit status 0") >= 1
+    });
+    assert_eq!(snapshot_repos(&tv), vec!["alpha", "beta"]);
+
+    // Jobs that do not schedule are not taken: the jobs run on as they were.
+    std::fs::write(
+        &config,
+        format!(
+            "{original}\n[[job]]\nname = \"bad\"\nkind = \"backup\"\nschedule = \"every night\"\n"
+        ),
+    )
+    .unwrap();
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGHUP) }, 0);
+    wait_for(&daemon, "the refused reload", || {
+        daemon.count("daemon: config.toml not reloaded") == 1
+    });
+    let runs = daemon.count("job second: finished with exit status 0");
+    wait_for(&daemon, "the kept job to run again", || {
+        daemon.count("job second: finished with exit status 0") > runs
+    });
+    let (status, log) = daemon.terminate();
+    assert!(status.success(), "{status:?}\n{}", log.join("\n"));
+}

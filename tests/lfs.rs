@@ -46,6 +46,19 @@ struct World {
     bare: std::path::PathBuf,
 }
 
+impl World {
+    /// A new empty bare repository beside the server's, to push a restore to.
+    fn empty_bare(&self, name: &str) -> std::path::PathBuf {
+        let path = self.tmp.path().join(name);
+        ok(&git_in(
+            self.tmp.path(),
+            self.tmp.path(),
+            &["init", "-q", "--bare", path.to_str().unwrap()],
+        ));
+        path
+    }
+}
+
 fn world(extra: &[&str]) -> World {
     let tmp = tempfile::tempdir().unwrap();
     let lfs = LfsServer::start(&tmp.path().join("lfs-storage"));
@@ -104,12 +117,7 @@ fn lfs_objects_of_every_branch_and_tag_round_trip() {
 
     // Restored and pushed to a new home: git to a bare repository, LFS to its own endpoint.
     let lfs = w.lfs.as_ref().unwrap();
-    let pushed = w.tmp.path().join("pushed.git");
-    ok(&git_in(
-        w.tmp.path(),
-        w.tmp.path(),
-        &["init", "-q", "--bare", pushed.to_str().unwrap()],
-    ));
+    let pushed = w.empty_bare("pushed.git");
     let again = tv.tmp.path().join("again.git");
     let out = tv.run(&[
         "--json",
@@ -323,4 +331,53 @@ fn a_one_mib_edit_in_a_200_mib_file_adds_a_few_mib() {
         assert_eq!(name, hash);
         assert_eq!(size, 200 * MIB);
     }
+}
+
+/// On a terminal, LFS downloads (backup) and uploads (restore --push) show their objects and
+/// bytes; each run is held at the start of its transfers until that is drawn.
+#[test]
+fn lfs_transfers_show_objects_and_bytes_on_a_terminal() {
+    let tv = TestVault::new();
+    let w = world(&[]);
+    let shows = |phase: &'static str| {
+        move |drawn: &str| {
+            // The phase with its object count, then its byte counts (`0 B/1.02 MiB`).
+            drawn
+                .split(phase)
+                .skip(1)
+                .any(|rest| rest.starts_with(" (5 objects)") && rest.contains("MiB"))
+        }
+    };
+    let download = shows("repo lfs download");
+    common::on_a_terminal(
+        &tv,
+        &["backup", &w.url, "--name", "repo"],
+        &[],
+        Some(("lfs-download-started", &download)),
+    );
+    let lfs = w.lfs.as_ref().unwrap();
+    let pushed = w.empty_bare("pushed.git");
+    let restored = tv.tmp.path().join("restored.git");
+    let upload = shows("repo lfs upload");
+    common::on_a_terminal(
+        &tv,
+        &[
+            "restore",
+            "repo",
+            "--to",
+            restored.to_str().unwrap(),
+            "--push",
+            pushed.to_str().unwrap(),
+            "--push-lfs-url",
+            &lfs.endpoint("org", "pushed"),
+        ],
+        &[],
+        Some(("lfs-upload-started", &upload)),
+    );
+    let uploaded = lfs
+        .objects()
+        .into_iter()
+        .filter(|p| p.starts_with(lfs.root().join("org/pushed")))
+        .count();
+    assert_eq!(uploaded, 5);
 }

@@ -14,6 +14,7 @@ use super::writer::{Writer, WriterHandle};
 use crate::crypto::ChunkId;
 use crate::git::{self, CacheReader};
 use crate::lfs::{Client, Download, LfsEntry, MISSING, Pointer};
+use crate::progress::{Progress, Unit};
 use crate::snapshot::{Head, Oid, RefSet};
 use crate::store::ChunkKind;
 use crate::vault::Vault;
@@ -41,6 +42,7 @@ pub(super) fn backup_lfs(
     refs: &RefSet,
     previous: Option<&ChunkId>,
     mut pointers: Vec<PointerBlob>,
+    watch: (&str, &dyn Progress),
 ) -> Result<LfsResult, BackupError> {
     let previous_map = previous.and_then(|m| handle.with(|w| previous_lfs_map(w, m)));
     let (missing_before, mut entries): (Vec<_>, Vec<_>) = previous_map
@@ -60,7 +62,14 @@ pub(super) fn backup_lfs(
     let mut result = LfsResult::default();
     if !pointers.is_empty() {
         let lfsconfig = head_lfsconfig(&remote.cache, refs);
-        let outcome = fetch_lfs(vault, handle, remote, lfsconfig.as_deref(), &pointers)?;
+        let outcome = fetch_lfs(
+            vault,
+            handle,
+            remote,
+            lfsconfig.as_deref(),
+            &pointers,
+            watch,
+        )?;
         let failed = outcome.failed(&pointers);
         entries.extend(outcome.known);
         entries.extend(outcome.stored.iter().copied());
@@ -148,6 +157,7 @@ fn fetch_lfs(
     remote: &Remote,
     lfsconfig: Option<&[u8]>,
     pointers: &[PointerBlob],
+    watch: (&str, &dyn Progress),
 ) -> Result<LfsOutcome, BackupError> {
     let mut outcome = LfsOutcome::default();
     let wanted = sort_out_known(vault, handle, pointers, &mut outcome)?;
@@ -185,7 +195,7 @@ fn fetch_lfs(
             Err(reason) => outcome.missing.push(format!("{}: {reason}", p.oid_hex())),
         }
     }
-    let files = download_all(vault, &client, &downloads)?;
+    let files = download_all(vault, &client, &downloads, watch)?;
     let chunks = store_downloads(handle, files, &mut outcome)?;
     for (blob, p) in pointers {
         if let Some(chunk) = chunks.get(&p.sha256) {
@@ -239,6 +249,7 @@ fn download_all(
     vault: &Vault,
     client: &Client,
     downloads: &[Download],
+    (job, progress): (&str, &dyn Progress),
 ) -> Result<Vec<Downloaded>, BackupError> {
     let tmp = vault.tmp_dir();
     // The pack writer makes the directory when it first writes; a run whose first new bytes
@@ -254,6 +265,10 @@ fn download_all(
                 source,
             })?;
     }
+    let bytes = downloads.iter().map(|d| d.pointer.size).sum();
+    let phase = format!("lfs download ({} objects)", downloads.len());
+    progress.phase(job, &phase, Some(bytes), Unit::Bytes);
+    crate::hooks::point("lfs-download-started");
     let (files, _) = in_parallel(
         downloads,
         DOWNLOAD_THREADS,
@@ -268,7 +283,7 @@ fn download_all(
                 d.pointer.oid_hex()
             ));
             let file = client
-                .download(d, &dest)
+                .download(d, &dest, &|n| progress.advance(job, n))
                 .map(|()| dest.clone())
                 .map_err(|e| {
                     let _ = std::fs::remove_file(&dest);

@@ -100,7 +100,7 @@ fn run(
     let remote = resolve(vault, request, report)?;
     let previous = vault.index().snapshot_as_of(&remote.name, None)?;
     progress.phase(&report.repo, "fetch", None, Unit::Objects);
-    let fetched = fetch(keys, &remote, previous.as_ref(), report)?;
+    let fetched = fetch(keys, &remote, previous.as_ref(), report, progress)?;
     let refset_bytes = fetched.refs.encode();
     let refset = keys.id_key().chunk_id(&refset_bytes);
     let mut unchanged = previous.as_ref().is_some_and(|p| p.refset == refset);
@@ -130,7 +130,15 @@ fn run(
         )?
     };
     let previous = previous.as_ref().map(|p| &p.manifest);
-    let lfs = lfs::backup_lfs(vault, handle, &remote, &fetched.refs, previous, pointers)?;
+    let lfs = lfs::backup_lfs(
+        vault,
+        handle,
+        &remote,
+        &fetched.refs,
+        previous,
+        pointers,
+        (&report.repo, progress),
+    )?;
     report.lfs_objects_stored = lfs.stored.len() as u64;
     report.lfs_missing = lfs.missing;
     let object_maps = store_object_map(handle, &new_objects)?;
@@ -208,14 +216,17 @@ fn fetch(
     remote: &Remote,
     previous: Option<&SnapshotRow>,
     report: &mut RepoReport,
+    progress: &dyn Progress,
 ) -> Result<FetchResult, BackupError> {
     let id_key = keys.id_key();
+    let job = report.repo.clone();
     let phase = Instant::now();
     let fetched = git::fetch(
         &remote.spec,
         &remote.cache,
         remote.credentials.as_ref(),
         |refs| previous.is_some_and(|p| p.refset == id_key.chunk_id(&refs.encode())),
+        (&job, progress),
     )?;
     tracing::info!(repo = %remote.name, seconds = phase.elapsed().as_secs_f64(), objects = fetched.objects_received, "fetched");
     report.refs = fetched.refs.refs.len();

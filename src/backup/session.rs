@@ -139,8 +139,14 @@ impl<'v> Session<'v> {
     }
 
     /// Reports each repository's phases (fetch, walk, store) and steps to `progress`.
+    /// Each target's uploads go there too, as a line of their own.
     pub fn with_progress(mut self, progress: &'v dyn Progress) -> Session<'v> {
         self.progress = progress;
+        self.writer
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .store
+            .watch_uploads(progress);
         self
     }
 

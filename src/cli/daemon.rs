@@ -1,5 +1,6 @@
 //! `gitvault daemon`: unlocks the vault once, turns SIGTERM and SIGINT into the daemon's stop
-//! flag, and logs each job run on stderr (one line as it starts and as it ends).
+//! flag and SIGHUP into its reload flag, and logs each job run on stderr (one line as it
+//! starts and as it ends).
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -19,6 +20,10 @@ pub fn daemon(ctx: &Ctx) -> Result<i32> {
         signal_hook::flag::register(signal, Arc::clone(&stop))
             .context("installing the signal handlers")?;
     }
+    // Also keeps SIGHUP (systemd's ExecReload, `kill -HUP`) from ending the process.
+    let reload = Arc::new(AtomicBool::new(false));
+    signal_hook::flag::register(signal_hook::consts::SIGHUP, Arc::clone(&reload))
+        .context("installing the signal handlers")?;
     let quiet = ctx.out.quiet;
     if !quiet {
         eprintln!("daemon: started");
@@ -28,6 +33,7 @@ pub fn daemon(ctx: &Ctx) -> Result<i32> {
         dir: &ctx.args_vault,
         keys: &keys,
         stop: &stop,
+        reload: &reload,
         events: &log,
     };
     gitvault::daemon::run(&daemon)?;
@@ -66,6 +72,26 @@ fn log_event(quiet: bool, event: Event<'_>) {
             if !quiet {
                 eprintln!("job {}: started", job.name);
             }
+            return;
+        }
+        Event::Busy(job) => {
+            if !quiet {
+                eprintln!(
+                    "job {}: skipped: another daemon on this vault is running it",
+                    job.name
+                );
+            }
+            return;
+        }
+        Event::Reloaded { jobs } => {
+            if !quiet {
+                eprintln!("daemon: config.toml reloaded, {jobs} job(s)");
+            }
+            return;
+        }
+        Event::ReloadFailed(e) => {
+            // Shown under -q too: the file on disk is not what runs.
+            eprintln!("daemon: config.toml not reloaded, the jobs stay as they were: {e}");
             return;
         }
         Event::Finished(run) => run,

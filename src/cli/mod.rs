@@ -139,7 +139,8 @@ enum Command {
     Status(status::StatusArgs),
     /// Run the `[[job]]`s of config.toml (backup, forget+prune, verify) on their cron schedules
     /// until SIGTERM or SIGINT, which lets a running backup finish its current repositories
-    /// and commit before exiting 0. A job whose slot passed while no daemon ran runs at once.
+    /// and commit before exiting 0; SIGHUP reads the jobs again once the running one ended. A
+    /// job whose slot passed while no daemon ran runs at once.
     Daemon,
     /// Plumbing: store and read raw data in the chunk store (scripts and tests).
     #[command(subcommand)]
@@ -215,7 +216,7 @@ pub fn main() -> i32 {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("gitvault={level}")));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(output::LogLine::default)
         .with_target(false)
         .with_ansi(colour_allowed())
         .init();

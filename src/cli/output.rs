@@ -203,6 +203,48 @@ pub struct Bars {
     jobs: std::sync::Mutex<std::collections::HashMap<String, indicatif::ProgressBar>>,
 }
 
+/// The bars on the terminal now, if any: log lines are written above them, not into them.
+static DRAWN: std::sync::Mutex<Option<indicatif::MultiProgress>> = std::sync::Mutex::new(None);
+
+impl Drop for Bars {
+    fn drop(&mut self) {
+        if let Ok(mut drawn) = DRAWN.lock() {
+            *drawn = None;
+        }
+    }
+}
+
+/// Where log lines go: stderr, one whole line at a time, with the bars (if drawn) lifted
+/// while it is written so that a line never lands in the middle of one.
+#[derive(Default)]
+pub struct LogLine(Vec<u8>);
+
+impl std::io::Write for LogLine {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for LogLine {
+    fn drop(&mut self) {
+        use std::io::Write;
+        let write = || {
+            let _ = std::io::stderr().lock().write_all(&self.0);
+        };
+        // Cloned out of the lock: drawing takes locks of its own.
+        let drawn = DRAWN.lock().ok().and_then(|d| d.clone());
+        match drawn {
+            Some(multi) => multi.suspend(write),
+            None => write(),
+        }
+    }
+}
+
 impl Bars {
     /// Drawn only on a terminal and never with --json/-q; otherwise every call does nothing.
     pub fn new(out: &Output) -> Bars {
@@ -210,7 +252,11 @@ impl Bars {
         let multi = if out.json || out.quiet || !std::io::stderr().is_terminal() {
             indicatif::MultiProgress::with_draw_target(indicatif::ProgressDrawTarget::hidden())
         } else {
-            indicatif::MultiProgress::new()
+            let multi = indicatif::MultiProgress::new();
+            if let Ok(mut drawn) = DRAWN.lock() {
+                *drawn = Some(multi.clone());
+            }
+            multi
         };
         Bars {
             multi,
@@ -242,9 +288,11 @@ impl gitvault::progress::Progress for Bars {
             Unit::Objects => "{pos}/{len} objects {per_sec}",
             Unit::Packs => "{pos}/{len} packs",
         };
-        let template = match total {
-            Some(_) => format!("{{spinner}} {{prefix}} {{msg}} [{{bar:20}}] {counts}"),
-            None => "{spinner} {prefix} {msg}…".to_string(),
+        let template = match (total, unit) {
+            (Some(_), _) => format!("{{spinner}} {{prefix}} {{msg}} [{{bar:20}}] {counts}"),
+            // Bytes without a known end (a target's uploads): how many so far, and how fast.
+            (None, Unit::Bytes) => "{spinner} {prefix} {msg} {bytes} {bytes_per_sec}".to_string(),
+            (None, _) => "{spinner} {prefix} {msg}…".to_string(),
         };
         if let Ok(style) = indicatif::ProgressStyle::with_template(&template) {
             bar.set_style(style.progress_chars("=> "));

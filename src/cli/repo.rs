@@ -240,14 +240,30 @@ pub fn backup(ctx: &Ctx, args: BackupArgs) -> Result<i32> {
     let mut session = backup::Session::new(&vault, &keys, &lock, options)?
         .with_progress(&bars)
         .with_stop(&stop);
-    session.backup_urls(&requests, &|line| bars.println(|| print_line(ctx, line)));
+    // A run of several repositories: a total line beside the running repositories' own lines
+    // (and the sources' lines), its length growing as sources list theirs.
+    let total = if requests.len() > 1 || !sources.is_empty() {
+        let bar = bars.add(ctx.out.count_bar("total"));
+        bar.set_length(requests.len() as u64);
+        bar
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    session.backup_urls(&requests, &|line| {
+        total.inc(1);
+        bars.println(|| print_line(ctx, line));
+    });
     for source in &sources {
         let bar = bars.add(ctx.out.count_bar(&format!("source {}", source.name)));
         let report = session.backup_source(source, &|event| match event {
-            backup::SourceEvent::Selected(n) => bar.set_length(n as u64),
+            backup::SourceEvent::Selected(n) => {
+                bar.set_length(n as u64);
+                total.inc_length(n as u64);
+            }
             backup::SourceEvent::Done(line) => {
                 if !line.repo.ends_with(".wiki") {
                     bar.inc(1);
+                    total.inc(1);
                 }
                 bars.println(|| print_line(ctx, line));
             }
@@ -255,6 +271,7 @@ pub fn backup(ctx: &Ctx, args: BackupArgs) -> Result<i32> {
         bar.finish_and_clear();
         print_source_problems(ctx, report);
     }
+    total.finish_and_clear();
     let run = session.finish()?;
     if !ctx.out.json && !ctx.out.quiet {
         for (pack, target, error) in &run.lagging_replicas {
@@ -445,6 +462,7 @@ pub fn restore(ctx: &Ctx, args: RestoreArgs) -> Result<i32> {
                 url,
                 args.push_lfs_url.as_deref(),
                 credentials.as_ref(),
+                (&report.repo, &bars),
             )?);
         }
     }

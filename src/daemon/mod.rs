@@ -1,6 +1,9 @@
 //! `gitvault daemon`: runs the `[[job]]`s of config.toml on their cron schedules until asked
 //! to stop. One loop runs one job at a time, so a job never overlaps itself (nor another: the
 //! vault has one writer anyway); a tick that falls while its job runs is skipped, not queued.
+//! Two daemons on one vault (a second one started by mistake, an old one not yet gone) do not
+//! run one job at once either: a run holds DIR/daemon/<job>.lock (an flock, released by the
+//! kernel when its process dies), and a daemon that finds it held skips that slot.
 //! Each run is a command of its own as far as operators see: its notifications, its metrics
 //! file, its report. The time each job last started is kept in DIR/daemon/<job>.last, so that
 //! a daemon started after downtime runs a job that missed its slot once, at once (catch-up),
@@ -9,6 +12,10 @@
 //! Stopping: the caller's flag (set by SIGTERM) ends the wait at once; a running backup stops
 //! taking repositories, finishes the running ones and commits (`Session::with_stop`); a
 //! maintenance or verify run is left to end, since stopping prune midway only wastes its work.
+//!
+//! Reloading: the caller's reload flag (set by SIGHUP) has config.toml's jobs read again
+//! between runs, never during one: a running job ends as it would have. A job whose schedule
+//! did not change keeps its next time; a config that does not read keeps the jobs as they were.
 
 mod endpoint;
 
@@ -24,7 +31,7 @@ use crate::backup::{self, BackupRun, RunOutcome};
 use crate::crypto::VaultKeys;
 use crate::notify::{Ending, Notifier, NotifyError, error_text};
 use crate::timetable::{Timetable, TimetableError, jitter};
-use crate::vault::{JobConfig, JobKind};
+use crate::vault::{DaemonConfig, JobConfig, JobKind};
 use crate::vault::{Vault, VaultError};
 
 /// Exit statuses of a run, as the commands' (DESIGN.md): 0 done, 1 failed, 3 partly done.
@@ -91,6 +98,14 @@ pub enum Event<'a> {
     },
     Started(&'a JobConfig),
     Finished(&'a JobRun),
+    /// The job's slot came while another daemon on this vault ran it: this one skipped it.
+    Busy(&'a JobConfig),
+    /// config.toml was read again (the reload flag); the jobs now scheduled.
+    Reloaded {
+        jobs: usize,
+    },
+    /// config.toml could not be used on reload: the jobs stay as they were.
+    ReloadFailed(&'a DaemonError),
 }
 
 /// A job and when it runs next.
@@ -107,6 +122,8 @@ pub struct Context<'a> {
     pub keys: &'a VaultKeys,
     /// Set by the caller (SIGTERM, SIGINT) to end the daemon after the current run.
     pub stop: &'a AtomicBool,
+    /// Set by the caller (SIGHUP) to read config.toml's jobs again; cleared when done.
+    pub reload: &'a AtomicBool,
     /// Told of each job's next time, and of each run as it starts and ends.
     pub events: &'a dyn Fn(Event<'_>),
 }
@@ -119,11 +136,24 @@ pub fn run(ctx: &Context<'_>) -> Result<(), DaemonError> {
     }
     std::fs::create_dir_all(state_dir(ctx.dir)).map_err(|e| state_error(ctx.dir, e))?;
     let latest = Arc::new(Mutex::new(endpoint::Latest::default()));
-    if let Some(address) = config.daemon.and_then(|d| d.metrics_address) {
-        serve_metrics(ctx, &address, &latest)?;
+    if let Some(address) = config
+        .daemon
+        .as_ref()
+        .and_then(|d| d.metrics_address.as_ref())
+    {
+        serve_metrics(ctx, address, &latest)?;
     }
-    let mut jobs = schedule(ctx, config.jobs)?;
+    let mut jobs = schedule(ctx, config.jobs, config.daemon.as_ref(), &[])?;
     while !ctx.stop.load(Ordering::SeqCst) {
+        if ctx.reload.swap(false, Ordering::SeqCst) {
+            match reload(ctx, &jobs) {
+                Ok(new) => {
+                    jobs = new;
+                    (ctx.events)(Event::Reloaded { jobs: jobs.len() });
+                }
+                Err(e) => (ctx.events)(Event::ReloadFailed(&e)),
+            }
+        }
         let Some(due) = jobs.iter_mut().min_by_key(|s| s.next) else {
             break;
         };
@@ -133,10 +163,15 @@ pub fn run(ctx: &Context<'_>) -> Result<(), DaemonError> {
             std::thread::sleep(wait.min(POLL));
             continue;
         }
-        (ctx.events)(Event::Started(&due.job));
-        record_start(ctx.dir, &due.job.name, Utc::now())?;
-        let run = run_job(ctx, &due.job, due.catch_up, &latest);
-        (ctx.events)(Event::Finished(&run));
+        match hold_job_lock(ctx.dir, &due.job.name)? {
+            Some(_held) => {
+                (ctx.events)(Event::Started(&due.job));
+                record_start(ctx.dir, &due.job.name, Utc::now())?;
+                let run = run_job(ctx, &due.job, due.catch_up, &latest);
+                (ctx.events)(Event::Finished(&run));
+            }
+            None => (ctx.events)(Event::Busy(&due.job)),
+        }
         // From the end of the run: the ticks that fell while it ran are skipped.
         due.next = next_time(&due.timetable, &due.job, Utc::now());
         due.catch_up = false;
@@ -165,24 +200,45 @@ fn serve_metrics(
     Ok(())
 }
 
-/// Each job's first time: now for one that missed its last slot, else its next slot.
-fn schedule(ctx: &Context<'_>, config: Vec<JobConfig>) -> Result<Vec<Scheduled>, DaemonError> {
+/// config.toml's jobs, read again; those scheduled as in `before` keep their times.
+fn reload(ctx: &Context<'_>, before: &[Scheduled]) -> Result<Vec<Scheduled>, DaemonError> {
+    let config = Vault::read_config(ctx.dir)?;
+    if config.jobs.is_empty() {
+        return Err(DaemonError::NoJobs);
+    }
+    schedule(ctx, config.jobs, config.daemon.as_ref(), before)
+}
+
+/// Each job's first time: its time in `before` when it is scheduled there alike, else now
+/// for one that missed its last slot, else its next slot.
+fn schedule(
+    ctx: &Context<'_>,
+    config: Vec<JobConfig>,
+    daemon: Option<&DaemonConfig>,
+    before: &[Scheduled],
+) -> Result<Vec<Scheduled>, DaemonError> {
     let now = Utc::now();
     let mut jobs = Vec::new();
     for job in config {
         if jobs.iter().any(|s: &Scheduled| s.job.name == job.name) {
             return Err(DaemonError::SameName(job.name));
         }
-        let timetable =
-            Timetable::parse(&job.schedule).map_err(|source| DaemonError::Timetable {
+        let timetable = job
+            .timetable(daemon)
+            .map_err(|source| DaemonError::Timetable {
                 job: job.name.clone(),
                 source,
             })?;
-        let catch_up = timetable.missed(last_run(ctx.dir, &job.name), now);
-        let next = if catch_up {
-            now
-        } else {
-            next_time(&timetable, &job, now)
+        let kept = before.iter().find(|s| {
+            s.job.name == job.name
+                && s.job.schedule == job.schedule
+                && s.job.jitter == job.jitter
+                && s.timetable.zone_name() == timetable.zone_name()
+        });
+        let (next, catch_up) = match kept {
+            Some(s) => (s.next, s.catch_up),
+            None if timetable.missed(last_run(ctx.dir, &job.name), now) => (now, true),
+            None => (next_time(&timetable, &job, now), false),
         };
         (ctx.events)(Event::Scheduled {
             job: &job,
@@ -232,6 +288,23 @@ fn state_file(dir: &Path, job: &str) -> PathBuf {
         })
         .collect();
     state_dir(dir).join(format!("{safe}.last"))
+}
+
+/// The job's lock, held until the returned file is dropped; `None` when another process
+/// holds it (another daemon runs the job now).
+fn hold_job_lock(dir: &Path, job: &str) -> Result<Option<std::fs::File>, DaemonError> {
+    let path = state_file(dir, job).with_extension("lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| state_error(dir, e))?;
+    match file.try_lock() {
+        Ok(()) => Ok(Some(file)),
+        Err(std::fs::TryLockError::WouldBlock) => Ok(None),
+        Err(std::fs::TryLockError::Error(e)) => Err(state_error(dir, e)),
+    }
 }
 
 /// When the job last started under a daemon; `None` when never (or the file is unreadable,

@@ -9,6 +9,7 @@ pub mod objects;
 pub mod packfile;
 pub mod previous;
 mod remote;
+mod watch;
 mod write;
 
 use std::collections::BTreeMap;
@@ -187,10 +188,11 @@ pub fn fetch(
     cache: &Path,
     credentials: Option<&Credentials>,
     unchanged: impl Fn(&RefSet) -> bool,
+    watch: (&str, &dyn crate::progress::Progress),
 ) -> Result<FetchResult, GitError> {
     let mut attempt = 0;
     loop {
-        match fetch_once(spec, cache, credentials, &unchanged) {
+        match fetch_once(spec, cache, credentials, &unchanged, watch) {
             Err(GitError::Fetch(text)) if transient(&text) => {
                 if attempt == FETCH_RETRIES {
                     return Err(GitError::Fetch(format!(
@@ -229,6 +231,7 @@ fn fetch_once(
     cache: &Path,
     credentials: Option<&Credentials>,
     unchanged: &impl Fn(&RefSet) -> bool,
+    watch: (&str, &dyn crate::progress::Progress),
 ) -> Result<FetchResult, GitError> {
     let repo = open_or_init_cache(cache)?;
     let remote = repo
@@ -282,10 +285,18 @@ fn fetch_once(
             objects_received: 0,
         });
     }
-    let outcome = prepare
-        .with_write_packed_refs_only(true)
-        .receive(gix::progress::Discard, &AtomicBool::new(false))
-        .map_err(fetch_err)?;
+    let (tap, relay) = watch::Tap::root();
+    let received = AtomicBool::new(false);
+    let outcome = std::thread::scope(|s| {
+        s.spawn(|| relay.run(watch, &received));
+        let outcome = prepare
+            .with_write_packed_refs_only(true)
+            .receive(tap, &AtomicBool::new(false));
+        crate::hooks::point("fetch-received");
+        received.store(true, std::sync::atomic::Ordering::SeqCst);
+        outcome
+    })
+    .map_err(fetch_err)?;
     let objects_received = match outcome.status {
         gix::remote::fetch::Status::NoPackReceived { .. } => 0,
         gix::remote::fetch::Status::Change {

@@ -212,10 +212,12 @@ impl Client {
 
     /// Uploads objects from files (batch API `upload`, basic transfer: PUT, then the optional
     /// verify POST). Objects the server already has come back without actions and are skipped.
-    /// Returns how many were sent; the first failure stops it.
+    /// Returns how many were sent; the first failure stops it. `sent` is told the size of
+    /// each object as it is sent or found on the server.
     pub(crate) fn upload(
         &self,
         objects: &[(Pointer, std::path::PathBuf)],
+        sent_bytes: &dyn Fn(u64),
     ) -> Result<u64, LfsError> {
         let mut sent = 0;
         for group in objects.chunks(100) {
@@ -233,6 +235,7 @@ impl Client {
                     return Err(fail(format!("{} {}", e.code, e.message)));
                 }
                 let Some(upload) = o.actions.as_ref().and_then(|a| a.upload.as_ref()) else {
+                    sent_bytes(p.size);
                     continue;
                 };
                 let file = std::fs::File::open(path).map_err(|e| fail(e.to_string()))?;
@@ -251,13 +254,20 @@ impl Client {
                     self.send_action(request, verify, "verify").map_err(fail)?;
                 }
                 sent += 1;
+                sent_bytes(p.size);
             }
         }
         Ok(sent)
     }
 
-    /// Downloads one object into `dest`, checking its size and SHA-256 as it streams.
-    pub fn download(&self, d: &Download, dest: &Path) -> Result<(), LfsError> {
+    /// Downloads one object into `dest`, checking its size and SHA-256 as it streams;
+    /// `received` is told of the bytes as they come.
+    pub fn download(
+        &self,
+        d: &Download,
+        dest: &Path,
+        received: &dyn Fn(u64),
+    ) -> Result<(), LfsError> {
         let fail = |reason: String| LfsError::Object {
             oid: d.pointer.oid_hex(),
             reason,
@@ -300,6 +310,7 @@ impl Client {
             hasher.update(&buf[..n]);
             file.write_all(&buf[..n]).map_err(|e| fail(e.to_string()))?;
             total += n as u64;
+            received(n as u64);
             if total > d.pointer.size {
                 return Err(fail(format!(
                     "the server sent more than the {} bytes the pointer says",

@@ -5,6 +5,7 @@ use std::path::Path;
 use std::process::Command;
 
 use crate::git::{self, Credentials};
+use crate::progress::{self, Progress, Unit};
 
 use super::{RestoreError, io_err};
 
@@ -12,12 +13,14 @@ use super::{RestoreError, io_err};
 /// Credentials go through git's environment-supplied config, never the command line or URL.
 /// After a mirror push, uploads the restored repository's LFS objects to `lfs_url`, else the push
 /// URL's default LFS endpoint (`lfs.url` of the restored HEAD's `.lfsconfig` is not followed: it
-/// names the old server). Returns how many the server did not have.
+/// names the old server). Returns how many the server did not have. `job` on `progress` sees
+/// the bytes go.
 pub fn push_lfs(
     repo: &Path,
     url: &str,
     lfs_url: Option<&str>,
     credentials: Option<&Credentials>,
+    (job, progress): (&str, &dyn Progress),
 ) -> Result<u64, RestoreError> {
     let objects = crate::lfs::local_objects(repo);
     if objects.is_empty() {
@@ -38,7 +41,14 @@ pub fn push_lfs(
     // that one's origin, never to hrefs elsewhere that the server answers with.
     let client = crate::lfs::Client::new(&endpoint, creds, lfs_url.unwrap_or(url))
         .map_err(RestoreError::LfsFailed)?;
-    client.upload(&objects).map_err(RestoreError::LfsFailed)
+    let bytes = objects.iter().map(|(p, _)| p.size).sum();
+    let phase = format!("lfs upload ({} objects)", objects.len());
+    progress.phase(job, &phase, Some(bytes), Unit::Bytes);
+    let _shown = progress::Job::new(progress, job);
+    crate::hooks::point("lfs-upload-started");
+    client
+        .upload(&objects, &|n| progress.advance(job, n))
+        .map_err(RestoreError::LfsFailed)
 }
 
 pub fn push_mirror(

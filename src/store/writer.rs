@@ -19,6 +19,7 @@ use super::{ChunkKind, ChunkList, ChunkReader, StoreError, StoreSettings, WriteR
 use crate::crypto::{ChunkId, VaultKeys};
 use crate::hooks;
 use crate::index::Index;
+use crate::progress::{Progress, Silent, Unit};
 use crate::target::{Body, Target, TargetError};
 
 /// Objects smaller than this are stored whole: a delta would save next to nothing.
@@ -52,6 +53,8 @@ pub struct ChunkStore<'v> {
     /// Packs whose chunks do not count as stored (missing from every target): chunks only
     /// they hold are written again, and their rows move to the new pack.
     avoid: HashSet<i64>,
+    /// Told of each target's uploaded bytes (`target NAME` jobs).
+    uploads: &'v dyn Progress,
 }
 
 impl<'v> ChunkStore<'v> {
@@ -80,7 +83,17 @@ impl<'v> ChunkStore<'v> {
             defer_index: false,
             unindexed: Vec::new(),
             avoid: HashSet::new(),
+            uploads: &Silent,
         }
+    }
+
+    /// Shows each target's uploads on `progress` as a job `target NAME`, from now until the
+    /// store is dropped.
+    pub fn watch_uploads(&mut self, progress: &'v dyn Progress) {
+        for t in self.reader.targets {
+            progress.phase(&upload_job(t.as_ref()), "upload", None, Unit::Bytes);
+        }
+        self.uploads = progress;
     }
 
     pub fn report(&self) -> &WriteReport {
@@ -361,8 +374,12 @@ impl<'v> ChunkStore<'v> {
                 .iter()
                 .map(|t| {
                     let key = &key;
+                    let uploads = self.uploads;
                     s.spawn(move || {
                         let r = t.put_if_absent(key, Body::File(&pack.path)).map(|_| ());
+                        if r.is_ok() {
+                            uploads.advance(&upload_job(t.as_ref()), pack.size);
+                        }
                         (t.name().to_string(), r)
                     })
                 })
@@ -439,7 +456,15 @@ impl Drop for ChunkStore<'_> {
         if let Some(w) = self.writer.take() {
             w.discard();
         }
+        for t in self.reader.targets {
+            self.uploads.done(&upload_job(t.as_ref()));
+        }
     }
+}
+
+/// The progress job of a target's uploads.
+fn upload_job(target: &dyn Target) -> String {
+    format!("target {}", target.name())
 }
 
 fn upload_panicked() -> TargetError {

@@ -43,6 +43,10 @@ pub struct DaemonConfig {
     /// `127.0.0.1:9184`; none when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metrics_address: Option<String>,
+    /// The time zone whose wall clock the jobs' schedules are read on (an IANA name such as
+    /// `Europe/Berlin`); UTC when unset. A job's own `timezone` wins.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timezone: Option<String>,
 }
 
 /// `[[job]]`: one scheduled job of `gitvault daemon`.
@@ -53,6 +57,9 @@ pub struct JobConfig {
     pub kind: JobKind,
     /// A cron expression: 5 fields (minute first), or 6-7 with seconds first.
     pub schedule: String,
+    /// The time zone of this job's schedule, instead of `[daemon] timezone`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timezone: Option<String>,
     /// Each run starts up to this many seconds after its scheduled time, at random, so that
     /// many vaults on one schedule do not hit a provider at the same second.
     #[serde(default)]
@@ -73,6 +80,20 @@ pub struct JobConfig {
     /// Prometheus metrics of each run, written there when it ends (textfile format).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metrics_file: Option<std::path::PathBuf>,
+}
+
+impl JobConfig {
+    /// The job's schedule in its time zone (its own, else the daemon's, else UTC).
+    pub fn timetable(
+        &self,
+        daemon: Option<&DaemonConfig>,
+    ) -> Result<crate::timetable::Timetable, crate::timetable::TimetableError> {
+        let zone = self
+            .timezone
+            .as_deref()
+            .or_else(|| daemon.and_then(|d| d.timezone.as_deref()));
+        crate::timetable::Timetable::parse(&self.schedule, zone)
+    }
 }
 
 /// What a job does: the command it stands for.
@@ -443,7 +464,7 @@ pub fn check_config(text: &str) -> ConfigCheck {
         ));
     }
     for job in &config.jobs {
-        if let Err(e) = crate::timetable::Timetable::parse(&job.schedule) {
+        if let Err(e) = job.timetable(config.daemon.as_ref()) {
             check.problems.push(format!("job {}: {e}", job.name));
         }
         if let Some(missing) = job

@@ -30,8 +30,8 @@ pub mod target_lock;
 
 pub use catch_up::CatchUpReport;
 pub use config::{
-    Config, ConfigCheck, JobConfig, JobKind, NotifyConfig, NotifyUrlError, PublicParams,
-    StoreConfig, TargetConfig, check_config, resolve_notify_url,
+    Config, ConfigCheck, DaemonConfig, JobConfig, JobKind, NotifyConfig, NotifyUrlError,
+    PublicParams, StoreConfig, TargetConfig, check_config, resolve_notify_url,
 };
 pub use lock::{ReadLease, WriteLock};
 pub use object_lock::{LockCheck, LockFinding, LockUpkeep};

@@ -304,3 +304,92 @@ pub fn spawn_paused(mut cmd: Command, point: &str, release: &Path) -> std::proce
     std::thread::spawn(move || std::io::copy(&mut err, &mut std::io::sink()));
     child
 }
+
+/// A condition on what a command drew on its terminal.
+pub type DrawnTest = dyn Fn(&str) -> bool;
+
+/// Runs `gitvault args…` on `tv` under a pseudo-terminal (util-linux `script`) and returns
+/// everything it drew. With `held`: the process pauses at that test hook point until what it
+/// drew satisfies `until` (polled, with a generous deadline, since a busy machine draws late),
+/// so that a short phase is seen for sure. `env` is added to the command's environment.
+pub fn on_a_terminal(
+    tv: &TestVault,
+    args: &[&str],
+    env: &[(&str, &str)],
+    held: Option<(&str, &DrawnTest)>,
+) -> String {
+    use std::sync::{Arc, Mutex};
+    let mut line = format!(
+        "'{}' --vault '{}'",
+        env!("CARGO_BIN_EXE_gitvault"),
+        tv.dir.display()
+    );
+    for a in args {
+        line.push_str(&format!(" '{a}'"));
+    }
+    let release = tv.tmp.path().join("terminal-release");
+    let _ = std::fs::remove_file(&release);
+    let mut cmd = Command::new("script");
+    cmd.args(["-q", "-f", "-e", "-c", &line, "/dev/null"])
+        .env("GITVAULT_IDENTITY_FILE", &tv.identity_file)
+        .env("TERM", "xterm")
+        .env_remove("NO_COLOR")
+        .envs(env.iter().copied())
+        .stdout(std::process::Stdio::piped());
+    if let Some((point, _)) = held {
+        cmd.env(
+            "GITVAULT_TEST_HOOK_PAUSE",
+            format!("{point}:{}", release.display()),
+        );
+    }
+    let mut child = cmd
+        .spawn()
+        .expect("script (util-linux) runs a command under a pseudo-terminal");
+    let drawn = Arc::new(Mutex::new(String::new()));
+    let mut out = child.stdout.take().unwrap();
+    let reader = {
+        let drawn = drawn.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = out.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                drawn
+                    .lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        })
+    };
+    if let Some((point, until)) = held {
+        let began = std::time::Instant::now();
+        while !until(&drawn.lock().unwrap()) {
+            if began.elapsed() > std::time::Duration::from_secs(120) {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "the awaited progress was not drawn while paused at {point}: {:?}",
+                    drawn.lock().unwrap()
+                );
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        std::fs::write(&release, b"").unwrap();
+    }
+    let status = child.wait().unwrap();
+    reader.join().unwrap();
+    let drawn = drawn.lock().unwrap().clone();
+    assert!(status.success(), "{status:?}: {drawn}");
+    drawn
+}
+
+/// `text` shows `label` followed by a number that is not zero (`target s3 upload 2.3 KiB`).
+pub fn shows_nonzero(text: &str, label: &str) -> bool {
+    text.match_indices(label).any(|(at, _)| {
+        text[at + label.len()..]
+            .chars()
+            .next()
+            .is_some_and(|c| ('1'..='9').contains(&c))
+    })
+}

@@ -91,7 +91,13 @@ pub fn push_repository(
     credentials: Option<&Credentials>,
 ) -> Result<u64, RestoreError> {
     push::push_all_refs(repo, clone_url, credentials)?;
-    push::push_lfs(repo, clone_url, None, credentials)
+    push::push_lfs(
+        repo,
+        clone_url,
+        None,
+        credentials,
+        ("", &crate::progress::Silent),
+    )
 }
 
 #[cfg(test)]
