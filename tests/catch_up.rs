@@ -557,12 +557,9 @@ fn verify_keeps_failing_on_a_pack_missing_after_an_automatic_catch_up() {
     up.commit("a.txt", b"first\n");
     backup(a, &up, "repo", 1);
     assert_eq!(snapshot_repos(&b), ["repo"]);
-    let vault = a.open();
-    let packs = vault.index().packs().unwrap();
+    let packs = a.open().index().packs().unwrap();
     let gone = &packs.iter().max_by_key(|p| p.size).unwrap().name;
-    for target in vault.targets() {
-        target.delete(&gitvault::store::pack_key(gone)).unwrap();
-    }
+    delete_everywhere(a, &[gone]);
     for host in [a, &b] {
         for _ in 0..2 {
             let verify = host.run(&["verify"]);
@@ -751,5 +748,51 @@ fn two_hosts_backing_up_one_repository_at_once_store_it_once() {
         );
         assert_restores(host, "repo", &up.refs());
         ok(&host.run(&["verify", "--full"]));
+    }
+}
+
+/// The same on two hosts: a pack goes missing from both shared targets; A's next backup stores
+/// again what only it held, and B, catching up (its `restore` does), restores A's snapshot
+/// exactly from the new copies while both hosts go on reporting the missing pack.
+#[test]
+fn another_host_restores_what_a_backup_stored_again_after_a_pack_went_missing() {
+    let hosts = Hosts::new();
+    let a = &hosts.a;
+    let b = hosts.join();
+    let up = Upstream::new(a.tmp.path(), "upstream");
+    up.commit("a.txt", b"first\n");
+    backup(a, &up, "repo", 1);
+    let known = a.open().index().packs().unwrap();
+    up.commit("b.bin", &noise(6, 200_000));
+    backup(a, &up, "repo", 2);
+    assert_eq!(snapshot_repos(&b), ["repo", "repo"]);
+    let names: Vec<String> = a
+        .open()
+        .index()
+        .packs()
+        .unwrap()
+        .into_iter()
+        .map(|p| p.name)
+        .collect();
+    let added: Vec<&String> = names
+        .iter()
+        .filter(|n| known.iter().all(|k| &k.name != *n))
+        .collect();
+    delete_everywhere(a, &added);
+    up.commit("c.txt", b"third\n");
+    backup(a, &up, "repo", 3);
+    assert_restores(&b, "repo", &up.refs());
+    for host in [a, &b] {
+        assert_eq!(host.run(&["verify"]).status.code(), Some(1));
+    }
+}
+
+/// Deletes packs from every target of `host` (behind every host's back: no prune record).
+fn delete_everywhere(host: &TestVault, names: &[&String]) {
+    let vault = host.open();
+    for name in names {
+        for target in vault.targets() {
+            target.delete(&gitvault::store::pack_key(name)).unwrap();
+        }
     }
 }
