@@ -76,6 +76,7 @@ fn bench(c: &mut Criterion) {
             source: "bench",
             new_objects: &entries,
             new_lfs: &[],
+            replace_objects: false,
         })
         .expect("a snapshot");
     let raw = rusqlite::Connection::open(&path).expect("a second connection");

@@ -131,7 +131,16 @@ fn json(host: &TestVault, args: &[&str]) -> Value {
 }
 
 fn snapshot_repos(host: &TestVault) -> Vec<String> {
-    let mut repos: Vec<String> = json(host, &["snapshots"])
+    repos_listed(host, &["snapshots"])
+}
+
+/// `snapshots` as this host's index has them, without catching up first.
+fn snapshot_repos_local(host: &TestVault) -> Vec<String> {
+    repos_listed(host, &["--no-catch-up", "snapshots"])
+}
+
+fn repos_listed(host: &TestVault, args: &[&str]) -> Vec<String> {
+    let mut repos: Vec<String> = json(host, args)
         .as_array()
         .unwrap()
         .iter()
@@ -190,7 +199,7 @@ fn hosts_see_each_others_snapshots_and_restore_them() {
     backup(&b, &beta, "beta", 2);
 
     // Nothing of B's is known to A until it catches up; then B's snapshot restores exactly.
-    assert_eq!(snapshot_repos(a), ["alpha"]);
+    assert_eq!(snapshot_repos_local(a), ["alpha"]);
     let caught = json(a, &["catch-up"]);
     assert_eq!(caught["snapshots_added"], 1, "{caught}");
     assert!(caught["packs_scanned"].as_u64().unwrap() >= 1, "{caught}");
@@ -233,8 +242,19 @@ fn prune_on_one_host_keeps_what_another_hosts_snapshots_need() {
         "B stored {grown} bytes: it did not dedup against A ({run})"
     );
 
-    // A forgets the day-1 snapshot (the only one of its own reaching `tmp.bin`) and prunes.
-    let forgot = json(a, &["forget", "--keep-last", "1", "--repo", "repo"]);
+    // A forgets the day-1 snapshot (the only one of its own reaching `tmp.bin`) and prunes;
+    // the forget does not catch up, so that it is the prune's own catch-up under test.
+    let forgot = json(
+        a,
+        &[
+            "--no-catch-up",
+            "forget",
+            "--keep-last",
+            "1",
+            "--repo",
+            "repo",
+        ],
+    );
     assert_eq!(forgot["removed"], 1, "{forgot}");
     let pruned = json(a, &["prune"]);
 
@@ -478,4 +498,301 @@ fn a_pack_deleted_without_a_prune_stays_reported() {
         "{}",
         String::from_utf8_lossy(&verify.stdout)
     );
+}
+
+/// Read commands catch up by themselves: B sees and restores A's new snapshots through
+/// `snapshots`, `ls` and `restore` alone. While another process of B's host holds its writer
+/// lock (a local backup), they skip the catch-up and show B's index as it is, and say why.
+#[test]
+fn read_commands_catch_up_by_themselves() {
+    let hosts = Hosts::new();
+    let a = &hosts.a;
+    let b = hosts.join();
+    let alpha = Upstream::new(a.tmp.path(), "alpha");
+    alpha.commit("a.txt", b"alpha\n");
+    backup(a, &alpha, "alpha", 1);
+
+    assert!(
+        snapshot_repos_local(&b).is_empty(),
+        "--no-catch-up reads the index only"
+    );
+    assert_eq!(snapshot_repos(&b), ["alpha"], "`snapshots` caught up");
+
+    alpha.commit("b.bin", &noise(11, 200_000));
+    let day2 = backup(a, &alpha, "alpha", 2);
+    let id = day2["repositories"][0]["snapshot"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // B's writer lock is busy: the local picture, and an info-level word on why.
+    let vault = b.open();
+    let held = vault.lock().unwrap();
+    let busy = b.run(&["-v", "--json", "snapshots"]);
+    let listed: Value = serde_json::from_slice(&busy.stdout).unwrap();
+    assert_eq!(listed.as_array().unwrap().len(), 1, "{listed}");
+    assert!(
+        stderr(&busy).contains("not catching up"),
+        "{}",
+        stderr(&busy)
+    );
+    drop(held);
+
+    let ls = json(&b, &["ls", "alpha"]);
+    assert_eq!(ls["snapshot"].as_str(), Some(id.as_str()), "{ls}");
+    assert_restores(&b, "alpha", &alpha.refs());
+    // Caught up: an unchanged target costs a listing and reads no footer.
+    assert_eq!(json(&b, &["catch-up"])["packs_scanned"], 0);
+    ok(&b.run(&["verify"]));
+}
+
+/// A pack deleted behind the hosts' backs, with no prune record: the catch-up `verify` and
+/// `snapshots` make by themselves keeps it in the index, so `verify` fails naming it, every
+/// time, and the snapshots needing it stay listed.
+#[test]
+fn verify_keeps_failing_on_a_pack_missing_after_an_automatic_catch_up() {
+    let hosts = Hosts::new();
+    let a = &hosts.a;
+    let b = hosts.join();
+    let up = Upstream::new(a.tmp.path(), "upstream");
+    up.commit("a.txt", b"first\n");
+    backup(a, &up, "repo", 1);
+    assert_eq!(snapshot_repos(&b), ["repo"]);
+    let packs = a.open().index().packs().unwrap();
+    let gone = &packs.iter().max_by_key(|p| p.size).unwrap().name;
+    delete_everywhere(a, &[gone]);
+    for host in [a, &b] {
+        for _ in 0..2 {
+            let verify = host.run(&["verify"]);
+            assert_eq!(verify.status.code(), Some(1), "{}", stderr(&verify));
+            let text = String::from_utf8_lossy(&verify.stdout);
+            assert!(text.contains(&gone[..16]), "{text}");
+            assert_eq!(snapshot_repos(host), ["repo"]);
+        }
+    }
+}
+
+/// A backup after a pack went missing (no prune record) does not count on it: day 2's commit,
+/// tree and blob lived only there, so day 3's backup walks past the known commit, stores them
+/// again, and stores day 3's version of the blob whole rather than as a delta against day 2's.
+/// Day 3's snapshot restores exactly; the missing pack is still reported.
+#[test]
+fn a_backup_stores_again_what_only_a_missing_pack_held() {
+    let tv = TestVault::new();
+    let up = Upstream::new(tv.tmp.path(), "upstream");
+    up.commit("a.txt", b"first\n");
+    backup(&tv, &up, "repo", 1);
+    let before = common::pack_files(&tv.data_dir());
+    let mut blob = noise(5, 200_000);
+    up.commit("b.bin", &blob);
+    backup(&tv, &up, "repo", 2);
+    for pack in common::pack_files(&tv.data_dir()) {
+        if !before.contains(&pack) {
+            std::fs::remove_file(pack).unwrap();
+        }
+    }
+    blob.extend_from_slice(b"one more line\n");
+    up.commit("b.bin", &blob);
+    let run = backup(&tv, &up, "repo", 3);
+    assert_restores(&tv, "repo", &up.refs());
+    // Day 3's three objects and day 2's three again.
+    assert_eq!(run["repositories"][0]["objects_added"], 6, "{run}");
+    let verify = tv.run(&["verify"]);
+    assert_eq!(
+        verify.status.code(),
+        Some(1),
+        "the missing pack is still reported"
+    );
+    // The next backup is back to incremental: what it needs is in the new packs.
+    up.commit("d.txt", b"fourth\n");
+    let run = backup(&tv, &up, "repo", 4);
+    assert!(
+        run["repositories"][0]["objects_added"].as_u64().unwrap() <= 3,
+        "{run}"
+    );
+    assert_restores(&tv, "repo", &up.refs());
+}
+
+fn backup_command(host: &TestVault, up: &Upstream, name: &str, day: u32) -> std::process::Command {
+    let mut cmd = host.command(&["--json", "backup", up.path(), "--name", name]);
+    cmd.env("GITVAULT_NOW", format!("2026-11-{day:02}T12:00:00Z"));
+    cmd
+}
+
+fn succeeded(child: std::process::Child) -> Value {
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// A prune on host A while hosts B and C are backing up forks whose objects A's own snapshots
+/// no longer need: B and C started (and caught up) before A's mark and commit after it, while
+/// A waits for their shared locks; A's catch-up under its exclusive lock brings their
+/// snapshots into the mark. No snapshot of any host is lost. (With prune's catch-ups disabled,
+/// the pack holding `tmp.bin` is deleted and B's and C's restores fail.)
+#[test]
+fn a_prune_while_two_other_hosts_back_up_loses_no_snapshot() {
+    let hosts = Hosts::new();
+    let a = &hosts.a;
+    let up = Upstream::new(a.tmp.path(), "upstream");
+    let fork_b = two_days(a, &up);
+    let fork_c = fork_b.fork(a.tmp.path(), "fork-c");
+    fork_c.commit("c.txt", b"C's own\n");
+    let b = hosts.join();
+    let c = hosts.join();
+    let forgot = json(a, &["forget", "--keep-last", "1"]);
+    assert_eq!(forgot["removed"], 1, "{forgot}");
+
+    // B and C stop after writing their first pack, before uploading it and committing.
+    let release_writers = a.tmp.path().join("release-writers");
+    let writer_b = common::spawn_paused(
+        backup_command(&b, &fork_b, "fork-b", 3),
+        "pack-written",
+        &release_writers,
+    );
+    let writer_c = common::spawn_paused(
+        backup_command(&c, &fork_c, "fork-c", 3),
+        "pack-written",
+        &release_writers,
+    );
+    let release_prune = a.tmp.path().join("release-prune");
+    let prune = common::spawn_paused(
+        a.command(&["--json", "prune"]),
+        "prune-marked",
+        &release_prune,
+    );
+    // A goes on to wait for the exclusive lock while B and C hold shared ones; whether it got
+    // there before they go on does not matter to the outcome.
+    std::fs::write(&release_prune, b"").unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    std::fs::write(&release_writers, b"").unwrap();
+    let ran_b = succeeded(writer_b);
+    let ran_c = succeeded(writer_c);
+    let pruned = succeeded(prune);
+
+    assert_restores(&b, "fork-b", &fork_b.refs());
+    assert_restores(&c, "fork-c", &fork_c.refs());
+    for host in [a, &b, &c] {
+        assert_eq!(snapshot_repos(host), ["fork-b", "fork-c", "repo"]);
+        assert_restores(host, "repo", &up.refs());
+        assert_restores(host, "fork-b", &fork_b.refs());
+        assert_restores(host, "fork-c", &fork_c.refs());
+        ok(&host.run(&["verify", "--full"]));
+    }
+    let ids = |run: &Value| {
+        run["repositories"][0]["snapshot"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let listed = json(a, &["snapshots"]).to_string();
+    assert!(
+        listed.contains(&ids(&ran_b)) && listed.contains(&ids(&ran_c)),
+        "{listed}"
+    );
+    // The pack holding what only B's and C's snapshots need was spared, not deleted.
+    assert!(pruned["packs_spared"].as_u64().unwrap() >= 1, "{pruned}");
+}
+
+/// Two hosts back up the same repository at the same moment (A is held after writing its
+/// first pack, with B started meanwhile): B waits for A's lease on the repository, catches up
+/// and stores none of what A stored. Both snapshots exist and restore, and the shared target
+/// grew by the repository's size plus less than one pack, not twice it. (Without the lease,
+/// B stores every object again.)
+#[test]
+fn two_hosts_backing_up_one_repository_at_once_store_it_once() {
+    let hosts = Hosts::new();
+    let a = &hosts.a;
+    let b = hosts.join();
+    let pack = 1u64 << 20;
+    for host in [a, &b] {
+        host.set_store_option("pack_size", pack);
+    }
+    let up = Upstream::new(a.tmp.path(), "upstream");
+    for i in 0..6 {
+        up.commit(&format!("f{i}.bin"), &noise(20 + i, 1 << 20));
+    }
+    let before = common::tree_size(&hosts.files_dir);
+    let release = a.tmp.path().join("release-a");
+    let first = common::spawn_paused(backup_command(a, &up, "repo", 1), "pack-written", &release);
+    let second = backup_command(&b, &up, "repo", 2)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // B meets A's lease (or, without leases, stores everything) while A is held; how far it
+    // got before A goes on does not change what must hold.
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    std::fs::write(&release, b"").unwrap();
+    let ran_a = succeeded(first);
+    let ran_b = succeeded(second);
+    let grown = common::tree_size(&hosts.files_dir) - before;
+    assert!(
+        grown < 6 * (1 << 20) + pack,
+        "the target grew by {grown} bytes for 6 MiB of incompressible data: stored twice"
+    );
+    let id = |run: &Value| {
+        run["repositories"][0]["snapshot"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    for host in [a, &b] {
+        let listed = json(host, &["snapshots", "repo"]).to_string();
+        assert!(
+            listed.contains(&id(&ran_a)) && listed.contains(&id(&ran_b)),
+            "{listed}"
+        );
+        assert_restores(host, "repo", &up.refs());
+        ok(&host.run(&["verify", "--full"]));
+    }
+}
+
+/// The same on two hosts: a pack goes missing from both shared targets; A's next backup stores
+/// again what only it held, and B, catching up (its `restore` does), restores A's snapshot
+/// exactly from the new copies while both hosts go on reporting the missing pack.
+#[test]
+fn another_host_restores_what_a_backup_stored_again_after_a_pack_went_missing() {
+    let hosts = Hosts::new();
+    let a = &hosts.a;
+    let b = hosts.join();
+    let up = Upstream::new(a.tmp.path(), "upstream");
+    up.commit("a.txt", b"first\n");
+    backup(a, &up, "repo", 1);
+    let known = a.open().index().packs().unwrap();
+    up.commit("b.bin", &noise(6, 200_000));
+    backup(a, &up, "repo", 2);
+    assert_eq!(snapshot_repos(&b), ["repo", "repo"]);
+    let names: Vec<String> = a
+        .open()
+        .index()
+        .packs()
+        .unwrap()
+        .into_iter()
+        .map(|p| p.name)
+        .collect();
+    let added: Vec<&String> = names
+        .iter()
+        .filter(|n| known.iter().all(|k| &k.name != *n))
+        .collect();
+    delete_everywhere(a, &added);
+    up.commit("c.txt", b"third\n");
+    backup(a, &up, "repo", 3);
+    assert_restores(&b, "repo", &up.refs());
+    for host in [a, &b] {
+        assert_eq!(host.run(&["verify"]).status.code(), Some(1));
+    }
+}
+
+/// Deletes packs from every target of `host` (behind every host's back: no prune record).
+fn delete_everywhere(host: &TestVault, names: &[&String]) {
+    let vault = host.open();
+    for name in names {
+        for target in vault.targets() {
+            target.delete(&gitvault::store::pack_key(name)).unwrap();
+        }
+    }
 }

@@ -261,24 +261,13 @@ fn unlock_list(tv: &TestVault) -> Vec<serde_json::Value> {
 /// (its process is gone from this host), and `gitvault unlock` removes it.
 #[test]
 fn a_killed_holders_lock_is_seen_as_gone_and_unlocked() {
-    use std::io::{BufRead, BufReader};
     let (tv, _server) = vault(false);
     let input = tv.tmp.path().join("input");
     std::fs::write(&input, common::noise(3, 3 << 20)).unwrap();
-    let child = tv
-        .command(&["chunk", "put", input.to_str().unwrap()])
-        .env("GITVAULT_TEST_HOOK_STALL", "pack-written")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut child = KillOnDrop(child);
-    let mut lines = BufReader::new(child.0.stderr.take().unwrap()).lines();
-    while let Some(Ok(line)) = lines.next() {
-        if line.contains("gitvault-test-hook: pack-written") {
-            break;
-        }
-    }
+    let mut child = stalled_at(
+        tv.command(&["chunk", "put", input.to_str().unwrap()]),
+        "pack-written",
+    );
     let locks = unlock_list(&tv);
     assert_eq!(locks.len(), 1, "{locks:?}");
     assert_eq!(locks[0]["state"], "live");
@@ -326,7 +315,6 @@ fn unlock_leaves_live_locks_unless_told() {
 #[test]
 fn prune_waits_for_another_hosts_writer() {
     use gitvault::retention::prune::{PruneOptions, prune};
-    use std::io::{BufRead, BufReader};
     let (tv, server) = vault(true);
     let url = server.as_ref().unwrap().url("locks", "vault");
     let input = tv.tmp.path().join("input");
@@ -346,21 +334,10 @@ fn prune_waits_for_another_hosts_writer() {
     // New data, so that B writes a pack (and stalls after it, holding its lock).
     let other = tv.tmp.path().join("other");
     std::fs::write(&other, common::noise(5, 1 << 20)).unwrap();
-    let writer = gitvault_b(&["chunk", "put", other.to_str().unwrap()])
-        .env("GITVAULT_TEST_HOOK_STALL", "pack-written")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut writer = KillOnDrop(writer);
-    let mut lines = BufReader::new(writer.0.stderr.take().unwrap()).lines();
-    loop {
-        match lines.next() {
-            Some(Ok(line)) if line.contains("gitvault-test-hook: pack-written") => break,
-            Some(Ok(_)) => continue,
-            _ => panic!("host B's writer ended early: {:?}", writer.0.wait()),
-        }
-    }
+    let mut writer = stalled_at(
+        gitvault_b(&["chunk", "put", other.to_str().unwrap()]),
+        "pack-written",
+    );
 
     let vault = tv.open();
     let keys = tv.keys(&vault);
@@ -422,4 +399,130 @@ fn a_second_host_joins_with_init() {
     // --join takes no keys of its own.
     let out = tv.run(&["init", "--join", &url, "--passphrase"]);
     assert_eq!(out.status.code(), Some(2));
+}
+
+/// Starts `cmd` and returns it once it printed the test hook line for `point` (stalled there
+/// by `GITVAULT_TEST_HOOK_STALL`, holding its locks).
+fn stalled_at(mut cmd: std::process::Command, point: &str) -> KillOnDrop {
+    use std::io::{BufRead, BufReader};
+    let child = cmd
+        .env("GITVAULT_TEST_HOOK_STALL", point)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut child = KillOnDrop(child);
+    let mut lines = BufReader::new(child.0.stderr.take().unwrap()).lines();
+    loop {
+        match lines.next() {
+            Some(Ok(line)) if line.contains(&format!("gitvault-test-hook: {point}")) => break,
+            Some(Ok(_)) => continue,
+            _ => panic!("the process ended before {point}: {:?}", child.0.wait()),
+        }
+    }
+    child
+}
+
+/// A writer on another host (another host name) SIGKILLed while it holds its shared lock:
+/// this host cannot tell that its process is gone, so the lock counts until its expiry, and
+/// not past it: an exclusive taker willing to wait gets the lock and removes the dead one.
+/// Shared takers are never held up by it.
+fn killed_shared_holder_on_another_host(s3: bool) {
+    let (tv, _server) = vault(s3);
+    let input = tv.tmp.path().join("input");
+    std::fs::write(&input, common::noise(8, 3 << 20)).unwrap();
+    let mut cmd = tv.command(&["chunk", "put", input.to_str().unwrap()]);
+    cmd.env("GITVAULT_HOST", "host-b")
+        .env("GITVAULT_LOCK_TTL", "2");
+    let mut child = stalled_at(cmd, "pack-written");
+    child.0.kill().unwrap();
+    child.0.wait().unwrap();
+
+    let vault = tv.open();
+    let keys = tv.keys(&vault);
+    let locks = vault.target_locks(&keys).unwrap();
+    assert!(!locks.is_empty());
+    for l in &locks {
+        assert_eq!(l.info.as_ref().unwrap().host, "host-b");
+        assert_ne!(
+            l.state,
+            LockState::ProcessGone,
+            "another host's process is not judged here"
+        );
+    }
+    drop(
+        vault
+            .lock_targets(&keys, LockKind::Shared, "backup", quick())
+            .expect("shared locks never wait for shared ones"),
+    );
+    // Past the expiry (a ttl of 2 s; the taker may wait a minute), prune's lock is free.
+    let exclusive = vault
+        .lock_targets(&keys, LockKind::Exclusive, "prune", timing(600_000, 60_000))
+        .expect("a killed holder's lock blocks no one past its expiry");
+    assert_eq!(
+        lock_objects(&vault),
+        exclusive.objects().len(),
+        "the expired lock was removed by the taker that met it"
+    );
+}
+
+#[test]
+fn a_killed_shared_holder_on_another_host_blocks_only_until_expiry_file() {
+    killed_shared_holder_on_another_host(false);
+}
+
+#[test]
+fn a_killed_shared_holder_on_another_host_blocks_only_until_expiry_s3() {
+    killed_shared_holder_on_another_host(true);
+}
+
+/// A prune SIGKILLed while it holds the exclusive lock: on its own host `gitvault unlock`
+/// removes the lock at once (its process is gone); from another host it is live until its
+/// expiry (30 minutes by default), `unlock` leaves it, and `unlock --remove-all` recovers.
+/// Either way, writers then get their lock and a new prune runs.
+#[test]
+fn a_killed_prune_is_recovered_with_unlock() {
+    let (tv, _server) = vault(false);
+    let input = tv.tmp.path().join("input");
+    std::fs::write(&input, common::noise(9, 1 << 20)).unwrap();
+    ok(&tv.run(&["chunk", "put", input.to_str().unwrap()]));
+    let vault = tv.open();
+    let keys = tv.keys(&vault);
+    for other_host in [false, true] {
+        let mut cmd = tv.command(&["prune"]);
+        if other_host {
+            cmd.env("GITVAULT_HOST", "host-b");
+        }
+        let mut prune = stalled_at(cmd, "prune-locked");
+        prune.0.kill().unwrap();
+        prune.0.wait().unwrap();
+        let held = vault
+            .lock_targets(&keys, LockKind::Shared, "backup", quick())
+            .err()
+            .map(|e| e.to_string());
+        let listed = unlock_list(&tv);
+        assert_eq!(listed.len(), 1, "{listed:?}");
+        assert_eq!(listed[0]["info"]["kind"], "exclusive");
+        if other_host {
+            assert!(held.unwrap().contains("prune on host host-b"));
+            ok(&tv.run(&["unlock"]));
+            assert_eq!(
+                unlock_list(&tv).len(),
+                1,
+                "a live lock of another host stays"
+            );
+            ok(&tv.run(&["unlock", "--remove-all"]));
+        } else {
+            assert_eq!(listed[0]["state"], "process-gone");
+            ok(&tv.run(&["unlock"]));
+        }
+        assert!(unlock_list(&tv).is_empty());
+        drop(
+            vault
+                .lock_targets(&keys, LockKind::Shared, "backup", quick())
+                .unwrap(),
+        );
+    }
+    ok(&tv.run(&["prune"]));
+    ok(&tv.run(&["verify", "--full"]));
 }

@@ -50,6 +50,15 @@ pub(super) fn backup_lfs(
         .into_iter()
         .partition(|e| e.chunk == MISSING);
     pointers.extend(missing_before.iter().map(|e| (e.blob, e.pointer)));
+    // With packs missing from every target, an object the previous snapshot had may have
+    // been in one: it is downloaded and stored again.
+    let (kept, lost): (Vec<_>, Vec<_>) = handle.with(|w| {
+        entries
+            .into_iter()
+            .partition(|e| w.store.avoided().is_empty() || intact(w, &e.chunk))
+    });
+    entries = kept;
+    pointers.extend(lost.iter().map(|e| (e.blob, e.pointer)));
     let mut result = LfsResult::default();
     if !pointers.is_empty() {
         let lfsconfig = head_lfsconfig(&remote.cache, refs);
@@ -81,6 +90,12 @@ pub(super) fn backup_lfs(
         );
     }
     Ok(result)
+}
+
+/// Whether `chunk` reads back without the packs missing from every target (an error
+/// reading it counts as no).
+fn intact(w: &Writer<'_>, chunk: &ChunkId) -> bool {
+    w.store.intact(chunk, w.store.avoided()).unwrap_or(false)
 }
 
 /// The LFS map of a previous snapshot, if it has one and it reads back.
@@ -145,7 +160,7 @@ fn fetch_lfs(
     watch: (&str, &dyn Progress),
 ) -> Result<LfsOutcome, BackupError> {
     let mut outcome = LfsOutcome::default();
-    let wanted = sort_out_known(vault, pointers, &mut outcome)?;
+    let wanted = sort_out_known(vault, handle, pointers, &mut outcome)?;
     if wanted.is_empty() {
         return Ok(outcome);
     }
@@ -198,12 +213,17 @@ fn fetch_lfs(
 /// pointers, each once.
 fn sort_out_known(
     vault: &Vault,
+    handle: &mut WriterHandle<'_, '_>,
     pointers: &[PointerBlob],
     outcome: &mut LfsOutcome,
 ) -> Result<Vec<Pointer>, BackupError> {
     let mut wanted = Vec::new();
     for (blob, p) in pointers {
-        match vault.index().lfs_object(&p.sha256)? {
+        let held = vault
+            .index()
+            .lfs_object(&p.sha256)?
+            .filter(|chunk| handle.with(|w| w.store.avoided().is_empty() || intact(w, chunk)));
+        match held {
             Some(chunk) => outcome.known.push(LfsEntry {
                 blob: *blob,
                 pointer: *p,

@@ -19,6 +19,7 @@ use crate::provider::{Provider, ProviderError, RepoInfo};
 use crate::snapshot::{self, Manifest, ObjectEntry, ObjectKind, Oid, RefSet};
 use crate::store::{ChunkKind, DeltaBase};
 use crate::vault::Vault;
+use crate::vault::target_lock::LockTiming;
 
 /// A blob that is an LFS pointer, and what it points to.
 pub(super) type PointerBlob = (Oid, crate::lfs::Pointer);
@@ -102,7 +103,21 @@ fn run(
     let fetched = fetch(keys, &remote, previous.as_ref(), report, progress)?;
     let refset_bytes = fetched.refs.encode();
     let refset = keys.id_key().chunk_id(&refset_bytes);
-    let unchanged = previous.as_ref().is_some_and(|p| p.refset == refset);
+    let mut unchanged = previous.as_ref().is_some_and(|p| p.refset == refset);
+    let mut previous = previous;
+    // Held until this repository's snapshot is durable (`record` flushes changed ones).
+    let _lease = if unchanged {
+        None
+    } else {
+        let lease = vault.lease_repository(keys, &remote.name, LockTiming::from_environment())?;
+        if lease.waited {
+            // Another host stored this repository meanwhile: what it stored is not new.
+            handle.with(|_| vault.catch_up(keys, &crate::progress::Silent))?;
+            previous = vault.index().snapshot_as_of(&remote.name, None)?;
+            unchanged = previous.as_ref().is_some_and(|p| p.refset == refset);
+        }
+        Some(lease)
+    };
     let (new_objects, pointers) = if unchanged {
         Default::default()
     } else {
@@ -291,6 +306,9 @@ fn judge(
 struct CacheSource<'a> {
     cache: &'a CacheReader,
     vault: &'a Vault,
+    /// Packs are missing from every target: the closure of a known object may pass through
+    /// one, so nothing is skipped (each object is then judged by itself in `ingest`).
+    damaged: bool,
 }
 
 impl ObjectSource for CacheSource<'_> {
@@ -299,7 +317,16 @@ impl ObjectSource for CacheSource<'_> {
         Ok(self.cache.read(oid)?)
     }
     fn known(&mut self, oid: &Oid) -> Result<bool, BackupError> {
-        Ok(self.vault.index().has_git_object(oid)?)
+        Ok(!self.damaged && self.vault.index().has_git_object(oid)?)
+    }
+}
+
+/// With packs missing: whether the vault's copy of `oid` reads back without them (its
+/// chunk, a delta's bases, a chunk list's parts); if not, it is stored again.
+fn held_intact(vault: &Vault, w: &Writer<'_>, oid: &Oid) -> Result<bool, BackupError> {
+    match vault.index().git_object(oid)? {
+        Some((_, chunk)) => Ok(w.store.intact(&chunk, w.store.avoided())?),
+        None => Ok(false),
     }
 }
 
@@ -316,6 +343,7 @@ fn ingest(
     refs: &RefSet,
     (job, progress): (&str, &dyn Progress),
 ) -> Result<(Vec<ObjectEntry>, Vec<PointerBlob>), BackupError> {
+    let damaged = handle.with(|w| !w.store.avoided().is_empty());
     let (reached, bases) = {
         let reader = CacheReader::open(cache)?;
         let mut tips: Vec<Oid> = refs.refs.values().copied().collect();
@@ -324,6 +352,7 @@ fn ingest(
         let mut source = CacheSource {
             cache: &reader,
             vault,
+            damaged,
         };
         let phase = Instant::now();
         progress.phase(job, "walk", None, Unit::Objects);
@@ -334,7 +363,12 @@ fn ingest(
             objects = reached.len(),
             "walked new objects"
         );
-        let bases = previous_versions(&mut source, &reached)?;
+        // No deltas while packs are missing: a base's chain could pass through one.
+        let bases = if damaged {
+            Default::default()
+        } else {
+            previous_versions(&mut source, &reached)?
+        };
         // Dropped here: the reading thread opens its own, and two would map the cache's packs
         // (and fill an object cache) twice.
         (reached, bases)
@@ -369,6 +403,10 @@ fn ingest(
             let mut entries = Vec::with_capacity(reached.len());
             for r in reached {
                 let object = rx.recv().ok_or(BackupError::ReaderStopped)??;
+                if damaged && held_intact(vault, w, &r.oid)? {
+                    progress.advance(job, 1);
+                    continue;
+                }
                 let (kind, data) = (object.kind, &object.data);
                 if kind == ObjectKind::Blob
                     && let Some(p) = crate::lfs::parse_pointer(data)

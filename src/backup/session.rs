@@ -113,12 +113,23 @@ impl<'v> Session<'v> {
         // Under the shared lock and before any dedup lookup: packs another host's prune
         // deleted leave the index, so nothing is deduplicated against them.
         vault.catch_up(keys, &Silent)?;
+        let mut store = vault.store(keys, lock);
+        // Packs missing without a prune record stay in the index; this run's snapshots must
+        // not count on them.
+        let missing = vault.index().missing_pack_ids()?;
+        if !missing.is_empty() {
+            tracing::warn!(
+                packs = missing.len(),
+                "packs are missing from every target: this run stores again what only they held"
+            );
+        }
+        store.avoid_packs(missing);
         Ok(Session {
             vault,
             keys,
             lock,
             options,
-            writer: Mutex::new(Writer::new(vault.store(keys, lock))),
+            writer: Mutex::new(Writer::new(store)),
             repositories: Vec::new(),
             sources: Vec::new(),
             targets,

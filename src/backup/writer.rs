@@ -39,6 +39,7 @@ impl<'v> Writer<'v> {
             return Err(e.into());
         }
         crate::hooks::point("before-snapshot-commit");
+        let replace_objects = !store.avoided().is_empty();
         for p in deferred.waiting.drain(..) {
             vault.index().insert_snapshot(&NewSnapshot {
                 repo: &p.repo,
@@ -50,6 +51,7 @@ impl<'v> Writer<'v> {
                 source: &p.source,
                 new_objects: &p.new_objects,
                 new_lfs: &p.new_lfs,
+                replace_objects,
             })?;
         }
         Ok(())

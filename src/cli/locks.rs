@@ -4,6 +4,10 @@
 use anyhow::Result;
 use clap::Args;
 
+use gitvault::Vault;
+use gitvault::crypto::VaultKeys;
+use gitvault::vault::WriteLock;
+use gitvault::vault::catch_up::AutoCatchUp;
 use gitvault::vault::target_lock::{FoundLock, LockKind, LockState, LockTiming};
 
 use super::{Ctx, EXIT_FAILED, EXIT_OK};
@@ -108,4 +112,44 @@ pub fn catch_up(ctx: &Ctx) -> Result<i32> {
     } else {
         EXIT_FAILED
     })
+}
+
+/// Before a read command: brings the index up to date with the targets unless
+/// `--no-catch-up`. The key is asked for only when the listings differ from the index (`keys`
+/// when the command has it already); `lock` when the command holds the writer lock. What
+/// cannot be done is said (busy: info; failed: warning) and the command goes on with the
+/// local picture. Packs missing without a prune record are warned about by the catch-up
+/// itself and stay in the index, so `verify` still fails on them.
+pub fn catch_up_first(
+    ctx: &Ctx,
+    vault: &Vault,
+    keys: Option<&VaultKeys>,
+    lock: Option<&WriteLock>,
+) {
+    if !ctx.catch_up || !vault.targets_changed() {
+        return;
+    }
+    let unlocked;
+    let keys = match keys {
+        Some(keys) => keys,
+        None => match ctx.unlock(vault) {
+            Ok(k) => {
+                unlocked = k;
+                &unlocked
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "not catching up with the targets (no key); showing this host's index as it is");
+                return;
+            }
+        },
+    };
+    match vault.catch_up_now(keys, lock) {
+        AutoCatchUp::Done(_) => {}
+        AutoCatchUp::Busy(why) => {
+            tracing::info!(reason = %why, "not catching up with the targets now; showing this host's index as it is");
+        }
+        AutoCatchUp::Failed(e) => {
+            tracing::warn!(error = %e, "catching up with the targets failed; showing this host's index as it is");
+        }
+    }
 }

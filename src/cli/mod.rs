@@ -66,6 +66,11 @@ pub struct Args {
         value_name = "PATH"
     )]
     metrics_file: Option<PathBuf>,
+    /// Read commands (snapshots, ls, restore, verify, stats, forget) use this host's index as
+    /// it is, without first catching up with what other hosts wrote to the targets (offline
+    /// use, scripts). Backups and prune always catch up.
+    #[arg(long, global = true, env = "GITVAULT_NO_CATCH_UP")]
+    no_catch_up: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -176,6 +181,8 @@ pub struct Ctx {
     pub args_vault: PathBuf,
     pub identity: Option<PathBuf>,
     pub out: Output,
+    /// Whether read commands catch up with the targets first (not `--no-catch-up`).
+    pub catch_up: bool,
     /// The report of a backup run, kept for the metrics written after the command.
     pub backup_run: std::sync::Mutex<Option<gitvault::backup::BackupRun>>,
 }
@@ -217,6 +224,7 @@ pub fn main() -> i32 {
         args_vault: args.vault.clone(),
         identity: args.identity.clone(),
         out: Output::new(args.json, args.quiet),
+        catch_up: !args.no_catch_up,
         backup_run: std::sync::Mutex::new(None),
     };
     let notifier = notify_start(&ctx, &command_name);
@@ -395,6 +403,7 @@ fn run(ctx: &Ctx, command: Command) -> Result<i32> {
         }
         Command::Stats => {
             let vault = ctx.open()?;
+            locks::catch_up_first(ctx, &vault, None, None);
             let stats = gitvault::stats::collect(&vault)?;
             ctx.out.print(&stats, || output::stats_table(&stats));
             Ok(EXIT_OK)

@@ -351,6 +351,7 @@ fn print_source_problems(ctx: &Ctx, report: &backup::SourceReport) {
 
 pub fn snapshots(ctx: &Ctx, args: SnapshotsArgs) -> Result<i32> {
     let vault = ctx.open()?;
+    super::locks::catch_up_first(ctx, &vault, None, None);
     let since = args
         .since
         .as_deref()
@@ -402,8 +403,9 @@ struct LsRef {
 
 pub fn ls(ctx: &Ctx, args: LsArgs) -> Result<i32> {
     let vault = ctx.open()?;
-    let row = restore::select_snapshot(&vault, &args.repo, &selector(&args.select)?)?;
     let keys = ctx.unlock(&vault)?;
+    super::locks::catch_up_first(ctx, &vault, Some(&keys), None);
+    let row = restore::select_snapshot(&vault, &args.repo, &selector(&args.select)?)?;
     let store = vault.reader(&keys);
     let (manifest, refs) = restore::load_snapshot(&store, &row)?;
     let out = LsOutput {
@@ -438,10 +440,11 @@ pub fn ls(ctx: &Ctx, args: LsArgs) -> Result<i32> {
 
 pub fn restore(ctx: &Ctx, args: RestoreArgs) -> Result<i32> {
     let vault = ctx.open()?;
+    let keys = ctx.unlock(&vault)?;
+    super::locks::catch_up_first(ctx, &vault, Some(&keys), None);
     // Prune deletes no pack while a restore holds a lease.
     let _lease = vault.read_lease()?;
     let row = restore::select_snapshot(&vault, &args.repo, &selector(&args.select)?)?;
-    let keys = ctx.unlock(&vault)?;
     let Some(to) = &args.to else {
         return super::restore_into::run(ctx, &vault, &keys, &row, &args);
     };
@@ -495,6 +498,7 @@ pub fn verify(ctx: &Ctx, args: VerifyArgs) -> Result<i32> {
     let vault = ctx.open()?;
     let keys = ctx.unlock(&vault)?;
     let lock = vault.lock()?;
+    super::locks::catch_up_first(ctx, &vault, Some(&keys), Some(&lock));
     let full = args.full;
     let options = gitvault::verify::VerifyOptions {
         full,

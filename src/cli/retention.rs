@@ -64,6 +64,8 @@ pub fn forget(ctx: &Ctx, args: ForgetArgs) -> Result<i32> {
     } else {
         Some(vault.lock()?)
     };
+    // Another host's snapshots count for the policy (keep-last counts them all).
+    super::locks::catch_up_first(ctx, &vault, None, lock.as_ref());
     let plans = forget::plan(&vault, given, &args.repos)?;
     let removed = match &lock {
         Some(lock) => forget::apply(&vault, lock, &plans)?,

@@ -62,6 +62,14 @@ pub(super) const INSERT_GIT_OBJECT_SQL: &str = concat!(
     ")"
 );
 
+/// Records a git object, replacing the index's row for it (an object stored again because
+/// its earlier copy lies only in a missing pack).
+pub(super) const REPLACE_GIT_OBJECT_SQL: &str = concat!(
+    "INSERT INTO git_objects (oid, kind, chunk) VALUES (?1, ?2, ",
+    chunk_ref!("?3"),
+    ") ON CONFLICT (oid) DO UPDATE SET kind = excluded.kind, chunk = excluded.chunk"
+);
+
 /// The git object's kind and whole chunk id (its stored reference when the chunk is gone).
 /// Scalar subqueries, not a JOIN: SQLite marks a JOIN's statement as depending on the bound
 /// value (constant propagation), and a statement returned to rusqlite's cache with its

@@ -4,6 +4,8 @@ use std::collections::HashSet;
 
 use super::*;
 
+const MISSING_PACKS: &str = "missing_packs";
+
 /// What [`Index::commit_pack_moving`] recorded.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Committed {
@@ -420,6 +422,32 @@ impl Index {
         }
         tx.commit()?;
         Ok(counts)
+    }
+
+    /// Packs the index keeps although no target holds them (a catch-up found them gone with
+    /// no prune record to explain it), by name. Kept in `meta` (one name a line): a handful
+    /// at most, and no schema change.
+    pub fn missing_packs(&self) -> Result<Vec<String>, IndexError> {
+        Ok(self
+            .meta(MISSING_PACKS)?
+            .map(|v| v.lines().map(str::to_string).collect())
+            .unwrap_or_default())
+    }
+
+    pub fn set_missing_packs(&self, names: &[String]) -> Result<(), IndexError> {
+        self.set_meta(MISSING_PACKS, &names.join("\n"))
+    }
+
+    /// The row ids of [`Index::missing_packs`] still in the index: backups must not count on
+    /// their chunks.
+    pub fn missing_pack_ids(&self) -> Result<HashSet<i64>, IndexError> {
+        let mut ids = HashSet::new();
+        for name in self.missing_packs()? {
+            if let Some(id) = self.pack_id(&name)? {
+                ids.insert(id);
+            }
+        }
+        Ok(ids)
     }
 
     pub fn add_logical_bytes(&self, bytes: u64) -> Result<(), IndexError> {

@@ -33,6 +33,10 @@ pub struct NewSnapshot<'a> {
     pub new_objects: &'a [ObjectEntry],
     /// LFS objects stored for this snapshot (recorded with it, like its git objects).
     pub new_lfs: &'a [LfsEntry],
+    /// The snapshot's objects replace the rows of the same objects (else rows stay as they
+    /// are): while packs are missing, a backup stores again objects whose rows point into
+    /// them, and the new copies must be the ones read.
+    pub replace_objects: bool,
 }
 
 pub(super) const SNAPSHOT_COLUMNS: &str =
@@ -79,7 +83,11 @@ impl Index {
             |r| r.get(0),
         )?;
         {
-            let mut insert = tx.prepare_cached(objects::INSERT_GIT_OBJECT_SQL)?;
+            let mut insert = tx.prepare_cached(if snap.replace_objects {
+                objects::REPLACE_GIT_OBJECT_SQL
+            } else {
+                objects::INSERT_GIT_OBJECT_SQL
+            })?;
             // In id order: appended runs fill the table's pages where random order leaves
             // them a third empty (a first backup's index is the size of a vacuumed one).
             let mut in_order: Vec<&ObjectEntry> = snap.new_objects.iter().collect();

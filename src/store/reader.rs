@@ -120,6 +120,37 @@ impl<'v> ChunkReader<'v> {
         Ok(Some(list.parts.into_iter().map(|(id, _)| id).collect()))
     }
 
+    /// Whether `id` reads back without the packs `avoid` (packs missing from every target):
+    /// its own pack, a delta's chain of bases and a chunk list's parts, reading those deltas
+    /// and lists to find out. A chunk that does not read counts as not intact.
+    pub fn intact(&self, id: &ChunkId, avoid: &HashSet<i64>) -> Result<bool, StoreError> {
+        let mut todo = vec![*id];
+        let mut seen = HashSet::new();
+        while let Some(id) = todo.pop() {
+            if !seen.insert(id) {
+                continue;
+            }
+            let Some(loc) = self.index.chunk(&id)? else {
+                return Ok(false);
+            };
+            if avoid.contains(&loc.pack_id) {
+                return Ok(false);
+            }
+            let below = if loc.kind == ChunkKind::Delta as u8 {
+                self.delta_base(&id).map(|b| b.into_iter().collect())
+            } else if loc.kind == ChunkKind::ChunkList as u8 {
+                self.list_parts(&id).map(Option::unwrap_or_default)
+            } else {
+                Ok(Vec::new())
+            };
+            match below {
+                Ok(ids) => todo.extend(ids),
+                Err(_) => return Ok(false),
+            }
+        }
+        Ok(true)
+    }
+
     /// Reads back what `ChunkStore::put` stored.
     pub fn get(&self, id: &ChunkId) -> Result<Vec<u8>, StoreError> {
         let mut out = Vec::new();

@@ -6,6 +6,7 @@
 //! recorded, with its chunks, in the index in one transaction. A crash before that leaves an
 //! unreferenced pack (garbage), never an index entry pointing at nothing.
 
+use std::collections::HashSet;
 use std::io::Read;
 use std::ops::Deref;
 use std::path::PathBuf;
@@ -49,6 +50,9 @@ pub struct ChunkStore<'v> {
     /// repoints their chunks) under the writer lock.
     defer_index: bool,
     unindexed: Vec<(FinishedPack, Vec<String>)>,
+    /// Packs whose chunks do not count as stored (missing from every target): chunks only
+    /// they hold are written again, and their rows move to the new pack.
+    avoid: HashSet<i64>,
     /// Told of each target's uploaded bytes (`target NAME` jobs).
     uploads: &'v dyn Progress,
 }
@@ -78,6 +82,7 @@ impl<'v> ChunkStore<'v> {
             report: WriteReport::default(),
             defer_index: false,
             unindexed: Vec::new(),
+            avoid: HashSet::new(),
             uploads: &Silent,
         }
     }
@@ -95,9 +100,31 @@ impl<'v> ChunkStore<'v> {
         &self.report
     }
 
-    /// True when the chunk is durable in the vault or waiting in the open pack.
+    /// True when the chunk is durable in the vault (in a pack not avoided) or waiting in the
+    /// open pack.
     pub fn contains(&self, id: &ChunkId) -> Result<bool, StoreError> {
-        Ok(self.reader.unflushed.contains(id) || self.reader.index.has_chunk(id)?)
+        if self.reader.unflushed.contains(id) {
+            return Ok(true);
+        }
+        if self.avoid.is_empty() {
+            return Ok(self.reader.index.has_chunk(id)?);
+        }
+        Ok(self
+            .reader
+            .index
+            .chunk(id)?
+            .is_some_and(|loc| !self.avoid.contains(&loc.pack_id)))
+    }
+
+    /// Chunks in the packs `ids` (missing from every target) count as absent from now on:
+    /// what only they hold is stored again (a backup's snapshot must be complete).
+    pub fn avoid_packs(&mut self, ids: HashSet<i64>) {
+        self.avoid = ids;
+    }
+
+    /// The packs [`ChunkStore::avoid_packs`] named.
+    pub fn avoided(&self) -> &HashSet<i64> {
+        &self.avoid
     }
 
     /// Stores `data`, cutting it into content-defined chunks when it is larger than one chunk.
@@ -400,9 +427,12 @@ impl<'v> ChunkStore<'v> {
             self.report.bytes_uploaded += pack.size * stored.len() as u64;
             return Ok(());
         }
-        self.reader
-            .index
-            .commit_pack(&pack.record(), &stored, self.pending_logical)?;
+        self.reader.index.commit_pack_moving(
+            &pack.record(),
+            &stored,
+            self.pending_logical,
+            (&self.avoid, true),
+        )?;
         self.pending_logical = 0;
         self.reader.unflushed.clear();
         self.report.packs_written += 1;

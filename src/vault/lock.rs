@@ -47,6 +47,12 @@ impl Vault {
         }
     }
 
+    /// The writer lock if no other process of this host holds it; never waits (a read
+    /// command's catch-up, which skips rather than queue behind a backup).
+    pub fn try_writer_lock(&self) -> Result<Option<WriteLock>, VaultError> {
+        Ok(self.try_lock("write")?.ok())
+    }
+
     /// Prune's lock: waits up to `max` for a running writer to finish.
     pub fn lock_waiting(&self, max: std::time::Duration) -> Result<WriteLock, VaultError> {
         let started = std::time::Instant::now();

@@ -87,6 +87,12 @@ pub struct LockInfo {
     /// Unix seconds when this object was written, and when it stops counting.
     pub written: u64,
     pub expires: u64,
+    /// A repository lease (a shared lock held while one repository's new objects are
+    /// stored): a keyed hash of the repository's name, which the target cannot read. Two
+    /// leases with the same value are never live at once. Absent in plain locks (and in
+    /// locks of older versions, which read a lease as a plain shared lock).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease: Option<String>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -156,8 +162,17 @@ fn now_secs() -> u64 {
         .unwrap_or(0)
 }
 
-/// This machine's name, as locks record it.
+/// This machine's name, as locks record it: `GITVAULT_HOST` when set (containers that share
+/// one host name, or give each run a new one), else the kernel's. A lock whose host name is
+/// this one and whose process is gone counts as stale at once; any other waits for its expiry.
 pub fn host_name() -> String {
+    if let Some(name) = std::env::var("GITVAULT_HOST")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+    {
+        return name;
+    }
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
         .ok()
@@ -258,13 +273,32 @@ fn scan(
     Ok(found)
 }
 
-/// The live lock of `found` that forbids taking a lock of `kind`, if any.
-fn conflict<'a>(found: &'a [FoundLock], own: &str, kind: LockKind) -> Option<&'a LockInfo> {
+/// The live lock of `found` that forbids taking a lock of `kind` (with `lease`), if any.
+fn conflict<'a>(
+    found: &'a [FoundLock],
+    own: &str,
+    kind: LockKind,
+    lease: Option<&str>,
+) -> Option<&'a LockInfo> {
     found
         .iter()
         .filter(|f| f.key != own && f.state == LockState::Live)
         .filter_map(|f| f.info.as_ref())
-        .find(|i| kind == LockKind::Exclusive || i.kind == LockKind::Exclusive)
+        .find(|i| {
+            kind == LockKind::Exclusive
+                || i.kind == LockKind::Exclusive
+                || (lease.is_some() && i.lease.as_deref() == lease)
+        })
+}
+
+const LEASE_DOMAIN: &str = "gitvault repository lease v1";
+
+/// A repository lease, held while one repository's new objects are stored (`lease`).
+pub struct RepoLease {
+    _lock: TargetLock,
+    /// Another host held the lease when this one asked: it stored this repository meanwhile,
+    /// and the index should catch up before deciding what is new.
+    pub waited: bool,
 }
 
 /// Locks held on every target of a vault; refreshed by a thread until dropped.
@@ -381,13 +415,51 @@ impl Vault {
         purpose: &str,
         timing: LockTiming,
     ) -> Result<TargetLock, super::VaultError> {
+        Ok(self
+            .lock_targets_leased(keys, (kind, None), purpose, timing)?
+            .0)
+    }
+
+    /// Leases repository `repo` on the targets: while one host stores a repository's new
+    /// objects, another host backing up the same repository waits (up to `timing.wait`),
+    /// then catches up and finds them stored. Without it, two hosts on one repository at
+    /// one moment would each store all of it.
+    pub fn lease_repository(
+        &self,
+        keys: &VaultKeys,
+        repo: &str,
+        timing: LockTiming,
+    ) -> Result<RepoLease, super::VaultError> {
+        let lease = hex::encode(&keys.auth_key().mac(LEASE_DOMAIN, &[repo.as_bytes()])[..16]);
+        let (lock, waited) = self.lock_targets_leased(
+            keys,
+            (LockKind::Shared, Some(&lease)),
+            "backup of one repository",
+            timing,
+        )?;
+        Ok(RepoLease {
+            _lock: lock,
+            waited,
+        })
+    }
+
+    /// A lock, and whether taking it had to wait for another holder.
+    fn lock_targets_leased(
+        &self,
+        keys: &VaultKeys,
+        (kind, lease): (LockKind, Option<&str>),
+        purpose: &str,
+        timing: LockTiming,
+    ) -> Result<(TargetLock, bool), super::VaultError> {
         let auth = keys.auth_key();
         let started = std::time::Instant::now();
         let mut pause = Duration::from_millis(200);
+        let mut waited = false;
         loop {
-            match self.try_lock_targets(&auth, kind, purpose, timing)? {
-                Ok(lock) => return Ok(lock),
+            match self.try_lock_targets(&auth, (kind, lease), purpose, timing)? {
+                Ok(lock) => return Ok((lock, waited)),
                 Err(held) if started.elapsed() + pause < timing.wait => {
+                    waited = true;
                     tracing::info!(reason = %held, "waiting for a lock on the targets");
                     // Two exclusive takers that saw each other must not retry in step.
                     let jitter = random_u64() % (pause.as_millis() as u64 + 1);
@@ -403,7 +475,7 @@ impl Vault {
     fn try_lock_targets(
         &self,
         auth: &AuthKey,
-        kind: LockKind,
+        (kind, lease): (LockKind, Option<&str>),
         purpose: &str,
         timing: LockTiming,
     ) -> Result<Result<TargetLock, TargetLockError>, super::VaultError> {
@@ -416,6 +488,7 @@ impl Vault {
             purpose: purpose.to_string(),
             written,
             expires: written + timing.ttl.as_secs().max(1),
+            lease: lease.map(str::to_string),
         };
         let body = encode(auth, &info);
         let mut held: Vec<(usize, String)> = Vec::new();
@@ -455,7 +528,7 @@ impl Vault {
             for f in found.iter().filter(|f| f.state == LockState::Expired) {
                 let _ = target.delete(&f.key);
             }
-            if let Some(other) = conflict(&found, &key, kind) {
+            if let Some(other) = conflict(&found, &key, kind, lease) {
                 give_back(&held);
                 return Ok(Err(TargetLockError::Held {
                     target: target.name().to_string(),

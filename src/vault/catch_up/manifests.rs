@@ -160,6 +160,8 @@ fn record_snapshot(
         source: &manifest.source,
         new_objects: &objects,
         new_lfs: &lfs_present,
+        // Another host's backup stored again what missing packs held: its copies count.
+        replace_objects: !vault.index().missing_packs()?.is_empty(),
     })?;
     Ok(())
 }

@@ -18,7 +18,9 @@ use crate::store::{ChunkKind, pack_key, pack_name_from_key};
 
 use super::{Vault, VaultError};
 
+mod auto;
 mod manifests;
+pub use auto::AutoCatchUp;
 use manifests::keep_only_listed_objects;
 pub(crate) use manifests::{apply_prune_record, record_manifests};
 
@@ -153,6 +155,10 @@ impl Vault {
             new.push(name.clone());
         }
         if new.is_empty() && vanished.is_empty() {
+            // Every pack the index knows is listed: any found missing before came back.
+            if report.targets_unlisted.is_empty() && !index.missing_packs()?.is_empty() {
+                index.set_missing_packs(&[])?;
+            }
             return Ok(report);
         }
         let _job = crate::progress::Job::new(progress, JOB);
@@ -168,14 +174,25 @@ impl Vault {
         let newest_record = newest_prune_record_id(self, keys);
         let seen = index.meta(SEEN_PRUNE_RECORD)?;
         let explained = newest_record.is_some() && newest_record != seen;
-        if !vanished.is_empty() && !explained {
-            let names: Vec<String> = vanished.iter().map(|(_, n)| n.clone()).collect();
+        // A pack once found missing stays missing: a later prune elsewhere does not explain
+        // damage that came before it.
+        let known_missing: HashSet<String> = index.missing_packs()?.into_iter().collect();
+        let (still_missing, vanished): (Vec<_>, Vec<_>) = vanished
+            .into_iter()
+            .partition(|(_, name)| !explained || known_missing.contains(name));
+        if !still_missing.is_empty() {
+            let names: Vec<String> = still_missing.iter().map(|(_, n)| n.clone()).collect();
             tracing::warn!(
                 packs = %names.join(", "),
                 "packs are missing from every target and no prune explains it; they stay in the index (run `gitvault verify`)"
             );
             report.packs_missing = names;
-        } else if !vanished.is_empty() {
+        }
+        if report.targets_unlisted.is_empty() {
+            // Backups store again what only these packs held (`ChunkStore::avoid_packs`).
+            index.set_missing_packs(&report.packs_missing)?;
+        }
+        if !vanished.is_empty() {
             report.chunks_moved +=
                 move_to_known_copies(self, keys, &listed, &vanished, &moving_from)?;
             let names: Vec<String> = vanished.into_iter().map(|(_, n)| n).collect();
