@@ -275,3 +275,29 @@ pub fn read_json(path: &Path) -> Value {
     let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     serde_json::from_slice(&bytes).unwrap()
 }
+
+/// An empty account of the GitHub or Gitea fixture to restore into: each repository it creates
+/// is an empty bare repository under `root`, served by `git`; it takes `token`.
+pub fn empty_destination(
+    provider: &str,
+    root: &Path,
+    git: &HttpGitServer,
+    token: &str,
+) -> FixtureApi {
+    let base = git_base(git);
+    let args = [
+        "--repos",
+        "0",
+        "--git-base",
+        &base,
+        "--git-root",
+        root.to_str().unwrap(),
+        "--token",
+        token,
+    ];
+    let (api_path, auth) = match provider {
+        "gitea" => ("/api/v1", format!("token {token}")),
+        _ => ("", format!("Bearer {token}")),
+    };
+    FixtureApi::start(provider, &args, api_path, ("Authorization", &auth))
+}
