@@ -272,6 +272,22 @@ fn a_bitbucket_backup_restored_into_github_and_gitea_brings_its_metadata() {
         git_base(&bb_git).trim_start_matches("http://")
     );
 
+    // Bitbucket is no destination yet: refused before anything is written.
+    let out = tv
+        .command(&["restore", &repo, "--to-source", "bb", "--name", "copy"])
+        .env(BB_TOKEN_ENV, BB_TOKEN)
+        .env(BB_USER_ENV, BB_EMAIL)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("restoring into a bitbucket account is not supported yet")
+            && !err.contains(BB_TOKEN),
+        "{err}"
+    );
+    assert!(!root.join("acme/copy.git").exists());
+
     let gh_git = HttpGitServer::start(&root, Some(("x-access-token", GH_TOKEN)));
     let github = empty_destination("github", &root, &gh_git, GH_TOKEN);
     add_source(&tv, &github, GH_ENV, "gh", "alice", &[]);

@@ -25,6 +25,9 @@ use serde_json::{Value, json};
 
 use crate::provider::str_field;
 
+/// The longest label name GitHub and Gitea take (GitLab takes 255).
+const LABEL_CHARS: usize = 50;
+
 fn text(v: &Value, key: &str) -> String {
     str_field(v, key).unwrap_or_default()
 }
@@ -72,7 +75,11 @@ pub fn issue_labels(issue: &Value) -> Vec<String> {
             names.push(format!("{key}: {v}"));
         }
     }
+    // A name the destination refuses would stop the restore at the labels, every run.
     names
+        .into_iter()
+        .map(|n| n.chars().take(LABEL_CHARS).collect())
+        .collect()
 }
 
 /// Every label the issues of a backup use, as label objects with a colour per kind of
@@ -259,6 +266,39 @@ mod tests {
         );
         assert_eq!(mapped["comments"].as_array().unwrap().len(), 1);
         assert_eq!(mapped["comments"][0]["created_at"], "u");
+    }
+
+    #[test]
+    fn forged_documents_map_to_defaults_and_long_names_are_cut() {
+        let long = "ü".repeat(80);
+        let doc = json!({"issue": {"title": 7, "content": "not an object", "state": null,
+                         "component": {"name": long}, "reporter": []},
+                         "comments": {"not": "a list"}});
+        let mapped = super::issue_document(&doc);
+        assert_eq!(mapped["issue"]["title"], "");
+        assert_eq!(mapped["issue"]["state"], "closed");
+        assert_eq!(mapped["issue"]["user"]["login"], "ghost");
+        let label = mapped["issue"]["labels"][0]["name"].as_str().unwrap();
+        assert_eq!(label.chars().count(), super::LABEL_CHARS);
+        assert!(mapped["comments"].as_array().unwrap().is_empty());
+        let pr = super::pull_document(&json!({"pull_request": "x", "comments": [
+            {"content": {"raw": "a"}, "inline": {"path": 3, "to": "two", "from": -1}}],
+            "activity": 5, "participants": {}}));
+        assert_eq!(pr["pull_request"]["state"], "closed");
+        assert!(pr["pull_request"]["merged_at"].is_null());
+        assert!(pr["review_comments"][0]["line"].is_null());
+        assert!(pr["reviews"].as_array().unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_pull_request_from_a_fork_has_two_repositories() {
+        let end =
+            |repo: &str| json!({"branch": {"name": "main"}, "repository": {"full_name": repo}});
+        let pr = super::pull_document(&json!({"pull_request": {
+            "source": end("bob/api"), "destination": end("acme/api"), "state": "DECLINED"}}));
+        let p = &pr["pull_request"];
+        assert_ne!(p["head"]["repo"], p["base"]["repo"]);
+        assert_eq!(p["state"], "closed");
     }
 
     #[test]
