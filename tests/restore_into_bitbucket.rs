@@ -1,7 +1,8 @@
 //! `restore REPO --to-source NAME` of a Bitbucket Cloud backup: a repository backed up from
 //! the Bitbucket fixture (tests/fixtures/bitbucket_api.py) recreated in an account of the
 //! GitHub fixture and of the Gitea fixture (their write endpoints in github_writes.py and
-//! gitea_writes.py), compared field by field with what Bitbucket served.
+//! gitea_writes.py), compared field by field with what Bitbucket served, and of the GitLab
+//! fixture, where pull requests keep their numbers as merge requests.
 
 mod common;
 
@@ -23,6 +24,8 @@ const GH_TOKEN: &str = "ghp_restoreIntoFromBitbucket0123456";
 const GH_ENV: &str = "GITVAULT_TEST_GH_TOKEN";
 const GITEA_TOKEN: &str = "gitea0123456789fromBitbucketTokenabcd";
 const GITEA_ENV: &str = "GITVAULT_TEST_GITEA_TOKEN";
+const GL_TOKEN: &str = "glpat-fromBitbucket1234567890ab";
+const GL_ENV: &str = "GITVAULT_TEST_GL_TOKEN";
 
 /// Every ref of a bare repository: `oid name` lines, sorted.
 fn refs(repo: &Path) -> Vec<String> {
@@ -199,11 +202,10 @@ fn assert_restored(bb: &FixtureApi, root: &Path, to: &FixtureApi, page: &str) {
     );
     // Every ref (Bitbucket has no read-only namespace; the fixture's repository carries
     // a refs/pull/1/head all the same, moved under refs/gitvault/).
-    let want: Vec<String> = refs(&root.join("acme/repo-000.git"))
+    let mut want: Vec<String> = refs(&root.join("acme/repo-000.git"))
         .iter()
         .map(|l| l.replace(" refs/pull/", " refs/gitvault/pull/"))
         .collect();
-    let mut want = want;
     want.sort();
     assert_eq!(refs(&root.join("alice/repo-000.git")), want);
 }
@@ -214,12 +216,13 @@ fn restore(tv: &TestVault, repo: &str, source: &str) -> Value {
         .command(&["--json", "restore", repo, "--to-source", source])
         .env(GH_ENV, GH_TOKEN)
         .env(GITEA_ENV, GITEA_TOKEN)
+        .env(GL_ENV, GL_TOKEN)
         .env(BB_TOKEN_ENV, BB_TOKEN)
         .env(BB_USER_ENV, BB_EMAIL)
         .output()
         .unwrap();
     let text = format!("{}{}", stdout(&out), stderr(&out));
-    for token in [GH_TOKEN, GITEA_TOKEN, BB_TOKEN] {
+    for token in [GH_TOKEN, GITEA_TOKEN, GL_TOKEN, BB_TOKEN] {
         assert!(!text.contains(token), "a token leaked into the output");
     }
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
@@ -227,7 +230,7 @@ fn restore(tv: &TestVault, repo: &str, source: &str) -> Value {
 }
 
 #[test]
-fn a_bitbucket_backup_restored_into_github_and_gitea_brings_its_metadata() {
+fn a_bitbucket_backup_restored_into_github_gitea_and_gitlab_brings_its_metadata() {
     let tv = TestVault::new();
     let root = tv.tmp.path().join("served");
     serve_repositories(&root, &["acme/repo-000.git".to_string()]);
@@ -320,7 +323,67 @@ fn a_bitbucket_backup_restored_into_github_and_gitea_brings_its_metadata() {
     assert_eq!(report["created"]["pull_requests"], 2, "{report}");
     assert_restored(&bb, &root, &gitea, "limit=50");
 
-    for token in [GH_TOKEN, GITEA_TOKEN, BB_TOKEN] {
+    // And into a GitLab account, which numbers merge requests apart as Bitbucket does:
+    // every number is the original's.
+    std::fs::rename(root.join("alice"), root.join("alice-gitea")).unwrap();
+    let gl_git = HttpGitServer::start(&root, Some(("oauth2", GL_TOKEN)));
+    let gitlab = empty_destination("gitlab", &root, &gl_git, GL_TOKEN);
+    add_source(&tv, &gitlab, GL_ENV, "gl", "alice", &[]);
+    let report = restore(&tv, &repo, "gl");
+    assert_eq!(report["created"]["issues"], 2, "{report}");
+    assert_eq!(report["created"]["pull_requests"], 2, "{report}");
+    assert_eq!(report["numbers_match"], true, "{report}");
+    assert_eq!(report["merge_request_numbers_match"], true, "{report}");
+    let project = "/projects/alice%2Frepo-000";
+    for o in values(&bb, "/repositories/acme/repo-000/issues?sort=id") {
+        let n = o["id"].as_u64().unwrap();
+        let r = gitlab.get(&format!("{project}/issues/{n}"));
+        assert_eq!(r["title"], o["title"], "#{n}");
+        let state = if o["state"] == "new" {
+            "opened"
+        } else {
+            "closed"
+        };
+        assert_eq!(r["state"], state, "#{n}");
+        let by = attributed("Opened", &o["reporter"]["nickname"], &o["created_on"], "");
+        assert!(r["description"].as_str().unwrap().starts_with(&by), "#{n}");
+    }
+    let pulls = "/repositories/acme/repo-000/pullrequests?state=MERGED&state=OPEN&sort=id";
+    for o in values(&bb, pulls) {
+        let n = o["id"].as_u64().unwrap();
+        let r = gitlab.get(&format!("{project}/merge_requests/{n}"));
+        assert_eq!(r["title"], o["title"], "!{n}");
+        assert_eq!(r["source_branch"], o["source"]["branch"]["name"], "!{n}");
+        assert_eq!(r["target_branch"], o["destination"]["branch"]["name"]);
+        let state = if o["state"] == "OPEN" {
+            "opened"
+        } else {
+            "closed"
+        };
+        assert_eq!(r["state"], state, "!{n}");
+        let notes = gitlab.get(&format!("{project}/merge_requests/{n}/notes?per_page=100"));
+        let said = notes
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|n| n["system"] != true)
+            .count();
+        // Its comment, approval and inline comment; none on the open one.
+        assert_eq!(said, if n == 1 { 3 } else { 0 }, "!{n}");
+    }
+    // Every ref, beside the heads GitLab keeps for the merge requests it opened.
+    let mut want: Vec<String> = refs(&root.join("acme/repo-000.git"))
+        .iter()
+        .map(|l| l.replace(" refs/pull/", " refs/gitvault/pull/"))
+        .collect();
+    want.sort();
+    let (made, got): (Vec<String>, Vec<String>) = refs(&root.join("alice/repo-000.git"))
+        .into_iter()
+        .partition(|l| l.contains(" refs/merge-requests/"));
+    assert_eq!(got, want);
+    assert_eq!(made.len(), 2, "{made:?}");
+
+    for token in [GH_TOKEN, GITEA_TOKEN, GL_TOKEN, BB_TOKEN] {
         assert_not_in_files(&tv.dir, token);
     }
 }

@@ -276,8 +276,8 @@ pub fn read_json(path: &Path) -> Value {
     serde_json::from_slice(&bytes).unwrap()
 }
 
-/// An empty account of the GitHub or Gitea fixture to restore into: each repository it creates
-/// is an empty bare repository under `root`, served by `git`; it takes `token`.
+/// An empty account of the GitHub, Gitea or GitLab fixture to restore into: each repository
+/// it creates is an empty bare repository under `root`, served by `git`; it takes `token`.
 pub fn empty_destination(
     provider: &str,
     root: &Path,
@@ -285,19 +285,23 @@ pub fn empty_destination(
     token: &str,
 ) -> FixtureApi {
     let base = git_base(git);
-    let args = [
-        "--repos",
-        "0",
+    let none = match provider {
+        "gitlab" => ["--group", "acme", "--projects", "0"],
+        _ => ["--generate-org", "acme", "--repos", "0"],
+    };
+    let mut args = none.to_vec();
+    args.extend_from_slice(&[
         "--git-base",
         &base,
         "--git-root",
         root.to_str().unwrap(),
         "--token",
         token,
-    ];
-    let (api_path, auth) = match provider {
-        "gitea" => ("/api/v1", format!("token {token}")),
-        _ => ("", format!("Bearer {token}")),
+    ]);
+    let (api_path, header, value) = match provider {
+        "gitea" => ("/api/v1", "Authorization", format!("token {token}")),
+        "gitlab" => ("/api/v4", "PRIVATE-TOKEN", token.to_string()),
+        _ => ("", "Authorization", format!("Bearer {token}")),
     };
-    FixtureApi::start(provider, &args, api_path, ("Authorization", &auth))
+    FixtureApi::start(provider, &args, api_path, (header, &value))
 }
