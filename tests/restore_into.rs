@@ -11,7 +11,8 @@ use std::process::Output;
 use common::git_server::{HttpGitServer, run_fixture};
 use common::lfs_server::LfsServer;
 use common::provider_api::{
-    FixtureApi, add_source, assert_not_in_files, git_base, run_backup, serve_repositories,
+    FixtureApi, add_source, assert_not_in_files, empty_destination, git_base, run_backup,
+    serve_repositories,
 };
 use common::{TestVault, stderr, stdout};
 use serde_json::{Value, json};
@@ -523,18 +524,7 @@ fn a_github_repository_restored_into_a_gitea_account() {
     let w = world("");
     // Gitea takes the token as the password of any user name: gitvault sends `gitvault`.
     let git = HttpGitServer::start(&w.root, Some(("gitvault", GITEA_TOKEN)));
-    let args = [
-        "--repos",
-        "0",
-        "--git-base",
-        &git_base(&git),
-        "--git-root",
-        w.root.to_str().unwrap(),
-        "--token",
-        GITEA_TOKEN,
-    ];
-    let auth = format!("token {GITEA_TOKEN}");
-    let gitea = FixtureApi::start("gitea", &args, "/api/v1", ("Authorization", &auth));
+    let gitea = empty_destination("gitea", &w.root, &git, GITEA_TOKEN);
     add_source(&w.tv, &gitea, GITEA_ENV, "gitea", "alice", &[]);
     let config = w.tv.dir.join("config.toml");
     let mut text = std::fs::read_to_string(&config).unwrap();
@@ -676,20 +666,7 @@ fn a_gitlab_backup_restored_into_github_brings_its_metadata() {
     assert_eq!(code, Some(0), "{err}");
 
     let gh_git = HttpGitServer::start(&root, Some(("x-access-token", TOKEN)));
-    let args = [
-        "--generate-org",
-        "acme",
-        "--repos",
-        "0",
-        "--git-base",
-        &git_base(&gh_git),
-        "--git-root",
-        root.to_str().unwrap(),
-        "--token",
-        TOKEN,
-    ];
-    let bearer = format!("Bearer {TOKEN}");
-    let github = FixtureApi::start("github", &args, "", ("Authorization", &bearer));
+    let github = empty_destination("github", &root, &gh_git, TOKEN);
     add_source(&tv, &github, TOKEN_ENV, "dest", "alice", &[]);
     let repo = format!(
         "{}/acme/proj-000",

@@ -275,3 +275,33 @@ pub fn read_json(path: &Path) -> Value {
     let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     serde_json::from_slice(&bytes).unwrap()
 }
+
+/// An empty account of the GitHub, Gitea or GitLab fixture to restore into: each repository
+/// it creates is an empty bare repository under `root`, served by `git`; it takes `token`.
+pub fn empty_destination(
+    provider: &str,
+    root: &Path,
+    git: &HttpGitServer,
+    token: &str,
+) -> FixtureApi {
+    let base = git_base(git);
+    let none = match provider {
+        "gitlab" => ["--group", "acme", "--projects", "0"],
+        _ => ["--generate-org", "acme", "--repos", "0"],
+    };
+    let mut args = none.to_vec();
+    args.extend_from_slice(&[
+        "--git-base",
+        &base,
+        "--git-root",
+        root.to_str().unwrap(),
+        "--token",
+        token,
+    ]);
+    let (api_path, header, value) = match provider {
+        "gitea" => ("/api/v1", "Authorization", format!("token {token}")),
+        "gitlab" => ("/api/v4", "PRIVATE-TOKEN", token.to_string()),
+        _ => ("", "Authorization", format!("Bearer {token}")),
+    };
+    FixtureApi::start(provider, &args, api_path, (header, &value))
+}

@@ -67,8 +67,8 @@ pub struct IntoReport {
     pub lfs_uploaded: Option<u64>,
     /// What became of the wiki, when the vault holds one: `pushed`, or why not.
     pub wiki: Option<String>,
-    /// Why the snapshot's metadata was not recreated (a Bitbucket backup: only GitHub's,
-    /// Gitea's and GitLab's documents are read so far); the git data still is.
+    /// Why the snapshot's metadata was not recreated (a provider whose documents are not
+    /// read: GitHub's, Gitea's, GitLab's and Bitbucket's are); the git data still is.
     pub metadata_skipped: Option<String>,
     /// Tags whose release the destination refused (its tag missing, nothing to make it from).
     pub skipped_releases: Vec<String>,
@@ -257,7 +257,7 @@ fn planned(
         },
         metadata_skipped: plan.unreadable.as_ref().map(|p| {
             format!(
-                "the metadata of a {p} backup is not recreated yet (GitHub, Gitea and GitLab only)"
+                "the metadata of a {p} backup is not recreated (GitHub, Gitea, GitLab and Bitbucket only)"
             )
         }),
         ..IntoReport::default()

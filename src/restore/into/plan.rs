@@ -2,9 +2,10 @@
 //! per original number (a pull request becomes an issue that says what it was; a number the
 //! backup does not hold becomes a closed placeholder, so later numbers still match), each
 //! body and comment opened by a line naming the original author and time. GitLab numbers
-//! merge requests apart from issues: a GitLab backup's merge requests, and pull requests to be
-//! opened again on GitLab, are a second sequence (`merge_requests`). A GitLab backup's
-//! documents are read through `shapes`, which maps them to the shapes used here.
+//! merge requests apart from issues, and Bitbucket its pull requests: a GitLab backup's merge
+//! requests, a Bitbucket backup's pull requests, and pull requests to be opened again on
+//! GitLab, are a second sequence (`merge_requests`). GitLab's and Bitbucket's documents are
+//! read through `shapes`, which maps them to the shapes used here.
 
 use std::collections::BTreeMap;
 
@@ -37,8 +38,8 @@ pub struct Plan {
     pub releases: Vec<Value>,
     /// The stored bytes of every other document (release assets) by path.
     pub files: BTreeMap<String, ChunkId>,
-    /// The provider of metadata this restore cannot read yet (Bitbucket's documents): none
-    /// of it is recreated.
+    /// The provider of metadata this restore cannot read (none but GitHub's, Gitea's,
+    /// GitLab's and Bitbucket's): none of it is recreated.
     pub unreadable: Option<String>,
 }
 
@@ -80,11 +81,10 @@ impl Plan {
             return Ok(plan);
         };
         let map = read_metadata_map(store, map_id)?;
-        if !matches!(map.provider.as_str(), "github" | "gitea" | "gitlab") {
+        let Some(origin) = Origin::of(&map.provider) else {
             plan.unreadable = Some(map.provider);
             return Ok(plan);
-        }
-        let gitlab = map.provider == "gitlab";
+        };
         for (path, id) in &map.documents {
             let parsed = |name: &str| -> Option<u64> {
                 let n = path
@@ -109,10 +109,10 @@ impl Plan {
             }
             let doc: Value = serde_json::from_slice(&store.get(&id)?)
                 .map_err(|e| damaged(format!("{path}: {e}")))?;
-            let doc = if gitlab {
-                from_gitlab(path, doc, issue, pull)
-            } else {
-                doc
+            let doc = match origin {
+                Origin::GitLab => from_gitlab(path, doc, issue, pull),
+                Origin::Bitbucket => from_bitbucket(path, doc, issue, pull),
+                Origin::GitHub => doc,
             };
             match (path.as_str(), issue, pull) {
                 ("settings.json", ..) => plan.settings = doc,
@@ -122,9 +122,14 @@ impl Plan {
                 (_, Some(n), _) => {
                     plan.items.insert(n, issue_item(&doc));
                 }
-                (_, _, Some(n)) => plan.add_pull(n, &doc, refs, gitlab),
+                (_, _, Some(n)) => plan.add_pull(n, &doc, refs, origin),
                 _ => {}
             }
+        }
+        if origin == Origin::Bitbucket {
+            // Bitbucket has no labels of its own: those its issues' fields became.
+            let names = plan.items.values().flat_map(|i| i.labels.iter().cloned());
+            plan.labels = shapes::bitbucket::labels(&names.collect());
         }
         plan.milestones.sort_by_key(|m| number(m, "number"));
         plan.releases.sort_by_key(|r| {
@@ -143,25 +148,28 @@ impl Plan {
 
     /// Pull request (or GitLab merge request) `n`, with the branches it can be opened from
     /// again and where its head ref is kept.
-    fn add_pull(&mut self, n: u64, doc: &Value, refs: &RefSet, gitlab: bool) {
-        let (head, reference) = if gitlab {
-            (
-                format!("refs/merge-requests/{n}/head"),
+    fn add_pull(&mut self, n: u64, doc: &Value, refs: &RefSet, origin: Origin) {
+        // Bitbucket Cloud keeps no ref for a pull request's head.
+        let (head, reference) = match origin {
+            Origin::GitHub => (
+                Some(format!("refs/pull/{n}/head")),
+                format!("Pull request #{n}"),
+            ),
+            Origin::GitLab => (
+                Some(format!("refs/merge-requests/{n}/head")),
                 format!("Merge request !{n}"),
-            )
-        } else {
-            (format!("refs/pull/{n}/head"), format!("Pull request #{n}"))
+            ),
+            Origin::Bitbucket => (None, format!("Bitbucket pull request #{n}")),
         };
-        let kept = refs
-            .refs
-            .contains_key(&head)
-            .then(|| super::pushed_name(&head));
+        let kept = head
+            .filter(|h| refs.refs.contains_key(h))
+            .map(|h| super::pushed_name(&h));
         let mut item = pull_item(&reference, doc, kept.as_deref());
         item.branches = branches(&doc["pull_request"], refs);
-        let items = if gitlab {
-            &mut self.merge_requests
-        } else {
+        let items = if origin == Origin::GitHub {
             &mut self.items
+        } else {
+            &mut self.merge_requests
         };
         items.insert(n, item);
     }
@@ -202,6 +210,37 @@ impl Plan {
             self.merge_requests
                 .insert(n, std::mem::replace(item, pointer));
         }
+    }
+}
+
+/// Whose documents a backup holds: GitHub's shapes (Gitea's are the same), or those mapped
+/// by `shapes`. GitLab and Bitbucket number pull (merge) requests apart from issues.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Origin {
+    GitHub,
+    GitLab,
+    Bitbucket,
+}
+
+impl Origin {
+    fn of(provider: &str) -> Option<Origin> {
+        match provider {
+            "github" | "gitea" => Some(Origin::GitHub),
+            "gitlab" => Some(Origin::GitLab),
+            "bitbucket" => Some(Origin::Bitbucket),
+            _ => None,
+        }
+    }
+}
+
+/// A Bitbucket backup's document in the shape the rest of this file reads (it has no
+/// labels, milestones or releases documents).
+fn from_bitbucket(path: &str, doc: Value, issue: Option<u64>, pull: Option<u64>) -> Value {
+    match (path, issue, pull) {
+        ("settings.json", ..) => shapes::bitbucket::settings(&doc),
+        (_, Some(_), _) => shapes::bitbucket::issue_document(&doc),
+        (_, _, Some(_)) => shapes::bitbucket::pull_document(&doc),
+        _ => doc,
     }
 }
 

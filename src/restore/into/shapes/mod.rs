@@ -1,6 +1,7 @@
 //! The one place where providers' metadata shapes meet: a GitLab backup's documents (as
-//! `provider::gitlab` stores them) turned into the GitHub shapes the plan is read from, so
-//! that everything after reading is the same for every source. What maps to what:
+//! `provider::gitlab` stores them; Bitbucket's are in `bitbucket`) turned into the GitHub
+//! shapes the plan is read from, so that everything after reading is the same for every
+//! source. What maps to what:
 //!
 //! | GitLab | becomes |
 //! | --- | --- |
@@ -15,6 +16,8 @@
 //! | approvals' `approved_by` | reviews in state `APPROVED` |
 //! | `source_branch` / `target_branch`, project ids | `head` / `base` with `ref`, `repo` |
 //! | release `description`, `released_at`, `commit.id`, `assets.links` | `body`, `published_at`, `target_commitish`, `links` (recreated on GitLab, listed in the text elsewhere) |
+
+pub mod bitbucket;
 
 use serde_json::{Value, json};
 
