@@ -72,6 +72,16 @@ fn checks_and_maintenance_show_their_phases() {
     let to = tv.tmp.path().join("restored.git");
     let drawn = on_a_terminal(&tv, &["restore", "alpha", "--to", to.to_str().unwrap()]);
     assert!(drawn.contains("alpha walk"), "{drawn:?}");
+    // Held once the pack is written, until its bytes show beside the objects' count.
+    let to = tv.tmp.path().join("restored-again.git");
+    let pack_bytes = |drawn: &str| common::shows_nonzero(drawn, "alpha pack written ");
+    let drawn = common::on_a_terminal(
+        &tv,
+        &["restore", "alpha", "--to", to.to_str().unwrap()],
+        &[],
+        Some(("restore-pack-written", &pack_bytes)),
+    );
+    assert!(pack_bytes(&drawn), "{drawn:?}");
     // None of it without a terminal.
     let out = tv.run(&["verify", "--full"]);
     ok(&out);

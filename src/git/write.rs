@@ -117,7 +117,7 @@ impl DeltaWindow {
 pub fn write_pack<E>(
     bare: &Path,
     count: u32,
-    mut next: impl FnMut() -> Option<Result<PackObject, E>>,
+    mut next: impl FnMut(u64) -> Option<Result<PackObject, E>>,
 ) -> Result<Result<u32, E>, GitError> {
     let pack_dir = bare.join("objects").join("pack");
     std::fs::create_dir_all(&pack_dir).map_err(write_err)?;
@@ -130,7 +130,8 @@ pub fn write_pack<E>(
     let mut delta = Vec::new();
     let mut window = DeltaWindow::new(DELTA_WINDOW_BYTES);
     let mut written = 0u32;
-    while let Some(item) = next() {
+    // `next` is told how many bytes of the pack are written so far (for progress).
+    while let Some(item) = next(writer.offset()) {
         let object = match item {
             Ok(o) => o,
             Err(e) => {

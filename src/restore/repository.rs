@@ -129,11 +129,20 @@ pub(super) fn write(
                     }
                 }
             });
-            git::write_pack(staging, count, || {
+            // A line of its own for the pack's bytes, beside the objects' count.
+            let bytes_job = format!("{job} pack");
+            progress.phase(&bytes_job, "written", None, Unit::Bytes);
+            let mut shown = 0;
+            let written = git::write_pack(staging, count, |pack_bytes| {
+                progress.advance(&bytes_job, pack_bytes - shown);
+                shown = pack_bytes;
                 let object = rx.recv()?;
                 progress.advance(job, 1);
                 Some(object)
-            })
+            });
+            crate::hooks::point("restore-pack-written");
+            progress.done(&bytes_job);
+            written
         })??
     };
     let lfs_written = write_lfs_objects(
