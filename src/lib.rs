@@ -44,6 +44,7 @@
 //!     url: project.display().to_string(),
 //!     name: Some("project".into()),
 //!     credentials: None,
+//!     source: None,
 //! };
 //! session.backup_urls(&[request], &|line| println!("{} {:?}", line.repo, line.status));
 //! let run = session.finish()?;

@@ -57,6 +57,10 @@ pub struct Manifest {
     /// shown (this snapshot's and, carried forward, its predecessors').
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lfs: Option<String>,
+    /// The configured source (its name) that listed the repository: another host catching
+    /// up learns from it which source's retention applies (none before 2026-12-05).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_name: Option<String>,
 }
 
 impl Manifest {

@@ -298,3 +298,58 @@ fn four_hosts_back_up_one_account_in_shards_and_a_fifth_restores_it() {
         started.elapsed().as_secs_f64()
     );
 }
+
+/// A host applies a source's retention to the repositories another host backed up from that
+/// source (the snapshots say which source listed them): with the vault-wide policy instead,
+/// a `forget` on one shard's host would thin out the other shards' history.
+#[test]
+fn forget_applies_the_sources_retention_to_other_hosts_repositories() {
+    let first = TestVault::new();
+    let files_url = format!("file://{}", first.tmp.path().join("shared").display());
+    ok(&first.run(&["target", "add", "files", &files_url]));
+    ok(&first.run(&["target", "remove", "local"]));
+    let root = first.tmp.path().join("served");
+    let mut paths: Vec<String> = (0..4).map(|i| format!("acme/repo-{i:03}.git")).collect();
+    paths.push("acme/repo-001.wiki.git".into());
+    serve_repositories(&root, &paths);
+    let (_git, api) = acme_account(&root, 4);
+    // The second host names the shared directory twice (the target it joined from, and
+    // `files`): a lock attempt meets its own lock through the other name, which once made
+    // every repository's lease wait for itself.
+    let second = another_host(&first, &["init", "--join", &files_url], &files_url);
+    for host in [&first, &second] {
+        add_source(host, &api, TOKEN_ENV, "acme", "acme", &[]);
+        // The source keeps three snapshots; anything else only the newest.
+        let config = host.dir.join("config.toml");
+        let mut text = std::fs::read_to_string(&config).unwrap();
+        text.push_str("\n[source.retention]\nkeep_last = 3\n\n[retention]\nkeep_last = 1\n");
+        std::fs::write(&config, text).unwrap();
+    }
+    let env = [(TOKEN_ENV, TOKEN)];
+    for day in 1..=2 {
+        let now = format!("2026-11-0{day}T03:00:00Z");
+        for (i, host) in [&first, &second].into_iter().enumerate() {
+            let out = host
+                .command(&["--json", "backup", "--shard", &format!("{i}/2")])
+                .envs(env)
+                .env("GITVAULT_NOW", &now)
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{}", stderr(&out));
+        }
+    }
+    // Each host's own repositories and the other's: every one under the source's policy.
+    for host in [&first, &second] {
+        let out = host.run(&["forget", "--dry-run"]);
+        ok(&out);
+        let text = common::stdout(&out);
+        for i in 0..4 {
+            let line = format!("acme/repo-{i:03} (policy of source acme)");
+            assert!(text.contains(&line), "{line:?} missing:\n{text}");
+        }
+        assert!(
+            text.contains("dry run: 0 snapshots would be forgotten"),
+            "{text}"
+        );
+    }
+}

@@ -89,6 +89,9 @@ pub struct BackupRequest {
     pub url: String,
     pub name: Option<String>,
     pub credentials: Option<Credentials>,
+    /// The configured source the repository was listed by, recorded in its snapshots so
+    /// that every host applies that source's retention to it.
+    pub source: Option<String>,
 }
 
 /// The configured sources whose names are in `names`; every configured source when `names`
@@ -118,6 +121,7 @@ pub fn url_requests<'a>(
             url: url.clone(),
             name: name.map(str::to_string),
             credentials: credentials.clone(),
+            source: None,
         })
         .collect()
 }

@@ -156,6 +156,7 @@ fn run(
         objects_added: new_objects.len() as u64,
         metadata: exported.map,
         lfs: lfs.map,
+        source_name: request.source.clone(),
     };
     let manifest_bytes = manifest.encode();
     let pending = PendingSnapshot {

@@ -251,7 +251,7 @@ impl SourceRun<'_, '_> {
             self.keys,
             self.writer,
             provider,
-            git_origin,
+            (git_origin, &self.source.name),
             job,
             self.watch,
         );
@@ -312,7 +312,7 @@ fn backup_job(
     keys: &VaultKeys,
     writer: &Mutex<Writer<'_>>,
     provider: &mut dyn Provider,
-    git_origin: &GitOrigin,
+    (git_origin, source_name): (&GitOrigin, &str),
     job: &Job<'_>,
     watch: &dyn Progress,
 ) -> RepoReport {
@@ -332,6 +332,7 @@ fn backup_job(
         url: url.to_string(),
         name: job.wiki.clone(),
         credentials,
+        source: Some(source_name.to_string()),
     };
     if job.wiki.is_none() {
         return backup_repository(

@@ -274,20 +274,20 @@ fn scan(
 }
 
 /// The live lock of `found` that forbids taking a lock of `kind` (with `lease`), if any.
-fn conflict<'a>(
-    found: &'a [FoundLock],
-    own: &str,
-    kind: LockKind,
-    lease: Option<&str>,
-) -> Option<&'a LockInfo> {
+/// The live lock in `found` that keeps this attempt (`own`) from holding. `keys` are the
+/// names this attempt wrote its lock under, on this target and the ones before: a target
+/// that stores in the same place as an earlier one (two configured names for one bucket or
+/// directory) shows the earlier one's lock too, which is no holder to wait for (the attempt
+/// would wait for itself forever).
+fn conflict<'a>(found: &'a [FoundLock], keys: &[&str], own: &LockInfo) -> Option<&'a LockInfo> {
     found
         .iter()
-        .filter(|f| f.key != own && f.state == LockState::Live)
+        .filter(|f| !keys.contains(&f.key.as_str()) && f.state == LockState::Live)
         .filter_map(|f| f.info.as_ref())
         .find(|i| {
-            kind == LockKind::Exclusive
+            own.kind == LockKind::Exclusive
                 || i.kind == LockKind::Exclusive
-                || (lease.is_some() && i.lease.as_deref() == lease)
+                || (own.lease.is_some() && i.lease == own.lease)
         })
 }
 
@@ -528,7 +528,8 @@ impl Vault {
             for f in found.iter().filter(|f| f.state == LockState::Expired) {
                 let _ = target.delete(&f.key);
             }
-            if let Some(other) = conflict(&found, &key, kind, lease) {
+            let own_keys: Vec<&str> = held.iter().map(|(_, k)| k.as_str()).collect();
+            if let Some(other) = conflict(&found, &own_keys, &info) {
                 give_back(&held);
                 return Ok(Err(TargetLockError::Held {
                     target: target.name().to_string(),

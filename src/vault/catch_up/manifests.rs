@@ -163,6 +163,11 @@ fn record_snapshot(
         // Another host's backup stored again what missing packs held: its copies count.
         replace_objects: !vault.index().missing_packs()?.is_empty(),
     })?;
+    // Oldest first: the source of the newest snapshot wins. `forget` on this host then applies
+    // that source's retention to the repository, as the host that backed it up would.
+    if let Some(source) = &manifest.source_name {
+        vault.index().set_repo_source(&manifest.repo, source)?;
+    }
     Ok(())
 }
 
