@@ -313,10 +313,18 @@ fn forget_applies_the_sources_retention_to_other_hosts_repositories() {
     paths.push("acme/repo-001.wiki.git".into());
     serve_repositories(&root, &paths);
     let (_git, api) = acme_account(&root, 4);
-    // The second host names the shared directory twice (the target it joined from, and
-    // `files`): a lock attempt meets its own lock through the other name, which once made
-    // every repository's lease wait for itself.
-    let second = another_host(&first, &["init", "--join", &files_url], &files_url);
+    // The second host names the shared directory twice, spelled two ways (the target it
+    // joined from, and `files`): a lock attempt meets its own lock through the other name,
+    // which once made every repository's lease wait for itself. The same spelling twice is
+    // refused.
+    let second = another_host(
+        &first,
+        &["init", "--join", &files_url],
+        &format!("{files_url}/."),
+    );
+    let out = second.run(&["target", "add", "again", &format!("{files_url}/")]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("already"), "{}", stderr(&out));
     for host in [&first, &second] {
         add_source(host, &api, TOKEN_ENV, "acme", "acme", &[]);
         // The source keeps three snapshots; anything else only the newest.

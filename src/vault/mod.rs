@@ -90,6 +90,10 @@ pub enum VaultError {
     Provider(#[from] crate::provider::ProviderError),
     #[error("a target named `{0}` already exists")]
     TargetExists(String),
+    #[error(
+        "{url} is target `{name}` already: two names for one place would count as two replicas"
+    )]
+    TargetUrlTaken { url: String, name: String },
     #[error("no target named `{0}`")]
     NoSuchTarget(String),
     #[error("target names may hold letters, digits, `-` and `_` only: `{0}`")]

@@ -33,6 +33,19 @@ impl Vault {
         if self.config.targets.iter().any(|t| t.name == name) {
             return Err(VaultError::TargetExists(name.to_string()));
         }
+        // Two names for one place would count as two replicas where there is one.
+        let place = |url: &str| url.trim_end_matches('/').to_string();
+        if let Some(same) = self
+            .config
+            .targets
+            .iter()
+            .find(|t| place(&t.url) == place(&entry.url))
+        {
+            return Err(VaultError::TargetUrlTaken {
+                url: crate::redact::RedactedUrl::new(&entry.url).to_string(),
+                name: same.name.clone(),
+            });
+        }
         if entry.lock_days == Some(0) {
             return Err(VaultError::BadConfig {
                 path: format!("target {name}"),
