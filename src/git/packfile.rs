@@ -138,6 +138,25 @@ impl<W: Write> PackWriter<W> {
         self.add_entry(oid, &header[..len], delta)
     }
 
+    /// As [`PackWriter::add_ofs_delta`], naming the base by its position among the entries
+    /// added so far (0 is the first).
+    pub fn add_ofs_delta_of(
+        &mut self,
+        oid: Oid,
+        base_entry: usize,
+        delta: &[u8],
+    ) -> Result<u64, PackError> {
+        let base =
+            self.entries
+                .get(base_entry)
+                .map(|e| e.offset)
+                .ok_or(PackError::BadDeltaBase {
+                    base: base_entry as u64,
+                    offset: self.offset,
+                })?;
+        self.add_ofs_delta(oid, base, delta)
+    }
+
     fn add_entry(&mut self, oid: Oid, header: &[u8], data: &[u8]) -> Result<u64, PackError> {
         let offset = self.offset;
         let mut crc = crc32fast::Hasher::new();

@@ -22,11 +22,11 @@ mod prune;
 mod snapshots;
 
 pub use http_cache::CachedResponse;
-pub use objects::{GIT_OBJECT_SQL, ObjectChunk};
+pub use objects::{GIT_OBJECT_SQL, GitObjectRow, ObjectChunk};
 use objects::{OID_PAGE, drop_objects_not};
 pub use packs::{
-    ChunkLocation, ChunkRow, Committed, FrameInfo, PackEntry, PackRecord, PackRow, Provenance,
-    VanishedCounts,
+    ChunkLocation, ChunkPlace, ChunkRow, Committed, FrameInfo, PackEntry, PackRecord, PackRow,
+    Provenance, VanishedCounts,
 };
 use packs::{chunk_id_from, chunk_row, in_pack, note_in_pack, record_pack};
 pub use prune::{PruneChanges, PruneCounts};
@@ -531,7 +531,16 @@ mod tests {
             assert_eq!(index.git_object_chunk(&oid).unwrap().unwrap().chunk, id);
             assert_eq!(index.git_object(&oid).unwrap().unwrap().1, id);
             assert_eq!(index.git_object_place(&oid).unwrap(), Some(Some((1, 0, 0))));
+            let row = index.git_object_row(&oid).unwrap().unwrap().unwrap();
+            assert_eq!((row.chunk, row.place.pack_id, row.place.len), (id, 1, 1));
+            assert_eq!(index.frame(1, 0).unwrap().unwrap().1.raw_len, 1);
         }
+        assert!(
+            index
+                .git_object_row(&crate::model::Oid([99; 20]))
+                .unwrap()
+                .is_none()
+        );
         assert!(
             index
                 .git_object_chunk(&crate::model::Oid([99; 20]))
@@ -544,6 +553,9 @@ mod tests {
             GIT_OBJECT_SQL,
             objects::GIT_OBJECT_CHUNK_SQL,
             objects::GIT_OBJECT_PLACE_SQL,
+            objects::GIT_OBJECT_REF_SQL,
+            objects::CHUNK_PLACE_SQL,
+            packs::FRAME_SQL,
         ] {
             let stmt = conn.prepare_cached(sql).unwrap();
             let recompiled = stmt.get_status(rusqlite::StatementStatus::RePrepare);

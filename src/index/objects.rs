@@ -103,6 +103,23 @@ pub(crate) const GIT_OBJECT_PLACE_SQL: &str = concat!(
     "g.kind FROM git_objects g WHERE g.oid = ?1"
 );
 
+/// A git object's row with its chunk's place: what a restore needs to read the object without
+/// asking the index again.
+#[derive(Debug, Clone, Copy)]
+pub struct GitObjectRow {
+    pub kind: ObjectKind,
+    pub chunk: ChunkId,
+    pub place: ChunkPlace,
+}
+
+pub(crate) const GIT_OBJECT_REF_SQL: &str = "SELECT kind, chunk FROM git_objects WHERE oid = ?1";
+
+/// The chunk rows whose ids lie between `?1` and `?2`: a git object's reference and that
+/// reference padded with `FF` bytes.
+pub(crate) const CHUNK_PLACE_SQL: &str =
+    "SELECT id, kind, pack_id, frame_offset, offset, length FROM chunks
+     WHERE id BETWEEN ?1 AND ?2 LIMIT 2";
+
 /// The smallest and largest chunk id beginning with `id`'s first 8 bytes.
 fn prefix_range(id: &[u8; 32]) -> ([u8; 32], [u8; 32]) {
     let mut lo = [0u8; 32];
@@ -177,6 +194,59 @@ impl Index {
             (Some(pack), Some(frame), Some(offset)) => Some((pack, frame, offset)),
             _ => None,
         }))
+    }
+
+    /// The object's kind, chunk and the chunk's place, in two primary-key probes (the object's
+    /// row, then the chunk rows its reference covers), where `git_object` and then
+    /// `chunk` make about eight: a restore asks this once per object. `None` without the
+    /// object, `Some(None)` when its chunk is gone.
+    pub fn git_object_row(&self, oid: &Oid) -> Result<Option<Option<GitObjectRow>>, IndexError> {
+        let conn = self.conn();
+        let mut object = conn.prepare_cached(GIT_OBJECT_REF_SQL)?;
+        let Some((kind, reference)) = object
+            .query_row(params![&oid.0[..]], |r| {
+                Ok((r.get::<_, u8>(0)?, r.get::<_, Vec<u8>>(1)?))
+            })
+            .optional()?
+        else {
+            return Ok(None);
+        };
+        let kind = ObjectKind::from_u8(kind).ok_or_else(|| {
+            IndexError::Inconsistent(format!("object {oid} has unknown kind {kind}"))
+        })?;
+        let mut hi = reference.clone();
+        hi.resize(32, 0xFF);
+        let mut chunks = conn.prepare_cached(CHUNK_PLACE_SQL)?;
+        let rows: Vec<(Vec<u8>, ChunkPlace)> = chunks
+            .query_map(params![reference, hi], |r| {
+                Ok((
+                    r.get(0)?,
+                    ChunkPlace {
+                        kind: r.get(1)?,
+                        pack_id: r.get(2)?,
+                        frame_offset: r.get(3)?,
+                        offset: r.get(4)?,
+                        len: r.get(5)?,
+                    },
+                ))
+            })?
+            .collect::<Result<_, _>>()?;
+        match rows.as_slice() {
+            [] => Ok(Some(None)),
+            [(id, place)] => {
+                let chunk = ChunkId::from_slice(id).ok_or_else(|| {
+                    IndexError::Inconsistent(format!("object {oid} has a bad chunk id"))
+                })?;
+                Ok(Some(Some(GitObjectRow {
+                    kind,
+                    chunk,
+                    place: *place,
+                })))
+            }
+            _ => Err(IndexError::Inconsistent(format!(
+                "object {oid} names a chunk prefix two chunks share"
+            ))),
+        }
     }
 
     /// The object's chunk with the chunk's row: one call where prune's mark would otherwise

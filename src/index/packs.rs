@@ -97,6 +97,17 @@ impl PackRecord<'_> {
     }
 }
 
+/// Where a chunk lies, without its pack's name and its frame's lengths, which a reader looks up
+/// once a frame (`Index::frame`) rather than once a chunk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChunkPlace {
+    pub kind: u8,
+    pub pack_id: i64,
+    pub frame_offset: u64,
+    pub offset: u32,
+    pub len: u32,
+}
+
 /// Where a chunk lives.
 #[derive(Debug, Clone)]
 pub struct ChunkLocation {
@@ -250,6 +261,10 @@ pub(crate) const CHUNK_SQL: &str =
             c.offset, c.length
      FROM chunks c WHERE c.id = ?1";
 
+pub(crate) const FRAME_SQL: &str =
+    "SELECT (SELECT p.name FROM packs p WHERE p.id = f.pack_id), f.clen, f.rawlen
+     FROM frames f WHERE f.pack_id = ?1 AND f.offset = ?2";
+
 impl Index {
     pub fn has_chunk(&self, id: &ChunkId) -> Result<bool, IndexError> {
         let conn = self.conn();
@@ -276,6 +291,32 @@ impl Index {
                 })
             })
             .optional()?)
+    }
+
+    /// The name of pack `pack_id` and where its frame at `offset` lies, or None when either
+    /// row is gone.
+    pub fn frame(
+        &self,
+        pack_id: i64,
+        offset: u64,
+    ) -> Result<Option<(String, FrameInfo)>, IndexError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(FRAME_SQL)?;
+        let row: Option<(Option<String>, u32, u32)> = stmt
+            .query_row(params![pack_id, offset], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })
+            .optional()?;
+        Ok(row.and_then(|(name, clen, rawlen)| {
+            Some((
+                name?,
+                FrameInfo {
+                    offset,
+                    compressed_len: clen,
+                    raw_len: rawlen,
+                },
+            ))
+        }))
     }
 
     /// Targets known to hold a pack, in the order they were recorded.

@@ -244,17 +244,14 @@ pub fn restore_snapshot_watched(
     let store = vault.reader(keys).sequential();
     let source = repository::VaultSource::new(vault, &store);
     let phase = std::time::Instant::now();
-    let located = repository::locate(vault.index(), &reached)?;
+    let located = repository::locate(vault.index(), reached)?;
+    tracing::info!(
+        seconds = phase.elapsed().as_secs_f64(),
+        "located the objects"
+    );
     let staging = staging_dir(to)?;
     let watch = (row.repo.as_str(), progress);
-    let result = repository::write(
-        &source,
-        (&refs, &manifest),
-        &reached,
-        &located,
-        &staging,
-        watch,
-    );
+    let result = repository::write(&source, (&refs, &manifest), &located, &staging, watch);
     tracing::info!(seconds = phase.elapsed().as_secs_f64(), "wrote the pack");
     let (objects, lfs_objects) = match result {
         Ok(counts) => counts,

@@ -7,7 +7,7 @@ use std::path::Path;
 
 use crate::git;
 use crate::git::objects::{ObjectSource, Reached, walk};
-use crate::index::Index;
+use crate::index::{GitObjectRow, Index};
 use crate::progress::{Progress, Unit};
 use crate::snapshot::{Manifest, ObjectKind, Oid, RefSet};
 use crate::store::ChunkReader;
@@ -21,14 +21,27 @@ pub(super) struct VaultSource<'a, 'v> {
 }
 
 impl VaultSource<'_, '_> {
-    fn read_checked(&self, oid: &Oid) -> Result<(ObjectKind, Vec<u8>), RestoreError> {
-        let (kind, chunk) = self
-            .vault
-            .index()
-            .git_object(oid)?
-            .ok_or(RestoreError::MissingObject { oid: *oid })?;
-        let data = self.store.get(&chunk)?;
-        if git::objects::object_id(kind, &data) != *oid {
+    /// The object's kind and content, read where the index says its chunk lies; checked
+    /// against its git id when `check`.
+    fn read_row(
+        &self,
+        oid: &Oid,
+        row: Option<&GitObjectRow>,
+        check: bool,
+    ) -> Result<(ObjectKind, Vec<u8>), RestoreError> {
+        let (kind, data) = match row {
+            Some(row) => (row.kind, self.store.get_placed(&row.chunk, &row.place)?),
+            // No row or no chunk row: the reader names what is missing.
+            None => {
+                let (kind, chunk) = self
+                    .vault
+                    .index()
+                    .git_object(oid)?
+                    .ok_or(RestoreError::MissingObject { oid: *oid })?;
+                (kind, self.store.get(&chunk)?)
+            }
+        };
+        if check && git::objects::object_id(kind, &data) != *oid {
             return Err(RestoreError::BadObject { oid: *oid });
         }
         Ok((kind, data))
@@ -37,8 +50,13 @@ impl VaultSource<'_, '_> {
 
 impl ObjectSource for VaultSource<'_, '_> {
     type Error = RestoreError;
+    /// For the walk, unchecked against the git id: the chunk's bytes are authenticated by its
+    /// keyed id already, and every object the walk reaches is read again and checked before it
+    /// goes into the pack, so an index that maps an id to the wrong chunk still fails the
+    /// restore (SHA-1 of every commit and tree twice was a twentieth of a restore).
     fn read(&mut self, oid: &Oid) -> Result<(ObjectKind, Vec<u8>), RestoreError> {
-        self.read_checked(oid)
+        let row = self.vault.index().git_object_row(oid)?.flatten();
+        self.read_row(oid, row.as_ref(), false)
     }
     fn known(&mut self, _oid: &Oid) -> Result<bool, RestoreError> {
         Ok(false)
@@ -69,33 +87,53 @@ pub(super) fn walk_snapshot(
     Ok(reached)
 }
 
-/// Where each object lies, as ((pack, frame, offset), id, path hash), sorted: read in the
-/// order the objects lie in the packs, each frame is decompressed once.
-pub(super) type Located = ((i64, u64, u32), Oid, u64);
+/// An object to write: its id and path hash, and its index row (None when its chunk is gone:
+/// reading it then fails with the reader's own error).
+pub(super) struct Located {
+    oid: Oid,
+    path_hash: u64,
+    row: Option<GitObjectRow>,
+}
 
-pub(super) fn locate(index: &Index, reached: &[Reached]) -> Result<Vec<Located>, RestoreError> {
+impl Located {
+    /// Where its chunk lies: read in this order, each frame is decompressed once.
+    fn place(&self) -> (i64, u64, u32) {
+        self.row.map_or((i64::MAX, 0, 0), |row| {
+            (row.place.pack_id, row.place.frame_offset, row.place.offset)
+        })
+    }
+}
+
+/// The walk's objects with their index rows, in the order they lie in the packs. Takes the
+/// walk's list, so that it is freed before the pack is written.
+pub(super) fn locate(index: &Index, reached: Vec<Reached>) -> Result<Vec<Located>, RestoreError> {
     let mut located = Vec::with_capacity(reached.len());
     for r in reached {
-        let place = index
-            .git_object_place(&r.oid)?
-            .ok_or(RestoreError::MissingObject { oid: r.oid })?
-            .unwrap_or((i64::MAX, 0, 0));
-        located.push((place, r.oid, r.path_hash));
+        let row = index
+            .git_object_row(&r.oid)?
+            .ok_or(RestoreError::MissingObject { oid: r.oid })?;
+        located.push(Located {
+            oid: r.oid,
+            path_hash: r.path_hash,
+            row,
+        });
     }
-    located.sort();
+    located.sort_unstable_by_key(|l| (l.place(), l.oid));
     Ok(located)
 }
 
-/// Objects, and bytes of them, read ahead of the pack writer.
-const READ_AHEAD: usize = 64;
-const READ_AHEAD_BYTES: usize = 32 << 20;
+/// Batches, and bytes of objects, read ahead of the pack writer; what one batch holds at most
+/// (a single larger object goes alone).
+const READ_AHEAD_BATCHES: usize = 8;
+const READ_AHEAD_BYTES: usize = 16 << 20;
+const BATCH_OBJECTS: usize = 128;
+const BATCH_BYTES: usize = 2 << 20;
 
 /// Writes the bare repository into `staging`: refs, one pack of the located objects, and the
 /// LFS objects. Returns (objects, LFS objects) written.
 pub(super) fn write(
     source: &VaultSource<'_, '_>,
     (refs, manifest): (&RefSet, &Manifest),
-    reached: &[Reached],
     located: &[Located],
     staging: &Path,
     (job, progress): (&str, &dyn Progress),
@@ -110,33 +148,51 @@ pub(super) fn write(
         // of its own while this one delta-encodes and deflates: the two halves take about the
         // same time. The channel bounds what is read ahead.
         std::thread::scope(|scope| {
-            let (tx, rx) = crate::flow::bounded(READ_AHEAD, READ_AHEAD_BYTES);
+            // Objects go over in batches: a wake-up per object was a tenth of the time.
+            let (tx, rx) = crate::flow::bounded(READ_AHEAD_BATCHES, READ_AHEAD_BYTES);
             scope.spawn(move || {
-                for (_, oid, path_hash) in located {
-                    let object = source
-                        .read_checked(oid)
-                        .map(|(kind, data)| git::PackObject {
-                            oid: *oid,
-                            kind,
-                            data,
-                            path_hash: *path_hash,
-                        });
-                    let size = object.as_ref().map_or(0, |o| o.data.len());
+                let mut batch = Vec::with_capacity(BATCH_OBJECTS);
+                let mut bytes = 0;
+                for at in located {
+                    let object =
+                        source
+                            .read_row(&at.oid, at.row.as_ref(), true)
+                            .map(|(kind, data)| git::PackObject {
+                                oid: at.oid,
+                                kind,
+                                data,
+                                path_hash: at.path_hash,
+                            });
+                    bytes += object.as_ref().map_or(0, |o| o.data.len());
                     let failed = object.is_err();
-                    // A closed channel: the writer stopped (an error of its own).
-                    if tx.send(object, size).is_err() || failed {
-                        break;
+                    batch.push(object);
+                    if failed || batch.len() >= BATCH_OBJECTS || bytes >= BATCH_BYTES {
+                        let full = std::mem::replace(&mut batch, Vec::with_capacity(BATCH_OBJECTS));
+                        // A closed channel: the writer stopped (an error of its own).
+                        if tx.send(full, std::mem::take(&mut bytes)).is_err() || failed {
+                            return;
+                        }
                     }
+                }
+                if !batch.is_empty() {
+                    let _ = tx.send(batch, bytes);
                 }
             });
             // A line of its own for the pack's bytes, beside the objects' count.
             let bytes_job = format!("{job} pack");
             progress.phase(&bytes_job, "written", None, Unit::Bytes);
             let mut shown = 0;
+            let mut pending = Vec::new().into_iter();
             let written = git::write_pack(staging, count, |pack_bytes| {
                 progress.advance(&bytes_job, pack_bytes - shown);
                 shown = pack_bytes;
-                let object = rx.recv()?;
+                let object = match pending.next() {
+                    Some(object) => object,
+                    None => {
+                        pending = rx.recv()?.into_iter();
+                        pending.next()?
+                    }
+                };
                 progress.advance(job, 1);
                 Some(object)
             });
@@ -149,7 +205,7 @@ pub(super) fn write(
         source.vault.index(),
         source.store,
         manifest,
-        reached,
+        located,
         staging,
     )?;
     Ok((u64::from(written), lfs_written))
@@ -161,7 +217,7 @@ fn write_lfs_objects(
     index: &Index,
     store: &ChunkReader<'_>,
     manifest: &Manifest,
-    reached: &[Reached],
+    located: &[Located],
     git_dir: &Path,
 ) -> Result<u64, RestoreError> {
     use sha2::Digest;
@@ -172,10 +228,10 @@ fn write_lfs_objects(
         .parse()
         .map_err(|e: String| RestoreError::Lfs(format!("LFS map id: {e}")))?;
     let entries = crate::lfs::decode_map(&store.get(&id)?).map_err(RestoreError::LfsFailed)?;
-    let blobs: std::collections::HashSet<Oid> = reached
+    let blobs: std::collections::HashSet<Oid> = located
         .iter()
-        .filter(|r| r.kind == ObjectKind::Blob)
-        .map(|r| r.oid)
+        .filter(|l| l.row.is_some_and(|row| row.kind == ObjectKind::Blob))
+        .map(|l| l.oid)
         .collect();
     let mut written = std::collections::HashSet::new();
     for e in entries.iter().filter(|e| blobs.contains(&e.blob)) {

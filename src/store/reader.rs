@@ -5,7 +5,7 @@
 //! A reader needs no lock and writes nothing; it only ever trusts bytes that hash to the id
 //! asked for, so a damaged or hostile target makes a read fail or fall back, never lie.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 
@@ -13,7 +13,7 @@ use super::delta::{DeltaChunk, MAX_HOPS, RESOLVED_CACHE_BYTES, ResolvedCache};
 use super::pack::PackReader;
 use super::{ChunkKind, ChunkList, StoreError, pack_key};
 use crate::crypto::{ChunkId, VaultKeys};
-use crate::index::{ChunkLocation, Index};
+use crate::index::{ChunkLocation, ChunkPlace, FrameInfo, Index};
 use crate::target::{Target, TargetError};
 
 /// Decompressed frame bytes a reader keeps by default (four whole 32 MiB frames, more when
@@ -81,6 +81,8 @@ pub struct ChunkReader<'v> {
     /// read in order, which would otherwise push the frame being read out of `cache`.
     base_frames: Mutex<FrameCache>,
     resolved: Mutex<ResolvedCache>,
+    /// Pack names and frame lengths `get_placed` looked up: a few hundred for a restore.
+    frames: Mutex<HashMap<(i64, u64), (String, FrameInfo)>>,
 }
 
 impl<'v> ChunkReader<'v> {
@@ -97,6 +99,7 @@ impl<'v> ChunkReader<'v> {
             cache: Mutex::new(FrameCache::new(FRAME_CACHE_BYTES)),
             base_frames: Mutex::new(FrameCache::new(0)),
             resolved: Mutex::new(ResolvedCache::new(RESOLVED_CACHE_BYTES)),
+            frames: Mutex::new(HashMap::new()),
         }
     }
 
@@ -301,7 +304,55 @@ impl<'v> ChunkReader<'v> {
                 StoreError::UnknownChunk(*id)
             });
         };
-        let frame = self.frame(&loc, id, base)?;
+        let bytes = self.read_at(id, &loc, base)?;
+        Ok((loc, bytes))
+    }
+
+    /// Reads back what `ChunkStore::put` stored under `id`, which the index said lies at
+    /// `place` (`Index::git_object_row`): a restore's reads then ask the index nothing more
+    /// than once a frame.
+    pub fn get_placed(&self, id: &ChunkId, place: &ChunkPlace) -> Result<Vec<u8>, StoreError> {
+        if place.kind == ChunkKind::ChunkList as u8 {
+            return self.get(id);
+        }
+        let key = (place.pack_id, place.frame_offset);
+        let known = self.frames.lock().ok().and_then(|f| f.get(&key).cloned());
+        let (pack_name, frame) = match known {
+            Some(found) => found,
+            None => {
+                let found = self
+                    .index
+                    .frame(place.pack_id, place.frame_offset)?
+                    .ok_or(StoreError::UnknownChunk(*id))?;
+                if let Ok(mut frames) = self.frames.lock() {
+                    frames.insert(key, found.clone());
+                }
+                found
+            }
+        };
+        let loc = ChunkLocation {
+            kind: place.kind,
+            pack_id: place.pack_id,
+            pack_name,
+            frame,
+            offset: place.offset,
+            len: place.len,
+        };
+        let data = self.read_at(id, &loc, false)?;
+        if loc.kind == ChunkKind::Delta as u8 {
+            return Ok(self.resolve(id, &loc, &data, 0)?.to_vec());
+        }
+        Ok(data)
+    }
+
+    /// The bytes of chunk `id` where `loc` says, checked against the id.
+    fn read_at(
+        &self,
+        id: &ChunkId,
+        loc: &ChunkLocation,
+        base: bool,
+    ) -> Result<Vec<u8>, StoreError> {
+        let frame = self.frame(loc, id, base)?;
         let start = loc.offset as usize;
         let end = start + loc.len as usize;
         // `frame` checked the chunk already; a frame that passed holds it.
@@ -312,7 +363,7 @@ impl<'v> ChunkReader<'v> {
                 pack: loc.pack_name.clone(),
                 reason: "lies outside its frame".into(),
             })?;
-        Ok((loc, bytes.to_vec()))
+        Ok(bytes.to_vec())
     }
 
     /// Whether `frame` holds the chunk `id` where `loc` says, with the bytes its id names.
