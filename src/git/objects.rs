@@ -239,16 +239,26 @@ pub(crate) fn path_hash(parent: u64, name: &[u8]) -> u64 {
 /// Walks from `tips` to every object they reach that `source.known` does not cut off. Blobs are
 /// not read (their content does not lead anywhere). Returns the objects in walk order.
 pub fn walk<S: ObjectSource>(source: &mut S, tips: &[Oid]) -> Result<Vec<Reached>, S::Error> {
-    let mut seen = Seen {
-        inner: source,
-        seen: HashSet::new(),
-    };
     let mut out = Vec::new();
-    walk_visit(&mut seen, tips, |_, r| {
+    walk_each(source, tips, |_, r| {
         out.push(r);
         Ok(())
     })?;
     Ok(out)
+}
+
+/// `walk`, calling `visit` with the source for each object reached (once each), right after
+/// the source read it (commits, trees, tags) or found it is a blob.
+pub fn walk_each<S: ObjectSource>(
+    source: &mut S,
+    tips: &[Oid],
+    mut visit: impl FnMut(&mut S, Reached) -> Result<(), S::Error>,
+) -> Result<(), S::Error> {
+    let mut seen = Seen {
+        inner: source,
+        seen: HashSet::new(),
+    };
+    walk_visit(&mut seen, tips, |s, r| visit(s.inner, r))
 }
 
 /// Adds "already reached in this walk" to a source's own cut-off.

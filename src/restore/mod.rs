@@ -238,17 +238,12 @@ pub fn restore_snapshot_watched(
     let walker = vault.reader(keys);
     let (manifest, refs) = load_snapshot(&walker, row)?;
     progress.phase(&row.repo, "walk", None, Unit::Objects);
-    let reached =
+    let located =
         repository::walk_snapshot(&mut repository::VaultSource::new(vault, &walker), &refs)?;
     drop(walker);
     let store = vault.reader(keys).sequential();
     let source = repository::VaultSource::new(vault, &store);
     let phase = std::time::Instant::now();
-    let located = repository::locate(vault.index(), reached)?;
-    tracing::info!(
-        seconds = phase.elapsed().as_secs_f64(),
-        "located the objects"
-    );
     let staging = staging_dir(to)?;
     let watch = (row.repo.as_str(), progress);
     let result = repository::write(&source, (&refs, &manifest), &located, &staging, watch);

@@ -6,7 +6,7 @@ use std::io::Write;
 use std::path::Path;
 
 use crate::git;
-use crate::git::objects::{ObjectSource, Reached, walk};
+use crate::git::objects::{ObjectSource, walk_each};
 use crate::index::{GitObjectRow, Index};
 use crate::progress::{Progress, Unit};
 use crate::snapshot::{Manifest, ObjectKind, Oid, RefSet};
@@ -18,6 +18,8 @@ use super::{RestoreError, io_err};
 pub(super) struct VaultSource<'a, 'v> {
     vault: &'a Vault,
     store: &'a ChunkReader<'v>,
+    /// The index row of the object read last, which the walk keeps rather than asking again.
+    last: Option<(Oid, Option<GitObjectRow>)>,
 }
 
 impl VaultSource<'_, '_> {
@@ -56,6 +58,7 @@ impl ObjectSource for VaultSource<'_, '_> {
     /// restore (SHA-1 of every commit and tree twice was a twentieth of a restore).
     fn read(&mut self, oid: &Oid) -> Result<(ObjectKind, Vec<u8>), RestoreError> {
         let row = self.vault.index().git_object_row(oid)?.flatten();
+        self.last = Some((*oid, row));
         self.read_row(oid, row.as_ref(), false)
     }
     fn known(&mut self, _oid: &Oid) -> Result<bool, RestoreError> {
@@ -65,26 +68,48 @@ impl ObjectSource for VaultSource<'_, '_> {
 
 impl<'a, 'v> VaultSource<'a, 'v> {
     pub(super) fn new(vault: &'a Vault, store: &'a ChunkReader<'v>) -> Self {
-        VaultSource { vault, store }
+        VaultSource {
+            vault,
+            store,
+            last: None,
+        }
     }
 }
 
-/// Every object the snapshot's refs reach (commits and trees are read, blobs only located).
+/// Every object the snapshot's refs reach (commits and trees are read, blobs only located),
+/// with its index row, in the order the objects lie in the packs.
 pub(super) fn walk_snapshot(
     source: &mut VaultSource<'_, '_>,
     refs: &RefSet,
-) -> Result<Vec<Reached>, RestoreError> {
+) -> Result<Vec<Located>, RestoreError> {
     let mut tips: Vec<Oid> = refs.refs.values().copied().collect();
     tips.sort();
     tips.dedup();
     let phase = std::time::Instant::now();
-    let reached = walk(source, &tips)?;
+    let index = source.vault.index();
+    let mut located = Vec::new();
+    walk_each(source, &tips, |source, r| {
+        let row = match source.last.take() {
+            Some((oid, row)) if oid == r.oid => row,
+            // Blobs are not read by the walk: their row is looked up here, once.
+            _ => index
+                .git_object_row(&r.oid)?
+                .ok_or(RestoreError::MissingObject { oid: r.oid })?,
+        };
+        located.push(Located {
+            oid: r.oid,
+            path_hash: r.path_hash,
+            row,
+        });
+        Ok(())
+    })?;
+    located.sort_unstable_by_key(|l| (l.place(), l.oid));
     tracing::info!(
         seconds = phase.elapsed().as_secs_f64(),
-        objects = reached.len(),
+        objects = located.len(),
         "walked the snapshot"
     );
-    Ok(reached)
+    Ok(located)
 }
 
 /// An object to write: its id and path hash, and its index row (None when its chunk is gone:
@@ -102,24 +127,6 @@ impl Located {
             (row.place.pack_id, row.place.frame_offset, row.place.offset)
         })
     }
-}
-
-/// The walk's objects with their index rows, in the order they lie in the packs. Takes the
-/// walk's list, so that it is freed before the pack is written.
-pub(super) fn locate(index: &Index, reached: Vec<Reached>) -> Result<Vec<Located>, RestoreError> {
-    let mut located = Vec::with_capacity(reached.len());
-    for r in reached {
-        let row = index
-            .git_object_row(&r.oid)?
-            .ok_or(RestoreError::MissingObject { oid: r.oid })?;
-        located.push(Located {
-            oid: r.oid,
-            path_hash: r.path_hash,
-            row,
-        });
-    }
-    located.sort_unstable_by_key(|l| (l.place(), l.oid));
-    Ok(located)
 }
 
 /// Batches, and bytes of objects, read ahead of the pack writer; what one batch holds at most
