@@ -1,0 +1,591 @@
+//! `restore REPO --to-source NAME` into a Bitbucket Cloud workspace: the Bitbucket fixture
+//! (tests/fixtures/bitbucket_api.py with its write endpoints in bitbucket_writes.py) as the
+//! destination of a GitHub backup and of a Bitbucket backup, its state afterwards compared
+//! field by field with the original's; a run stopped by a 429 and resumed; hostile answers;
+//! LFS objects.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+use common::git_server::{HttpGitServer, run_fixture};
+use common::lfs_server::LfsServer;
+use common::provider_api::{
+    BITBUCKET_GIT_USER, FixtureApi, add_source, assert_not_in_files, bitbucket_api, git_base,
+    run_backup, run_backup_with, serve_repositories,
+};
+use common::{TestVault, stderr, stdout};
+use serde_json::{Value, json};
+
+const GH_TOKEN: &str = "ghp_restoreIntoBitbucket0123456789a";
+const GH_ENV: &str = "GITVAULT_TEST_GH_TOKEN";
+const BB_EMAIL: &str = "alice@example.com";
+const BB_TOKEN: &str = "ATATT3xFfGF0intoBitbucketToken987654";
+const BB_TOKEN_ENV: &str = "GITVAULT_TEST_BB_TOKEN";
+const BB_USER_ENV: &str = "GITVAULT_TEST_BB_USER";
+
+/// A vault with one backed-up repository, and the Bitbucket fixture whose workspace `alice`
+/// (source `bbdest`, writes not paced) is the destination.
+struct World {
+    tv: TestVault,
+    /// The GitHub fixture, when the backup is of GitHub.
+    github: Option<FixtureApi>,
+    bb: FixtureApi,
+    root: PathBuf,
+    repo: String,
+    _git: Vec<HttpGitServer>,
+}
+
+fn set_unpaced(tv: &TestVault) {
+    let config = tv.dir.join("config.toml");
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str("\n[source.http]\ncreate_interval_ms = 0\n");
+    std::fs::write(&config, text).unwrap();
+}
+
+fn bitbucket(root: &Path, repos: &str, lfs: Option<&LfsServer>) -> (FixtureApi, HttpGitServer) {
+    let git = HttpGitServer::start_with_lfs_proxy(
+        root,
+        Some((BITBUCKET_GIT_USER, BB_TOKEN)),
+        lfs.map(LfsServer::port),
+    );
+    (bitbucket_api(root, &git, repos, BB_EMAIL, BB_TOKEN), git)
+}
+
+fn add_destination(tv: &TestVault, bb: &FixtureApi) {
+    let user = ["--username-env", BB_USER_ENV];
+    add_source(tv, bb, BB_TOKEN_ENV, "bbdest", "alice", &user);
+    set_unpaced(tv);
+}
+
+/// acme/repo-000 backed up from the GitHub fixture (issues #1 and #2, pull request #3 from
+/// feature-x, labels bug and enhancement, milestone v1.0, a release); with `lfs`, it is
+/// tests/fixtures/lfs.sh's repository, whose objects are on that LFS server.
+fn from_github(lfs: Option<&LfsServer>) -> World {
+    let tv = TestVault::new();
+    let root = tv.tmp.path().join("served");
+    serve_repositories(&root, &["acme/repo-000.git".to_string()]);
+    let original = root.join("acme/repo-000.git");
+    if let Some(lfs) = lfs {
+        std::fs::remove_dir_all(&original).unwrap();
+        let endpoint = lfs.endpoint("acme", "repo-000");
+        run_fixture("lfs.sh", &[original.to_str().unwrap(), &endpoint]);
+    } else {
+        common::git(
+            &original,
+            &["update-ref", "refs/heads/feature-x", "refs/heads/feature"],
+        );
+    }
+    let gh_git = HttpGitServer::start_with_lfs_proxy(
+        &root,
+        Some(("x-access-token", GH_TOKEN)),
+        lfs.map(LfsServer::port),
+    );
+    let base = git_base(&gh_git);
+    let args = [
+        "--generate-org",
+        "acme",
+        "--repos",
+        "1",
+        "--git-base",
+        &base,
+        "--git-root",
+        root.to_str().unwrap(),
+        "--token",
+        GH_TOKEN,
+    ];
+    let bearer = format!("Bearer {GH_TOKEN}");
+    let github = FixtureApi::start("github", &args, "", ("Authorization", &bearer));
+    add_source(&tv, &github, GH_ENV, "acme", "acme", &[]);
+    let (code, _, err) = run_backup(&tv, GH_ENV, GH_TOKEN, &[]);
+    assert_eq!(code, Some(0), "{err}");
+    let (bb, bb_git) = bitbucket(&root, "0", lfs);
+    add_destination(&tv, &bb);
+    World {
+        tv,
+        github: Some(github),
+        bb,
+        root,
+        repo: format!("{}/acme/repo-000", base.trim_start_matches("http://")),
+        _git: vec![gh_git, bb_git],
+    }
+}
+
+/// acme/repo-000 backed up from the Bitbucket fixture (issues #1 new and #2 resolved, pull
+/// requests #1 merged from feature-x and #2 open from improve), to be restored into the
+/// workspace alice of the same fixture.
+fn from_bitbucket() -> World {
+    let tv = TestVault::new();
+    let root = tv.tmp.path().join("served");
+    serve_repositories(&root, &["acme/repo-000.git".to_string()]);
+    for branch in ["feature-x", "improve"] {
+        let name = format!("refs/heads/{branch}");
+        common::git(
+            &root.join("acme/repo-000.git"),
+            &["update-ref", &name, "refs/heads/feature"],
+        );
+    }
+    let (bb, git) = bitbucket(&root, "1", None);
+    let user = ["--username-env", BB_USER_ENV];
+    add_source(&tv, &bb, BB_TOKEN_ENV, "bb", "acme", &user);
+    let env = [(BB_USER_ENV, BB_EMAIL), (BB_TOKEN_ENV, BB_TOKEN)];
+    let (code, _, err) = run_backup_with(&tv, &env, BB_TOKEN, &[]);
+    assert_eq!(code, Some(0), "{err}");
+    add_destination(&tv, &bb);
+    let repo = format!(
+        "{}/acme/repo-000",
+        git_base(&git).trim_start_matches("http://")
+    );
+    World {
+        tv,
+        github: None,
+        bb,
+        root,
+        repo,
+        _git: vec![git],
+    }
+}
+
+impl World {
+    /// `gitvault --json restore REPO --to-source bbdest <extra…>`; no token may show, in the
+    /// output or in any file of the vault.
+    fn restore(&self, extra: &[&str]) -> (Output, Value) {
+        let mut args = vec!["--json", "restore", &self.repo, "--to-source", "bbdest"];
+        args.extend_from_slice(extra);
+        let out = self
+            .tv
+            .command(&args)
+            .env(GH_ENV, GH_TOKEN)
+            .env(BB_TOKEN_ENV, BB_TOKEN)
+            .env(BB_USER_ENV, BB_EMAIL)
+            .output()
+            .unwrap();
+        let text = format!("{}{}", stdout(&out), stderr(&out));
+        for token in [GH_TOKEN, BB_TOKEN] {
+            assert!(!text.contains(token), "a token leaked into the output");
+            assert_not_in_files(&self.tv.dir, token);
+        }
+        let doc = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        (out, doc)
+    }
+
+    /// Every value of a list of the fixture's (one page here).
+    fn values(&self, path: &str) -> Vec<Value> {
+        let sep = if path.contains('?') { '&' } else { '?' };
+        let page = self.bb.get(&format!("{path}{sep}pagelen=50"));
+        assert!(page.get("next").is_none(), "{path}: more than one page");
+        page["values"].as_array().unwrap().clone()
+    }
+
+    fn github(&self, path: &str) -> Vec<Value> {
+        let sep = if path.contains('?') { '&' } else { '?' };
+        let api = self.github.as_ref().unwrap();
+        match api.get(&format!("{path}{sep}per_page=100")) {
+            Value::Array(items) => items,
+            other => panic!("{path}: {other}"),
+        }
+    }
+
+    /// How many issues and pull requests of every state alice/repo-000 has.
+    fn counts(&self) -> (usize, usize) {
+        let dest = "/repositories/alice/repo-000";
+        let pulls = format!("{dest}/pullrequests?state=OPEN&state=MERGED&state=DECLINED");
+        (
+            self.values(&format!("{dest}/issues")).len(),
+            self.values(&pulls).len(),
+        )
+    }
+}
+
+const DEST: &str = "/repositories/alice/repo-000";
+const ALL_PULLS: &str = "pullrequests?state=OPEN&state=MERGED&state=DECLINED&sort=id";
+
+/// Every ref of a bare repository, `oid name`, sorted.
+fn refs(repo: &Path) -> Vec<String> {
+    let text = common::git(repo, &["for-each-ref", "--format=%(objectname) %(refname)"]);
+    let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
+    lines.sort();
+    lines
+}
+
+/// The original's refs as they are pushed: read-only namespaces under refs/gitvault/.
+fn pushed_refs(repo: &Path) -> Vec<String> {
+    let mut lines: Vec<String> = refs(repo)
+        .iter()
+        .map(|l| l.replace(" refs/pull/", " refs/gitvault/pull/"))
+        .collect();
+    lines.sort();
+    lines
+}
+
+fn attributed(what: &str, login: &Value, at: &Value, text: &str) -> String {
+    format!(
+        "*{what} by @{} on {}*\n\n{text}",
+        login.as_str().unwrap(),
+        at.as_str().unwrap()
+    )
+}
+
+/// The comments' texts of an issue or pull request of alice/repo-000.
+fn comment_texts(w: &World, kind: &str, id: u64) -> Vec<String> {
+    w.values(&format!("{DEST}/{kind}/{id}/comments"))
+        .iter()
+        .map(|c| c["content"]["raw"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn a_github_repository_restored_into_a_bitbucket_workspace() {
+    let w = from_github(None);
+    let (out, report) = w.restore(&[]);
+    assert!(out.status.success(), "{}{}", stderr(&out), stdout(&out));
+    assert_eq!(report["numbers_match"], true, "{report}");
+    assert_eq!(report["created"]["pull_requests"], 1, "{report}");
+    assert_eq!(report["created"]["labels"], 0, "{report}");
+    assert_eq!(report["created"]["milestones"], 0, "{report}");
+    // Bitbucket Cloud has no releases: the tag is pushed, the assets go to Downloads.
+    assert_eq!(report["skipped_releases"], json!([]), "{report}");
+    assert_eq!(report["created"]["releases"], 0, "{report}");
+    assert_eq!(report["created"]["assets"], 1, "{report}");
+
+    let original = w.github.as_ref().unwrap().get("/repos/acme/repo-000");
+    let repo = w.bb.get(DEST);
+    assert_eq!(repo["is_private"], true);
+    assert_eq!(repo["has_issues"], true);
+    assert_eq!(repo["description"], original["description"]);
+    assert_eq!(repo["mainbranch"]["name"], original["default_branch"]);
+
+    // Issues #1 and #2 with their numbers, labels as Bitbucket's kind where they are one,
+    // the milestone in the text; #3 a closed pointer to pull request #1.
+    let orig = "/repos/acme/repo-000";
+    let originals = w.github(&format!("{orig}/issues?state=all&direction=asc"));
+    let issues = w.values(&format!("{DEST}/issues?sort=id"));
+    assert_eq!(issues.len(), originals.len(), "one copy of every issue");
+    for (o, r) in originals.iter().zip(&issues) {
+        let n = o["number"].as_u64().unwrap();
+        assert_eq!(r["id"], n);
+        let state = if o["state"] == "open" {
+            "new"
+        } else {
+            "resolved"
+        };
+        assert_eq!(r["state"], state, "#{n}");
+        if o.get("pull_request").is_some() {
+            let title = format!("#{n}: {}", o["title"].as_str().unwrap());
+            assert_eq!(r["title"], title.as_str());
+            continue;
+        }
+        assert_eq!(r["title"], o["title"], "#{n}");
+        assert_eq!(r["kind"], o["labels"][0]["name"], "#{n}");
+        let mut body = attributed(
+            "Opened",
+            &o["user"]["login"],
+            &o["created_at"],
+            o["body"].as_str().unwrap(),
+        );
+        if let Some(title) = o["milestone"]["title"].as_str() {
+            body.push_str(&format!("\n\n*In the original: milestone {title}.*"));
+        }
+        assert_eq!(r["content"]["raw"], body.as_str(), "#{n}");
+        let want: Vec<String> = w
+            .github(&format!("{orig}/issues/{n}/comments"))
+            .iter()
+            .map(|c| {
+                attributed(
+                    "Comment",
+                    &c["user"]["login"],
+                    &c["created_at"],
+                    c["body"].as_str().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(comment_texts(&w, "issues", n), want, "#{n}");
+    }
+
+    // The merged pull request, opened again and declined: its text says it was merged.
+    let pulls = w.values(&format!("{DEST}/{ALL_PULLS}"));
+    assert_eq!(pulls.len(), 1, "one copy of the pull request");
+    let (pr, o) = (&pulls[0], &originals[2]);
+    assert_eq!(pr["id"], 1);
+    assert_eq!(pr["title"], o["title"]);
+    assert_eq!(pr["state"], "DECLINED");
+    assert_eq!(pr["source"]["branch"]["name"], "feature-x");
+    assert_eq!(pr["destination"]["branch"]["name"], "main");
+    let body = pr["description"].as_str().unwrap();
+    let by = attributed("Opened", &o["user"]["login"], &o["created_at"], "");
+    assert!(body.starts_with(&by), "{body}");
+    assert!(body.contains("Pull request #3 from `feature-x`"), "{body}");
+    assert!(body.contains(", merged on "), "{body}");
+    let comments = comment_texts(&w, "pullrequests", 1);
+    // Its comment, then its review and its review comment with file and line.
+    assert_eq!(comments.len(), 3, "{comments:?}");
+    assert!(comments[0].ends_with("\n\nThanks!"), "{comments:?}");
+    assert!(comments[1].starts_with("*Review (APPROVED) by @alice"));
+    assert!(comments[2].starts_with("*Review comment on `src/lib.rs` line 2 by @alice"));
+
+    // Every release asset's bytes, in Downloads.
+    let downloads = w.values(&format!("{DEST}/downloads"));
+    let mut names = Vec::new();
+    for release in w.github(&format!("{orig}/releases")) {
+        for a in release["assets"].as_array().unwrap() {
+            let api = w.github.as_ref().unwrap();
+            let url = a["browser_download_url"].as_str().unwrap();
+            let want = api.fetch(url).bytes().unwrap();
+            let name = a["name"].as_str().unwrap();
+            let link = format!("{}{DEST}/downloads/{name}", w.bb.api_url());
+            let got = w.bb.fetch(&link).bytes().unwrap();
+            assert!(got == want, "{name}: the asset's bytes differ");
+            names.push(name.to_string());
+        }
+    }
+    let held: Vec<&str> = downloads
+        .iter()
+        .map(|d| d["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(held, names);
+
+    // Every ref.
+    let want = pushed_refs(&w.root.join("acme/repo-000.git"));
+    assert_eq!(refs(&w.root.join("alice/repo-000.git")), want);
+
+    // Once more: nothing is made twice.
+    let (out, again) = w.restore(&[]);
+    assert!(out.status.success(), "{}{}", stderr(&out), stdout(&out));
+    assert_eq!(again["created"]["issues"], 0, "{again}");
+    assert_eq!(again["created"]["comments"], 0, "{again}");
+    assert_eq!(w.counts(), (3, 1));
+}
+
+#[test]
+fn a_bitbucket_repository_restored_into_another_workspace_keeps_its_fields() {
+    let w = from_bitbucket();
+    let (out, report) = w.restore(&[]);
+    assert!(out.status.success(), "{}{}", stderr(&out), stdout(&out));
+    assert_eq!(report["created"]["issues"], 2, "{report}");
+    assert_eq!(report["created"]["pull_requests"], 2, "{report}");
+    assert_eq!(report["numbers_match"], true, "{report}");
+    assert_eq!(report["merge_request_numbers_match"], true, "{report}");
+
+    let orig = "/repositories/acme/repo-000";
+    let original = w.bb.get(orig);
+    let repo = w.bb.get(DEST);
+    assert_eq!(repo["is_private"], true);
+    assert_eq!(repo["description"], original["description"]);
+    assert_eq!(repo["mainbranch"], original["mainbranch"]);
+
+    let originals = w.values(&format!("{orig}/issues?sort=id"));
+    let issues = w.values(&format!("{DEST}/issues?sort=id"));
+    assert_eq!(issues.len(), originals.len(), "one copy of every issue");
+    for (o, r) in originals.iter().zip(&issues) {
+        let n = o["id"].as_u64().unwrap();
+        assert_eq!(r["id"], n);
+        for field in ["title", "state", "kind", "priority"] {
+            assert_eq!(r[field], o[field], "#{n} {field}");
+        }
+        let body = attributed(
+            "Opened",
+            &o["reporter"]["nickname"],
+            &o["created_on"],
+            o["content"]["raw"].as_str().unwrap(),
+        );
+        assert_eq!(r["content"]["raw"], body.as_str(), "#{n}");
+        let want: Vec<String> = w
+            .values(&format!("{orig}/issues/{n}/comments"))
+            .iter()
+            .map(|c| {
+                attributed(
+                    "Comment",
+                    &c["user"]["nickname"],
+                    &c["created_on"],
+                    c["content"]["raw"].as_str().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(comment_texts(&w, "issues", n), want, "#{n}");
+    }
+
+    let originals = w.values(&format!("{orig}/{ALL_PULLS}"));
+    let pulls = w.values(&format!("{DEST}/{ALL_PULLS}"));
+    assert_eq!(
+        pulls.len(),
+        originals.len(),
+        "one copy of every pull request"
+    );
+    for (o, r) in originals.iter().zip(&pulls) {
+        let n = o["id"].as_u64().unwrap();
+        assert_eq!(r["id"], n);
+        assert_eq!(r["title"], o["title"], "#{n}");
+        // A merged one cannot be merged again: declined, its text says it was merged.
+        let state = if o["state"] == "OPEN" {
+            "OPEN"
+        } else {
+            "DECLINED"
+        };
+        assert_eq!(r["state"], state, "#{n}");
+        for side in ["source", "destination"] {
+            assert_eq!(r[side]["branch"], o[side]["branch"], "#{n} {side}");
+        }
+        let body = r["description"].as_str().unwrap();
+        let by = attributed("Opened", &o["author"]["nickname"], &o["created_on"], "");
+        assert!(body.starts_with(&by), "#{n}: {body}");
+        assert!(body.contains(o["description"].as_str().unwrap()), "#{n}");
+        assert_eq!(
+            body.contains(", merged on "),
+            o["state"] == "MERGED",
+            "#{n}"
+        );
+        // Its comment, its approval, its inline comment (file and line in the text).
+        let comments = comment_texts(&w, "pullrequests", n);
+        let said = w.values(&format!("{orig}/pullrequests/{n}/comments"));
+        let approvals = o["participants"].as_array().map_or(0, Vec::len);
+        let full = w.bb.get(&format!("{orig}/pullrequests/{n}"));
+        let approvals = approvals.max(full["participants"].as_array().map_or(0, Vec::len));
+        assert_eq!(comments.len(), said.len() + approvals, "#{n}: {comments:?}");
+        for c in said.iter().filter(|c| c.get("inline").is_some()) {
+            let place = format!(
+                "*Review comment on `{}` line {} by @{}",
+                c["inline"]["path"].as_str().unwrap(),
+                c["inline"]["to"],
+                c["user"]["nickname"].as_str().unwrap()
+            );
+            assert!(
+                comments.iter().any(|t| t.starts_with(&place)),
+                "{comments:?}"
+            );
+        }
+    }
+    assert_eq!(
+        refs(&w.root.join("alice/repo-000.git")),
+        pushed_refs(&w.root.join("acme/repo-000.git"))
+    );
+}
+
+#[test]
+fn a_restore_stopped_by_429_resumes_to_one_copy_of_everything() {
+    let w = from_github(None);
+    w.bb.control("mode", json!({"writes_before_limit": 5}));
+    let (out, report) = w.restore(&[]);
+    assert!(!out.status.success(), "{report}");
+    let err = stderr(&out);
+    assert!(err.to_lowercase().contains("rate"), "{err}");
+    w.bb.control("mode", json!({"writes_before_limit": null}));
+    let (out, report) = w.restore(&[]);
+    assert!(out.status.success(), "{}{}", stderr(&out), stdout(&out));
+    assert_eq!(report["resumed"], true, "{report}");
+    assert_eq!(w.counts(), (3, 1));
+    for (kind, n, want) in [("issues", 1, 1), ("issues", 2, 1), ("pullrequests", 1, 3)] {
+        assert_eq!(comment_texts(&w, kind, n).len(), want, "{kind} {n}");
+    }
+    // A third run finds everything done and creates nothing.
+    let (out, report) = w.restore(&[]);
+    assert!(out.status.success(), "{}{}", stderr(&out), stdout(&out));
+    assert_eq!(report["created"]["issues"], 0, "{report}");
+    assert_eq!(report["created"]["comments"], 0, "{report}");
+    assert_eq!(w.counts(), (3, 1));
+}
+
+#[test]
+fn hostile_answers_stop_the_restore_and_nothing_goes_to_another_origin() {
+    let w = from_github(None);
+    let trap = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    trap.set_nonblocking(true).unwrap();
+    let foreign = format!("http://{}/alice/elsewhere.git", trap.local_addr().unwrap());
+    w.bb.control("mode", json!({"foreign_clone_url": foreign}));
+    let (out, _) = w.restore(&["--name", "elsewhere"]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("not on the source's git origin"), "{err}");
+    assert!(
+        trap.accept().is_err(),
+        "something connected to the foreign origin"
+    );
+
+    // The repository is made but the answer is too large, then the next write's is not
+    // JSON: each run stops with a clear error, and the next asks what became of the write.
+    let config = w.tv.dir.join("config.toml");
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str("max_answer_bytes = 1048576\n");
+    std::fs::write(&config, text).unwrap();
+    w.bb.control(
+        "mode",
+        json!({"foreign_clone_url": null, "create_answer": "huge"}),
+    );
+    let (out, _) = w.restore(&[]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("larger than 1048576 bytes"), "{err}");
+    w.bb.control("mode", json!({"create_answer": "garbage"}));
+    let (out, _) = w.restore(&[]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("unexpected answer"), "{err}");
+    w.bb.control("mode", json!({"create_answer": null}));
+    let (out, report) = w.restore(&[]);
+    assert!(out.status.success(), "{}{}", stderr(&out), stdout(&out));
+    assert_eq!(report["resumed"], true, "{report}");
+    assert_eq!(w.counts(), (3, 1));
+    for (kind, n, want) in [("issues", 1, 1), ("issues", 2, 1), ("pullrequests", 1, 3)] {
+        assert_eq!(comment_texts(&w, kind, n).len(), want, "{kind} {n}");
+    }
+}
+
+#[test]
+fn lfs_objects_go_to_the_new_repositorys_lfs_endpoint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let lfs = LfsServer::start(&tmp.path().join("lfs-storage"));
+    let w = from_github(Some(&lfs));
+    let held = lfs.objects();
+    assert_eq!(held.len(), 5, "{held:?}");
+    let (out, report) = w.restore(&[]);
+    assert!(out.status.success(), "{}{}", stderr(&out), stdout(&out));
+    assert_eq!(report["lfs_uploaded"], 5, "{report}");
+    for object in &held {
+        let oid = object.file_name().unwrap().to_str().unwrap();
+        let copy = lfs.object_path("alice", "repo-000", oid);
+        assert_eq!(
+            std::fs::read(&copy).unwrap(),
+            std::fs::read(object).unwrap()
+        );
+    }
+}
+
+#[test]
+fn every_lost_answer_is_found_again_and_nothing_is_made_twice() {
+    let w = from_bitbucket();
+    // Every third write takes effect but its answer is lost: each run stops at one, and the
+    // next asks Bitbucket what became of it (the repository, an issue, a pull request, a
+    // comment, a resolve, a decline in turn).
+    w.bb.control("mode", json!({"garbage_every": 3}));
+    let mut runs = 0;
+    loop {
+        runs += 1;
+        let (out, _) = w.restore(&[]);
+        if out.status.success() {
+            break;
+        }
+        let err = stderr(&out);
+        assert!(err.contains("unexpected answer"), "{err}");
+        assert!(runs < 40, "no progress");
+    }
+    assert!(runs > 3, "{runs}");
+    w.bb.control("mode", json!({"garbage_every": null}));
+    assert_eq!(w.counts(), (2, 2));
+    let orig = "/repositories/acme/repo-000";
+    let issues = w.values(&format!("{DEST}/issues?sort=id"));
+    for (o, r) in w
+        .values(&format!("{orig}/issues?sort=id"))
+        .iter()
+        .zip(&issues)
+    {
+        let n = o["id"].as_u64().unwrap();
+        assert_eq!(r["state"], o["state"], "#{n}");
+        let said = w.values(&format!("{orig}/issues/{n}/comments")).len();
+        assert_eq!(comment_texts(&w, "issues", n).len(), said, "#{n}");
+    }
+    let pulls = w.values(&format!("{DEST}/{ALL_PULLS}"));
+    let states: Vec<&str> = pulls.iter().map(|p| p["state"].as_str().unwrap()).collect();
+    assert_eq!(states, ["DECLINED", "OPEN"]);
+    assert_eq!(comment_texts(&w, "pullrequests", 1).len(), 3);
+    assert_eq!(comment_texts(&w, "pullrequests", 2).len(), 0);
+}
