@@ -13,6 +13,7 @@ use common::provider_api::{
     BITBUCKET_GIT_USER, FixtureApi, add_source, assert_not_in_files, bitbucket_api,
     empty_destination, git_base, run_backup_with, serve_repositories,
 };
+use common::restore_into::{attributed, refs};
 use common::{TestVault, stderr, stdout};
 use serde_json::Value;
 
@@ -27,27 +28,11 @@ const GITEA_ENV: &str = "GITVAULT_TEST_GITEA_TOKEN";
 const GL_TOKEN: &str = "glpat-fromBitbucket1234567890ab";
 const GL_ENV: &str = "GITVAULT_TEST_GL_TOKEN";
 
-/// Every ref of a bare repository: `oid name` lines, sorted.
-fn refs(repo: &Path) -> Vec<String> {
-    let text = common::git(repo, &["for-each-ref", "--format=%(objectname) %(refname)"]);
-    let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
-    lines.sort();
-    lines
-}
-
 /// Every value of a Bitbucket list (the fixture's are one page here).
 fn values(api: &FixtureApi, path: &str) -> Vec<Value> {
     let page = api.get(path);
     assert!(page.get("next").is_none(), "{path}: more than one page");
     page["values"].as_array().unwrap().clone()
-}
-
-fn attributed(what: &str, login: &Value, when: &Value, text: &str) -> String {
-    format!(
-        "*{what} by @{} on {}*\n\n{text}",
-        login.as_str().unwrap(),
-        when.as_str().unwrap()
-    )
 }
 
 /// The restored alice/repo-000 against acme/repo-000 on Bitbucket, field by field: issues

@@ -9,12 +9,13 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
-use common::git_server::{HttpGitServer, run_fixture};
+use common::git_server::HttpGitServer;
 use common::lfs_server::LfsServer;
 use common::provider_api::{
-    BITBUCKET_GIT_USER, FixtureApi, add_source, assert_not_in_files, bitbucket_api, git_base,
-    run_backup, run_backup_with, serve_repositories,
+    BITBUCKET_GIT_USER, FixtureApi, add_source, bitbucket_api, git_base, run_backup_with,
+    serve_repositories,
 };
+use common::restore_into::{attributed, github_backup, pushed_refs, refs, restore_to, set_unpaced};
 use common::{TestVault, stderr, stdout};
 use serde_json::{Value, json};
 
@@ -37,13 +38,6 @@ struct World {
     _git: Vec<HttpGitServer>,
 }
 
-fn set_unpaced(tv: &TestVault) {
-    let config = tv.dir.join("config.toml");
-    let mut text = std::fs::read_to_string(&config).unwrap();
-    text.push_str("\n[source.http]\ncreate_interval_ms = 0\n");
-    std::fs::write(&config, text).unwrap();
-}
-
 fn bitbucket(root: &Path, repos: &str, lfs: Option<&LfsServer>) -> (FixtureApi, HttpGitServer) {
     let git = HttpGitServer::start_with_lfs_proxy(
         root,
@@ -59,56 +53,19 @@ fn add_destination(tv: &TestVault, bb: &FixtureApi) {
     set_unpaced(tv);
 }
 
-/// acme/repo-000 backed up from the GitHub fixture (issues #1 and #2, pull request #3 from
-/// feature-x, labels bug and enhancement, milestone v1.0, a release); with `lfs`, it is
-/// tests/fixtures/lfs.sh's repository, whose objects are on that LFS server.
+/// acme/repo-000 backed up from the GitHub fixture (see [`github_backup`]), to be restored
+/// into the workspace alice of an empty Bitbucket fixture.
 fn from_github(lfs: Option<&LfsServer>) -> World {
-    let tv = TestVault::new();
-    let root = tv.tmp.path().join("served");
-    serve_repositories(&root, &["acme/repo-000.git".to_string()]);
-    let original = root.join("acme/repo-000.git");
-    if let Some(lfs) = lfs {
-        std::fs::remove_dir_all(&original).unwrap();
-        let endpoint = lfs.endpoint("acme", "repo-000");
-        run_fixture("lfs.sh", &[original.to_str().unwrap(), &endpoint]);
-    } else {
-        common::git(
-            &original,
-            &["update-ref", "refs/heads/feature-x", "refs/heads/feature"],
-        );
-    }
-    let gh_git = HttpGitServer::start_with_lfs_proxy(
-        &root,
-        Some(("x-access-token", GH_TOKEN)),
-        lfs.map(LfsServer::port),
-    );
-    let base = git_base(&gh_git);
-    let args = [
-        "--generate-org",
-        "acme",
-        "--repos",
-        "1",
-        "--git-base",
-        &base,
-        "--git-root",
-        root.to_str().unwrap(),
-        "--token",
-        GH_TOKEN,
-    ];
-    let bearer = format!("Bearer {GH_TOKEN}");
-    let github = FixtureApi::start("github", &args, "", ("Authorization", &bearer));
-    add_source(&tv, &github, GH_ENV, "acme", "acme", &[]);
-    let (code, _, err) = run_backup(&tv, GH_ENV, GH_TOKEN, &[]);
-    assert_eq!(code, Some(0), "{err}");
-    let (bb, bb_git) = bitbucket(&root, "0", lfs);
-    add_destination(&tv, &bb);
+    let b = github_backup(GH_TOKEN, GH_ENV, lfs);
+    let (bb, bb_git) = bitbucket(&b.root, "0", lfs);
+    add_destination(&b.tv, &bb);
     World {
-        tv,
-        github: Some(github),
+        tv: b.tv,
+        github: Some(b.github),
         bb,
-        root,
-        repo: format!("{}/acme/repo-000", base.trim_start_matches("http://")),
-        _git: vec![gh_git, bb_git],
+        root: b.root,
+        repo: b.repo,
+        _git: vec![b.git, bb_git],
     }
 }
 
@@ -151,23 +108,12 @@ impl World {
     /// `gitvault --json restore REPO --to-source bbdest <extra…>`; no token may show, in the
     /// output or in any file of the vault.
     fn restore(&self, extra: &[&str]) -> (Output, Value) {
-        let mut args = vec!["--json", "restore", &self.repo, "--to-source", "bbdest"];
-        args.extend_from_slice(extra);
-        let out = self
-            .tv
-            .command(&args)
-            .env(GH_ENV, GH_TOKEN)
-            .env(BB_TOKEN_ENV, BB_TOKEN)
-            .env(BB_USER_ENV, BB_EMAIL)
-            .output()
-            .unwrap();
-        let text = format!("{}{}", stdout(&out), stderr(&out));
-        for token in [GH_TOKEN, BB_TOKEN] {
-            assert!(!text.contains(token), "a token leaked into the output");
-            assert_not_in_files(&self.tv.dir, token);
-        }
-        let doc = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
-        (out, doc)
+        let env = [
+            (GH_ENV, GH_TOKEN),
+            (BB_TOKEN_ENV, BB_TOKEN),
+            (BB_USER_ENV, BB_EMAIL),
+        ];
+        restore_to(&self.tv, &self.repo, "bbdest", &env, extra)
     }
 
     /// Every value of a list of the fixture's (one page here).
@@ -201,38 +147,20 @@ impl World {
 const DEST: &str = "/repositories/alice/repo-000";
 const ALL_PULLS: &str = "pullrequests?state=OPEN&state=MERGED&state=DECLINED&sort=id";
 
-/// Every ref of a bare repository, `oid name`, sorted.
-fn refs(repo: &Path) -> Vec<String> {
-    let text = common::git(repo, &["for-each-ref", "--format=%(objectname) %(refname)"]);
-    let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
-    lines.sort();
-    lines
-}
-
-/// The original's refs as they are pushed: read-only namespaces under refs/gitvault/.
-fn pushed_refs(repo: &Path) -> Vec<String> {
-    let mut lines: Vec<String> = refs(repo)
-        .iter()
-        .map(|l| l.replace(" refs/pull/", " refs/gitvault/pull/"))
-        .collect();
-    lines.sort();
-    lines
-}
-
-fn attributed(what: &str, login: &Value, at: &Value, text: &str) -> String {
-    format!(
-        "*{what} by @{} on {}*\n\n{text}",
-        login.as_str().unwrap(),
-        at.as_str().unwrap()
-    )
-}
-
 /// The comments' texts of an issue or pull request of alice/repo-000.
 fn comment_texts(w: &World, kind: &str, id: u64) -> Vec<String> {
     w.values(&format!("{DEST}/{kind}/{id}/comments"))
         .iter()
         .map(|c| c["content"]["raw"].as_str().unwrap().to_string())
         .collect()
+}
+
+/// One copy of every issue and pull request of the GitHub backup, and of every comment.
+fn assert_one_copy(w: &World) {
+    assert_eq!(w.counts(), (3, 1));
+    for (kind, n, want) in [("issues", 1, 1), ("issues", 2, 1), ("pullrequests", 1, 3)] {
+        assert_eq!(comment_texts(w, kind, n).len(), want, "{kind} {n}");
+    }
 }
 
 #[test]
@@ -475,10 +403,7 @@ fn a_restore_stopped_by_429_resumes_to_one_copy_of_everything() {
     let (out, report) = w.restore(&[]);
     assert!(out.status.success(), "{}{}", stderr(&out), stdout(&out));
     assert_eq!(report["resumed"], true, "{report}");
-    assert_eq!(w.counts(), (3, 1));
-    for (kind, n, want) in [("issues", 1, 1), ("issues", 2, 1), ("pullrequests", 1, 3)] {
-        assert_eq!(comment_texts(&w, kind, n).len(), want, "{kind} {n}");
-    }
+    assert_one_copy(&w);
     // A third run finds everything done and creates nothing.
     let (out, report) = w.restore(&[]);
     assert!(out.status.success(), "{}{}", stderr(&out), stdout(&out));
@@ -526,10 +451,7 @@ fn hostile_answers_stop_the_restore_and_nothing_goes_to_another_origin() {
     let (out, report) = w.restore(&[]);
     assert!(out.status.success(), "{}{}", stderr(&out), stdout(&out));
     assert_eq!(report["resumed"], true, "{report}");
-    assert_eq!(w.counts(), (3, 1));
-    for (kind, n, want) in [("issues", 1, 1), ("issues", 2, 1), ("pullrequests", 1, 3)] {
-        assert_eq!(comment_texts(&w, kind, n).len(), want, "{kind} {n}");
-    }
+    assert_one_copy(&w);
 }
 
 #[test]

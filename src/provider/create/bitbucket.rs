@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 
 use super::super::bitbucket::{get_values, issue_open, tidy, without_userinfo};
 use super::super::{ProviderError, str_field};
-use super::{CreatedRelease, CreatedRepo, Destination, IssueSpec, RepoSpec, id_of};
+use super::{CreatedRelease, CreatedRepo, Destination, IssueSpec, RepoSpec, id_of, opened};
 
 /// The longest page the issue, pull request and comment lists all give.
 const PAGE: &str = "pagelen=50";
@@ -117,18 +117,8 @@ impl Destination<'_> {
             "close_source_branch": false,
         });
         let url = self.bitbucket_url(repo, "/pullrequests");
-        match self.write(Method::POST, &url, &body) {
-            Ok(answer) => id_of(&answer, "id").map(Some),
-            Err(ProviderError::Http {
-                status: 400 | 409 | 422,
-                message,
-                ..
-            }) => {
-                tracing::info!(%head, %base, %message, "not accepted as a pull request");
-                Ok(None)
-            }
-            Err(e) => Err(e),
-        }
+        let answer = self.write(Method::POST, &url, &body);
+        opened(answer, "id", &[400, 409, 422], (head, base))
     }
 
     pub(super) fn bitbucket_create_comment(

@@ -490,18 +490,8 @@ impl<'i> Destination<'i> {
             }
         }
         let url = self.repo_url(repo, "/pulls");
-        match self.write(Method::POST, &url, &body) {
-            Ok(answer) => id_of(&answer, "number").map(Some),
-            Err(ProviderError::Http {
-                status: 409 | 422,
-                message,
-                ..
-            }) => {
-                tracing::info!(%head, %base, %message, "not accepted as a pull request");
-                Ok(None)
-            }
-            Err(e) => Err(e),
-        }
+        let answer = self.write(Method::POST, &url, &body);
+        opened(answer, "number", &[409, 422], (head, base))
     }
 
     /// Sets the labels and milestone of a pull request GitHub opened without them (its
@@ -562,6 +552,27 @@ impl<'i> Destination<'i> {
             Flavor::Bitbucket => format!("{clone_url}/wiki"),
             _ => common::wiki_url(clone_url),
         }
+    }
+}
+
+/// The number (`key`) of a pull or merge request just opened, or `None` when the provider
+/// refused it with one of the `refused` statuses (a branch missing, nothing between them, one
+/// open for them already): the caller makes an issue instead.
+fn opened(
+    answer: Result<Value, ProviderError>,
+    key: &str,
+    refused: &[u16],
+    (head, base): (&str, &str),
+) -> Result<Option<u64>, ProviderError> {
+    match answer {
+        Ok(answer) => id_of(&answer, key).map(Some),
+        Err(ProviderError::Http {
+            status, message, ..
+        }) if refused.contains(&status) => {
+            tracing::info!(%head, %base, %message, "not accepted as a pull request");
+            Ok(None)
+        }
+        Err(e) => Err(e),
     }
 }
 
