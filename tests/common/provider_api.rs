@@ -276,7 +276,8 @@ pub fn read_json(path: &Path) -> Value {
     serde_json::from_slice(&bytes).unwrap()
 }
 
-/// An empty account of the GitHub, Gitea or GitLab fixture to restore into: each repository
+/// An empty account of the GitHub, Gitea or GitLab fixture to restore into (Bitbucket's:
+/// [`bitbucket_api`] with no repositories): each repository
 /// it creates is an empty bare repository under `root`, served by `git`; it takes `token`.
 pub fn empty_destination(
     provider: &str,
