@@ -76,13 +76,28 @@ fn from_bitbucket() -> World {
     let tv = TestVault::new();
     let root = tv.tmp.path().join("served");
     serve_repositories(&root, &["acme/repo-000.git".to_string()]);
+    let bare = root.join("acme/repo-000.git");
     for branch in ["feature-x", "improve"] {
         let name = format!("refs/heads/{branch}");
-        common::git(
-            &root.join("acme/repo-000.git"),
-            &["update-ref", &name, "refs/heads/feature"],
-        );
+        common::git(&bare, &["update-ref", &name, "refs/heads/feature"]);
     }
+    // feature-x gains the file pull request #1's inline comment is on (src/lib.rs line 2),
+    // so that it can be an inline comment again.
+    let work = tv.tmp.path().join("work");
+    let (bare_path, work_path) = (bare.to_str().unwrap(), work.to_str().unwrap());
+    common::git(
+        tv.tmp.path(),
+        &["clone", "-q", "-b", "feature-x", bare_path, work_path],
+    );
+    std::fs::create_dir_all(work.join("src")).unwrap();
+    std::fs::write(work.join("src/lib.rs"), "fn main() {\n    feature();\n}\n").unwrap();
+    common::git(&work, &["add", "src/lib.rs"]);
+    let who = ["-c", "user.name=Bob", "-c", "user.email=bob@example.com"];
+    common::git(
+        &work,
+        &[&who[..], &["commit", "-q", "-m", "Add src/lib.rs"]].concat(),
+    );
+    common::git(&work, &["push", "-q", "origin", "feature-x"]);
     let (bb, git) = bitbucket(&root, "1", None);
     let user = ["--username-env", BB_USER_ENV];
     add_source(&tv, &bb, BB_TOKEN_ENV, "bb", "acme", &user);
@@ -251,6 +266,12 @@ fn a_github_repository_restored_into_a_bitbucket_workspace() {
     assert!(comments[0].ends_with("\n\nThanks!"), "{comments:?}");
     assert!(comments[1].starts_with("*Review (APPROVED) by @alice"));
     assert!(comments[2].starts_with("*Review comment on `src/lib.rs` line 2 by @alice"));
+    // The head has no src/lib.rs: Bitbucket refuses it inline, so it is a general comment.
+    let restored = w.values(&format!("{DEST}/pullrequests/1/comments"));
+    assert!(
+        restored.iter().all(|c| c.get("inline").is_none()),
+        "{restored:?}"
+    );
 
     // Every release asset's bytes, in Downloads.
     let downloads = w.values(&format!("{DEST}/downloads"));
@@ -370,6 +391,8 @@ fn a_bitbucket_repository_restored_into_another_workspace_keeps_its_fields() {
         let full = w.bb.get(&format!("{orig}/pullrequests/{n}"));
         let approvals = approvals.max(full["participants"].as_array().map_or(0, Vec::len));
         assert_eq!(comments.len(), said.len() + approvals, "#{n}: {comments:?}");
+        // An inline comment is one again, at the same file and line.
+        let restored = w.values(&format!("{DEST}/pullrequests/{n}/comments"));
         for c in said.iter().filter(|c| c.get("inline").is_some()) {
             let place = format!(
                 "*Review comment on `{}` line {} by @{}",
@@ -377,11 +400,19 @@ fn a_bitbucket_repository_restored_into_another_workspace_keeps_its_fields() {
                 c["inline"]["to"],
                 c["user"]["nickname"].as_str().unwrap()
             );
-            assert!(
-                comments.iter().any(|t| t.starts_with(&place)),
-                "{comments:?}"
-            );
+            let r = restored
+                .iter()
+                .find(|r| r["content"]["raw"].as_str().unwrap().starts_with(&place))
+                .unwrap_or_else(|| panic!("{place}: {comments:?}"));
+            assert_eq!(r["inline"]["path"], c["inline"]["path"]);
+            assert_eq!(r["inline"]["to"], c["inline"]["to"]);
         }
+        let inline = restored
+            .iter()
+            .filter(|r| r.get("inline").is_some())
+            .count();
+        let want = said.iter().filter(|c| c.get("inline").is_some()).count();
+        assert_eq!(inline, want, "#{n}");
     }
     assert_eq!(
         refs(&w.root.join("alice/repo-000.git")),

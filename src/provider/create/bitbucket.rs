@@ -121,16 +121,34 @@ impl Destination<'_> {
         opened(answer, "id", &[400, 409, 422], (head, base))
     }
 
+    /// A comment; at `place` (file, line of the new side) an inline one. Bitbucket refuses
+    /// an inline comment on a file or line the pull request's head does not have (400: nothing
+    /// was made), which then goes as a general comment: its text names the place.
     pub(super) fn bitbucket_create_comment(
         &mut self,
         repo: &str,
         number: u64,
         pull: bool,
         body: &str,
+        place: Option<(&str, u64)>,
     ) -> Result<(), ProviderError> {
         let url = self.bitbucket_url(repo, &format!("/{}/{number}/comments", kind(pull)));
-        self.write(Method::POST, &url, &json!({ "content": { "raw": body } }))
-            .map(drop)
+        let general = json!({ "content": { "raw": body } });
+        if let Some((path, line)) = place {
+            let mut inline = general.clone();
+            inline["inline"] = json!({ "path": path, "to": line });
+            match self.write(Method::POST, &url, &inline) {
+                Err(ProviderError::Http {
+                    status: 400,
+                    message,
+                    ..
+                }) => {
+                    tracing::info!(%path, line, %message, "not accepted as an inline comment");
+                }
+                other => return other.map(drop),
+            }
+        }
+        self.write(Method::POST, &url, &general).map(drop)
     }
 
     /// Resolves an issue; declines a pull request (a merged one cannot be made again: its

@@ -435,16 +435,22 @@ impl<'i> Destination<'i> {
         id_of(&answer, "number")
     }
 
+    /// A comment on issue or pull request `number`; `place` (file, line) is where a review
+    /// comment was, which only Bitbucket takes (as an inline comment; the text says it too).
     pub fn create_comment(
         &mut self,
         repo: &str,
         number: u64,
         pull: bool,
         body: &str,
+        place: Option<(&str, u64)>,
     ) -> Result<(), ProviderError> {
         match self.flavor {
             Flavor::GitLab => return self.gitlab_create_note(repo, number, pull, body),
-            Flavor::Bitbucket => return self.bitbucket_create_comment(repo, number, pull, body),
+            Flavor::Bitbucket => {
+                let place = place.filter(|_| pull);
+                return self.bitbucket_create_comment(repo, number, pull, body, place);
+            }
             Flavor::GitHub | Flavor::Gitea => {}
         }
         let url = self.repo_url(repo, &format!("/issues/{number}/comments"));

@@ -244,8 +244,10 @@ impl Run<'_> {
         }
         while done.comments < item.comments.len() {
             let body = &item.comments[done.comments];
+            let place =
+                (item.places.get(&done.comments)).map(|(path, line)| (path.as_str(), *line));
             self.create(space.comment(n), |d, repo| {
-                d.create_comment(repo, done.number, done.pull, body)
+                d.create_comment(repo, done.number, done.pull, body, place)
             })?;
             done.comments += 1;
             self.made(space).insert(n, done);

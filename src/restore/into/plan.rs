@@ -54,6 +54,9 @@ pub struct Item {
     pub milestone: Option<u64>,
     pub closed: bool,
     pub comments: Vec<String>,
+    /// Where review comment `i` of `comments` was (file, line), for a destination that can
+    /// put it there again (Bitbucket's inline comments); the text says it as well.
+    pub places: BTreeMap<usize, (String, u64)>,
     /// A pull request's head and base branches, when the snapshot holds both (and the head
     /// was not in a fork): it can be opened as a pull request again.
     pub branches: Option<(String, String)>,
@@ -377,6 +380,7 @@ fn item(kind: ItemKind, v: &Value, body: &str, comments: Vec<String>) -> Item {
         milestone: v.get("milestone").and_then(|m| number(m, "number")),
         closed: str_field(v, "state").as_deref() == Some("closed"),
         comments,
+        places: BTreeMap::new(),
         branches: None,
     }
 }
@@ -436,10 +440,14 @@ fn pull_item(reference: &str, doc: &Value, kept_at: Option<&str>) -> Item {
         let review = with_created(review, "submitted_at");
         comments.push(attributed(&review, &format!("Review ({state})"), &said));
     }
+    let mut places = BTreeMap::new();
     for rc in doc["review_comments"].as_array().into_iter().flatten() {
         let line = number(rc, "line").or_else(|| number(rc, "original_line"));
         let place = match line {
-            Some(l) => format!("`{}` line {l}", text(rc, "path")),
+            Some(l) => {
+                places.insert(comments.len(), (text(rc, "path"), l));
+                format!("`{}` line {l}", text(rc, "path"))
+            }
             None => format!("`{}`", text(rc, "path")),
         };
         comments.push(attributed(
@@ -448,7 +456,10 @@ fn pull_item(reference: &str, doc: &Value, kept_at: Option<&str>) -> Item {
             &text(rc, "body"),
         ));
     }
-    item(ItemKind::Pull, pr, &body, comments)
+    Item {
+        places,
+        ..item(ItemKind::Pull, pr, &body, comments)
+    }
 }
 
 /// The head and base branch names of a pull request, when both are branches of the
@@ -517,6 +528,8 @@ mod tests {
             item.comments[1].starts_with("*Review (APPROVED) by @alice on 2023-01-08T01:00:00Z*")
         );
         assert!(item.comments[2].contains("`src/a.rs` line 3"));
+        assert_eq!(item.places.get(&2), Some(&("src/a.rs".to_string(), 3)));
+        assert_eq!(item.places.len(), 1);
     }
 
     #[test]
