@@ -309,6 +309,33 @@ fn a_github_repository_restored_into_a_bitbucket_workspace() {
 #[test]
 fn a_bitbucket_repository_restored_into_another_workspace_keeps_its_fields() {
     let w = from_bitbucket();
+    // Into the workspace it came from: the name is taken, the dry run says so (exit 1), the
+    // restore refuses before writing anything.
+    let there = ["--owner", "acme", "--name", "repo-000"];
+    let (out, plan) = w.restore(&[&there[..], &["--dry-run"]].concat());
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert_eq!(plan["exists"], true, "{plan}");
+    w.bb.control("reset-stats", json!({}));
+    let (out, _) = w.restore(&there);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("exists"), "{}", stderr(&out));
+    let stats = w.bb.stats();
+    assert!(stats["by_method"].get("POST").is_none(), "{stats}");
+    assert!(stats["by_method"].get("PUT").is_none(), "{stats}");
+
+    let (out, plan) = w.restore(&["--dry-run"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(plan["exists"], false, "{plan}");
+    let counts = &plan["plan"];
+    assert_eq!(
+        (counts["issues"].as_u64(), counts["pull_requests"].as_u64()),
+        (Some(2), Some(2))
+    );
+    // Bitbucket has no labels and its API makes no milestones: none are planned.
+    assert_eq!(
+        (counts["labels"].as_u64(), counts["milestones"].as_u64()),
+        (Some(0), Some(0))
+    );
     let (out, report) = w.restore(&[]);
     assert!(out.status.success(), "{}{}", stderr(&out), stdout(&out));
     assert_eq!(report["created"]["issues"], 2, "{report}");
@@ -458,6 +485,16 @@ fn hostile_answers_stop_the_restore_and_nothing_goes_to_another_origin() {
         trap.accept().is_err(),
         "something connected to the foreign origin"
     );
+
+    // An answer that is JSON but not the repository asked for: a clear error.
+    w.bb.control(
+        "mode",
+        json!({"foreign_clone_url": null, "create_answer": "forged"}),
+    );
+    let (out, _) = w.restore(&["--name", "forged"]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("repository answer: no full_name"), "{err}");
 
     // The repository is made but the answer is too large, then the next write's is not
     // JSON: each run stops with a clear error, and the next asks what became of the write.
