@@ -29,7 +29,7 @@ use crate::git::Credentials;
 pub const DEFAULT_API: &str = "https://api.bitbucket.org/2.0";
 
 /// The git user name that goes with an API token (Atlassian's documented static name).
-pub(super) const API_TOKEN_GIT_USER: &str = "x-bitbucket-api-token-auth";
+const API_TOKEN_GIT_USER: &str = "x-bitbucket-api-token-auth";
 
 /// Every state, SUPERSEDED included (the default is OPEN only).
 const PULL_STATES: &str = "state=OPEN&state=MERGED&state=DECLINED&state=SUPERSEDED";
@@ -122,6 +122,16 @@ fn repo_info(v: &Value, workspace: &str) -> Option<RepoInfo> {
     })
 }
 
+/// The user name git sends: Atlassian's fixed one with an API token (the API's user name is
+/// then the account e-mail), else the Bitbucket user name of an app password.
+pub(super) fn git_user(api_user: &str) -> String {
+    if api_user.contains('@') {
+        API_TOKEN_GIT_USER.to_string()
+    } else {
+        api_user.to_string()
+    }
+}
+
 /// States that are open on Bitbucket's tracker; every other one is a way of closing.
 pub fn issue_open(state: &str) -> bool {
     matches!(state, "new" | "open" | "on hold" | "submitted")
@@ -168,11 +178,7 @@ impl<'i> Bitbucket<'i> {
         let username = source.username()?;
         let (auth, git) = match (token, username) {
             (Some(secret), Some(user)) => {
-                let git_user = if user.contains('@') {
-                    API_TOKEN_GIT_USER.to_string()
-                } else {
-                    user.clone()
-                };
+                let git_user = git_user(&user);
                 (
                     Some(Auth::basic(&user, &secret)),
                     Some(Credentials {

@@ -144,8 +144,10 @@ impl<'i> Destination<'i> {
             (Flavor::Gitea, _) => "gitvault".to_string(),
             // GitLab takes any name with a token; `oauth2` is the one its documentation uses.
             (Flavor::GitLab, _) => "oauth2".to_string(),
-            (Flavor::Bitbucket, Some(u)) if !u.contains('@') => u.clone(),
-            (Flavor::Bitbucket, _) => super::bitbucket::API_TOKEN_GIT_USER.to_string(),
+            // Without a token (public repositories only) git sends no credentials at all.
+            (Flavor::Bitbucket, u) => (u.as_deref())
+                .map(super::bitbucket::git_user)
+                .unwrap_or_default(),
         };
         let auth = token.as_ref().map(|t| match (flavor, &username) {
             (Flavor::GitLab, _) => Auth::header("PRIVATE-TOKEN", t),
