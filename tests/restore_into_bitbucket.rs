@@ -10,9 +10,10 @@ use std::path::Path;
 
 use common::git_server::HttpGitServer;
 use common::provider_api::{
-    FixtureApi, add_source, assert_not_in_files, empty_destination, git_base, run_backup_with,
-    serve_repositories,
+    BITBUCKET_GIT_USER, FixtureApi, add_source, assert_not_in_files, bitbucket_api,
+    empty_destination, git_base, run_backup_with, serve_repositories,
 };
+use common::restore_into::{attributed, refs};
 use common::{TestVault, stderr, stdout};
 use serde_json::Value;
 
@@ -27,27 +28,11 @@ const GITEA_ENV: &str = "GITVAULT_TEST_GITEA_TOKEN";
 const GL_TOKEN: &str = "glpat-fromBitbucket1234567890ab";
 const GL_ENV: &str = "GITVAULT_TEST_GL_TOKEN";
 
-/// Every ref of a bare repository: `oid name` lines, sorted.
-fn refs(repo: &Path) -> Vec<String> {
-    let text = common::git(repo, &["for-each-ref", "--format=%(objectname) %(refname)"]);
-    let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
-    lines.sort();
-    lines
-}
-
 /// Every value of a Bitbucket list (the fixture's are one page here).
 fn values(api: &FixtureApi, path: &str) -> Vec<Value> {
     let page = api.get(path);
     assert!(page.get("next").is_none(), "{path}: more than one page");
     page["values"].as_array().unwrap().clone()
-}
-
-fn attributed(what: &str, login: &Value, when: &Value, text: &str) -> String {
-    format!(
-        "*{what} by @{} on {}*\n\n{text}",
-        login.as_str().unwrap(),
-        when.as_str().unwrap()
-    )
 }
 
 /// The restored alice/repo-000 against acme/repo-000 on Bitbucket, field by field: issues
@@ -242,23 +227,8 @@ fn a_bitbucket_backup_restored_into_github_gitea_and_gitlab_brings_its_metadata(
             &["update-ref", &name, "refs/heads/feature"],
         );
     }
-    let bb_git = HttpGitServer::start(&root, Some(("x-bitbucket-api-token-auth", BB_TOKEN)));
-    let args = [
-        "--generate-org",
-        "acme",
-        "--repos",
-        "1",
-        "--git-base",
-        &git_base(&bb_git),
-        "--email",
-        BB_EMAIL,
-        "--token",
-        BB_TOKEN,
-    ];
-    use base64::Engine;
-    let basic = base64::engine::general_purpose::STANDARD.encode(format!("{BB_EMAIL}:{BB_TOKEN}"));
-    let auth = format!("Basic {basic}");
-    let bb = FixtureApi::start("bitbucket", &args, "/2.0", ("Authorization", &auth));
+    let bb_git = HttpGitServer::start(&root, Some((BITBUCKET_GIT_USER, BB_TOKEN)));
+    let bb = bitbucket_api(&root, &bb_git, "1", BB_EMAIL, BB_TOKEN);
     add_source(
         &tv,
         &bb,
@@ -274,22 +244,6 @@ fn a_bitbucket_backup_restored_into_github_gitea_and_gitlab_brings_its_metadata(
         "{}/acme/repo-000",
         git_base(&bb_git).trim_start_matches("http://")
     );
-
-    // Bitbucket is no destination yet: refused before anything is written.
-    let out = tv
-        .command(&["restore", &repo, "--to-source", "bb", "--name", "copy"])
-        .env(BB_TOKEN_ENV, BB_TOKEN)
-        .env(BB_USER_ENV, BB_EMAIL)
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = stderr(&out);
-    assert!(
-        err.contains("restoring into a bitbucket account is not supported yet")
-            && !err.contains(BB_TOKEN),
-        "{err}"
-    );
-    assert!(!root.join("acme/copy.git").exists());
 
     let gh_git = HttpGitServer::start(&root, Some(("x-access-token", GH_TOKEN)));
     let github = empty_destination("github", &root, &gh_git, GH_TOKEN);

@@ -8,12 +8,11 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
-use common::git_server::{HttpGitServer, run_fixture};
+use common::git_server::HttpGitServer;
 use common::lfs_server::LfsServer;
-use common::provider_api::{
-    FixtureApi, add_source, assert_not_in_files, git_base, run_backup, serve_repositories,
-};
-use common::{TestVault, stderr, stdout};
+use common::provider_api::{FixtureApi, add_source, git_base, run_backup, serve_repositories};
+use common::restore_into::{github_backup, pushed_refs, restore_to, set_unpaced};
+use common::{TestVault, stderr};
 use serde_json::{Value, json};
 
 const GH_TOKEN: &str = "ghp_restoreIntoGitLab0123456789abcd";
@@ -31,13 +30,6 @@ struct World {
     root: PathBuf,
     repo: String,
     _git: Vec<HttpGitServer>,
-}
-
-fn set_unpaced(tv: &TestVault) {
-    let config = tv.dir.join("config.toml");
-    let mut text = std::fs::read_to_string(&config).unwrap();
-    text.push_str("\n[source.http]\ncreate_interval_ms = 0\n");
-    std::fs::write(&config, text).unwrap();
 }
 
 fn gitlab_fixture(
@@ -75,54 +67,17 @@ fn from_github() -> World {
 /// [`from_github`]; with `lfs`, acme/repo-000 is tests/fixtures/lfs.sh's repository, whose
 /// objects are on that LFS server, which both git servers serve at every `/info/lfs`.
 fn from_github_with(lfs: Option<&LfsServer>) -> World {
-    let tv = TestVault::new();
-    let root = tv.tmp.path().join("served");
-    serve_repositories(&root, &["acme/repo-000.git".to_string()]);
-    let original = root.join("acme/repo-000.git");
-    if let Some(lfs) = lfs {
-        std::fs::remove_dir_all(&original).unwrap();
-        let endpoint = lfs.endpoint("acme", "repo-000");
-        run_fixture("lfs.sh", &[original.to_str().unwrap(), &endpoint]);
-    } else {
-        common::git(
-            &original,
-            &["update-ref", "refs/heads/feature-x", "refs/heads/feature"],
-        );
-    }
-    let gh_git = HttpGitServer::start_with_lfs_proxy(
-        &root,
-        Some(("x-access-token", GH_TOKEN)),
-        lfs.map(LfsServer::port),
-    );
-    let base = git_base(&gh_git);
-    let args = [
-        "--generate-org",
-        "acme",
-        "--repos",
-        "1",
-        "--git-base",
-        &base,
-        "--git-root",
-        root.to_str().unwrap(),
-        "--token",
-        GH_TOKEN,
-    ];
-    let bearer = format!("Bearer {GH_TOKEN}");
-    let github = FixtureApi::start("github", &args, "", ("Authorization", &bearer));
-    add_source(&tv, &github, GH_ENV, "acme", "acme", &[]);
-    let (code, _, err) = run_backup(&tv, GH_ENV, GH_TOKEN, &[]);
-    assert_eq!(code, Some(0), "{err}");
-    let (gitlab, gl_git) = gitlab_fixture(&root, "0", lfs);
-    add_source(&tv, &gitlab, GL_ENV, "gl", "alice", &[]);
-    set_unpaced(&tv);
-    let repo = format!("{}/acme/repo-000", base.trim_start_matches("http://"));
+    let b = github_backup(GH_TOKEN, GH_ENV, lfs);
+    let (gitlab, gl_git) = gitlab_fixture(&b.root, "0", lfs);
+    add_source(&b.tv, &gitlab, GL_ENV, "gl", "alice", &[]);
+    set_unpaced(&b.tv);
     World {
-        tv,
-        source: Some(github),
+        tv: b.tv,
+        source: Some(b.github),
         gitlab,
-        root,
-        repo,
-        _git: vec![gh_git, gl_git],
+        root: b.root,
+        repo: b.repo,
+        _git: vec![b.git, gl_git],
     }
 }
 
@@ -170,24 +125,8 @@ fn from_gitlab_with(served: &[&str], projects: &str, path: &str, prepare: &dyn F
 impl World {
     /// `gitvault --json restore REPO --to-source gl <extra…>`; no token may show.
     fn restore(&self, extra: &[&str]) -> (Output, Value) {
-        let mut args = vec!["--json", "restore", &self.repo, "--to-source", "gl"];
-        args.extend_from_slice(extra);
-        let out = self
-            .tv
-            .command(&args)
-            .env(GH_ENV, GH_TOKEN)
-            .env(GL_ENV, GL_TOKEN)
-            .output()
-            .unwrap();
-        let text = format!("{}{}", stdout(&out), stderr(&out));
-        assert!(
-            !text.contains(GL_TOKEN) && !text.contains(GH_TOKEN),
-            "a token leaked into the output"
-        );
-        assert_not_in_files(&self.tv.dir, GL_TOKEN);
-        assert_not_in_files(&self.tv.dir, GH_TOKEN);
-        let doc = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
-        (out, doc)
+        let env = [(GH_ENV, GH_TOKEN), (GL_ENV, GL_TOKEN)];
+        restore_to(&self.tv, &self.repo, "gl", &env, extra)
     }
 
     /// A list under the restored project `alice/<name>`, ordered by iid (or as served).
@@ -220,20 +159,6 @@ fn refs(repo: &Path) -> Vec<String> {
         .lines()
         .filter(|l| !l.contains(" refs/merge-requests/"))
         .map(str::to_string)
-        .collect();
-    lines.sort();
-    lines
-}
-
-/// The original's refs as they are pushed: read-only namespaces under refs/gitvault/.
-fn pushed_refs(repo: &Path) -> Vec<String> {
-    let text = common::git(repo, &["for-each-ref", "--format=%(objectname) %(refname)"]);
-    let mut lines: Vec<String> = text
-        .lines()
-        .map(|l| {
-            l.replace(" refs/pull/", " refs/gitvault/pull/")
-                .replace(" refs/merge-requests/", " refs/gitvault/merge-requests/")
-        })
         .collect();
     lines.sort();
     lines

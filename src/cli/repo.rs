@@ -97,14 +97,15 @@ pub struct RestoreArgs {
     /// readable JSON files under this directory.
     #[arg(long, requires = "to")]
     pub metadata_to: Option<PathBuf>,
-    /// Recreate the repository in the account of this configured source (GitHub, Gitea or
-    /// GitLab): the repository, every ref, LFS objects, wiki, labels, milestones, issues with
+    /// Recreate the repository in the account of this configured source (GitHub, Gitea,
+    /// GitLab or Bitbucket Cloud): the repository, every ref, LFS objects, wiki, labels, milestones, issues with
     /// comments, pull/merge requests (as such when their branches were restored, else as
     /// issues), releases. Stopped runs continue where they stopped when run again.
     #[arg(long, conflicts_with = "to", value_name = "SOURCE")]
     pub to_source: Option<String>,
     /// With --to-source: the account to create the repository under (default: the source's
-    /// owner; on GitLab a group's full path such as `acme/platform`, or a user).
+    /// owner; on GitLab a group's full path such as `acme/platform`, or a user; on Bitbucket
+    /// a workspace).
     #[arg(long, requires = "to_source")]
     pub owner: Option<String>,
     /// With --to-source: the new repository's name (default: the original's).

@@ -54,7 +54,7 @@ fn parse_time(text: &str) -> Option<DateTime<FixedOffset>> {
 
 /// Bitbucket's errors are `{"type": "error", "error": {"message": …}}`; a 429 without
 /// `Retry-After` stops the source like a rate limit (Bitbucket counts over a rolling hour).
-fn tidy(e: ProviderError) -> ProviderError {
+pub(super) fn tidy(e: ProviderError) -> ProviderError {
     let message = |body: String| {
         serde_json::from_str::<Value>(&body)
             .ok()
@@ -84,7 +84,7 @@ fn tidy(e: ProviderError) -> ProviderError {
 }
 
 /// The clone URL without the user name Bitbucket puts into it (the caller's own).
-fn without_userinfo(href: &str) -> String {
+pub(super) fn without_userinfo(href: &str) -> String {
     match url::Url::parse(href) {
         Ok(mut u) => {
             let _ = u.set_username("");
@@ -122,6 +122,49 @@ fn repo_info(v: &Value, workspace: &str) -> Option<RepoInfo> {
     })
 }
 
+/// The user name git sends: Atlassian's fixed one with an API token (the API's user name is
+/// then the account e-mail), else the Bitbucket user name of an app password.
+pub(super) fn git_user(api_user: &str) -> String {
+    if api_user.contains('@') {
+        API_TOKEN_GIT_USER.to_string()
+    } else {
+        api_user.to_string()
+    }
+}
+
+/// States that are open on Bitbucket's tracker; every other one is a way of closing.
+pub fn issue_open(state: &str) -> bool {
+    matches!(state, "new" | "open" | "on hold" | "submitted")
+}
+
+/// Every value of a paginated list, following `next` from the body. The credentials go
+/// only to the API's own origin.
+pub(super) fn get_values(
+    api: &mut ApiClient<'_>,
+    first: &str,
+) -> Result<Vec<Value>, ProviderError> {
+    let mut values = Vec::new();
+    let mut guard = api.pages(first);
+    let mut next = Some(first.to_string());
+    while let Some(url) = next {
+        let page = guard.fetch(&url, api).map_err(tidy)?;
+        let body: Value = serde_json::from_slice(&page.body).map_err(|e| {
+            ProviderError::BadResponse(format!("{}: {e}", super::http::shown(&url)))
+        })?;
+        match body.get("values").and_then(Value::as_array) {
+            Some(list) => values.extend(list.iter().cloned()),
+            None => {
+                return Err(ProviderError::BadResponse(format!(
+                    "{}: expected a page of values",
+                    super::http::shown(&url)
+                )));
+            }
+        }
+        next = str_field(&body, "next");
+    }
+    Ok(values)
+}
+
 /// Pull requests or issues: the two lists filtered by `updated_on`.
 #[derive(Clone, Copy, PartialEq)]
 enum Kind {
@@ -135,11 +178,7 @@ impl<'i> Bitbucket<'i> {
         let username = source.username()?;
         let (auth, git) = match (token, username) {
             (Some(secret), Some(user)) => {
-                let git_user = if user.contains('@') {
-                    API_TOKEN_GIT_USER.to_string()
-                } else {
-                    user.clone()
-                };
+                let git_user = git_user(&user);
                 (
                     Some(Auth::basic(&user, &secret)),
                     Some(Credentials {
@@ -182,29 +221,8 @@ impl<'i> Bitbucket<'i> {
         self.api.get_json(url).map_err(tidy)
     }
 
-    /// Every value of a paginated list, following `next` from the body. The credentials go
-    /// only to the API's own origin.
     fn get_values(&mut self, first: &str) -> Result<Vec<Value>, ProviderError> {
-        let mut values = Vec::new();
-        let mut guard = self.api.pages(first);
-        let mut next = Some(first.to_string());
-        while let Some(url) = next {
-            let page = guard.fetch(&url, &mut self.api).map_err(tidy)?;
-            let body: Value = serde_json::from_slice(&page.body).map_err(|e| {
-                ProviderError::BadResponse(format!("{}: {e}", super::http::shown(&url)))
-            })?;
-            match body.get("values").and_then(Value::as_array) {
-                Some(list) => values.extend(list.iter().cloned()),
-                None => {
-                    return Err(ProviderError::BadResponse(format!(
-                        "{}: expected a page of values",
-                        super::http::shown(&url)
-                    )));
-                }
-            }
-            next = str_field(&body, "next");
-        }
-        Ok(values)
+        get_values(&mut self.api, first)
     }
 
     /// A pull request with its comments and activity, or an issue with its comments.

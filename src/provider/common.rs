@@ -177,7 +177,8 @@ pub(crate) fn name_content(item: &mut Value, path: String) {
     }
 }
 
-/// The URL of a repository's wiki: GitHub, Gitea and GitLab keep it beside the repository.
+/// The URL of a repository's wiki: GitHub, Gitea and GitLab keep it beside the repository
+/// (Bitbucket below it: `<clone URL>/wiki`).
 pub(crate) fn wiki_url(clone_url: &str) -> String {
     let base = clone_url.strip_suffix(".git").unwrap_or(clone_url);
     format!("{base}.wiki.git")

@@ -6,6 +6,7 @@ pub mod git_server;
 pub mod lfs_server;
 pub mod provider_api;
 pub mod receiver;
+pub mod restore_into;
 pub mod s3_server;
 
 use std::io::Read;

@@ -276,7 +276,8 @@ pub fn read_json(path: &Path) -> Value {
     serde_json::from_slice(&bytes).unwrap()
 }
 
-/// An empty account of the GitHub, Gitea or GitLab fixture to restore into: each repository
+/// An empty account of the GitHub, Gitea or GitLab fixture to restore into (Bitbucket's:
+/// [`bitbucket_api`] with no repositories): each repository
 /// it creates is an empty bare repository under `root`, served by `git`; it takes `token`.
 pub fn empty_destination(
     provider: &str,
@@ -304,4 +305,38 @@ pub fn empty_destination(
         _ => ("", "Authorization", format!("Bearer {token}")),
     };
     FixtureApi::start(provider, &args, api_path, (header, &value))
+}
+
+/// The user name git sends with a Bitbucket API token (Atlassian's fixed name).
+pub const BITBUCKET_GIT_USER: &str = "x-bitbucket-api-token-auth";
+
+/// The Bitbucket fixture: workspace acme with `repos` repositories whose clone links point
+/// at `git`; the repositories it creates are empty bare repositories under `root` (served by
+/// `git`); it takes the API token `token` of the account `email` (HTTP Basic).
+pub fn bitbucket_api(
+    root: &Path,
+    git: &HttpGitServer,
+    repos: &str,
+    email: &str,
+    token: &str,
+) -> FixtureApi {
+    use base64::Engine;
+    let base = git_base(git);
+    let args = [
+        "--generate-org",
+        "acme",
+        "--repos",
+        repos,
+        "--git-base",
+        &base,
+        "--git-root",
+        root.to_str().unwrap(),
+        "--email",
+        email,
+        "--token",
+        token,
+    ];
+    let basic = base64::engine::general_purpose::STANDARD.encode(format!("{email}:{token}"));
+    let auth = format!("Basic {basic}");
+    FixtureApi::start("bitbucket", &args, "/2.0", ("Authorization", &auth))
 }

@@ -8,7 +8,7 @@ use reqwest::Method;
 use serde_json::{Value, json};
 
 use super::super::{ProviderError, str_field};
-use super::{CreatedRelease, CreatedRepo, Destination, IssueSpec, RepoSpec, id_of};
+use super::{CreatedRelease, CreatedRepo, Destination, IssueSpec, RepoSpec, id_of, opened};
 
 /// Percent-encodes a path segment: a project's full path becomes one segment (`/` is `%2F`,
 /// as GitLab requires for ids given as paths).
@@ -148,18 +148,8 @@ impl Destination<'_> {
         body["source_branch"] = json!(head);
         body["target_branch"] = json!(base);
         let url = self.gitlab_url(repo, "/merge_requests");
-        match self.write(Method::POST, &url, &body) {
-            Ok(answer) => id_of(&answer, "iid").map(Some),
-            Err(ProviderError::Http {
-                status: 400 | 409 | 422,
-                message,
-                ..
-            }) => {
-                tracing::info!(%head, %base, %message, "not accepted as a merge request");
-                Ok(None)
-            }
-            Err(e) => Err(e),
-        }
+        let answer = self.write(Method::POST, &url, &body);
+        opened(answer, "iid", &[400, 409, 422], (head, base))
     }
 
     /// `issues` or `merge_requests`.

@@ -27,6 +27,9 @@ impl Destination<'_> {
         if pull && self.flavor == Flavor::GitLab {
             return self.gitlab_merge_request(repo, number);
         }
+        if self.flavor == Flavor::Bitbucket {
+            return self.bitbucket_item(repo, number, pull);
+        }
         let url = self.repo_url(repo, &format!("/issues/{number}"));
         self.get_optional(&url)
     }
@@ -39,6 +42,9 @@ impl Destination<'_> {
         title: &str,
         taken: &[(u64, bool)],
     ) -> Result<Option<(u64, bool)>, ProviderError> {
+        if self.flavor == Flavor::Bitbucket {
+            return self.bitbucket_find_item(repo, title, taken);
+        }
         let lists: &[(&str, bool)] = match self.flavor {
             Flavor::GitLab => &[
                 ("/merge_requests?state=all", true),
@@ -74,8 +80,10 @@ impl Destination<'_> {
         number: u64,
         pull: bool,
     ) -> Result<usize, ProviderError> {
-        if self.flavor == Flavor::GitLab {
-            return self.gitlab_note_count(repo, number, pull);
+        match self.flavor {
+            Flavor::GitLab => return self.gitlab_note_count(repo, number, pull),
+            Flavor::Bitbucket => return self.bitbucket_comment_count(repo, number, pull),
+            Flavor::GitHub | Flavor::Gitea => {}
         }
         let url = self.list_url(repo, &format!("/issues/{number}/comments"));
         Ok(self.api.get_all(&url)?.len())

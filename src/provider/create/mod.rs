@@ -1,7 +1,8 @@
 //! Creating things in an account, for restoring into it: a repository, labels, milestones,
 //! issues, comments, and closing issues, on GitHub, on Gitea/Forgejo (whose API follows
-//! GitHub's, with ids where GitHub takes names and numbers) and on GitLab (`gitlab`: its own
-//! shapes, behind the same calls). Each call is one write, paced
+//! GitHub's, with ids where GitHub takes names and numbers), on GitLab (`gitlab`: its own
+//! shapes, behind the same calls) and on Bitbucket Cloud (`bitbucket`: no labels, milestones
+//! or releases there). Each call is one write, paced
 //! and never retried once it may have reached the server (`http::write`); whoever calls keeps
 //! track of what was created and asks [`Destination`] what exists when unsure.
 
@@ -19,6 +20,7 @@ pub enum Flavor {
     GitHub,
     Gitea,
     GitLab,
+    Bitbucket,
 }
 
 /// A repository in the destination account.
@@ -47,6 +49,9 @@ pub struct IssueSpec {
     pub labels: Vec<u64>,
     pub label_names: Vec<String>,
     pub milestone: Option<u64>,
+    /// Bitbucket's issue fields (`bug`…, `major`…), where labels are not.
+    pub kind: Option<String>,
+    pub priority: Option<String>,
 }
 
 /// A configured source used as the place to restore into.
@@ -59,8 +64,11 @@ pub struct Destination<'i> {
     /// For a second client on github.com's upload host.
     auth: Option<Auth>,
     settings: HttpSettings,
+    /// The user name git sends with the token.
+    git_user: String,
 }
 
+mod bitbucket;
 mod gitlab;
 mod lookup;
 mod releases;
@@ -81,8 +89,9 @@ pub fn valid_repo_name(name: &str) -> bool {
 }
 
 impl<'i> Destination<'i> {
-    /// The destination of a GitHub, Gitea or GitLab source; `owner` replaces the source's
-    /// (on GitLab a group's full path, `acme/platform`, or a user name).
+    /// The destination of a GitHub, Gitea, GitLab or Bitbucket source; `owner` replaces the
+    /// source's (on GitLab a group's full path, `acme/platform`, or a user name; on Bitbucket
+    /// a workspace).
     pub fn open(source: &SourceConfig, owner: Option<&str>) -> Result<Self, ProviderError> {
         source.validate()?;
         let token = source.token()?;
@@ -105,6 +114,12 @@ impl<'i> Destination<'i> {
                 "",
                 "application/json",
             ),
+            "bitbucket" => (
+                Flavor::Bitbucket,
+                super::bitbucket::DEFAULT_API,
+                "",
+                "application/json",
+            ),
             other => {
                 return Err(ProviderError::BadSource {
                     name: source.name.clone(),
@@ -112,13 +127,36 @@ impl<'i> Destination<'i> {
                 });
             }
         };
-        let auth = token.as_ref().map(|t| match flavor {
-            Flavor::GitLab => Auth::header("PRIVATE-TOKEN", t),
+        // Bitbucket takes HTTP Basic: the account e-mail with an API token (git then takes a
+        // fixed user name), or the user name with an app password (git takes it too).
+        let username = match flavor {
+            Flavor::Bitbucket => source.username()?,
+            _ => None,
+        };
+        if flavor == Flavor::Bitbucket && token.is_some() && username.is_none() {
+            return Err(ProviderError::BadSource {
+                name: source.name.clone(),
+                reason: "Bitbucket needs --username-env with the token".into(),
+            });
+        }
+        let git_user = match (flavor, &username) {
+            (Flavor::GitHub, _) => "x-access-token".to_string(),
+            (Flavor::Gitea, _) => "gitvault".to_string(),
+            // GitLab takes any name with a token; `oauth2` is the one its documentation uses.
+            (Flavor::GitLab, _) => "oauth2".to_string(),
+            // Without a token (public repositories only) git sends no credentials at all.
+            (Flavor::Bitbucket, u) => (u.as_deref())
+                .map(super::bitbucket::git_user)
+                .unwrap_or_default(),
+        };
+        let auth = token.as_ref().map(|t| match (flavor, &username) {
+            (Flavor::GitLab, _) => Auth::header("PRIVATE-TOKEN", t),
+            (Flavor::Bitbucket, Some(u)) => Auth::basic(u, t),
             _ => Auth::scheme(scheme, t),
         });
         let headers = match flavor {
             Flavor::GitHub => vec![("X-GitHub-Api-Version", "2022-11-28")],
-            Flavor::Gitea | Flavor::GitLab => vec![],
+            Flavor::Gitea | Flavor::GitLab | Flavor::Bitbucket => vec![],
         };
         let api = connect(source, None, default, auth.clone(), accept, headers)?;
         let owner = owner.unwrap_or(&source.owner).to_string();
@@ -138,6 +176,7 @@ impl<'i> Destination<'i> {
             origin: source.git_origin()?,
             auth,
             settings: source.http.clone(),
+            git_user,
         })
     }
 
@@ -157,6 +196,7 @@ impl<'i> Destination<'i> {
     fn repo_url(&self, full_name: &str, rest: &str) -> String {
         match self.flavor {
             Flavor::GitLab => self.gitlab_url(full_name, rest),
+            Flavor::Bitbucket => self.bitbucket_url(full_name, rest),
             _ => self.api.url(&format!("/repos/{full_name}{rest}")),
         }
     }
@@ -185,8 +225,10 @@ impl<'i> Destination<'i> {
     /// Creates the repository: under the authenticated user when the owner is that user,
     /// else under the organisation.
     pub fn create_repo(&mut self, spec: &RepoSpec) -> Result<CreatedRepo, ProviderError> {
-        if self.flavor == Flavor::GitLab {
-            return self.gitlab_create_project(spec);
+        match self.flavor {
+            Flavor::GitLab => return self.gitlab_create_project(spec),
+            Flavor::Bitbucket => return self.bitbucket_create_repo(spec),
+            Flavor::GitHub | Flavor::Gitea => {}
         }
         let me = self.api.get_json(&self.api.url("/user"))?;
         let is_me = str_field(&me, "login").is_some_and(|l| l.eq_ignore_ascii_case(&self.owner));
@@ -218,8 +260,15 @@ impl<'i> Destination<'i> {
             Flavor::GitLab => ("path_with_namespace", "http_url_to_repo"),
             _ => ("full_name", "clone_url"),
         };
-        let full_name = str_field(v, name_key).ok_or_else(|| bad(&format!("no {name_key}")))?;
-        let clone_url = str_field(v, url_key).ok_or_else(|| bad(&format!("no {url_key}")))?;
+        let (full_name, clone_url, default_branch) = if self.flavor == Flavor::Bitbucket {
+            Self::bitbucket_repo(v)?
+        } else {
+            (
+                str_field(v, name_key).ok_or_else(|| bad(&format!("no {name_key}")))?,
+                str_field(v, url_key).ok_or_else(|| bad(&format!("no {url_key}")))?,
+                str_field(v, "default_branch"),
+            )
+        };
         if let Some(why) = self.origin.refusal(&clone_url) {
             return Err(ProviderError::Refused(format!(
                 "clone URL of {full_name}: {why}"
@@ -233,14 +282,18 @@ impl<'i> Destination<'i> {
         Ok(CreatedRepo {
             full_name,
             clone_url,
-            default_branch: str_field(v, "default_branch"),
+            default_branch,
         })
     }
 
     /// Sets the default branch once the branches are pushed.
     pub fn set_default_branch(&mut self, repo: &str, branch: &str) -> Result<(), ProviderError> {
-        if self.flavor == Flavor::GitLab {
-            return self.gitlab_edit_project(repo, &json!({ "default_branch": branch }));
+        match self.flavor {
+            Flavor::GitLab => {
+                return self.gitlab_edit_project(repo, &json!({ "default_branch": branch }));
+            }
+            Flavor::Bitbucket => return self.bitbucket_set_main_branch(repo, branch),
+            Flavor::GitHub | Flavor::Gitea => {}
         }
         let url = self.repo_url(repo, "");
         self.api
@@ -254,6 +307,8 @@ impl<'i> Destination<'i> {
             Flavor::GitHub => json!({ "names": topics }),
             Flavor::Gitea => json!({ "topics": topics }),
             Flavor::GitLab => return self.gitlab_edit_project(repo, &json!({ "topics": topics })),
+            // Bitbucket repositories have no topics.
+            Flavor::Bitbucket => return Ok(()),
         };
         let url = self.repo_url(repo, "/topics");
         self.write(Method::PUT, &url, &body).map(drop)
@@ -261,6 +316,9 @@ impl<'i> Destination<'i> {
 
     /// Every label of `repo` as (name, id).
     pub fn labels(&mut self, repo: &str) -> Result<Vec<(String, u64)>, ProviderError> {
+        if self.flavor == Flavor::Bitbucket {
+            return Ok(Vec::new());
+        }
         let url = self.list_url(repo, "/labels");
         let items = self.api.get_all(&url)?;
         Ok(items
@@ -275,6 +333,9 @@ impl<'i> Destination<'i> {
         repo: &str,
         label: &Value,
     ) -> Result<(u64, bool), ProviderError> {
+        if self.flavor == Flavor::Bitbucket {
+            return Err(cannot("labels"));
+        }
         let color = str_field(label, "color").unwrap_or_else(|| "ededed".into());
         let color = color.trim_start_matches('#');
         let body = json!({
@@ -300,6 +361,9 @@ impl<'i> Destination<'i> {
 
     /// Every milestone of `repo` as (title, the value issues name it by).
     pub fn milestones(&mut self, repo: &str) -> Result<Vec<(String, u64)>, ProviderError> {
+        if self.flavor == Flavor::Bitbucket {
+            return Ok(Vec::new());
+        }
         // GitLab lists every state by default and knows no `all`.
         let rest = match self.flavor {
             Flavor::GitLab => "/milestones",
@@ -318,13 +382,15 @@ impl<'i> Destination<'i> {
     fn milestone_key(&self) -> &'static str {
         match self.flavor {
             Flavor::GitHub => "number",
-            Flavor::Gitea | Flavor::GitLab => "id",
+            Flavor::Gitea | Flavor::GitLab | Flavor::Bitbucket => "id",
         }
     }
 
     pub fn create_milestone(&mut self, repo: &str, m: &Value) -> Result<u64, ProviderError> {
-        if self.flavor == Flavor::GitLab {
-            return self.gitlab_create_milestone(repo, m);
+        match self.flavor {
+            Flavor::GitLab => return self.gitlab_create_milestone(repo, m),
+            Flavor::Bitbucket => return Err(cannot("milestones")),
+            Flavor::GitHub | Flavor::Gitea => {}
         }
         let mut body = json!({
             "title": str_field(m, "title").unwrap_or_default(),
@@ -354,13 +420,15 @@ impl<'i> Destination<'i> {
 
     /// Creates an issue; returns its number.
     pub fn create_issue(&mut self, repo: &str, spec: &IssueSpec) -> Result<u64, ProviderError> {
-        if self.flavor == Flavor::GitLab {
-            return self.gitlab_create_issue(repo, spec);
+        match self.flavor {
+            Flavor::GitLab => return self.gitlab_create_issue(repo, spec),
+            Flavor::Bitbucket => return self.bitbucket_create_issue(repo, spec),
+            Flavor::GitHub | Flavor::Gitea => {}
         }
         let mut body = json!({ "title": spec.title, "body": spec.body });
         match self.flavor {
             Flavor::GitHub => body["labels"] = json!(spec.label_names),
-            Flavor::Gitea | Flavor::GitLab => body["labels"] = json!(spec.labels),
+            _ => body["labels"] = json!(spec.labels),
         }
         if let Some(m) = spec.milestone {
             body["milestone"] = json!(m);
@@ -369,15 +437,23 @@ impl<'i> Destination<'i> {
         id_of(&answer, "number")
     }
 
+    /// A comment on issue or pull request `number`; `place` (file, line) is where a review
+    /// comment was, which only Bitbucket takes (as an inline comment; the text says it too).
     pub fn create_comment(
         &mut self,
         repo: &str,
         number: u64,
         pull: bool,
         body: &str,
+        place: Option<(&str, u64)>,
     ) -> Result<(), ProviderError> {
-        if self.flavor == Flavor::GitLab {
-            return self.gitlab_create_note(repo, number, pull, body);
+        match self.flavor {
+            Flavor::GitLab => return self.gitlab_create_note(repo, number, pull, body),
+            Flavor::Bitbucket => {
+                let place = place.filter(|_| pull);
+                return self.bitbucket_create_comment(repo, number, pull, body, place);
+            }
+            Flavor::GitHub | Flavor::Gitea => {}
         }
         let url = self.repo_url(repo, &format!("/issues/{number}/comments"));
         self.write(Method::POST, &url, &json!({ "body": body }))
@@ -387,8 +463,10 @@ impl<'i> Destination<'i> {
     /// Closes an issue, or a pull request (`pull`), which both providers close by its own
     /// endpoint.
     pub fn close(&mut self, repo: &str, number: u64, pull: bool) -> Result<(), ProviderError> {
-        if self.flavor == Flavor::GitLab {
-            return self.gitlab_close(repo, number, pull);
+        match self.flavor {
+            Flavor::GitLab => return self.gitlab_close(repo, number, pull),
+            Flavor::Bitbucket => return self.bitbucket_close(repo, number, pull),
+            Flavor::GitHub | Flavor::Gitea => {}
         }
         let kind = if pull { "pulls" } else { "issues" };
         let url = self.repo_url(repo, &format!("/{kind}/{number}"));
@@ -406,8 +484,10 @@ impl<'i> Destination<'i> {
         head: &str,
         base: &str,
     ) -> Result<Option<u64>, ProviderError> {
-        if self.flavor == Flavor::GitLab {
-            return self.gitlab_create_merge_request(repo, spec, head, base);
+        match self.flavor {
+            Flavor::GitLab => return self.gitlab_create_merge_request(repo, spec, head, base),
+            Flavor::Bitbucket => return self.bitbucket_create_pull(repo, spec, head, base),
+            Flavor::GitHub | Flavor::Gitea => {}
         }
         let mut body =
             json!({ "title": spec.title, "body": spec.body, "head": head, "base": base });
@@ -418,18 +498,8 @@ impl<'i> Destination<'i> {
             }
         }
         let url = self.repo_url(repo, "/pulls");
-        match self.write(Method::POST, &url, &body) {
-            Ok(answer) => id_of(&answer, "number").map(Some),
-            Err(ProviderError::Http {
-                status: 409 | 422,
-                message,
-                ..
-            }) => {
-                tracing::info!(%head, %base, %message, "not accepted as a pull request");
-                Ok(None)
-            }
-            Err(e) => Err(e),
-        }
+        let answer = self.write(Method::POST, &url, &body);
+        opened(answer, "number", &[409, 422], (head, base))
     }
 
     /// Sets the labels and milestone of a pull request GitHub opened without them (its
@@ -458,6 +528,7 @@ impl<'i> Destination<'i> {
             Flavor::GitHub => "per_page=100",
             Flavor::Gitea => "limit=50",
             Flavor::GitLab => "per_page=100",
+            Flavor::Bitbucket => "pagelen=50",
         };
         self.repo_url(repo, &format!("{rest}{sep}{size}"))
     }
@@ -470,28 +541,54 @@ impl<'i> Destination<'i> {
             Err(ProviderError::Http { status: 429, .. }) => Err(ProviderError::RateLimited {
                 until: chrono::Utc::now() + chrono::Duration::minutes(10),
             }),
+            Err(e) if self.flavor == Flavor::Bitbucket => Err(Self::bitbucket_error(e)),
             other => other,
         }
     }
 
     /// What git pushes with: the token, to the source's git origin only.
     pub fn git_credentials(&self) -> Option<crate::git::Credentials> {
-        let username = match self.flavor {
-            Flavor::GitHub => "x-access-token",
-            Flavor::Gitea => "gitvault",
-            // GitLab takes any name with a token; `oauth2` is the one its documentation uses.
-            Flavor::GitLab => "oauth2",
-        };
         self.token.clone().map(|secret| crate::git::Credentials {
-            username: username.into(),
+            username: self.git_user.clone(),
             secret,
         })
     }
 
-    /// The wiki's git URL beside a repository's.
-    pub fn wiki_url(clone_url: &str) -> String {
-        common::wiki_url(clone_url)
+    /// The wiki's git URL beside a repository's (Bitbucket's is below it).
+    pub fn wiki_url(&self, clone_url: &str) -> String {
+        match self.flavor {
+            Flavor::Bitbucket => format!("{clone_url}/wiki"),
+            _ => common::wiki_url(clone_url),
+        }
     }
+}
+
+/// The number (`key`) of a pull or merge request just opened, or `None` when the provider
+/// refused it with one of the `refused` statuses (a branch missing, nothing between them, one
+/// open for them already): the caller makes an issue instead.
+fn opened(
+    answer: Result<Value, ProviderError>,
+    key: &str,
+    refused: &[u16],
+    (head, base): (&str, &str),
+) -> Result<Option<u64>, ProviderError> {
+    match answer {
+        Ok(answer) => id_of(&answer, key).map(Some),
+        Err(ProviderError::Http {
+            status, message, ..
+        }) if refused.contains(&status) => {
+            tracing::info!(%head, %base, %message, "not accepted as a pull request");
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// What a destination has no API to create.
+fn cannot(what: &str) -> ProviderError {
+    ProviderError::Refused(format!(
+        "Bitbucket Cloud's API cannot create {what}; the restore carries them in the text"
+    ))
 }
 
 /// A numeric field of a creation's answer.

@@ -53,8 +53,10 @@ impl Destination<'_> {
         repo: &str,
         tag: &str,
     ) -> Result<Option<CreatedRelease>, ProviderError> {
-        if self.flavor == Flavor::GitLab {
-            return self.gitlab_release_by_tag(repo, tag);
+        match self.flavor {
+            Flavor::GitLab => return self.gitlab_release_by_tag(repo, tag),
+            Flavor::Bitbucket => return self.bitbucket_release(repo, tag).map(Some),
+            Flavor::GitHub | Flavor::Gitea => {}
         }
         let tag = url::form_urlencoded::byte_serialize(tag.as_bytes()).collect::<String>();
         let url = self.repo_url(repo, &format!("/releases/tags/{tag}"));
@@ -71,8 +73,15 @@ impl Destination<'_> {
         release: &Value,
         body: &str,
     ) -> Result<Option<CreatedRelease>, ProviderError> {
-        if self.flavor == Flavor::GitLab {
-            return self.gitlab_create_release(repo, release, body);
+        match self.flavor {
+            Flavor::GitLab => return self.gitlab_create_release(repo, release, body),
+            // Bitbucket Cloud has no releases: the assets go to its Downloads, the text is
+            // not kept (the tag is pushed all the same).
+            Flavor::Bitbucket => {
+                let tag = str_field(release, "tag_name").unwrap_or_default();
+                return self.bitbucket_release(repo, &tag).map(Some);
+            }
+            Flavor::GitHub | Flavor::Gitea => {}
         }
         let tag = str_field(release, "tag_name").unwrap_or_default();
         let mut create = json!({
@@ -121,16 +130,19 @@ impl Destination<'_> {
                 let client = uploads.as_mut().unwrap_or(&mut self.api);
                 client.send_file(&url, bytes, content_type).map(drop)
             }
-            Flavor::Gitea | Flavor::GitLab => {
+            Flavor::Gitea | Flavor::GitLab | Flavor::Bitbucket => {
                 let boundary = format!("gitvault-{}", blake3::hash(name.as_bytes()).to_hex());
                 let field = match self.flavor {
                     Flavor::GitLab => "file",
+                    Flavor::Bitbucket => "files",
                     _ => "attachment",
                 };
                 multipart(bytes, scratch, &boundary, field, name, content_type)
                     .map_err(|e| ProviderError::Store(format!("{}: {e}", scratch.display())))?;
                 let sent = if self.flavor == Flavor::GitLab {
                     self.gitlab_upload_asset(repo, release, name, scratch, &boundary)
+                } else if self.flavor == Flavor::Bitbucket {
+                    self.bitbucket_upload(repo, scratch, &boundary)
                 } else {
                     let url = self.repo_url(
                         repo,

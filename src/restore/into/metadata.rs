@@ -6,13 +6,14 @@
 use std::collections::BTreeMap;
 
 use crate::provider::ProviderError;
-use crate::provider::create::IssueSpec;
+use crate::provider::create::{Flavor, IssueSpec};
 use crate::provider::str_field;
 
 use super::super::RestoreError;
 use super::Run;
 use super::ledger::{IssueDone, Pending};
 use super::plan::{Item, Plan};
+use super::shapes;
 
 /// Which number sequence an item is in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -243,8 +244,10 @@ impl Run<'_> {
         }
         while done.comments < item.comments.len() {
             let body = &item.comments[done.comments];
+            let place =
+                (item.places.get(&done.comments)).map(|(path, line)| (path.as_str(), *line));
             self.create(space.comment(n), |d, repo| {
-                d.create_comment(repo, done.number, done.pull, body)
+                d.create_comment(repo, done.number, done.pull, body, place)
             })?;
             done.comments += 1;
             self.made(space).insert(n, done);
@@ -266,6 +269,11 @@ impl Run<'_> {
     /// What the destination is asked to create for `item`: labels and milestone as it names
     /// them (those it has; a label the backup lacked is dropped).
     fn spec(&self, item: &Item) -> IssueSpec {
+        // Bitbucket's are fields, not labels: they are not in the ledger.
+        let (kind, priority) = match self.dest.flavor() {
+            Flavor::Bitbucket => shapes::bitbucket::kind_and_priority(&item.labels),
+            _ => (None, None),
+        };
         let labels: Vec<String> = item
             .labels
             .iter()
@@ -283,6 +291,8 @@ impl Run<'_> {
             milestone: item
                 .milestone
                 .and_then(|m| self.ledger.milestones.get(&m).copied()),
+            kind,
+            priority,
         }
     }
 

@@ -1,5 +1,5 @@
 //! `restore REPO --to-source NAME`: a snapshot recreated in a hosting account (GitHub,
-//! Gitea/Forgejo or GitLab) instead of on disk. In order: the repository (created, or found when
+//! Gitea/Forgejo, GitLab or Bitbucket Cloud) instead of on disk. In order: the repository (created, or found when
 //! `--into-existing`), every ref (read-only namespaces under `refs/gitvault/`) and the LFS
 //! objects, then labels, milestones, and issues in number order with their comments, pull
 //! requests as issues, closed states last per issue.
@@ -139,8 +139,13 @@ pub fn restore_into(
     let store = vault.reader(keys);
     let (manifest, refs) = load_snapshot(&store, row)?;
     let mut plan = Plan::read(&store, &manifest, &refs)?;
-    if dest.flavor() == Flavor::GitLab {
-        plan.number_merge_requests_apart();
+    match dest.flavor() {
+        Flavor::GitLab => plan.number_merge_requests_apart("GitLab"),
+        Flavor::Bitbucket => {
+            plan.number_merge_requests_apart("Bitbucket");
+            plan.fields_as_text();
+        }
+        Flavor::GitHub | Flavor::Gitea => {}
     }
     let path = ledger_path(vault.dir(), &opts.source.name, &target, &row.id);
     let found = Ledger::load(&path)?;
@@ -397,7 +402,7 @@ impl Run<'_> {
         };
         let work = self.path.with_extension("wiki.git");
         let _ = std::fs::remove_dir_all(&work);
-        let url = Destination::wiki_url(&repo.clone_url);
+        let url = self.dest.wiki_url(&repo.clone_url);
         let result =
             restore_snapshot_watched(vault, keys, &wiki_row, &work, &Silent).and_then(|_| {
                 let credentials = self.dest.git_credentials();

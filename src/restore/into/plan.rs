@@ -54,6 +54,9 @@ pub struct Item {
     pub milestone: Option<u64>,
     pub closed: bool,
     pub comments: Vec<String>,
+    /// Where review comment `i` of `comments` was (file, line), for a destination that can
+    /// put it there again (Bitbucket's inline comments); the text says it as well.
+    pub places: BTreeMap<usize, (String, u64)>,
     /// A pull request's head and base branches, when the snapshot holds both (and the head
     /// was not in a fork): it can be opened as a pull request again.
     pub branches: Option<(String, String)>,
@@ -190,10 +193,15 @@ impl Plan {
         self.all().map(|i| i.comments.len()).sum()
     }
 
-    /// For a destination that numbers merge requests apart (GitLab): every pull request to
-    /// be opened again moves to `merge_requests`, and a closed issue that points to it keeps
-    /// its number in the issues, so that the issues after it keep theirs.
-    pub fn number_merge_requests_apart(&mut self) {
+    /// For a destination that numbers merge requests apart (GitLab, Bitbucket): every pull
+    /// request to be opened again moves to `merge_requests`, and a closed issue that points
+    /// to it keeps its number in the issues, so that the issues after it keep theirs.
+    pub fn number_merge_requests_apart(&mut self, provider: &str) {
+        let what = if provider == "GitLab" {
+            "merge request"
+        } else {
+            "pull request"
+        };
         for (&n, item) in self.items.iter_mut() {
             let Some((head, base)) = item.branches.clone() else {
                 continue;
@@ -202,7 +210,7 @@ impl Plan {
                 kind: ItemKind::Placeholder,
                 title: format!("#{n}: {}", item.title),
                 body: format!(
-                    "*#{n} was a pull request from `{head}` into `{base}`; it is recreated as a merge request, which GitLab numbers apart from issues. This issue keeps the numbers of the issues after it equal to the original's.*"
+                    "*#{n} was a pull request from `{head}` into `{base}`; it is recreated as a {what}, which {provider} numbers apart from issues. This issue keeps the numbers of the issues after it equal to the original's.*"
                 ),
                 closed: true,
                 ..Item::default()
@@ -210,6 +218,47 @@ impl Plan {
             self.merge_requests
                 .insert(n, std::mem::replace(item, pointer));
         }
+    }
+}
+
+impl Plan {
+    /// For Bitbucket Cloud, which has no labels and whose API makes no milestones: an
+    /// issue's labels that are Bitbucket fields (`kind`, `priority: …`) stay labels (the
+    /// destination sets them as fields), every other label and the milestone are named in
+    /// its text; nothing else is asked to create labels or milestones.
+    pub fn fields_as_text(&mut self) {
+        let titles: BTreeMap<u64, String> = self
+            .milestones
+            .iter()
+            .filter_map(|m| Some((number(m, "number")?, str_field(m, "title")?)))
+            .collect();
+        for item in self
+            .items
+            .values_mut()
+            .chain(self.merge_requests.values_mut())
+        {
+            // A pull request has no kind or priority: all of its labels are text.
+            let (fields, rest) = match item.branches {
+                Some(_) => (Vec::new(), item.labels.clone()),
+                None => shapes::bitbucket::fields(&item.labels),
+            };
+            let milestone = item.milestone.and_then(|m| titles.get(&m));
+            let mut said = Vec::new();
+            if !rest.is_empty() {
+                said.push(format!("labels {}", rest.join(", ")));
+            }
+            if let Some(title) = milestone {
+                said.push(format!("milestone {title}"));
+            }
+            if !said.is_empty() {
+                item.body
+                    .push_str(&format!("\n\n*In the original: {}.*", said.join("; ")));
+            }
+            item.labels = fields;
+            item.milestone = None;
+        }
+        self.labels.clear();
+        self.milestones.clear();
     }
 }
 
@@ -331,6 +380,7 @@ fn item(kind: ItemKind, v: &Value, body: &str, comments: Vec<String>) -> Item {
         milestone: v.get("milestone").and_then(|m| number(m, "number")),
         closed: str_field(v, "state").as_deref() == Some("closed"),
         comments,
+        places: BTreeMap::new(),
         branches: None,
     }
 }
@@ -390,10 +440,14 @@ fn pull_item(reference: &str, doc: &Value, kept_at: Option<&str>) -> Item {
         let review = with_created(review, "submitted_at");
         comments.push(attributed(&review, &format!("Review ({state})"), &said));
     }
+    let mut places = BTreeMap::new();
     for rc in doc["review_comments"].as_array().into_iter().flatten() {
         let line = number(rc, "line").or_else(|| number(rc, "original_line"));
         let place = match line {
-            Some(l) => format!("`{}` line {l}", text(rc, "path")),
+            Some(l) => {
+                places.insert(comments.len(), (text(rc, "path"), l));
+                format!("`{}` line {l}", text(rc, "path"))
+            }
             None => format!("`{}`", text(rc, "path")),
         };
         comments.push(attributed(
@@ -402,7 +456,10 @@ fn pull_item(reference: &str, doc: &Value, kept_at: Option<&str>) -> Item {
             &text(rc, "body"),
         ));
     }
-    item(ItemKind::Pull, pr, &body, comments)
+    Item {
+        places,
+        ..item(ItemKind::Pull, pr, &body, comments)
+    }
 }
 
 /// The head and base branch names of a pull request, when both are branches of the
@@ -471,5 +528,44 @@ mod tests {
             item.comments[1].starts_with("*Review (APPROVED) by @alice on 2023-01-08T01:00:00Z*")
         );
         assert!(item.comments[2].contains("`src/a.rs` line 3"));
+        assert_eq!(item.places.get(&2), Some(&("src/a.rs".to_string(), 3)));
+        assert_eq!(item.places.len(), 1);
+    }
+
+    #[test]
+    fn for_bitbucket_labels_and_milestones_that_cannot_be_made_are_text() {
+        let mut plan = super::Plan {
+            labels: vec![json!({"name": "bug"}), json!({"name": "help"})],
+            milestones: vec![json!({"number": 1, "title": "v1.0"})],
+            ..super::Plan::default()
+        };
+        let issue = super::Item {
+            body: "Text.".into(),
+            labels: vec!["bug".into(), "help".into()],
+            milestone: Some(1),
+            ..super::Item::default()
+        };
+        let pull = super::Item {
+            labels: vec!["bug".into()],
+            branches: Some(("feature".into(), "main".into())),
+            ..issue.clone()
+        };
+        plan.items.insert(1, issue);
+        plan.merge_requests.insert(1, pull);
+        plan.fields_as_text();
+        assert!(plan.labels.is_empty() && plan.milestones.is_empty());
+        let issue = &plan.items[&1];
+        assert_eq!(issue.labels, ["bug"]);
+        assert_eq!(issue.milestone, None);
+        assert_eq!(
+            issue.body,
+            "Text.\n\n*In the original: labels help; milestone v1.0.*"
+        );
+        let pull = &plan.merge_requests[&1];
+        assert!(pull.labels.is_empty());
+        assert!(
+            pull.body
+                .ends_with("*In the original: labels bug; milestone v1.0.*")
+        );
     }
 }

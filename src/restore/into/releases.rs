@@ -67,7 +67,8 @@ impl Run<'_> {
                         d.create_release(repo, release, &body)
                     })?;
                     self.ledger.releases.insert(tag.clone(), made.clone());
-                    if made.is_some() {
+                    // Bitbucket's stand-in is no release made (its assets go to Downloads).
+                    if made.is_some() && self.dest.flavor() != Flavor::Bitbucket {
                         self.report.created.releases += 1;
                     }
                     self.done()?;

@@ -23,6 +23,7 @@ use std::collections::BTreeSet;
 
 use serde_json::{Value, json};
 
+use crate::provider::bitbucket::issue_open;
 use crate::provider::str_field;
 
 /// The longest label name GitHub and Gitea take (GitLab takes 255).
@@ -55,11 +56,6 @@ pub fn settings(v: &Value) -> Value {
     })
 }
 
-/// States that are open on Bitbucket's tracker; every other one is a way of closing.
-fn issue_open(state: &str) -> bool {
-    matches!(state, "new" | "open" | "on hold" | "submitted")
-}
-
 /// The labels an issue's fields become (see the table above).
 pub fn issue_labels(issue: &Value) -> Vec<String> {
     let mut names = Vec::new();
@@ -80,6 +76,36 @@ pub fn issue_labels(issue: &Value) -> Vec<String> {
         .into_iter()
         .map(|n| n.chars().take(LABEL_CHARS).collect())
         .collect()
+}
+
+/// Bitbucket's issue kinds and priorities: the two fields of an issue its API takes that a
+/// label can become.
+const KINDS: [&str; 4] = ["bug", "enhancement", "proposal", "task"];
+const PRIORITIES: [&str; 5] = ["trivial", "minor", "major", "critical", "blocker"];
+
+/// Labels as a Bitbucket issue takes them: the first that is a kind and the first that is
+/// `priority: <a priority>` (both as labels still, in that order), and the others.
+pub fn fields(labels: &[String]) -> (Vec<String>, Vec<String>) {
+    let (kind, priority) = kind_and_priority(labels);
+    let priority = priority.map(|p| format!("priority: {p}"));
+    let fields: Vec<String> = kind.into_iter().chain(priority).collect();
+    let rest = labels
+        .iter()
+        .filter(|l| !fields.contains(l))
+        .cloned()
+        .collect();
+    (fields, rest)
+}
+
+/// An issue's `kind` and `priority` from the labels [`fields`] kept.
+pub fn kind_and_priority(labels: &[String]) -> (Option<String>, Option<String>) {
+    let kind = labels.iter().find(|l| KINDS.contains(&l.as_str())).cloned();
+    let priority = labels
+        .iter()
+        .filter_map(|l| l.strip_prefix("priority: "))
+        .find(|p| PRIORITIES.contains(p))
+        .map(str::to_string);
+    (kind, priority)
 }
 
 /// Every label the issues of a backup use, as label objects with a colour per kind of
@@ -333,5 +359,19 @@ mod tests {
         assert_eq!(pr["review_comments"][0]["line"], 2);
         assert_eq!(pr["reviews"].as_array().unwrap().len(), 1);
         assert_eq!(pr["reviews"][0]["submitted_at"], "p");
+    }
+
+    #[test]
+    fn labels_that_are_bitbucket_fields_become_them_and_only_those() {
+        let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let labels = names(&["help", "priority: huge", "task", "bug", "priority: minor"]);
+        let (fields, rest) = super::fields(&labels);
+        assert_eq!(fields, names(&["task", "priority: minor"]));
+        assert_eq!(rest, names(&["help", "priority: huge", "bug"]));
+        assert_eq!(
+            super::kind_and_priority(&fields),
+            (Some("task".into()), Some("minor".into()))
+        );
+        assert_eq!(super::kind_and_priority(&names(&["help"])), (None, None));
     }
 }
