@@ -212,15 +212,7 @@ fn unchanged_repository_transfers_no_pack_and_costs_a_few_kib() {
 #[test]
 fn incremental_backup_adds_about_the_new_commit() {
     let tv = TestVault::new();
-    let root = tv.tmp.path().join("served");
-    std::fs::create_dir_all(&root).unwrap();
-    let rich = make_repo(&root, "rich", &[]);
-    for _ in 0..10 {
-        evolve(&rich, "add-commit");
-    }
-    let daemon = GitDaemon::start(&root);
-    let url = daemon.url("rich");
-    backup(&tv, &url, "rich", None);
+    let (rich, _daemon, url, _) = served_and_backed_up(&tv);
     let before = tree_size(&tv.data_dir());
     assert!(
         before > 1_000_000,

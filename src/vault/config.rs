@@ -41,7 +41,7 @@ pub struct Config {
 
 /// `[cache]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+#[serde(default)]
 pub struct CacheConfig {
     /// Keep each repository's mirror cache after its backup (the default). Off, the cache is
     /// removed after each successful backup and rebuilt from the vault when the next one has
