@@ -21,8 +21,10 @@ enum CacheCommand {
     /// Remove the mirror caches of REPOs (or --all). The next backup of a repository whose
     /// refs changed rebuilds its cache from the vault: the fetch stays incremental.
     Drop {
+        /// Repository names, as `snapshots` shows them.
         #[arg(required_unless_present = "all", conflicts_with = "all")]
         repos: Vec<String>,
+        /// Every cache, and whatever else lies in DIR/cache (leftovers of killed rebuilds).
         #[arg(long)]
         all: bool,
     },
