@@ -612,17 +612,17 @@ fn with_keep_off_no_cache_remains_and_the_next_backup_is_incremental() {
     restores_exactly(&tv, "2026-01-02", &day2);
 }
 
-#[test]
-fn a_rebuild_from_a_vault_missing_a_pack_falls_back_to_a_full_fetch() {
+/// Backs up, drops the cache, does `damage` to the vault's largest pack (the git objects),
+/// adds a commit and backs up again: the rebuild must fail, warn, and fetch everything.
+fn rebuild_from_a_damaged_vault(damage: impl Fn(&Path)) -> (TestVault, String) {
     let tv = TestVault::new();
     let (rich, _daemon, url, _) = served_and_backed_up(&tv);
     ok(&tv.run(&["cache", "drop", "--all"]));
-    // The pack holding the git objects (the largest) is gone from the only target.
     let largest = common::pack_files(&tv.data_dir())
         .into_iter()
         .max_by_key(|p| std::fs::metadata(p).unwrap().len())
         .unwrap();
-    std::fs::remove_file(&largest).unwrap();
+    damage(&largest);
     evolve(&rich, "add-commit");
     let day2 = refs_and_head(&rich);
     let mut cmd = tv.command(&["--json", "backup", &url, "--name", "rich"]);
@@ -636,7 +636,26 @@ fn a_rebuild_from_a_vault_missing_a_pack_falls_back_to_a_full_fetch() {
         stderr(&out)
     );
     assert!(received(&doc) > 50, "a full fetch: {doc}");
+    (tv, day2)
+}
+
+#[test]
+fn a_rebuild_from_a_vault_missing_a_pack_falls_back_to_a_full_fetch() {
+    let (tv, day2) = rebuild_from_a_damaged_vault(|pack| std::fs::remove_file(pack).unwrap());
+    // The pack is missing from every target: the backup stored its objects again.
     restores_exactly(&tv, "2026-01-02", &day2);
+}
+
+#[test]
+fn a_rebuild_from_a_tampered_pack_falls_back_to_a_full_fetch() {
+    // A flipped byte fails the pack's authentication: nothing of it reaches the cache. (The
+    // vault itself is then damaged: `verify` reports it, `sync` repairs it from a replica.)
+    rebuild_from_a_damaged_vault(|pack| {
+        let mut bytes = std::fs::read(pack).unwrap();
+        let middle = bytes.len() / 2;
+        bytes[middle] ^= 0x40;
+        std::fs::write(pack, bytes).unwrap();
+    });
 }
 
 #[test]
