@@ -575,6 +575,10 @@ fn a_dropped_cache_is_rebuilt_from_the_vault_and_the_fetch_stays_incremental() {
     assert_eq!(dropped["dropped"].as_array().unwrap().len(), 1, "{dropped}");
     assert!(!listed[0].1.exists());
     assert!(caches(&tv).is_empty());
+    // Unchanged: nothing fetched, nothing rebuilt; the empty cache this leaves is rebuilt
+    // by the next backup that fetches.
+    let doc = backup(&tv, &url, "rich", Some("2026-01-01T18:00:00Z"));
+    assert_eq!(received(&doc), 0, "{doc}");
 
     evolve(&rich, "add-commit");
     let day2 = refs_and_head(&rich);

@@ -129,7 +129,18 @@ fn clear_foreign(cache: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
-/// The mirror cache, and whether it was created just now (it was missing or unusable).
+/// Whether a cache has neither refs (written after every fetch) nor a pack.
+fn holds_nothing(cache: &Path) -> bool {
+    let packs = std::fs::read_dir(cache.join("objects").join("pack")).map_or(0, |entries| {
+        entries
+            .flatten()
+            .filter(|e| e.path().extension().is_some_and(|x| x == "pack"))
+            .count()
+    });
+    !cache.join("packed-refs").exists() && packs == 0
+}
+
+/// The mirror cache, and whether it holds nothing yet (it was missing or unusable).
 fn open_or_init_cache(cache: &Path) -> Result<(gix::Repository, bool), GitError> {
     let cache_err = |e: &dyn std::fmt::Display| GitError::Cache {
         path: cache.display().to_string(),
@@ -149,7 +160,9 @@ fn open_or_init_cache(cache: &Path) -> Result<(gix::Repository, bool), GitError>
     } else {
         None
     };
-    let fresh = existing.is_none();
+    // A cache that holds nothing yet: made just now, or made for a ref listing that found
+    // nothing to fetch (an unchanged repository) after the cache had been dropped.
+    let fresh = existing.is_none() || holds_nothing(cache);
     let mut repo = if let Some(repo) = existing {
         repo
     } else {
@@ -296,9 +309,7 @@ fn fetch_once(
         });
     }
     // Seeded only now: an unchanged repository needs no cache at all.
-    if fresh {
-        drop(repo);
-        seed(cache);
+    if fresh && seed(cache) {
         repo = open_or_init_cache(cache)?.0;
     }
     // The objects are wanted by id, with no local ref to update: gix's ref update locks each
