@@ -10,7 +10,7 @@ use super::BackupError;
 use crate::crypto::VaultKeys;
 use crate::index::SnapshotRow;
 use crate::model::RefSet;
-use crate::progress::Silent;
+use crate::progress::{Progress, Unit};
 use crate::vault::Vault;
 use crate::vault::repository::{VaultSource, locate, walk_snapshot, write_objects};
 
@@ -29,7 +29,9 @@ pub(super) fn rebuild(
     keys: &VaultKeys,
     row: &SnapshotRow,
     cache: &Path,
+    (job, progress): (&str, &dyn Progress),
 ) -> Result<u32, BackupError> {
+    progress.phase(job, "rebuild cache: walk", None, Unit::Objects);
     let walker = vault.reader(keys);
     // The ref set chunk is checked against its keyed id as it is read; the objects against
     // their git ids. A wrong ref set would only cost negotiation, never what is stored.
@@ -49,12 +51,7 @@ pub(super) fn rebuild(
     let written = (|| -> Result<u32, BackupError> {
         crate::git::write_bare_repository(&staging, &refs)?;
         let source = VaultSource::new(vault.index(), &store);
-        Ok(write_objects(
-            &source,
-            &located,
-            &staging,
-            (&row.repo, &Silent),
-        )?)
+        Ok(write_objects(&source, &located, &staging, (job, progress))?)
     })();
     let written = match written {
         Ok(written) => written,

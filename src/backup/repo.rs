@@ -235,7 +235,9 @@ fn fetch(
             return false;
         };
         let started = Instant::now();
-        match super::cache::rebuild(vault, keys, previous, cache) {
+        let rebuilt = super::cache::rebuild(vault, keys, previous, cache, (&job, progress));
+        progress.phase(&job, "fetch", None, Unit::Objects);
+        match rebuilt {
             Ok(objects) => {
                 tracing::info!(repo = %remote.name, objects, seconds = started.elapsed().as_secs_f64(), "rebuilt the mirror cache from the vault");
                 true
