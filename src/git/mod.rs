@@ -97,9 +97,9 @@ pub struct FetchResult {
     pub objects_received: u64,
 }
 
-/// Whether `cache` is a directory of our own that may be a repository: not a symlink (which
-/// would send our writes, and our trust, elsewhere), and with none of git's entries a symlink
-/// either. Anything else in its place is removed (the symlink itself, not what it names).
+/// Leaves at `cache` nothing, an empty directory, or a directory that may be a repository of
+/// ours: not a symlink (which would send our writes, and our trust, elsewhere) and with none of
+/// git's entries a symlink. Anything else is removed (a symlink itself, never what it names).
 fn clear_foreign(cache: &Path) -> std::io::Result<()> {
     let meta = match std::fs::symlink_metadata(cache) {
         Ok(meta) => meta,
@@ -233,9 +233,9 @@ const FETCH_RETRIES: u32 = 2;
 /// one already in the vault, fetches (negotiating against the cache) every object they reach
 /// into the cache repository. Stalls and broken connections are retried with jittered backoff.
 ///
-/// When the cache was missing (or unusable) and objects are to be fetched, `seed` may first
-/// put a repository at the cache's path (the previous snapshot, from the vault) so that only
-/// what is new crosses the network; it returns whether it did.
+/// When the cache holds nothing (missing, unusable, or left empty) and objects are to be
+/// fetched, `seed` may first put a repository at the cache's path (the previous snapshot, from
+/// the vault) so that only what is new crosses the network; it returns whether it did.
 pub fn fetch(
     spec: &RemoteSpec,
     cache: &Path,
