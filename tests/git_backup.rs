@@ -212,15 +212,7 @@ fn unchanged_repository_transfers_no_pack_and_costs_a_few_kib() {
 #[test]
 fn incremental_backup_adds_about_the_new_commit() {
     let tv = TestVault::new();
-    let root = tv.tmp.path().join("served");
-    std::fs::create_dir_all(&root).unwrap();
-    let rich = make_repo(&root, "rich", &[]);
-    for _ in 0..10 {
-        evolve(&rich, "add-commit");
-    }
-    let daemon = GitDaemon::start(&root);
-    let url = daemon.url("rich");
-    backup(&tv, &url, "rich", None);
+    let (rich, _daemon, url, _) = served_and_backed_up(&tv);
     let before = tree_size(&tv.data_dir());
     assert!(
         before > 1_000_000,
@@ -524,4 +516,190 @@ fn an_index_of_the_previous_schema_is_migrated_and_restores_exactly() {
     restore(&tv, "rich", &[], &pruned);
     fsck(&pruned);
     assert_eq!(refs_and_head(&pruned), refs_and_head(&rich));
+}
+
+/// The mirror caches `gitvault cache --json` lists: (repository, path, bytes).
+fn caches(tv: &TestVault) -> Vec<(Option<String>, PathBuf, u64)> {
+    let doc: serde_json::Value = serde_json::from_str(&ok(&tv.run(&["--json", "cache"]))).unwrap();
+    doc["caches"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["repo"].as_str().map(str::to_string),
+                PathBuf::from(c["path"].as_str().unwrap()),
+                c["bytes"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+fn received(doc: &serde_json::Value) -> u64 {
+    doc["repositories"][0]["objects_received"].as_u64().unwrap()
+}
+
+/// A repository of 11 commits of 100 KiB each, served by git daemon, backed up once.
+fn served_and_backed_up(tv: &TestVault) -> (PathBuf, GitDaemon, String, String) {
+    let root = tv.tmp.path().join("served");
+    std::fs::create_dir_all(&root).unwrap();
+    let rich = make_repo(&root, "rich", &[]);
+    for _ in 0..10 {
+        evolve(&rich, "add-commit");
+    }
+    let daemon = GitDaemon::start(&root);
+    let url = daemon.url("rich");
+    let first = backup(tv, &url, "rich", Some("2026-01-01T12:00:00Z"));
+    assert!(received(&first) > 50, "{first}");
+    (rich, daemon, url, refs_and_head(&root.join("rich.git")))
+}
+
+/// Restores the snapshot of `at` and checks it against the server's refs of that day.
+fn restores_exactly(tv: &TestVault, at: &str, expected: &str) {
+    let to = tv.tmp.path().join(format!("restored-{at}"));
+    restore(tv, "rich", &["--at", at], &to);
+    fsck(&to);
+    assert_eq!(refs_and_head(&to), expected);
+}
+
+#[test]
+fn a_dropped_cache_is_rebuilt_from_the_vault_and_the_fetch_stays_incremental() {
+    let tv = TestVault::new();
+    let (rich, _daemon, url, day1) = served_and_backed_up(&tv);
+    let listed = caches(&tv);
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0].0.as_deref(), Some("rich"));
+    assert!(listed[0].2 > 1_000_000, "{listed:?}");
+    let dropped: serde_json::Value =
+        serde_json::from_str(&ok(&tv.run(&["--json", "cache", "drop", "rich"]))).unwrap();
+    assert_eq!(dropped["dropped"].as_array().unwrap().len(), 1, "{dropped}");
+    assert!(!listed[0].1.exists());
+    assert!(caches(&tv).is_empty());
+    // Unchanged: nothing fetched, nothing rebuilt; the empty cache this leaves is rebuilt
+    // by the next backup that fetches.
+    let doc = backup(&tv, &url, "rich", Some("2026-01-01T18:00:00Z"));
+    assert_eq!(received(&doc), 0, "{doc}");
+
+    evolve(&rich, "add-commit");
+    let day2 = refs_and_head(&rich);
+    let doc = backup(&tv, &url, "rich", Some("2026-01-02T12:00:00Z"));
+    // The rebuilt cache's refs are the first snapshot's: only the new commit is sent.
+    assert!((3..=6).contains(&received(&doc)), "{doc}");
+    let added = doc["repositories"][0]["objects_added"].as_u64().unwrap();
+    assert!((3..=6).contains(&added), "{doc}");
+    assert!(
+        listed[0].1.join("HEAD").is_file(),
+        "the cache is kept by default"
+    );
+    restores_exactly(&tv, "2026-01-01", &day1);
+    restores_exactly(&tv, "2026-01-02", &day2);
+}
+
+#[test]
+fn with_keep_off_no_cache_remains_and_the_next_backup_is_incremental() {
+    let tv = TestVault::new();
+    let config = tv.dir.join("config.toml");
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str("\n[cache]\nkeep = false\n");
+    std::fs::write(&config, text).unwrap();
+    let (rich, _daemon, url, day1) = served_and_backed_up(&tv);
+    assert!(caches(&tv).is_empty(), "{:?}", caches(&tv));
+    evolve(&rich, "add-commit");
+    let day2 = refs_and_head(&rich);
+    let doc = backup(&tv, &url, "rich", Some("2026-01-02T12:00:00Z"));
+    assert!((3..=6).contains(&received(&doc)), "{doc}");
+    assert!(caches(&tv).is_empty(), "{:?}", caches(&tv));
+    // Unchanged: nothing to fetch, so nothing is rebuilt either.
+    let doc = backup(&tv, &url, "rich", Some("2026-01-03T12:00:00Z"));
+    assert_eq!(received(&doc), 0, "{doc}");
+    restores_exactly(&tv, "2026-01-01", &day1);
+    restores_exactly(&tv, "2026-01-02", &day2);
+}
+
+/// Backs up, drops the cache, does `damage` to the vault's largest pack (the git objects),
+/// adds a commit and backs up again: the rebuild must fail, warn, and fetch everything.
+fn rebuild_from_a_damaged_vault(damage: impl Fn(&Path)) -> (TestVault, String) {
+    let tv = TestVault::new();
+    let (rich, _daemon, url, _) = served_and_backed_up(&tv);
+    ok(&tv.run(&["cache", "drop", "--all"]));
+    let largest = common::pack_files(&tv.data_dir())
+        .into_iter()
+        .max_by_key(|p| std::fs::metadata(p).unwrap().len())
+        .unwrap();
+    damage(&largest);
+    evolve(&rich, "add-commit");
+    let day2 = refs_and_head(&rich);
+    let mut cmd = tv.command(&["--json", "backup", &url, "--name", "rich"]);
+    cmd.env("GITVAULT_NOW", "2026-01-02T12:00:00Z");
+    let out = cmd.output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        stderr(&out).contains("could not rebuild the mirror cache"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(received(&doc) > 50, "a full fetch: {doc}");
+    (tv, day2)
+}
+
+#[test]
+fn a_rebuild_from_a_vault_missing_a_pack_falls_back_to_a_full_fetch() {
+    let (tv, day2) = rebuild_from_a_damaged_vault(|pack| std::fs::remove_file(pack).unwrap());
+    // The pack is missing from every target: the backup stored its objects again.
+    restores_exactly(&tv, "2026-01-02", &day2);
+}
+
+#[test]
+fn a_rebuild_from_a_tampered_pack_falls_back_to_a_full_fetch() {
+    // A flipped byte fails the pack's authentication: nothing of it reaches the cache. (The
+    // vault itself is then damaged: `verify` reports it, `sync` repairs it from a replica.)
+    rebuild_from_a_damaged_vault(|pack| {
+        let mut bytes = std::fs::read(pack).unwrap();
+        let middle = bytes.len() / 2;
+        bytes[middle] ^= 0x40;
+        std::fs::write(pack, bytes).unwrap();
+    });
+}
+
+#[test]
+fn a_cache_replaced_by_a_symlink_or_garbage_is_not_followed_nor_trusted() {
+    let tv = TestVault::new();
+    let (rich, _daemon, url, _) = served_and_backed_up(&tv);
+    let cache = caches(&tv)[0].1.clone();
+    // A symlink to a directory of someone else's: never written into, never removed.
+    let elsewhere = tv.tmp.path().join("elsewhere");
+    std::fs::create_dir_all(elsewhere.join("objects")).unwrap();
+    std::fs::write(elsewhere.join("HEAD"), "ref: refs/heads/main\n").unwrap();
+    std::fs::write(elsewhere.join("precious"), "keep me").unwrap();
+    std::fs::remove_dir_all(&cache).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, &cache).unwrap();
+    evolve(&rich, "add-commit");
+    let doc = backup(&tv, &url, "rich", Some("2026-01-02T12:00:00Z"));
+    assert!((3..=6).contains(&received(&doc)), "{doc}");
+    let meta = std::fs::symlink_metadata(&cache).unwrap();
+    assert!(meta.is_dir() && !meta.file_type().is_symlink());
+    let mut left: Vec<_> = std::fs::read_dir(&elsewhere)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    left.sort();
+    assert_eq!(left, ["HEAD", "objects", "precious"]);
+    assert_eq!(
+        std::fs::read_dir(elsewhere.join("objects"))
+            .unwrap()
+            .count(),
+        0
+    );
+
+    // Garbage in its place: not a repository, so removed and rebuilt from the vault.
+    std::fs::remove_dir_all(&cache).unwrap();
+    std::fs::create_dir_all(cache.join("junk")).unwrap();
+    std::fs::write(cache.join("junk/file"), common::noise(7, 4096)).unwrap();
+    evolve(&rich, "add-commit");
+    let day3 = refs_and_head(&rich);
+    let doc = backup(&tv, &url, "rich", Some("2026-01-03T12:00:00Z"));
+    assert!((3..=6).contains(&received(&doc)), "{doc}");
+    assert!(!cache.join("junk").exists());
+    restores_exactly(&tv, "2026-01-03", &day3);
 }

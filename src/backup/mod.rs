@@ -14,6 +14,7 @@
 //! is in the vault. Objects are recorded together with the snapshot row, after every pack is
 //! durable, so a crash or a failure never leaves a half-ingested closure behind.
 
+pub mod cache;
 mod lfs;
 mod metadata;
 mod repo;
@@ -51,6 +52,14 @@ pub enum BackupError {
         #[source]
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Repository(#[from] crate::vault::repository::RepositoryError),
+    #[error("mirror cache {path}: {source}")]
+    Cache {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     /// The thread reading the mirror cache ended without an error of its own: it panicked.
     #[error("the thread reading the mirror cache stopped early")]
     ReaderStopped,
@@ -73,13 +82,16 @@ impl BackupError {
     fn reason(&self) -> Reason {
         match self {
             BackupError::Git(GitError::NotFound(_)) => Reason::NotFound,
-            BackupError::Git(_) | BackupError::ReaderStopped => Reason::Git,
+            BackupError::Git(_) | BackupError::ReaderStopped | BackupError::Cache { .. } => {
+                Reason::Git
+            }
             BackupError::RateLimited { .. } => Reason::RateLimited,
             BackupError::Lfs(_) | BackupError::LfsFile { .. } => Reason::Lfs,
             BackupError::Store(_)
             | BackupError::Index(_)
             | BackupError::Snapshot(_)
-            | BackupError::Vault(_) => Reason::Vault,
+            | BackupError::Vault(_)
+            | BackupError::Repository(_) => Reason::Vault,
         }
     }
 }

@@ -60,6 +60,11 @@ pub(super) fn backup_repository(
     report.seconds = started.elapsed().as_secs_f64();
     report.bytes_uploaded = handle.uploaded;
     report.bytes_added = handle.raw_added;
+    let snapshot_kept = matches!(result, Ok(()) | Err(BackupError::RateLimited { .. }));
+    if snapshot_kept && !vault.config().cache.keep {
+        // Only after a snapshot: a failed run's cache keeps what it fetched for the next one.
+        super::cache::drop_after_backup(&super::cache::cache_path(vault, &report.repo));
+    }
     match result {
         Ok(()) => {}
         // The snapshot was kept: the line stays partial.
@@ -100,7 +105,7 @@ fn run(
     let remote = resolve(vault, request, report)?;
     let previous = vault.index().snapshot_as_of(&remote.name, None)?;
     progress.phase(&report.repo, "fetch", None, Unit::Objects);
-    let fetched = fetch(keys, &remote, previous.as_ref(), report, progress)?;
+    let fetched = fetch(vault, keys, &remote, previous.as_ref(), report, progress)?;
     let refset_bytes = fetched.refs.encode();
     let refset = keys.id_key().chunk_id(&refset_bytes);
     let mut unchanged = previous.as_ref().is_some_and(|p| p.refset == refset);
@@ -201,8 +206,7 @@ fn resolve(
         .credentials
         .clone()
         .or_else(|| spec.url_credentials.clone());
-    let digest = blake3::hash(name.as_bytes()).to_hex();
-    let cache = vault.cache_dir().join(format!("{}.git", &digest[..24]));
+    let cache = super::cache::cache_path(vault, &name);
     Ok(Remote {
         spec,
         name,
@@ -213,6 +217,7 @@ fn resolve(
 
 /// One advertisement, and the objects of the refs unless they are the previous snapshot's.
 fn fetch(
+    vault: &Vault,
     keys: &VaultKeys,
     remote: &Remote,
     previous: Option<&SnapshotRow>,
@@ -222,11 +227,33 @@ fn fetch(
     let id_key = keys.id_key();
     let job = report.repo.clone();
     let phase = Instant::now();
+    // A missing cache (dropped, or damaged and deleted) is rebuilt from the previous snapshot,
+    // so that the fetch negotiates with its tips and receives only what is new. Failing that,
+    // the fetch is a full one: slower, nothing lost.
+    let seed = |cache: &std::path::Path| -> bool {
+        let Some(previous) = previous else {
+            return false;
+        };
+        let started = Instant::now();
+        let rebuilt = super::cache::rebuild(vault, keys, previous, cache, (&job, progress));
+        progress.phase(&job, "fetch", None, Unit::Objects);
+        match rebuilt {
+            Ok(objects) => {
+                tracing::info!(repo = %remote.name, objects, seconds = started.elapsed().as_secs_f64(), "rebuilt the mirror cache from the vault");
+                true
+            }
+            Err(e) => {
+                tracing::warn!(repo = %remote.name, error = %e, "could not rebuild the mirror cache from the vault; fetching everything again");
+                false
+            }
+        }
+    };
     let fetched = git::fetch(
         &remote.spec,
         &remote.cache,
         remote.credentials.as_ref(),
         |refs| previous.is_some_and(|p| p.refset == id_key.chunk_id(&refs.encode())),
+        &seed,
         (&job, progress),
     )?;
     tracing::info!(repo = %remote.name, seconds = phase.elapsed().as_secs_f64(), objects = fetched.objects_received, "fetched");

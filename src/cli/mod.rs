@@ -2,6 +2,7 @@
 //! or one JSON document (`--json`). No logic of its own beyond turning arguments into library
 //! calls and results into text.
 
+mod cache;
 mod chunk;
 mod config;
 mod daemon;
@@ -142,6 +143,9 @@ enum Command {
     /// and commit before exiting 0; SIGHUP reads the jobs again once the running one ended. A
     /// job whose slot passed while no daemon ran runs at once.
     Daemon,
+    /// The mirror caches on this host (DIR/cache): list their sizes; `cache drop REPO…|--all`
+    /// removes them (the next backup rebuilds one from the vault when it has to fetch).
+    Cache(cache::CacheArgs),
     /// Plumbing: store and read raw data in the chunk store (scripts and tests).
     #[command(subcommand)]
     Chunk(chunk::ChunkCommand),
@@ -392,6 +396,7 @@ fn run(ctx: &Ctx, command: Command) -> Result<i32> {
             Ok(EXIT_OK)
         }
         Command::Target(cmd) => target::run(ctx, cmd),
+        Command::Cache(args) => cache::run(ctx, args),
         Command::Keygen { output } => {
             let public = gitvault::crypto::write_identity_file(&output)
                 .with_context(|| format!("writing {}", output.display()))?;

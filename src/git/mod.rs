@@ -97,11 +97,56 @@ pub struct FetchResult {
     pub objects_received: u64,
 }
 
-fn open_or_init_cache(cache: &Path) -> Result<gix::Repository, GitError> {
+/// Leaves at `cache` nothing, an empty directory, or a directory that may be a repository of
+/// ours: not a symlink (which would send our writes, and our trust, elsewhere) and with none of
+/// git's entries a symlink. Anything else is removed (a symlink itself, never what it names).
+fn clear_foreign(cache: &Path) -> std::io::Result<()> {
+    let meta = match std::fs::symlink_metadata(cache) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    if !meta.is_dir() {
+        tracing::warn!(cache = %cache.display(), "mirror cache is not a directory (a symlink?); removing it");
+        return std::fs::remove_file(cache);
+    }
+    let linked = [
+        "HEAD",
+        "config",
+        "objects",
+        "refs",
+        "packed-refs",
+        "objects/pack",
+    ]
+    .iter()
+    .any(|e| std::fs::symlink_metadata(cache.join(e)).is_ok_and(|m| m.file_type().is_symlink()));
+    let repository = cache.join("HEAD").is_file() && cache.join("objects").is_dir();
+    let empty = std::fs::read_dir(cache)?.next().is_none();
+    if linked || !(repository || empty) {
+        tracing::warn!(cache = %cache.display(), "mirror cache is not a repository of ours; removing it");
+        std::fs::remove_dir_all(cache)?;
+    }
+    Ok(())
+}
+
+/// Whether a cache has neither refs (written after every fetch) nor a pack.
+fn holds_nothing(cache: &Path) -> bool {
+    let packs = std::fs::read_dir(cache.join("objects").join("pack")).map_or(0, |entries| {
+        entries
+            .flatten()
+            .filter(|e| e.path().extension().is_some_and(|x| x == "pack"))
+            .count()
+    });
+    !cache.join("packed-refs").exists() && packs == 0
+}
+
+/// The mirror cache, and whether it holds nothing yet (it was missing or unusable).
+fn open_or_init_cache(cache: &Path) -> Result<(gix::Repository, bool), GitError> {
     let cache_err = |e: &dyn std::fmt::Display| GitError::Cache {
         path: cache.display().to_string(),
         reason: e.to_string(),
     };
+    clear_foreign(cache).map_err(|e| cache_err(&e))?;
     let existing = if cache.join("HEAD").exists() {
         match gix::open(cache) {
             Ok(repo) => Some(repo),
@@ -115,6 +160,9 @@ fn open_or_init_cache(cache: &Path) -> Result<gix::Repository, GitError> {
     } else {
         None
     };
+    // A cache that holds nothing yet: made just now, or made for a ref listing that found
+    // nothing to fetch (an unchanged repository) after the cache had been dropped.
+    let fresh = existing.is_none() || holds_nothing(cache);
     let mut repo = if let Some(repo) = existing {
         repo
     } else {
@@ -124,7 +172,7 @@ fn open_or_init_cache(cache: &Path) -> Result<gix::Repository, GitError> {
         gix::init_bare(cache).map_err(|e| cache_err(&e))?
     };
     repo.object_cache_size_if_unset(64 << 20);
-    Ok(repo)
+    Ok((repo, fresh))
 }
 
 fn to_refset(remote_refs: &[Ref]) -> RefSet {
@@ -184,16 +232,21 @@ const FETCH_RETRIES: u32 = 2;
 /// Lists the server's refs in one advertisement and, unless `unchanged` says the ref set is the
 /// one already in the vault, fetches (negotiating against the cache) every object they reach
 /// into the cache repository. Stalls and broken connections are retried with jittered backoff.
+///
+/// When the cache holds nothing (missing, unusable, or left empty) and objects are to be
+/// fetched, `seed` may first put a repository at the cache's path (the previous snapshot, from
+/// the vault) so that only what is new crosses the network; it returns whether it did.
 pub fn fetch(
     spec: &RemoteSpec,
     cache: &Path,
     credentials: Option<&Credentials>,
     unchanged: impl Fn(&RefSet) -> bool,
+    seed: &dyn Fn(&Path) -> bool,
     watch: (&str, &dyn crate::progress::Progress),
 ) -> Result<FetchResult, GitError> {
     let mut attempt = 0;
     loop {
-        match fetch_once(spec, cache, credentials, &unchanged, watch) {
+        match fetch_once(spec, cache, credentials, &unchanged, seed, watch) {
             Err(GitError::Fetch(text)) if transient(&text) => {
                 if attempt == FETCH_RETRIES {
                     return Err(GitError::Fetch(format!(
@@ -232,26 +285,32 @@ fn fetch_once(
     cache: &Path,
     credentials: Option<&Credentials>,
     unchanged: &impl Fn(&RefSet) -> bool,
+    seed: &dyn Fn(&Path) -> bool,
     watch: (&str, &dyn crate::progress::Progress),
 ) -> Result<FetchResult, GitError> {
-    let repo = open_or_init_cache(cache)?;
+    let (mut repo, fresh) = open_or_init_cache(cache)?;
     let options = || gix::remote::ref_map::Options {
         // With the default, gix sends the literal prefix `refs/*` and servers return nothing.
         prefix_from_spec_as_filter_on_remote: false,
         ..Default::default()
     };
-    let listing = remote_for(&repo, spec, ["+refs/*:refs/*".to_string()])?;
-    let (ref_map, _) = connect(&listing, spec, credentials)?
-        .ref_map(gix::progress::Discard, options())
-        .map_err(fetch_err)?;
-    let refs = to_refset(&ref_map.remote_refs);
-    drop(ref_map);
+    let refs = {
+        let listing = remote_for(&repo, spec, ["+refs/*:refs/*".to_string()])?;
+        let (ref_map, _) = connect(&listing, spec, credentials)?
+            .ref_map(gix::progress::Discard, options())
+            .map_err(fetch_err)?;
+        to_refset(&ref_map.remote_refs)
+    };
     if unchanged(&refs) || refs.refs.is_empty() {
         return Ok(FetchResult {
             refs,
             fetched: false,
             objects_received: 0,
         });
+    }
+    // Seeded only now: an unchanged repository needs no cache at all.
+    if fresh && seed(cache) {
+        repo = open_or_init_cache(cache)?.0;
     }
     // The objects are wanted by id, with no local ref to update: gix's ref update locks each
     // ref with a file of its own (9,640 directories and lock files for cargo's pull requests,
@@ -360,14 +419,14 @@ pub struct CacheReader {
 impl CacheReader {
     pub fn open(cache: &Path) -> Result<CacheReader, GitError> {
         Ok(CacheReader {
-            repo: open_or_init_cache(cache)?,
+            repo: open_or_init_cache(cache)?.0,
         })
     }
 
     /// For a pass that reads each object once: no cache of whole objects (git's delta bases
     /// are still cached), which would only hold memory.
     pub fn open_for_one_pass(cache: &Path) -> Result<CacheReader, GitError> {
-        let mut repo = open_or_init_cache(cache)?;
+        let mut repo = open_or_init_cache(cache)?.0;
         repo.object_cache_size(None);
         Ok(CacheReader { repo })
     }

@@ -23,7 +23,7 @@ use crate::crypto::VaultKeys;
 use crate::git::{self, GitError};
 use crate::index::{IndexError, SnapshotRow};
 use crate::progress::{self, Progress, Silent, Unit};
-use crate::snapshot::{self, Manifest, Oid, RefSet};
+use crate::snapshot::{self, Manifest, RefSet};
 use crate::store::{ChunkReader, StoreError};
 use crate::vault::Vault;
 
@@ -51,12 +51,8 @@ pub enum RestoreError {
     NoMetadata(String),
     #[error("{0} exists and is not empty; restore into a new or empty directory")]
     NotEmpty(String),
-    #[error(
-        "object {oid} is needed by the snapshot but missing from the vault index; run `gitvault verify`"
-    )]
-    MissingObject { oid: Oid },
-    #[error("object {oid} read from the vault does not hash to its id; the vault is damaged")]
-    BadObject { oid: Oid },
+    #[error(transparent)]
+    Repository(#[from] crate::vault::repository::RepositoryError),
     #[error("{context}: {source}")]
     Io {
         context: String,
@@ -238,11 +234,13 @@ pub fn restore_snapshot_watched(
     let walker = vault.reader(keys);
     let (manifest, refs) = load_snapshot(&walker, row)?;
     progress.phase(&row.repo, "walk", None, Unit::Objects);
-    let located =
-        repository::walk_snapshot(&mut repository::VaultSource::new(vault, &walker), &refs)?;
+    let located = repository::walk_snapshot(
+        &mut repository::VaultSource::new(vault.index(), &walker),
+        &refs,
+    )?;
     drop(walker);
     let store = vault.reader(keys).sequential();
-    let source = repository::VaultSource::new(vault, &store);
+    let source = repository::VaultSource::new(vault.index(), &store);
     let phase = std::time::Instant::now();
     let staging = staging_dir(to)?;
     let watch = (row.repo.as_str(), progress);

@@ -34,6 +34,31 @@ pub struct Config {
     /// Settings of `gitvault daemon` itself.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub daemon: Option<DaemonConfig>,
+    /// The mirror caches under DIR/cache (docs/CONFIG.md, "[cache]").
+    #[serde(default, skip_serializing_if = "CacheConfig::is_default")]
+    pub cache: CacheConfig,
+}
+
+/// `[cache]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct CacheConfig {
+    /// Keep each repository's mirror cache after its backup (the default). Off, the cache is
+    /// removed after each successful backup and rebuilt from the vault when the next one has
+    /// something to fetch: less disk, some CPU, the same network.
+    pub keep: bool,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig { keep: true }
+    }
+}
+
+impl CacheConfig {
+    fn is_default(&self) -> bool {
+        *self == CacheConfig::default()
+    }
 }
 
 /// `[daemon]`.

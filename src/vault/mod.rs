@@ -25,13 +25,14 @@ mod keys;
 mod lock;
 mod object_lock;
 mod reports;
+pub mod repository;
 mod settings;
 pub mod target_lock;
 
 pub use catch_up::CatchUpReport;
 pub use config::{
-    Config, ConfigCheck, DaemonConfig, JobConfig, JobKind, NotifyConfig, NotifyUrlError,
-    PublicParams, StoreConfig, TargetConfig, check_config, resolve_notify_url,
+    CacheConfig, Config, ConfigCheck, DaemonConfig, JobConfig, JobKind, NotifyConfig,
+    NotifyUrlError, PublicParams, StoreConfig, TargetConfig, check_config, resolve_notify_url,
 };
 pub use lock::{ReadLease, WriteLock};
 pub use object_lock::{LockCheck, LockFinding, LockUpkeep};
@@ -225,6 +226,7 @@ impl Vault {
             sources: Vec::new(),
             jobs: Vec::new(),
             daemon: None,
+            cache: CacheConfig::default(),
         };
         let local = target::open_target("local", &data_url)?;
         let vault = Vault {
@@ -293,6 +295,7 @@ impl Vault {
                 sources: Vec::new(),
                 jobs: Vec::new(),
                 daemon: None,
+                cache: CacheConfig::default(),
             },
         };
         vault.save_config()?;
