@@ -15,7 +15,10 @@ use common::provider_api::{
     BITBUCKET_GIT_USER, FixtureApi, add_source, bitbucket_api, git_base, run_backup_with,
     serve_repositories,
 };
-use common::restore_into::{attributed, github_backup, pushed_refs, refs, restore_to, set_unpaced};
+use common::restore_into::{
+    GitHubBackup, attributed, github_backup, github_wiki_backup, pushed_refs, refs, restore_to,
+    set_unpaced,
+};
 use common::{TestVault, stderr, stdout};
 use serde_json::{Value, json};
 
@@ -56,7 +59,11 @@ fn add_destination(tv: &TestVault, bb: &FixtureApi) {
 /// acme/repo-000 backed up from the GitHub fixture (see [`github_backup`]), to be restored
 /// into the workspace alice of an empty Bitbucket fixture.
 fn from_github(lfs: Option<&LfsServer>) -> World {
-    let b = github_backup(GH_TOKEN, GH_ENV, lfs);
+    into_bitbucket(github_backup(GH_TOKEN, GH_ENV, lfs), lfs)
+}
+
+/// A GitHub backup, to be restored into the workspace alice of an empty Bitbucket fixture.
+fn into_bitbucket(b: GitHubBackup, lfs: Option<&LfsServer>) -> World {
     let (bb, bb_git) = bitbucket(&b.root, "0", lfs);
     add_destination(&b.tv, &bb);
     World {
@@ -640,4 +647,21 @@ fn a_bitbucket_wiki_goes_to_the_clone_urls_wiki() {
         pushed_refs(&w.root.join("acme/repo-001.git"))
     );
     assert_eq!(w.bb.get("/repositories/alice/repo-001")["has_wiki"], true);
+}
+
+#[test]
+fn a_github_wiki_goes_below_the_new_bitbucket_repositorys_clone_url() {
+    let w = into_bitbucket(github_wiki_backup(GH_TOKEN, GH_ENV), None);
+    let (out, report) = w.restore(&[]);
+    assert!(out.status.success(), "{}{}", stderr(&out), stdout(&out));
+    assert_eq!(report["wiki"], "pushed", "{report}");
+    let want = refs(&w.root.join("acme/repo-001.wiki.git"));
+    assert!(want.iter().any(|l| l.ends_with(" refs/heads/wiki-only")));
+    let restored = w.root.join("alice/repo-001.git/wiki");
+    assert_eq!(refs(&restored), want);
+    common::fsck(&restored);
+    assert_eq!(
+        refs(&w.root.join("alice/repo-001.git")),
+        pushed_refs(&w.root.join("acme/repo-001.git"))
+    );
 }
