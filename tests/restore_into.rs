@@ -1,7 +1,8 @@
 //! `restore REPO --to-source NAME`: a repository backed up from the GitHub fixture
 //! (tests/fixtures/github_api.py, with its write endpoints in github_writes.py) recreated in
 //! another account of it: the fixture's state afterwards compared field by field with the
-//! original's, a run stopped by a rate limit and resumed, hostile answers and names.
+//! original's, a run stopped by a rate limit and resumed, hostile answers and names; and into
+//! the Gitea fixture (gitea_writes.py), once whole and once stopped by 429 and resumed.
 
 mod common;
 
@@ -517,11 +518,12 @@ fn hostile_answers_and_names_leave_nothing_inconsistent() {
     assert_not_in_files(&w.tv.dir, TOKEN);
 }
 
-#[test]
-fn a_github_repository_restored_into_a_gitea_account() {
-    const GITEA_TOKEN: &str = "gitea0123456789restoreIntoTokenabcdef";
-    const GITEA_ENV: &str = "GITVAULT_TEST_GITEA_TOKEN";
-    let w = world("");
+const GITEA_TOKEN: &str = "gitea0123456789restoreIntoTokenabcdef";
+const GITEA_ENV: &str = "GITVAULT_TEST_GITEA_TOKEN";
+
+/// An empty Gitea fixture with its git server, whose account alice is the source `gitea`
+/// (writes not paced).
+fn gitea_destination(w: &World) -> (FixtureApi, HttpGitServer) {
     // Gitea takes the token as the password of any user name: gitvault sends `gitvault`.
     let git = HttpGitServer::start(&w.root, Some(("gitvault", GITEA_TOKEN)));
     let gitea = empty_destination("gitea", &w.root, &git, GITEA_TOKEN);
@@ -530,12 +532,12 @@ fn a_github_repository_restored_into_a_gitea_account() {
     let mut text = std::fs::read_to_string(&config).unwrap();
     text.push_str("\n[source.http]\ncreate_interval_ms = 0\n");
     std::fs::write(&config, text).unwrap();
+    (gitea, git)
+}
 
-    let (out, report) = w.restore_to("gitea", (GITEA_ENV, GITEA_TOKEN), &[]);
-    assert!(out.status.success(), "{}", stderr(&out));
-    assert_eq!(report["created"]["issues"], 2, "{report}");
-    assert_eq!(report["created"]["pull_requests"], 1, "{report}");
-    assert_eq!(report["numbers_match"], true);
+/// alice/repo-000 on the Gitea fixture against acme/repo-000, field by field, and exactly
+/// one copy of everything.
+fn assert_same_in_gitea(w: &World, gitea: &FixtureApi) {
     let pull = gitea.get("/repos/alice/repo-000/pulls/3");
     assert_eq!(pull["head"]["ref"], "feature-x", "{pull}");
     assert_eq!(pull["base"]["ref"], "main");
@@ -548,14 +550,68 @@ fn a_github_repository_restored_into_a_gitea_account() {
         }
     };
     let download = |url: &str| gitea.fetch(url).bytes().unwrap().to_vec();
-    assert_restored(
-        &w,
-        &gitea.get("/repos/alice/repo-000"),
-        &restored,
-        &download,
-    );
+    assert_restored(w, &gitea.get("/repos/alice/repo-000"), &restored, &download);
     assert_not_in_files(&w.tv.dir, GITEA_TOKEN);
     assert_not_in_files(&w.tv.dir, TOKEN);
+}
+
+#[test]
+fn a_github_repository_restored_into_a_gitea_account() {
+    let w = world("");
+    let (gitea, _git) = gitea_destination(&w);
+    let (out, report) = w.restore_to("gitea", (GITEA_ENV, GITEA_TOKEN), &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(report["created"]["issues"], 2, "{report}");
+    assert_eq!(report["created"]["pull_requests"], 1, "{report}");
+    assert_eq!(report["numbers_match"], true);
+    assert_same_in_gitea(&w, &gitea);
+}
+
+#[test]
+fn a_restore_into_gitea_stopped_by_429_resumes_to_one_copy_of_everything() {
+    let w = world("");
+    let (gitea, _git) = gitea_destination(&w);
+    // The repository, its topics, two labels, the milestone and issue #1 pass; its comment
+    // meets the limit (429 with Retry-After, as Gitea's limiter answers).
+    gitea.control("mode", json!({ "writes_before_limit": 6 }));
+    let (out, _) = w.restore_to("gitea", (GITEA_ENV, GITEA_TOKEN), &[]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.to_lowercase().contains("rate"), "{err}");
+    gitea.control("mode", json!({ "writes_before_limit": null }));
+    let issues = gitea.get("/repos/alice/repo-000/issues?state=all&limit=50");
+    assert_eq!(issues.as_array().map(Vec::len), Some(1), "{issues}");
+
+    // Again: the comment of #1, #2 with its comment and state, pull request #3 opened with
+    // its three comments pass; closing it meets the limit.
+    gitea.control("mode", json!({ "writes_before_limit": 8 }));
+    let (out, report) = w.restore_to("gitea", (GITEA_ENV, GITEA_TOKEN), &[]);
+    assert!(!out.status.success(), "{report}");
+    gitea.control("mode", json!({ "writes_before_limit": null }));
+    let pull = gitea.get("/repos/alice/repo-000/pulls/3");
+    assert_eq!(
+        (&pull["state"], &pull["comments"]),
+        (&json!("open"), &json!(3))
+    );
+    let releases = gitea.get("/repos/alice/repo-000/releases?limit=50");
+    assert_eq!(releases, json!([]));
+
+    let (out, report) = w.restore_to("gitea", (GITEA_ENV, GITEA_TOKEN), &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(report["resumed"], true, "{report}");
+    let created = &report["created"];
+    assert_eq!(created["repository"], false, "{report}");
+    assert_eq!(created["labels"], 0, "{report}");
+    assert_eq!(created["issues"], 0, "{report}");
+    assert_same_in_gitea(&w, &gitea);
+    // A fourth run finds everything done and creates nothing.
+    let (out, report) = w.restore_to("gitea", (GITEA_ENV, GITEA_TOKEN), &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let created = &report["created"];
+    for kind in ["issues", "pull_requests", "comments", "releases", "assets"] {
+        assert_eq!(created[kind], 0, "{kind}: {report}");
+    }
+    assert_same_in_gitea(&w, &gitea);
 }
 
 #[test]

@@ -15,7 +15,10 @@ use common::provider_api::{
     BITBUCKET_GIT_USER, FixtureApi, add_source, bitbucket_api, git_base, run_backup_with,
     serve_repositories,
 };
-use common::restore_into::{attributed, github_backup, pushed_refs, refs, restore_to, set_unpaced};
+use common::restore_into::{
+    GitHubBackup, attributed, github_backup, github_wiki_backup, pushed_refs, refs, restore_to,
+    set_unpaced,
+};
 use common::{TestVault, stderr, stdout};
 use serde_json::{Value, json};
 
@@ -56,7 +59,11 @@ fn add_destination(tv: &TestVault, bb: &FixtureApi) {
 /// acme/repo-000 backed up from the GitHub fixture (see [`github_backup`]), to be restored
 /// into the workspace alice of an empty Bitbucket fixture.
 fn from_github(lfs: Option<&LfsServer>) -> World {
-    let b = github_backup(GH_TOKEN, GH_ENV, lfs);
+    into_bitbucket(github_backup(GH_TOKEN, GH_ENV, lfs), lfs)
+}
+
+/// A GitHub backup, to be restored into the workspace alice of an empty Bitbucket fixture.
+fn into_bitbucket(b: GitHubBackup, lfs: Option<&LfsServer>) -> World {
     let (bb, bb_git) = bitbucket(&b.root, "0", lfs);
     add_destination(&b.tv, &bb);
     World {
@@ -73,10 +80,21 @@ fn from_github(lfs: Option<&LfsServer>) -> World {
 /// requests #1 merged from feature-x and #2 open from improve), to be restored into the
 /// workspace alice of the same fixture.
 fn from_bitbucket() -> World {
+    bitbucket_backup(&["acme/repo-000.git"], "repo-000")
+}
+
+/// The page [`bitbucket_backup`] writes into every wiki.
+const WIKI_PAGE: &str = "# Home\n\nThe wiki's own page.\n";
+
+/// The fixture's repositories at `paths` (a wiki at `<repo>.git/wiki`) backed up from the
+/// Bitbucket fixture, `slug` given the branches its pull requests come from; the world's
+/// repository is acme/`slug`.
+fn bitbucket_backup(paths: &[&str], slug: &str) -> World {
     let tv = TestVault::new();
     let root = tv.tmp.path().join("served");
-    serve_repositories(&root, &["acme/repo-000.git".to_string()]);
-    let bare = root.join("acme/repo-000.git");
+    let served: Vec<String> = paths.iter().map(|p| p.to_string()).collect();
+    serve_repositories(&root, &served);
+    let bare = root.join(format!("acme/{slug}.git"));
     for branch in ["feature-x", "improve"] {
         let name = format!("refs/heads/{branch}");
         common::git(&bare, &["update-ref", &name, "refs/heads/feature"]);
@@ -98,7 +116,22 @@ fn from_bitbucket() -> World {
         &[&who[..], &["commit", "-q", "-m", "Add src/lib.rs"]].concat(),
     );
     common::git(&work, &["push", "-q", "origin", "feature-x"]);
-    let (bb, git) = bitbucket(&root, "1", None);
+    // A wiki gets a page of its own, so that its refs are not its repository's (a wiki
+    // pushed into the repository, or the repository into the wiki, cannot pass).
+    for wiki in paths.iter().filter(|p| p.ends_with("/wiki")) {
+        let page = tv.tmp.path().join("wiki-work");
+        let (wiki, page_path) = (root.join(wiki), page.to_str().unwrap());
+        common::git(
+            tv.tmp.path(),
+            &["clone", "-q", wiki.to_str().unwrap(), page_path],
+        );
+        std::fs::write(page.join("Home.md"), WIKI_PAGE).unwrap();
+        common::git(&page, &["add", "Home.md"]);
+        common::git(&page, &[&who[..], &["commit", "-q", "-m", "Home"]].concat());
+        common::git(&page, &["push", "-q", "origin", "HEAD:refs/heads/home"]);
+    }
+    let count = paths.iter().filter(|p| !p.ends_with("/wiki")).count();
+    let (bb, git) = bitbucket(&root, &count.to_string(), None);
     let user = ["--username-env", BB_USER_ENV];
     add_source(&tv, &bb, BB_TOKEN_ENV, "bb", "acme", &user);
     let env = [(BB_USER_ENV, BB_EMAIL), (BB_TOKEN_ENV, BB_TOKEN)];
@@ -106,7 +139,7 @@ fn from_bitbucket() -> World {
     assert_eq!(code, Some(0), "{err}");
     add_destination(&tv, &bb);
     let repo = format!(
-        "{}/acme/repo-000",
+        "{}/acme/{slug}",
         git_base(&git).trim_start_matches("http://")
     );
     World {
@@ -587,4 +620,48 @@ fn lost_answers(every: u64) {
     assert_eq!(states, ["DECLINED", "OPEN"]);
     assert_eq!(comment_texts(&w, "pullrequests", 1).len(), 3);
     assert_eq!(comment_texts(&w, "pullrequests", 2).len(), 0);
+}
+
+#[test]
+fn a_bitbucket_wiki_goes_to_the_clone_urls_wiki() {
+    let w = bitbucket_backup(
+        &[
+            "acme/repo-000.git",
+            "acme/repo-001.git",
+            "acme/repo-001.git/wiki",
+        ],
+        "repo-001",
+    );
+    let wiki = w.root.join("acme/repo-001.git/wiki");
+    let (out, report) = w.restore(&[]);
+    assert!(out.status.success(), "{}{}", stderr(&out), stdout(&out));
+    assert_eq!(report["wiki"], "pushed", "{report}");
+    let restored = w.root.join("alice/repo-001.git/wiki");
+    assert_eq!(refs(&restored), refs(&wiki));
+    common::fsck(&restored);
+    let page = common::git(&restored, &["show", "refs/heads/home:Home.md"]);
+    assert_eq!(page, WIKI_PAGE);
+    // The repository beside it holds its own refs only.
+    assert_eq!(
+        refs(&w.root.join("alice/repo-001.git")),
+        pushed_refs(&w.root.join("acme/repo-001.git"))
+    );
+    assert_eq!(w.bb.get("/repositories/alice/repo-001")["has_wiki"], true);
+}
+
+#[test]
+fn a_github_wiki_goes_below_the_new_bitbucket_repositorys_clone_url() {
+    let w = into_bitbucket(github_wiki_backup(GH_TOKEN, GH_ENV), None);
+    let (out, report) = w.restore(&[]);
+    assert!(out.status.success(), "{}{}", stderr(&out), stdout(&out));
+    assert_eq!(report["wiki"], "pushed", "{report}");
+    let want = refs(&w.root.join("acme/repo-001.wiki.git"));
+    assert!(want.iter().any(|l| l.ends_with(" refs/heads/wiki-only")));
+    let restored = w.root.join("alice/repo-001.git/wiki");
+    assert_eq!(refs(&restored), want);
+    common::fsck(&restored);
+    assert_eq!(
+        refs(&w.root.join("alice/repo-001.git")),
+        pushed_refs(&w.root.join("acme/repo-001.git"))
+    );
 }

@@ -24,13 +24,43 @@ pub struct GitHubBackup {
 /// `token` in `token_env`. With `lfs`, the repository is tests/fixtures/lfs.sh's, whose
 /// objects are on that LFS server (served at every `/info/lfs` of the git server).
 pub fn github_backup(token: &str, token_env: &str, lfs: Option<&LfsServer>) -> GitHubBackup {
+    github_backup_of(&["acme/repo-000.git"], "repo-000", token, token_env, lfs)
+}
+
+/// acme/repo-001 of the GitHub fixture and its wiki (acme/repo-001.wiki.git, with a branch
+/// `wiki-only` the repository lacks), backed up as [`github_backup`] does.
+pub fn github_wiki_backup(token: &str, token_env: &str) -> GitHubBackup {
+    let paths = [
+        "acme/repo-000.git",
+        "acme/repo-001.git",
+        "acme/repo-001.wiki.git",
+    ];
+    github_backup_of(&paths, "repo-001", token, token_env, None)
+}
+
+/// The fixture's repositories at `paths` backed up; the one of `slug` is the backup's.
+fn github_backup_of(
+    paths: &[&str],
+    slug: &str,
+    token: &str,
+    token_env: &str,
+    lfs: Option<&LfsServer>,
+) -> GitHubBackup {
     let tv = TestVault::new();
     let root = tv.tmp.path().join("served");
-    serve_repositories(&root, &["acme/repo-000.git".to_string()]);
-    let original = root.join("acme/repo-000.git");
+    let served: Vec<String> = paths.iter().map(|p| p.to_string()).collect();
+    serve_repositories(&root, &served);
+    for wiki in paths.iter().filter(|p| p.ends_with(".wiki.git")) {
+        let wiki = root.join(wiki);
+        super::git(
+            &wiki,
+            &["update-ref", "refs/heads/wiki-only", "refs/heads/dev"],
+        );
+    }
+    let original = root.join(format!("acme/{slug}.git"));
     if let Some(lfs) = lfs {
         std::fs::remove_dir_all(&original).unwrap();
-        let endpoint = lfs.endpoint("acme", "repo-000");
+        let endpoint = lfs.endpoint("acme", slug);
         run_fixture("lfs.sh", &[original.to_str().unwrap(), &endpoint]);
     } else {
         // The head branch of pull request #3, so that it can be opened again.
@@ -45,11 +75,13 @@ pub fn github_backup(token: &str, token_env: &str, lfs: Option<&LfsServer>) -> G
         lfs.map(LfsServer::port),
     );
     let base = git_base(&git);
+    let count = paths.iter().filter(|p| !p.ends_with(".wiki.git")).count();
+    let count = count.to_string();
     let args = [
         "--generate-org",
         "acme",
         "--repos",
-        "1",
+        &count,
         "--git-base",
         &base,
         "--git-root",
@@ -62,7 +94,7 @@ pub fn github_backup(token: &str, token_env: &str, lfs: Option<&LfsServer>) -> G
     add_source(&tv, &github, token_env, "acme", "acme", &[]);
     let (code, _, err) = run_backup(&tv, token_env, token, &[]);
     assert_eq!(code, Some(0), "{err}");
-    let repo = format!("{}/acme/repo-000", base.trim_start_matches("http://"));
+    let repo = format!("{}/acme/{slug}", base.trim_start_matches("http://"));
     GitHubBackup {
         tv,
         github,
