@@ -37,8 +37,10 @@ pub(super) fn rebuild(
     // their git ids. A wrong ref set would only cost negotiation, never what is stored.
     let refs =
         RefSet::decode(&walker.get(&row.refset)?).map_err(crate::snapshot::SnapshotError::from)?;
-    let located = walk_snapshot(&mut VaultSource::new(vault.index(), &walker), &refs)?;
+    let walked = walk_snapshot(&mut VaultSource::new(vault.index(), &walker), &refs)?;
     drop(walker);
+    let located = walked.in_pack_order();
+    vault.index().shrink_memory()?;
     let store = vault.reader(keys).sequential();
     let staging = cache.with_extension(format!("rebuild-{}", std::process::id()));
     let io = |e: std::io::Error| BackupError::Cache {

@@ -30,7 +30,7 @@ pub struct PackObject {
 /// Longest delta chain, as git's default `pack.depth`.
 const MAX_DELTA_DEPTH: u32 = 50;
 /// Bytes of earlier objects kept as delta bases; when full, the bases stored longest ago go.
-const DELTA_WINDOW_BYTES: usize = 64 << 20;
+const DELTA_WINDOW_BYTES: usize = 32 << 20;
 /// Objects smaller than this are written whole: their delta would save next to nothing.
 const MIN_DELTA_SIZE: usize = 64;
 
@@ -136,7 +136,7 @@ const BATCH_BYTES: usize = 2 << 20;
 /// (the vault hands objects over grouped by path, newest first, as git itself packs them), and
 /// the `.idx` comes from the offsets, ids and CRC32s known while writing: nothing is inflated
 /// again. Delta encoding runs on the calling thread, deflating and writing on a second one.
-/// Memory: the delta window (at most 64 MiB), what is in flight between the two threads
+/// Memory: the delta window (at most 32 MiB), what is in flight between the two threads
 /// (a few batches) and 32 bytes an object for the index.
 pub fn write_pack<E>(
     bare: &Path,

@@ -390,6 +390,13 @@ impl Index {
         Ok(rows)
     }
 
+    /// Gives back the memory of SQLite's page cache (up to `CACHE_KIB`): for a phase that
+    /// will not ask the index much more, such as a restore's pack writing after its walk.
+    pub fn shrink_memory(&self) -> Result<(), IndexError> {
+        self.conn().execute_batch("PRAGMA shrink_memory")?;
+        Ok(())
+    }
+
     /// Holds one read transaction until the guard is dropped, for a long read-only pass (a
     /// restore): outside a transaction every query takes and drops SQLite's file locks, which
     /// was a fifth of a restore's time in system calls. Nothing may write through this index

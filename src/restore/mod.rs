@@ -234,11 +234,15 @@ pub fn restore_snapshot_watched(
     let walker = vault.reader(keys);
     let (manifest, refs) = load_snapshot(&walker, row)?;
     progress.phase(&row.repo, "walk", None, Unit::Objects);
-    let located = repository::walk_snapshot(
+    let walked = repository::walk_snapshot(
         &mut repository::VaultSource::new(vault.index(), &walker),
         &refs,
     )?;
     drop(walker);
+    let located = walked.in_pack_order();
+    // The walk's lookups filled SQLite's page cache; the writing pass asks for a frame now
+    // and then only.
+    vault.index().shrink_memory()?;
     let store = vault.reader(keys).sequential();
     let source = repository::VaultSource::new(vault.index(), &store);
     let phase = std::time::Instant::now();

@@ -102,17 +102,21 @@ impl ObjectSource for VaultSource<'_, '_> {
 }
 
 /// Every object the snapshot's refs reach (commits and trees are read, blobs only located),
-/// with its index row, in the order the objects lie in the packs.
+/// with its index row. Put in pack order with `Walked::in_pack_order` once the walk's reader
+/// (and its frame cache) is dropped.
 pub fn walk_snapshot(
     source: &mut VaultSource<'_, '_>,
     refs: &RefSet,
-) -> Result<Vec<Located>, RepositoryError> {
+) -> Result<Walked, RepositoryError> {
     let mut tips: Vec<Oid> = refs.refs.values().copied().collect();
     tips.sort();
     tips.dedup();
     let phase = std::time::Instant::now();
     let index = source.index;
-    let mut located = Vec::new();
+    let mut walked = Walked {
+        segments: Vec::new(),
+        count: 0,
+    };
     walk_each(source, &tips, |source, r| {
         let row = match source.last.take() {
             Some((oid, row)) if oid == r.oid => row,
@@ -121,20 +125,54 @@ pub fn walk_snapshot(
                 .git_object_row(&r.oid)?
                 .ok_or(RepositoryError::MissingObject { oid: r.oid })?,
         };
-        located.push(Located {
+        walked.push(Located {
             oid: r.oid,
             path_hash: r.path_hash,
             row,
         });
         Ok(())
     })?;
-    located.sort_unstable_by_key(|l| (l.place(), l.oid));
     tracing::info!(
         seconds = phase.elapsed().as_secs_f64(),
-        objects = located.len(),
+        objects = walked.count,
         "walked the snapshot"
     );
-    Ok(located)
+    Ok(walked)
+}
+
+/// Objects a walk reached, in segments of a fixed size: a single list, doubling as it grows,
+/// held its old and its new copy at once while the walk's frame cache was full, which put a
+/// restore's peak memory above git's (cargo: 217 MB against 209).
+pub struct Walked {
+    segments: Vec<Vec<Located>>,
+    count: usize,
+}
+
+impl Walked {
+    const SEGMENT: usize = 1 << 14;
+
+    fn push(&mut self, located: Located) {
+        match self.segments.last_mut() {
+            Some(last) if last.len() < Self::SEGMENT => last.push(located),
+            _ => {
+                let mut segment = Vec::with_capacity(Self::SEGMENT);
+                segment.push(located);
+                self.segments.push(segment);
+            }
+        }
+        self.count += 1;
+    }
+
+    /// The objects in the order they lie in the packs: read in this order, each frame is
+    /// decompressed once.
+    pub fn in_pack_order(self) -> Vec<Located> {
+        let mut located = Vec::with_capacity(self.count);
+        for segment in self.segments {
+            located.extend(segment);
+        }
+        located.sort_unstable_by_key(|l| (l.place(), l.oid));
+        located
+    }
 }
 
 /// An object to write: its id and path hash, and its index row (None when its chunk is gone:
