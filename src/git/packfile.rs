@@ -132,9 +132,19 @@ impl<W: Write> PackWriter<W> {
                 offset,
             });
         }
+        self.add_delta_entry(oid, base_offset, delta)
+    }
+
+    /// Writes a delta entry against `base_offset`, which the caller knows is an entry's.
+    fn add_delta_entry(
+        &mut self,
+        oid: Oid,
+        base_offset: u64,
+        delta: &[u8],
+    ) -> Result<u64, PackError> {
         let mut header = [0u8; 10 + 10];
         let mut len = entry_header(&mut header, OFS_DELTA, delta.len() as u64);
-        len += ofs_distance(&mut header[len..], offset - base_offset);
+        len += ofs_distance(&mut header[len..], self.offset - base_offset);
         self.add_entry(oid, &header[..len], delta)
     }
 
@@ -154,7 +164,8 @@ impl<W: Write> PackWriter<W> {
                     base: base_entry as u64,
                     offset: self.offset,
                 })?;
-        self.add_ofs_delta(oid, base, delta)
+        // An entry's offset by construction: no search of the entries as `add_ofs_delta` makes.
+        self.add_delta_entry(oid, base, delta)
     }
 
     fn add_entry(&mut self, oid: Oid, header: &[u8], data: &[u8]) -> Result<u64, PackError> {

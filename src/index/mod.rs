@@ -537,7 +537,6 @@ mod tests {
             let oid = crate::model::Oid([i; 20]);
             assert_eq!(index.git_object_chunk(&oid).unwrap().unwrap().chunk, id);
             assert_eq!(index.git_object(&oid).unwrap().unwrap().1, id);
-            assert_eq!(index.git_object_place(&oid).unwrap(), Some(Some((1, 0, 0))));
             let row = index.git_object_row(&oid).unwrap().unwrap().unwrap();
             assert_eq!((row.chunk, row.place.pack_id, row.place.len), (id, 1, 1));
             assert_eq!(index.frame(1, 0).unwrap().unwrap().1.raw_len, 1);
@@ -559,7 +558,6 @@ mod tests {
             packs::CHUNK_SQL,
             GIT_OBJECT_SQL,
             objects::GIT_OBJECT_CHUNK_SQL,
-            objects::GIT_OBJECT_PLACE_SQL,
             objects::GIT_OBJECT_REF_SQL,
             objects::CHUNK_PLACE_SQL,
             packs::FRAME_SQL,
@@ -714,12 +712,21 @@ mod tests {
             assert_eq!((kind, chunk), (ObjectKind::Blob, want));
         }
         assert!(index.git_object_chunk(&Oid([4; 20])).unwrap().is_none());
-        assert_eq!(index.git_object_place(&Oid([4; 20])).unwrap(), Some(None));
+        assert!(matches!(
+            index.git_object_row(&Oid([4; 20])).unwrap(),
+            Some(None)
+        ));
+        let place = index
+            .git_object_row(&Oid([2; 20]))
+            .unwrap()
+            .unwrap()
+            .unwrap()
+            .place;
         assert_eq!(
-            index.git_object_place(&Oid([2; 20])).unwrap(),
-            Some(Some((1, 10, 5)))
+            (place.pack_id, place.frame_offset, place.offset),
+            (1, 10, 5)
         );
-        assert_eq!(index.git_object_place(&Oid([9; 20])).unwrap(), None);
+        assert!(index.git_object_row(&Oid([9; 20])).unwrap().is_none());
         let at = index.chunk(&b).unwrap().unwrap();
         let frame = FrameInfo {
             offset: 10,

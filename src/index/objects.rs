@@ -97,12 +97,6 @@ pub(crate) const GIT_OBJECT_CHUNK_SQL: &str = concat!(
     "g.kind FROM git_objects g WHERE g.oid = ?1"
 );
 
-pub(crate) const GIT_OBJECT_PLACE_SQL: &str = concat!(
-    "SELECT ",
-    chunk_columns!("pack_id", "frame_offset", "offset"),
-    "g.kind FROM git_objects g WHERE g.oid = ?1"
-);
-
 /// A git object's row with its chunk's place: what a restore needs to read the object without
 /// asking the index again.
 #[derive(Debug, Clone, Copy)]
@@ -172,28 +166,6 @@ impl Index {
                 Ok(Some((kind, chunk)))
             }
         }
-    }
-
-    /// Where the object's chunk lies, as (pack id, frame offset, offset in the frame), in one
-    /// statement (restore orders its reads by it): `None` without the object, `Some(None)`
-    /// when its chunk is gone.
-    #[allow(clippy::type_complexity)]
-    pub fn git_object_place(
-        &self,
-        oid: &Oid,
-    ) -> Result<Option<Option<(i64, u64, u32)>>, IndexError> {
-        let conn = self.conn();
-        let mut stmt = conn.prepare_cached(GIT_OBJECT_PLACE_SQL)?;
-        type Row = (Option<i64>, Option<u64>, Option<u32>);
-        let row: Option<Row> = stmt
-            .query_row(params![&oid.0[..]], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-            })
-            .optional()?;
-        Ok(row.map(|place| match place {
-            (Some(pack), Some(frame), Some(offset)) => Some((pack, frame, offset)),
-            _ => None,
-        }))
     }
 
     /// The object's kind, chunk and the chunk's place, in two primary-key probes (the object's
