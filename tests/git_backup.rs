@@ -474,6 +474,53 @@ fn chunk_ref_widths(tv: &TestVault) -> Vec<(i64, i64)> {
         .unwrap()
 }
 
+/// The restore's walk reads commits and trees without hashing them (their chunks are
+/// authenticated by keyed ids); an index row naming another object's chunk must still fail
+/// the restore, at the writing pass's check, and leave nothing at the destination.
+#[test]
+fn an_index_row_naming_another_objects_chunk_fails_the_restore() {
+    let tv = TestVault::new();
+    let rich = make_repo(tv.tmp.path(), "rich", &[]);
+    backup(&tv, &file_url(&rich), "rich", None);
+    let index = tv.dir.join("index.sqlite");
+    let pristine = std::fs::read(&index).unwrap();
+    // git's type numbers: 1 commit, 2 tree, 3 blob.
+    for (kind, what) in [(1, "commit"), (2, "tree"), (3, "blob")] {
+        std::fs::write(&index, &pristine).unwrap();
+        let conn = rusqlite::Connection::open(&index).unwrap();
+        let changed = conn
+            .execute(
+                "UPDATE git_objects SET chunk =
+                     (SELECT chunk FROM git_objects WHERE kind = ?1 ORDER BY oid LIMIT 1 OFFSET 1)
+                 WHERE oid = (SELECT oid FROM git_objects WHERE kind = ?1 ORDER BY oid LIMIT 1)",
+                [kind],
+            )
+            .unwrap();
+        assert_eq!(changed, 1, "{what}");
+        drop(conn);
+        let to = tv.tmp.path().join(format!("restored-{what}"));
+        let out = tv.run(&["restore", "rich", "--to", to.to_str().unwrap()]);
+        assert!(
+            !out.status.success(),
+            "a {what} row pointing elsewhere restored"
+        );
+        assert!(
+            stderr(&out).contains("does not hash to its id"),
+            "{what}: {}",
+            stderr(&out)
+        );
+        assert!(
+            !to.exists(),
+            "{what}: something was left at the destination"
+        );
+    }
+    std::fs::write(&index, &pristine).unwrap();
+    let to = tv.tmp.path().join("restored");
+    restore(&tv, "rich", &[], &to);
+    fsck(&to);
+    assert_eq!(refs_and_head(&to), refs_and_head(&rich));
+}
+
 #[test]
 fn an_index_of_the_previous_schema_is_migrated_and_restores_exactly() {
     let tv = TestVault::new();
